@@ -1,0 +1,400 @@
+//! The bridge's configuration file.
+//!
+//! One YAML document with a section per concern: `homeserver`, `appservice`, `database`,
+//! `inbox`, `logging`, and `bridge` — the bridge author's own typed settings. Unknown keys are an
+//! error that names the key; so is every value that does not validate.
+
+use std::{fs, net::IpAddr, path::Path, time::Duration};
+
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use url::Url;
+
+/// Errors from loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has wrong types or unknown keys.
+    #[error("{path}: {message}")]
+    Yaml {
+        /// The file.
+        path: String,
+        /// The key path, line and parser message.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The offending key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole configuration; `T` is the bridge's own section (`bridge:`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config<T = NoBridgeConfig> {
+    /// Where the homeserver is.
+    pub homeserver: HomeserverConfig,
+    /// How the appservice presents itself and listens.
+    pub appservice: AppserviceConfig,
+    /// The SQL store.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// How incoming events are processed.
+    #[serde(default)]
+    pub inbox: InboxConfig,
+    /// Log output.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// The bridge's own settings.
+    #[serde(default)]
+    pub bridge: T,
+}
+
+/// The settings of a bridge that has none of its own.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoBridgeConfig {}
+
+/// `homeserver:`: where the homeserver's Client-Server API is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// The Client-Server API base URL, for example `http://127.0.0.1:8008`.
+    pub address: Url,
+    /// The server name in user IDs (`localhost` in `@bot:localhost`).
+    pub domain: OwnedServerName,
+}
+
+/// `appservice:`: the identity of the appservice and its HTTP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceConfig {
+    /// The registration's `id`.
+    pub id: String,
+    /// The URL the homeserver uses to reach us (the registration's `url`).
+    pub address: Url,
+    /// The address to bind the listener to.
+    #[serde(default = "default_bind")]
+    pub bind_address: IpAddr,
+    /// The port to listen on.
+    pub port: u16,
+    /// The path of the registration file (written by `generate-registration`).
+    #[serde(default = "default_registration_path")]
+    pub registration: String,
+    /// The bot user.
+    pub bot: BotConfig,
+    /// Template of ghost localparts; `{id}` is replaced by the remote user's escaped ID.
+    #[serde(default = "default_ghost_template")]
+    pub ghost_localpart_template: String,
+    /// Ask the homeserver to push typing, receipts and presence.
+    #[serde(default = "yes")]
+    pub ephemeral_events: bool,
+    /// The largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Requests that take longer than this (reading the body included) are cut off, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+/// `appservice.bot:`: the bridge's own user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    /// The bot's localpart (the registration's `sender_localpart`).
+    pub localpart: String,
+    /// The bot's display name, set at start when it differs.
+    #[serde(default)]
+    pub displayname: Option<String>,
+    /// The bot's avatar (`mxc://` URI), set at start when it differs.
+    #[serde(default)]
+    pub avatar: Option<String>,
+}
+
+/// `database:`: the SQL store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` (created on first run) or `postgres://user@host/db`.
+    pub url: String,
+    /// The most connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// SQLite only: `normal` (WAL; a committed transaction survives a process crash, the
+    /// default) or `full` (also survives power loss, slower).
+    #[serde(default)]
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// How hard SQLite syncs to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// `PRAGMA synchronous = NORMAL` with WAL.
+    #[default]
+    Normal,
+    /// `PRAGMA synchronous = FULL`.
+    Full,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://mxbridge.db".into(),
+            max_connections: default_max_connections(),
+            sqlite_synchronous: SqliteSynchronous::default(),
+        }
+    }
+}
+
+/// `inbox:`: how stored events are handed to the bridge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    /// How many rooms are processed at the same time (events of one room are always in order).
+    #[serde(default = "default_room_concurrency")]
+    pub room_concurrency: usize,
+    /// How many times a failing handler is tried before the event is parked.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The first retry delay in milliseconds; it doubles on every attempt.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// The longest retry delay in milliseconds.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// How long handled events and seen transactions are remembered for deduplication, in hours.
+    #[serde(default = "default_dedup_hours")]
+    pub dedup_retention_hours: u64,
+    /// On shutdown, how long running handlers get to finish, in seconds.
+    #[serde(default = "default_shutdown_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            room_concurrency: default_room_concurrency(),
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            dedup_retention_hours: default_dedup_hours(),
+            shutdown_grace_secs: default_shutdown_secs(),
+        }
+    }
+}
+
+impl InboxConfig {
+    /// The retry delay after `attempt` failures (1-based), doubling up to the maximum.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        Duration::from_millis(self.retry_base_ms.saturating_mul(factor).min(self.retry_max_ms))
+    }
+}
+
+/// `logging:`: log level and format.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A `tracing` filter such as `info` or `info,mxbridge=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `pretty` for people, `json` for log collectors.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { level: default_log_level(), format: LogFormat::default() }
+    }
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_bind() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_registration_path() -> String {
+    "registration.yaml".into()
+}
+fn default_ghost_template() -> String {
+    "_bridge_{id}".into()
+}
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_room_concurrency() -> usize {
+    32
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_retry_base_ms() -> u64 {
+    500
+}
+fn default_retry_max_ms() -> u64 {
+    30_000
+}
+fn default_dedup_hours() -> u64 {
+    72
+}
+fn default_shutdown_secs() -> u64 {
+    10
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl<T: DeserializeOwned + Default> Config<T> {
+    /// Reads, parses and validates a configuration file.
+    ///
+    /// # Errors
+    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad value.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Yaml { message, .. } => {
+                ConfigError::Yaml { path: path.display().to_string(), message }
+            }
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration YAML.
+    ///
+    /// # Errors
+    /// As [`Config::load`], without the I/O.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = crate::util::from_yaml(text).map_err(|e| ConfigError::Yaml {
+            path: "<config>".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl<T> Config<T> {
+    /// Checks the values that parse but can still be wrong.
+    ///
+    /// # Errors
+    /// Names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+        for (key, url) in
+            [("homeserver.address", &self.homeserver.address), ("appservice.address", &self.appservice.address)]
+        {
+            if !matches!(url.scheme(), "http" | "https") {
+                return invalid(key, format!("must be an http or https URL, not {url}"));
+            }
+        }
+        if self.appservice.id.trim().is_empty() {
+            return invalid("appservice.id", "must not be empty".into());
+        }
+        if let Err(e) = UserId::parse_with_server_name(
+            self.appservice.bot.localpart.as_str(),
+            &self.homeserver.domain,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.validate_strict().map(|()| u).map_err(|e| e.to_string()))
+        {
+            return invalid("appservice.bot.localpart", format!("not a valid localpart: {e}"));
+        }
+        let template = &self.appservice.ghost_localpart_template;
+        if !template.contains("{id}") {
+            return invalid(
+                "appservice.ghost_localpart_template",
+                "must contain the placeholder {id}".into(),
+            );
+        }
+        let prefix = template.split("{id}").next().unwrap_or_default();
+        if prefix.is_empty() {
+            return invalid(
+                "appservice.ghost_localpart_template",
+                "must start with a fixed prefix before {id} (the exclusive namespace)".into(),
+            );
+        }
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://".into(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".into());
+        }
+        if self.inbox.room_concurrency == 0 {
+            return invalid("inbox.room_concurrency", "must be at least 1".into());
+        }
+        if self.inbox.max_attempts == 0 {
+            return invalid("inbox.max_attempts", "must be at least 1".into());
+        }
+        if self.appservice.max_body_bytes < 1024 {
+            return invalid("appservice.max_body_bytes", "must be at least 1024".into());
+        }
+        if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
+            return invalid("logging.level", e.to_string());
+        }
+        Ok(())
+    }
+
+    /// The bot's user ID.
+    pub fn bot_user_id(&self) -> OwnedUserId {
+        UserId::parse_with_server_name(
+            self.appservice.bot.localpart.as_str(),
+            &self.homeserver.domain,
+        )
+        .expect("validated in Config::validate")
+    }
+
+    /// The fixed prefix of every ghost localpart (`_bridge_` for `_bridge_{id}`).
+    pub fn ghost_prefix(&self) -> &str {
+        self.appservice.ghost_localpart_template.split("{id}").next().unwrap_or_default()
+    }
+
+    /// The regex of the exclusive user namespace: every ghost and the bot.
+    pub fn user_namespace_regex(&self) -> String {
+        format!(
+            "@{}.*:{}",
+            regex::escape(self.ghost_prefix()),
+            regex::escape(self.homeserver.domain.as_str())
+        )
+    }
+}

@@ -1,0 +1,232 @@
+//! The SQL store: the durable inbox, the Matrix state cache and the bridge's own mappings.
+//!
+//! One [`Store`] serves SQLite (embedded, the default) and PostgreSQL. Every query is written once
+//! in SQL valid on both dialects (`$1` placeholders, `ON CONFLICT`, `RETURNING`) and run on the
+//! pool of whichever backend the URL named; the [`with_pool!`] macro expands a body once per
+//! backend. Schema changes are numbered files in `migrations/{sqlite,postgres}/`, embedded in the
+//! binary and applied at connect time.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, Row, SqlitePool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
+};
+
+use crate::config::{DatabaseConfig, SqliteSynchronous};
+
+mod inbox;
+mod state;
+
+pub use inbox::{AcceptOutcome, InboxStats, NewEvent, ParkedEvent, PendingEvent};
+pub use state::{Member, Membership, RoomStateField};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a query, or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed to apply.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// The migration's number.
+        version: i64,
+        /// Its file name.
+        name: &'static str,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database holds a schema newer than this build knows.
+    #[error("the database schema is at version {found}, newer than this build ({known})")]
+    SchemaTooNew {
+        /// The version in the database.
+        found: i64,
+        /// The newest version this build has.
+        known: i64,
+    },
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+/// The store's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database the store talks to.
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A handle to the SQL store. Cheap to clone: it wraps a connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of the store's backend.
+///
+/// The body is compiled once per backend, so it must be SQL valid on both.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+/// Every migration, in order. The same number is the same logical change on both backends.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_core.sql",
+        sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
+        postgres: include_str!("../migrations/postgres/0001_core.sql"),
+    },
+];
+
+impl Store {
+    /// Connects to the database named by the config and applies pending migrations.
+    ///
+    /// A `sqlite:` URL creates the file on first run and uses WAL; `postgres://` connects to an
+    /// existing database.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or a migration fails.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
+        let url = config.url.as_str();
+        let backend = if url.starts_with("sqlite:") {
+            let synchronous = match config.sqlite_synchronous {
+                SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+                SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            };
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            // An in-memory database exists once per connection: keep it to one.
+            let max = if url.contains(":memory:") { 1 } else { config.max_connections };
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max)
+                .min_connections(if max == 1 { 1 } else { 0 })
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?;
+            Backend::Sqlite(pool)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Backend::Postgres(pool)
+        };
+        let store = Self { backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to an SQLite database at `url` (for example `sqlite::memory:`) with defaults.
+    ///
+    /// # Errors
+    /// As [`Store::connect`].
+    pub async fn connect_url(url: &str) -> Result<Self> {
+        Self::connect(&DatabaseConfig { url: url.into(), ..DatabaseConfig::default() }).await
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// The number of connections open and idle in the pool.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        with_pool!(self, |pool| (pool.size(), pool.num_idle()))
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        with_pool!(self, |pool| pool.close().await);
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        with_pool!(self, |pool| {
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS mx_schema (\
+                 version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .execute(pool)
+            .await?;
+            for m in MIGRATIONS {
+                let mut tx = pool.begin().await?;
+                if self.backend_name() == "postgres" {
+                    // Two bridge processes starting at once must not both apply a migration.
+                    sqlx::query("SELECT pg_advisory_xact_lock(7243001)").execute(&mut *tx).await?;
+                }
+                let applied: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM mx_schema WHERE version = $1")
+                        .bind(m.version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if applied.is_some() {
+                    continue;
+                }
+                let sql = if self.backend_name() == "postgres" { m.postgres } else { m.sqlite };
+                sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|source| {
+                    StoreError::Migration { version: m.version, name: m.name, source }
+                })?;
+                sqlx::query("INSERT INTO mx_schema (version, name, applied_at) VALUES ($1, $2, $3)")
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            let found: Option<i64> =
+                sqlx::query("SELECT MAX(version) AS v FROM mx_schema").fetch_one(pool).await?.try_get("v")?;
+            if let Some(found) = found.filter(|&f| f > known) {
+                return Err(StoreError::SchemaTooNew { found, known });
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,331 @@
+//! The durable inbox and transaction deduplication.
+
+use sqlx::Row;
+
+use super::{Result, Store, now_ms, with_pool};
+
+/// Status of an inbox row.
+const PENDING: i32 = 0;
+const DONE: i32 = 1;
+const PARKED: i32 = 2;
+
+/// An event to store, taken from a transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    /// The event ID (the dedup key).
+    pub event_id: &'a str,
+    /// The room it belongs to (the ordering key).
+    pub room_id: &'a str,
+    /// The event exactly as the homeserver sent it.
+    pub json: &'a str,
+}
+
+/// What storing a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// The same transaction was stored before; nothing was written.
+    Duplicate,
+    /// The transaction was recorded; `new_events` events were not seen before and wait in the
+    /// inbox.
+    Stored {
+        /// Events added to the inbox (events already known by ID are not counted).
+        new_events: usize,
+    },
+}
+
+/// An event waiting to be handled.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    /// Position in the inbox; events are handed out in this order.
+    pub seq: i64,
+    /// The event ID.
+    pub event_id: String,
+    /// The room.
+    pub room_id: String,
+    /// The event JSON as received.
+    pub json: String,
+    /// How many times a handler already failed on it.
+    pub attempts: i32,
+}
+
+/// An event whose handler failed for good.
+#[derive(Debug, Clone)]
+pub struct ParkedEvent {
+    /// Position in the inbox.
+    pub seq: i64,
+    /// The event ID.
+    pub event_id: String,
+    /// The room.
+    pub room_id: String,
+    /// How many times it was tried.
+    pub attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// Counts of the inbox, for health reports and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxStats {
+    /// Events waiting to be handled.
+    pub pending: i64,
+    /// Events parked after failing for good.
+    pub parked: i64,
+    /// When the oldest pending event arrived (ms since the epoch).
+    pub oldest_pending_ms: Option<i64>,
+}
+
+impl Store {
+    /// Stores a transaction and its events in one database transaction.
+    ///
+    /// Returns [`AcceptOutcome::Duplicate`] when `(txn_id, body_hash)` was stored before. Events
+    /// whose ID is already in the inbox (pending, done or parked) are skipped, so a homeserver
+    /// retry or a txn ID reused after a homeserver restart never doubles an event.
+    ///
+    /// # Errors
+    /// When the database fails; then nothing was stored.
+    pub async fn accept_transaction(
+        &self,
+        txn_id: &str,
+        body_hash: &str,
+        events: &[NewEvent<'_>],
+    ) -> Result<AcceptOutcome> {
+        let now = now_ms();
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(txn_id)
+            .bind(body_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Ok(AcceptOutcome::Duplicate);
+            }
+            let mut new_events = 0;
+            for ev in events {
+                new_events += sqlx::query(
+                    "INSERT INTO mx_inbox (event_id, room_id, txn_id, event_json, status, received_at) \
+                     VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(ev.event_id)
+                .bind(ev.room_id)
+                .bind(txn_id)
+                .bind(ev.json)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(AcceptOutcome::Stored {
+                new_events: usize::try_from(new_events).unwrap_or(usize::MAX),
+            })
+        })
+    }
+
+    /// Returns up to `limit` pending events with `seq > after`, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn pending_events(&self, after: i64, limit: i64) -> Result<Vec<PendingEvent>> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT seq, event_id, room_id, event_json, attempts FROM mx_inbox \
+                 WHERE status = 0 AND seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(PendingEvent {
+                        seq: r.try_get("seq")?,
+                        event_id: r.try_get("event_id")?,
+                        room_id: r.try_get("room_id")?,
+                        json: r.try_get::<Option<String>, _>("event_json")?.unwrap_or_default(),
+                        attempts: r.try_get("attempts")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Marks an event handled: its JSON is dropped, its ID stays for deduplication.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn mark_done(&self, seq: i64) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE mx_inbox SET status = $1, event_json = NULL, last_error = NULL, \
+                 done_at = $2 WHERE seq = $3",
+            )
+            .bind(DONE)
+            .bind(now_ms())
+            .bind(seq)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Records a failed attempt and returns the number of attempts so far.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn record_failure(&self, seq: i64, error: &str) -> Result<i32> {
+        with_pool!(self, |pool| {
+            let attempts: i32 = sqlx::query_scalar(
+                "UPDATE mx_inbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2 \
+                 RETURNING attempts",
+            )
+            .bind(error)
+            .bind(seq)
+            .fetch_one(pool)
+            .await?;
+            Ok(attempts)
+        })
+    }
+
+    /// Parks an event: it is not handed out again, and keeps its JSON and error for inspection.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn park(&self, seq: i64, error: &str) -> Result<()> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE mx_inbox SET status = $1, last_error = $2, done_at = $3 WHERE seq = $4",
+            )
+            .bind(PARKED)
+            .bind(error)
+            .bind(now_ms())
+            .bind(seq)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Puts parked events back in the queue (all of them, or the one with `event_id`) and
+    /// returns how many. They are handed out again from the next fetch on.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn retry_parked(&self, event_id: Option<&str>) -> Result<u64> {
+        with_pool!(self, |pool| {
+            let done = match event_id {
+                Some(id) => {
+                    sqlx::query(
+                        "UPDATE mx_inbox SET status = $1, attempts = 0 \
+                         WHERE status = $2 AND event_id = $3",
+                    )
+                    .bind(PENDING)
+                    .bind(PARKED)
+                    .bind(id)
+                    .execute(pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query("UPDATE mx_inbox SET status = $1, attempts = 0 WHERE status = $2")
+                        .bind(PENDING)
+                        .bind(PARKED)
+                        .execute(pool)
+                        .await?
+                }
+            };
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// Lists parked events, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn parked_events(&self, limit: i64) -> Result<Vec<ParkedEvent>> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT seq, event_id, room_id, attempts, last_error FROM mx_inbox \
+                 WHERE status = $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(PARKED)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ParkedEvent {
+                        seq: r.try_get("seq")?,
+                        event_id: r.try_get("event_id")?,
+                        room_id: r.try_get("room_id")?,
+                        attempts: r.try_get("attempts")?,
+                        last_error: r.try_get("last_error")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The inbox status of an event (`0` pending, `1` done, `2` parked) and its attempts, if the
+    /// event ID is still remembered.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn inbox_status(&self, event_id: &str) -> Result<Option<(i32, i32)>> {
+        with_pool!(self, |pool| {
+            let row = sqlx::query("SELECT status, attempts FROM mx_inbox WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| Ok((r.try_get("status")?, r.try_get("attempts")?))).transpose()
+        })
+    }
+
+    /// Counts pending and parked events.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn inbox_stats(&self) -> Result<InboxStats> {
+        with_pool!(self, |pool| {
+            let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mx_inbox WHERE status = 0")
+                .fetch_one(pool)
+                .await?;
+            let parked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mx_inbox WHERE status = 2")
+                .fetch_one(pool)
+                .await?;
+            let oldest: Option<i64> = sqlx::query_scalar(
+                "SELECT received_at FROM mx_inbox WHERE status = 0 ORDER BY seq LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?;
+            Ok(InboxStats { pending, parked, oldest_pending_ms: oldest })
+        })
+    }
+
+    /// Forgets handled events and seen transactions older than `max_age_ms`; returns how many
+    /// rows went. Pending and parked events are never pruned.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
+        let cutoff = now_ms() - max_age_ms;
+        with_pool!(self, |pool| {
+            let a = sqlx::query("DELETE FROM mx_inbox WHERE status = $1 AND done_at < $2")
+                .bind(DONE)
+                .bind(cutoff)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            let b = sqlx::query("DELETE FROM mx_txn WHERE received_at < $1")
+                .bind(cutoff)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            Ok(a + b)
+        })
+    }
+}

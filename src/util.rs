@@ -1,0 +1,54 @@
+//! Small helpers shared by several modules.
+
+use std::{fs, io, path::Path};
+
+/// Writes `contents` to `path`, readable and writable by the owner only (mode 0600 on Unix).
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// A YAML document that did not deserialize: where, and what was wrong.
+#[derive(Debug, Clone)]
+pub(crate) struct YamlError {
+    /// The dotted key path where deserialization stopped (empty at the top level).
+    pub(crate) key: String,
+    /// The parser's message, which carries line and column.
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for YamlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() || self.key == "." {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Deserializes YAML, reporting both the key path (`appservice.port`) and the line.
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    let mut key = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            key = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| YamlError { key, message: e.to_string() })
+}
