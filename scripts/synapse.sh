@@ -69,7 +69,9 @@ yq() {
 random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 
 check_port() {
-    [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= 65535)) || die "invalid port: '$1'"
+    if ! [[ $1 =~ ^[1-9][0-9]{0,4}$ ]] || (($1 > 65535)); then
+        die "invalid port: '$1'"
+    fi
 }
 
 # ---------------------------------------------------------------- install ---
@@ -98,7 +100,7 @@ cmd_install() {
     "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
         die "$py is $("$py" -V 2>&1); Synapse $SYNAPSE_VERSION needs Python >= 3.10"
 
-    info "installing matrix-synapse==$SYNAPSE_VERSION into $VENV (takes ~30 s) ..."
+    info "installing matrix-synapse==$SYNAPSE_VERSION into $VENV (usually 20-40 s) ..."
     rm -rf "$VENV"
     "$py" -m venv "$VENV" >&2 ||
         die "'$py -m venv' failed (on Debian: apt-get install python3-venv)"

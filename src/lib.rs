@@ -1,20 +1,39 @@
 //! mxbridge: a framework for writing Matrix application-service bridges.
 //!
+//! A bridge implements [`Bridge`]; the framework provides the homeserver-facing HTTP server, a
+//! durable inbox that never loses an acknowledged event, the SQL store, and the command line.
+//!
 //! # Layout
-//! - [`registration`]: the YAML file the homeserver reads; namespaces compiled once.
-//! - [`config`]: the bridge's configuration file.
-//! - [`store`]: SQLite or PostgreSQL: the durable inbox, the state cache, the bridge's mappings.
+//! - [`bridge`]: the [`Bridge`] trait and the events it receives.
+//! - [`appservice`]: [`AppService`], which assembles everything and runs it.
+//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping, third-party).
+//! - `dispatch`: hands stored events to the bridge, in order per room, with retries.
+//! - [`store`]: SQLite or PostgreSQL: the inbox, the state cache, the bridge's mappings.
+//! - [`registration`] and [`config`]: the two YAML files.
+//! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
 //! - [`secret`]: tokens that never print.
 //!
-//! Start at `ARCHITECTURE.md` for how data flows.
+//! `ARCHITECTURE.md` in the repository tells how data flows and who owns what.
 
+pub mod appservice;
+pub mod bridge;
+pub mod cli;
 pub mod config;
+mod context;
+mod dispatch;
+pub mod error;
 pub mod registration;
 pub mod secret;
+pub mod server;
 pub mod store;
 mod util;
 
+pub use appservice::AppService;
+pub use bridge::{Bridge, BridgeError, BridgeResult, Event};
 pub use config::Config;
+pub use context::Context;
+pub use error::{Error, Result};
 pub use registration::Registration;
 pub use secret::Secret;
+pub use server::Health;
 pub use store::Store;

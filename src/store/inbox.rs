@@ -1,5 +1,7 @@
 //! The durable inbox and transaction deduplication.
 
+use std::borrow::Cow;
+
 use sqlx::Row;
 
 use super::{Result, Store, now_ms, with_pool};
@@ -10,12 +12,12 @@ const DONE: i32 = 1;
 const PARKED: i32 = 2;
 
 /// An event to store, taken from a transaction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
     /// The event ID (the dedup key).
-    pub event_id: &'a str,
+    pub event_id: Cow<'a, str>,
     /// The room it belongs to (the ordering key).
-    pub room_id: &'a str,
+    pub room_id: Cow<'a, str>,
     /// The event exactly as the homeserver sent it.
     pub json: &'a str,
 }
@@ -111,8 +113,8 @@ impl Store {
                     "INSERT INTO mx_inbox (event_id, room_id, txn_id, event_json, status, received_at) \
                      VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (event_id) DO NOTHING",
                 )
-                .bind(ev.event_id)
-                .bind(ev.room_id)
+                .bind(ev.event_id.as_ref())
+                .bind(ev.room_id.as_ref())
                 .bind(txn_id)
                 .bind(ev.json)
                 .bind(now)

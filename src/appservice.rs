@@ -1,0 +1,182 @@
+//! [`AppService`]: assembles config, registration, store and bridge, and runs them.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    Config,
+    bridge::Bridge,
+    context::Context,
+    dispatch,
+    error::{Error, Result},
+    registration::{Registration, RegistrationError},
+    server::{self, Health, Limits, ServerState},
+    store::Store,
+};
+
+/// A bridge ready to run: the store is connected and migrated, the bridge is created.
+#[derive(Debug)]
+pub struct AppService<B: Bridge> {
+    bridge: Arc<B>,
+    ctx: Context,
+    config: Config<()>,
+    health: Arc<Health>,
+}
+
+impl<B: Bridge> AppService<B> {
+    /// Connects the store (applying migrations), checks that the registration matches the
+    /// config, and creates the bridge.
+    ///
+    /// # Errors
+    /// When the database cannot be reached, the registration does not match, or the bridge's
+    /// `create` fails.
+    pub async fn new(config: Config<B::Config>, registration: Registration) -> Result<Self> {
+        check_registration_matches(&config, &registration)?;
+        let store = Store::connect(&config.database).await?;
+        let Config { homeserver, appservice, database, inbox, logging, bridge } = config;
+        let ctx = Context::new(store, registration, homeserver.clone(), appservice.clone());
+        let bridge =
+            B::create(bridge, ctx.clone()).await.map_err(|e| Error::Bridge(e.to_string()))?;
+        let config = Config { homeserver, appservice, database, inbox, logging, bridge: () };
+        Ok(Self { bridge: Arc::new(bridge), ctx, config, health: Arc::new(Health::default()) })
+    }
+
+    /// The framework handle the bridge got.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The bridge.
+    pub fn bridge(&self) -> &Arc<B> {
+        &self.bridge
+    }
+
+    /// Liveness and readiness facts.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Binds the configured address and runs until `shutdown` resolves.
+    ///
+    /// # Errors
+    /// When the address cannot be bound, or as [`AppService::run`].
+    pub async fn run_configured(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let addr =
+            SocketAddr::new(self.config.appservice.bind_address, self.config.appservice.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr: addr.to_string(), source })?;
+        self.run(listener, shutdown).await
+    }
+
+    /// Serves the homeserver on `listener`, hands stored and new events to the bridge, and
+    /// returns after `shutdown` resolved and the graceful stop finished:
+    /// the server stops accepting and finishes open requests, running handlers get
+    /// `inbox.shutdown_grace_secs`, and what is unfinished stays in the inbox for the next start.
+    ///
+    /// # Errors
+    /// When the bridge's `start` fails or the listener fails.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Self { bridge, ctx, config, health } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (inbox, dispatcher) = dispatch::inbox(
+            bridge.clone(),
+            ctx.store().clone(),
+            config.inbox.clone(),
+            stop_rx.clone(),
+        );
+        let state = Arc::new(ServerState {
+            bridge: bridge.clone(),
+            ctx: ctx.clone(),
+            inbox,
+            health: health.clone(),
+        });
+        let limits = Limits {
+            max_body_bytes: config.appservice.max_body_bytes,
+            request_timeout: Duration::from_secs(config.appservice.request_timeout_secs),
+        };
+        let app = server::router(state, limits);
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(server::serve(listener, app, async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        }));
+        tracing::info!(%addr, bridge = B::NAME, "listening for the homeserver");
+
+        if let Err(e) = bridge.start().await {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(Error::Bridge(e.to_string()));
+        }
+        let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
+        let dispatcher = tokio::spawn(dispatcher.run(grace));
+        let pruner =
+            tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
+        health.set_running(true);
+        tracing::info!("bridge running");
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        health.set_running(false);
+        let _ = stop_tx.send(true);
+        let served = server.await;
+        let _ = dispatcher.await;
+        pruner.abort();
+        bridge.stop().await;
+        ctx.store().close().await;
+        tracing::info!("stopped");
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::Listen { addr, source }),
+            Err(e) => Err(Error::Listen { addr, source: std::io::Error::other(e.to_string()) }),
+        }
+    }
+}
+
+/// Forgets old dedup records once an hour (and once at start).
+async fn prune_loop(store: Store, retention_hours: u64) {
+    let max_age = i64::try_from(retention_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match store.prune_dedup(max_age).await {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned dedup records"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning dedup records failed"),
+        }
+    }
+}
+
+/// The registration the homeserver loaded must be the one this config describes.
+pub(crate) fn check_registration_matches<T>(
+    config: &Config<T>,
+    registration: &Registration,
+) -> Result<(), RegistrationError> {
+    let file = registration.file();
+    let mismatch = |key: &'static str, reg: &str, cfg: &str| RegistrationError::Invalid {
+        key,
+        message: format!(
+            "is {reg:?} but the config says {cfg:?}; run generate-registration again and restart \
+             the homeserver"
+        ),
+    };
+    if file.id != config.appservice.id {
+        return Err(mismatch("id", &file.id, &config.appservice.id));
+    }
+    if file.sender_localpart != config.appservice.bot.localpart {
+        return Err(mismatch(
+            "sender_localpart",
+            &file.sender_localpart,
+            &config.appservice.bot.localpart,
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The command line every bridge gets: `run`, `generate-registration`, `example-config`,
+//! `check-config`.
+//!
+//! A bridge's `main` is one line:
+//!
+//! ```no_run
+//! # use mxbridge::{Bridge, BridgeResult, Context, Event};
+//! # struct MyBridge;
+//! # impl Bridge for MyBridge {
+//! #     type Config = mxbridge::config::NoBridgeConfig;
+//! #     const NAME: &'static str = "my-bridge";
+//! #     async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> { Ok(MyBridge) }
+//! #     async fn handle_event(&self, _: &Event) -> BridgeResult { Ok(()) }
+//! # }
+//! fn main() -> std::process::ExitCode {
+//!     mxbridge::cli::main::<MyBridge>()
+//! }
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+use ruma::api::appservice::{Namespace, Namespaces};
+
+use crate::{
+    Config,
+    appservice::{AppService, check_registration_matches},
+    bridge::Bridge,
+    config::{LogFormat, LoggingConfig},
+    registration::{Registration, RegistrationFile},
+    secret::Secret,
+    store::Store,
+};
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short, long, default_value = "config.yaml", env = "MXBRIDGE_CONFIG", global = true)]
+    pub config: PathBuf,
+    /// The registration file (default: the config's `appservice.registration`).
+    #[arg(short, long, env = "MXBRIDGE_REGISTRATION", global = true)]
+    pub registration: Option<PathBuf>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the bridge.
+    Run,
+    /// Writes the registration file for the homeserver from the config. Keeps the tokens of an
+    /// existing file unless --new-tokens is given.
+    GenerateRegistration {
+        /// Makes fresh tokens even if the file exists.
+        #[arg(long)]
+        new_tokens: bool,
+    },
+    /// Prints an example configuration with every key explained.
+    ExampleConfig,
+    /// Checks the config, the registration and the database, then exits.
+    CheckConfig,
+}
+
+/// Exit code for a bad config, registration or command line.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure while running (database, listener, bridge).
+const EXIT_RUNTIME: u8 = 1;
+
+/// Parses the command line and runs the command for bridge `B`.
+pub fn main<B: Bridge>() -> ExitCode {
+    let cli = Cli::parse();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run_cli::<B>(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Runs a parsed command line for bridge `B`.
+pub async fn run_cli<B: Bridge>(cli: Cli) -> ExitCode {
+    match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::ExampleConfig => {
+            print!("{}", example_config::<B>());
+            ExitCode::SUCCESS
+        }
+        Command::GenerateRegistration { new_tokens } => {
+            let config = match load_config::<B>(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let path = registration_path(&cli, &config);
+            match generate_registration(&config, &path, *new_tokens) {
+                Ok(reg) => {
+                    println!(
+                        "wrote {} (id {}, users {}); add it to the homeserver's \
+                         app_service_config_files and restart the homeserver",
+                        path.display(),
+                        reg.id(),
+                        reg.file()
+                            .namespaces
+                            .users
+                            .iter()
+                            .map(|n| n.regex.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::CheckConfig => {
+            let (config, registration) = match load_both::<B>(&cli) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            if let Err(e) = Store::connect(&config.database).await.map(|s| drop(s)) {
+                eprintln!("error: database {}: {e}", redact_url(&config.database.url));
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            println!(
+                "config ok: appservice {} as {}, database {} reachable",
+                registration.id(),
+                config.bot_user_id(),
+                redact_url(&config.database.url)
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let (config, registration) = match load_both::<B>(&cli) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            init_tracing(&config.logging);
+            let service = match AppService::<B>::new(config, registration).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            match service.run_configured(shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "bridge failed");
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+fn load_config<B: Bridge>(path: &Path) -> Result<Config<B::Config>, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        if !path.exists() {
+            eprintln!("hint: write one with `example-config > {}` and edit it", path.display());
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn registration_path<T>(cli: &Cli, config: &Config<T>) -> PathBuf {
+    cli.registration.clone().unwrap_or_else(|| PathBuf::from(&config.appservice.registration))
+}
+
+fn load_both<B: Bridge>(cli: &Cli) -> Result<(Config<B::Config>, Registration), ExitCode> {
+    let config = load_config::<B>(&cli.config)?;
+    let path = registration_path(cli, &config);
+    let registration = Registration::load(&path).map_err(|e| {
+        eprintln!("error: {e}");
+        if !path.exists() {
+            eprintln!("hint: create it with `generate-registration`");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    check_registration_matches(&config, &registration).map_err(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Ok((config, registration))
+}
+
+/// Builds the registration the config describes and writes it to `path` (mode 0600).
+///
+/// Tokens of an existing registration at `path` are kept unless `new_tokens` is set, so the
+/// homeserver and the bridge keep agreeing.
+///
+/// # Errors
+/// When the existing file cannot be read or the new one cannot be written.
+pub fn generate_registration<T>(
+    config: &Config<T>,
+    path: &Path,
+    new_tokens: bool,
+) -> Result<Registration, crate::registration::RegistrationError> {
+    let existing =
+        if !new_tokens && path.exists() { Some(Registration::load(path)?) } else { None };
+    let (as_token, hs_token) = match &existing {
+        Some(r) => (r.as_token().clone(), r.hs_token().clone()),
+        None => (Secret::generate(64), Secret::generate(64)),
+    };
+    let domain = regex::escape(config.homeserver.domain.as_str());
+    let prefix = regex::escape(config.ghost_prefix());
+    let mut users = vec![Namespace::new(true, config.user_namespace_regex())];
+    if !config.appservice.bot.localpart.starts_with(config.ghost_prefix()) {
+        let bot = regex::escape(&config.appservice.bot.localpart);
+        users.push(Namespace::new(true, format!("@{bot}:{domain}")));
+    }
+    let mut namespaces = Namespaces::new();
+    namespaces.users = users;
+    namespaces.aliases = vec![Namespace::new(true, format!("#{prefix}.*:{domain}"))];
+    let file = RegistrationFile {
+        id: config.appservice.id.clone(),
+        url: Some(config.appservice.address.to_string().trim_end_matches('/').to_owned()),
+        as_token,
+        hs_token,
+        sender_localpart: config.appservice.bot.localpart.clone(),
+        namespaces,
+        rate_limited: Some(false),
+        protocols: existing.as_ref().and_then(|r| r.file().protocols.clone()),
+        receive_ephemeral: config.appservice.ephemeral_events,
+        push_ephemeral_unstable: config.appservice.ephemeral_events,
+        msc3202: existing.as_ref().is_some_and(|r| r.file().msc3202),
+        msc4190: existing.as_ref().is_some_and(|r| r.file().msc4190),
+        ip_range_whitelist: existing.as_ref().and_then(|r| r.file().ip_range_whitelist.clone()),
+    };
+    let registration = Registration::new(file)?;
+    registration.save(path)?;
+    Ok(registration)
+}
+
+/// The example configuration for bridge `B`, every key with a comment.
+pub fn example_config<B: Bridge>() -> String {
+    let mut out = String::from(include_str!("example-config.yaml"));
+    let bridge = B::example_config();
+    if bridge.trim().is_empty() {
+        out.push_str("bridge: {}\n");
+    } else {
+        out.push_str("bridge:\n");
+        out.push_str(bridge);
+        if !bridge.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG` if set, else the config's level.
+pub fn init_tracing(config: &LoggingConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+    // A subscriber installed already (by a test, say) is fine.
+    drop(result);
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// A database URL with any password replaced, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,433 @@
+//! Hands stored events to the bridge: in order per room, rooms in parallel, failures retried and
+//! then parked — never dropped.
+//!
+//! The server commits a transaction and calls [`Inbox::notify_new_events`]; the dispatcher's
+//! fetch loop reads pending rows oldest first and routes each to its room's queue. A room queue
+//! has one worker task, which exists only while the room has work, and holds one of
+//! `room_concurrency` permits while it runs. At most [`MAX_IN_FLIGHT`] events are in memory; the
+//! rest wait in the database. A worker applies the state cache update, runs the handler, and marks
+//! the event done, retrying with doubling delays and parking the event after `max_attempts`.
+//!
+//! Ephemeral data is not stored: the server queues it on a bounded channel (a full channel
+//! delays the homeserver's 200, it never drops data) and one task hands it to the bridge in the
+//! order transactions arrived.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tracing::Instrument as _;
+
+use crate::{
+    bridge::{Bridge, Event},
+    config::InboxConfig,
+    server::transactions::EphemeralBatch,
+    store::{Membership, PendingEvent, RoomStateField, Store},
+};
+
+/// The most events read from the database and not yet finished.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// The server's side of the inbox: announce new events, queue ephemeral data.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbox {
+    new_events: Arc<Notify>,
+    ephemeral: mpsc::Sender<EphemeralBatch>,
+}
+
+impl Inbox {
+    /// Wakes the fetch loop: new events were committed.
+    pub(crate) fn notify_new_events(&self) {
+        self.new_events.notify_one();
+    }
+
+    /// Queues a transaction's ephemeral data for the bridge; waits while the queue is full.
+    pub(crate) async fn queue_ephemeral(&self, batch: EphemeralBatch) {
+        if self.ephemeral.send(batch).await.is_err() {
+            tracing::warn!("ephemeral data arrived after shutdown; not delivered");
+        }
+    }
+}
+
+/// The processing side: owns the fetch loop and the room workers.
+#[derive(Debug)]
+pub(crate) struct Dispatcher<B> {
+    shared: Arc<Shared<B>>,
+    ephemeral_rx: mpsc::Receiver<EphemeralBatch>,
+}
+
+#[derive(Debug)]
+struct Shared<B> {
+    /// The bridge whose handler runs.
+    bridge: Arc<B>,
+    /// Where pending events live.
+    store: Store,
+    /// Retry and concurrency settings.
+    config: InboxConfig,
+    /// Woken by the server when events were committed.
+    new_events: Arc<Notify>,
+    /// Bounds events in memory; a permit travels with each event until it is finished.
+    in_flight: Arc<Semaphore>,
+    /// Bounds rooms processed at the same time.
+    room_slots: Arc<Semaphore>,
+    /// The queue of each room that has work, keyed by room ID. An entry lives only while the
+    /// room's worker runs.
+    rooms: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    /// Sequence numbers handed out and not yet finished (so a rescan does not hand them twice).
+    handed_out: Mutex<HashSet<i64>>,
+    /// Room workers alive; shutdown waits for it to reach zero.
+    workers: AtomicUsize,
+    /// Woken when a worker exits.
+    worker_exited: Notify,
+    /// Flips to `true` on shutdown.
+    shutdown: watch::Receiver<bool>,
+}
+
+struct Job {
+    event: PendingEvent,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Creates the two halves of the inbox.
+pub(crate) fn inbox<B: Bridge>(
+    bridge: Arc<B>,
+    store: Store,
+    config: InboxConfig,
+    shutdown: watch::Receiver<bool>,
+) -> (Inbox, Dispatcher<B>) {
+    let new_events = Arc::new(Notify::new());
+    let (tx, rx) = mpsc::channel(256);
+    let room_slots = Arc::new(Semaphore::new(config.room_concurrency));
+    let shared = Arc::new(Shared {
+        bridge,
+        store,
+        config,
+        new_events: new_events.clone(),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        room_slots,
+        rooms: Mutex::new(HashMap::new()),
+        handed_out: Mutex::new(HashSet::new()),
+        workers: AtomicUsize::new(0),
+        worker_exited: Notify::new(),
+        shutdown,
+    });
+    (Inbox { new_events, ephemeral: tx }, Dispatcher { shared, ephemeral_rx: rx })
+}
+
+impl<B: Bridge> Dispatcher<B> {
+    /// Runs until shutdown: resumes what is pending in the store, then follows new events.
+    /// After shutdown it waits up to `grace` for running handlers; unfinished events stay
+    /// pending in the store for the next start.
+    pub(crate) async fn run(self, grace: Duration) {
+        let Self { shared, mut ephemeral_rx } = self;
+        let ephemeral_shared = shared.clone();
+        let ephemeral_task = tokio::spawn(async move {
+            while let Some(batch) = ephemeral_rx.recv().await {
+                deliver_ephemeral(&*ephemeral_shared.bridge, batch).await;
+            }
+        });
+        shared.clone().fetch_loop().await;
+        // Stop taking new work; let running handlers finish within the grace period.
+        let deadline = tokio::time::Instant::now() + grace;
+        while shared.workers.load(Ordering::SeqCst) > 0 {
+            let exited = shared.worker_exited.notified();
+            if shared.workers.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, exited).await.is_err() {
+                tracing::warn!(
+                    workers = shared.workers.load(Ordering::SeqCst),
+                    "shutdown grace period over; unfinished events stay in the inbox"
+                );
+                break;
+            }
+        }
+        // Ephemeral data already accepted is delivered while the grace period lasts; the queue
+        // closes when the server is gone.
+        let mut ephemeral_task = ephemeral_task;
+        if tokio::time::timeout_at(deadline, &mut ephemeral_task).await.is_err() {
+            ephemeral_task.abort();
+        }
+    }
+}
+
+impl<B: Bridge> Shared<B> {
+    fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    async fn fetch_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut cursor = 0i64;
+        let mut idle_rounds = 0u32;
+        loop {
+            if self.is_shutting_down() {
+                return;
+            }
+            let available = self.in_flight.available_permits();
+            if available == 0 {
+                // Wait for one event to finish before reading more.
+                tokio::select! {
+                    permit = self.in_flight.clone().acquire_owned() => drop(permit),
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            let limit = i64::try_from(available.min(256)).unwrap_or(256);
+            let batch = match self.store.pending_events(cursor, limit).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the inbox; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                idle_rounds += 1;
+                tokio::select! {
+                    () = self.new_events.notified() => {}
+                    // A slow safety rescan from the start picks up parked events put back by
+                    // an operator and anything a missed wake-up left behind.
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {
+                        if idle_rounds >= 2 {
+                            cursor = 0;
+                            idle_rounds = 0;
+                        }
+                    }
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            idle_rounds = 0;
+            for event in batch {
+                cursor = cursor.max(event.seq);
+                if !self.handed_out.lock().expect("lock poisoned").insert(event.seq) {
+                    continue;
+                }
+                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                    // Cannot happen: we asked for no more rows than free permits. Be safe.
+                    self.handed_out.lock().expect("lock poisoned").remove(&event.seq);
+                    cursor = cursor.min(event.seq - 1);
+                    break;
+                };
+                self.clone().route(Job { event, _permit: permit });
+            }
+        }
+    }
+
+    /// Puts a job on its room's queue, starting the room's worker when it has none.
+    fn route(self: Arc<Self>, job: Job) {
+        let room_id = job.event.room_id.clone();
+        let mut rooms = self.rooms.lock().expect("lock poisoned");
+        let job = match rooms.get(&room_id) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(job).expect("the receiver is alive");
+        rooms.insert(room_id.clone(), tx);
+        drop(rooms);
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.room_worker(room_id, rx).await;
+            me.workers.fetch_sub(1, Ordering::SeqCst);
+            me.worker_exited.notify_waiters();
+        });
+    }
+
+    async fn room_worker(&self, room_id: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let Ok(_slot) = self.room_slots.clone().acquire_owned().await else { return };
+        loop {
+            if self.is_shutting_down() {
+                // Leave queued jobs: their events are still pending in the store.
+                self.rooms.lock().expect("lock poisoned").remove(&room_id);
+                return;
+            }
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(_) => {
+                    // Remove the queue under the lock, unless a job arrived meanwhile.
+                    let mut rooms = self.rooms.lock().expect("lock poisoned");
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => {
+                            rooms.remove(&room_id);
+                            return;
+                        }
+                    }
+                }
+            };
+            let seq = job.event.seq;
+            self.process(job.event).await;
+            self.handed_out.lock().expect("lock poisoned").remove(&seq);
+        }
+    }
+
+    /// Applies the state cache, runs the handler with retries, and records the outcome.
+    async fn process(&self, pending: PendingEvent) {
+        let seq = pending.seq;
+        let event = match Event::from_json(&pending.json) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
+                self.park(seq, &pending.event_id, &e.to_string()).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "event",
+            event_id = %event.event_id,
+            room_id = %event.room_id,
+            sender = %event.sender,
+            kind = %event.kind,
+        );
+        async {
+            let mut attempts = pending.attempts;
+            loop {
+                let result = match apply_state(&self.store, &event).await {
+                    Ok(()) => run_handler(self.bridge.clone(), event.clone()).await,
+                    Err(e) => Err(HandlerFailure::Retry(format!("state cache update failed: {e}"))),
+                };
+                match result {
+                    Ok(()) => {
+                        self.mark_done(seq).await;
+                        return;
+                    }
+                    Err(HandlerFailure::Permanent(error)) => {
+                        tracing::warn!(%error, "handler failed permanently; parking event");
+                        self.park(seq, event.event_id.as_str(), &error).await;
+                        return;
+                    }
+                    Err(HandlerFailure::Retry(error)) => {
+                        attempts = match self.store.record_failure(seq, &error).await {
+                            Ok(n) => n,
+                            Err(_) => attempts + 1,
+                        };
+                        if u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts {
+                            tracing::warn!(%error, attempts, "handler failed; parking event");
+                            self.park(seq, event.event_id.as_str(), &error).await;
+                            return;
+                        }
+                        let delay = self.config.retry_delay(u32::try_from(attempts).unwrap_or(1));
+                        tracing::info!(%error, attempts, delay_ms = delay.as_millis(), "handler failed; will retry");
+                        let mut shutdown = self.shutdown.clone();
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            // On shutdown the event stays pending with its attempts counted.
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn mark_done(&self, seq: i64) {
+        for attempt in 0..5u32 {
+            match self.store.mark_done(seq).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "cannot mark event done; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        tracing::error!(seq, "event handled but not marked done; it will be handled again");
+    }
+
+    async fn park(&self, seq: i64, event_id: &str, error: &str) {
+        for attempt in 0..5u32 {
+            match self.store.park(seq, error).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(seq, %event_id, error = %e, "cannot park event; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+enum HandlerFailure {
+    Retry(String),
+    Permanent(String),
+}
+
+/// Runs the handler in its own task, so a panic fails this event instead of the worker.
+async fn run_handler<B: Bridge>(bridge: Arc<B>, event: Event) -> Result<(), HandlerFailure> {
+    let task = tokio::spawn(async move { bridge.handle_event(&event).await });
+    match task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.is_permanent() => Err(HandlerFailure::Permanent(e.to_string())),
+        Ok(Err(e)) => Err(HandlerFailure::Retry(e.to_string())),
+        Err(join) if join.is_panic() => Err(HandlerFailure::Retry("handler panicked".into())),
+        Err(_) => Err(HandlerFailure::Retry("handler was cancelled".into())),
+    }
+}
+
+/// Updates the state cache from a state event before the bridge sees it.
+async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
+    let Some(state_key) = event.state_key.as_deref() else { return Ok(()) };
+    if event.kind == "m.room.member" {
+        #[derive(serde::Deserialize)]
+        struct MemberContent {
+            membership: String,
+            #[serde(default)]
+            displayname: Option<String>,
+            #[serde(default)]
+            avatar_url: Option<String>,
+        }
+        // Lenient on purpose: a profile field of the wrong type must not lose the membership.
+        let content: serde_json::Value = event.content().unwrap_or_default();
+        let membership =
+            content.get("membership").and_then(|m| m.as_str()).and_then(Membership::parse);
+        if let Some(membership) = membership {
+            let parsed: Option<MemberContent> = serde_json::from_value(content.clone()).ok();
+            let (displayname, avatar) = parsed
+                .filter(|c| !c.membership.is_empty())
+                .map_or((None, None), |c| (c.displayname, c.avatar_url));
+            store
+                .set_membership(
+                    event.room_id.as_str(),
+                    state_key,
+                    membership,
+                    displayname.as_deref(),
+                    avatar.as_deref(),
+                )
+                .await?;
+        }
+    } else if let Some(field) =
+        RoomStateField::for_event_type(&event.kind).filter(|_| state_key.is_empty())
+    {
+        let content: serde_json::Value = event.content().unwrap_or_default();
+        store.set_room_state(event.room_id.as_str(), field, &content.to_string()).await?;
+    }
+    Ok(())
+}
+
+async fn deliver_ephemeral<B: Bridge>(bridge: &B, batch: EphemeralBatch) {
+    for event in &batch.ephemeral {
+        bridge.handle_ephemeral(event).await;
+    }
+    for event in &batch.to_device {
+        bridge.handle_to_device(event).await;
+    }
+    if !batch.device_data.is_empty() {
+        bridge.handle_device_data(&batch.device_data).await;
+    }
+}

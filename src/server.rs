@@ -1,0 +1,224 @@
+//! The homeserver-facing HTTP server (homeserver → us), as the Application Service API says.
+//!
+//! [`router`] builds the whole axum app, so tests drive it with `oneshot` and no socket; `serve`
+//! runs it on a listener until a shutdown future resolves.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{StatusCode, header::CONTENT_TYPE},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+
+use crate::{bridge::Bridge, context::Context, dispatch::Inbox};
+
+mod auth;
+pub mod error;
+mod ping;
+mod query;
+mod thirdparty;
+pub(crate) mod transactions;
+
+use error::ApiError;
+
+/// What the HTTP handlers share.
+#[derive(Debug)]
+pub(crate) struct ServerState<B> {
+    /// The bridge, for queries and third-party lookups.
+    pub(crate) bridge: Arc<B>,
+    /// Store, registration and config.
+    pub(crate) ctx: Context,
+    /// Where stored transactions are announced and ephemeral data is queued.
+    pub(crate) inbox: Inbox,
+    /// Liveness and readiness facts.
+    pub(crate) health: Arc<Health>,
+}
+
+/// Liveness and readiness facts, shared by the server and the appservice's startup.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set once the bridge started and the inbox runs.
+    running: AtomicBool,
+    /// Set when the startup ping through the homeserver succeeded.
+    homeserver_ok: AtomicBool,
+    /// The last ping the homeserver sent us, with when it came.
+    last_ping: Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl Health {
+    /// Marks the bridge as running (or not).
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::SeqCst);
+    }
+
+    /// Whether the bridge is running.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Records whether the homeserver answered the startup ping.
+    pub fn set_homeserver_ok(&self, ok: bool) {
+        self.homeserver_ok.store(ok, Ordering::SeqCst);
+    }
+
+    /// Whether the homeserver answered the startup ping.
+    pub fn homeserver_ok(&self) -> bool {
+        self.homeserver_ok.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn record_homeserver_ping(&self, transaction_id: Option<String>) {
+        if let Ok(mut last) = self.last_ping.lock() {
+            *last = Some((Instant::now(), transaction_id));
+        }
+    }
+
+    /// The `transaction_id` of the last ping the homeserver sent, and how long ago it came.
+    pub fn last_homeserver_ping(&self) -> Option<(Duration, Option<String>)> {
+        let last = self.last_ping.lock().ok()?;
+        last.as_ref().map(|(at, id)| (at.elapsed(), id.clone()))
+    }
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_body_bytes: usize,
+    pub(crate) request_timeout: Duration,
+}
+
+/// Builds the appservice's HTTP app: the homeserver-facing routes (behind the `hs_token`), health
+/// routes, and the bridge's own routes.
+pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> Router {
+    let hs_token = state.ctx.registration().hs_token().clone();
+    let bridge_routes = state.bridge.routes();
+    let mut app = Router::new();
+    // The spec's `/_matrix/app/v1` routes and the legacy unprefixed ones (pre-r0 homeservers).
+    for prefix in ["/_matrix/app/v1", ""] {
+        app = app
+            .route(
+                &format!("{prefix}/transactions/{{txn_id}}"),
+                put(transactions::push_events::<B>),
+            )
+            .route(&format!("{prefix}/users/{{user_id}}"), get(query::query_user_id::<B>))
+            .route(&format!("{prefix}/rooms/{{alias}}"), get(query::query_room_alias::<B>));
+    }
+    for prefix in ["/_matrix/app/v1", "/_matrix/app/unstable"] {
+        app = app
+            .route(
+                &format!("{prefix}/thirdparty/protocol/{{protocol}}"),
+                get(thirdparty::get_protocol::<B>),
+            )
+            .route(
+                &format!("{prefix}/thirdparty/location/{{protocol}}"),
+                get(thirdparty::get_location_for_protocol::<B>),
+            )
+            .route(
+                &format!("{prefix}/thirdparty/location"),
+                get(thirdparty::get_location_for_room_alias::<B>),
+            )
+            .route(
+                &format!("{prefix}/thirdparty/user/{{protocol}}"),
+                get(thirdparty::get_user_for_protocol::<B>),
+            )
+            .route(
+                &format!("{prefix}/thirdparty/user"),
+                get(thirdparty::get_user_for_user_id::<B>),
+            );
+    }
+    let app = app
+        .route("/_matrix/app/v1/ping", post(ping::send_ping::<B>))
+        .route_layer(middleware::from_fn_with_state(hs_token, auth::require_hs_token))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready::<B>))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(state);
+    app.merge(bridge_routes)
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(errors_as_json))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The matched route, never the raw URI: its query may hold `access_token`.
+            let path =
+                req.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
+            tracing::debug_span!("http", method = %req.method(), path)
+        }))
+}
+
+async fn unrecognized() -> ApiError {
+    ApiError::unrecognized()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed")
+}
+
+/// Gives framework answers that have no body of their own (a body over the limit, a timeout)
+/// the Matrix error shape.
+async fn errors_as_json(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (errcode, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("M_TOO_LARGE", "Request body too large"),
+        StatusCode::REQUEST_TIMEOUT => ("M_UNKNOWN", "Request timed out"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("M_NOT_JSON", "Expected a JSON body"),
+        s if s.is_server_error() => ("M_UNKNOWN", "Internal server error"),
+        _ => ("M_UNKNOWN", "Bad request"),
+    };
+    ApiError::new(status, errcode, message).into_response()
+}
+
+/// # `GET /health/live`: the process answers.
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// # `GET /health/ready`: the database answers and the bridge is running.
+async fn ready<B: Bridge>(State(state): State<Arc<ServerState<B>>>) -> Response {
+    let db = state.ctx.store().ping().await.is_ok();
+    let running = state.health.is_running();
+    let body = Json(serde_json::json!({
+        "database": db,
+        "running": running,
+        "homeserver": state.health.homeserver_ok(),
+    }));
+    if db && running {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,383 @@
+//! Router tests: every route and every bad input, through `oneshot`, no socket.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode},
+};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::{
+    bridge::{BridgeResult, EphemeralEvent, Event},
+    config::{AppserviceConfig, BotConfig, HomeserverConfig, InboxConfig},
+    registration::Registration,
+    store::Store,
+};
+
+const HS_TOKEN: &str = "hs_token_for_tests_0123456789";
+
+#[derive(Debug, Default)]
+struct Recorder {
+    ephemeral: Mutex<Vec<String>>,
+}
+
+impl Bridge for Recorder {
+    type Config = crate::config::NoBridgeConfig;
+    const NAME: &'static str = "recorder";
+    async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+        Ok(Self::default())
+    }
+    async fn handle_event(&self, _: &Event) -> BridgeResult {
+        Ok(())
+    }
+    async fn handle_ephemeral(&self, event: &EphemeralEvent) {
+        self.ephemeral.lock().unwrap().push(event.kind.clone());
+    }
+    async fn query_user(&self, user_id: &ruma::UserId) -> BridgeResult<bool> {
+        Ok(user_id.localpart() == "_t_exists")
+    }
+    async fn query_alias(&self, alias: &ruma::RoomAliasId) -> BridgeResult<bool> {
+        if alias.alias() == "_t_broken" {
+            return Err(crate::BridgeError::new("remote network down"));
+        }
+        Ok(alias.alias() == "_t_exists")
+    }
+    async fn thirdparty_protocol(
+        &self,
+        protocol: &str,
+    ) -> BridgeResult<Option<ruma::thirdparty::Protocol>> {
+        Ok((protocol == "test").then(|| {
+            ruma::thirdparty::ProtocolInit {
+                user_fields: vec!["name".into()],
+                location_fields: vec!["channel".into()],
+                icon: "mxc://localhost/icon".into(),
+                field_types: Default::default(),
+                instances: Vec::new(),
+            }
+            .into()
+        }))
+    }
+    async fn thirdparty_users(
+        &self,
+        _protocol: &str,
+        fields: &std::collections::BTreeMap<String, String>,
+    ) -> BridgeResult<Vec<ruma::thirdparty::User>> {
+        Ok(fields
+            .get("name")
+            .map(|n| {
+                vec![ruma::thirdparty::User::new(
+                    ruma::UserId::parse(format!("@_t_{n}:localhost")).unwrap(),
+                    "test".into(),
+                    fields.clone(),
+                )]
+            })
+            .unwrap_or_default())
+    }
+}
+
+fn registration() -> Registration {
+    Registration::from_yaml(&format!(
+        "id: test\nurl: null\nas_token: as_token_for_tests_0123456789\nhs_token: {HS_TOKEN}\n\
+         sender_localpart: _t_bot\nprotocols: [test]\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@_t_.*:localhost'\n\
+         \x20 aliases:\n    - exclusive: true\n      regex: '#_t_.*:localhost'\n"
+    ))
+    .unwrap()
+}
+
+struct Harness {
+    app: Router,
+    store: Store,
+    bridge: Arc<Recorder>,
+    _dispatcher: Dispatcher,
+}
+
+type Dispatcher = crate::dispatch::Dispatcher<Recorder>;
+
+async fn harness(max_body: usize) -> Harness {
+    let store = Store::connect_url("sqlite::memory:").await.unwrap();
+    let homeserver = HomeserverConfig {
+        address: "http://127.0.0.1:1".parse().unwrap(),
+        domain: "localhost".try_into().unwrap(),
+    };
+    let appservice: AppserviceConfig = crate::util::from_yaml(
+        "id: test\naddress: http://127.0.0.1:2\nport: 2\nbot: {localpart: _t_bot}\n",
+    )
+    .unwrap();
+    let _: &BotConfig = &appservice.bot;
+    let ctx = Context::new(store.clone(), registration(), homeserver, appservice);
+    let bridge = Arc::new(Recorder::default());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let (inbox, dispatcher) =
+        crate::dispatch::inbox(bridge.clone(), store.clone(), InboxConfig::default(), rx);
+    let state = Arc::new(ServerState {
+        bridge: bridge.clone(),
+        ctx,
+        inbox,
+        health: Arc::new(Health::default()),
+    });
+    let limits = Limits { max_body_bytes: max_body, request_timeout: Duration::from_secs(5) };
+    Harness { app: router(state, limits), store, bridge, _dispatcher: dispatcher }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = app.clone().oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+const TXN: &str = r#"{"events":[{"event_id":"$e1","room_id":"!r:localhost","sender":"@a:localhost","type":"m.room.message","content":{"body":"hi","msgtype":"m.text"}}]}"#;
+
+#[tokio::test]
+async fn transaction_is_stored_before_the_200() {
+    let h = harness(1 << 20).await;
+    let (status, body) =
+        call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/1", Some(HS_TOKEN), TXN).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!({}));
+    assert_eq!(h.store.inbox_status("$e1").await.unwrap(), Some((0, 0)));
+}
+
+#[tokio::test]
+async fn duplicate_transaction_is_a_no_op_and_reused_txn_id_with_new_events_is_stored() {
+    let h = harness(1 << 20).await;
+    for _ in 0..2 {
+        let (status, _) =
+            call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/7", Some(HS_TOKEN), TXN).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(h.store.inbox_stats().await.unwrap().pending, 1);
+    // Synapse on SQLite restarts txn IDs at 1: the same ID with other events must be processed.
+    let other = TXN.replace("$e1", "$e2");
+    let (status, _) =
+        call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/7", Some(HS_TOKEN), &other).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.store.inbox_stats().await.unwrap().pending, 2);
+}
+
+#[tokio::test]
+async fn legacy_unprefixed_route_and_query_token_work() {
+    let h = harness(1 << 20).await;
+    let uri = format!("/transactions/9?access_token={HS_TOKEN}");
+    let (status, _) = call(&h.app, Method::PUT, &uri, None, TXN).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.store.inbox_status("$e1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn auth_missing_is_401_wrong_is_403_and_mismatch_is_403() {
+    let h = harness(1 << 20).await;
+    let uri = "/_matrix/app/v1/transactions/1";
+    let (s, b) = call(&h.app, Method::PUT, uri, None, TXN).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_UNAUTHORIZED")));
+    let (s, b) = call(&h.app, Method::PUT, uri, Some("wrong"), TXN).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    let both = format!("{uri}?access_token=wrong");
+    let (s, _) = call(&h.app, Method::PUT, &both, Some(HS_TOKEN), TXN).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let both = format!("{uri}?access_token={HS_TOKEN}");
+    let (s, _) = call(&h.app, Method::PUT, &both, Some(HS_TOKEN), TXN).await;
+    assert_eq!(s, StatusCode::OK);
+    // Nothing was stored by the refused requests: only the last one.
+    assert_eq!(h.store.inbox_stats().await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_is_405_unrecognized() {
+    let h = harness(1 << 20).await;
+    let (s, b) = call(&h.app, Method::GET, "/_matrix/app/v1/nope", Some(HS_TOKEN), "").await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_UNRECOGNIZED")));
+    let (s, b) =
+        call(&h.app, Method::GET, "/_matrix/app/v1/transactions/1", Some(HS_TOKEN), "").await;
+    assert_eq!(
+        (s, b["errcode"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("M_UNRECOGNIZED"))
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_get_spec_errors_and_store_nothing() {
+    let h = harness(4096).await;
+    let uri = "/_matrix/app/v1/transactions/1";
+    let (s, b) = call(&h.app, Method::PUT, uri, Some(HS_TOKEN), "{not json").await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_NOT_JSON")));
+    let (s, b) = call(&h.app, Method::PUT, uri, Some(HS_TOKEN), r#"{"events":{}}"#).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")));
+    let huge = format!(r#"{{"events":[],"pad":"{}"}}"#, "x".repeat(8192));
+    let (s, b) = call(&h.app, Method::PUT, uri, Some(HS_TOKEN), &huge).await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")));
+    assert_eq!(h.store.inbox_stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn ping_accepts_absent_and_null_transaction_id() {
+    let h = harness(1 << 20).await;
+    for body in ["{}", r#"{"transaction_id":null}"#, r#"{"transaction_id":"abc"}"#] {
+        let (s, b) = call(&h.app, Method::POST, "/_matrix/app/v1/ping", Some(HS_TOKEN), body).await;
+        assert_eq!((s, b), (StatusCode::OK, serde_json::json!({})), "{body}");
+    }
+    let (s, _) = call(&h.app, Method::POST, "/_matrix/app/v1/ping", None, "{}").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn user_and_alias_queries_decode_the_path_and_ask_the_bridge() {
+    let h = harness(1 << 20).await;
+    let (s, _) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/users/%40_t_exists%3Alocalhost",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/users/%40_t_nobody%3Alocalhost",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+    // Outside the namespace: 404 without asking the bridge.
+    let (s, _) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/users/%40_t_exists%3Aelsewhere",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) =
+        call(&h.app, Method::GET, "/_matrix/app/v1/users/not-a-user", Some(HS_TOKEN), "").await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")));
+    let (s, _) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/rooms/%23_t_exists%3Alocalhost",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/rooms/%23_t_broken%3Alocalhost",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!((s, b["errcode"].as_str()), (StatusCode::INTERNAL_SERVER_ERROR, Some("M_UNKNOWN")));
+    // The bridge's error text is logged, not sent.
+    assert!(!b.to_string().contains("remote network down"));
+}
+
+#[tokio::test]
+async fn thirdparty_routes_answer_protocol_and_lookups() {
+    let h = harness(1 << 20).await;
+    let (s, b) =
+        call(&h.app, Method::GET, "/_matrix/app/v1/thirdparty/protocol/test", Some(HS_TOKEN), "")
+            .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["user_fields"], serde_json::json!(["name"]));
+    let (s, _) =
+        call(&h.app, Method::GET, "/_matrix/app/v1/thirdparty/protocol/other", Some(HS_TOKEN), "")
+            .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = call(
+        &h.app,
+        Method::GET,
+        &format!("/_matrix/app/v1/thirdparty/user/test?name=bob&access_token={HS_TOKEN}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b[0]["userid"], "@_t_bob:localhost");
+    assert_eq!(b[0]["fields"], serde_json::json!({"name": "bob"}));
+    let (s, _) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/thirdparty/location/test?channel=x",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/thirdparty/user?userid=%40_t_a%3Alocalhost",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(
+        &h.app,
+        Method::GET,
+        "/_matrix/app/v1/thirdparty/location?alias=bad",
+        Some(HS_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn health_routes_need_no_token() {
+    let h = harness(1 << 20).await;
+    let (s, _) = call(&h.app, Method::GET, "/health/live", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    // Not running yet: the dispatcher was not started.
+    let (s, b) = call(&h.app, Method::GET, "/health/ready", None, "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(b["database"], true);
+}
+
+#[tokio::test]
+async fn ephemeral_events_reach_the_bridge_once() {
+    let h = harness(1 << 20).await;
+    let edu =
+        r#"{"type":"m.typing","room_id":"!r:localhost","content":{"user_ids":["@a:localhost"]}}"#;
+    let body =
+        format!(r#"{{"events":[],"ephemeral":[{edu}],"de.sorunome.msc2409.ephemeral":[{edu}]}}"#);
+    let (s, _) =
+        call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/5", Some(HS_TOKEN), &body).await;
+    assert_eq!(s, StatusCode::OK);
+    // A retry of the same transaction delivers nothing again.
+    let (s, _) =
+        call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/5", Some(HS_TOKEN), &body).await;
+    assert_eq!(s, StatusCode::OK);
+    let Harness { _dispatcher: dispatcher, bridge, .. } = h;
+    let (stop_tx, _) = tokio::sync::watch::channel(true);
+    drop(stop_tx);
+    // Run the dispatcher briefly: it drains the ephemeral queue.
+    let run = tokio::spawn(dispatcher.run(Duration::from_millis(10)));
+    for _ in 0..100 {
+        if !bridge.ephemeral.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.abort();
+    assert_eq!(*bridge.ephemeral.lock().unwrap(), ["m.typing"]);
+}

@@ -1,0 +1,326 @@
+//! `PUT /_matrix/app/v1/transactions/{txnId}`
+//!
+//! The homeserver pushes events in transactions ([spec]). A transaction is answered 200 only after
+//! its events are committed to the inbox in one database transaction; the bridge handles them
+//! afterwards. Ephemeral data (typing, receipts, presence, to-device, MSC3202 device data) is not
+//! stored: it is queued in memory for the bridge once the commit succeeded.
+//!
+//! [spec]: https://spec.matrix.org/v1.19/application-service-api/#put_matrixappv1transactionstxnid
+
+use std::{borrow::Cow, sync::Arc};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+};
+use ring::digest;
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{ServerState, error::ApiError, error::json_error};
+use crate::{
+    bridge::{Bridge, DeviceData, EphemeralEvent, MalformedEvent, ToDeviceEvent},
+    store::{AcceptOutcome, NewEvent},
+};
+
+/// The body of a transaction, borrowed from the request bytes. Events stay raw.
+#[derive(Deserialize)]
+pub(crate) struct TransactionBody<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+    #[serde(borrow, default)]
+    ephemeral: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default, rename = "de.sorunome.msc2409.ephemeral")]
+    ephemeral_unstable: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    to_device: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default, rename = "de.sorunome.msc2409.to_device")]
+    to_device_unstable: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    device_lists: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "org.matrix.msc3202.device_lists")]
+    device_lists_unstable: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    device_one_time_keys_count: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "org.matrix.msc3202.device_one_time_keys_count")]
+    otk_count_unstable: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "org.matrix.msc3202.device_one_time_key_counts")]
+    otk_counts_unstable: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    device_unused_fallback_key_types: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "org.matrix.msc3202.device_unused_fallback_key_types")]
+    fallback_unstable: Option<&'a RawValue>,
+}
+
+/// The fields of an event the inbox needs before the bridge sees it.
+#[derive(Deserialize)]
+pub(crate) struct Envelope<'a> {
+    #[serde(borrow)]
+    pub(crate) event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) room_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) sender: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    pub(crate) kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub(crate) state_key: Option<Cow<'a, str>>,
+}
+
+impl Envelope<'_> {
+    /// Parses the IDs, refusing events a homeserver would never send.
+    pub(crate) fn validate(
+        &self,
+    ) -> Result<(OwnedEventId, OwnedRoomId, OwnedUserId), MalformedEvent> {
+        let event_id = EventId::parse(self.event_id.as_ref())
+            .map_err(|e| MalformedEvent(format!("bad event_id: {e}")))?;
+        let room_id = RoomId::parse(self.room_id.as_ref())
+            .map_err(|e| MalformedEvent(format!("bad room_id: {e}")))?;
+        let sender = UserId::parse(self.sender.as_ref())
+            .map_err(|e| MalformedEvent(format!("bad sender: {e}")))?;
+        if self.kind.is_empty() {
+            return Err(MalformedEvent("empty type".into()));
+        }
+        Ok((event_id, room_id, sender))
+    }
+}
+
+/// In-memory data of one transaction, handed to the bridge after the commit.
+#[derive(Debug, Default)]
+pub(crate) struct EphemeralBatch {
+    pub(crate) ephemeral: Vec<EphemeralEvent>,
+    pub(crate) to_device: Vec<ToDeviceEvent>,
+    pub(crate) device_data: DeviceData,
+}
+
+impl EphemeralBatch {
+    fn is_empty(&self) -> bool {
+        self.ephemeral.is_empty() && self.to_device.is_empty() && self.device_data.is_empty()
+    }
+}
+
+/// A parsed transaction, ready to store.
+pub(crate) struct ParsedTransaction<'a> {
+    /// Events with a valid envelope, in the order received.
+    pub(crate) events: Vec<NewEvent<'a>>,
+    /// Events refused with the reason (logged and skipped).
+    pub(crate) rejected: Vec<(Option<String>, String)>,
+    /// The dedup hash: event IDs and ephemeral data (not the event bodies, which carry an `age`
+    /// that changes when Synapse resends a transaction).
+    pub(crate) hash: String,
+    pub(crate) batch: EphemeralBatch,
+}
+
+/// Parses a transaction body. One malformed event never fails the batch.
+///
+/// # Errors
+/// `M_NOT_JSON` when the body is not JSON, `M_BAD_JSON` when it is not a transaction.
+pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
+    let body: TransactionBody<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    let mut events = Vec::with_capacity(body.events.len());
+    let mut rejected = Vec::new();
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for raw in &body.events {
+        match serde_json::from_str::<Envelope<'_>>(raw.get()) {
+            Ok(env) => match env.validate() {
+                Ok(_) => {
+                    ctx.update(env.event_id.as_bytes());
+                    ctx.update(b"\n");
+                    events.push(NewEvent {
+                        event_id: env.event_id,
+                        room_id: env.room_id,
+                        json: raw.get(),
+                    });
+                }
+                Err(e) => rejected.push((Some(env.event_id.into_owned()), e.0)),
+            },
+            Err(e) => {
+                let id = serde_json::from_str::<serde_json::Value>(raw.get())
+                    .ok()
+                    .and_then(|v| v.get("event_id").and_then(|i| i.as_str()).map(str::to_owned));
+                rejected.push((id, format!("bad event envelope: {e}")));
+            }
+        }
+    }
+    // Synapse sends ephemeral data and to-device messages under both names with the same
+    // content: take the stable list when there is one, never both.
+    let ephemeral = pick(body.ephemeral, body.ephemeral_unstable);
+    let to_device = pick(body.to_device, body.to_device_unstable);
+    let device_lists = body.device_lists.or(body.device_lists_unstable);
+    let otk =
+        body.device_one_time_keys_count.or(body.otk_count_unstable).or(body.otk_counts_unstable);
+    let fallback = body.device_unused_fallback_key_types.or(body.fallback_unstable);
+    ctx.update(b"\0");
+    for raw in ephemeral.iter().chain(&to_device) {
+        ctx.update(raw.get().as_bytes());
+        ctx.update(b"\n");
+    }
+    for raw in [device_lists, otk, fallback].into_iter().flatten() {
+        ctx.update(raw.get().as_bytes());
+    }
+    let hash = hex(ctx.finish().as_ref());
+    let batch = EphemeralBatch {
+        ephemeral: ephemeral.into_iter().filter_map(ephemeral_event).collect(),
+        to_device: to_device.into_iter().filter_map(to_device_event).collect(),
+        device_data: DeviceData {
+            device_lists: device_lists.filter(|r| !is_empty_json(r)).map(boxed),
+            one_time_key_counts: otk.filter(|r| !is_empty_json(r)).map(boxed),
+            unused_fallback_key_types: fallback.filter(|r| !is_empty_json(r)).map(boxed),
+        },
+    };
+    Ok(ParsedTransaction { events, rejected, hash, batch })
+}
+
+fn pick<T>(stable: Option<Vec<T>>, unstable: Option<Vec<T>>) -> Vec<T> {
+    match stable {
+        Some(v) if !v.is_empty() => v,
+        _ => unstable.unwrap_or_default(),
+    }
+}
+
+fn boxed(raw: &RawValue) -> Box<RawValue> {
+    raw.to_owned()
+}
+
+fn is_empty_json(raw: &RawValue) -> bool {
+    matches!(raw.get().trim(), "{}" | "[]" | "null")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[derive(Deserialize)]
+struct EduHeader<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    room_id: Option<Cow<'a, str>>,
+}
+
+fn ephemeral_event(raw: &RawValue) -> Option<EphemeralEvent> {
+    match serde_json::from_str::<EduHeader<'_>>(raw.get()) {
+        Ok(h) => Some(EphemeralEvent {
+            kind: h.kind.into_owned(),
+            room_id: h.room_id.and_then(|r| RoomId::parse(r.as_ref()).ok()),
+            json: raw.to_owned(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping malformed ephemeral event");
+            None
+        }
+    }
+}
+
+fn to_device_event(raw: &RawValue) -> Option<ToDeviceEvent> {
+    match serde_json::from_str::<EduHeader<'_>>(raw.get()) {
+        Ok(h) => Some(ToDeviceEvent { kind: h.kind.into_owned(), json: raw.to_owned() }),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping malformed to-device event");
+            None
+        }
+    }
+}
+
+/// # `PUT /_matrix/app/v1/transactions/{txnId}`
+///
+/// Stores the events durably, then answers `{}`.
+pub(crate) async fn push_events<B: Bridge>(
+    State(state): State<Arc<ServerState<B>>>,
+    Path(txn_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let span = tracing::info_span!("txn", %txn_id, events = tracing::field::Empty);
+    let _enter = span.enter();
+    let parsed = parse(&body)?;
+    span.record("events", parsed.events.len());
+    for (event_id, reason) in &parsed.rejected {
+        tracing::warn!(event_id = event_id.as_deref().unwrap_or("?"), %reason, "skipping malformed event");
+    }
+    drop(_enter);
+    let outcome =
+        state.ctx.store().accept_transaction(&txn_id, &parsed.hash, &parsed.events).await.map_err(
+            |e| {
+                tracing::error!(parent: &span, error = %e, "could not store transaction");
+                ApiError::internal()
+            },
+        )?;
+    match outcome {
+        AcceptOutcome::Duplicate => {
+            tracing::debug!(parent: &span, "duplicate transaction");
+        }
+        AcceptOutcome::Stored { new_events } => {
+            tracing::debug!(parent: &span, new_events, "transaction stored");
+            if new_events > 0 {
+                state.inbox.notify_new_events();
+            }
+            if !parsed.batch.is_empty() {
+                state.inbox.queue_ephemeral(parsed.batch).await;
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_malformed_event_does_not_fail_the_batch() {
+        let body = br#"{"events":[
+            {"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{}},
+            {"event_id":"$b","room_id":"not-a-room","sender":"@u:x","type":"m.room.message"},
+            {"room_id":"!r:x"},
+            {"event_id":"$c","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{}}
+        ]}"#;
+        let p = parse(body).unwrap();
+        let ids: Vec<_> = p.events.iter().map(|e| e.event_id.as_ref()).collect();
+        assert_eq!(ids, ["$a", "$c"]);
+        assert_eq!(p.rejected.len(), 2);
+        assert_eq!(p.rejected[0].0.as_deref(), Some("$b"));
+    }
+
+    #[test]
+    fn ephemeral_under_both_names_is_taken_once() {
+        let edu = r#"{"type":"m.typing","room_id":"!r:x","content":{"user_ids":[]}}"#;
+        let body = format!(
+            r#"{{"events":[],"ephemeral":[{edu}],"de.sorunome.msc2409.ephemeral":[{edu}],
+               "de.sorunome.msc2409.to_device":[{{"type":"m.x","sender":"@a:x","content":{{}}}}],
+               "org.matrix.msc3202.device_one_time_key_counts":{{"@g:x":{{"DEV":{{"signed_curve25519":3}}}}}},
+               "org.matrix.msc3202.device_unused_fallback_key_types":{{"@g:x":{{"DEV":[]}}}}}}"#
+        );
+        let p = parse(body.as_bytes()).unwrap();
+        assert_eq!(p.batch.ephemeral.len(), 1);
+        assert_eq!(p.batch.ephemeral[0].kind, "m.typing");
+        assert_eq!(p.batch.to_device.len(), 1);
+        assert!(p.batch.device_data.one_time_key_counts.is_some());
+        assert!(p.batch.device_data.unused_fallback_key_types.is_some());
+    }
+
+    #[test]
+    fn hash_ignores_event_age_but_not_event_ids_or_ephemeral_data() {
+        let a = br#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","unsigned":{"age":1}}]}"#;
+        let b = br#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","unsigned":{"age":9}}]}"#;
+        let c = br#"{"events":[{"event_id":"$c","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#;
+        let d = br#"{"events":[],"ephemeral":[{"type":"m.typing","room_id":"!r:x","content":{}}]}"#;
+        let e = br#"{"events":[]}"#;
+        assert_eq!(parse(a).unwrap().hash, parse(b).unwrap().hash);
+        assert_ne!(parse(a).unwrap().hash, parse(c).unwrap().hash);
+        assert_ne!(parse(d).unwrap().hash, parse(e).unwrap().hash);
+    }
+
+    #[test]
+    fn not_json_and_bad_json_are_told_apart() {
+        assert_eq!(parse(b"{nope").err().unwrap().errcode, "M_NOT_JSON");
+        assert_eq!(parse(b"{\"events\": 5}").err().unwrap().errcode, "M_BAD_JSON");
+        assert_eq!(parse(b"{}").err().unwrap().errcode, "M_BAD_JSON");
+        assert_eq!(parse(b"[]").err().unwrap().errcode, "M_BAD_JSON");
+    }
+}
