@@ -37,3 +37,10 @@ pub use registration::Registration;
 pub use secret::Secret;
 pub use server::Health;
 pub use store::Store;
+
+/// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
+/// calls it; call it yourself before building another `reqwest` client in a bridge.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary (links once): `mod` per area.
+
+mod common;
+mod crash;
+mod inbox;
+mod store;
+mod synapse;

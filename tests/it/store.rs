@@ -1,0 +1,167 @@
+//! One conformance suite for every store backend: SQLite always, PostgreSQL when
+//! `MXBRIDGE_TEST_POSTGRES` names a server.
+
+use mxbridge::store::{AcceptOutcome, Membership, NewEvent, RoomStateField, Store};
+
+use crate::common::{fresh_store, postgres_url};
+
+fn ev<'a>(id: &'a str, room: &'a str, json: &'a str) -> NewEvent<'a> {
+    NewEvent { event_id: id.into(), room_id: room.into(), json }
+}
+
+async fn inbox_stores_dedups_and_orders(store: Store) {
+    let out = store
+        .accept_transaction("1", "h1", &[ev("$a", "!r", "{\"a\":1}"), ev("$b", "!r", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 2 });
+    // Same txn ID and hash: nothing written.
+    let out = store.accept_transaction("1", "h1", &[ev("$c", "!r", "{}")]).await.unwrap();
+    assert_eq!(out, AcceptOutcome::Duplicate);
+    // Same txn ID, other content (a homeserver restart): stored; a known event ID is skipped.
+    let out =
+        store.accept_transaction("1", "h2", &[ev("$b", "!r", "{}"), ev("$c", "!s", "{}")]).await.unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
+    let pending = store.pending_events(0, 10).await.unwrap();
+    let ids: Vec<_> = pending.iter().map(|p| p.event_id.as_str()).collect();
+    assert_eq!(ids, ["$a", "$b", "$c"]);
+    assert_eq!(pending[0].json, "{\"a\":1}");
+    assert!(pending[0].seq < pending[1].seq && pending[1].seq < pending[2].seq);
+    let after_first = store.pending_events(pending[0].seq, 10).await.unwrap();
+    assert_eq!(after_first.len(), 2);
+    let stats = store.inbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.parked), (3, 0));
+    assert!(stats.oldest_pending_ms.is_some());
+}
+
+async fn done_events_stay_deduplicated_until_pruned(store: Store) {
+    store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
+    let seq = store.pending_events(0, 1).await.unwrap()[0].seq;
+    store.mark_done(seq).await.unwrap();
+    assert!(store.pending_events(0, 10).await.unwrap().is_empty());
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((1, 0)));
+    let out = store.accept_transaction("2", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
+    // Pruning with a retention of an hour keeps it; with a negative age everything done goes.
+    assert_eq!(store.prune_dedup(3_600_000).await.unwrap(), 0);
+    assert!(store.prune_dedup(-1000).await.unwrap() >= 1);
+    assert_eq!(store.inbox_status("$a").await.unwrap(), None);
+}
+
+async fn failures_count_and_parked_events_can_be_retried(store: Store) {
+    store.accept_transaction("1", "h", &[ev("$a", "!r", "{}"), ev("$b", "!r", "{}")]).await.unwrap();
+    let seq = store.pending_events(0, 1).await.unwrap()[0].seq;
+    assert_eq!(store.record_failure(seq, "boom").await.unwrap(), 1);
+    assert_eq!(store.record_failure(seq, "boom again").await.unwrap(), 2);
+    store.park(seq, "gave up").await.unwrap();
+    let parked = store.parked_events(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].event_id.as_str(), parked[0].attempts), ("$a", 2));
+    assert_eq!(parked[0].last_error.as_deref(), Some("gave up"));
+    // Parked events are not pruned and not pending.
+    assert_eq!(store.prune_dedup(-1000).await.unwrap(), 1, "only the txn row goes");
+    assert_eq!(store.pending_events(0, 10).await.unwrap().len(), 1);
+    assert_eq!(store.inbox_stats().await.unwrap().parked, 1);
+    assert_eq!(store.retry_parked(Some("$nope")).await.unwrap(), 0);
+    assert_eq!(store.retry_parked(Some("$a")).await.unwrap(), 1);
+    let pending = store.pending_events(0, 10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].attempts, 0);
+}
+
+async fn membership_and_room_state_cache(store: Store) {
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), None);
+    store.set_membership("!r", "@g:x", Membership::Invite, None, None).await.unwrap();
+    store.set_membership("!r", "@g:x", Membership::Join, Some("Ghost"), Some("mxc://x/y")).await.unwrap();
+    store.set_membership("!r", "@h:x", Membership::Ban, None, None).await.unwrap();
+    let m = store.member("!r", "@g:x").await.unwrap().unwrap();
+    assert_eq!(m.membership, Membership::Join);
+    assert_eq!(m.displayname.as_deref(), Some("Ghost"));
+    assert_eq!(store.members_with("!r", Membership::Join).await.unwrap().len(), 1);
+    assert_eq!(store.joined_rooms("@g:x").await.unwrap(), ["!r"]);
+    assert_eq!(store.room_state("!r", RoomStateField::PowerLevels).await.unwrap(), None);
+    store.set_room_state("!r", RoomStateField::PowerLevels, "{\"users\":{}}").await.unwrap();
+    store.set_room_state("!r", RoomStateField::Encryption, "{}").await.unwrap();
+    assert_eq!(
+        store.room_state("!r", RoomStateField::PowerLevels).await.unwrap().as_deref(),
+        Some("{\"users\":{}}")
+    );
+    assert!(!store.members_fetched("!r").await.unwrap());
+    store.set_members_fetched("!r", true).await.unwrap();
+    assert!(store.members_fetched("!r").await.unwrap());
+    // Setting one field keeps the others.
+    assert!(store.room_state("!r", RoomStateField::PowerLevels).await.unwrap().is_some());
+    assert!(!store.is_registered("@g:x").await.unwrap());
+    store.mark_registered("@g:x").await.unwrap();
+    store.mark_registered("@g:x").await.unwrap();
+    assert!(store.is_registered("@g:x").await.unwrap());
+}
+
+async fn reconnect_keeps_data_and_migrations_are_idempotent(store: Store, reopen: impl AsyncFnOnce() -> Store) {
+    store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
+    store.close().await;
+    let again = reopen().await;
+    assert_eq!(again.pending_events(0, 10).await.unwrap().len(), 1);
+}
+
+macro_rules! suite {
+    ($backend:ident, $name:literal) => {
+        mod $backend {
+            use super::*;
+
+            async fn store(dir: &tempfile::TempDir) -> Option<Store> {
+                if $name == "postgres" && postgres_url().is_none() {
+                    eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
+                    return None;
+                }
+                Some(fresh_store($name, dir.path()).await)
+            }
+
+            #[tokio::test]
+            async fn inbox() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                assert_eq!(s.backend_name(), $name);
+                inbox_stores_dedups_and_orders(s).await;
+            }
+
+            #[tokio::test]
+            async fn dedup_and_prune() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                done_events_stay_deduplicated_until_pruned(s).await;
+            }
+
+            #[tokio::test]
+            async fn failures_and_parking() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                failures_count_and_parked_events_can_be_retried(s).await;
+            }
+
+            #[tokio::test]
+            async fn state_cache() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                membership_and_room_state_cache(s).await;
+            }
+
+            #[tokio::test]
+            async fn reconnect() {
+                let dir = tempfile::tempdir().unwrap();
+                if $name == "postgres" && postgres_url().is_none() {
+                    return;
+                }
+                let db = crate::common::fresh_database($name, dir.path()).await;
+                let s = Store::connect(&db).await.unwrap();
+                reconnect_keeps_data_and_migrations_are_idempotent(s, async || {
+                    Store::connect(&db).await.unwrap()
+                })
+                .await;
+            }
+        }
+    };
+}
+
+suite!(sqlite, "sqlite");
+suite!(postgres, "postgres");
