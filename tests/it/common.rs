@@ -146,6 +146,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub bridge: Arc<Recorder>,
     pub store: Store,
+    pub health: Arc<mxbridge::Health>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<mxbridge::Result<()>>,
 }
@@ -177,11 +178,12 @@ impl Running {
         let service = AppService::<Recorder>::new(config, registration).await.unwrap();
         let bridge = service.bridge().clone();
         let store = service.context().store().clone();
+        let health = service.health().clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(service.run(listener, async move {
             let _ = rx.await;
         }));
-        Self { addr, bridge, store, stop: Some(tx), task }
+        Self { addr, bridge, store, health, stop: Some(tx), task }
     }
 
     pub async fn stop(mut self) {
