@@ -126,7 +126,7 @@ pub async fn run_cli<B: Bridge>(cli: Cli) -> ExitCode {
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            if let Err(e) = Store::connect(&config.database).await.map(|s| drop(s)) {
+            if let Err(e) = Store::connect(&config.database).await.map(drop) {
                 eprintln!("error: database {}: {e}", redact_url(&config.database.url));
                 return ExitCode::from(EXIT_RUNTIME);
             }

@@ -1,6 +1,6 @@
 //! The homeserver-facing HTTP server (homeserver → us), as the Application Service API says.
 //!
-//! [`router`] builds the whole axum app, so tests drive it with `oneshot` and no socket; `serve`
+//! `router` builds the whole axum app, so tests drive it with `oneshot` and no socket; `serve`
 //! runs it on a listener until a shutdown future resolves.
 
 use std::{

@@ -2,7 +2,7 @@
 //!
 //! One [`Store`] serves SQLite (embedded, the default) and PostgreSQL. Every query is written once
 //! in SQL valid on both dialects (`$1` placeholders, `ON CONFLICT`, `RETURNING`) and run on the
-//! pool of whichever backend the URL named; the [`with_pool!`] macro expands a body once per
+//! pool of whichever backend the URL named; the `with_pool!` macro expands a body once per
 //! backend. Schema changes are numbered files in `migrations/{sqlite,postgres}/`, embedded in the
 //! binary and applied at connect time.
 

@@ -112,8 +112,7 @@ impl Bridge for Recorder {
         }
         if let Some(path) = &self.config.record_file {
             use std::io::Write as _;
-            let mut f =
-                std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
             writeln!(f, "{id}").unwrap();
             f.sync_all().unwrap();
         }
@@ -155,8 +154,15 @@ impl Running {
     pub async fn start(db: &DatabaseConfig, bridge_config: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        Self::start_on(listener, "http://127.0.0.1:1", db, bridge_config, &registration_yaml("null")).await
-            .with_addr(addr)
+        Self::start_on(
+            listener,
+            "http://127.0.0.1:1",
+            db,
+            bridge_config,
+            &registration_yaml("null"),
+        )
+        .await
+        .with_addr(addr)
     }
 
     fn with_addr(mut self, addr: SocketAddr) -> Self {

@@ -79,14 +79,18 @@ async fn killed_after_200_is_handled_once_after_restart(backend: &str) {
     let record = dir.path().join("handled.txt").display().to_string();
     let client = http();
     let port = free_port();
-    let mut spec = ChildSpec { db_url: db.url.clone(), port, record_file: record.clone(), delay_ms: 60_000 };
+    let mut spec =
+        ChildSpec { db_url: db.url.clone(), port, record_file: record.clone(), delay_ms: 60_000 };
 
     // First life: the handler hangs, so the event is acknowledged but not handled.
     let mut child = spawn_child(&spec);
     wait_live(&client, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let r = "!crash:localhost";
-    assert_eq!(put_txn(&client, &base, "1", &txn_body(&[(r, "$crash1"), (r, "$crash2")])).await, 200);
+    assert_eq!(
+        put_txn(&client, &base, "1", &txn_body(&[(r, "$crash1"), (r, "$crash2")])).await,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -97,7 +101,10 @@ async fn killed_after_200_is_handled_once_after_restart(backend: &str) {
     let mut child = spawn_child(&spec);
     wait_live(&client, port).await;
     // The homeserver retries the transaction it never saw finish: a duplicate, dropped.
-    assert_eq!(put_txn(&client, &base, "1", &txn_body(&[(r, "$crash1"), (r, "$crash2")])).await, 200);
+    assert_eq!(
+        put_txn(&client, &base, "1", &txn_body(&[(r, "$crash1"), (r, "$crash2")])).await,
+        200
+    );
     assert!(wait_until(15, || recorded(&record).len() >= 2).await, "handled after restart");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recorded(&record), ["$crash1", "$crash2"]);

@@ -22,14 +22,16 @@ async fn events_of_a_room_are_handled_in_order_and_rooms_in_parallel() {
         for (room, id) in &events {
             sent.entry(rooms.iter().find(|r| *r == room).unwrap()).or_default().push(id.clone());
         }
-        let refs: Vec<(&str, &str)> = events.iter().map(|(r, e)| (r.as_str(), e.as_str())).collect();
+        let refs: Vec<(&str, &str)> =
+            events.iter().map(|(r, e)| (r.as_str(), e.as_str())).collect();
         assert_eq!(put_txn(&client, &app.url(""), &txn.to_string(), &txn_body(&refs)).await, 200);
     }
     assert!(wait_until(20, || app.bridge.handled.lock().unwrap().len() == 60).await);
     wait_for_empty_inbox(&app.store).await;
     let handled = app.bridge.handled.lock().unwrap().clone();
     for room in rooms {
-        let order: Vec<_> = handled.iter().filter(|(r, _)| r == room).map(|(_, e)| e.clone()).collect();
+        let order: Vec<_> =
+            handled.iter().filter(|(r, _)| r == room).map(|(_, e)| e.clone()).collect();
         assert_eq!(order, sent[room], "order in {room}");
     }
     app.stop().await;

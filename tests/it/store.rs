@@ -19,8 +19,10 @@ async fn inbox_stores_dedups_and_orders(store: Store) {
     let out = store.accept_transaction("1", "h1", &[ev("$c", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Duplicate);
     // Same txn ID, other content (a homeserver restart): stored; a known event ID is skipped.
-    let out =
-        store.accept_transaction("1", "h2", &[ev("$b", "!r", "{}"), ev("$c", "!s", "{}")]).await.unwrap();
+    let out = store
+        .accept_transaction("1", "h2", &[ev("$b", "!r", "{}"), ev("$c", "!s", "{}")])
+        .await
+        .unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
     let pending = store.pending_events(0, 10).await.unwrap();
     let ids: Vec<_> = pending.iter().map(|p| p.event_id.as_str()).collect();
@@ -49,7 +51,10 @@ async fn done_events_stay_deduplicated_until_pruned(store: Store) {
 }
 
 async fn failures_count_and_parked_events_can_be_retried(store: Store) {
-    store.accept_transaction("1", "h", &[ev("$a", "!r", "{}"), ev("$b", "!r", "{}")]).await.unwrap();
+    store
+        .accept_transaction("1", "h", &[ev("$a", "!r", "{}"), ev("$b", "!r", "{}")])
+        .await
+        .unwrap();
     let seq = store.pending_events(0, 1).await.unwrap()[0].seq;
     assert_eq!(store.record_failure(seq, "boom").await.unwrap(), 1);
     assert_eq!(store.record_failure(seq, "boom again").await.unwrap(), 2);
@@ -72,7 +77,10 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
 async fn membership_and_room_state_cache(store: Store) {
     assert_eq!(store.membership("!r", "@g:x").await.unwrap(), None);
     store.set_membership("!r", "@g:x", Membership::Invite, None, None).await.unwrap();
-    store.set_membership("!r", "@g:x", Membership::Join, Some("Ghost"), Some("mxc://x/y")).await.unwrap();
+    store
+        .set_membership("!r", "@g:x", Membership::Join, Some("Ghost"), Some("mxc://x/y"))
+        .await
+        .unwrap();
     store.set_membership("!r", "@h:x", Membership::Ban, None, None).await.unwrap();
     let m = store.member("!r", "@g:x").await.unwrap().unwrap();
     assert_eq!(m.membership, Membership::Join);
@@ -97,7 +105,10 @@ async fn membership_and_room_state_cache(store: Store) {
     assert!(store.is_registered("@g:x").await.unwrap());
 }
 
-async fn reconnect_keeps_data_and_migrations_are_idempotent(store: Store, reopen: impl AsyncFnOnce() -> Store) {
+async fn reconnect_keeps_data_and_migrations_are_idempotent(
+    store: Store,
+    reopen: impl AsyncFnOnce() -> Store,
+) {
     store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     store.close().await;
     let again = reopen().await;

@@ -59,7 +59,8 @@ impl Synapse {
 
 impl Drop for Synapse {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(script()).arg("stop").arg(self.dir.path().join("hs")).output();
+        let _ =
+            Command::new("bash").arg(script()).arg("stop").arg(self.dir.path().join("hs")).output();
     }
 }
 

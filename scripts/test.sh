@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: unit, router, store (SQLite and PostgreSQL), crash, and end to end against a
+# real Synapse that scripts/synapse.sh installs into a cached venv. Needs PostgreSQL on
+# 127.0.0.1:5432 (trust auth, database `test`) unless MXBRIDGE_TEST_POSTGRES names another.
+# Fails, never skips, when PostgreSQL or Synapse is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export MXB_CACHE="${MXB_CACHE:-$HOME/.cache/mxbridge}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MXB_CACHE/target}"
+export MXBRIDGE_TEST_POSTGRES="${MXBRIDGE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
+export MXBRIDGE_TEST_SYNAPSE=1
+
+# PostgreSQL must answer; this machine kind starts it before the session.
+if ! command -v psql >/dev/null || ! psql "$MXBRIDGE_TEST_POSTGRES" -qtAc 'select 1' >/dev/null 2>&1; then
+    echo "test.sh: PostgreSQL does not answer at $MXBRIDGE_TEST_POSTGRES" >&2
+    exit 1
+fi
+# Synapse: install (cached) before the tests so a failure is reported once and clearly.
+bash scripts/synapse.sh install >/dev/null
+
+cargo test --all-features "$@"
