@@ -8,10 +8,13 @@
 //!
 //! Start at `ARCHITECTURE.md` for how data flows.
 
+pub mod client;
 pub mod config;
 pub mod registration;
 pub mod secret;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod util;
 
 pub use config::Config;
