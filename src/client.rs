@@ -254,6 +254,28 @@ struct ClientInner {
         Mutex<HashMap<(OwnedRoomId, OwnedUserId), Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A claim on the single join of one user to one room.
+///
+/// Callers for the same (room, user) share one async mutex; the map entry is removed when the
+/// last claim drops, so the map holds only joins in flight.
+pub(crate) struct JoinFlight {
+    client: Client,
+    key: (OwnedRoomId, OwnedUserId),
+    /// The mutex every caller for this key locks.
+    pub(crate) lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for JoinFlight {
+    fn drop(&mut self) {
+        let mut map =
+            self.client.inner.joins_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ours and the map's: nobody else waits for this join.
+        if Arc::strong_count(&self.lock) <= 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// Installs ring as rustls' process-wide crypto provider, once; a provider installed earlier
 /// (by the application) is kept.
 fn install_crypto_provider() {
@@ -342,6 +364,21 @@ impl Client {
         } else {
             Err(Error::NotInNamespace { user_id: user_id.to_owned() })
         }
+    }
+
+    /// Claims the join of `user_id` to `room_id` (see [`JoinFlight`]).
+    pub(crate) fn join_flight(&self, room_id: &RoomId, user_id: &UserId) -> JoinFlight {
+        let key = (room_id.to_owned(), user_id.to_owned());
+        let mut map = self.inner.joins_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = Arc::clone(map.entry(key.clone()).or_default());
+        drop(map);
+        JoinFlight { client: self.clone(), key, lock }
+    }
+
+    /// The number of joins in flight (for tests: it returns to zero).
+    #[cfg(test)]
+    pub(crate) fn joins_in_flight(&self) -> usize {
+        self.inner.joins_in_flight.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     fn supported_versions(&self) -> SupportedVersions {
@@ -788,17 +825,18 @@ impl Client {
     ///
     /// # Errors
     /// On a failed request (403 when the user's power level is below the event's).
-    pub async fn send_state_event<C>(
+    pub async fn send_state_event<C, K>(
         &self,
         as_user: Option<&UserId>,
         room_id: &RoomId,
-        state_key: &str,
+        state_key: &K,
         content: &C,
         ts: Option<MilliSecondsSinceUnixEpoch>,
     ) -> Result<OwnedEventId>
     where
         C: StateEventContent,
-        C::StateKey: std::borrow::Borrow<str>,
+        C::StateKey: std::borrow::Borrow<K>,
+        K: AsRef<str> + ?Sized,
     {
         let mut request =
             send_state_event::v3::Request::new(room_id.to_owned(), state_key, content)?;

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod intent;
 pub mod registration;
 pub mod secret;
 pub mod store;
