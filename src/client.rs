@@ -250,9 +250,11 @@ struct ClientInner {
     versions: RwLock<SupportedVersions>,
     /// Joins in flight, keyed by (room, user). Entries exist only while a join runs, so the map
     /// never grows with the number of ghosts (see `Intent::ensure_joined`).
-    pub(crate) joins_in_flight:
-        Mutex<HashMap<(OwnedRoomId, OwnedUserId), Arc<tokio::sync::Mutex<()>>>>,
+    joins_in_flight: Mutex<HashMap<JoinKey, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Identifies one user's join to one room.
+type JoinKey = (OwnedRoomId, OwnedUserId);
 
 /// A claim on the single join of one user to one room.
 ///
@@ -260,7 +262,7 @@ struct ClientInner {
 /// last claim drops, so the map holds only joins in flight.
 pub(crate) struct JoinFlight {
     client: Client,
-    key: (OwnedRoomId, OwnedUserId),
+    key: JoinKey,
     /// The mutex every caller for this key locks.
     pub(crate) lock: Arc<tokio::sync::Mutex<()>>,
 }
