@@ -298,8 +298,10 @@ impl<T: DeserializeOwned + Default> Config<T> {
     /// # Errors
     /// As [`Config::load`], without the I/O.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = crate::util::from_yaml(text)
-            .map_err(|e| ConfigError::Yaml { path: "<config>".into(), message: e.to_string() })?;
+        let config: Self = crate::util::from_yaml(text).map_err(|e| ConfigError::Yaml {
+            path: "<config>".into(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -313,10 +315,9 @@ impl<T> Config<T> {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
-        for (key, url) in [
-            ("homeserver.address", &self.homeserver.address),
-            ("appservice.address", &self.appservice.address),
-        ] {
+        for (key, url) in
+            [("homeserver.address", &self.homeserver.address), ("appservice.address", &self.appservice.address)]
+        {
             if !matches!(url.scheme(), "http" | "https") {
                 return invalid(key, format!("must be an http or https URL, not {url}"));
             }

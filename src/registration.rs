@@ -107,8 +107,7 @@ impl Registration {
     /// When a required string is empty, a token is too short to be a secret, or a namespace regex
     /// does not compile.
     pub fn new(file: RegistrationFile) -> Result<Self, RegistrationError> {
-        let invalid =
-            |key, message: &str| RegistrationError::Invalid { key, message: message.into() };
+        let invalid = |key, message: &str| RegistrationError::Invalid { key, message: message.into() };
         if file.id.trim().is_empty() {
             return Err(invalid("id", "must not be empty"));
         }
@@ -122,10 +121,9 @@ impl Registration {
             return Err(invalid("hs_token", "must differ from as_token"));
         }
         if file.sender_localpart.is_empty()
-            || !file
-                .sender_localpart
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
+            || !file.sender_localpart.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b)
+            })
         {
             return Err(invalid(
                 "sender_localpart",
@@ -136,20 +134,18 @@ impl Registration {
             url::Url::parse(url)
                 .map_err(|e| invalid("url", &format!("not a URL ({e}): {url:?}")))?;
         }
-        let compile =
-            |key: &'static str, list: &[ruma::api::appservice::Namespace], only_exclusive: bool| {
-                let patterns: Vec<String> = list
-                    .iter()
-                    .filter(|ns| !only_exclusive || ns.exclusive)
-                    .map(|ns| anchored(&ns.regex))
-                    .collect();
-                for p in &patterns {
-                    Regex::new(p)
-                        .map_err(|e| RegistrationError::Invalid { key, message: e.to_string() })?;
-                }
-                RegexSet::new(&patterns)
-                    .map_err(|e| RegistrationError::Invalid { key, message: e.to_string() })
-            };
+        let compile = |key: &'static str, list: &[ruma::api::appservice::Namespace], only_exclusive: bool| {
+            let patterns: Vec<String> = list
+                .iter()
+                .filter(|ns| !only_exclusive || ns.exclusive)
+                .map(|ns| anchored(&ns.regex))
+                .collect();
+            for p in &patterns {
+                Regex::new(p).map_err(|e| RegistrationError::Invalid { key, message: e.to_string() })?;
+            }
+            RegexSet::new(&patterns)
+                .map_err(|e| RegistrationError::Invalid { key, message: e.to_string() })
+        };
         let users = compile("namespaces.users", &file.namespaces.users, false)?;
         let exclusive_users = compile("namespaces.users", &file.namespaces.users, true)?;
         let aliases = compile("namespaces.aliases", &file.namespaces.aliases, false)?;
@@ -299,8 +295,10 @@ mod tests {
         let unknown = format!("{EXAMPLE}\nsurprise: 1\n");
         let err = Registration::from_yaml(&unknown).unwrap_err().to_string();
         assert!(err.contains("surprise"), "{err}");
-        let short =
-            EXAMPLE.replace("as_token: CHANGE_ME_as_token_0123456789abcdef", "as_token: short");
+        let short = EXAMPLE.replace(
+            "as_token: CHANGE_ME_as_token_0123456789abcdef",
+            "as_token: short",
+        );
         let err = Registration::from_yaml(&short).unwrap_err().to_string();
         assert!(err.contains("as_token"), "{err}");
     }

@@ -89,12 +89,14 @@ struct Migration {
 }
 
 /// Every migration, in order. The same number is the same logical change on both backends.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_core.sql",
-    sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
-    postgres: include_str!("../migrations/postgres/0001_core.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_core.sql",
+        sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
+        postgres: include_str!("../migrations/postgres/0001_core.sql"),
+    },
+];
 
 impl Store {
     /// Connects to the database named by the config and applies pending migrations.
@@ -204,20 +206,16 @@ impl Store {
                 sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|source| {
                     StoreError::Migration { version: m.version, name: m.name, source }
                 })?;
-                sqlx::query(
-                    "INSERT INTO mx_schema (version, name, applied_at) VALUES ($1, $2, $3)",
-                )
-                .bind(m.version)
-                .bind(m.name)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("INSERT INTO mx_schema (version, name, applied_at) VALUES ($1, $2, $3)")
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
-            let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM mx_schema")
-                .fetch_one(pool)
-                .await?
-                .try_get("v")?;
+            let found: Option<i64> =
+                sqlx::query("SELECT MAX(version) AS v FROM mx_schema").fetch_one(pool).await?.try_get("v")?;
             if let Some(found) = found.filter(|&f| f > known) {
                 return Err(StoreError::SchemaTooNew { found, known });
             }

@@ -226,9 +226,7 @@ impl Store {
     /// When the database fails.
     pub async fn room_state(&self, room_id: &str, field: RoomStateField) -> Result<Option<String>> {
         let sql = match field {
-            RoomStateField::PowerLevels => {
-                "SELECT power_levels FROM mx_room_state WHERE room_id = $1"
-            }
+            RoomStateField::PowerLevels => "SELECT power_levels FROM mx_room_state WHERE room_id = $1",
             RoomStateField::Create => "SELECT create_event FROM mx_room_state WHERE room_id = $1",
             RoomStateField::JoinRules => "SELECT join_rules FROM mx_room_state WHERE room_id = $1",
             RoomStateField::Encryption => "SELECT encryption FROM mx_room_state WHERE room_id = $1",
