@@ -36,7 +36,9 @@ impl Bridge for Echo {
                 let Some(target) = event.state_key.as_deref() else { return Ok(()) };
                 let content: RoomMemberEventContent = event.content()?;
                 let target: OwnedUserId = target.try_into()?;
-                if content.membership.as_str() == "invite" && registration.is_user_in_namespace(&target) {
+                if content.membership.as_str() == "invite"
+                    && registration.is_user_in_namespace(&target)
+                {
                     self.ctx.intent(&target)?.ensure_joined(&event.room_id).await?;
                 }
             }
@@ -44,7 +46,8 @@ impl Bridge for Echo {
             "m.room.message" if !registration.is_user_in_namespace(&event.sender) => {
                 let content: RoomMessageEventContent = event.content()?;
                 let text = format!("echo: {}", content.body());
-                let members = self.ctx.store().members_with(event.room_id.as_str(), Membership::Join).await?;
+                let members =
+                    self.ctx.store().members_with(event.room_id.as_str(), Membership::Join).await?;
                 for member in members {
                     let user: OwnedUserId = member.user_id.as_str().try_into()?;
                     if registration.is_user_in_namespace(&user) {

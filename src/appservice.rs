@@ -35,7 +35,7 @@ impl<B: Bridge> AppService<B> {
         check_registration_matches(&config, &registration)?;
         let store = Store::connect(&config.database).await?;
         let Config { homeserver, appservice, database, inbox, logging, bridge } = config;
-        let ctx = Context::new(store, registration, homeserver.clone(), appservice.clone());
+        let ctx = Context::new(store, registration, homeserver.clone(), appservice.clone())?;
         let bridge =
             B::create(bridge, ctx.clone()).await.map_err(|e| Error::Bridge(e.to_string()))?;
         let config = Config { homeserver, appservice, database, inbox, logging, bridge: () };

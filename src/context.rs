@@ -5,7 +5,9 @@ use std::sync::Arc;
 use ruma::{OwnedServerName, OwnedUserId};
 
 use crate::{
+    client::{self, Client},
     config::{AppserviceConfig, HomeserverConfig},
+    intent::Intent,
     registration::Registration,
     store::Store,
 };
@@ -30,21 +32,35 @@ struct ContextInner {
     appservice: AppserviceConfig,
     /// The bot's user ID.
     bot_user_id: OwnedUserId,
+    /// The Client-Server API client (one connection pool for the bot and every ghost).
+    client: Client,
 }
 
 impl Context {
-    /// Assembles a context.
+    /// Assembles a context, with a client for the configured homeserver.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built or the bot's user ID is invalid.
     pub fn new(
         store: Store,
         registration: Registration,
         homeserver: HomeserverConfig,
         appservice: AppserviceConfig,
+    ) -> Result<Self, client::Error> {
+        let client =
+            Client::new(homeserver.address.clone(), &homeserver.domain, registration.clone())?;
+        Ok(Self::with_client(store, registration, homeserver, appservice, client))
+    }
+
+    /// Assembles a context around a client made elsewhere (a mock homeserver's, in tests).
+    pub fn with_client(
+        store: Store,
+        registration: Registration,
+        homeserver: HomeserverConfig,
+        appservice: AppserviceConfig,
+        client: Client,
     ) -> Self {
-        let bot_user_id = ruma::UserId::parse_with_server_name(
-            registration.sender_localpart(),
-            &homeserver.domain,
-        )
-        .expect("the registration validated sender_localpart");
+        let bot_user_id = client.bot_user_id().to_owned();
         Self {
             inner: Arc::new(ContextInner {
                 store,
@@ -52,8 +68,27 @@ impl Context {
                 homeserver,
                 appservice,
                 bot_user_id,
+                client,
             }),
         }
+    }
+
+    /// The Client-Server API client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The intent of a user in our namespace (a ghost) or of the bot. Costs nothing.
+    ///
+    /// # Errors
+    /// `client::Error::NotInNamespace` for users the appservice may not act as.
+    pub fn intent(&self, user_id: &ruma::UserId) -> Result<Intent, client::Error> {
+        Intent::new(self.client().clone(), self.store().clone(), user_id.to_owned())
+    }
+
+    /// The bot's intent.
+    pub fn bot(&self) -> Intent {
+        Intent::bot(self.client().clone(), self.store().clone())
     }
 
     /// The SQL store.

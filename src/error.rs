@@ -14,6 +14,9 @@ pub enum Error {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Client-Server API client failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
     /// The listener could not be bound or failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -11,6 +11,9 @@
 //! - [`store`]: SQLite or PostgreSQL: the inbox, the state cache, the bridge's mappings.
 //! - [`registration`] and [`config`]: the two YAML files.
 //! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
+//! - [`client`]: the Client-Server API client (as the bot or any ghost), with retries.
+//! - [`intent`]: one user's actions (`ensure_registered`, `ensure_joined`, sends), cache-first.
+//! - `testing` (feature `testing`): a mock homeserver for bridge authors' tests.
 //! - [`secret`]: tokens that never print.
 //!
 //! `ARCHITECTURE.md` in the repository tells how data flows and who owns what.
@@ -18,14 +21,18 @@
 pub mod appservice;
 pub mod bridge;
 pub mod cli;
+pub mod client;
 pub mod config;
 mod context;
 mod dispatch;
 pub mod error;
+pub mod intent;
 pub mod registration;
 pub mod secret;
 pub mod server;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod util;
 
 pub use appservice::AppService;

@@ -107,7 +107,7 @@ async fn harness(max_body: usize) -> Harness {
     )
     .unwrap();
     let _: &BotConfig = &appservice.bot;
-    let ctx = Context::new(store.clone(), registration(), homeserver, appservice);
+    let ctx = Context::new(store.clone(), registration(), homeserver, appservice).unwrap();
     let bridge = Arc::new(Recorder::default());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let (inbox, dispatcher) =

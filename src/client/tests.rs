@@ -1,0 +1,279 @@
+//! Client tests against the mock homeserver.
+
+use std::time::{Duration, Instant};
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, UInt, events::room::message::RoomMessageEventContent, mxc_uri,
+    room_alias_id, room_id, user_id,
+};
+use serde_json::json;
+
+use super::*;
+use crate::testing::{AS_TOKEN, MockHomeserver};
+
+fn text(body: &str) -> RoomMessageEventContent {
+    RoomMessageEventContent::text_plain(body)
+}
+
+#[tokio::test]
+async fn as_token_is_a_bearer_and_user_id_asserts_identity() {
+    let hs = MockHomeserver::start().await;
+    let ghost = user_id!("@_test_alice:localhost");
+    hs.mock_whoami(ghost).as_user(ghost).expect(1).mount().await;
+
+    let response = hs.client().whoami(Some(ghost)).await.unwrap();
+    assert_eq!(response.user_id, ghost);
+
+    let received = hs.received().await;
+    assert_eq!(received.len(), 1);
+    let auth = received[0].headers.get("authorization").unwrap().to_str().unwrap();
+    assert_eq!(auth, format!("Bearer {AS_TOKEN}"));
+    let user_ids: Vec<_> = received[0]
+        .url
+        .query_pairs()
+        .filter(|(k, _)| k == "user_id")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(user_ids, [ghost.as_str()]);
+}
+
+#[tokio::test]
+async fn bot_requests_carry_no_user_id() {
+    let hs = MockHomeserver::start().await;
+    let bot = MockHomeserver::bot();
+    hs.mock_whoami(&bot).as_bot().expect(2).mount().await;
+    assert_eq!(hs.client().whoami(None).await.unwrap().user_id, bot);
+    // Naming the bot explicitly is the same as acting as the bot.
+    hs.client().whoami(Some(&bot)).await.unwrap();
+}
+
+#[tokio::test]
+async fn masquerading_outside_the_namespace_fails_before_any_request() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    hs.mock_join(room).never().mount().await;
+    hs.mock_register().never().mount().await;
+    let client = hs.client();
+    let alice = user_id!("@alice:localhost");
+
+    let err = client.join(Some(alice), room).await.unwrap_err();
+    assert!(matches!(err, Error::NotInNamespace { ref user_id } if user_id == alice), "{err}");
+    let err = client.register(alice).await.unwrap_err();
+    assert!(matches!(err, Error::NotInNamespace { .. }), "{err}");
+    assert!(hs.received().await.is_empty());
+}
+
+#[tokio::test]
+async fn rate_limited_request_waits_retry_after_ms_then_succeeds() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    hs.mock_send(room, "m.room.message").rate_limited(300).up_to_n_times(1).expect(1).mount().await;
+    hs.mock_send(room, "m.room.message").ok().expect(1).mount().await;
+
+    let started = Instant::now();
+    let event_id =
+        hs.client().send_message_event(None, room, &text("hi"), None, None).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(event_id, "$sent:localhost");
+    assert!(waited >= Duration::from_millis(300), "waited only {waited:?}");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn retry_after_header_wins_and_is_capped() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    let limited = ResponseTemplateExt::limited_with_header("60");
+    wiremock::Mock::given(wiremock::matchers::method("PUT"))
+        .respond_with(limited)
+        .up_to_n_times(1)
+        .mount(hs.server())
+        .await;
+    hs.mock_send(room, "m.room.message").ok().expect(1).mount().await;
+
+    let policy = RetryPolicy {
+        max_retry_after: Duration::from_millis(400),
+        ..crate::testing::fast_retry_policy()
+    };
+    let started = Instant::now();
+    hs.client_with_retry(policy)
+        .send_message_event(None, room, &text("hi"), None, None)
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    // The header said 60 s (the body 10 ms); the cap of 400 ms applies to the header's value.
+    assert!(waited >= Duration::from_millis(400), "waited only {waited:?}");
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+}
+
+struct ResponseTemplateExt;
+impl ResponseTemplateExt {
+    fn limited_with_header(seconds: &str) -> wiremock::ResponseTemplate {
+        wiremock::ResponseTemplate::new(429).insert_header("retry-after", seconds).set_body_json(
+            json!({
+                "errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 10
+            }),
+        )
+    }
+}
+
+#[tokio::test]
+async fn retried_send_keeps_its_transaction_id() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    hs.mock_send(room, "m.room.message").status(502).up_to_n_times(1).expect(1).mount().await;
+    hs.mock_send(room, "m.room.message").ok().expect(1).mount().await;
+
+    hs.client().send_message_event(None, room, &text("hi"), None, None).await.unwrap();
+    let txns = hs.sent_txn_ids(room, "m.room.message").await;
+    assert_eq!(txns.len(), 2);
+    assert_eq!(txns[0], txns[1]);
+}
+
+#[tokio::test]
+async fn separate_sends_get_separate_transaction_ids() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    hs.mock_send(room, "m.room.message").ok().expect(2).mount().await;
+    let client = hs.client();
+    client.send_message_event(None, room, &text("a"), None, None).await.unwrap();
+    client.send_message_event(None, room, &text("b"), None, None).await.unwrap();
+    let txns = hs.sent_txn_ids(room, "m.room.message").await;
+    assert_ne!(txns[0], txns[1]);
+}
+
+#[tokio::test]
+async fn gateway_errors_give_up_after_max_attempts() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    hs.mock_join(room).status(503).expect(3).mount().await;
+    let err = hs.client().join(None, room).await.unwrap_err();
+    assert_eq!(err.status(), Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_and_keep_their_errcode() {
+    let hs = MockHomeserver::start().await;
+    let ghost = user_id!("@_test_bob:localhost");
+    hs.mock_register().for_user(ghost).user_in_use().expect(1).mount().await;
+    let err = hs.client().register(ghost).await.unwrap_err();
+    assert!(err.is_errcode("M_USER_IN_USE"), "{err}");
+    assert_eq!(err.kind(), Some(&ruma::api::error::ErrorKind::UserInUse));
+}
+
+#[tokio::test]
+async fn register_uses_the_appservice_login_type_and_inhibits_login() {
+    let hs = MockHomeserver::start().await;
+    let ghost = user_id!("@_test_bob:localhost");
+    hs.mock_register()
+        .for_user(ghost)
+        .as_bot()
+        .with_body(json!({ "type": "m.login.application_service", "inhibit_login": true }))
+        .expect(1)
+        .mount()
+        .await;
+    assert_eq!(hs.client().register(ghost).await.unwrap().user_id, ghost);
+}
+
+#[tokio::test]
+async fn timestamp_massaging_sets_the_ts_query_parameter() {
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    let ghost = user_id!("@_test_bob:localhost");
+    hs.mock_send(room, "m.room.message")
+        .as_user(ghost)
+        .with_query("ts", "1600000000000")
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_redact(room).as_user(ghost).with_query("ts", "1600000000001").expect(1).mount().await;
+    let client = hs.client();
+    let ts = |ms: u64| Some(MilliSecondsSinceUnixEpoch(UInt::new(ms).unwrap()));
+    client
+        .send_message_event(Some(ghost), room, &text("old"), None, ts(1_600_000_000_000))
+        .await
+        .unwrap();
+    let event = ruma::event_id!("$old:localhost");
+    client.redact(Some(ghost), room, event, None, None, ts(1_600_000_000_001)).await.unwrap();
+}
+
+#[tokio::test]
+async fn device_identity_is_asserted_with_both_parameters() {
+    let hs = MockHomeserver::start().await;
+    let ghost = user_id!("@_test_bob:localhost");
+    hs.mock("POST", "/_matrix/client/v3/keys/upload")
+        .as_user(ghost)
+        .with_query("device_id", "GHOSTDEV")
+        .with_query("org.matrix.msc3202.device_id", "GHOSTDEV")
+        .ok_body(json!({ "one_time_key_counts": {} }))
+        .expect(1)
+        .mount()
+        .await;
+    let device = ruma::device_id!("GHOSTDEV");
+    hs.client().upload_keys(Some(ghost), device, upload_keys::v3::Request::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn download_falls_back_to_legacy_media_on_unrecognized() {
+    let hs = MockHomeserver::start().await;
+    hs.mock("GET", "/_matrix/client/v1/media/download/localhost/abc")
+        .error(404, "M_UNRECOGNIZED", "Unrecognized request")
+        .expect(1)
+        .mount()
+        .await;
+    wiremock::Mock::given(wiremock::matchers::path("/_matrix/media/v3/download/localhost/abc"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_raw(b"bytes".to_vec(), "image/png"),
+        )
+        .expect(1)
+        .mount(hs.server())
+        .await;
+    let (data, content_type) = hs.client().download(mxc_uri!("mxc://localhost/abc")).await.unwrap();
+    assert_eq!(data, b"bytes");
+    assert_eq!(content_type.as_deref(), Some("image/png"));
+}
+
+#[tokio::test]
+async fn put_alias_with_replace_deletes_then_puts_on_conflict() {
+    let hs = MockHomeserver::start().await;
+    let alias_path = "/_matrix/client/v3/directory/room/#_test_portal:localhost";
+    hs.mock("PUT", alias_path)
+        .error(409, "M_UNKNOWN", "Room alias already exists")
+        .up_to_n_times(1)
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock("DELETE", alias_path).expect(1).mount().await;
+    hs.mock("PUT", alias_path)
+        .with_body(json!({ "room_id": "!new:localhost" }))
+        .expect(1)
+        .mount()
+        .await;
+    let alias = room_alias_id!("#_test_portal:localhost");
+    hs.client().put_alias(None, alias, room_id!("!new:localhost"), true).await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_posts_to_the_appservice_ping_endpoint() {
+    let hs = MockHomeserver::start().await;
+    hs.mock("POST", "/_matrix/client/v1/appservice/test-bridge/ping")
+        .with_body(json!({ "transaction_id": "ping-1" }))
+        .ok_body(json!({ "duration_ms": 7 }))
+        .expect(1)
+        .mount()
+        .await;
+    let txn = <&TransactionId>::from("ping-1");
+    assert_eq!(hs.client().ping(Some(txn)).await.unwrap(), Duration::from_millis(7));
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let policy = RetryPolicy {
+        max_attempts: 10,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(1000),
+        max_retry_after: Duration::from_secs(1),
+    };
+    let delays: Vec<_> = (1..=6).map(|n| policy.backoff(n).as_millis()).collect();
+    assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+}
