@@ -71,7 +71,6 @@ pub struct RecorderConfig {
 #[derive(Debug)]
 pub struct Recorder {
     pub config: RecorderConfig,
-    #[allow(dead_code)]
     pub ctx: Context,
     /// (room ID, event ID) in handling order.
     pub handled: Mutex<Vec<(String, String)>>,

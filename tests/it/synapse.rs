@@ -180,3 +180,107 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn ghost_registers_joins_invite_only_room_and_speaks_with_massaged_timestamps() {
+    use ruma::{
+        MilliSecondsSinceUnixEpoch, OwnedRoomId, UInt,
+        events::room::message::RoomMessageEventContentWithoutRelation,
+    };
+    if !enabled() {
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let as_url = format!("http://{}", listener.local_addr().unwrap());
+    let registration = registration_yaml(&as_url);
+    let synapse = Synapse::start(&registration);
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let app = Running::start_on(listener, &synapse.url, &db, "{}", &registration).await;
+    let ctx = app.bridge.ctx.clone();
+    let client = http();
+    let hs = &synapse.url;
+    let alice = synapse.register("alice");
+
+    // An invite-only room a human created, with the bot invited (not the ghost).
+    let room: OwnedRoomId = cs(
+        &client,
+        reqwest::Method::POST,
+        format!("{hs}/_matrix/client/v3/createRoom"),
+        &alice,
+        Some(json!({"preset": "private_chat", "invite": ["@_t_bot:localhost"]})),
+    )
+    .await["room_id"]
+        .as_str()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    ctx.bot().ensure_joined(&room).await.unwrap();
+
+    let ghost_id: ruma::OwnedUserId = "@_t_speaker:localhost".try_into().unwrap();
+    let ghost = ctx.intent(&ghost_id).unwrap();
+    ghost.ensure_registered().await.unwrap();
+    ghost.set_displayname("Speaker Ghost").await.unwrap();
+    // Not invited: the join is refused, the bot invites, the ghost joins.
+    assert!(ghost.ensure_joined(&room).await.unwrap());
+    assert!(!ghost.ensure_joined(&room).await.unwrap(), "second call is a cache hit");
+
+    let ts = |ms: u64| Some(MilliSecondsSinceUnixEpoch(UInt::new(ms).unwrap()));
+    let text =
+        ghost.send_text(&room, "from the remote network", ts(1_600_000_000_000)).await.unwrap();
+    let edit = ghost
+        .edit(
+            &room,
+            &text,
+            RoomMessageEventContentWithoutRelation::text_plain("edited on the remote network"),
+            ts(1_600_000_000_100),
+        )
+        .await
+        .unwrap();
+    let reaction = ghost.react(&room, &text, "👍", ts(1_600_000_000_200)).await.unwrap();
+    let redaction =
+        ghost.redact(&room, &reaction, Some("unreacted"), ts(1_600_000_000_300)).await.unwrap();
+    let mxc =
+        ghost.upload(b"hello media".to_vec(), Some("text/plain"), Some("hello.txt")).await.unwrap();
+    let (bytes, _) = ctx.client().download(&mxc).await.unwrap();
+    assert_eq!(bytes, b"hello media");
+
+    // The human sees every event with the ghost as sender and the remote timestamps.
+    let room_enc = urlencode(room.as_str());
+    let get = |id: &ruma::OwnedEventId| {
+        let url =
+            format!("{hs}/_matrix/client/v3/rooms/{room_enc}/event/{}", urlencode(id.as_str()));
+        cs(&client, reqwest::Method::GET, url, &alice, None)
+    };
+    let t = get(&text).await;
+    assert_eq!(
+        (t["sender"].as_str(), t["origin_server_ts"].as_u64()),
+        (Some(ghost_id.as_str()), Some(1_600_000_000_000))
+    );
+    let e = get(&edit).await;
+    assert_eq!(e["content"]["m.relates_to"]["rel_type"], "m.replace");
+    assert_eq!(e["content"]["m.new_content"]["body"], "edited on the remote network");
+    assert_eq!(e["origin_server_ts"].as_u64(), Some(1_600_000_000_100));
+    let r = get(&reaction).await;
+    assert_eq!(r["sender"], ghost_id.as_str());
+    assert!(r["content"].as_object().unwrap().is_empty(), "the reaction was redacted: {r}");
+    let d = get(&redaction).await;
+    assert_eq!(
+        (d["type"].as_str(), d["sender"].as_str()),
+        (Some("m.room.redaction"), Some(ghost_id.as_str()))
+    );
+    let member = cs(
+        &client,
+        reqwest::Method::GET,
+        format!(
+            "{hs}/_matrix/client/v3/rooms/{room_enc}/state/m.room.member/{}",
+            urlencode(ghost_id.as_str())
+        ),
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(member["membership"], "join");
+    assert_eq!(member["displayname"], "Speaker Ghost");
+    app.stop().await;
+}
