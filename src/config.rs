@@ -397,3 +397,45 @@ impl<T> Config<T> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("example-config.yaml");
+
+    fn example() -> String {
+        format!("{EXAMPLE}bridge: {{}}\n")
+    }
+
+    #[test]
+    fn example_config_loads_with_its_defaults() {
+        let c = Config::<NoBridgeConfig>::from_yaml(&example()).unwrap();
+        assert_eq!(c.appservice.port, 29330);
+        assert_eq!(c.bot_user_id().as_str(), "@_example_bot:localhost");
+        assert_eq!(c.user_namespace_regex(), "@_example_.*:localhost");
+        assert_eq!(c.inbox.retry_delay(1), Duration::from_millis(500));
+        assert_eq!(c.inbox.retry_delay(3), Duration::from_millis(2000));
+        assert_eq!(c.inbox.retry_delay(30), Duration::from_millis(30_000));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let unknown = example().replace("  port: 29330", "  port: 29330\n  prot: 1");
+        let err = Config::<NoBridgeConfig>::from_yaml(&unknown).unwrap_err().to_string();
+        assert!(err.contains("appservice") && err.contains("prot"), "{err}");
+        let wrong_type = example().replace("port: 29330", "port: many");
+        let err = Config::<NoBridgeConfig>::from_yaml(&wrong_type).unwrap_err().to_string();
+        assert!(err.contains("appservice.port"), "{err}");
+        let bad_db = example().replace("sqlite://mxbridge.db", "mysql://x");
+        let err = Config::<NoBridgeConfig>::from_yaml(&bad_db).unwrap_err().to_string();
+        assert!(err.contains("database.url"), "{err}");
+        let bad_template = example().replace("\"_example_{id}\"", "\"{id}\"");
+        let err = Config::<NoBridgeConfig>::from_yaml(&bad_template).unwrap_err().to_string();
+        assert!(err.contains("ghost_localpart_template"), "{err}");
+        let bad_yaml = "homeserver: [\n";
+        assert!(
+            Config::<NoBridgeConfig>::from_yaml(bad_yaml).unwrap_err().to_string().contains("line")
+        );
+    }
+}
