@@ -97,13 +97,7 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
     if !enabled() {
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let as_url = format!("http://{}", listener.local_addr().unwrap());
-    let registration = registration_yaml(&as_url);
-    let synapse = Synapse::start(&registration);
-    let dir = tempfile::tempdir().unwrap();
-    let db = fresh_database("sqlite", dir.path()).await;
-    let app = Running::start_on(listener, &synapse.url, &db, "{}", &registration).await;
+    let (synapse, app, _dir) = start_with_synapse().await;
     let client = http();
     let hs = &synapse.url;
 
@@ -177,6 +171,18 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
     app.stop().await;
 }
 
+/// A Synapse whose registration points at a recording bridge that already listens.
+async fn start_with_synapse() -> (Synapse, Running, tempfile::TempDir) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let as_url = format!("http://{}", listener.local_addr().unwrap());
+    let registration = registration_yaml(&as_url);
+    let synapse = Synapse::start(&registration);
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let app = Running::start_on(listener, &synapse.url, &db, "{}", &registration).await;
+    (synapse, app, dir)
+}
+
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -190,13 +196,7 @@ async fn ghost_registers_joins_invite_only_room_and_speaks_with_massaged_timesta
     if !enabled() {
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let as_url = format!("http://{}", listener.local_addr().unwrap());
-    let registration = registration_yaml(&as_url);
-    let synapse = Synapse::start(&registration);
-    let dir = tempfile::tempdir().unwrap();
-    let db = fresh_database("sqlite", dir.path()).await;
-    let app = Running::start_on(listener, &synapse.url, &db, "{}", &registration).await;
+    let (synapse, app, _dir) = start_with_synapse().await;
     let ctx = app.bridge.ctx.clone();
     let client = http();
     let hs = &synapse.url;
