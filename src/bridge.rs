@@ -154,11 +154,7 @@ impl Event {
     /// # Errors
     /// When the content is missing or does not match `T`.
     pub fn content<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
-        #[derive(serde::Deserialize)]
-        struct C<T> {
-            content: T,
-        }
-        serde_json::from_str::<C<T>>(self.json()).map(|c| c.content)
+        content_of(self.json())
     }
 
     /// Whether this is a state event.
@@ -177,6 +173,15 @@ impl fmt::Debug for Event {
             .field("state_key", &self.state_key)
             .finish_non_exhaustive()
     }
+}
+
+/// Deserializes the `content` field of an event's JSON, ignoring the rest.
+fn content_of<T: DeserializeOwned>(json: &str) -> serde_json::Result<T> {
+    #[derive(serde::Deserialize)]
+    struct WithContent<T> {
+        content: T,
+    }
+    serde_json::from_str::<WithContent<T>>(json).map(|c| c.content)
 }
 
 /// An ephemeral event (typing, receipt, presence) pushed with a transaction.
@@ -199,11 +204,7 @@ impl EphemeralEvent {
     /// # Errors
     /// When the content is missing or does not match `T`.
     pub fn content<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
-        #[derive(serde::Deserialize)]
-        struct C<T> {
-            content: T,
-        }
-        serde_json::from_str::<C<T>>(self.json.get()).map(|c| c.content)
+        content_of(self.json.get())
     }
 }
 

@@ -24,7 +24,7 @@ mod error;
 use std::{
     borrow::Cow,
     collections::HashMap,
-    sync::{Arc, Mutex, Once, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -278,16 +278,6 @@ impl Drop for JoinFlight {
     }
 }
 
-/// Installs ring as rustls' process-wide crypto provider, once; a provider installed earlier
-/// (by the application) is kept.
-fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // An error means a provider is already installed, which is what we need.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl Client {
     /// Creates a client for the homeserver at `homeserver` whose domain is `server_name`, acting
     /// for the appservice in `registration`, with the default [`RetryPolicy`].
@@ -312,7 +302,7 @@ impl Client {
         registration: Registration,
         retry: RetryPolicy,
     ) -> Result<Self> {
-        install_crypto_provider();
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))

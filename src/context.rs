@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedServerName, OwnedUserId};
+use ruma::OwnedServerName;
 
 use crate::{
     client::{self, Client},
@@ -30,8 +30,6 @@ struct ContextInner {
     homeserver: HomeserverConfig,
     /// The appservice section of the config.
     appservice: AppserviceConfig,
-    /// The bot's user ID.
-    bot_user_id: OwnedUserId,
     /// The Client-Server API client (one connection pool for the bot and every ghost).
     client: Client,
 }
@@ -60,16 +58,8 @@ impl Context {
         appservice: AppserviceConfig,
         client: Client,
     ) -> Self {
-        let bot_user_id = client.bot_user_id().to_owned();
         Self {
-            inner: Arc::new(ContextInner {
-                store,
-                registration,
-                homeserver,
-                appservice,
-                bot_user_id,
-                client,
-            }),
+            inner: Arc::new(ContextInner { store, registration, homeserver, appservice, client }),
         }
     }
 
@@ -117,7 +107,7 @@ impl Context {
     }
 
     /// The bot's user ID.
-    pub fn bot_user_id(&self) -> &OwnedUserId {
-        &self.inner.bot_user_id
+    pub fn bot_user_id(&self) -> &ruma::UserId {
+        self.inner.client.bot_user_id()
     }
 }

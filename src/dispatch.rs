@@ -384,30 +384,17 @@ async fn run_handler<B: Bridge>(bridge: Arc<B>, event: Event) -> Result<(), Hand
 async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
     let Some(state_key) = event.state_key.as_deref() else { return Ok(()) };
     if event.kind == "m.room.member" {
-        #[derive(serde::Deserialize)]
-        struct MemberContent {
-            membership: String,
-            #[serde(default)]
-            displayname: Option<String>,
-            #[serde(default)]
-            avatar_url: Option<String>,
-        }
         // Lenient on purpose: a profile field of the wrong type must not lose the membership.
         let content: serde_json::Value = event.content().unwrap_or_default();
-        let membership =
-            content.get("membership").and_then(|m| m.as_str()).and_then(Membership::parse);
-        if let Some(membership) = membership {
-            let parsed: Option<MemberContent> = serde_json::from_value(content.clone()).ok();
-            let (displayname, avatar) = parsed
-                .filter(|c| !c.membership.is_empty())
-                .map_or((None, None), |c| (c.displayname, c.avatar_url));
+        let text = |key: &str| content.get(key).and_then(serde_json::Value::as_str);
+        if let Some(membership) = text("membership").and_then(Membership::parse) {
             store
                 .set_membership(
                     event.room_id.as_str(),
                     state_key,
                     membership,
-                    displayname.as_deref(),
-                    avatar.as_deref(),
+                    text("displayname"),
+                    text("avatar_url"),
                 )
                 .await?;
         }

@@ -47,7 +47,11 @@ pub use store::Store;
 
 /// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
 /// calls it; call it yourself before building another `reqwest` client in a bridge.
+/// A provider the application installed earlier is kept.
 pub fn install_crypto_provider() {
-    // An error means a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already, which is what we want.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
