@@ -20,7 +20,6 @@ use crate::{
 pub struct AppService<B: Bridge> {
     bridge: Arc<B>,
     ctx: Context,
-    config: Config<()>,
     health: Arc<Health>,
 }
 
@@ -34,12 +33,30 @@ impl<B: Bridge> AppService<B> {
     pub async fn new(config: Config<B::Config>, registration: Registration) -> Result<Self> {
         check_registration_matches(&config, &registration)?;
         let store = Store::connect(&config.database).await?;
-        let Config { homeserver, appservice, database, inbox, logging, bridge } = config;
-        let ctx = Context::new(store, registration, homeserver.clone(), appservice.clone())?;
+        let Config {
+            homeserver,
+            appservice,
+            database,
+            inbox,
+            logging,
+            commands,
+            permissions,
+            bridge,
+        } = config;
+        let config = Config {
+            homeserver,
+            appservice,
+            database,
+            inbox,
+            logging,
+            commands,
+            permissions,
+            bridge: (),
+        };
+        let ctx = Context::new(store, registration, config)?;
         let bridge =
             B::create(bridge, ctx.clone()).await.map_err(|e| Error::Bridge(e.to_string()))?;
-        let config = Config { homeserver, appservice, database, inbox, logging, bridge: () };
-        Ok(Self { bridge: Arc::new(bridge), ctx, config, health: Arc::new(Health::default()) })
+        Ok(Self { bridge: Arc::new(bridge), ctx, health: Arc::new(Health::default()) })
     }
 
     /// The framework handle the bridge got.
@@ -65,8 +82,7 @@ impl<B: Bridge> AppService<B> {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let addr =
-            SocketAddr::new(self.config.appservice.bind_address, self.config.appservice.port);
+        let addr = SocketAddr::new(self.ctx.appservice().bind_address, self.ctx.appservice().port);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Listen { addr: addr.to_string(), source })?;
@@ -85,14 +101,11 @@ impl<B: Bridge> AppService<B> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Self { bridge, ctx, config, health } = self;
+        let Self { bridge, ctx, health } = self;
+        let config = ctx.config().clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (inbox, dispatcher) = dispatch::inbox(
-            bridge.clone(),
-            ctx.store().clone(),
-            config.inbox.clone(),
-            stop_rx.clone(),
-        );
+        let (inbox, dispatcher) =
+            dispatch::inbox(bridge.clone(), ctx.clone(), config.inbox.clone(), stop_rx.clone());
         let state = Arc::new(ServerState {
             bridge: bridge.clone(),
             ctx: ctx.clone(),

@@ -1,7 +1,7 @@
 //! The [`Bridge`] trait — the one thing a bridge author implements — and what it receives.
 //!
-//! Every method but [`Bridge::create`] and [`Bridge::handle_event`] has a default, so the
-//! smallest bridge is two functions. Methods are declared as `fn … -> impl Future + Send`, so an
+//! Every method but [`Bridge::create`] has a default, so the smallest bridge is two functions
+//! (`create` and, say, `handle_message`). Methods are declared as `fn … -> impl Future + Send`, so an
 //! implementation writes plain `async fn`.
 
 use std::{collections::BTreeMap, fmt, future::Future, sync::Arc};
@@ -15,7 +15,13 @@ use ruma::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
-use crate::context::Context;
+use crate::{
+    context::Context,
+    matrix::{
+        CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixReaction,
+        MatrixRedaction,
+    },
+};
 
 /// An error a bridge handler returns.
 ///
@@ -274,14 +280,82 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async {}
     }
 
-    /// Handles one timeline event from the inbox.
+    /// Handles one timeline event from the inbox: the raw hook, called before the typed
+    /// methods below (which most bridges implement instead).
     ///
-    /// Called at least once per event: an event whose handler succeeded is never handed out
-    /// again, but a crash between the handler's success and its bookkeeping hands it out once
-    /// more after restart — handlers that send elsewhere should be idempotent by event ID. The
-    /// state cache already reflects the event (for membership and power levels) when this runs.
-    /// An `Err` is retried with backoff, then the event is parked.
-    fn handle_event(&self, event: &Event) -> impl Future<Output = BridgeResult> + Send;
+    /// Called at least once per event: an event whose handling succeeded is never handed out
+    /// again, but a crash between success and bookkeeping hands it out once more after restart —
+    /// handlers that send elsewhere should be idempotent by event ID. Not called for events sent
+    /// by our own users (echo suppression) nor for commands to the bot. The state cache already
+    /// reflects the event when this runs. An `Err` is retried with backoff, then the event is
+    /// parked and the room gets a notice.
+    fn handle_event(&self, event: &Event) -> impl Future<Output = BridgeResult> + Send {
+        let _ = event;
+        async { Ok(()) }
+    }
+
+    /// A real user sent a message (not an edit, not a command). Same contract as
+    /// [`Bridge::handle_event`].
+    fn handle_message(&self, message: &MatrixMessage) -> impl Future<Output = BridgeResult> + Send {
+        let _ = message;
+        async { Ok(()) }
+    }
+
+    /// A real user edited a message.
+    fn handle_edit(&self, edit: &MatrixEdit) -> impl Future<Output = BridgeResult> + Send {
+        let _ = edit;
+        async { Ok(()) }
+    }
+
+    /// A real user reacted to an event.
+    fn handle_reaction(
+        &self,
+        reaction: &MatrixReaction,
+    ) -> impl Future<Output = BridgeResult> + Send {
+        let _ = reaction;
+        async { Ok(()) }
+    }
+
+    /// A real user redacted an event.
+    fn handle_redaction(
+        &self,
+        redaction: &MatrixRedaction,
+    ) -> impl Future<Output = BridgeResult> + Send {
+        let _ = redaction;
+        async { Ok(()) }
+    }
+
+    /// A membership changed (a join, a leave, an invite of the bot or a ghost, ...). Invites of
+    /// our users were already accepted when [`Bridge::accept_invite`] said so.
+    fn handle_membership(
+        &self,
+        membership: &MatrixMembership,
+    ) -> impl Future<Output = BridgeResult> + Send {
+        let _ = membership;
+        async { Ok(()) }
+    }
+
+    /// Whether the bot or a ghost accepts an invite. Default: yes.
+    fn accept_invite(&self, invite: &MatrixMembership) -> impl Future<Output = bool> + Send {
+        let _ = invite;
+        async { true }
+    }
+
+    /// The commands the bot understands; `help` is added by the framework.
+    fn commands(&self) -> Vec<CommandSpec> {
+        Vec::new()
+    }
+
+    /// Runs a command whose name is in [`Bridge::commands`] and which the caller's level
+    /// allows. The returned text (Markdown) is posted by the bot as a notice; an error is posted
+    /// as a failure, never retried.
+    fn handle_command(
+        &self,
+        call: &CommandCall,
+    ) -> impl Future<Output = BridgeResult<String>> + Send {
+        let _ = call;
+        async { Err(BridgeError::permanent("this bridge has no commands")) }
+    }
 
     /// Handles an ephemeral event (typing, receipt, presence). At most once; may be dropped by
     /// the homeserver while the bridge is down.

@@ -4,7 +4,7 @@
 //! `inbox`, `logging`, and `bridge` — the bridge author's own typed settings. Unknown keys are an
 //! error that names the key; so is every value that does not validate.
 
-use std::{fs, net::IpAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, fs, net::IpAddr, path::Path, time::Duration};
 
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -57,9 +57,41 @@ pub struct Config<T = NoBridgeConfig> {
     /// Log output.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// How users talk to the bridge bot.
+    #[serde(default)]
+    pub commands: CommandsConfig,
+    /// Who may use the bridge: full user IDs, server names or `*`, each with a level. Empty means
+    /// users of the homeserver's own domain are `user`s and nobody else may use it.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, PermissionLevel>,
     /// The bridge's own settings.
     #[serde(default)]
     pub bridge: T,
+}
+
+/// `commands:`: how commands to the bot are recognised.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// The prefix of commands in rooms other than the management room (default `!` and the
+    /// bridge's name, e.g. `!webhook`). In a DM with the bot no prefix is needed.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// What a user may do with the bridge, lowest first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PermissionLevel {
+    /// Nothing: the bridge ignores the user's commands.
+    #[default]
+    None,
+    /// May have messages relayed, and use relay-level commands.
+    Relay,
+    /// May use the bridge.
+    User,
+    /// May administer the bridge.
+    Admin,
 }
 
 /// The settings of a bridge that has none of its own.
@@ -181,6 +213,9 @@ pub struct InboxConfig {
     /// On shutdown, how long running handlers get to finish, in seconds.
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_grace_secs: u64,
+    /// When an event fails for good, the bot posts a notice in its room saying so.
+    #[serde(default = "yes")]
+    pub failure_notices: bool,
 }
 
 impl Default for InboxConfig {
@@ -192,6 +227,7 @@ impl Default for InboxConfig {
             retry_max_ms: default_retry_max_ms(),
             dedup_retention_hours: default_dedup_hours(),
             shutdown_grace_secs: default_shutdown_secs(),
+            failure_notices: true,
         }
     }
 }
@@ -381,6 +417,24 @@ impl<T> Config<T> {
             &self.homeserver.domain,
         )
         .expect("validated in Config::validate")
+    }
+
+    /// The permission level of a user: the entry for the full user ID, else for the user's
+    /// server, else `*`; with no entries at all, `user` for the homeserver's own domain.
+    pub fn permission_level(&self, user_id: &UserId) -> PermissionLevel {
+        if self.permissions.is_empty() {
+            return if user_id.server_name() == self.homeserver.domain {
+                PermissionLevel::User
+            } else {
+                PermissionLevel::None
+            };
+        }
+        self.permissions
+            .get(user_id.as_str())
+            .or_else(|| self.permissions.get(user_id.server_name().as_str()))
+            .or_else(|| self.permissions.get("*"))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The fixed prefix of every ghost localpart (`_bridge_` for `_bridge_{id}`).

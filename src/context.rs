@@ -5,8 +5,9 @@ use std::sync::Arc;
 use ruma::OwnedServerName;
 
 use crate::{
+    Config,
     client::{self, Client},
-    config::{AppserviceConfig, HomeserverConfig},
+    config::{AppserviceConfig, HomeserverConfig, PermissionLevel},
     intent::Intent,
     registration::Registration,
     store::Store,
@@ -26,10 +27,8 @@ struct ContextInner {
     store: Store,
     /// The registration, with compiled namespaces.
     registration: Registration,
-    /// Where the homeserver is.
-    homeserver: HomeserverConfig,
-    /// The appservice section of the config.
-    appservice: AppserviceConfig,
+    /// The framework's sections of the config (the bridge's own section stays with the bridge).
+    config: Config<()>,
     /// The Client-Server API client (one connection pool for the bot and every ghost).
     client: Client,
 }
@@ -42,25 +41,24 @@ impl Context {
     pub fn new(
         store: Store,
         registration: Registration,
-        homeserver: HomeserverConfig,
-        appservice: AppserviceConfig,
+        config: Config<()>,
     ) -> Result<Self, client::Error> {
-        let client =
-            Client::new(homeserver.address.clone(), &homeserver.domain, registration.clone())?;
-        Ok(Self::with_client(store, registration, homeserver, appservice, client))
+        let client = Client::new(
+            config.homeserver.address.clone(),
+            &config.homeserver.domain,
+            registration.clone(),
+        )?;
+        Ok(Self::with_client(store, registration, config, client))
     }
 
     /// Assembles a context around a client made elsewhere (a mock homeserver's, in tests).
     pub fn with_client(
         store: Store,
         registration: Registration,
-        homeserver: HomeserverConfig,
-        appservice: AppserviceConfig,
+        config: Config<()>,
         client: Client,
     ) -> Self {
-        Self {
-            inner: Arc::new(ContextInner { store, registration, homeserver, appservice, client }),
-        }
+        Self { inner: Arc::new(ContextInner { store, registration, config, client }) }
     }
 
     /// The Client-Server API client.
@@ -93,17 +91,27 @@ impl Context {
 
     /// The homeserver section of the config.
     pub fn homeserver(&self) -> &HomeserverConfig {
-        &self.inner.homeserver
+        &self.inner.config.homeserver
+    }
+
+    /// The framework's sections of the config.
+    pub fn config(&self) -> &Config<()> {
+        &self.inner.config
+    }
+
+    /// What a user may do with the bridge (from `permissions`).
+    pub fn permission_level(&self, user_id: &ruma::UserId) -> PermissionLevel {
+        self.inner.config.permission_level(user_id)
     }
 
     /// The appservice section of the config.
     pub fn appservice(&self) -> &AppserviceConfig {
-        &self.inner.appservice
+        &self.inner.config.appservice
     }
 
     /// The server name of the homeserver.
     pub fn server_name(&self) -> &OwnedServerName {
-        &self.inner.homeserver.domain
+        &self.inner.config.homeserver.domain
     }
 
     /// The bot's user ID.

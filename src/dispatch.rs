@@ -68,6 +68,8 @@ struct Shared<B> {
     bridge: Arc<B>,
     /// Where pending events live.
     store: Store,
+    /// The framework handle (for routing and failure notices).
+    ctx: crate::Context,
     /// Retry and concurrency settings.
     config: InboxConfig,
     /// Woken by the server when events were committed.
@@ -97,7 +99,7 @@ struct Job {
 /// Creates the two halves of the inbox.
 pub(crate) fn inbox<B: Bridge>(
     bridge: Arc<B>,
-    store: Store,
+    ctx: crate::Context,
     config: InboxConfig,
     shutdown: watch::Receiver<bool>,
 ) -> (Inbox, Dispatcher<B>) {
@@ -106,7 +108,8 @@ pub(crate) fn inbox<B: Bridge>(
     let room_slots = Arc::new(Semaphore::new(config.room_concurrency));
     let shared = Arc::new(Shared {
         bridge,
-        store,
+        store: ctx.store().clone(),
+        ctx,
         config,
         new_events: new_events.clone(),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -298,7 +301,7 @@ impl<B: Bridge> Shared<B> {
             let mut attempts = pending.attempts;
             loop {
                 let result = match apply_state(&self.store, &event).await {
-                    Ok(()) => run_handler(self.bridge.clone(), event.clone()).await,
+                    Ok(()) => run_handler(self.bridge.clone(), self.ctx.clone(), event.clone()).await,
                     Err(e) => Err(HandlerFailure::Retry(format!("state cache update failed: {e}"))),
                 };
                 match result {
@@ -309,6 +312,7 @@ impl<B: Bridge> Shared<B> {
                     Err(HandlerFailure::Permanent(error)) => {
                         tracing::warn!(%error, "handler failed permanently; parking event");
                         self.park(seq, event.event_id.as_str(), &error).await;
+                        self.failure_notice(&event, &error).await;
                         return;
                     }
                     Err(HandlerFailure::Retry(error)) => {
@@ -319,6 +323,7 @@ impl<B: Bridge> Shared<B> {
                         if u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts {
                             tracing::warn!(%error, attempts, "handler failed; parking event");
                             self.park(seq, event.event_id.as_str(), &error).await;
+                            self.failure_notice(&event, &error).await;
                             return;
                         }
                         let delay = self.config.retry_delay(u32::try_from(attempts).unwrap_or(1));
@@ -335,6 +340,22 @@ impl<B: Bridge> Shared<B> {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Tells the room that an event of a real user could not be bridged (when configured). The
+    /// notice is sent in the background, so the room's next events do not wait for it.
+    async fn failure_notice(&self, event: &Event, error: &str) {
+        let ours = self.ctx.registration().is_user_in_namespace(&event.sender);
+        if !self.config.failure_notices || ours || event.is_state() {
+            return;
+        }
+        let text = format!("⚠️ Your message could not be bridged ({}): {error}", event.event_id);
+        let (bot, room_id) = (self.ctx.bot(), event.room_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = bot.send_notice(&room_id, &text, None).await {
+                tracing::warn!(error = %e, "could not post the failure notice");
+            }
+        });
     }
 
     async fn mark_done(&self, seq: i64) {
@@ -369,8 +390,12 @@ enum HandlerFailure {
 }
 
 /// Runs the handler in its own task, so a panic fails this event instead of the worker.
-async fn run_handler<B: Bridge>(bridge: Arc<B>, event: Event) -> Result<(), HandlerFailure> {
-    let task = tokio::spawn(async move { bridge.handle_event(&event).await });
+async fn run_handler<B: Bridge>(
+    bridge: Arc<B>,
+    ctx: crate::Context,
+    event: Event,
+) -> Result<(), HandlerFailure> {
+    let task = tokio::spawn(async move { crate::matrix::route(&ctx, &*bridge, &event).await });
     match task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) if e.is_permanent() => Err(HandlerFailure::Permanent(e.to_string())),

@@ -27,7 +27,9 @@ mod context;
 mod dispatch;
 pub mod error;
 pub mod intent;
+pub mod matrix;
 pub mod registration;
+pub mod remote;
 pub mod secret;
 pub mod server;
 pub mod store;
@@ -40,7 +42,14 @@ pub use bridge::{Bridge, BridgeError, BridgeResult, Event};
 pub use config::Config;
 pub use context::Context;
 pub use error::{Error, Result};
+pub use matrix::{
+    CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixReaction,
+    MatrixRedaction,
+};
 pub use registration::Registration;
+pub use remote::{
+    GhostProfile, Portal, PortalInfo, RemoteChatId, RemoteMessage, RemoteMessageId, RemoteUserId,
+};
 pub use secret::Secret;
 pub use server::Health;
 pub use store::Store;

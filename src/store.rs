@@ -17,9 +17,11 @@ use sqlx::{
 use crate::config::{DatabaseConfig, SqliteSynchronous};
 
 mod inbox;
+mod mappings;
 mod state;
 
 pub use inbox::{AcceptOutcome, InboxStats, NewEvent, ParkedEvent, PendingEvent};
+pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, Membership, RoomStateField};
 
 /// Errors from the store.
@@ -89,12 +91,20 @@ struct Migration {
 }
 
 /// Every migration, in order. The same number is the same logical change on both backends.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_core.sql",
-    sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
-    postgres: include_str!("../migrations/postgres/0001_core.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_core.sql",
+        sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
+        postgres: include_str!("../migrations/postgres/0001_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_bridge.sql",
+        sqlite: include_str!("../migrations/sqlite/0002_bridge.sql"),
+        postgres: include_str!("../migrations/postgres/0002_bridge.sql"),
+    },
+];
 
 impl Store {
     /// Connects to the database named by the config and applies pending migrations.

@@ -12,7 +12,7 @@ use tower::ServiceExt as _;
 use super::*;
 use crate::{
     bridge::{BridgeResult, EphemeralEvent, Event},
-    config::{AppserviceConfig, BotConfig, HomeserverConfig, InboxConfig},
+    config::InboxConfig,
     registration::Registration,
     store::Store,
 };
@@ -98,20 +98,17 @@ type Dispatcher = crate::dispatch::Dispatcher<Recorder>;
 
 async fn harness(max_body: usize) -> Harness {
     let store = Store::connect_url("sqlite::memory:").await.unwrap();
-    let homeserver = HomeserverConfig {
-        address: "http://127.0.0.1:1".parse().unwrap(),
-        domain: "localhost".try_into().unwrap(),
-    };
-    let appservice: AppserviceConfig = crate::util::from_yaml(
-        "id: test\naddress: http://127.0.0.1:2\nport: 2\nbot: {localpart: _t_bot}\n",
+    let config: crate::Config<()> = crate::Config::from_yaml(
+        "homeserver: {address: 'http://127.0.0.1:1', domain: localhost}\n\
+         appservice: {id: test, address: 'http://127.0.0.1:2', port: 2, bot: {localpart: _t_bot}, \
+         ghost_localpart_template: '_t_{id}'}\n",
     )
     .unwrap();
-    let _: &BotConfig = &appservice.bot;
-    let ctx = Context::new(store.clone(), registration(), homeserver, appservice).unwrap();
+    let ctx = Context::new(store.clone(), registration(), config).unwrap();
     let bridge = Arc::new(Recorder::default());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let (inbox, dispatcher) =
-        crate::dispatch::inbox(bridge.clone(), store.clone(), InboxConfig::default(), rx);
+        crate::dispatch::inbox(bridge.clone(), ctx.clone(), InboxConfig::default(), rx);
     let state = Arc::new(ServerState {
         bridge: bridge.clone(),
         ctx,

@@ -177,6 +177,10 @@ impl Running {
         registration: &str,
     ) -> Self {
         let addr = listener.local_addr().unwrap();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let config: Config<RecorderConfig> =
             Config::from_yaml(&config_yaml(hs_url, addr.port(), &db.url, bridge_config)).unwrap();
         let registration = Registration::from_yaml(registration).unwrap();

@@ -158,6 +158,13 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn mappings() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                bridge_mappings(s).await;
+            }
+
+            #[tokio::test]
             async fn reconnect() {
                 let dir = tempfile::tempdir().unwrap();
                 if $name == "postgres" && postgres_url().is_none() {
@@ -176,3 +183,63 @@ macro_rules! suite {
 
 suite!(sqlite, "sqlite");
 suite!(postgres, "postgres");
+
+async fn bridge_mappings(store: Store) {
+    use mxbridge::store::{GhostRow, MessageRow, PortalRow};
+    assert_eq!(store.portal_by_remote("chat1").await.unwrap(), None);
+    let mut portal = PortalRow {
+        remote_id: "chat1".into(),
+        room_id: Some("!p:x".into()),
+        name: Some("Chat".into()),
+        topic: None,
+        avatar_url: None,
+        metadata: Some("{\"k\":1}".into()),
+    };
+    store.upsert_portal(&portal).await.unwrap();
+    portal.topic = Some("Topic".into());
+    store.upsert_portal(&portal).await.unwrap();
+    assert_eq!(store.portal_by_room("!p:x").await.unwrap(), Some(portal.clone()));
+    assert_eq!(store.portal_by_remote("chat1").await.unwrap(), Some(portal));
+    assert!(store.delete_portal("chat1").await.unwrap());
+    assert!(!store.delete_portal("chat1").await.unwrap());
+
+    let ghost = GhostRow {
+        remote_id: "Bob".into(),
+        user_id: "@_t__bob:x".into(),
+        displayname: Some("Bob".into()),
+        avatar_url: None,
+        metadata: None,
+    };
+    store.upsert_ghost(&ghost).await.unwrap();
+    assert_eq!(store.ghost_by_user("@_t__bob:x").await.unwrap(), Some(ghost.clone()));
+    assert_eq!(store.ghost_by_remote("Bob").await.unwrap(), Some(ghost));
+
+    let m = |part: &str, event: &str| MessageRow {
+        portal_id: "chat1".into(),
+        remote_id: "m1".into(),
+        part: part.into(),
+        event_id: event.into(),
+        room_id: "!p:x".into(),
+        sender: "@_t__bob:x".into(),
+        timestamp: 1_600_000_000_000,
+    };
+    store.insert_message(&m("b", "$two")).await.unwrap();
+    store.insert_message(&m("a", "$one")).await.unwrap();
+    store.insert_message(&m("a", "$one")).await.unwrap();
+    let parts = store.message_by_remote("chat1", "m1").await.unwrap();
+    assert_eq!(parts.iter().map(|p| p.event_id.as_str()).collect::<Vec<_>>(), ["$one", "$two"]);
+    assert_eq!(store.message_by_event("$two").await.unwrap(), Some(m("b", "$two")));
+    assert_eq!(store.delete_messages("chat1").await.unwrap(), 2);
+    assert_eq!(store.message_by_event("$two").await.unwrap(), None);
+
+    store.kv_put("hooks", "b", "{\"n\":2}").await.unwrap();
+    store.kv_put("hooks", "a", "{\"n\":1}").await.unwrap();
+    store.kv_put("hooks", "a", "{\"n\":3}").await.unwrap();
+    store.kv_put("other", "a", "x").await.unwrap();
+    assert_eq!(store.kv_get("hooks", "a").await.unwrap().as_deref(), Some("{\"n\":3}"));
+    let list = store.kv_list("hooks").await.unwrap();
+    assert_eq!(list, [("a".into(), "{\"n\":3}".into()), ("b".into(), "{\"n\":2}".into())]);
+    assert!(store.kv_delete("hooks", "a").await.unwrap());
+    assert_eq!(store.kv_get("hooks", "a").await.unwrap(), None);
+    assert_eq!(store.kv_get("other", "a").await.unwrap().as_deref(), Some("x"));
+}

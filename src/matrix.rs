@@ -1,0 +1,327 @@
+//! The Matrix side of the bridge layer: what an incoming event means, and who hears of it.
+//!
+//! [`route`] runs for every stored event after the state cache was updated:
+//! 1. **Echo suppression**: events sent by our own users (the bot and every ghost) stop here, so
+//!    what the bridge itself posted never comes back as new.
+//! 2. **Invites** of the bot or a ghost are accepted when [`Bridge::accept_invite`] agrees.
+//! 3. **Commands**: a message to the bot (with the prefix, or any message in a DM with the bot)
+//!    runs the bridge's command; `help` is generated. Permission levels come from the config.
+//! 4. Everything else goes to [`Bridge::handle_event`] and then to the typed method: messages,
+//!    edits, reactions, redactions, membership.
+
+use ruma::{
+    OwnedEventId, OwnedUserId,
+    events::room::message::{Relation, RoomMessageEventContent},
+};
+
+use crate::{
+    Context,
+    bridge::{Bridge, BridgeError, BridgeResult, Event},
+    config::PermissionLevel,
+    remote::{Portal, RemoteChatId, RemoteMessageId},
+    store::Membership,
+};
+
+/// A message sent in a room by a real user.
+#[derive(Debug, Clone)]
+pub struct MatrixMessage {
+    /// The event.
+    pub event: Event,
+    /// Its content (text, notice, emote, media, ...). For replies, `content.relates_to` says to
+    /// what; [`MatrixMessage::reply_to`] has the remote message it answers, when known.
+    pub content: RoomMessageEventContent,
+    /// The portal of the room, if it is one.
+    pub portal: Option<Portal>,
+    /// The remote message this one replies to, when known.
+    pub reply_to: Option<(RemoteChatId, RemoteMessageId)>,
+}
+
+/// An edit of an earlier message.
+#[derive(Debug, Clone)]
+pub struct MatrixEdit {
+    /// The edit event.
+    pub event: Event,
+    /// The edited event.
+    pub target: OwnedEventId,
+    /// The remote message the edited event maps to, when known.
+    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
+    /// The new content (`m.new_content`), or the edit's own content when that is missing.
+    pub new_content: RoomMessageEventContent,
+    /// The portal of the room, if it is one.
+    pub portal: Option<Portal>,
+}
+
+/// A reaction (`m.reaction` annotation).
+#[derive(Debug, Clone)]
+pub struct MatrixReaction {
+    /// The reaction event.
+    pub event: Event,
+    /// The event reacted to.
+    pub target: OwnedEventId,
+    /// The remote message the target maps to, when known.
+    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
+    /// The reaction key (usually an emoji).
+    pub key: String,
+    /// The portal of the room, if it is one.
+    pub portal: Option<Portal>,
+}
+
+/// A redaction (deletion) of an earlier event.
+#[derive(Debug, Clone)]
+pub struct MatrixRedaction {
+    /// The redaction event.
+    pub event: Event,
+    /// The redacted event.
+    pub target: OwnedEventId,
+    /// The remote message the target maps to, when known.
+    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
+    /// The reason given.
+    pub reason: Option<String>,
+    /// The portal of the room, if it is one.
+    pub portal: Option<Portal>,
+}
+
+/// A membership change of anyone in a room (our users' own changes are not reported).
+#[derive(Debug, Clone)]
+pub struct MatrixMembership {
+    /// The `m.room.member` event.
+    pub event: Event,
+    /// Whose membership changed.
+    pub target: OwnedUserId,
+    /// The new membership.
+    pub membership: Membership,
+    /// Whether the target is one of ours (the bot or a ghost).
+    pub target_is_ours: bool,
+    /// The portal of the room, if it is one.
+    pub portal: Option<Portal>,
+}
+
+/// A command a user gave the bot.
+#[derive(Debug, Clone)]
+pub struct CommandCall {
+    /// The message event that carried it.
+    pub event: Event,
+    /// The command's name.
+    pub name: String,
+    /// The arguments, split on white space.
+    pub args: Vec<String>,
+    /// The caller's permission level.
+    pub level: PermissionLevel,
+    /// The portal of the room, if it is one.
+    pub portal: Option<Portal>,
+}
+
+/// A command the bridge offers.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandSpec {
+    /// Its name (the first word).
+    pub name: &'static str,
+    /// Its arguments, as shown in `help` (`NAME URL`).
+    pub args: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+    /// The lowest level allowed to run it.
+    pub level: PermissionLevel,
+}
+
+/// Hands one event to the bridge (see the module docs).
+pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -> BridgeResult {
+    if ctx.registration().is_user_in_namespace(&event.sender) {
+        // Echo suppression: our own ghosts' and bot's events are never new to the bridge.
+        return Ok(());
+    }
+    let portal = ctx.portal_for_room(&event.room_id).await?;
+    match event.kind.as_str() {
+        "m.room.member" => {
+            let Some(target) =
+                event.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok())
+            else {
+                return Ok(());
+            };
+            let content: serde_json::Value = event.content().unwrap_or_default();
+            let Some(membership) =
+                content.get("membership").and_then(|m| m.as_str()).and_then(Membership::parse)
+            else {
+                return Ok(());
+            };
+            let target_is_ours = ctx.registration().is_user_in_namespace(&target);
+            let m = MatrixMembership {
+                event: event.clone(),
+                target,
+                membership,
+                target_is_ours,
+                portal,
+            };
+            if target_is_ours && membership == Membership::Invite && bridge.accept_invite(&m).await
+            {
+                ctx.intent(&m.target)?.ensure_joined(&event.room_id).await?;
+            }
+            bridge.handle_event(event).await?;
+            bridge.handle_membership(&m).await
+        }
+        "m.room.message" => {
+            let content: RoomMessageEventContent =
+                event.content().map_err(BridgeError::permanent)?;
+            if let Some(Relation::Replacement(replacement)) = &content.relates_to {
+                let target = replacement.event_id.clone();
+                let target_remote = ctx.remote_message_for(&target).await?;
+                let new_content =
+                    RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+                bridge.handle_event(event).await?;
+                let edit =
+                    MatrixEdit { event: event.clone(), target, target_remote, new_content, portal };
+                return bridge.handle_edit(&edit).await;
+            }
+            if let Some(call) = command_call(ctx, bridge, event, &content, portal.clone()).await? {
+                return run_command(ctx, bridge, call).await;
+            }
+            let reply_to = match &content.relates_to {
+                Some(Relation::Reply(reply)) => {
+                    ctx.remote_message_for(&reply.in_reply_to.event_id).await?
+                }
+                _ => None,
+            };
+            bridge.handle_event(event).await?;
+            bridge
+                .handle_message(&MatrixMessage { event: event.clone(), content, portal, reply_to })
+                .await
+        }
+        "m.reaction" => {
+            let content: serde_json::Value = event.content().unwrap_or_default();
+            let relates = &content["m.relates_to"];
+            let (Some(target), Some(key)) = (
+                relates["event_id"].as_str().and_then(|e| OwnedEventId::try_from(e).ok()),
+                relates["key"].as_str(),
+            ) else {
+                return bridge.handle_event(event).await;
+            };
+            let target_remote = ctx.remote_message_for(&target).await?;
+            bridge.handle_event(event).await?;
+            let r = MatrixReaction {
+                event: event.clone(),
+                target,
+                target_remote,
+                key: key.to_owned(),
+                portal,
+            };
+            bridge.handle_reaction(&r).await
+        }
+        "m.room.redaction" => {
+            let json: serde_json::Value = serde_json::from_str(event.json()).unwrap_or_default();
+            // Room versions up to 10 put `redacts` at the top level, 11 in the content.
+            let target = json["content"]["redacts"]
+                .as_str()
+                .or_else(|| json["redacts"].as_str())
+                .and_then(|e| OwnedEventId::try_from(e).ok());
+            let Some(target) = target else { return bridge.handle_event(event).await };
+            let target_remote = ctx.remote_message_for(&target).await?;
+            let reason = json["content"]["reason"].as_str().map(str::to_owned);
+            bridge.handle_event(event).await?;
+            let r = MatrixRedaction { event: event.clone(), target, target_remote, reason, portal };
+            bridge.handle_redaction(&r).await
+        }
+        _ => bridge.handle_event(event).await,
+    }
+}
+
+/// The command prefix: configured, or `!` and the bridge's name.
+pub(crate) fn command_prefix<B: Bridge>(ctx: &Context) -> String {
+    ctx.config().commands.prefix.clone().unwrap_or_else(|| format!("!{}", B::NAME))
+}
+
+/// Recognises a command: the prefix followed by white space, or any text in a DM with the bot.
+async fn command_call<B: Bridge>(
+    ctx: &Context,
+    _bridge: &B,
+    event: &Event,
+    content: &RoomMessageEventContent,
+    portal: Option<Portal>,
+) -> BridgeResult<Option<CommandCall>> {
+    let body = content.body().trim();
+    let prefix = command_prefix::<B>(ctx);
+    let rest = match body.strip_prefix(prefix.as_str()) {
+        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => rest,
+        _ if portal.is_none() && is_management_room(ctx, event).await? => body,
+        _ => return Ok(None),
+    };
+    let mut words = rest.split_whitespace().map(str::to_owned);
+    let name = words.next().unwrap_or_else(|| "help".to_owned()).to_lowercase();
+    Ok(Some(CommandCall {
+        event: event.clone(),
+        name,
+        args: words.collect(),
+        level: ctx.permission_level(&event.sender),
+        portal,
+    }))
+}
+
+/// A DM with the bot: the bot and the sender are the only joined members.
+async fn is_management_room(ctx: &Context, event: &Event) -> BridgeResult<bool> {
+    let joined = ctx.store().members_with(event.room_id.as_str(), Membership::Join).await?;
+    Ok(joined.len() == 2
+        && joined.iter().any(|m| m.user_id == ctx.bot_user_id().as_str())
+        && joined.iter().any(|m| m.user_id == event.sender.as_str()))
+}
+
+/// Runs a command and posts the answer as the bot. Errors of the command itself are answered,
+/// not retried.
+async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) -> BridgeResult {
+    let prefix = command_prefix::<B>(ctx);
+    let specs = bridge.commands();
+    let reply = if call.level == PermissionLevel::None {
+        None
+    } else if call.name == "help" {
+        Some(help_text(&prefix, &specs, call.level))
+    } else {
+        match specs.iter().find(|s| s.name == call.name) {
+            None => Some(format!("Unknown command `{}`. Try `{prefix} help`.", call.name)),
+            Some(spec) if spec.level > call.level => {
+                Some(format!("You don't have permission to use `{}`.", call.name))
+            }
+            Some(_) => match bridge.handle_command(&call).await {
+                Ok(text) => Some(text),
+                Err(e) => Some(format!("`{}` failed: {e}", call.name)),
+            },
+        }
+    };
+    if let Some(text) = reply.filter(|t| !t.is_empty()) {
+        let content = RoomMessageEventContent::notice_markdown(text);
+        ctx.bot().send_message(&call.event.room_id, &content, None).await?;
+    }
+    Ok(())
+}
+
+/// The generated `help`: every command the level may use.
+pub fn help_text(prefix: &str, specs: &[CommandSpec], level: PermissionLevel) -> String {
+    let mut out = String::from("Commands:\n\n");
+    out.push_str(&format!("- `{prefix} help` — show this list\n"));
+    for spec in specs.iter().filter(|s| s.level <= level) {
+        let args = if spec.args.is_empty() { String::new() } else { format!(" {}", spec.args) };
+        out.push_str(&format!("- `{prefix} {}{args}` — {}\n", spec.name, spec.help));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECS: &[CommandSpec] = &[
+        CommandSpec { name: "list", args: "", help: "list things", level: PermissionLevel::User },
+        CommandSpec {
+            name: "nuke",
+            args: "NAME",
+            help: "delete all",
+            level: PermissionLevel::Admin,
+        },
+    ];
+
+    #[test]
+    fn help_lists_only_what_the_level_may_use() {
+        let user = help_text("!x", SPECS, PermissionLevel::User);
+        assert!(user.contains("`!x list` — list things"), "{user}");
+        assert!(!user.contains("nuke"), "{user}");
+        let admin = help_text("!x", SPECS, PermissionLevel::Admin);
+        assert!(admin.contains("`!x nuke NAME` — delete all"), "{admin}");
+    }
+}
