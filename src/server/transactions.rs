@@ -160,7 +160,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
     for raw in [device_lists, otk, fallback].into_iter().flatten() {
         ctx.update(raw.get().as_bytes());
     }
-    let hash = hex(ctx.finish().as_ref());
+    let hash = crate::secret::hex(ctx.finish().as_ref());
     let batch = EphemeralBatch {
         ephemeral: ephemeral.into_iter().filter_map(ephemeral_event).collect(),
         to_device: to_device.into_iter().filter_map(to_device_event).collect(),
@@ -186,14 +186,6 @@ fn boxed(raw: &RawValue) -> Box<RawValue> {
 
 fn is_empty_json(raw: &RawValue) -> bool {
     matches!(raw.get().trim(), "{}" | "[]" | "null")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[derive(Deserialize)]

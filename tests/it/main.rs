@@ -5,3 +5,4 @@ mod crash;
 mod inbox;
 mod store;
 mod synapse;
+mod webhook;

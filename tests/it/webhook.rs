@@ -1,0 +1,279 @@
+//! The webhook reference bridge end to end, against a real Synapse and a real client.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, routing::post};
+use mxbridge::{AppService, Config, Registration};
+use serde_json::{Value, json};
+
+use crate::{
+    common::{config_yaml, fresh_database, http, registration_yaml},
+    synapse::{Synapse, cs, enabled, urlencode},
+};
+
+#[path = "../../examples/webhook.rs"]
+mod example;
+
+struct Bridge {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<mxbridge::Result<()>>,
+}
+
+async fn start_bridge(port: u16, hs: &str, db_url: &str, registration: &str) -> Bridge {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let config: Config<example::WebhookConfig> =
+        Config::from_yaml(&config_yaml(hs, port, db_url, "{}")).unwrap();
+    let service =
+        AppService::<example::Webhook>::new(config, Registration::from_yaml(registration).unwrap())
+            .await
+            .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(service.run(listener, async move {
+        let _ = rx.await;
+    }));
+    Bridge { stop, task }
+}
+
+impl Bridge {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Polls the room's recent messages until one matches.
+async fn wait_for_message(
+    client: &reqwest::Client,
+    hs: &str,
+    room: &str,
+    token: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..150 {
+        let url =
+            format!("{hs}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=30", urlencode(room));
+        let page = cs(client, reqwest::Method::GET, url, token, None).await;
+        if let Some(ev) = page["chunk"].as_array().unwrap().iter().find(|e| pred(e)) {
+            return ev.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no matching message in {room}");
+}
+
+async fn say(client: &reqwest::Client, hs: &str, room: &str, token: &str, body: &str) -> String {
+    let url = format!(
+        "{hs}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+        urlencode(room),
+        mxbridge::Secret::generate(12).expose()
+    );
+    let sent = cs(
+        client,
+        reqwest::Method::PUT,
+        url,
+        token,
+        Some(json!({"msgtype": "m.text", "body": body})),
+    )
+    .await;
+    sent["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn webhook_bridge_posts_as_ghost_relays_out_maps_edits_and_survives_restart() {
+    if !enabled() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registration = registration_yaml(&format!("http://127.0.0.1:{port}"));
+    let synapse = Synapse::start(&registration);
+    let hs = synapse.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let bridge = start_bridge(port, &hs, &db.url, &registration).await;
+    let client = http();
+    let alice = synapse.register("alice");
+
+    // A receiver for the outgoing side.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let receiver = Router::new()
+        .route(
+            "/in",
+            post(|State(r): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
+                r.lock().unwrap().push(v);
+            }),
+        )
+        .with_state(received.clone());
+    let out_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let out_url = format!("http://{}/in", out_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(out_listener, receiver).await });
+
+    // Invite the bot; it accepts by itself.
+    let room = cs(
+        &client,
+        reqwest::Method::POST,
+        format!("{hs}/_matrix/client/v3/createRoom"),
+        &alice,
+        Some(json!({"preset": "private_chat", "invite": ["@_t_bot:localhost"]})),
+    )
+    .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..100 {
+        let url = format!("{hs}/_matrix/client/v3/rooms/{}/joined_members", urlencode(&room));
+        if cs(&client, reqwest::Method::GET, url, &alice, None).await["joined"]["@_t_bot:localhost"]
+            .is_object()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `help` is generated; `create` answers with the secret URL.
+    say(&client, &hs, &room, &alice, "!webhook help").await;
+    wait_for_message(&client, &hs, &room, &alice, |e| {
+        e["content"]["body"].as_str().is_some_and(|b| b.contains("!webhook outgoing NAME URL"))
+    })
+    .await;
+    say(&client, &hs, &room, &alice, "!webhook create hook1").await;
+    let reply = wait_for_message(&client, &hs, &room, &alice, |e| {
+        e["sender"] == "@_t_bot:localhost"
+            && e["content"]["body"].as_str().is_some_and(|b| b.contains("/webhook/"))
+    })
+    .await;
+    let body = reply["content"]["body"].as_str().unwrap();
+    let hook_url = body[body.find("http://").unwrap()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_owned();
+
+    // A POST becomes a ghost's message with the given name.
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"text": "build passed", "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let event_id = res.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let ghost = "@_t__c_i=20_bot:localhost";
+    let url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/event/{}", urlencode(&room), urlencode(&event_id));
+    let ev = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    assert_eq!(
+        (ev["sender"].as_str(), ev["content"]["body"].as_str()),
+        (Some(ghost), Some("build passed"))
+    );
+    let url = format!(
+        "{hs}/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        urlencode(&room),
+        urlencode(ghost)
+    );
+    assert_eq!(cs(&client, reqwest::Method::GET, url, &alice, None).await["displayname"], "CI Bot");
+
+    // Bad requests get a clear status and body, and post nothing.
+    let bad = client
+        .post(format!("{hook_url}x"))
+        .json(&json!({"text": "a", "username": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 404);
+    assert!(bad.text().await.unwrap().contains("unknown or revoked"));
+    let bad = client
+        .post(&hook_url)
+        .header("content-type", "application/json")
+        .body("{\"text\": 5}")
+        .send()
+        .await
+        .unwrap();
+    assert!(bad.status().is_client_error(), "{}", bad.status());
+    let bad = client
+        .post(&hook_url)
+        .json(&json!({"text": "x".repeat(100_000), "username": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 413);
+
+    // Outgoing: real users' messages, edits and redactions reach the URL, mapped to the original.
+    say(&client, &hs, &room, &alice, &format!("!webhook outgoing hook1 {out_url}")).await;
+    wait_for_message(&client, &hs, &room, &alice, |e| {
+        e["content"]["body"].as_str().is_some_and(|b| b.contains("now go to"))
+    })
+    .await;
+    let original = say(&client, &hs, &room, &alice, "hello outside").await;
+    let edit_url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/send/m.room.message/edit1", urlencode(&room));
+    cs(
+        &client,
+        reqwest::Method::PUT,
+        edit_url,
+        &alice,
+        Some(json!({
+            "msgtype": "m.text", "body": "* hello outside (edited)",
+            "m.new_content": {"msgtype": "m.text", "body": "hello outside (edited)"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        })),
+    )
+    .await;
+    let redact_url = format!(
+        "{hs}/_matrix/client/v3/rooms/{}/redact/{}/r1",
+        urlencode(&room),
+        urlencode(&original)
+    );
+    cs(&client, reqwest::Method::PUT, redact_url, &alice, Some(json!({"reason": "oops"}))).await;
+    // A ghost message after outgoing was set must not come back out (no loop).
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"text": "from the hook", "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        crate::common::wait_until(20, || received.lock().unwrap().len() >= 3).await,
+        "{:?}",
+        received.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = received.lock().unwrap().clone();
+    let kinds: Vec<_> =
+        got.iter().map(|v| v["event"]["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["message", "edit", "redaction"], "{got:?}");
+    assert_eq!(got[0]["event"]["body"], "hello outside");
+    assert_eq!(got[1]["event"]["original"], original.as_str());
+    assert_eq!(got[1]["event"]["body"], "hello outside (edited)");
+    assert_eq!(got[2]["event"]["original"], original.as_str());
+
+    // The hook survives a restart of the bridge.
+    bridge.stop().await;
+    let bridge = start_bridge(port, &hs, &db.url, &registration).await;
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"text": "after restart", "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Deleted hooks stop working.
+    say(&client, &hs, &room, &alice, "!webhook delete hook1").await;
+    wait_for_message(&client, &hs, &room, &alice, |e| {
+        e["content"]["body"].as_str().is_some_and(|b| b.contains("deleted"))
+    })
+    .await;
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"text": "gone", "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    bridge.stop().await;
+}
