@@ -18,8 +18,7 @@ use axum::{
 };
 use mxbridge::{
     Bridge, BridgeError, BridgeResult, CommandCall, CommandSpec, Context, GhostProfile, MatrixEdit,
-    MatrixMessage, MatrixRedaction, RemoteMessage, Secret, config::PermissionLevel,
-    secret::sha256_hex,
+    MatrixMessage, MatrixRedaction, RemoteMessage, Secret, secret::sha256_hex,
 };
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, events::room::message::RoomMessageEventContent,
@@ -65,19 +64,15 @@ const HOOKS: &str = "webhook";
 
 impl Webhook {
     async fn hooks_in(&self, room: &ruma::RoomId) -> BridgeResult<Vec<(String, Hook)>> {
-        let all = self.ctx.store().kv_list(HOOKS).await?;
-        let hooks =
-            all.into_iter().filter_map(|(k, v)| Some((k, serde_json::from_str::<Hook>(&v).ok()?)));
-        Ok(hooks.filter(|(_, h)| h.room_id == room).collect())
+        let all = self.ctx.store().kv_list_json::<Hook>(HOOKS).await?;
+        Ok(all.into_iter().filter(|(_, h)| h.room_id == room).collect())
     }
 
     async fn hook_named(&self, call: &CommandCall) -> BridgeResult<(String, Hook)> {
-        let name = call.args.first().ok_or_else(|| BridgeError::new("give the webhook's NAME"))?;
-        let hooks = self.hooks_in(&call.event.room_id).await?;
-        hooks
-            .into_iter()
-            .find(|(_, h)| &h.name == name)
-            .ok_or_else(|| BridgeError::new(format!("no webhook `{name}` here")))
+        let name = call.arg(0, "NAME")?;
+        let found =
+            self.hooks_in(&call.event.room_id).await?.into_iter().find(|(_, h)| h.name == name);
+        found.ok_or_else(|| BridgeError::new(format!("no webhook `{name}` here")))
     }
 
     /// Sends a room's event to every outgoing URL of the room; a failed POST is retried by the
@@ -112,22 +107,11 @@ impl Bridge for Webhook {
     }
 
     fn commands(&self) -> Vec<CommandSpec> {
-        let user = PermissionLevel::User;
         vec![
-            CommandSpec {
-                name: "create",
-                args: "NAME",
-                help: "create a webhook posting to this room",
-                level: user,
-            },
-            CommandSpec { name: "list", args: "", help: "list this room's webhooks", level: user },
-            CommandSpec { name: "delete", args: "NAME", help: "revoke a webhook", level: user },
-            CommandSpec {
-                name: "outgoing",
-                args: "NAME URL",
-                help: "also POST this room's messages to URL",
-                level: user,
-            },
+            CommandSpec::new("create", "NAME", "create a webhook posting to this room"),
+            CommandSpec::new("list", "", "list this room's webhooks"),
+            CommandSpec::new("delete", "NAME", "revoke a webhook"),
+            CommandSpec::new("outgoing", "NAME URL", "also POST this room's messages to URL"),
         ]
     }
 
@@ -135,24 +119,14 @@ impl Bridge for Webhook {
         let store = self.ctx.store();
         match call.name.as_str() {
             "create" => {
-                let name =
-                    call.args.first().ok_or_else(|| BridgeError::new("give the webhook a NAME"))?;
-                if self.hooks_in(&call.event.room_id).await?.iter().any(|(_, h)| &h.name == name) {
+                let name = call.arg(0, "NAME")?;
+                if self.hooks_in(&call.event.room_id).await?.iter().any(|(_, h)| h.name == name) {
                     return Ok(format!("A webhook `{name}` exists here already."));
                 }
                 let token = Secret::generate(40);
-                let hook = Hook {
-                    name: name.clone(),
-                    room_id: call.event.room_id.clone(),
-                    outgoing: None,
-                };
-                store
-                    .kv_put(
-                        HOOKS,
-                        &sha256_hex(token.expose().as_bytes()),
-                        &serde_json::to_string(&hook)?,
-                    )
-                    .await?;
+                let hook =
+                    Hook { name: name.into(), room_id: call.event.room_id.clone(), outgoing: None };
+                store.kv_put_json(HOOKS, &sha256_hex(token.expose().as_bytes()), &hook).await?;
                 Ok(format!(
                     "Webhook `{name}` created. POST JSON to {}/webhook/{}",
                     self.public_url,
@@ -160,22 +134,12 @@ impl Bridge for Webhook {
                 ))
             }
             "list" => {
-                let hooks = self.hooks_in(&call.event.room_id).await?;
-                let lines: Vec<String> = hooks
-                    .iter()
-                    .map(|(_, h)| {
-                        format!(
-                            "- `{}`{}",
-                            h.name,
-                            h.outgoing.as_ref().map(|u| format!(" → {u}")).unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                Ok(if lines.is_empty() {
-                    "No webhooks in this room.".into()
-                } else {
-                    lines.join("\n")
-                })
+                let mut out = String::from("Webhooks in this room:");
+                for (_, hook) in self.hooks_in(&call.event.room_id).await? {
+                    let outgoing = hook.outgoing.map(|u| format!(" → {u}")).unwrap_or_default();
+                    out.push_str(&format!("\n- `{}`{outgoing}", hook.name));
+                }
+                Ok(out)
             }
             "delete" => {
                 let (key, hook) = self.hook_named(call).await?;
@@ -184,10 +148,10 @@ impl Bridge for Webhook {
             }
             "outgoing" => {
                 let (key, mut hook) = self.hook_named(call).await?;
-                let url = call.args.get(1).ok_or_else(|| BridgeError::new("give the URL"))?;
+                let url = call.arg(1, "URL")?;
                 url::Url::parse(url).map_err(|e| BridgeError::new(format!("not a URL: {e}")))?;
-                hook.outgoing = Some(url.clone());
-                store.kv_put(HOOKS, &key, &serde_json::to_string(&hook)?).await?;
+                hook.outgoing = Some(url.into());
+                store.kv_put_json(HOOKS, &key, &hook).await?;
                 Ok(format!("Messages of this room now go to {url}."))
             }
             _ => Err(BridgeError::permanent("unknown command")),
@@ -239,11 +203,8 @@ async fn incoming(
     body: Result<Json<Incoming>, JsonRejection>,
 ) -> Answer {
     let ctx = &bridge.ctx;
-    let hook = match ctx.store().kv_get(HOOKS, &sha256_hex(token.as_bytes())).await {
-        Ok(Some(json)) => match serde_json::from_str::<Hook>(&json) {
-            Ok(hook) => hook,
-            Err(e) => return answer(StatusCode::INTERNAL_SERVER_ERROR, e),
-        },
+    let hook = match ctx.store().kv_get_json::<Hook>(HOOKS, &sha256_hex(token.as_bytes())).await {
+        Ok(Some(hook)) => hook,
         Ok(None) => return answer(StatusCode::NOT_FOUND, "unknown or revoked webhook"),
         Err(e) => return answer(StatusCode::SERVICE_UNAVAILABLE, e),
     };

@@ -111,6 +111,19 @@ pub struct CommandCall {
     pub portal: Option<Portal>,
 }
 
+impl CommandCall {
+    /// The argument at `index`, or an error naming it (`NAME`) when it is missing.
+    ///
+    /// # Errors
+    /// When there are fewer arguments; the message asks for `what`.
+    pub fn arg(&self, index: usize, what: &str) -> BridgeResult<&str> {
+        self.args
+            .get(index)
+            .map(String::as_str)
+            .ok_or_else(|| BridgeError::new(format!("missing argument {what}")))
+    }
+}
+
 /// A command the bridge offers.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandSpec {
@@ -122,6 +135,20 @@ pub struct CommandSpec {
     pub help: &'static str,
     /// The lowest level allowed to run it.
     pub level: PermissionLevel,
+}
+
+impl CommandSpec {
+    /// A command for users of level `user` and up.
+    pub const fn new(name: &'static str, args: &'static str, help: &'static str) -> Self {
+        Self { name, args, help, level: PermissionLevel::User }
+    }
+
+    /// The same command, for `level` and up.
+    #[must_use]
+    pub const fn level(mut self, level: PermissionLevel) -> Self {
+        self.level = level;
+        self
+    }
 }
 
 /// Hands one event to the bridge (see the module docs).

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Result, Store, now_ms, with_pool};
+use super::{Result, Store, StoreError, now_ms, with_pool};
 
 /// A stored portal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,6 +351,55 @@ impl Store {
                     .await?;
             rows.iter().map(|r| Ok((r.try_get("key")?, r.try_get("value")?))).collect()
         })
+    }
+
+    /// Stores a value serialized as JSON.
+    ///
+    /// # Errors
+    /// When the database fails or the value does not serialize.
+    pub async fn kv_put_json<T: serde::Serialize>(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
+        let json = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.kv_put(namespace, key, &json).await
+    }
+
+    /// The value under a namespace and key, deserialized from JSON.
+    ///
+    /// # Errors
+    /// When the database fails or the stored JSON does not match `T`.
+    pub async fn kv_get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<T>> {
+        match self.kv_get(namespace, key).await? {
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{namespace}/{key}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every (key, value) of a namespace deserialized from JSON, by key.
+    ///
+    /// # Errors
+    /// When the database fails or a stored value does not match `T`.
+    pub async fn kv_list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<(String, T)>> {
+        self.kv_list(namespace)
+            .await?
+            .into_iter()
+            .map(|(k, v)| match serde_json::from_str(&v) {
+                Ok(t) => Ok((k, t)),
+                Err(e) => Err(StoreError::Corrupt(format!("{namespace}/{k}: {e}"))),
+            })
+            .collect()
     }
 
     /// Deletes a key; returns whether it existed.
