@@ -492,4 +492,25 @@ mod tests {
             Config::<NoBridgeConfig>::from_yaml(bad_yaml).unwrap_err().to_string().contains("line")
         );
     }
+
+    #[test]
+    fn permission_levels_pick_user_then_server_then_star() {
+        let base = example();
+        let c = Config::<NoBridgeConfig>::from_yaml(&base).unwrap();
+        let level = |c: &Config<NoBridgeConfig>, u: &str| {
+            c.permission_level(&ruma::UserId::parse(u).unwrap())
+        };
+        assert_eq!(level(&c, "@admin:localhost"), PermissionLevel::Admin);
+        assert_eq!(level(&c, "@bob:localhost"), PermissionLevel::User);
+        assert_eq!(level(&c, "@eve:elsewhere"), PermissionLevel::None);
+        let star = base.replace("\"localhost\": user", "\"*\": relay");
+        let c = Config::<NoBridgeConfig>::from_yaml(&star).unwrap();
+        assert_eq!(level(&c, "@eve:elsewhere"), PermissionLevel::Relay);
+        let empty = base
+            .replace("  \"localhost\": user\n  \"@admin:localhost\": admin\n", "")
+            .replace("permissions:\n", "permissions: {}\n");
+        let c = Config::<NoBridgeConfig>::from_yaml(&empty).unwrap();
+        assert_eq!(level(&c, "@bob:localhost"), PermissionLevel::User, "own domain by default");
+        assert_eq!(level(&c, "@eve:elsewhere"), PermissionLevel::None);
+    }
 }

@@ -352,3 +352,155 @@ mod tests {
         assert!(admin.contains("`!x nuke NAME` — delete all"), "{admin}");
     }
 }
+
+#[cfg(test)]
+mod route_tests {
+    use std::sync::Mutex;
+
+    use ruma::{room_id, user_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        store::Store,
+        testing::{MockHomeserver, test_registration},
+    };
+
+    #[derive(Default)]
+    struct Tb {
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Bridge for Tb {
+        type Config = crate::config::NoBridgeConfig;
+        const NAME: &'static str = "tb";
+        async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+            Ok(Self::default())
+        }
+        async fn handle_message(&self, m: &MatrixMessage) -> BridgeResult {
+            self.seen.lock().unwrap().push(format!("message {}", m.content.body()));
+            Ok(())
+        }
+        async fn handle_edit(&self, e: &MatrixEdit) -> BridgeResult {
+            let remote = e.target_remote.as_ref().map(|(_, id)| id.to_string());
+            self.seen.lock().unwrap().push(format!("edit {remote:?} {}", e.new_content.body()));
+            Ok(())
+        }
+        fn commands(&self) -> Vec<CommandSpec> {
+            vec![
+                CommandSpec::new("list", "", "list"),
+                CommandSpec::new("nuke", "NAME", "nuke").level(PermissionLevel::Admin),
+            ]
+        }
+        async fn handle_command(&self, call: &CommandCall) -> BridgeResult<String> {
+            Ok(format!("ran {} {}", call.name, call.arg(0, "NAME").unwrap_or("-")))
+        }
+    }
+
+    async fn setup(hs: &MockHomeserver) -> Context {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
+            "homeserver: {{address: '{}', domain: localhost}}\n\
+             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
+             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
+             permissions: {{'@admin:localhost': admin, localhost: user}}\n",
+            hs.url()
+        ))
+        .unwrap();
+        let room = room_id!("!r:localhost");
+        store
+            .set_membership(room.as_str(), "@_test_bot:localhost", Membership::Join, None, None)
+            .await
+            .unwrap();
+        Context::with_client(store, test_registration(), config, hs.client())
+    }
+
+    fn message(sender: &str, body: &str) -> Event {
+        Event::from_json(
+            &json!({"event_id": format!("$m{}", body.len()), "room_id": "!r:localhost", "sender": sender,
+                    "type": "m.room.message", "content": {"msgtype": "m.text", "body": body}})
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn commands_check_permissions_and_answer_as_the_bot() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!r:localhost");
+        let tb = Tb::default();
+        hs.mock_send(room, "m.room.message")
+            .as_bot()
+            .with_body(json!({"body": "ran list -"}))
+            .ok()
+            .expect(1)
+            .mount()
+            .await;
+        hs.mock_send(room, "m.room.message")
+            .as_bot()
+            .with_body(json!({"body": "You don't have permission to use `nuke`."}))
+            .ok()
+            .expect(1)
+            .mount()
+            .await;
+        hs.mock_send(room, "m.room.message")
+            .as_bot()
+            .with_body(json!({"body": "ran nuke x"}))
+            .ok()
+            .expect(1)
+            .mount()
+            .await;
+        route(&ctx, &tb, &message("@alice:localhost", "!tb list")).await.unwrap();
+        route(&ctx, &tb, &message("@alice:localhost", "!tb nuke x")).await.unwrap();
+        route(&ctx, &tb, &message("@admin:localhost", "!tb nuke x")).await.unwrap();
+        // Users without a level are ignored: no answer at all (any extra send fails the mocks).
+        route(&ctx, &tb, &message("@eve:elsewhere", "!tb list")).await.unwrap();
+        // A prefix that is only a word's start is no command.
+        route(&ctx, &tb, &message("@alice:localhost", "!tbx list")).await.unwrap();
+        assert_eq!(*tb.seen.lock().unwrap(), ["message !tbx list"]);
+    }
+
+    #[tokio::test]
+    async fn own_events_are_suppressed_and_edits_are_mapped_to_remote_messages() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let tb = Tb::default();
+        route(&ctx, &tb, &message("@_test_ghost:localhost", "from our ghost")).await.unwrap();
+        route(&ctx, &tb, &message("@_test_bot:localhost", "from our bot")).await.unwrap();
+        let original = message("@alice:localhost", "hello");
+        route(&ctx, &tb, &original).await.unwrap();
+        ctx.record_remote_message(&"chat".into(), &"remote-1".into(), &original).await.unwrap();
+        let edit = Event::from_json(
+            &json!({"event_id": "$edit", "room_id": "!r:localhost", "sender": "@alice:localhost",
+                    "type": "m.room.message", "content": {"msgtype": "m.text", "body": "* hi",
+                    "m.new_content": {"msgtype": "m.text", "body": "hi"},
+                    "m.relates_to": {"rel_type": "m.replace", "event_id": original.event_id}}})
+            .to_string(),
+        )
+        .unwrap();
+        route(&ctx, &tb, &edit).await.unwrap();
+        assert_eq!(*tb.seen.lock().unwrap(), ["message hello", "edit Some(\"remote-1\") hi"]);
+    }
+
+    #[tokio::test]
+    async fn invites_of_our_users_are_accepted() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!r:localhost");
+        let ghost = user_id!("@_test_new:localhost");
+        hs.mock_register().ok_body(json!({"user_id": ghost})).expect(1).mount().await;
+        hs.mock_join(room).as_user(ghost).ok_body(json!({"room_id": room})).expect(1).mount().await;
+        let invite = Event::from_json(
+            &json!({"event_id": "$inv", "room_id": room, "sender": "@alice:localhost",
+                    "type": "m.room.member", "state_key": ghost, "content": {"membership": "invite"}})
+            .to_string(),
+        )
+        .unwrap();
+        route(&ctx, &Tb::default(), &invite).await.unwrap();
+        assert_eq!(
+            ctx.store().membership(room.as_str(), ghost.as_str()).await.unwrap(),
+            Some(Membership::Join)
+        );
+    }
+}
