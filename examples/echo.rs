@@ -6,16 +6,15 @@
 //! cargo run --example echo -- -c config.yaml run
 //! ```
 //!
-//! The "remote network" here is the echo itself: every text message from a human in a room with
-//! a ghost comes back from that ghost as `echo: <text>`.
+//! The "remote network" here is the echo itself: every message from a human in a room with a
+//! ghost comes back from that ghost as `echo: <text>`. The framework accepts the invite (the ghost
+//! joins), suppresses the ghost's own messages (no loop), and keeps the room's members cached.
 
-use mxbridge::{Bridge, BridgeResult, Context, Event, store::Membership};
-use ruma::{
-    OwnedUserId,
-    events::room::{member::RoomMemberEventContent, message::RoomMessageEventContent},
-};
+use mxbridge::{Bridge, BridgeResult, Context, MatrixMessage, store::Membership};
+use ruma::OwnedUserId;
 
 /// The echo bridge keeps nothing but the framework's handle.
+#[derive(Debug)]
 struct Echo {
     ctx: Context,
 }
@@ -28,34 +27,16 @@ impl Bridge for Echo {
         Ok(Self { ctx })
     }
 
-    async fn handle_event(&self, event: &Event) -> BridgeResult {
-        let registration = self.ctx.registration();
-        match event.kind.as_str() {
-            // A human invited one of our ghosts (or the bot): accept.
-            "m.room.member" => {
-                let Some(target) = event.state_key.as_deref() else { return Ok(()) };
-                let content: RoomMemberEventContent = event.content()?;
-                let target: OwnedUserId = target.try_into()?;
-                if content.membership.as_str() == "invite"
-                    && registration.is_user_in_namespace(&target)
-                {
-                    self.ctx.intent(&target)?.ensure_joined(&event.room_id).await?;
-                }
+    async fn handle_message(&self, message: &MatrixMessage) -> BridgeResult {
+        let text = format!("echo: {}", message.content.body());
+        let room = &message.event.room_id;
+        for member in self.ctx.store().members_with(room.as_str(), Membership::Join).await? {
+            let user: OwnedUserId = member.user_id.as_str().try_into()?;
+            if user != *self.ctx.bot_user_id()
+                && self.ctx.registration().is_user_in_namespace(&user)
+            {
+                self.ctx.intent(&user)?.send_text(room, &text, None).await?;
             }
-            // A human spoke: every ghost in the room answers.
-            "m.room.message" if !registration.is_user_in_namespace(&event.sender) => {
-                let content: RoomMessageEventContent = event.content()?;
-                let text = format!("echo: {}", content.body());
-                let members =
-                    self.ctx.store().members_with(event.room_id.as_str(), Membership::Join).await?;
-                for member in members {
-                    let user: OwnedUserId = member.user_id.as_str().try_into()?;
-                    if registration.is_user_in_namespace(&user) {
-                        self.ctx.intent(&user)?.send_text(&event.room_id, &text, None).await?;
-                    }
-                }
-            }
-            _ => {}
         }
         Ok(())
     }

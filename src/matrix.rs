@@ -484,6 +484,20 @@ mod route_tests {
     }
 
     #[tokio::test]
+    async fn ghost_ids_follow_the_template_and_never_name_the_bot() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        assert_eq!(
+            ctx.ghost_user_id(&"Bob Smith".into()).unwrap().as_str(),
+            "@_test__bob=20_smith:localhost"
+        );
+        assert!(
+            ctx.ghost_user_id(&"bot".into()).is_err(),
+            "a remote user called bot is not the bot"
+        );
+    }
+
+    #[tokio::test]
     async fn invites_of_our_users_are_accepted() {
         let hs = MockHomeserver::start().await;
         let ctx = setup(&hs).await;

@@ -164,8 +164,13 @@ impl Context {
             .appservice()
             .ghost_localpart_template
             .replace("{id}", &escape_localpart(&remote.0));
-        UserId::parse_with_server_name(localpart, self.server_name())
-            .map_err(|_| RemoteError::InvalidGhost(remote.0.clone()))
+        let user_id = UserId::parse_with_server_name(localpart, self.server_name())
+            .map_err(|_| RemoteError::InvalidGhost(remote.0.clone()))?;
+        // A remote user named like the bot must never speak as the bot.
+        if user_id == *self.bot_user_id() {
+            return Err(RemoteError::InvalidGhost(remote.0.clone()));
+        }
+        Ok(user_id)
     }
 
     /// Makes a remote user's ghost exist with the given profile: registered, and its display
