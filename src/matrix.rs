@@ -1,6 +1,6 @@
 //! The Matrix side of the bridge layer: what an incoming event means, and who hears of it.
 //!
-//! [`route`] runs for every stored event after the state cache was updated:
+//! The dispatcher runs `route` for every stored event after the state cache was updated:
 //! 1. **Echo suppression**: events sent by our own users (the bot and every ghost) stop here, so
 //!    what the bridge itself posted never comes back as new.
 //! 2. **Invites** of the bot or a ghost are accepted when [`Bridge::accept_invite`] agrees.
