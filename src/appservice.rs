@@ -11,7 +11,7 @@ use crate::{
     dispatch,
     error::{Error, Result},
     registration::{Registration, RegistrationError},
-    server::{self, Health, Limits, ServerState},
+    server::{self, BridgeState, Health, Limits, ServerState},
     store::Store,
 };
 
@@ -40,6 +40,7 @@ impl<B: Bridge> AppService<B> {
             inbox,
             logging,
             commands,
+            metrics,
             permissions,
             bridge,
         } = config;
@@ -50,6 +51,7 @@ impl<B: Bridge> AppService<B> {
             inbox,
             logging,
             commands,
+            metrics,
             permissions,
             bridge: (),
         };
@@ -123,6 +125,27 @@ impl<B: Bridge> AppService<B> {
             let _ = server_stop.wait_for(|s| *s).await;
         }));
         tracing::info!(%addr, bridge = B::NAME, "listening for the homeserver");
+        let metrics_server = match config.metrics.bind_address.filter(|_| config.metrics.enabled) {
+            Some(metrics_addr) => {
+                let listener = TcpListener::bind(metrics_addr)
+                    .await
+                    .map_err(|source| Error::Listen { addr: metrics_addr.to_string(), source })?;
+                let metrics_ctx = ctx.clone();
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let ctx = metrics_ctx.clone();
+                        async move { server::metrics_response(&ctx).await }
+                    }),
+                );
+                let mut stop = stop_rx.clone();
+                tracing::info!(addr = %metrics_addr, "serving metrics");
+                Some(tokio::spawn(server::serve(listener, app, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })))
+            }
+            None => None,
+        };
 
         if let Err(e) = bridge.start().await {
             let _ = stop_tx.send(true);
@@ -134,13 +157,19 @@ impl<B: Bridge> AppService<B> {
         let pruner =
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
         health.set_running(true);
+        let pinger = tokio::spawn(startup_ping(ctx.clone(), health.clone()));
         tracing::info!("bridge running");
 
         shutdown.await;
         tracing::info!("shutting down");
+        health.set_state(BridgeState::Stopping);
         health.set_running(false);
+        pinger.abort();
         let _ = stop_tx.send(true);
         let served = server.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         let _ = dispatcher.await;
         pruner.abort();
         bridge.stop().await;
@@ -151,6 +180,53 @@ impl<B: Bridge> AppService<B> {
             Ok(Err(source)) => Err(Error::Listen { addr, source }),
             Err(e) => Err(Error::Listen { addr, source: std::io::Error::other(e.to_string()) }),
         }
+    }
+}
+
+/// Asks the homeserver to ping us until it works, with growing pauses (1 s to 60 s), and says
+/// what to check when it does not: this proves both directions (our as_token, its hs_token and
+/// the URL it has for us).
+async fn startup_ping(ctx: Context, health: Arc<Health>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let txn = crate::client::new_txn_id();
+        match ctx.client().ping(Some(&txn)).await {
+            Ok(took) => {
+                tracing::info!(ms = took.as_millis(), "the homeserver reached the appservice");
+                health.set_homeserver_ok(true);
+                health.set_state(BridgeState::Running);
+                return;
+            }
+            Err(e) => {
+                let advice = ping_advice(&ctx, &e);
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "{advice}");
+                health.set_homeserver_ok(false);
+                health.set_state(BridgeState::HomeserverUnreachable(advice));
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// What a failed startup ping most likely means, in words an operator can act on.
+fn ping_advice(ctx: &Context, e: &crate::client::Error) -> String {
+    let hs = &ctx.homeserver().address;
+    match (e.status().map(|s| s.as_u16()), e.errcode()) {
+        (_, Some("M_UNKNOWN_TOKEN")) | (Some(401), _) => format!(
+            "the homeserver at {hs} does not know our as_token: add the registration file to its              app_service_config_files and restart it"
+        ),
+        (Some(403), _) => format!(
+            "the homeserver at {hs} refused the ping: is appservice.id ({}) the registration's id?",
+            ctx.appservice().id
+        ),
+        (Some(502 | 504), _) => format!(
+            "the homeserver cannot reach the appservice at {}: check appservice.address and              that the homeserver can connect to it",
+            ctx.appservice().address
+        ),
+        (Some(404), _) => format!("the homeserver at {hs} has no appservice ping (too old?)"),
+        (None, _) => format!("the homeserver at {hs} does not answer: check homeserver.address"),
+        _ => format!("the homeserver at {hs} answered the ping with an error"),
     }
 }
 

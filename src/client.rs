@@ -245,6 +245,8 @@ struct ClientInner {
     registration: Registration,
     /// The retry policy.
     retry: RetryPolicy,
+    /// Where requests are counted, once attached.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     /// What the homeserver supports; picks each endpoint's path. Refreshed by
     /// [`Client::refresh_supported_versions`].
     versions: RwLock<SupportedVersions>,
@@ -324,6 +326,7 @@ impl Client {
                 bot,
                 registration,
                 retry,
+                metrics: std::sync::OnceLock::new(),
                 versions: RwLock::new(versions),
                 joins_in_flight: Mutex::default(),
             }),
@@ -447,6 +450,17 @@ impl Client {
             .map_err(|e| Error::InvalidResponse(e.to_string()))
     }
 
+    /// Reports requests, durations and retries to `metrics` from now on (once per client).
+    pub fn attach_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    fn count_retry(&self, cause: &'static str) {
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics.retry(cause);
+        }
+    }
+
     /// Sends one HTTP request with the retry policy, inside a `send` span.
     async fn execute(
         &self,
@@ -467,6 +481,9 @@ impl Client {
             let started = Instant::now();
             let mut attempt = 0;
             let finish = |status: Option<u16>, attempt: u32| {
+                if let Some(metrics) = self.inner.metrics.get() {
+                    metrics.request(route, status, started.elapsed());
+                }
                 let span = tracing::Span::current();
                 if let Some(status) = status {
                     span.record("status", status);
@@ -490,6 +507,7 @@ impl Client {
                         if attempt < policy.max_attempts && (err.is_connect() || err.is_timeout()) {
                             let delay = policy.backoff(attempt);
                             tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %err.without_url(), "request failed, retrying");
+                            self.count_retry("unavailable");
                             tokio::time::sleep(delay).await;
                             continue;
                         }
@@ -518,6 +536,7 @@ impl Client {
                     && attempt < policy.max_attempts
                 {
                     tracing::warn!(attempt, status = status.as_u16(), delay_ms = delay.as_millis() as u64, "homeserver asked to retry");
+                    self.count_retry(if status.as_u16() == 429 { "rate_limited" } else { "unavailable" });
                     tokio::time::sleep(delay).await;
                     continue;
                 }

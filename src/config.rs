@@ -60,6 +60,9 @@ pub struct Config<T = NoBridgeConfig> {
     /// How users talk to the bridge bot.
     #[serde(default)]
     pub commands: CommandsConfig,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Who may use the bridge: full user IDs, server names or `*`, each with a level. Empty means
     /// users of the homeserver's own domain are `user`s and nobody else may use it.
     #[serde(default)]
@@ -77,6 +80,24 @@ pub struct CommandsConfig {
     /// bridge's name, e.g. `!webhook`). In a DM with the bot no prefix is needed.
     #[serde(default)]
     pub prefix: Option<String>,
+}
+
+/// `metrics:`: Prometheus metrics.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Serve it on this address instead of the appservice port (e.g. `127.0.0.1:9100`).
+    #[serde(default)]
+    pub bind_address: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, bind_address: None }
+    }
 }
 
 /// What a user may do with the bridge, lowest first.

@@ -31,6 +31,8 @@ struct ContextInner {
     config: Config<()>,
     /// The Client-Server API client (one connection pool for the bot and every ghost).
     client: Client,
+    /// The metrics registry, shared by the server, the dispatcher and the client.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -58,7 +60,14 @@ impl Context {
         config: Config<()>,
         client: Client,
     ) -> Self {
-        Self { inner: Arc::new(ContextInner { store, registration, config, client }) }
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        client.attach_metrics(metrics.clone());
+        Self { inner: Arc::new(ContextInner { store, registration, config, client, metrics }) }
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The Client-Server API client.

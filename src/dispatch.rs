@@ -300,10 +300,17 @@ impl<B: Bridge> Shared<B> {
         async {
             let mut attempts = pending.attempts;
             loop {
+                let started = std::time::Instant::now();
                 let result = match apply_state(&self.store, &event).await {
                     Ok(()) => run_handler(self.bridge.clone(), self.ctx.clone(), event.clone()).await,
                     Err(e) => Err(HandlerFailure::Retry(format!("state cache update failed: {e}"))),
                 };
+                let outcome = match &result {
+                    Ok(()) => "ok",
+                    Err(HandlerFailure::Permanent(_)) => "parked",
+                    Err(HandlerFailure::Retry(_)) => "failed",
+                };
+                self.ctx.metrics().event(&event.kind, outcome, started.elapsed());
                 match result {
                     Ok(()) => {
                         self.mark_done(seq).await;

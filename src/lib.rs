@@ -28,6 +28,7 @@ mod dispatch;
 pub mod error;
 pub mod intent;
 pub mod matrix;
+pub mod metrics;
 pub mod registration;
 pub mod remote;
 pub mod secret;
@@ -51,7 +52,7 @@ pub use remote::{
     GhostProfile, Portal, PortalInfo, RemoteChatId, RemoteMessage, RemoteMessageId, RemoteUserId,
 };
 pub use secret::Secret;
-pub use server::Health;
+pub use server::{BridgeState, Health};
 pub use store::Store;
 
 /// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client

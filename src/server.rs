@@ -46,9 +46,26 @@ pub(crate) struct ServerState<B> {
     pub(crate) health: Arc<Health>,
 }
 
+/// What the bridge is doing, as `/health/state` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum BridgeState {
+    /// Starting: the store is ready, the homeserver not yet reached.
+    #[default]
+    Starting,
+    /// Running, and the homeserver answered our ping.
+    Running,
+    /// The startup ping failed; the detail says why and what to check.
+    HomeserverUnreachable(String),
+    /// Shutting down.
+    Stopping,
+}
+
 /// Liveness and readiness facts, shared by the server and the appservice's startup.
 #[derive(Debug, Default)]
 pub struct Health {
+    /// The state reported at `/health/state`.
+    state: Mutex<BridgeState>,
     /// Set once the bridge started and the inbox runs.
     running: AtomicBool,
     /// Set when the startup ping through the homeserver succeeded.
@@ -58,6 +75,18 @@ pub struct Health {
 }
 
 impl Health {
+    /// Sets the reported state.
+    pub fn set_state(&self, state: BridgeState) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = state;
+        }
+    }
+
+    /// The reported state.
+    pub fn state(&self) -> BridgeState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Marks the bridge as running (or not).
     pub fn set_running(&self, running: bool) {
         self.running.store(running, Ordering::SeqCst);
@@ -137,13 +166,21 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> R
                 get(thirdparty::get_user_for_user_id::<B>),
             );
     }
-    let app = app
+    let metrics_here = {
+        let m = &state.ctx.config().metrics;
+        m.enabled && m.bind_address.is_none()
+    };
+    let mut app = app
         .route("/_matrix/app/v1/ping", post(ping::send_ping::<B>))
         .route_layer(middleware::from_fn_with_state(hs_token, auth::require_hs_token))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready::<B>))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .with_state(state);
+        .route("/health/state", get(state_report::<B>));
+    if metrics_here {
+        // After the token layer: scrapers do not hold the hs_token.
+        app = app.route("/metrics", get(metrics::<B>));
+    }
+    let app = app.layer(DefaultBodyLimit::max(limits.max_body_bytes)).with_state(state);
     app.merge(bridge_routes)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
@@ -193,16 +230,41 @@ async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// # `GET /health/ready`: the database answers and the bridge is running.
+/// # `GET /metrics`: Prometheus text format.
+async fn metrics<B: Bridge>(State(state): State<Arc<ServerState<B>>>) -> Response {
+    metrics_response(&state.ctx).await
+}
+
+pub(crate) async fn metrics_response(ctx: &Context) -> Response {
+    let text = ctx.metrics().render(ctx.store()).await;
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response()
+}
+
+/// # `GET /health/state`: what the bridge is doing, with the inbox's counts.
+async fn state_report<B: Bridge>(
+    State(state): State<Arc<ServerState<B>>>,
+) -> Json<serde_json::Value> {
+    let inbox = state.ctx.store().inbox_stats().await.ok();
+    Json(serde_json::json!({
+        "bridge": state.health.state(),
+        "homeserver": state.health.homeserver_ok(),
+        "inbox": inbox.map(|i| serde_json::json!({"pending": i.pending, "parked": i.parked})),
+    }))
+}
+
+/// # `GET /health/ready`: the database answers, the bridge runs, and the homeserver answered
+/// the startup ping.
 async fn ready<B: Bridge>(State(state): State<Arc<ServerState<B>>>) -> Response {
     let db = state.ctx.store().ping().await.is_ok();
     let running = state.health.is_running();
+    let homeserver = state.health.homeserver_ok();
     let body = Json(serde_json::json!({
         "database": db,
         "running": running,
-        "homeserver": state.health.homeserver_ok(),
+        "homeserver": homeserver,
     }));
-    if db && running {
+    if db && running && homeserver {
         (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()

@@ -245,9 +245,11 @@ pub(crate) async fn push_events<B: Bridge>(
         )?;
     match outcome {
         AcceptOutcome::Duplicate => {
+            state.ctx.metrics().transaction("duplicate", parsed.events.len());
             tracing::debug!(parent: &span, "duplicate transaction");
         }
         AcceptOutcome::Stored { new_events } => {
+            state.ctx.metrics().transaction("stored", parsed.events.len());
             tracing::debug!(parent: &span, new_events, "transaction stored");
             if new_events > 0 {
                 state.inbox.notify_new_events();

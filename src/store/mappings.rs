@@ -303,6 +303,20 @@ impl Store {
         })
     }
 
+    /// How many ghosts and portals are known.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn mapping_counts(&self) -> Result<(i64, i64)> {
+        with_pool!(self, |pool| {
+            let ghosts: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM mx_ghost").fetch_one(pool).await?;
+            let portals: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM mx_portal").fetch_one(pool).await?;
+            Ok((ghosts, portals))
+        })
+    }
+
     /// Stores a value (JSON text) under a namespace and key, replacing any previous one.
     ///
     /// # Errors

@@ -63,7 +63,7 @@ fn recorded(path: &str) -> Vec<String> {
 
 async fn wait_live(client: &reqwest::Client, port: u16) {
     for _ in 0..300 {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health/live")).send().await
             && r.status().is_success()
         {
             return;

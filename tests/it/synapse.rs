@@ -101,7 +101,9 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
     let client = http();
     let hs = &synapse.url;
 
-    // Synapse pings the appservice on our behalf: it must reach us with the hs_token.
+    // The bridge's own startup ping succeeds first; then Synapse pings the appservice on our
+    // behalf: it must reach us with the hs_token.
+    assert!(wait_until(30, || app.health.homeserver_ok()).await, "startup ping never succeeded");
     let pong = cs(
         &client,
         reqwest::Method::POST,
@@ -168,6 +170,30 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
         app.store.membership(&room, ghost).await.unwrap(),
         Some(mxbridge::store::Membership::Join)
     );
+
+    // Operations: the startup ping made the bridge ready, and the metrics moved.
+    let ready = client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let state: Value =
+        client.get(app.url("/health/state")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(state["bridge"]["state"], "running", "{state}");
+    let metrics = client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert!(value("mxbridge_transactions_total{outcome=\"stored\"}") >= 1.0);
+    assert_eq!(value("mxbridge_events_total{type=\"m.room.message\",outcome=\"ok\"}"), 1.0);
+    assert!(
+        value(
+            "mxbridge_requests_total{route=\"/_matrix/client/v1/appservice/{appservice_id}/ping\",status=\"200\"}"
+        ) >= 1.0
+    );
+    assert_eq!(value("mxbridge_inbox_pending"), 0.0);
     app.stop().await;
 }
 
