@@ -65,6 +65,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+"$bin" -c "$dir/config.yaml" check-config >&2
 bash scripts/synapse.sh register "$dir/synapse" "$hs_port" alice alice-password >/dev/null 2>&1 || true
 token=$(curl -sf -X POST "$hs/_matrix/client/v3/login" -H 'content-type: application/json' \
     -d '{"type":"m.login.password","identifier":{"type":"m.id.user","user":"alice"},"password":"alice-password"}' \

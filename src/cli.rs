@@ -130,13 +130,23 @@ pub async fn run_cli<B: Bridge>(cli: Cli) -> ExitCode {
                 eprintln!("error: database {}: {e}", redact_url(&config.database.url));
                 return ExitCode::from(EXIT_RUNTIME);
             }
-            println!(
-                "config ok: appservice {} as {}, database {} reachable",
-                registration.id(),
-                config.bot_user_id(),
-                redact_url(&config.database.url)
-            );
-            ExitCode::SUCCESS
+            match check_homeserver(&config, &registration).await {
+                Ok(versions) => {
+                    println!(
+                        "config ok: appservice {} as {}, database {} reachable, homeserver {} \
+                         answers ({versions}) and accepts our as_token",
+                        registration.id(),
+                        config.bot_user_id(),
+                        redact_url(&config.database.url),
+                        config.homeserver.address,
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
         }
         Command::Run => {
             let (config, registration) = match load_both::<B>(&cli) {
@@ -164,14 +174,60 @@ pub async fn run_cli<B: Bridge>(cli: Cli) -> ExitCode {
     }
 }
 
+/// Checks that the homeserver answers and knows our registration (whoami with the as_token
+/// must name the bot). Returns the newest spec version it supports.
+async fn check_homeserver<T>(
+    config: &Config<T>,
+    registration: &Registration,
+) -> Result<String, String> {
+    let hs = &config.homeserver.address;
+    let client = crate::client::Client::with_retry_policy(
+        hs.clone(),
+        &config.homeserver.domain,
+        registration.clone(),
+        crate::client::RetryPolicy::none(),
+    )
+    .map_err(|e| e.to_string())?;
+    let versions = client
+        .versions()
+        .await
+        .map_err(|e| format!("homeserver {hs} does not answer /_matrix/client/versions: {e}"))?;
+    let newest = versions.versions.last().cloned().unwrap_or_default();
+    match client.whoami(None).await {
+        Ok(me) if me.user_id == config.bot_user_id() => Ok(newest),
+        Ok(me) => Err(format!(
+            "homeserver {hs} says our as_token belongs to {}, not {}",
+            me.user_id,
+            config.bot_user_id()
+        )),
+        Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => Err(format!(
+            "homeserver {hs} does not know our as_token: add {} to its app_service_config_files \
+             and restart it",
+            config.appservice.registration
+        )),
+        Err(e) => Err(format!("homeserver {hs} refused whoami: {e}")),
+    }
+}
+
 fn load_config<B: Bridge>(path: &Path) -> Result<Config<B::Config>, ExitCode> {
-    Config::load(path).map_err(|e| {
+    let mut config = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         if !path.exists() {
             eprintln!("hint: write one with `example-config > {}` and edit it", path.display());
         }
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    match config.apply_overrides(|var| std::env::var(var).ok()) {
+        Ok(applied) if !applied.is_empty() => {
+            eprintln!("config: set from the environment: {}", applied.join(", "));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    }
+    Ok(config)
 }
 
 fn registration_path<T>(cli: &Cli, config: &Config<T>) -> PathBuf {

@@ -441,7 +441,8 @@ impl Client {
         }
         append_query(http_request.uri_mut(), &extra)?;
 
-        let response = self.execute(http_request, route).await?;
+        let as_user = options.as_user.as_deref().filter(|u| *u != self.inner.bot);
+        let response = self.execute(http_request, route, as_user).await?;
         let borrowed = borrow_response(&response);
         if response.status().as_u16() >= 400 {
             return Err(Error::from_ruma(ruma::api::error::Error::from_http_response(borrowed)));
@@ -466,11 +467,13 @@ impl Client {
         &self,
         request: http::Request<Vec<u8>>,
         route: &'static str,
+        as_user: Option<&UserId>,
     ) -> Result<http::Response<Vec<u8>>> {
         let span = tracing::debug_span!(
             "send",
             method = %request.method(),
             route,
+            user = as_user.map(UserId::as_str),
             status = field::Empty,
             attempts = field::Empty,
             duration_ms = field::Empty,

@@ -362,7 +362,83 @@ impl<T: DeserializeOwned + Default> Config<T> {
     }
 }
 
+/// The environment variables that override config keys (secrets and deploy settings), with
+/// the key each one sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("MXBRIDGE_HOMESERVER_ADDRESS", "homeserver.address"),
+    ("MXBRIDGE_HOMESERVER_DOMAIN", "homeserver.domain"),
+    ("MXBRIDGE_APPSERVICE_ADDRESS", "appservice.address"),
+    ("MXBRIDGE_APPSERVICE_BIND_ADDRESS", "appservice.bind_address"),
+    ("MXBRIDGE_APPSERVICE_PORT", "appservice.port"),
+    ("MXBRIDGE_DATABASE_URL", "database.url"),
+    ("MXBRIDGE_LOGGING_LEVEL", "logging.level"),
+    ("MXBRIDGE_LOGGING_FORMAT", "logging.format"),
+    ("MXBRIDGE_METRICS_BIND_ADDRESS", "metrics.bind_address"),
+];
+
 impl<T> Config<T> {
+    /// Applies the [`ENV_OVERRIDES`] that `lookup` finds (the CLI passes the process
+    /// environment) and validates again; returns the keys that were overridden.
+    ///
+    /// # Errors
+    /// Names the variable and the key when a value does not parse or validate.
+    pub fn apply_overrides(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<&'static str>, ConfigError> {
+        fn parse<V: std::str::FromStr>(var: &str, key: &str, value: &str) -> Result<V, ConfigError>
+        where
+            V::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: V::Err| ConfigError::Invalid {
+                key: key.into(),
+                message: format!("from {var}: {e}"),
+            })
+        }
+        let mut applied = Vec::new();
+        for &(var, key) in ENV_OVERRIDES {
+            let Some(value) = lookup(var).filter(|v| !v.is_empty()) else { continue };
+            match key {
+                "homeserver.address" => self.homeserver.address = parse(var, key, &value)?,
+                "homeserver.domain" => {
+                    self.homeserver.domain = ruma::OwnedServerName::try_from(value.as_str())
+                        .map_err(|e| ConfigError::Invalid {
+                            key: key.into(),
+                            message: format!("from {var}: {e}"),
+                        })?;
+                }
+                "appservice.address" => self.appservice.address = parse(var, key, &value)?,
+                "appservice.bind_address" => {
+                    self.appservice.bind_address = parse(var, key, &value)?
+                }
+                "appservice.port" => self.appservice.port = parse(var, key, &value)?,
+                "database.url" => self.database.url = value,
+                "logging.level" => self.logging.level = value,
+                "logging.format" => {
+                    self.logging.format = match value.as_str() {
+                        "pretty" => LogFormat::Pretty,
+                        "json" => LogFormat::Json,
+                        other => {
+                            return Err(ConfigError::Invalid {
+                                key: key.into(),
+                                message: format!(
+                                    "from {var}: {other:?} is neither pretty nor json"
+                                ),
+                            });
+                        }
+                    }
+                }
+                "metrics.bind_address" => {
+                    self.metrics.bind_address = Some(parse(var, key, &value)?)
+                }
+                _ => unreachable!("every ENV_OVERRIDES key has an arm"),
+            }
+            applied.push(key);
+        }
+        self.validate()?;
+        Ok(applied)
+    }
+
     /// Checks the values that parse but can still be wrong.
     ///
     /// # Errors
@@ -533,5 +609,28 @@ mod tests {
         let c = Config::<NoBridgeConfig>::from_yaml(&empty).unwrap();
         assert_eq!(level(&c, "@bob:localhost"), PermissionLevel::User, "own domain by default");
         assert_eq!(level(&c, "@eve:elsewhere"), PermissionLevel::None);
+    }
+
+    #[test]
+    fn environment_overrides_set_keys_and_name_bad_values() {
+        let mut c = Config::<NoBridgeConfig>::from_yaml(&example()).unwrap();
+        let env = |k: &str| match k {
+            "MXBRIDGE_DATABASE_URL" => Some("postgres://db/bridge".to_owned()),
+            "MXBRIDGE_APPSERVICE_PORT" => Some("8080".to_owned()),
+            "MXBRIDGE_LOGGING_FORMAT" => Some("json".to_owned()),
+            _ => None,
+        };
+        let applied = c.apply_overrides(env).unwrap();
+        assert_eq!(applied, ["appservice.port", "database.url", "logging.format"]);
+        assert_eq!((c.database.url.as_str(), c.appservice.port), ("postgres://db/bridge", 8080));
+        assert_eq!(c.logging.format, LogFormat::Json);
+        let bad = |k: &str| (k == "MXBRIDGE_APPSERVICE_PORT").then(|| "eighty".to_owned());
+        let err = c.apply_overrides(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("appservice.port") && err.contains("MXBRIDGE_APPSERVICE_PORT"),
+            "{err}"
+        );
+        let bad_db = |k: &str| (k == "MXBRIDGE_DATABASE_URL").then(|| "mysql://x".to_owned());
+        assert!(c.apply_overrides(bad_db).unwrap_err().to_string().contains("database.url"));
     }
 }

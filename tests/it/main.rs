@@ -1,5 +1,6 @@
 //! One integration-test binary (links once): `mod` per area.
 
+mod cli;
 mod common;
 mod crash;
 mod inbox;
