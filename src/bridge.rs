@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 use crate::{
     context::Context,
     matrix::{
-        CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixReaction,
-        MatrixRedaction,
+        CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
+        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixTyping,
     },
 };
 
@@ -357,10 +357,29 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async { Err(BridgeError::permanent("this bridge has no commands")) }
     }
 
-    /// Handles an ephemeral event (typing, receipt, presence). At most once; may be dropped by
+    /// Handles an ephemeral event (typing, receipt, presence) raw, before the typed
+    /// `handle_typing`, `handle_receipt` and `handle_presence`. At most once; may be dropped by
     /// the homeserver while the bridge is down.
     fn handle_ephemeral(&self, event: &EphemeralEvent) -> impl Future<Output = ()> + Send {
         let _ = event;
+        async {}
+    }
+
+    /// Real users typing in a room (from `m.typing`; our own users left out). At most once.
+    fn handle_typing(&self, typing: &MatrixTyping) -> impl Future<Output = ()> + Send {
+        let _ = typing;
+        async {}
+    }
+
+    /// A real user's read receipt. At most once.
+    fn handle_receipt(&self, receipt: &MatrixReceipt) -> impl Future<Output = ()> + Send {
+        let _ = receipt;
+        async {}
+    }
+
+    /// A real user's presence. At most once.
+    fn handle_presence(&self, presence: &MatrixPresence) -> impl Future<Output = ()> + Send {
+        let _ = presence;
         async {}
     }
 

@@ -132,7 +132,7 @@ impl<B: Bridge> Dispatcher<B> {
         let ephemeral_shared = shared.clone();
         let ephemeral_task = tokio::spawn(async move {
             while let Some(batch) = ephemeral_rx.recv().await {
-                deliver_ephemeral(&*ephemeral_shared.bridge, batch).await;
+                deliver_ephemeral(&ephemeral_shared.ctx, &*ephemeral_shared.bridge, batch).await;
             }
         });
         shared.clone().fetch_loop().await;
@@ -439,9 +439,9 @@ async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
     Ok(())
 }
 
-async fn deliver_ephemeral<B: Bridge>(bridge: &B, batch: EphemeralBatch) {
+async fn deliver_ephemeral<B: Bridge>(ctx: &crate::Context, bridge: &B, batch: EphemeralBatch) {
     for event in &batch.ephemeral {
-        bridge.handle_ephemeral(event).await;
+        crate::matrix::route_ephemeral(ctx, bridge, event).await;
     }
     for event in &batch.to_device {
         bridge.handle_to_device(event).await;

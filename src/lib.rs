@@ -44,8 +44,8 @@ pub use config::Config;
 pub use context::Context;
 pub use error::{Error, Result};
 pub use matrix::{
-    CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixReaction,
-    MatrixRedaction,
+    CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
+    MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixTyping,
 };
 pub use registration::Registration;
 pub use remote::{

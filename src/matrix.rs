@@ -96,6 +96,97 @@ pub struct MatrixMembership {
     pub portal: Option<Portal>,
 }
 
+/// Who is typing in a room now (our own users left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixTyping {
+    /// The room.
+    pub room_id: ruma::OwnedRoomId,
+    /// The real users typing; empty when everyone stopped.
+    pub user_ids: Vec<OwnedUserId>,
+}
+
+/// A read receipt of a real user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixReceipt {
+    /// The room.
+    pub room_id: ruma::OwnedRoomId,
+    /// The event read up to.
+    pub event_id: OwnedEventId,
+    /// Who read it.
+    pub user_id: OwnedUserId,
+    /// `m.read` or `m.read.private`.
+    pub receipt_type: String,
+}
+
+/// A real user's presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixPresence {
+    /// Whose.
+    pub user_id: OwnedUserId,
+    /// `online`, `unavailable` or `offline`.
+    pub presence: String,
+    /// The status message.
+    pub status_msg: Option<String>,
+}
+
+/// Hands one ephemeral event to the bridge: the raw hook, then the typed one (typing, receipts,
+/// presence), leaving out what our own users did.
+pub(crate) async fn route_ephemeral<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &crate::bridge::EphemeralEvent,
+) {
+    bridge.handle_ephemeral(event).await;
+    let ours = |u: &OwnedUserId| ctx.registration().is_user_in_namespace(u);
+    let json: serde_json::Value = serde_json::from_str(event.json.get()).unwrap_or_default();
+    match (event.kind.as_str(), &event.room_id) {
+        ("m.typing", Some(room_id)) => {
+            let user_ids = json["content"]["user_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str().and_then(|u| OwnedUserId::try_from(u).ok()))
+                .filter(|u| !ours(u))
+                .collect();
+            bridge.handle_typing(&MatrixTyping { room_id: room_id.clone(), user_ids }).await;
+        }
+        ("m.receipt", Some(room_id)) => {
+            let Some(by_event) = json["content"].as_object() else { return };
+            for (event_id, by_type) in by_event {
+                let Ok(event_id) = OwnedEventId::try_from(event_id.as_str()) else { continue };
+                for (receipt_type, users) in by_type.as_object().into_iter().flatten() {
+                    for user in users.as_object().into_iter().flatten().map(|(u, _)| u) {
+                        let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else { continue };
+                        if ours(&user_id) {
+                            continue;
+                        }
+                        let receipt = MatrixReceipt {
+                            room_id: room_id.clone(),
+                            event_id: event_id.clone(),
+                            user_id,
+                            receipt_type: receipt_type.clone(),
+                        };
+                        bridge.handle_receipt(&receipt).await;
+                    }
+                }
+            }
+        }
+        ("m.presence", _) => {
+            let Some(user_id) = json["sender"].as_str().and_then(|u| OwnedUserId::try_from(u).ok())
+            else {
+                return;
+            };
+            let Some(presence) = json["content"]["presence"].as_str() else { return };
+            if !ours(&user_id) {
+                let status_msg = json["content"]["status_msg"].as_str().map(str::to_owned);
+                let p = MatrixPresence { user_id, presence: presence.to_owned(), status_msg };
+                bridge.handle_presence(&p).await;
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A command a user gave the bot.
 #[derive(Debug, Clone)]
 pub struct CommandCall {
@@ -494,6 +585,71 @@ mod route_tests {
         assert!(
             ctx.ghost_user_id(&"bot".into()).is_err(),
             "a remote user called bot is not the bot"
+        );
+    }
+
+    #[derive(Default)]
+    struct Eph {
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Bridge for Eph {
+        type Config = crate::config::NoBridgeConfig;
+        const NAME: &'static str = "eph";
+        async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+            Ok(Self::default())
+        }
+        async fn handle_typing(&self, t: &MatrixTyping) {
+            self.seen.lock().unwrap().push(format!(
+                "typing {:?}",
+                t.user_ids.iter().map(|u| u.as_str()).collect::<Vec<_>>()
+            ));
+        }
+        async fn handle_receipt(&self, r: &MatrixReceipt) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("receipt {} {} {}", r.user_id, r.event_id, r.receipt_type));
+        }
+        async fn handle_presence(&self, p: &MatrixPresence) {
+            self.seen.lock().unwrap().push(format!("presence {} {}", p.user_id, p.presence));
+        }
+    }
+
+    #[tokio::test]
+    async fn typing_receipts_and_presence_are_typed_without_our_own_users() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let eph = Eph::default();
+        let edu = |v: serde_json::Value| crate::bridge::EphemeralEvent {
+            kind: v["type"].as_str().unwrap().to_owned(),
+            room_id: v["room_id"].as_str().map(|r| r.try_into().unwrap()),
+            json: serde_json::value::to_raw_value(&v).unwrap(),
+        };
+        let events = [
+            edu(json!({"type": "m.typing", "room_id": "!r:localhost",
+                       "content": {"user_ids": ["@alice:localhost", "@_test_ghost:localhost"]}})),
+            edu(
+                json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {"m.read": {
+                       "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}}),
+            ),
+            edu(
+                json!({"type": "m.presence", "sender": "@alice:localhost", "content": {"presence": "online"}}),
+            ),
+            edu(
+                json!({"type": "m.presence", "sender": "@_test_ghost:localhost", "content": {"presence": "online"}}),
+            ),
+        ];
+        for e in &events {
+            route_ephemeral(&ctx, &eph, e).await;
+        }
+        assert_eq!(
+            *eph.seen.lock().unwrap(),
+            [
+                "typing [\"@alice:localhost\"]",
+                "receipt @alice:localhost $e m.read",
+                "presence @alice:localhost online"
+            ]
         );
     }
 
