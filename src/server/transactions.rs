@@ -83,6 +83,19 @@ impl Envelope<'_> {
         if self.kind.is_empty() {
             return Err(MalformedEvent("empty type".into()));
         }
+        // Parsers allow some IDs with control characters; PostgreSQL cannot store a NUL in
+        // TEXT, and one such event must not fail the transaction (the homeserver would resend
+        // it forever).
+        for (field, value) in [
+            ("event_id", &self.event_id),
+            ("room_id", &self.room_id),
+            ("sender", &self.sender),
+            ("type", &self.kind),
+        ] {
+            if value.chars().any(char::is_control) {
+                return Err(MalformedEvent(format!("control character in {field}")));
+            }
+        }
         Ok((event_id, room_id, sender))
     }
 }
@@ -236,6 +249,9 @@ pub(crate) async fn push_events<B: Bridge>(
     Path(txn_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if txn_id.chars().any(char::is_control) {
+        return Err(ApiError::invalid_param("Control character in the transaction ID"));
+    }
     let span = tracing::info_span!("txn", %txn_id, events = tracing::field::Empty);
     let _enter = span.enter();
     let parsed = parse(&body)?;
@@ -314,6 +330,21 @@ mod tests {
         assert_eq!(parse(a).unwrap().hash, parse(b).unwrap().hash);
         assert_ne!(parse(a).unwrap().hash, parse(c).unwrap().hash);
         assert_ne!(parse(d).unwrap().hash, parse(e).unwrap().hash);
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_skipped_not_stored() {
+        let body = br#"{"events":[
+            {"event_id":"$a\u0000b","room_id":"!r:x","sender":"@u:x","type":"t"},
+            {"event_id":"$c","room_id":"!r\u0000:x","sender":"@u:x","type":"t"},
+            {"event_id":"$d","room_id":"!r:x","sender":"@u\u0001:x","type":"t"},
+            {"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.\u0000"},
+            {"event_id":"$ok","room_id":"!r:x","sender":"@u:x","type":"t","content":{"b":"\u0000"}}
+        ]}"#;
+        let p = parse(body).unwrap();
+        let ids: Vec<_> = p.events.iter().map(|e| e.event_id.as_ref()).collect();
+        assert_eq!(ids, ["$ok"]);
+        assert_eq!(p.rejected.len(), 4);
     }
 
     #[test]
