@@ -131,6 +131,10 @@ pub(crate) struct ParsedTransaction<'a> {
 /// # Errors
 /// `M_NOT_JSON` when the body is not JSON, `M_BAD_JSON` when it is not a transaction.
 pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
+    // serde's derived structs also accept a JSON array of the fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_json("A transaction must be a JSON object"));
+    }
     let body: TransactionBody<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
     let mut events = Vec::with_capacity(body.events.len());
     let mut rejected = Vec::new();
@@ -345,6 +349,15 @@ mod tests {
         let ids: Vec<_> = p.events.iter().map(|e| e.event_id.as_ref()).collect();
         assert_eq!(ids, ["$ok"]);
         assert_eq!(p.rejected.len(), 4);
+    }
+
+    #[test]
+    fn a_json_array_is_not_a_transaction() {
+        let ev = r#"{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t"}"#;
+        assert_eq!(parse(format!("[[{ev}]]").as_bytes()).err().unwrap().errcode, "M_BAD_JSON");
+        assert_eq!(parse(b" \n[]").err().unwrap().errcode, "M_BAD_JSON");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse(deep.as_bytes()).err().unwrap().errcode, "M_BAD_JSON");
     }
 
     #[test]
