@@ -96,6 +96,13 @@ impl Envelope<'_> {
                 return Err(MalformedEvent(format!("control character in {field}")));
             }
         }
+        // The spec caps IDs at 255 bytes; ruma checks that for user IDs only. A longer event
+        // ID overflows PostgreSQL's unique index (2704 bytes), failing the whole transaction.
+        for (field, value) in [("event_id", &self.event_id), ("room_id", &self.room_id)] {
+            if value.len() > 255 {
+                return Err(MalformedEvent(format!("{field} longer than 255 bytes")));
+            }
+        }
         Ok((event_id, room_id, sender))
     }
 }
@@ -349,6 +356,21 @@ mod tests {
         let ids: Vec<_> = p.events.iter().map(|e| e.event_id.as_ref()).collect();
         assert_eq!(ids, ["$ok"]);
         assert_eq!(p.rejected.len(), 4);
+    }
+
+    #[test]
+    fn ids_over_255_bytes_are_skipped_not_stored() {
+        let long = "a".repeat(300);
+        let body = format!(
+            r#"{{"events":[
+            {{"event_id":"${long}","room_id":"!r:x","sender":"@u:x","type":"t"}},
+            {{"event_id":"$b","room_id":"!{long}:x","sender":"@u:x","type":"t"}},
+            {{"event_id":"${}","room_id":"!r:x","sender":"@u:x","type":"t"}}
+        ]}}"#,
+            "a".repeat(254)
+        );
+        let p = parse(body.as_bytes()).unwrap();
+        assert_eq!((p.events.len(), p.rejected.len()), (1, 2));
     }
 
     #[test]
