@@ -1,5 +1,6 @@
 //! One integration-test binary (links once): `mod` per area.
 
+mod chaos;
 mod common;
 mod crash;
 mod inbox;
