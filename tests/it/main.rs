@@ -3,6 +3,7 @@
 mod chaos;
 mod common;
 mod crash;
+mod db_faults;
 mod hs_faults;
 mod inbox;
 mod store;
