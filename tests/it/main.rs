@@ -6,5 +6,6 @@ mod crash;
 mod db_faults;
 mod hs_faults;
 mod inbox;
+mod secrets;
 mod store;
 mod synapse;
