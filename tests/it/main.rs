@@ -9,3 +9,4 @@ mod inbox;
 mod secrets;
 mod store;
 mod synapse;
+mod synapse_restart;
