@@ -1,5 +1,6 @@
 //! One integration-test binary (links once): `mod` per area.
 
+mod bad_input;
 mod chaos;
 mod common;
 mod crash;
