@@ -119,3 +119,46 @@ fn tokens_never_appear_in_trace_logs_of_a_full_flow() {
     );
     assert!(leaks.is_empty(), "tokens in the logs:\n{}", leaks.join("\n"));
 }
+
+/// The registration holds both tokens: written owner-only, also over an existing file that was
+/// readable by others.
+#[test]
+fn registration_file_is_written_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registration.yaml");
+    std::fs::write(&path, "old").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let reg = mxbridge::Registration::from_yaml(&registration_yaml("null")).unwrap();
+    reg.save(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    println!("registration-file-mode: {mode:o}");
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&path).unwrap().contains(HS_TOKEN));
+}
+
+/// sqlx 0.9 takes only `&'static str` SQL unless wrapped in `AssertSqlSafe`; with no such
+/// wrapper in the library, no SQL text is built from input: values go in bound parameters.
+#[test]
+fn library_sql_is_static_text_with_bound_parameters() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut stack = vec![src];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    !text.contains("AssertSqlSafe"),
+                    "{} builds SQL at run time",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 10, "scanned {files} files");
+}
