@@ -58,6 +58,19 @@ impl Relay {
             let _ = t.await;
         }
     }
+    /// Drops every relayed connection and then accepts and at once closes new ones: every
+    /// database call fails fast (a pooler whose server is gone), instead of waiting out the
+    /// pool's acquire timeout as a refused connection does.
+    async fn fail_fast(&self) {
+        self.kill().await;
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let accept = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                drop(sock);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
     async fn restart(&self) {
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         self.accept(listener);
@@ -256,4 +269,74 @@ async fn sqlite_write_lock_held_elsewhere_makes_requests_wait_or_fail_cleanly() 
     assert_eq!(put_txn(&client, &base, "2", &txn_body(&[("!r:localhost", "$locked")])).await, 200);
     assert!(wait_until(10, || app.bridge.handled_ids() == ["$waited", "$locked"]).await);
     app.stop().await;
+}
+
+/// The database fails while a handler runs: the handler succeeds but `mark_done` cannot be
+/// written. The event must not be handed out again in the same process (the documented
+/// at-least-once window is a process dying between the two, nothing else): the dispatcher
+/// keeps trying to mark it until the database is back.
+#[tokio::test]
+async fn handled_event_is_marked_done_after_a_database_outage_not_handled_again() {
+    let Some(base_url) = postgres_url() else {
+        eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let direct = fresh_database("postgres", dir.path()).await;
+    let relay = Relay::start(target_of(&base_url)).await;
+    let db = mxbridge::config::DatabaseConfig {
+        url: through(&direct.url, relay.addr),
+        ..direct.clone()
+    };
+    let app = Running::start(&db, "{delay_ms: 1000}").await;
+    let client = http();
+    let r = "!slow:localhost";
+    assert_eq!(put_txn(&client, &app.url(""), "1", &txn_body(&[(r, "$slow")])).await, 200);
+    assert!(wait_until(10, || app.bridge.calls.lock().unwrap().contains_key("$slow")).await);
+    // The handler is running; the database goes away for 6 s.
+    relay.fail_fast().await;
+    let t = Instant::now();
+    let s = status_of(&client, &app.url(""), "2", &txn_body(&[(r, "$while_down")])).await;
+    assert!(wait_until(5, || app.bridge.handled_ids() == ["$slow"]).await, "the handler finished");
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(t.elapsed())).await;
+    relay.kill().await;
+    relay.restart().await;
+    // Long enough for the dispatcher's idle rescan (two idle rounds of 5 s) to find the event
+    // again if it was left pending.
+    let done = wait_until(20, || is_done_blocking(&direct, "$slow")).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let calls = app.bridge.calls.lock().unwrap().get("$slow").copied();
+    println!(
+        "mark-done-outage: PUT while down -> {s}; handler calls for the event {calls:?}; \
+         marked done after recovery: {done}"
+    );
+    assert!(s.starts_with('5'), "{s}");
+    assert_eq!(calls, Some(1), "handled again after the outage");
+    assert!(done, "marked done once the database was back");
+    app.stop().await;
+    relay.kill().await;
+}
+
+/// Whether `event_id` is marked done, read on a separate connection (blocking, for
+/// `wait_until`).
+fn is_done_blocking(db: &mxbridge::config::DatabaseConfig, event_id: &str) -> bool {
+    let url = db.url.clone();
+    let id = event_id.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
+            async move {
+                let store = mxbridge::Store::connect(&mxbridge::config::DatabaseConfig {
+                    url,
+                    ..mxbridge::config::DatabaseConfig::default()
+                })
+                .await
+                .unwrap();
+                let status = store.inbox_status(&id).await.unwrap().map(|s| s.0);
+                store.close().await;
+                status == Some(1)
+            },
+        )
+    })
+    .join()
+    .unwrap()
 }
