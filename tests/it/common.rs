@@ -112,7 +112,8 @@ impl Bridge for Recorder {
         if let Some(path) = &self.config.record_file {
             use std::io::Write as _;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-            writeln!(f, "{id}").unwrap();
+            // One write call: a SIGKILL cannot leave half a line for the next life to extend.
+            f.write_all(format!("{id}\n").as_bytes()).unwrap();
             f.sync_all().unwrap();
         }
         self.handled.lock().unwrap().push((event.room_id.to_string(), id));
