@@ -33,6 +33,27 @@ pub(crate) mod transactions;
 
 use error::ApiError;
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a transaction body as `PUT /transactions` does and checks what it accepted:
+    /// every accepted event has storable IDs. Returns the errcode or the accepted count.
+    ///
+    /// # Panics
+    /// When an accepted event breaks an invariant (that is the fuzzer's finding).
+    pub fn parse_transaction(body: &[u8]) -> Result<usize, &'static str> {
+        let parsed = super::transactions::parse(body).map_err(|e| e.errcode)?;
+        for e in &parsed.events {
+            for id in [e.event_id.as_ref(), e.room_id.as_ref()] {
+                assert!(id.len() <= 255 && !id.chars().any(char::is_control), "{id:?}");
+            }
+            let _: serde_json::Value = serde_json::from_str(e.json).unwrap_or_default();
+        }
+        Ok(parsed.events.len())
+    }
+}
+
 /// What the HTTP handlers share.
 #[derive(Debug)]
 pub(crate) struct ServerState<B> {
