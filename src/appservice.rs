@@ -140,6 +140,7 @@ impl<B: Bridge> AppService<B> {
                 );
                 let mut stop = stop_rx.clone();
                 tracing::info!(addr = %metrics_addr, "serving metrics");
+                let app = server::App { router: app, header_timeout: Duration::from_secs(30) };
                 Some(tokio::spawn(server::serve(listener, app, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })))

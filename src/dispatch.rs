@@ -365,26 +365,44 @@ impl<B: Bridge> Shared<B> {
         });
     }
 
+    /// Marks a handled event done, retrying until the database takes it: giving up would
+    /// leave it pending and hand it out again in this process, outside the documented
+    /// at-least-once window (a process dying between the handler and the mark). Only a
+    /// shutdown ends the retries; the event is then handled again after the restart.
     async fn mark_done(&self, seq: i64) {
-        for attempt in 0..5u32 {
-            match self.store.mark_done(seq).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(seq, error = %e, "cannot mark event done; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
-        tracing::error!(seq, "event handled but not marked done; it will be handled again");
+        self.persist(seq, "mark event done", |store| async move { store.mark_done(seq).await })
+            .await;
     }
 
-    async fn park(&self, seq: i64, event_id: &str, error: &str) {
-        for attempt in 0..5u32 {
-            match self.store.park(seq, error).await {
+    /// Parks an event, retrying as [`Self::mark_done`] does (the event ID is in the span).
+    async fn park(&self, seq: i64, _event_id: &str, error: &str) {
+        self.persist(seq, "park event", |store| async move { store.park(seq, error).await }).await;
+    }
+
+    /// Runs `write` until it succeeds or shutdown begins, backing off from 100 ms to 5 s.
+    async fn persist<'a, F, Fut>(&'a self, seq: i64, what: &'static str, write: F)
+    where
+        F: Fn(&'a Store) -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<()>> + 'a,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut shutdown = self.shutdown.clone();
+        for attempt in 1u32.. {
+            match write(&self.store).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::error!(seq, %event_id, error = %e, "cannot park event; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::error!(seq, attempt, error = %e, "cannot {what}; retrying");
+                    }
+                    if self.is_shutting_down() {
+                        tracing::error!(seq, "cannot {what} before shutdown; it stays pending");
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -260,6 +260,16 @@ mod tests {
     const EXAMPLE: &str = include_str!("../registration.example.yaml");
 
     #[test]
+    fn errors_name_the_key_but_never_quote_the_tokens() {
+        let bad = EXAMPLE.replacen("sender_localpart:", "sender_localpart: [1]\nx:", 1);
+        let reg = Registration::from_yaml(EXAMPLE).unwrap();
+        let (as_token, hs_token) = (reg.as_token().expose(), reg.hs_token().expose());
+        let message = Registration::from_yaml(&bad).unwrap_err().to_string();
+        assert!(message.contains("sender_localpart"), "{message}");
+        assert!(!message.contains(as_token) && !message.contains(hs_token), "{message}");
+    }
+
+    #[test]
     fn example_registration_loads_and_matches_its_namespaces() {
         let reg = Registration::from_yaml(EXAMPLE).unwrap();
         assert_eq!(reg.id(), "example-bridge");

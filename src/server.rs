@@ -4,7 +4,6 @@
 //! runs it on a listener until a shutdown future resolves.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -14,6 +13,7 @@ use std::{
 
 use axum::{
     Json, Router,
+    body::Body,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{StatusCode, header::CONTENT_TYPE},
     middleware::{self, Next},
@@ -32,6 +32,27 @@ mod thirdparty;
 pub(crate) mod transactions;
 
 use error::ApiError;
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a transaction body as `PUT /transactions` does and checks what it accepted:
+    /// every accepted event has storable IDs. Returns the errcode or the accepted count.
+    ///
+    /// # Panics
+    /// When an accepted event breaks an invariant (that is the fuzzer's finding).
+    pub fn parse_transaction(body: &[u8]) -> Result<usize, &'static str> {
+        let parsed = super::transactions::parse(body).map_err(|e| e.errcode)?;
+        for e in &parsed.events {
+            for id in [e.event_id.as_ref(), e.room_id.as_ref()] {
+                assert!(id.len() <= 255 && !id.chars().any(char::is_control), "{id:?}");
+            }
+            let _: serde_json::Value = serde_json::from_str(e.json).unwrap_or_default();
+        }
+        Ok(parsed.events.len())
+    }
+}
 
 /// What the HTTP handlers share.
 #[derive(Debug)]
@@ -129,7 +150,7 @@ pub(crate) struct Limits {
 
 /// Builds the appservice's HTTP app: the homeserver-facing routes (behind the `hs_token`), health
 /// routes, and the bridge's own routes.
-pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> Router {
+pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> App {
     let hs_token = state.ctx.registration().hs_token().clone();
     let bridge_routes = state.bridge.routes();
     let mut app = Router::new();
@@ -181,7 +202,8 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> R
         app = app.route("/metrics", get(metrics::<B>));
     }
     let app = app.layer(DefaultBodyLimit::max(limits.max_body_bytes)).with_state(state);
-    app.merge(bridge_routes)
+    let router = app
+        .merge(bridge_routes)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(errors_as_json))
@@ -191,7 +213,8 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> R
             let path =
                 req.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
             tracing::debug_span!("http", method = %req.method(), path)
-        }))
+        }));
+    App { router, header_timeout: limits.request_timeout }
 }
 
 async fn unrecognized() -> ApiError {
@@ -271,15 +294,63 @@ async fn ready<B: Bridge>(State(state): State<Arc<ServerState<B>>>) -> Response 
     }
 }
 
+/// The HTTP app with the limits the connection loop enforces (what [`router`] builds).
+#[derive(Debug, Clone)]
+pub(crate) struct App {
+    pub(crate) router: Router,
+    /// How long a client gets to send a request's headers (the body is under the router's
+    /// request timeout).
+    pub(crate) header_timeout: Duration,
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+///
+/// Not `axum::serve`: it sets no header read timeout, so a client sending its headers a byte at
+/// a time (slowloris) held a connection, and the graceful shutdown, for as long as it liked.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::{conn::auto::Builder, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
+    use tower::ServiceExt as _;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(
+            app.router.clone().map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
+        );
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -42,9 +42,14 @@ impl std::fmt::Display for YamlError {
 }
 
 /// Deserializes YAML, reporting both the key path (`appservice.port`) and the line.
+///
+/// Without the parser's source snippet: it quotes the lines around the error, and in a
+/// registration or config those hold the tokens and the database password.
 pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     let mut key = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             key = e.path().to_string();
             e.into_inner()

@@ -96,15 +96,19 @@ struct Harness {
 
 type Dispatcher = crate::dispatch::Dispatcher<Recorder>;
 
-async fn harness(max_body: usize) -> Harness {
-    let store = Store::connect_url("sqlite::memory:").await.unwrap();
+fn test_context(store: Store) -> Context {
     let config: crate::Config<()> = crate::Config::from_yaml(
         "homeserver: {address: 'http://127.0.0.1:1', domain: localhost}\n\
          appservice: {id: test, address: 'http://127.0.0.1:2', port: 2, bot: {localpart: _t_bot}, \
          ghost_localpart_template: '_t_{id}'}\n",
     )
     .unwrap();
-    let ctx = Context::new(store.clone(), registration(), config).unwrap();
+    Context::new(store, registration(), config).unwrap()
+}
+
+async fn harness(max_body: usize) -> Harness {
+    let store = Store::connect_url("sqlite::memory:").await.unwrap();
+    let ctx = test_context(store.clone());
     let bridge = Arc::new(Recorder::default());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let (inbox, dispatcher) =
@@ -116,7 +120,7 @@ async fn harness(max_body: usize) -> Harness {
         health: Arc::new(Health::default()),
     });
     let limits = Limits { max_body_bytes: max_body, request_timeout: Duration::from_secs(5) };
-    Harness { app: router(state, limits), store, bridge, _dispatcher: dispatcher }
+    Harness { app: router(state, limits).router, store, bridge, _dispatcher: dispatcher }
 }
 
 async fn call(
@@ -377,4 +381,55 @@ async fn ephemeral_events_reach_the_bridge_once() {
     }
     run.abort();
     assert_eq!(*bridge.ephemeral.lock().unwrap(), ["m.typing"]);
+}
+
+/// A client trickling its headers a byte at a time is cut off after the request timeout, and
+/// does not hold up the graceful shutdown.
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_do_not_block_shutdown() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let h = harness_app(Duration::from_secs(1)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, h, async move {
+        let _ = stopped.await;
+    }));
+    let head =
+        b"PUT /_matrix/app/v1/transactions/1 HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
+    let started = Instant::now();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut cut = false;
+    for b in head {
+        if sock.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(n) = tokio::time::timeout(Duration::from_millis(100), sock.read(&mut buf)).await {
+            // An answer or EOF before the request was complete: cut off.
+            let _ = n;
+            cut = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(cut && took < Duration::from_secs(3), "slow headers held for {took:?}");
+    // A half-sent request does not block the shutdown.
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stuck.write_all(b"PUT /_matrix/app/v1/transactions/2 HTTP/1.1\r\nho").await.unwrap();
+    let _ = stop.send(());
+    let done = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(done.is_ok(), "shutdown waited for the slow client");
+}
+
+async fn harness_app(request_timeout: Duration) -> App {
+    let store = Store::connect_url("sqlite::memory:").await.unwrap();
+    let ctx = test_context(store.clone());
+    let bridge = Arc::new(Recorder::default());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let (inbox, _dispatcher) =
+        crate::dispatch::inbox(bridge.clone(), ctx.clone(), InboxConfig::default(), rx);
+    let state = Arc::new(ServerState { bridge, ctx, inbox, health: Arc::new(Health::default()) });
+    router(state, Limits { max_body_bytes: 1 << 20, request_timeout })
 }

@@ -83,6 +83,26 @@ impl Envelope<'_> {
         if self.kind.is_empty() {
             return Err(MalformedEvent("empty type".into()));
         }
+        // Parsers allow some IDs with control characters; PostgreSQL cannot store a NUL in
+        // TEXT, and one such event must not fail the transaction (the homeserver would resend
+        // it forever).
+        for (field, value) in [
+            ("event_id", &self.event_id),
+            ("room_id", &self.room_id),
+            ("sender", &self.sender),
+            ("type", &self.kind),
+        ] {
+            if value.chars().any(char::is_control) {
+                return Err(MalformedEvent(format!("control character in {field}")));
+            }
+        }
+        // The spec caps IDs at 255 bytes; ruma checks that for user IDs only. A longer event
+        // ID overflows PostgreSQL's unique index (2704 bytes), failing the whole transaction.
+        for (field, value) in [("event_id", &self.event_id), ("room_id", &self.room_id)] {
+            if value.len() > 255 {
+                return Err(MalformedEvent(format!("{field} longer than 255 bytes")));
+            }
+        }
         Ok((event_id, room_id, sender))
     }
 }
@@ -118,6 +138,10 @@ pub(crate) struct ParsedTransaction<'a> {
 /// # Errors
 /// `M_NOT_JSON` when the body is not JSON, `M_BAD_JSON` when it is not a transaction.
 pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
+    // serde's derived structs also accept a JSON array of the fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_json("A transaction must be a JSON object"));
+    }
     let body: TransactionBody<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
     let mut events = Vec::with_capacity(body.events.len());
     let mut rejected = Vec::new();
@@ -228,6 +252,9 @@ pub(crate) async fn push_events<B: Bridge>(
     Path(txn_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if txn_id.chars().any(char::is_control) {
+        return Err(ApiError::invalid_param("Control character in the transaction ID"));
+    }
     let span = tracing::info_span!("txn", %txn_id, events = tracing::field::Empty);
     let _enter = span.enter();
     let parsed = parse(&body)?;
@@ -311,10 +338,163 @@ mod tests {
     }
 
     #[test]
+    fn ids_with_control_characters_are_skipped_not_stored() {
+        let body = br#"{"events":[
+            {"event_id":"$a\u0000b","room_id":"!r:x","sender":"@u:x","type":"t"},
+            {"event_id":"$c","room_id":"!r\u0000:x","sender":"@u:x","type":"t"},
+            {"event_id":"$d","room_id":"!r:x","sender":"@u\u0001:x","type":"t"},
+            {"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.\u0000"},
+            {"event_id":"$ok","room_id":"!r:x","sender":"@u:x","type":"t","content":{"b":"\u0000"}}
+        ]}"#;
+        let p = parse(body).unwrap();
+        let ids: Vec<_> = p.events.iter().map(|e| e.event_id.as_ref()).collect();
+        assert_eq!(ids, ["$ok"]);
+        assert_eq!(p.rejected.len(), 4);
+    }
+
+    #[test]
+    fn ids_over_255_bytes_are_skipped_not_stored() {
+        let long = "a".repeat(300);
+        let body = format!(
+            r#"{{"events":[
+            {{"event_id":"${long}","room_id":"!r:x","sender":"@u:x","type":"t"}},
+            {{"event_id":"$b","room_id":"!{long}:x","sender":"@u:x","type":"t"}},
+            {{"event_id":"${}","room_id":"!r:x","sender":"@u:x","type":"t"}}
+        ]}}"#,
+            "a".repeat(254)
+        );
+        let p = parse(body.as_bytes()).unwrap();
+        assert_eq!((p.events.len(), p.rejected.len()), (1, 2));
+    }
+
+    #[test]
+    fn a_json_array_is_not_a_transaction() {
+        let ev = r#"{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t"}"#;
+        assert_eq!(parse(format!("[[{ev}]]").as_bytes()).err().unwrap().errcode, "M_BAD_JSON");
+        assert_eq!(parse(b" \n[]").err().unwrap().errcode, "M_BAD_JSON");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse(deep.as_bytes()).err().unwrap().errcode, "M_BAD_JSON");
+    }
+
+    #[test]
+    fn deep_nesting_in_content_is_kept_raw_and_fails_cleanly_when_read() {
+        // A homeserver's event is stored as sent (refusing the transaction would stall the
+        // homeserver); serde_json's recursion limit makes reading the content an error, not a
+        // stack overflow, in the dispatcher and in the bridge.
+        for depth in [200, 100_000] {
+            let body = format!(
+                r#"{{"events":[{{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"m.room.member","state_key":"@u:x","content":{}1{}}}]}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let p = parse(body.as_bytes()).unwrap();
+            assert_eq!(p.events.len(), 1, "depth {depth}");
+            let event = crate::bridge::Event::from_json(p.events[0].json).unwrap();
+            assert!(event.content::<serde_json::Value>().is_err(), "depth {depth}");
+        }
+    }
+
+    #[test]
     fn not_json_and_bad_json_are_told_apart() {
         assert_eq!(parse(b"{nope").err().unwrap().errcode, "M_NOT_JSON");
         assert_eq!(parse(b"{\"events\": 5}").err().unwrap().errcode, "M_BAD_JSON");
         assert_eq!(parse(b"{}").err().unwrap().errcode, "M_BAD_JSON");
         assert_eq!(parse(b"[]").err().unwrap().errcode, "M_BAD_JSON");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::parse;
+
+        /// Any JSON value, a few levels deep, with strings from the whole of Unicode.
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".*".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(".*", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// An ID: usually well formed, sometimes anything at all.
+        fn id(sigil: char) -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                4 => "[a-zA-Z0-9]{1,12}".prop_map(move |l| format!("{sigil}{l}:localhost").into()),
+                1 => ".*".prop_map(serde_json::Value::from),
+                1 => json(),
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = serde_json::Value> {
+            (id('$'), id('!'), id('@'), prop_oneof![3 => Just("m.t".into()), 1 => json()], json())
+                .prop_map(|(event_id, room_id, sender, kind, content)| {
+                    serde_json::json!({
+                        "event_id": event_id, "room_id": room_id, "sender": sender,
+                        "type": kind, "content": content,
+                    })
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Arbitrary bytes: an error or a transaction, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse(&body);
+            }
+
+            /// Arbitrary JSON at the top level or in place of the events.
+            #[test]
+            fn arbitrary_json_never_panics(v in json(), events in json()) {
+                let _ = parse(v.to_string().as_bytes());
+                let body = serde_json::json!({ "events": events, "ephemeral": v });
+                let _ = parse(body.to_string().as_bytes());
+            }
+
+            /// Every event is either accepted with a storable envelope or rejected; order is
+            /// kept; the hash depends only on the accepted event IDs (and ephemeral data).
+            #[test]
+            fn events_are_accepted_or_rejected_never_lost(events in prop::collection::vec(event(), 0..12)) {
+                let body = serde_json::json!({ "events": events }).to_string();
+                let p = parse(body.as_bytes()).unwrap();
+                prop_assert_eq!(p.events.len() + p.rejected.len(), events.len());
+                let mut last = 0;
+                for e in &p.events {
+                    let pos = events
+                        .iter()
+                        .skip(last)
+                        .position(|v| v["event_id"].as_str() == Some(e.event_id.as_ref()))
+                        .expect("an accepted event was sent");
+                    last += pos + 1;
+                    prop_assert!(!e.event_id.chars().any(char::is_control));
+                    prop_assert!(!e.room_id.chars().any(char::is_control));
+                    prop_assert!(ruma::EventId::parse(e.event_id.as_ref()).is_ok());
+                    prop_assert!(ruma::RoomId::parse(e.room_id.as_ref()).is_ok());
+                    let stored: serde_json::Value = serde_json::from_str(e.json).unwrap();
+                    prop_assert_eq!(stored["event_id"].as_str(), Some(e.event_id.as_ref()));
+                }
+                // Adding an `age` to every event does not change the dedup hash.
+                let aged: Vec<_> = events
+                    .iter()
+                    .map(|e| {
+                        let mut e = e.clone();
+                        e["unsigned"] = serde_json::json!({"age": 1234});
+                        e
+                    })
+                    .collect();
+                let aged = serde_json::json!({ "events": aged }).to_string();
+                prop_assert_eq!(parse(aged.as_bytes()).unwrap().hash, p.hash);
+            }
+        }
     }
 }

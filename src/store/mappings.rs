@@ -55,9 +55,22 @@ pub struct MessageRow {
     pub timestamp: i64,
 }
 
-const PORTAL_COLS: &str = "remote_id, room_id, name, topic, avatar_url, metadata";
-const GHOST_COLS: &str = "remote_id, user_id, displayname, avatar_url, metadata";
-const MESSAGE_COLS: &str = "portal_id, remote_id, part, event_id, room_id, sender, timestamp";
+// Column lists as macros, so `concat!` builds each query as a `&'static str` (no runtime SQL).
+macro_rules! portal_cols {
+    () => {
+        "remote_id, room_id, name, topic, avatar_url, metadata"
+    };
+}
+macro_rules! ghost_cols {
+    () => {
+        "remote_id, user_id, displayname, avatar_url, metadata"
+    };
+}
+macro_rules! message_cols {
+    () => {
+        "portal_id, remote_id, part, event_id, room_id, sender, timestamp"
+    };
+}
 
 macro_rules! portal_from_row {
     ($r:expr) => {
@@ -129,9 +142,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn portal_by_remote(&self, remote_id: &str) -> Result<Option<PortalRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {PORTAL_COLS} FROM mx_portal WHERE remote_id = $1"
-        ));
+        let sql = concat!("SELECT ", portal_cols!(), " FROM mx_portal WHERE remote_id = $1");
         with_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(remote_id).fetch_optional(pool).await?;
             Ok(match row {
@@ -146,8 +157,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn portal_by_room(&self, room_id: &str) -> Result<Option<PortalRow>> {
-        let sql =
-            sqlx::AssertSqlSafe(format!("SELECT {PORTAL_COLS} FROM mx_portal WHERE room_id = $1"));
+        let sql = concat!("SELECT ", portal_cols!(), " FROM mx_portal WHERE room_id = $1");
         with_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(room_id).fetch_optional(pool).await?;
             Ok(match row {
@@ -200,8 +210,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn ghost_by_remote(&self, remote_id: &str) -> Result<Option<GhostRow>> {
-        let sql =
-            sqlx::AssertSqlSafe(format!("SELECT {GHOST_COLS} FROM mx_ghost WHERE remote_id = $1"));
+        let sql = concat!("SELECT ", ghost_cols!(), " FROM mx_ghost WHERE remote_id = $1");
         with_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(remote_id).fetch_optional(pool).await?;
             Ok(match row {
@@ -216,8 +225,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn ghost_by_user(&self, user_id: &str) -> Result<Option<GhostRow>> {
-        let sql =
-            sqlx::AssertSqlSafe(format!("SELECT {GHOST_COLS} FROM mx_ghost WHERE user_id = $1"));
+        let sql = concat!("SELECT ", ghost_cols!(), " FROM mx_ghost WHERE user_id = $1");
         with_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(user_id).fetch_optional(pool).await?;
             Ok(match row {
@@ -255,9 +263,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn message_by_event(&self, event_id: &str) -> Result<Option<MessageRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLS} FROM mx_message WHERE event_id = $1"
-        ));
+        let sql = concat!("SELECT ", message_cols!(), " FROM mx_message WHERE event_id = $1");
         with_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(event_id).fetch_optional(pool).await?;
             Ok(match row {
@@ -276,9 +282,11 @@ impl Store {
         portal_id: &str,
         remote_id: &str,
     ) -> Result<Vec<MessageRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLS} FROM mx_message WHERE portal_id = $1 AND remote_id = $2 ORDER BY part"
-        ));
+        let sql = concat!(
+            "SELECT ",
+            message_cols!(),
+            " FROM mx_message WHERE portal_id = $1 AND remote_id = $2 ORDER BY part"
+        );
         with_pool!(self, |pool| {
             let rows = sqlx::query(sql).bind(portal_id).bind(remote_id).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());

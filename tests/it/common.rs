@@ -112,7 +112,8 @@ impl Bridge for Recorder {
         if let Some(path) = &self.config.record_file {
             use std::io::Write as _;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-            writeln!(f, "{id}").unwrap();
+            // One write call: a SIGKILL cannot leave half a line for the next life to extend.
+            f.write_all(format!("{id}\n").as_bytes()).unwrap();
             f.sync_all().unwrap();
         }
         self.handled.lock().unwrap().push((event.room_id.to_string(), id));
@@ -130,9 +131,20 @@ pub fn registration_yaml(url: &str) -> String {
 }
 
 pub fn config_yaml(hs_url: &str, as_port: u16, db_url: &str, bridge: &str) -> String {
+    config_yaml_with(hs_url, as_port, db_url, bridge, "")
+}
+
+/// As [`config_yaml`], with more `appservice:` keys (`"  request_timeout_secs: 2\n"`).
+pub fn config_yaml_with(
+    hs_url: &str,
+    as_port: u16,
+    db_url: &str,
+    bridge: &str,
+    appservice_extra: &str,
+) -> String {
     format!(
         "homeserver: {{address: '{hs_url}', domain: localhost}}\n\
-         appservice:\n  id: test\n  address: 'http://127.0.0.1:{as_port}'\n  port: {as_port}\n  bot: {{localpart: _t_bot}}\n  ghost_localpart_template: '_t_{{id}}'\n\
+         appservice:\n{appservice_extra}  id: test\n  address: 'http://127.0.0.1:{as_port}'\n  port: {as_port}\n  bot: {{localpart: _t_bot}}\n  ghost_localpart_template: '_t_{{id}}'\n\
          database: {{url: '{db_url}'}}\n\
          inbox: {{retry_base_ms: 20, retry_max_ms: 100, max_attempts: 3, shutdown_grace_secs: 2}}\n\
          bridge: {bridge}\n"
@@ -176,13 +188,21 @@ impl Running {
         bridge_config: &str,
         registration: &str,
     ) -> Self {
+        Self::start_on_with(listener, hs_url, db, bridge_config, registration, "").await
+    }
+
+    /// As [`Running::start_on`], with more `appservice:` config keys.
+    pub async fn start_on_with(
+        listener: tokio::net::TcpListener,
+        hs_url: &str,
+        db: &DatabaseConfig,
+        bridge_config: &str,
+        registration: &str,
+        appservice_extra: &str,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let config: Config<RecorderConfig> =
-            Config::from_yaml(&config_yaml(hs_url, addr.port(), &db.url, bridge_config)).unwrap();
+        let yaml = config_yaml_with(hs_url, addr.port(), &db.url, bridge_config, appservice_extra);
+        let config: Config<RecorderConfig> = Config::from_yaml(&yaml).unwrap();
         let registration = Registration::from_yaml(registration).unwrap();
         let service = AppService::<Recorder>::new(config, registration).await.unwrap();
         let bridge = service.bridge().clone();

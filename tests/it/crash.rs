@@ -53,7 +53,7 @@ fn spawn_child(spec: &ChildSpec) -> Child {
         .unwrap()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -61,7 +61,7 @@ fn recorded(path: &str) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
-async fn wait_live(client: &reqwest::Client, port: u16) {
+pub(crate) async fn wait_live(client: &reqwest::Client, port: u16) {
     for _ in 0..300 {
         if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health/live")).send().await
             && r.status().is_success()

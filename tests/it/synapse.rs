@@ -42,6 +42,23 @@ impl Synapse {
         Self { dir, port, url: format!("http://127.0.0.1:{port}") }
     }
 
+    /// Stops Synapse and starts it again on the same directory, port and registration (its
+    /// database, keys and secrets are kept).
+    pub fn restart(&self) {
+        let hs = self.dir.path().join("hs");
+        let out = Command::new("bash").arg(script()).arg("stop").arg(&hs).output().unwrap();
+        assert!(out.status.success(), "stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(&hs)
+            .arg(self.port.to_string())
+            .arg(self.dir.path().join("registration.yaml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "restart failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Registers a normal user; returns the access token.
     pub fn register(&self, user: &str) -> String {
         let out = Command::new("bash")
@@ -198,7 +215,7 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
 }
 
 /// A Synapse whose registration points at a recording bridge that already listens.
-async fn start_with_synapse() -> (Synapse, Running, tempfile::TempDir) {
+pub async fn start_with_synapse() -> (Synapse, Running, tempfile::TempDir) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let as_url = format!("http://{}", listener.local_addr().unwrap());
     let registration = registration_yaml(&as_url);
