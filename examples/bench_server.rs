@@ -23,7 +23,7 @@ use std::{
     borrow::Cow,
     net::SocketAddr,
     path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Instant,
 };
 
@@ -41,6 +41,8 @@ use serde_json::value::RawValue;
 
 /// Events the handler (or the bare baseline) saw.
 static EVENTS: AtomicU64 = AtomicU64::new(0);
+/// `--stall-handler`.
+static STALL: AtomicBool = AtomicBool::new(false);
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -80,6 +82,10 @@ struct Args {
     /// Install a log subscriber with this filter (default: no logging at all).
     #[arg(long)]
     log: Option<String>,
+    /// Diagnostic: the handler never returns, so the dispatcher stops after its in-flight limit
+    /// and the figures show the intake alone (transactions still commit durably).
+    #[arg(long)]
+    stall_handler: bool,
     /// Memory benchmark: registered ghosts to put in the store before serving.
     #[arg(long, default_value_t = 0)]
     populate_ghosts: u32,
@@ -102,6 +108,9 @@ impl Bridge for Counter {
 
     async fn handle_event(&self, _event: &Event) -> BridgeResult {
         EVENTS.fetch_add(1, Ordering::Relaxed);
+        if STALL.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
 }
@@ -121,6 +130,7 @@ fn config_yaml(port: u16, db_url: &str, max_connections: u32) -> String {
          appservice:\n  id: bench\n  address: 'http://127.0.0.1:{port}'\n  port: {port}\n\
          \x20 bot: {{localpart: _bench_bot}}\n  ghost_localpart_template: '_bench_{{id}}'\n\
          database: {{url: '{db_url}', max_connections: {max_connections}}}\n\
+         inbox: {{shutdown_grace_secs: 1}}\n\
          logging: {{level: warn}}\n"
     )
 }
@@ -189,6 +199,7 @@ fn rss_mib() -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    STALL.store(args.stall_handler, Ordering::Relaxed);
     if let Some(filter) = &args.log {
         tracing_subscriber::fmt().with_env_filter(filter.as_str()).init();
     }
@@ -273,7 +284,102 @@ fn bare_push(authorized: bool, _txn_id: Path<String>, body: Bytes) -> (StatusCod
 }
 
 /// Fills the store with ghosts and rooms, then reads every one back, and prints the RSS.
+///
+/// Each ghost is registered and joined to one room (`ghosts / rooms` members per room); each
+/// room has power levels and its members-fetched flag. Writes and reads go through the public
+/// `Store` methods, 64 at a time.
 async fn populate(store: &Store, ghosts: u32, rooms: u32) -> anyhow::Result<()> {
-    let _ = (store, ghosts, rooms, Instant::now());
-    anyhow::bail!("populate is not implemented yet")
+    use mxbridge::store::{Membership, RoomStateField};
+    let rooms = rooms.max(1);
+    let room_id = |r: u32| format!("!room{r:06}AbCdEfGhIjKl:localhost");
+    let ghost_id = |g: u32| format!("@_bench_ghost{g:07}:localhost");
+    let rss0 = rss_mib();
+    let t = Instant::now();
+    for start in (0..rooms).step_by(64) {
+        let batch = (start..(start + 64).min(rooms)).map(|r| async move {
+            let id = room_id(r);
+            store
+                .set_room_state(
+                    &id,
+                    RoomStateField::PowerLevels,
+                    r#"{"users":{"@_bench_bot:localhost":100}}"#,
+                )
+                .await?;
+            store.set_members_fetched(&id, true).await
+        });
+        for r in futures_join(batch).await {
+            r?;
+        }
+    }
+    for start in (0..ghosts).step_by(64) {
+        let batch = (start..(start + 64).min(ghosts)).map(|g| async move {
+            let user = ghost_id(g);
+            store.mark_registered(&user).await?;
+            store
+                .set_membership(&room_id(g % rooms), &user, Membership::Join, Some("Ghost"), None)
+                .await
+        });
+        for r in futures_join(batch).await {
+            r?;
+        }
+    }
+    let written = t.elapsed();
+    let rss1 = rss_mib();
+    let t = Instant::now();
+    let mut members = 0usize;
+    for start in (0..rooms).step_by(64) {
+        let batch = (start..(start + 64).min(rooms)).map(|r| async move {
+            let id = room_id(r);
+            let m = store.members_with(&id, Membership::Join).await?.len();
+            store.room_state(&id, RoomStateField::PowerLevels).await?;
+            store.members_fetched(&id).await?;
+            Ok::<_, mxbridge::store::StoreError>(m)
+        });
+        for r in futures_join(batch).await {
+            members += r?;
+        }
+    }
+    for start in (0..ghosts).step_by(64) {
+        let batch = (start..(start + 64).min(ghosts)).map(|g| async move {
+            let user = ghost_id(g);
+            anyhow::ensure!(store.is_registered(&user).await?, "{user} not registered");
+            anyhow::ensure!(store.joined_rooms(&user).await?.len() == 1, "{user} not joined");
+            Ok(())
+        });
+        for r in futures_join(batch).await {
+            r?;
+        }
+    }
+    anyhow::ensure!(members == ghosts as usize, "{members} members read back, {ghosts} written");
+    println!(
+        "populate ghosts={ghosts} rooms={rooms} write_s={:.1} touch_s={:.1} rss_start_mib={rss0:.1} \
+         rss_after_write_mib={rss1:.1} rss_after_touch_mib={:.1}",
+        written.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        rss_mib()
+    );
+    Ok(())
+}
+
+/// Runs the futures concurrently on this task and returns their outputs in order.
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("every future finished")).collect()
 }

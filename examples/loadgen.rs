@@ -267,12 +267,9 @@ async fn probe_startup(
     gen_.body(u64::MAX, &mut body);
     while Instant::now() < deadline {
         if let Ok(mut conn) = Conn::open(addr).await {
-            match conn.put(&host, &args.hs_token, &format!("probe-{}", gen_.run), &body).await {
-                Ok(200) => {
-                    let ms = (now_ns().saturating_sub(from_ns)) as f64 / 1e6;
-                    return Some(ms);
-                }
-                Ok(_) | Err(_) => {}
+            let txn_id = format!("probe-{}", gen_.run);
+            if let Ok(200) = conn.put(&host, &args.hs_token, &txn_id, &body).await {
+                return Some(now_ns().saturating_sub(from_ns) as f64 / 1e6);
             }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
