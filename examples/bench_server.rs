@@ -76,6 +76,10 @@ struct Args {
     /// PostgreSQL server; a fresh schema is created in it and dropped at exit.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pg_url: String,
+    /// Keep the database between runs (SQLite `bench-reuse.db` in `--dir`, PostgreSQL schema
+    /// `bench_reuse`), to measure a restart instead of a first start.
+    #[arg(long)]
+    reuse: bool,
     /// Database pool size.
     #[arg(long, default_value_t = 8)]
     max_connections: u32,
@@ -144,6 +148,9 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
                 None => std::env::temp_dir().join("mxbridge-bench"),
             };
             std::fs::create_dir_all(&dir)?;
+            if args.reuse {
+                return Ok((format!("sqlite://{}", dir.join("bench-reuse.db").display()), None));
+            }
             let file = dir.join(format!("bench-{}.db", std::process::id()));
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
@@ -151,6 +158,13 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
             Ok((format!("sqlite://{}", file.display()), None))
         }
         Db::Postgres => {
+            let sep = if args.pg_url.contains('?') { '&' } else { '?' };
+            if args.reuse {
+                let admin = sqlx::PgPool::connect(&args.pg_url).await?;
+                sqlx::query("CREATE SCHEMA IF NOT EXISTS bench_reuse").execute(&admin).await?;
+                admin.close().await;
+                return Ok((format!("{}{sep}options[search_path]=bench_reuse", args.pg_url), None));
+            }
             let schema = format!("bench_{}", std::process::id());
             let admin = sqlx::PgPool::connect(&args.pg_url).await?;
             for sql in [
@@ -160,7 +174,6 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
                 sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
             }
             admin.close().await;
-            let sep = if args.pg_url.contains('?') { '&' } else { '?' };
             Ok((format!("{}{sep}options[search_path]={schema}", args.pg_url), Some(schema)))
         }
     }

@@ -56,10 +56,12 @@ echo "mautrix $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.v
 (cd "$ROOT" && cargo build --release --quiet --example loadgen --example bench_server)
 EX=$CARGO_TARGET_DIR/release/examples
 
-SERVERS=(mxbridge-sqlite mxbridge-postgres bare-axum mautrix-python matrix-appservice)
+# diag-sqlite-intake-only is mxbridge on SQLite with a handler that never returns: the dispatcher
+# stops at its in-flight limit, so it shows what the intake costs without the dispatcher's writes.
+SERVERS=(mxbridge-sqlite mxbridge-postgres bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only)
 if ! (command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"); then
     echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
-    SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice)
+    SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only)
 fi
 
 LOAD_PIN=()
@@ -88,6 +90,9 @@ start_server() {
         mxbridge-sqlite)
             "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db sqlite --dir "$WORK" \
                 --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
+        diag-sqlite-intake-only)
+            "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db sqlite --dir "$WORK" \
+                --stall-handler --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
         mxbridge-postgres)
             "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db postgres --pg-url "$PG_URL" \
                 --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
