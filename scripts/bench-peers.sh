@@ -138,10 +138,9 @@ for round in $(seq 1 "$ROUNDS"); do
         fi
         echo "round=$round $out" >>"$RESULTS"
         for scenario in "A -k 100 --conns 1 --warmup 50" "B -k 1 --conns 64 --warmup 2000"; do
-            set -- $scenario
-            s=$1
-            shift
-            out=$(load --port "$port" --pid "$SERVER_PID" --label "$name" "$@")
+            read -r s flags <<<"$scenario"
+            read -r -a flags <<<"$flags"
+            out=$(load --port "$port" --pid "$SERVER_PID" --label "$name" "${flags[@]}")
             echo "round=$round scenario=$s $out" >>"$RESULTS"
         done
         stop_server
