@@ -83,6 +83,13 @@ struct Shared<B> {
     rooms: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
     /// Sequence numbers handed out and not yet finished (so a rescan does not hand them twice).
     handed_out: Mutex<HashSet<i64>>,
+    /// Handled events waiting to be marked done together, and the generation of the flush
+    /// that will take them.
+    completed: Mutex<(Vec<i64>, u64)>,
+    /// Woken when `completed` got an entry.
+    completed_ready: Notify,
+    /// The last generation of completions committed.
+    flushed: watch::Sender<u64>,
     /// Room workers alive; shutdown waits for it to reach zero.
     workers: AtomicUsize,
     /// Woken when a worker exits.
@@ -116,6 +123,9 @@ pub(crate) fn inbox<B: Bridge>(
         room_slots,
         rooms: Mutex::new(HashMap::new()),
         handed_out: Mutex::new(HashSet::new()),
+        completed: Mutex::new((Vec::new(), 1)),
+        completed_ready: Notify::new(),
+        flushed: watch::channel(0).0,
         workers: AtomicUsize::new(0),
         worker_exited: Notify::new(),
         shutdown,
@@ -135,6 +145,9 @@ impl<B: Bridge> Dispatcher<B> {
                 deliver_ephemeral(&ephemeral_shared.ctx, &*ephemeral_shared.bridge, batch).await;
             }
         });
+        let (stop_flusher, flusher_stop) = watch::channel(false);
+        let flusher_shared = shared.clone();
+        let flusher = tokio::spawn(async move { flusher_shared.flush_loop(flusher_stop).await });
         shared.clone().fetch_loop().await;
         // Stop taking new work; let running handlers finish within the grace period.
         let deadline = tokio::time::Instant::now() + grace;
@@ -151,6 +164,9 @@ impl<B: Bridge> Dispatcher<B> {
                 break;
             }
         }
+        // Mark done what the finished handlers completed.
+        let _ = stop_flusher.send(true);
+        let _ = flusher.await;
         // Ephemeral data already accepted is delivered while the grace period lasts; the queue
         // closes when the server is gone.
         let mut ephemeral_task = ephemeral_task;
@@ -313,7 +329,7 @@ impl<B: Bridge> Shared<B> {
                 self.ctx.metrics().event(&event.kind, outcome, started.elapsed());
                 match result {
                     Ok(()) => {
-                        self.mark_done(seq).await;
+                        self.complete(seq).await;
                         return;
                     }
                     Err(HandlerFailure::Permanent(error)) => {
@@ -369,9 +385,56 @@ impl<B: Bridge> Shared<B> {
     /// leave it pending and hand it out again in this process, outside the documented
     /// at-least-once window (a process dying between the handler and the mark). Only a
     /// shutdown ends the retries; the event is then handled again after the restart.
-    async fn mark_done(&self, seq: i64) {
-        self.persist(seq, "mark event done", |store| async move { store.mark_done(seq).await })
+    /// Marks a handled event done and returns once that is committed. The flusher groups the
+    /// marks of every room that completed meanwhile into one statement, so the commit cost is
+    /// shared, while each room still has at most one handled-but-unmarked event (the
+    /// at-least-once window stays one event per room). The sequence number stays handed out
+    /// until the commit, so a rescan cannot hand it out again.
+    async fn complete(&self, seq: i64) {
+        let generation = {
+            let mut completed = self.completed.lock().expect("lock poisoned");
+            completed.0.push(seq);
+            completed.1
+        };
+        self.completed_ready.notify_one();
+        let mut flushed = self.flushed.subscribe();
+        // The flusher outlives the workers, so the sender is alive while we wait.
+        let _ = flushed.wait_for(|&done| done >= generation).await;
+    }
+
+    /// Marks done what was completed, retrying until the database takes it: giving up would
+    /// leave handled events pending and hand them out again in this process, outside the
+    /// documented at-least-once window (a process dying between the handler and the mark).
+    async fn flush_completed(&self) {
+        let (batch, generation) = {
+            let mut completed = self.completed.lock().expect("lock poisoned");
+            let generation = completed.1;
+            completed.1 += 1;
+            (std::mem::take(&mut completed.0), generation)
+        };
+        if !batch.is_empty() {
+            let seqs = &batch;
+            self.persist(batch[0], "mark events done", |store| async move {
+                store.mark_done_many(seqs).await
+            })
             .await;
+        }
+        self.flushed.send_replace(generation);
+    }
+
+    /// Flushes completions until `stop` is set and nothing is left.
+    async fn flush_loop(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let ready = self.completed_ready.notified();
+            self.flush_completed().await;
+            if *stop.borrow() && self.completed.lock().expect("lock poisoned").0.is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = ready => {}
+                _ = stop.changed() => {}
+            }
+        }
     }
 
     /// Parks an event, retrying as [`Self::mark_done`] does (the event ID is in the span).

@@ -126,6 +126,8 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(10))
+                // Checkpoint less often: a checkpoint runs inside the commit that triggers it.
+                .pragma("wal_autocheckpoint", "10000")
                 .foreign_keys(true);
             // An in-memory database exists once per connection: keep it to one.
             let max = if url.contains(":memory:") { 1 } else { config.max_connections };

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use sqlx::Row;
 
-use super::{Result, Store, now_ms, with_pool};
+use super::{Result, Store, StoreError, now_ms, with_pool};
 
 /// Status of an inbox row.
 const PENDING: i32 = 0;
@@ -43,6 +43,19 @@ fn insert_chunks<'e, 'a>(events: &'e [NewEvent<'a>]) -> impl Iterator<Item = &'e
 
 /// `INSERT … VALUES (…), (…)` for `n` events: `$1` is the txn ID, `$2` the time, then three
 /// parameters per event (event ID, room ID, JSON). Only placeholders are generated.
+/// The multi-row INSERT for `n` events, built once per `n` and kept for the process: the text
+/// depends only on the count (placeholders), never on input, and stays `&'static str`.
+fn insert_events_sql_static(n: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<std::sync::Mutex<Vec<Option<&'static str>>>> =
+        std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(Default::default);
+    let mut texts = texts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if texts.len() <= n {
+        texts.resize(n + 1, None);
+    }
+    texts[n].get_or_insert_with(|| Box::leak(insert_events_sql(n).into_boxed_str()))
+}
+
 fn insert_events_sql(n: usize) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(120 + n * 32);
@@ -159,8 +172,8 @@ impl Store {
             // the insert itself.
             let mut new_events = 0;
             for chunk in insert_chunks(events) {
-                let sql = insert_events_sql(chunk.len());
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(txn_id).bind(now);
+                let sql = insert_events_sql_static(chunk.len());
+                let mut query = sqlx::query(sql).bind(txn_id).bind(now);
                 for ev in chunk {
                     query =
                         query.bind(ev.event_id.as_ref()).bind(ev.room_id.as_ref()).bind(ev.json);
@@ -217,6 +230,32 @@ impl Store {
             .bind(seq)
             .execute(pool)
             .await?;
+        });
+        Ok(())
+    }
+
+    /// Marks many handled events done in one statement (see [`Store::mark_done`]).
+    ///
+    /// # Errors
+    /// When the database fails; then none is marked.
+    pub async fn mark_done_many(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // The list travels as one JSON array parameter, so the SQL text stays fixed.
+        let list = serde_json::to_string(seqs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sql = match self.backend_name() {
+            "postgres" => {
+                "UPDATE mx_inbox SET status = $1, event_json = NULL, last_error = NULL, done_at = $2 \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($3::json))"
+            }
+            _ => {
+                "UPDATE mx_inbox SET status = $1, event_json = NULL, last_error = NULL, done_at = $2 \
+                 WHERE seq IN (SELECT value FROM json_each($3))"
+            }
+        };
+        with_pool!(self, |pool| {
+            sqlx::query(sql).bind(DONE).bind(now_ms()).bind(&list).execute(pool).await?;
         });
         Ok(())
     }

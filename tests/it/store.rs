@@ -158,6 +158,13 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn mark_done_many() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                marking_many_done_at_once(s).await;
+            }
+
+            #[tokio::test]
             async fn mappings() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
@@ -242,4 +249,18 @@ async fn bridge_mappings(store: Store) {
     assert!(store.kv_delete("hooks", "a").await.unwrap());
     assert_eq!(store.kv_get("hooks", "a").await.unwrap(), None);
     assert_eq!(store.kv_get("other", "a").await.unwrap().as_deref(), Some("x"));
+}
+
+async fn marking_many_done_at_once(store: Store) {
+    let evs: Vec<String> = (0..5).map(|i| format!("$m{i}")).collect();
+    let new: Vec<NewEvent<'_>> = evs.iter().map(|e| ev(e, "!r", "{}")).collect();
+    store.accept_transaction("1", "h", &new).await.unwrap();
+    let pending = store.pending_events(0, 10).await.unwrap();
+    let seqs: Vec<i64> = pending.iter().map(|p| p.seq).collect();
+    store.mark_done_many(&[seqs[0], seqs[2], seqs[4]]).await.unwrap();
+    store.mark_done_many(&[]).await.unwrap();
+    let left: Vec<_> =
+        store.pending_events(0, 10).await.unwrap().into_iter().map(|p| p.event_id).collect();
+    assert_eq!(left, ["$m1", "$m3"]);
+    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some((1, 0)));
 }
