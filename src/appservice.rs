@@ -108,12 +108,7 @@ impl<B: Bridge> AppService<B> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (inbox, dispatcher) =
             dispatch::inbox(bridge.clone(), ctx.clone(), config.inbox.clone(), stop_rx.clone());
-        let state = Arc::new(ServerState {
-            bridge: bridge.clone(),
-            ctx: ctx.clone(),
-            inbox,
-            health: health.clone(),
-        });
+        let state = Arc::new(ServerState::new(bridge.clone(), ctx.clone(), inbox, health.clone()));
         let limits = Limits {
             max_body_bytes: config.appservice.max_body_bytes,
             request_timeout: Duration::from_secs(config.appservice.request_timeout_secs),

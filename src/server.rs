@@ -26,6 +26,7 @@ use crate::{bridge::Bridge, context::Context, dispatch::Inbox};
 
 mod auth;
 pub mod error;
+mod group_commit;
 mod ping;
 mod query;
 mod thirdparty;
@@ -65,6 +66,8 @@ pub(crate) struct ServerState<B> {
     pub(crate) inbox: Inbox,
     /// Liveness and readiness facts.
     pub(crate) health: Arc<Health>,
+    /// Stores concurrent transactions together.
+    pub(crate) group_commit: group_commit::GroupCommit,
 }
 
 /// What the bridge is doing, as `/health/state` reports it.
@@ -80,6 +83,12 @@ pub enum BridgeState {
     HomeserverUnreachable(String),
     /// Shutting down.
     Stopping,
+}
+
+impl<B> ServerState<B> {
+    pub(crate) fn new(bridge: Arc<B>, ctx: Context, inbox: Inbox, health: Arc<Health>) -> Self {
+        Self { bridge, ctx, inbox, health, group_commit: group_commit::GroupCommit::default() }
+    }
 }
 
 /// Liveness and readiness facts, shared by the server and the appservice's startup.

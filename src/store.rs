@@ -20,7 +20,7 @@ mod inbox;
 mod mappings;
 mod state;
 
-pub use inbox::{AcceptOutcome, InboxStats, NewEvent, ParkedEvent, PendingEvent};
+pub use inbox::{AcceptOutcome, InboxStats, IncomingTxn, NewEvent, ParkedEvent, PendingEvent};
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, Membership, RoomStateField};
 

@@ -113,12 +113,7 @@ async fn harness(max_body: usize) -> Harness {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let (inbox, dispatcher) =
         crate::dispatch::inbox(bridge.clone(), ctx.clone(), InboxConfig::default(), rx);
-    let state = Arc::new(ServerState {
-        bridge: bridge.clone(),
-        ctx,
-        inbox,
-        health: Arc::new(Health::default()),
-    });
+    let state = Arc::new(ServerState::new(bridge.clone(), ctx, inbox, Arc::new(Health::default())));
     let limits = Limits { max_body_bytes: max_body, request_timeout: Duration::from_secs(5) };
     Harness { app: router(state, limits).router, store, bridge, _dispatcher: dispatcher }
 }
@@ -430,6 +425,6 @@ async fn harness_app(request_timeout: Duration) -> App {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let (inbox, _dispatcher) =
         crate::dispatch::inbox(bridge.clone(), ctx.clone(), InboxConfig::default(), rx);
-    let state = Arc::new(ServerState { bridge, ctx, inbox, health: Arc::new(Health::default()) });
+    let state = Arc::new(ServerState::new(bridge, ctx, inbox, Arc::new(Health::default())));
     router(state, Limits { max_body_bytes: 1 << 20, request_timeout })
 }

@@ -263,13 +263,15 @@ pub(crate) async fn push_events<B: Bridge>(
         tracing::warn!(event_id = event_id.as_deref().unwrap_or("?"), %reason, "skipping malformed event");
     }
     drop(_enter);
-    let outcome =
-        state.ctx.store().accept_transaction(&txn_id, &parsed.hash, &parsed.events).await.map_err(
-            |e| {
-                tracing::error!(parent: &span, error = %e, "could not store transaction");
-                ApiError::internal()
-            },
-        )?;
+    let outcome = state
+        .group_commit
+        .store(state.ctx.store(), &txn_id, &parsed.hash, &body, &parsed.events)
+        .await
+        .map_err(|e| {
+            tracing::error!(parent: &span, error = %e, "could not store transaction");
+            state.ctx.metrics().transaction("error", parsed.events.len());
+            ApiError::internal()
+        })?;
     match outcome {
         AcceptOutcome::Duplicate => {
             state.ctx.metrics().transaction("duplicate", parsed.events.len());

@@ -41,34 +41,65 @@ fn insert_chunks<'e, 'a>(events: &'e [NewEvent<'a>]) -> impl Iterator<Item = &'e
     })
 }
 
-/// `INSERT … VALUES (…), (…)` for `n` events: `$1` is the txn ID, `$2` the time, then three
-/// parameters per event (event ID, room ID, JSON). Only placeholders are generated.
-/// The multi-row INSERT for `n` events, built once per `n` and kept for the process: the text
-/// depends only on the count (placeholders), never on input, and stays `&'static str`.
-fn insert_events_sql_static(n: usize) -> &'static str {
-    static TEXTS: std::sync::OnceLock<std::sync::Mutex<Vec<Option<&'static str>>>> =
-        std::sync::OnceLock::new();
-    let texts = TEXTS.get_or_init(Default::default);
-    let mut texts = texts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if texts.len() <= n {
-        texts.resize(n + 1, None);
-    }
-    texts[n].get_or_insert_with(|| Box::leak(insert_events_sql(n).into_boxed_str()))
+/// Placeholder-only SQL texts that depend on a row count, built once per count and kept for the
+/// process, so they are `&'static str` like every other query: the text never holds input.
+fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
+    type Texts = std::collections::HashMap<(RowsSql, usize), &'static str>;
+    static TEXTS: std::sync::OnceLock<std::sync::Mutex<Texts>> = std::sync::OnceLock::new();
+    let mut texts = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    texts.entry((kind, n)).or_insert_with(|| Box::leak(kind.build(n).into_boxed_str()))
 }
 
-fn insert_events_sql(n: usize) -> String {
-    use std::fmt::Write as _;
-    let mut sql = String::with_capacity(120 + n * 32);
-    sql.push_str(
-        "INSERT INTO mx_inbox (event_id, room_id, txn_id, event_json, status, received_at) VALUES ",
-    );
-    for i in 0..n {
-        let p = 3 + i * 3;
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(sql, "{sep}(${p}, ${}, $1, ${}, 0, $2)", p + 1, p + 2);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RowsSql {
+    /// `$1` the txn ID, `$2` the time, then event ID, room ID and JSON per event.
+    Events,
+    /// `$1` the time, then txn ID and hash per transaction; returns the rows that were new.
+    Transactions,
+}
+
+impl RowsSql {
+    fn build(self, n: usize) -> String {
+        use std::fmt::Write as _;
+        let mut sql = String::with_capacity(120 + n * 32);
+        match self {
+            Self::Events => {
+                sql.push_str(
+                    "INSERT INTO mx_inbox (event_id, room_id, txn_id, event_json, status, received_at) VALUES ",
+                );
+                for i in 0..n {
+                    let p = 3 + i * 3;
+                    let sep = if i == 0 { "" } else { ", " };
+                    let _ = write!(sql, "{sep}(${p}, ${}, $1, ${}, 0, $2)", p + 1, p + 2);
+                }
+                sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
+            }
+            Self::Transactions => {
+                sql.push_str("INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ");
+                for i in 0..n {
+                    let p = 2 + i * 2;
+                    let sep = if i == 0 { "" } else { ", " };
+                    let _ = write!(sql, "{sep}(${p}, ${}, $1)", p + 1);
+                }
+                sql.push_str(" ON CONFLICT DO NOTHING RETURNING txn_id, body_hash");
+            }
+        }
+        sql
     }
-    sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
-    sql
+}
+
+/// A transaction to store with [`Store::accept_transactions`].
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingTxn<'a> {
+    /// The homeserver's txn ID.
+    pub txn_id: &'a str,
+    /// The dedup hash of what it carried.
+    pub body_hash: &'a str,
+    /// Its events, in order.
+    pub events: &'a [NewEvent<'a>],
 }
 
 /// An event to store, taken from a transaction.
@@ -151,39 +182,66 @@ impl Store {
         body_hash: &str,
         events: &[NewEvent<'_>],
     ) -> Result<AcceptOutcome> {
+        let txns = [IncomingTxn { txn_id, body_hash, events }];
+        let mut outcomes = self.accept_transactions(&txns).await?;
+        Ok(outcomes.pop().unwrap_or(AcceptOutcome::Duplicate))
+    }
+
+    /// Stores several transactions in one database transaction (a group commit), with the
+    /// same outcome per transaction as [`Store::accept_transaction`]. A transaction that
+    /// appears twice in the list is stored once.
+    ///
+    /// # Errors
+    /// When the database fails; then nothing was stored.
+    pub async fn accept_transactions(
+        &self,
+        txns: &[IncomingTxn<'_>],
+    ) -> Result<Vec<AcceptOutcome>> {
+        const TXN_CHUNK: usize = 64;
         let now = now_ms();
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(txn_id)
-            .bind(body_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                return Ok(AcceptOutcome::Duplicate);
-            }
-            // One multi-row INSERT per chunk instead of one statement per event: a statement is
-            // a round trip to the database (SQLite: to its worker thread), which cost more than
-            // the insert itself.
-            let mut new_events = 0;
-            for chunk in insert_chunks(events) {
-                let sql = insert_events_sql_static(chunk.len());
-                let mut query = sqlx::query(sql).bind(txn_id).bind(now);
-                for ev in chunk {
-                    query =
-                        query.bind(ev.event_id.as_ref()).bind(ev.room_id.as_ref()).bind(ev.json);
+            // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
+            let mut new: std::collections::HashSet<(String, String)> =
+                std::collections::HashSet::new();
+            for chunk in txns.chunks(TXN_CHUNK) {
+                let mut query = sqlx::query(rows_sql(RowsSql::Transactions, chunk.len())).bind(now);
+                for t in chunk {
+                    query = query.bind(t.txn_id).bind(t.body_hash);
                 }
-                new_events += query.execute(&mut *tx).await?.rows_affected();
+                for row in query.fetch_all(&mut *tx).await? {
+                    new.insert((row.try_get("txn_id")?, row.try_get("body_hash")?));
+                }
+            }
+            let mut outcomes = Vec::with_capacity(txns.len());
+            for t in txns {
+                // `remove`: a second copy of the same transaction in this batch is a duplicate.
+                if !new.remove(&(t.txn_id.to_owned(), t.body_hash.to_owned())) {
+                    outcomes.push(AcceptOutcome::Duplicate);
+                    continue;
+                }
+                // One multi-row INSERT per chunk instead of one statement per event: a
+                // statement is a round trip to the database (SQLite: to its worker thread),
+                // which cost more than the insert itself.
+                let mut new_events = 0;
+                for chunk in insert_chunks(t.events) {
+                    let mut query = sqlx::query(rows_sql(RowsSql::Events, chunk.len()))
+                        .bind(t.txn_id)
+                        .bind(now);
+                    for ev in chunk {
+                        query = query
+                            .bind(ev.event_id.as_ref())
+                            .bind(ev.room_id.as_ref())
+                            .bind(ev.json);
+                    }
+                    new_events += query.execute(&mut *tx).await?.rows_affected();
+                }
+                outcomes.push(AcceptOutcome::Stored {
+                    new_events: usize::try_from(new_events).unwrap_or(usize::MAX),
+                });
             }
             tx.commit().await?;
-            Ok(AcceptOutcome::Stored {
-                new_events: usize::try_from(new_events).unwrap_or(usize::MAX),
-            })
+            Ok(outcomes)
         })
     }
 
@@ -447,7 +505,7 @@ mod tests {
 
     #[test]
     fn insert_sql_numbers_three_parameters_per_event() {
-        let sql = insert_events_sql(2);
+        let sql = RowsSql::Events.build(2);
         assert!(sql.ends_with(
             "VALUES ($3, $4, $1, $5, 0, $2), ($6, $7, $1, $8, 0, $2) ON CONFLICT (event_id) DO NOTHING"
         ));

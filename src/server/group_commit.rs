@@ -1,0 +1,216 @@
+//! Group commit: transactions that arrive while another is being stored are stored together,
+//! in one database transaction, by whichever request takes the writer's turn next.
+//!
+//! Each request queues its parsed transaction (the body and where each event sits in it) and
+//! waits for the writer lock. The holder takes everything queued — its own transaction and any
+//! that arrived meanwhile — stores it with [`Store::accept_transactions`], and hands each
+//! request its outcome. A request finds its outcome ready when it gets the lock, or stores the
+//! next group itself. Nobody answers 200 before its transaction is committed. Under a single
+//! in-flight transaction (Synapse's way) this is just one commit per transaction; under
+//! concurrency the commit cost is shared.
+
+use std::{borrow::Cow, ops::Range, sync::Mutex};
+
+use axum::body::Bytes;
+use tokio::sync::oneshot;
+
+use crate::store::{AcceptOutcome, IncomingTxn, NewEvent, Store};
+
+/// The most transactions stored in one group.
+const MAX_GROUP: usize = 256;
+
+/// The queue and the writer's turn.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    /// Transactions waiting to be stored.
+    queue: Mutex<Vec<Queued>>,
+    /// Held by the request that is storing a group.
+    writer: tokio::sync::Mutex<()>,
+}
+
+type Reply = Result<AcceptOutcome, String>;
+
+#[derive(Debug)]
+struct Queued {
+    txn_id: String,
+    hash: String,
+    body: Bytes,
+    events: Vec<QueuedEvent>,
+    reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Debug)]
+struct QueuedEvent {
+    event_id: Text,
+    room_id: Text,
+    json: Range<usize>,
+}
+
+/// A string that is either a slice of the request body or (when JSON escapes made the parser
+/// copy it) owned.
+#[derive(Debug)]
+enum Text {
+    Body(Range<usize>),
+    Owned(String),
+}
+
+/// Where `part` lies inside `body`, if it is a slice of it.
+fn range_in(body: &[u8], part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + part.len();
+    (end <= body.len()).then_some(start..end)
+}
+
+/// A slice of the body is kept as its range; anything else (an unescaped copy) is owned.
+fn text(body: &Bytes, value: &str) -> Text {
+    range_in(body, value).map_or_else(|| Text::Owned(value.to_owned()), Text::Body)
+}
+
+fn resolve<'a>(body: &'a Bytes, t: &'a Text) -> Result<&'a str, String> {
+    match t {
+        Text::Owned(s) => Ok(s),
+        Text::Body(r) => std::str::from_utf8(&body[r.clone()]).map_err(|e| e.to_string()),
+    }
+}
+
+impl GroupCommit {
+    /// Stores one parsed transaction (whose events borrow from `body`), possibly together with
+    /// others, and returns its outcome once committed.
+    ///
+    /// # Errors
+    /// The database's error, as text, when the group could not be stored.
+    pub(crate) async fn store(
+        &self,
+        store: &Store,
+        txn_id: &str,
+        hash: &str,
+        body: &Bytes,
+        events: &[NewEvent<'_>],
+    ) -> Reply {
+        let (reply, mut outcome) = oneshot::channel();
+        let queued = Queued {
+            txn_id: txn_id.to_owned(),
+            hash: hash.to_owned(),
+            body: body.clone(),
+            events: events
+                .iter()
+                .map(|e| QueuedEvent {
+                    event_id: text(body, &e.event_id),
+                    room_id: text(body, &e.room_id),
+                    json: range_in(body, e.json).unwrap_or(0..0),
+                })
+                .collect(),
+            reply,
+        };
+        self.queue.lock().expect("lock poisoned").push(queued);
+        let _turn = self.writer.lock().await;
+        if let Ok(result) = outcome.try_recv() {
+            // A previous writer stored our transaction with its group.
+            return result;
+        }
+        let group: Vec<Queued> = {
+            let mut queue = self.queue.lock().expect("lock poisoned");
+            let n = queue.len().min(MAX_GROUP);
+            queue.drain(..n).collect()
+        };
+        Self::write(store, group).await;
+        outcome.await.map_err(|_| "the group commit was interrupted".to_owned())?
+    }
+
+    /// Stores a group and answers every member.
+    async fn write(store: &Store, group: Vec<Queued>) {
+        let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
+            .iter()
+            .map(|q| {
+                q.events
+                    .iter()
+                    .map(|e| {
+                        Ok(NewEvent {
+                            event_id: Cow::Borrowed(resolve(&q.body, &e.event_id)?),
+                            room_id: Cow::Borrowed(resolve(&q.body, &e.room_id)?),
+                            json: std::str::from_utf8(&q.body[e.json.clone()])
+                                .map_err(|e| e.to_string())?,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let result = match &resolved {
+            Ok(events) => {
+                let txns: Vec<IncomingTxn<'_>> = group
+                    .iter()
+                    .zip(events)
+                    .map(|(q, events)| IncomingTxn {
+                        txn_id: &q.txn_id,
+                        body_hash: &q.hash,
+                        events,
+                    })
+                    .collect();
+                store.accept_transactions(&txns).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.clone()),
+        };
+        match result {
+            Ok(outcomes) => {
+                for (q, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = q.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for q in group {
+                    let _ = q.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_transactions_are_stored_once_each_and_duplicates_are_told() {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let gc = Arc::new(GroupCommit::default());
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (store, gc) = (store.clone(), gc.clone());
+            tasks.push(tokio::spawn(async move {
+                // Transactions 0..20 twice each: the second copy is a duplicate.
+                let n = i % 20;
+                // An escaped room ID makes the parser copy it: both kinds of text are queued.
+                let body = Bytes::from(format!(
+                    r#"{{"events":[{{"event_id":"$e{n}","room_id":"!r{}\u003ax","sender":"@u:x","type":"t"}}]}}"#,
+                    n % 3
+                ));
+                let parsed = crate::server::transactions::parse(&body).unwrap();
+                gc.store(&store, &n.to_string(), "h", &body, &parsed.events).await.unwrap()
+            }));
+        }
+        let mut stored = 0;
+        let mut duplicates = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                AcceptOutcome::Stored { new_events: 1 } => stored += 1,
+                AcceptOutcome::Duplicate => duplicates += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((stored, duplicates), (20, 20));
+        let pending = store.pending_events(0, 100).await.unwrap();
+        assert_eq!(pending.len(), 20);
+        assert!(pending.iter().all(|p| p.json.starts_with("{\"event_id\"")), "{pending:?}");
+        assert!(pending.iter().all(|p| p.room_id.ends_with(":x")), "{pending:?}");
+    }
+
+    #[test]
+    fn slices_are_found_and_foreign_strings_are_not() {
+        let body = Bytes::from_static(b"hello world");
+        let s = std::str::from_utf8(&body[6..]).unwrap();
+        assert_eq!(range_in(&body, s), Some(6..11));
+        assert_eq!(range_in(&body, "world"), None);
+    }
+}
