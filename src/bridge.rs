@@ -341,7 +341,8 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async { true }
     }
 
-    /// The commands the bot understands; `help` is added by the framework.
+    /// The commands the bot understands; `help` is added by the framework. With none, messages
+    /// are never taken for commands.
     fn commands(&self) -> Vec<CommandSpec> {
         Vec::new()
     }

@@ -477,19 +477,19 @@ enum HandlerFailure {
     Permanent(String),
 }
 
-/// Runs the handler in its own task, so a panic fails this event instead of the worker.
+/// Runs the handler, catching a panic so that it fails this event instead of the worker.
 async fn run_handler<B: Bridge>(
     bridge: Arc<B>,
     ctx: crate::Context,
     event: Event,
 ) -> Result<(), HandlerFailure> {
-    let task = tokio::spawn(async move { crate::matrix::route(&ctx, &*bridge, &event).await });
-    match task.await {
+    use futures_util::FutureExt as _;
+    let routed = std::panic::AssertUnwindSafe(crate::matrix::route(&ctx, &*bridge, &event));
+    match routed.catch_unwind().await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) if e.is_permanent() => Err(HandlerFailure::Permanent(e.to_string())),
         Ok(Err(e)) => Err(HandlerFailure::Retry(e.to_string())),
-        Err(join) if join.is_panic() => Err(HandlerFailure::Retry("handler panicked".into())),
-        Err(_) => Err(HandlerFailure::Retry("handler was cancelled".into())),
+        Err(_) => Err(HandlerFailure::Retry("handler panicked".into())),
     }
 }
 

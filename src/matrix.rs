@@ -290,7 +290,11 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
                     MatrixEdit { event: event.clone(), target, target_remote, new_content, portal };
                 return bridge.handle_edit(&edit).await;
             }
-            if let Some(call) = command_call(ctx, bridge, event, &content, portal.clone()).await? {
+            // A bridge without commands has no command syntax: skip the lookups.
+            if !bridge.commands().is_empty()
+                && let Some(call) =
+                    command_call(ctx, bridge, event, &content, portal.clone()).await?
+            {
                 return run_command(ctx, bridge, call).await;
             }
             let reply_to = match &content.relates_to {

@@ -59,6 +59,9 @@ pub struct RecorderConfig {
     /// Fail these event IDs permanently.
     #[serde(default)]
     pub permanent_failures: Vec<String>,
+    /// Panic on these event IDs, this many times.
+    #[serde(default)]
+    pub panic_times: BTreeMap<String, u32>,
     /// Append each handled event ID to this file (survives a crash of the process).
     #[serde(default)]
     pub record_file: Option<String>,
@@ -102,6 +105,9 @@ impl Bridge for Recorder {
         };
         if self.config.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.delay_ms)).await;
+        }
+        if self.config.panic_times.get(&id).is_some_and(|&n| calls <= n) {
+            panic!("the recorder panics on {id} (call {calls})");
         }
         if self.config.permanent_failures.contains(&id) {
             return Err(BridgeError::permanent("refused by the remote network"));

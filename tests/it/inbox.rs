@@ -53,16 +53,18 @@ async fn failing_handler_is_retried_then_parked_and_later_events_still_run() {
     let db = fresh_database("sqlite", dir.path()).await;
     let app = Running::start(
         &db,
-        "{fail_times: {'$flaky': 2, '$broken': 99}, permanent_failures: ['$refused']}",
+        "{fail_times: {'$flaky': 2, '$broken': 99}, permanent_failures: ['$refused'], panic_times: {'$panics': 1}}",
     )
     .await;
     let client = crate::common::http();
     let r = "!r:localhost";
-    let body = txn_body(&[(r, "$flaky"), (r, "$broken"), (r, "$refused"), (r, "$fine")]);
+    let body =
+        txn_body(&[(r, "$flaky"), (r, "$broken"), (r, "$refused"), (r, "$panics"), (r, "$fine")]);
     assert_eq!(put_txn(&client, &app.url(""), "1", &body).await, 200);
     assert!(wait_until(20, || app.bridge.handled_ids().contains(&"$fine".to_owned())).await);
     // In order: $flaky succeeded on the third call, $broken was parked after 3 attempts.
-    assert_eq!(app.bridge.handled_ids(), ["$flaky", "$fine"]);
+    // A handler that panicked once is retried like a failure, and the worker lives on.
+    assert_eq!(app.bridge.handled_ids(), ["$flaky", "$panics", "$fine"]);
     let calls = app.bridge.calls.lock().unwrap().clone();
     assert_eq!((calls["$flaky"], calls["$broken"], calls["$refused"]), (3, 3, 1));
     let parked = app.store.parked_events(10).await.unwrap();
