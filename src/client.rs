@@ -310,6 +310,9 @@ impl Client {
             .timeout(Duration::from_secs(120))
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("mxbridge/", env!("CARGO_PKG_VERSION")))
+            // The Client-Server API does not redirect; following one would also carry the
+            // as_token to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let bot = UserId::parse_with_server_name(registration.sender_localpart(), server_name)
             .map_err(|e| Error::InvalidResponse(format!("invalid bot user ID: {e}")))?;
