@@ -68,6 +68,17 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
+    /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
+    /// raced with a write from caching the old answer. One process per database, as always.
+    portal_cache: std::sync::Arc<std::sync::Mutex<PortalCache>>,
+}
+
+/// See `Store::portal_cache`.
+#[derive(Debug, Default)]
+pub(crate) struct PortalCache {
+    pub(crate) generation: u64,
+    pub(crate) by_room: std::collections::HashMap<String, Option<PortalRow>>,
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool of the store's backend.
@@ -147,7 +158,7 @@ impl Store {
                 .await?;
             Backend::Postgres(pool)
         };
-        let store = Self { backend };
+        let store = Self { backend, portal_cache: std::sync::Arc::default() };
         store.migrate().await?;
         Ok(store)
     }

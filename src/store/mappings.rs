@@ -1,8 +1,13 @@
 //! The bridge's mappings: portals, ghosts, messages, and a small key-value space.
 
+use std::sync::PoisonError;
+
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, now_ms, with_pool};
+
+/// Rooms remembered by the portal cache before it starts over.
+const PORTAL_CACHE_MAX: usize = 100_000;
 
 /// A stored portal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +139,8 @@ impl Store {
             .execute(pool)
             .await?;
         });
+        // After the write: a lookup that read the old row cannot cache it any more.
+        self.forget_cached_portals();
         Ok(())
     }
 
@@ -157,14 +164,35 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn portal_by_room(&self, room_id: &str) -> Result<Option<PortalRow>> {
+        let generation = {
+            let cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(hit) = cache.by_room.get(room_id) {
+                return Ok(hit.clone());
+            }
+            cache.generation
+        };
         let sql = concat!("SELECT ", portal_cols!(), " FROM mx_portal WHERE room_id = $1");
-        with_pool!(self, |pool| {
+        let found = with_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(room_id).fetch_optional(pool).await?;
-            Ok(match row {
+            match row {
                 Some(r) => Some(portal_from_row!(r)),
                 None => None,
-            })
-        })
+            }
+        });
+        let mut cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.generation == generation {
+            if cache.by_room.len() >= PORTAL_CACHE_MAX {
+                cache.by_room.clear();
+            }
+            cache.by_room.insert(room_id.to_owned(), found.clone());
+        }
+        Ok(found)
+    }
+
+    fn forget_cached_portals(&self) {
+        let mut cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.generation += 1;
+        cache.by_room.clear();
     }
 
     /// Forgets a portal (its messages stay until deleted with [`Store::delete_messages`]).
@@ -172,14 +200,15 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn delete_portal(&self, remote_id: &str) -> Result<bool> {
-        with_pool!(self, |pool| {
-            let n = sqlx::query("DELETE FROM mx_portal WHERE remote_id = $1")
+        let n = with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM mx_portal WHERE remote_id = $1")
                 .bind(remote_id)
                 .execute(pool)
                 .await?
-                .rows_affected();
-            Ok(n > 0)
-        })
+                .rows_affected()
+        });
+        self.forget_cached_portals();
+        Ok(n > 0)
     }
 
     /// Inserts or updates a ghost.

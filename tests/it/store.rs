@@ -165,6 +165,13 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn portal_cache() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                portal_lookups_by_room_follow_writes(s).await;
+            }
+
+            #[tokio::test]
             async fn mappings() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
@@ -263,4 +270,28 @@ async fn marking_many_done_at_once(store: Store) {
         store.pending_events(0, 10).await.unwrap().into_iter().map(|p| p.event_id).collect();
     assert_eq!(left, ["$m1", "$m3"]);
     assert_eq!(store.inbox_status("$m2").await.unwrap(), Some((1, 0)));
+}
+
+async fn portal_lookups_by_room_follow_writes(store: Store) {
+    use mxbridge::store::PortalRow;
+    // A miss is remembered, then forgotten when a portal is written.
+    assert_eq!(store.portal_by_room("!q:x").await.unwrap(), None);
+    let portal = PortalRow {
+        remote_id: "c".into(),
+        room_id: Some("!q:x".into()),
+        name: None,
+        topic: None,
+        avatar_url: None,
+        metadata: None,
+    };
+    store.upsert_portal(&portal).await.unwrap();
+    assert_eq!(store.portal_by_room("!q:x").await.unwrap().as_ref(), Some(&portal));
+    // A clone of the store shares the cache: a write through one is seen by the other.
+    let other = store.clone();
+    let moved = PortalRow { room_id: Some("!z:x".into()), ..portal };
+    other.upsert_portal(&moved).await.unwrap();
+    assert_eq!(store.portal_by_room("!q:x").await.unwrap(), None);
+    assert_eq!(store.portal_by_room("!z:x").await.unwrap(), Some(moved));
+    other.delete_portal("c").await.unwrap();
+    assert_eq!(store.portal_by_room("!z:x").await.unwrap(), None);
 }
