@@ -1,22 +1,26 @@
 //! Hands stored events to the bridge: in order per room, rooms in parallel, failures retried and
 //! then parked — never dropped.
 //!
-//! The server commits a transaction and calls [`Inbox::notify_new_events`]; the dispatcher's
-//! fetch loop reads pending rows oldest first and routes each to its room's queue. A room queue
-//! has one worker task, which exists only while the room has work, and holds one of
-//! `room_concurrency` permits while it runs. At most [`MAX_IN_FLIGHT`] events are in memory; the
-//! rest wait in the database. A worker applies the state cache update, runs the handler, and marks
-//! the event done, retrying with doubling delays and parking the event after `max_attempts`.
+//! After committing a transaction the server hands its stored batches to the dispatcher in
+//! memory ([`Inbox::hand_off`]), in commit order, so the common path never reads the events
+//! back. The dispatcher reads batches from the database instead at startup (what a previous run
+//! left), and whenever the in-memory queue overflowed (more than [`MAX_QUEUED`] events waiting):
+//! then it drops the queue and reads everything after the last batch it routed. Each event goes
+//! to its room's queue. A room queue has one worker task, which exists only while the room has
+//! work, and holds one of `room_concurrency` permits while it runs. At most [`MAX_IN_FLIGHT`]
+//! events are routed and not finished. A worker applies the state cache update, runs the
+//! handler, and records the event handled (its room's progress), retrying failures with
+//! doubling delays and parking the event after `max_attempts`.
 //!
 //! Ephemeral data is not stored: the server queues it on a bounded channel (a full channel
 //! delays the homeserver's 200, it never drops data) and one task hands it to the bridge in the
 //! order transactions arrived.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -28,23 +32,67 @@ use crate::{
     bridge::{Bridge, Event},
     config::InboxConfig,
     server::transactions::EphemeralBatch,
-    store::{Membership, PendingEvent, RoomStateField, Store},
+    store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
 };
 
-/// The most events read from the database and not yet finished.
+/// The most events routed to room queues and not yet finished.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-/// The server's side of the inbox: announce new events, queue ephemeral data.
+/// The most events waiting in the in-memory hand-off queue; beyond that the dispatcher reads
+/// them from the database.
+pub const MAX_QUEUED: usize = 8192;
+
+/// The server's side of the inbox: hand over committed batches, queue ephemeral data.
 #[derive(Debug, Clone)]
 pub(crate) struct Inbox {
-    new_events: Arc<Notify>,
+    live: mpsc::UnboundedSender<PendingBatch>,
+    live_state: Arc<LiveState>,
     ephemeral: mpsc::Sender<EphemeralBatch>,
 }
 
+/// Shared between [`Inbox::hand_off`] and the fetch loop.
+#[derive(Debug, Default)]
+struct LiveState {
+    /// Events in the hand-off queue.
+    queued: AtomicUsize,
+    /// Set when a batch was not queued; the fetch loop then reads from the database.
+    overflow: AtomicBool,
+    /// Wakes the fetch loop after an overflow.
+    wake: Notify,
+}
+
 impl Inbox {
-    /// Wakes the fetch loop: new events were committed.
-    pub(crate) fn notify_new_events(&self) {
-        self.new_events.notify_one();
+    /// Hands a committed batch to the dispatcher. Must be called in commit order. When the
+    /// queue is full (or the dispatcher is reading from the database after an earlier
+    /// overflow) the batch is not queued: the dispatcher will read it from the database.
+    pub(crate) fn hand_off(&self, batch: PendingBatch) {
+        let state = &self.live_state;
+        let n = batch.events.len().max(1);
+        if state.overflow.load(Ordering::SeqCst)
+            || state.queued.load(Ordering::SeqCst) + n > MAX_QUEUED
+        {
+            self.overflowed();
+            return;
+        }
+        state.queued.fetch_add(n, Ordering::SeqCst);
+        if self.live.send(batch).is_err() {
+            // The dispatcher is gone (shutdown): the batch stays in the database.
+            state.queued.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// An inbox whose batches go to the returned receiver, for tests of the server side.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (Self, mpsc::UnboundedReceiver<PendingBatch>) {
+        let (live, rx) = mpsc::unbounded_channel();
+        let (ephemeral, _) = mpsc::channel(1);
+        (Self { live, live_state: Arc::default(), ephemeral }, rx)
+    }
+
+    /// Tells the dispatcher to read from the database: a batch was committed but not queued.
+    pub(crate) fn overflowed(&self) {
+        self.live_state.overflow.store(true, Ordering::SeqCst);
+        self.live_state.wake.notify_one();
     }
 
     /// Queues a transaction's ephemeral data for the bridge; waits while the queue is full.
@@ -59,6 +107,7 @@ impl Inbox {
 #[derive(Debug)]
 pub(crate) struct Dispatcher<B> {
     shared: Arc<Shared<B>>,
+    live_rx: mpsc::UnboundedReceiver<PendingBatch>,
     ephemeral_rx: mpsc::Receiver<EphemeralBatch>,
 }
 
@@ -72,8 +121,8 @@ struct Shared<B> {
     ctx: crate::Context,
     /// Retry and concurrency settings.
     config: InboxConfig,
-    /// Woken by the server when events were committed.
-    new_events: Arc<Notify>,
+    /// The hand-off queue's counters.
+    live_state: Arc<LiveState>,
     /// Bounds events in memory; a permit travels with each event until it is finished.
     in_flight: Arc<Semaphore>,
     /// Bounds rooms processed at the same time.
@@ -81,11 +130,11 @@ struct Shared<B> {
     /// The queue of each room that has work, keyed by room ID. An entry lives only while the
     /// room's worker runs.
     rooms: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
-    /// Sequence numbers handed out and not yet finished (so a rescan does not hand them twice).
-    handed_out: Mutex<HashSet<i64>>,
-    /// Handled events waiting to be marked done together, and the generation of the flush
-    /// that will take them.
-    completed: Mutex<(Vec<i64>, u64)>,
+    /// Routed batches with events not finished yet: batch seq → events left.
+    remaining: Mutex<HashMap<i64, usize>>,
+    /// Handled events waiting to be recorded together, and the generation of the flush that
+    /// will take them.
+    completed: Mutex<Completed>,
     /// Woken when `completed` got an entry.
     completed_ready: Notify,
     /// The last generation of completions committed.
@@ -96,6 +145,23 @@ struct Shared<B> {
     worker_exited: Notify,
     /// Flips to `true` on shutdown.
     shutdown: watch::Receiver<bool>,
+}
+
+/// What the next flush records (see [`Store::record_handled`]).
+#[derive(Debug)]
+struct Completed {
+    progress: Vec<(String, i64, i32)>,
+    finished_batches: Vec<i64>,
+    finished_requeued: Vec<i64>,
+    generation: u64,
+}
+
+impl Completed {
+    fn is_empty(&self) -> bool {
+        self.progress.is_empty()
+            && self.finished_batches.is_empty()
+            && self.finished_requeued.is_empty()
+    }
 }
 
 struct Job {
@@ -110,7 +176,8 @@ pub(crate) fn inbox<B: Bridge>(
     config: InboxConfig,
     shutdown: watch::Receiver<bool>,
 ) -> (Inbox, Dispatcher<B>) {
-    let new_events = Arc::new(Notify::new());
+    let (live, live_rx) = mpsc::unbounded_channel();
+    let live_state = Arc::new(LiveState::default());
     let (tx, rx) = mpsc::channel(256);
     let room_slots = Arc::new(Semaphore::new(config.room_concurrency));
     let shared = Arc::new(Shared {
@@ -118,19 +185,24 @@ pub(crate) fn inbox<B: Bridge>(
         store: ctx.store().clone(),
         ctx,
         config,
-        new_events: new_events.clone(),
+        live_state: live_state.clone(),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         room_slots,
         rooms: Mutex::new(HashMap::new()),
-        handed_out: Mutex::new(HashSet::new()),
-        completed: Mutex::new((Vec::new(), 1)),
+        remaining: Mutex::new(HashMap::new()),
+        completed: Mutex::new(Completed {
+            progress: Vec::new(),
+            finished_batches: Vec::new(),
+            finished_requeued: Vec::new(),
+            generation: 1,
+        }),
         completed_ready: Notify::new(),
         flushed: watch::channel(0).0,
         workers: AtomicUsize::new(0),
         worker_exited: Notify::new(),
         shutdown,
     });
-    (Inbox { new_events, ephemeral: tx }, Dispatcher { shared, ephemeral_rx: rx })
+    (Inbox { live, live_state, ephemeral: tx }, Dispatcher { shared, live_rx, ephemeral_rx: rx })
 }
 
 impl<B: Bridge> Dispatcher<B> {
@@ -138,7 +210,7 @@ impl<B: Bridge> Dispatcher<B> {
     /// After shutdown it waits up to `grace` for running handlers; unfinished events stay
     /// pending in the store for the next start.
     pub(crate) async fn run(self, grace: Duration) {
-        let Self { shared, mut ephemeral_rx } = self;
+        let Self { shared, live_rx, mut ephemeral_rx } = self;
         let ephemeral_shared = shared.clone();
         let ephemeral_task = tokio::spawn(async move {
             while let Some(batch) = ephemeral_rx.recv().await {
@@ -148,7 +220,7 @@ impl<B: Bridge> Dispatcher<B> {
         let (stop_flusher, flusher_stop) = watch::channel(false);
         let flusher_shared = shared.clone();
         let flusher = tokio::spawn(async move { flusher_shared.flush_loop(flusher_stop).await });
-        shared.clone().fetch_loop().await;
+        shared.clone().fetch_loop(live_rx).await;
         // Stop taking new work; let running handlers finish within the grace period.
         let deadline = tokio::time::Instant::now() + grace;
         while shared.workers.load(Ordering::SeqCst) > 0 {
@@ -164,7 +236,7 @@ impl<B: Bridge> Dispatcher<B> {
                 break;
             }
         }
-        // Mark done what the finished handlers completed.
+        // Record what the finished handlers completed.
         let _ = stop_flusher.send(true);
         let _ = flusher.await;
         // Ephemeral data already accepted is delivered while the grace period lasts; the queue
@@ -176,71 +248,145 @@ impl<B: Bridge> Dispatcher<B> {
     }
 }
 
+/// Why the fetch loop stopped reading.
+struct Stopped;
+
 impl<B: Bridge> Shared<B> {
     fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
 
-    async fn fetch_loop(self: Arc<Self>) {
+    /// Routes batches in inbox order: from the database at startup and after an overflow of
+    /// the hand-off queue, from the queue otherwise. `cursor` is the last batch routed; a batch
+    /// at or before it is never routed again in this process.
+    async fn fetch_loop(self: Arc<Self>, mut live_rx: mpsc::UnboundedReceiver<PendingBatch>) {
         let mut shutdown = self.shutdown.clone();
+        let wake = self.store.inbox_wake();
         let mut cursor = 0i64;
-        let mut idle_rounds = 0u32;
+        let mut requeue_cursor = 0i64;
+        let mut read_db = true;
+        let mut read_requeued = true;
         loop {
             if self.is_shutting_down() {
                 return;
             }
-            let available = self.in_flight.available_permits();
-            if available == 0 {
-                // Wait for one event to finish before reading more.
-                tokio::select! {
-                    permit = self.in_flight.clone().acquire_owned() => drop(permit),
-                    _ = shutdown.changed() => return,
+            if self.live_state.overflow.swap(false, Ordering::SeqCst) {
+                // Drop what is queued: it is all in the database, read next.
+                while let Ok(batch) = live_rx.try_recv() {
+                    self.dequeued(&batch);
+                }
+                read_db = true;
+            }
+            if read_db {
+                match self.route_from_db(&mut cursor).await {
+                    Ok(()) => read_db = false,
+                    Err(Stopped) => return,
                 }
                 continue;
             }
-            let limit = i64::try_from(available.min(256)).unwrap_or(256);
-            let batch = match self.store.pending_events(cursor, limit).await {
-                Ok(batch) => batch,
+            if read_requeued {
+                match self.route_requeued(&mut requeue_cursor).await {
+                    Ok(()) => read_requeued = false,
+                    Err(Stopped) => return,
+                }
+                continue;
+            }
+            tokio::select! {
+                batch = live_rx.recv() => {
+                    let Some(batch) = batch else { return };
+                    self.dequeued(&batch);
+                    if batch.seq > cursor {
+                        cursor = batch.seq;
+                        if self.route_batch(batch).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                () = self.live_state.wake.notified() => {}
+                () = wake.notified() => read_requeued = true,
+                // A slow safety poll: anything a lost wake-up left behind.
+                () = tokio::time::sleep(Duration::from_secs(5)) => {
+                    read_db = true;
+                    read_requeued = true;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn dequeued(&self, batch: &PendingBatch) {
+        self.live_state.queued.fetch_sub(batch.events.len().max(1), Ordering::SeqCst);
+    }
+
+    /// Reads and routes every stored batch after `cursor`, page by page.
+    async fn route_from_db(self: &Arc<Self>, cursor: &mut i64) -> Result<(), Stopped> {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let batches = match self.store.pending_batches(*cursor, 64).await {
+                Ok(batches) => batches,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the inbox; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return Err(Stopped),
                     }
-                    continue;
                 }
             };
-            if batch.is_empty() {
-                idle_rounds += 1;
-                tokio::select! {
-                    () = self.new_events.notified() => {}
-                    // A slow safety rescan from the start picks up parked events put back by
-                    // an operator and anything a missed wake-up left behind.
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {
-                        if idle_rounds >= 2 {
-                            cursor = 0;
-                            idle_rounds = 0;
-                        }
-                    }
-                    _ = shutdown.changed() => return,
-                }
-                continue;
+            let Some(last) = batches.last() else { return Ok(()) };
+            let last = last.seq;
+            for batch in batches {
+                *cursor = batch.seq;
+                self.route_batch(batch).await?;
             }
-            idle_rounds = 0;
-            for event in batch {
-                cursor = cursor.max(event.seq);
-                if !self.handed_out.lock().expect("lock poisoned").insert(event.seq) {
-                    continue;
+            *cursor = last;
+        }
+    }
+
+    /// Reads and routes parked events put back in line.
+    async fn route_requeued(self: &Arc<Self>, cursor: &mut i64) -> Result<(), Stopped> {
+        loop {
+            let events = match self.store.requeued_events(*cursor, 64).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read requeued events; retrying later");
+                    return Ok(());
                 }
-                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                    // Cannot happen: we asked for no more rows than free permits. Be safe.
-                    self.handed_out.lock().expect("lock poisoned").remove(&event.seq);
-                    cursor = cursor.min(event.seq - 1);
-                    break;
-                };
+            };
+            if events.is_empty() {
+                return Ok(());
+            }
+            for event in events {
+                if let InboxPos::Requeued { seq } = event.pos {
+                    *cursor = seq;
+                }
+                let permit = self.permit().await?;
                 self.clone().route(Job { event, _permit: permit });
             }
         }
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, Stopped> {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            permit = self.in_flight.clone().acquire_owned() => permit.map_err(|_| Stopped),
+            _ = shutdown.wait_for(|s| *s) => Err(Stopped),
+        }
+    }
+
+    /// Routes a batch's events to their rooms' queues, waiting for in-flight permits.
+    async fn route_batch(self: &Arc<Self>, batch: PendingBatch) -> Result<(), Stopped> {
+        if batch.events.is_empty() {
+            // Everything in it was handled before a restart: only the row is left to delete.
+            self.completed.lock().expect("lock poisoned").finished_batches.push(batch.seq);
+            self.completed_ready.notify_one();
+            return Ok(());
+        }
+        self.remaining.lock().expect("lock poisoned").insert(batch.seq, batch.events.len());
+        for event in batch.events {
+            let permit = self.permit().await?;
+            self.clone().route(Job { event, _permit: permit });
+        }
+        Ok(())
     }
 
     /// Puts a job on its room's queue, starting the room's worker when it has none.
@@ -289,20 +435,17 @@ impl<B: Bridge> Shared<B> {
                     }
                 }
             };
-            let seq = job.event.seq;
             self.process(job.event).await;
-            self.handed_out.lock().expect("lock poisoned").remove(&seq);
         }
     }
 
     /// Applies the state cache, runs the handler with retries, and records the outcome.
     async fn process(&self, pending: PendingEvent) {
-        let seq = pending.seq;
         let event = match Event::from_json(&pending.json) {
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
-                self.park(seq, &pending.event_id, &e.to_string()).await;
+                self.park(&pending, pending.attempts, &e.to_string()).await;
                 return;
             }
         };
@@ -329,23 +472,29 @@ impl<B: Bridge> Shared<B> {
                 self.ctx.metrics().event(&event.kind, outcome, started.elapsed());
                 match result {
                     Ok(()) => {
-                        self.complete(seq).await;
+                        if attempts > 0 {
+                            if let Err(e) = self.store.clear_failures(&pending.event_id).await {
+                                tracing::warn!(error = %e, "could not clear the failure count");
+                            }
+                        }
+                        self.complete(&pending).await;
                         return;
                     }
                     Err(HandlerFailure::Permanent(error)) => {
                         tracing::warn!(%error, "handler failed permanently; parking event");
-                        self.park(seq, event.event_id.as_str(), &error).await;
+                        self.park(&pending, attempts + 1, &error).await;
                         self.failure_notice(&event, &error).await;
                         return;
                     }
                     Err(HandlerFailure::Retry(error)) => {
-                        attempts = match self.store.record_failure(seq, &error).await {
+                        attempts = match self.store.record_failure(&pending.event_id, &error).await
+                        {
                             Ok(n) => n,
                             Err(_) => attempts + 1,
                         };
                         if u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts {
                             tracing::warn!(%error, attempts, "handler failed; parking event");
-                            self.park(seq, event.event_id.as_str(), &error).await;
+                            self.park(&pending, attempts, &error).await;
                             self.failure_notice(&event, &error).await;
                             return;
                         }
@@ -381,20 +530,36 @@ impl<B: Bridge> Shared<B> {
         });
     }
 
-    /// Marks a handled event done, retrying until the database takes it: giving up would
-    /// leave it pending and hand it out again in this process, outside the documented
-    /// at-least-once window (a process dying between the handler and the mark). Only a
-    /// shutdown ends the retries; the event is then handled again after the restart.
-    /// Marks a handled event done and returns once that is committed. The flusher groups the
-    /// marks of every room that completed meanwhile into one statement, so the commit cost is
-    /// shared, while each room still has at most one handled-but-unmarked event (the
-    /// at-least-once window stays one event per room). The sequence number stays handed out
-    /// until the commit, so a rescan cannot hand it out again.
-    async fn complete(&self, seq: i64) {
+    /// Counts an event of a batch as finished; returns whether that finished the batch.
+    fn finish_in_batch(&self, seq: i64) -> bool {
+        let mut remaining = self.remaining.lock().expect("lock poisoned");
+        let Some(left) = remaining.get_mut(&seq) else { return false };
+        *left -= 1;
+        if *left == 0 {
+            remaining.remove(&seq);
+            return true;
+        }
+        false
+    }
+
+    /// Records a handled event and returns once that is committed. The flusher groups the
+    /// records of every room that completed meanwhile into one database transaction (room
+    /// progress, finished batches), so the commit cost is shared, while each room still has
+    /// at most one handled-but-unrecorded event (the at-least-once window stays one event per
+    /// room: a process dying between the handler and the commit).
+    async fn complete(&self, event: &PendingEvent) {
         let generation = {
             let mut completed = self.completed.lock().expect("lock poisoned");
-            completed.0.push(seq);
-            completed.1
+            match event.pos {
+                InboxPos::Batch { seq, idx } => {
+                    completed.progress.push((event.room_id.clone(), seq, idx));
+                    if self.finish_in_batch(seq) {
+                        completed.finished_batches.push(seq);
+                    }
+                }
+                InboxPos::Requeued { seq } => completed.finished_requeued.push(seq),
+            }
+            completed.generation
         };
         self.completed_ready.notify_one();
         let mut flushed = self.flushed.subscribe();
@@ -402,20 +567,29 @@ impl<B: Bridge> Shared<B> {
         let _ = flushed.wait_for(|&done| done >= generation).await;
     }
 
-    /// Marks done what was completed, retrying until the database takes it: giving up would
-    /// leave handled events pending and hand them out again in this process, outside the
-    /// documented at-least-once window (a process dying between the handler and the mark).
+    /// Records what was completed, retrying until the database takes it: giving up would
+    /// leave handled events pending and hand them out again after a restart, outside the
+    /// documented at-least-once window.
     async fn flush_completed(&self) {
         let (batch, generation) = {
             let mut completed = self.completed.lock().expect("lock poisoned");
-            let generation = completed.1;
-            completed.1 += 1;
-            (std::mem::take(&mut completed.0), generation)
+            let generation = completed.generation;
+            completed.generation += 1;
+            let batch = Completed {
+                progress: std::mem::take(&mut completed.progress),
+                finished_batches: std::mem::take(&mut completed.finished_batches),
+                finished_requeued: std::mem::take(&mut completed.finished_requeued),
+                generation,
+            };
+            (batch, generation)
         };
         if !batch.is_empty() {
-            let seqs = &batch;
-            self.persist(batch[0], "mark events done", |store| async move {
-                store.mark_done_many(seqs).await
+            let progress: Vec<(&str, i64, i32)> =
+                batch.progress.iter().map(|(room, seq, idx)| (room.as_str(), *seq, *idx)).collect();
+            let (progress, batches, requeued) =
+                (&progress, &batch.finished_batches, &batch.finished_requeued);
+            self.persist("record handled events", |store| async move {
+                store.record_handled(progress, batches, requeued).await
             })
             .await;
         }
@@ -427,7 +601,7 @@ impl<B: Bridge> Shared<B> {
         loop {
             let ready = self.completed_ready.notified();
             self.flush_completed().await;
-            if *stop.borrow() && self.completed.lock().expect("lock poisoned").0.is_empty() {
+            if *stop.borrow() && self.completed.lock().expect("lock poisoned").is_empty() {
                 return;
             }
             tokio::select! {
@@ -437,13 +611,20 @@ impl<B: Bridge> Shared<B> {
         }
     }
 
-    /// Parks an event, retrying as [`Self::mark_done`] does (the event ID is in the span).
-    async fn park(&self, seq: i64, _event_id: &str, error: &str) {
-        self.persist(seq, "park event", |store| async move { store.park(seq, error).await }).await;
+    /// Parks an event (its room's progress moves past it), retrying as the flusher does.
+    async fn park(&self, event: &PendingEvent, attempts: i32, error: &str) {
+        self.persist("park event", |store| async move { store.park(event, attempts, error).await })
+            .await;
+        if let InboxPos::Batch { seq, .. } = event.pos
+            && self.finish_in_batch(seq)
+        {
+            self.completed.lock().expect("lock poisoned").finished_batches.push(seq);
+            self.completed_ready.notify_one();
+        }
     }
 
     /// Runs `write` until it succeeds or shutdown begins, backing off from 100 ms to 5 s.
-    async fn persist<'a, F, Fut>(&'a self, seq: i64, what: &'static str, write: F)
+    async fn persist<'a, F, Fut>(&'a self, what: &'static str, write: F)
     where
         F: Fn(&'a Store) -> Fut,
         Fut: std::future::Future<Output = crate::store::Result<()>> + 'a,
@@ -455,10 +636,10 @@ impl<B: Bridge> Shared<B> {
                 Ok(()) => return,
                 Err(e) => {
                     if attempt == 1 || attempt.is_power_of_two() {
-                        tracing::error!(seq, attempt, error = %e, "cannot {what}; retrying");
+                        tracing::error!(attempt, error = %e, "cannot {what}; retrying");
                     }
                     if self.is_shutting_down() {
-                        tracing::error!(seq, "cannot {what} before shutdown; it stays pending");
+                        tracing::error!("cannot {what} before shutdown; it stays pending");
                         return;
                     }
                     tokio::select! {

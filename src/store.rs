@@ -20,7 +20,10 @@ mod inbox;
 mod mappings;
 mod state;
 
-pub use inbox::{AcceptOutcome, InboxStats, IncomingTxn, NewEvent, ParkedEvent, PendingEvent};
+pub use inbox::{
+    AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, ParkedEvent, PendingBatch,
+    PendingEvent,
+};
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, Membership, RoomStateField};
 
@@ -72,6 +75,9 @@ pub struct Store {
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
     portal_cache: std::sync::Arc<std::sync::Mutex<PortalCache>>,
+    /// Woken when events were put back in the inbox outside the server's intake
+    /// ([`Store::retry_parked`]), so the dispatcher looks at once.
+    inbox_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// See `Store::portal_cache`.
@@ -114,6 +120,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_bridge.sql",
         sqlite: include_str!("../migrations/sqlite/0002_bridge.sql"),
         postgres: include_str!("../migrations/postgres/0002_bridge.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_inbox_batches.sql",
+        sqlite: include_str!("../migrations/sqlite/0003_inbox_batches.sql"),
+        postgres: include_str!("../migrations/postgres/0003_inbox_batches.sql"),
     },
 ];
 
@@ -158,7 +170,11 @@ impl Store {
                 .await?;
             Backend::Postgres(pool)
         };
-        let store = Self { backend, portal_cache: std::sync::Arc::default() };
+        let store = Self {
+            backend,
+            portal_cache: std::sync::Arc::default(),
+            inbox_wake: std::sync::Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -193,6 +209,11 @@ impl Store {
     /// The number of connections open and idle in the pool.
     pub fn pool_usage(&self) -> (u32, usize) {
         with_pool!(self, |pool| (pool.size(), pool.num_idle()))
+    }
+
+    /// Woken when events were put back in the inbox outside the server's intake.
+    pub(crate) fn inbox_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.inbox_wake.clone()
     }
 
     /// Closes every connection; later calls fail.

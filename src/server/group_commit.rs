@@ -14,7 +14,10 @@ use std::{borrow::Cow, ops::Range, sync::Mutex};
 use axum::body::Bytes;
 use tokio::sync::oneshot;
 
-use crate::store::{AcceptOutcome, IncomingTxn, NewEvent, Store};
+use crate::{
+    dispatch::Inbox,
+    store::{AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingBatch, PendingEvent, Store},
+};
 
 /// The most transactions stored in one group.
 const MAX_GROUP: usize = 256;
@@ -82,6 +85,7 @@ impl GroupCommit {
     pub(crate) async fn store(
         &self,
         store: &Store,
+        inbox: &Inbox,
         txn_id: &str,
         hash: &str,
         body: &Bytes,
@@ -113,12 +117,13 @@ impl GroupCommit {
             let n = queue.len().min(MAX_GROUP);
             queue.drain(..n).collect()
         };
-        Self::write(store, group).await;
+        Self::write(store, inbox, group).await;
         outcome.await.map_err(|_| "the group commit was interrupted".to_owned())?
     }
 
-    /// Stores a group and answers every member.
-    async fn write(store: &Store, group: Vec<Queued>) {
+    /// Stores a group, hands its batches to the dispatcher (in commit order: the caller holds
+    /// the writer's turn) and answers every member.
+    async fn write(store: &Store, inbox: &Inbox, group: Vec<Queued>) {
         let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
             .iter()
             .map(|q| {
@@ -146,7 +151,17 @@ impl GroupCommit {
                         events,
                     })
                     .collect();
-                store.accept_transactions(&txns).await.map_err(|e| e.to_string())
+                match store.accept_batched(&txns).await {
+                    Ok(accepted) => {
+                        for (t, a) in txns.iter().zip(&accepted) {
+                            for b in &a.batches {
+                                inbox.hand_off(live_batch(b.seq, &b.events, t.events));
+                            }
+                        }
+                        Ok(accepted.into_iter().map(|a| a.outcome).collect::<Vec<_>>())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Err(e) => Err(e.clone()),
         };
@@ -165,6 +180,22 @@ impl GroupCommit {
     }
 }
 
+/// The dispatcher's copy of a stored batch: the events at `indexes` of a transaction.
+fn live_batch(seq: i64, indexes: &[usize], events: &[NewEvent<'_>]) -> PendingBatch {
+    let events = indexes
+        .iter()
+        .enumerate()
+        .map(|(idx, &i)| PendingEvent {
+            pos: InboxPos::Batch { seq, idx: i32::try_from(idx).unwrap_or(i32::MAX) },
+            event_id: events[i].event_id.clone().into_owned(),
+            room_id: events[i].room_id.clone().into_owned(),
+            json: events[i].json.to_owned(),
+            attempts: 0,
+        })
+        .collect();
+    PendingBatch { seq, events }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -175,9 +206,10 @@ mod tests {
     async fn concurrent_transactions_are_stored_once_each_and_duplicates_are_told() {
         let store = Store::connect_url("sqlite::memory:").await.unwrap();
         let gc = Arc::new(GroupCommit::default());
+        let (inbox, mut live) = Inbox::for_tests();
         let mut tasks = Vec::new();
         for i in 0..40 {
-            let (store, gc) = (store.clone(), gc.clone());
+            let (store, gc, inbox) = (store.clone(), gc.clone(), inbox.clone());
             tasks.push(tokio::spawn(async move {
                 // Transactions 0..20 twice each: the second copy is a duplicate.
                 let n = i % 20;
@@ -187,7 +219,7 @@ mod tests {
                     n % 3
                 ));
                 let parsed = crate::server::transactions::parse(&body).unwrap();
-                gc.store(&store, &n.to_string(), "h", &body, &parsed.events).await.unwrap()
+                gc.store(&store, &inbox, &n.to_string(), "h", &body, &parsed.events).await.unwrap()
             }));
         }
         let mut stored = 0;
@@ -200,8 +232,24 @@ mod tests {
             }
         }
         assert_eq!((stored, duplicates), (20, 20));
-        let pending = store.pending_events(0, 100).await.unwrap();
+        let pending: Vec<PendingEvent> = store
+            .pending_batches(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|b| b.events)
+            .collect();
         assert_eq!(pending.len(), 20);
+        // The same batches were handed to the dispatcher, in commit (= seq) order.
+        let mut handed = Vec::new();
+        while let Ok(b) = live.try_recv() {
+            handed.extend(b.events);
+        }
+        let key = |e: &PendingEvent| (e.pos, e.event_id.clone(), e.room_id.clone(), e.json.clone());
+        assert_eq!(
+            handed.iter().map(key).collect::<Vec<_>>(),
+            pending.iter().map(key).collect::<Vec<_>>()
+        );
         assert!(pending.iter().all(|p| p.json.starts_with("{\"event_id\"")), "{pending:?}");
         assert!(pending.iter().all(|p| p.room_id.ends_with(":x")), "{pending:?}");
     }

@@ -265,7 +265,7 @@ pub(crate) async fn push_events<B: Bridge>(
     drop(_enter);
     let outcome = state
         .group_commit
-        .store(state.ctx.store(), &txn_id, &parsed.hash, &body, &parsed.events)
+        .store(state.ctx.store(), &state.inbox, &txn_id, &parsed.hash, &body, &parsed.events)
         .await
         .map_err(|e| {
             tracing::error!(parent: &span, error = %e, "could not store transaction");
@@ -280,9 +280,6 @@ pub(crate) async fn push_events<B: Bridge>(
         AcceptOutcome::Stored { new_events } => {
             state.ctx.metrics().transaction("stored", parsed.events.len());
             tracing::debug!(parent: &span, new_events, "transaction stored");
-            if new_events > 0 {
-                state.inbox.notify_new_events();
-            }
             if !parsed.batch.is_empty() {
                 state.inbox.queue_ephemeral(parsed.batch).await;
             }

@@ -1,38 +1,49 @@
 //! The durable inbox and transaction deduplication.
+//!
+//! A transaction's new events are stored as *batches*: JSON arrays of events, one row each, in
+//! arrival order (`mx_inbox_batch.seq`). Every event ID is also recorded once
+//! (`mx_event_seen`), so an event that comes again in another transaction is dropped. Handling
+//! progress is kept per room, not per event: `mx_room_progress` holds the position (batch,
+//! index) of the last handled event of each room, which is exact because a room's events are
+//! handled in order. A batch is deleted once all its events are handled. Events that failed for
+//! good move to `mx_parked` with their JSON.
+//!
+//! So storing a transaction of K events writes one dedup row per event and one row per batch,
+//! and handling them writes one progress row per room and deletes the batch, instead of
+//! inserting and updating a row (and its indexes) per event.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap, collections::HashSet};
 
+use serde_json::value::RawValue;
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, now_ms, with_pool};
 
-/// Status of an inbox row.
-const PENDING: i32 = 0;
-const DONE: i32 = 1;
-const PARKED: i32 = 2;
-
-/// At most this many events per multi-row INSERT (3 bound parameters each, far below both
-/// backends' limits)…
+/// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
+/// backends' limits).
 const INSERT_CHUNK: usize = 128;
-/// …and about this many bytes of event JSON. Larger statements got no faster on SQLite, and on
-/// PostgreSQL a statement that does not fit one socket write waits ~40 ms for a delayed ACK
-/// (Nagle: sqlx 0.9.0 does not set TCP_NODELAY, transact-rs/sqlx#4335).
-const INSERT_CHUNK_BYTES: usize = 8 * 1024;
+/// At most about this many bytes of event JSON per INSERT statement on PostgreSQL: a statement
+/// that does not fit one socket write waits ~40 ms for a delayed ACK (Nagle: sqlx 0.9.0 does not
+/// set TCP_NODELAY, transact-rs/sqlx#4335). On SQLite a batch can be large.
+const PG_STATEMENT_BYTES: usize = 8 * 1024;
+const SQLITE_STATEMENT_BYTES: usize = 1024 * 1024;
 
-/// Splits events into INSERT-sized runs, keeping their order.
-fn insert_chunks<'e, 'a>(events: &'e [NewEvent<'a>]) -> impl Iterator<Item = &'e [NewEvent<'a>]> {
-    let mut rest = events;
+/// Splits `items` into runs of at most [`INSERT_CHUNK`] items and about `budget` bytes (an item
+/// larger than the budget goes alone), keeping their order.
+fn chunks_by_size<'e, T>(
+    items: &'e [T],
+    budget: usize,
+    size: impl Fn(&T) -> usize,
+) -> impl Iterator<Item = &'e [T]> {
+    let mut rest = items;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
         let mut bytes = 0;
         let mut n = 0;
-        while n < rest.len()
-            && n < INSERT_CHUNK
-            && (n == 0 || bytes + rest[n].json.len() <= INSERT_CHUNK_BYTES)
-        {
-            bytes += rest[n].json.len();
+        while n < rest.len() && n < INSERT_CHUNK && (n == 0 || bytes + size(&rest[n]) <= budget) {
+            bytes += size(&rest[n]);
             n += 1;
         }
         let (chunk, tail) = rest.split_at(n);
@@ -44,7 +55,7 @@ fn insert_chunks<'e, 'a>(events: &'e [NewEvent<'a>]) -> impl Iterator<Item = &'e
 /// Placeholder-only SQL texts that depend on a row count, built once per count and kept for the
 /// process, so they are `&'static str` like every other query: the text never holds input.
 fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
-    type Texts = std::collections::HashMap<(RowsSql, usize), &'static str>;
+    type Texts = HashMap<(RowsSql, usize), &'static str>;
     static TEXTS: std::sync::OnceLock<std::sync::Mutex<Texts>> = std::sync::OnceLock::new();
     let mut texts = TEXTS
         .get_or_init(Default::default)
@@ -55,8 +66,10 @@ fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum RowsSql {
-    /// `$1` the txn ID, `$2` the time, then event ID, room ID and JSON per event.
-    Events,
+    /// `$1` the time, then the event ID per event; returns the IDs that were new.
+    Seen,
+    /// `$1` the time, then txn ID, events JSON and event count per batch; returns the seqs.
+    Batches,
     /// `$1` the time, then txn ID and hash per transaction; returns the rows that were new.
     Transactions,
 }
@@ -65,28 +78,33 @@ impl RowsSql {
     fn build(self, n: usize) -> String {
         use std::fmt::Write as _;
         let mut sql = String::with_capacity(120 + n * 32);
-        match self {
-            Self::Events => {
-                sql.push_str(
-                    "INSERT INTO mx_inbox (event_id, room_id, txn_id, event_json, status, received_at) VALUES ",
-                );
-                for i in 0..n {
-                    let p = 3 + i * 3;
-                    let sep = if i == 0 { "" } else { ", " };
-                    let _ = write!(sql, "{sep}(${p}, ${}, $1, ${}, 0, $2)", p + 1, p + 2);
-                }
-                sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
+        let (head, per_row, tail) = match self {
+            Self::Seen => (
+                "INSERT INTO mx_event_seen (event_id, seen_at) VALUES ",
+                1,
+                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            ),
+            Self::Batches => (
+                "INSERT INTO mx_inbox_batch (txn_id, events, n_events, received_at) VALUES ",
+                3,
+                " RETURNING seq",
+            ),
+            Self::Transactions => (
+                "INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ",
+                2,
+                " ON CONFLICT DO NOTHING RETURNING txn_id, body_hash",
+            ),
+        };
+        sql.push_str(head);
+        for i in 0..n {
+            let p = 2 + i * per_row;
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for k in 0..per_row {
+                let _ = write!(sql, "${}, ", p + k);
             }
-            Self::Transactions => {
-                sql.push_str("INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ");
-                for i in 0..n {
-                    let p = 2 + i * 2;
-                    let sep = if i == 0 { "" } else { ", " };
-                    let _ = write!(sql, "{sep}(${p}, ${}, $1)", p + 1);
-                }
-                sql.push_str(" ON CONFLICT DO NOTHING RETURNING txn_id, body_hash");
-            }
+            sql.push_str("$1)");
         }
+        sql.push_str(tail);
         sql
     }
 }
@@ -126,11 +144,28 @@ pub enum AcceptOutcome {
     },
 }
 
+/// Where a pending event sits in the inbox. Events are handed out in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InboxPos {
+    /// Event number `idx` of batch `seq`.
+    Batch {
+        /// The batch (`mx_inbox_batch.seq`).
+        seq: i64,
+        /// The event's index in the batch.
+        idx: i32,
+    },
+    /// A parked event put back in line by [`Store::retry_parked`] (`mx_parked.seq`).
+    Requeued {
+        /// The parked row.
+        seq: i64,
+    },
+}
+
 /// An event waiting to be handled.
 #[derive(Debug, Clone)]
 pub struct PendingEvent {
-    /// Position in the inbox; events are handed out in this order.
-    pub seq: i64,
+    /// Where it sits in the inbox.
+    pub pos: InboxPos,
     /// The event ID.
     pub event_id: String,
     /// The room.
@@ -141,10 +176,35 @@ pub struct PendingEvent {
     pub attempts: i32,
 }
 
+/// A stored batch with the events in it that are not handled yet (empty when a previous run
+/// handled all of them but stopped before deleting the batch).
+#[derive(Debug, Clone)]
+pub struct PendingBatch {
+    /// Its position in the inbox.
+    pub seq: i64,
+    /// The events still to handle, in order.
+    pub events: Vec<PendingEvent>,
+}
+
+/// One stored batch of a transaction, for the in-memory hand-off to the dispatcher.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredBatch {
+    pub(crate) seq: i64,
+    /// Indexes into the transaction's events.
+    pub(crate) events: Vec<usize>,
+}
+
+/// What storing a transaction did, with the batches written.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub(crate) outcome: AcceptOutcome,
+    pub(crate) batches: Vec<StoredBatch>,
+}
+
 /// An event whose handler failed for good.
 #[derive(Debug, Clone)]
 pub struct ParkedEvent {
-    /// Position in the inbox.
+    /// Position among parked events.
     pub seq: i64,
     /// The event ID.
     pub event_id: String,
@@ -159,20 +219,62 @@ pub struct ParkedEvent {
 /// Counts of the inbox, for health reports and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InboxStats {
-    /// Events waiting to be handled.
+    /// Events waiting to be handled (events of a batch count until the whole batch is done).
     pub pending: i64,
     /// Events parked after failing for good.
     pub parked: i64,
-    /// When the oldest pending event arrived (ms since the epoch).
+    /// When the oldest pending batch arrived (ms since the epoch).
     pub oldest_pending_ms: Option<i64>,
+}
+
+/// The envelope fields the store reads back from a stored event.
+#[derive(serde::Deserialize)]
+struct StoredEnvelope<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    room_id: Cow<'a, str>,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Parses a stored batch into its events. Events were validated before they were stored; one
+/// that does not parse back still comes out (with a made-up ID and no room), so the dispatcher
+/// parks it instead of stalling on the batch.
+fn parse_batch(seq: i64, json: &str) -> Result<Vec<PendingEvent>> {
+    let list: Vec<&RawValue> = serde_json::from_str(json).map_err(corrupt)?;
+    list.iter()
+        .enumerate()
+        .map(|(idx, raw)| {
+            let (event_id, room_id) = serde_json::from_str::<StoredEnvelope<'_>>(raw.get())
+                .map_or_else(
+                    |_| (format!("malformed:{seq}:{idx}"), String::new()),
+                    |e| (e.event_id.into_owned(), e.room_id.into_owned()),
+                );
+            Ok(PendingEvent {
+                pos: InboxPos::Batch { seq, idx: i32::try_from(idx).map_err(corrupt)? },
+                event_id,
+                room_id,
+                json: raw.get().to_owned(),
+                attempts: 0,
+            })
+        })
+        .collect()
+}
+
+/// Whether an event at `(seq, idx)` is past its room's recorded progress.
+fn after_progress(progress: Option<&(i64, i32)>, seq: i64, idx: i32) -> bool {
+    progress.is_none_or(|&(s, i)| (seq, idx) > (s, i))
 }
 
 impl Store {
     /// Stores a transaction and its events in one database transaction.
     ///
     /// Returns [`AcceptOutcome::Duplicate`] when `(txn_id, body_hash)` was stored before. Events
-    /// whose ID is already in the inbox (pending, done or parked) are skipped, so a homeserver
-    /// retry or a txn ID reused after a homeserver restart never doubles an event.
+    /// whose ID was stored before (pending, handled or parked, until pruned) are skipped, so a
+    /// homeserver retry or a txn ID reused after a homeserver restart never doubles an event.
     ///
     /// # Errors
     /// When the database fails; then nothing was stored.
@@ -197,13 +299,21 @@ impl Store {
         &self,
         txns: &[IncomingTxn<'_>],
     ) -> Result<Vec<AcceptOutcome>> {
+        Ok(self.accept_batched(txns).await?.into_iter().map(|a| a.outcome).collect())
+    }
+
+    /// [`Store::accept_transactions`], also telling which batches were written.
+    pub(crate) async fn accept_batched(&self, txns: &[IncomingTxn<'_>]) -> Result<Vec<Accepted>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
+        let budget = match self.backend_name() {
+            "postgres" => PG_STATEMENT_BYTES,
+            _ => SQLITE_STATEMENT_BYTES,
+        };
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
-            let mut new: std::collections::HashSet<(String, String)> =
-                std::collections::HashSet::new();
+            let mut new: HashSet<(String, String)> = HashSet::new();
             for chunk in txns.chunks(TXN_CHUNK) {
                 let mut query = sqlx::query(rows_sql(RowsSql::Transactions, chunk.len())).bind(now);
                 for t in chunk {
@@ -213,107 +323,258 @@ impl Store {
                     new.insert((row.try_get("txn_id")?, row.try_get("body_hash")?));
                 }
             }
-            let mut outcomes = Vec::with_capacity(txns.len());
-            for t in txns {
-                // `remove`: a second copy of the same transaction in this batch is a duplicate.
-                if !new.remove(&(t.txn_id.to_owned(), t.body_hash.to_owned())) {
-                    outcomes.push(AcceptOutcome::Duplicate);
+            // `remove`: a second copy of the same transaction in this group is a duplicate.
+            let is_new: Vec<bool> = txns
+                .iter()
+                .map(|t| new.remove(&(t.txn_id.to_owned(), t.body_hash.to_owned())))
+                .collect();
+            // Which events are new: one dedup row per event ID, multi-row inserts.
+            let candidates: Vec<&str> = txns
+                .iter()
+                .zip(&is_new)
+                .filter(|(_, new)| **new)
+                .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
+                .collect();
+            let mut fresh: HashSet<String> = HashSet::with_capacity(candidates.len());
+            for chunk in candidates.chunks(INSERT_CHUNK) {
+                let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    fresh.insert(row.try_get(0)?);
+                }
+            }
+            // The new events of each new transaction, cut into batches.
+            struct Planned {
+                txn: usize,
+                events: Vec<usize>,
+                json: String,
+            }
+            let mut planned: Vec<Planned> = Vec::new();
+            let mut accepted = Vec::with_capacity(txns.len());
+            for (ti, t) in txns.iter().enumerate() {
+                if !is_new[ti] {
+                    accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
                     continue;
                 }
-                // One multi-row INSERT per chunk instead of one statement per event: a
-                // statement is a round trip to the database (SQLite: to its worker thread),
-                // which cost more than the insert itself.
-                let mut new_events = 0;
-                for chunk in insert_chunks(t.events) {
-                    let mut query = sqlx::query(rows_sql(RowsSql::Events, chunk.len()))
-                        .bind(t.txn_id)
-                        .bind(now);
-                    for ev in chunk {
-                        query = query
-                            .bind(ev.event_id.as_ref())
-                            .bind(ev.room_id.as_ref())
-                            .bind(ev.json);
-                    }
-                    new_events += query.execute(&mut *tx).await?.rows_affected();
-                }
-                outcomes.push(AcceptOutcome::Stored {
-                    new_events: usize::try_from(new_events).unwrap_or(usize::MAX),
+                // `remove`: an event twice in one transaction is stored once, the first time.
+                let new_events: Vec<usize> = (0..t.events.len())
+                    .filter(|&i| fresh.remove(t.events[i].event_id.as_ref()))
+                    .collect();
+                accepted.push(Accepted {
+                    outcome: AcceptOutcome::Stored { new_events: new_events.len() },
+                    batches: vec![],
                 });
+                for run in chunks_by_size(&new_events, budget, |&i| t.events[i].json.len()) {
+                    let bytes: usize = run.iter().map(|&i| t.events[i].json.len() + 1).sum();
+                    let mut json = String::with_capacity(bytes + 2);
+                    json.push('[');
+                    for (k, &i) in run.iter().enumerate() {
+                        if k > 0 {
+                            json.push(',');
+                        }
+                        json.push_str(t.events[i].json);
+                    }
+                    json.push(']');
+                    planned.push(Planned { txn: ti, events: run.to_vec(), json });
+                }
+            }
+            let mut seqs: Vec<i64> = Vec::with_capacity(planned.len());
+            for chunk in chunks_by_size(&planned, budget, |b| b.json.len()) {
+                let mut query = sqlx::query(rows_sql(RowsSql::Batches, chunk.len())).bind(now);
+                for b in chunk {
+                    let n = i32::try_from(b.events.len()).map_err(corrupt)?;
+                    query = query.bind(txns[b.txn].txn_id).bind(b.json.as_str()).bind(n);
+                }
+                let mut got: Vec<i64> = query
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<std::result::Result<_, _>>()?;
+                if got.len() != chunk.len() {
+                    return Err(corrupt("a batch insert returned the wrong number of rows"));
+                }
+                // Rows are inserted in VALUES order, so their seqs ascend in that order.
+                got.sort_unstable();
+                seqs.extend(got);
             }
             tx.commit().await?;
-            Ok(outcomes)
+            for (b, seq) in planned.into_iter().zip(seqs) {
+                accepted[b.txn].batches.push(StoredBatch { seq, events: b.events });
+            }
+            Ok(accepted)
         })
     }
 
-    /// Returns up to `limit` pending events with `seq > after`, oldest first.
+    /// Returns up to `limit` stored batches with `seq > after`, oldest first, each with the
+    /// events not handled yet (by the recorded progress of their rooms) and their failed
+    /// attempts so far.
     ///
     /// # Errors
-    /// When the database fails.
-    pub async fn pending_events(&self, after: i64, limit: i64) -> Result<Vec<PendingEvent>> {
-        with_pool!(self, |pool| {
-            let rows = sqlx::query(
-                "SELECT seq, event_id, room_id, event_json, attempts FROM mx_inbox \
-                 WHERE status = 0 AND seq > $1 ORDER BY seq LIMIT $2",
+    /// When the database fails or a stored batch is not valid JSON.
+    pub async fn pending_batches(&self, after: i64, limit: i64) -> Result<Vec<PendingBatch>> {
+        let rows: Vec<(i64, String)> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT seq, events FROM mx_inbox_batch WHERE seq > $1 ORDER BY seq LIMIT $2",
             )
             .bind(after)
             .bind(limit)
             .fetch_all(pool)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(PendingEvent {
-                        seq: r.try_get("seq")?,
-                        event_id: r.try_get("event_id")?,
-                        room_id: r.try_get("room_id")?,
-                        json: r.try_get::<Option<String>, _>("event_json")?.unwrap_or_default(),
-                        attempts: r.try_get("attempts")?,
-                    })
-                })
-                .collect()
-        })
+            .await?
+        });
+        let mut batches = Vec::with_capacity(rows.len());
+        for (seq, json) in &rows {
+            batches.push(PendingBatch { seq: *seq, events: parse_batch(*seq, json)? });
+        }
+        let rooms: HashSet<&str> =
+            batches.iter().flat_map(|b| b.events.iter().map(|e| e.room_id.as_str())).collect();
+        if rooms.is_empty() {
+            return Ok(batches);
+        }
+        let progress = self.room_progress(rooms.into_iter()).await?;
+        for b in &mut batches {
+            b.events.retain(|e| match e.pos {
+                InboxPos::Batch { seq, idx } => after_progress(progress.get(&e.room_id), seq, idx),
+                InboxPos::Requeued { .. } => true,
+            });
+        }
+        let ids: Vec<&str> =
+            batches.iter().flat_map(|b| b.events.iter().map(|e| e.event_id.as_str())).collect();
+        let attempts = self.attempts_of(&ids).await?;
+        if !attempts.is_empty() {
+            for e in batches.iter_mut().flat_map(|b| b.events.iter_mut()) {
+                e.attempts = attempts.get(&e.event_id).copied().unwrap_or(0);
+            }
+        }
+        Ok(batches)
     }
 
-    /// Marks an event handled: its JSON is dropped, its ID stays for deduplication.
+    /// The recorded progress (batch, index of the last handled event) of the given rooms.
+    async fn room_progress<'a>(
+        &self,
+        rooms: impl Iterator<Item = &'a str>,
+    ) -> Result<HashMap<String, (i64, i32)>> {
+        let list = serde_json::to_string(&rooms.collect::<Vec<_>>()).map_err(corrupt)?;
+        let sql = match self.backend_name() {
+            "postgres" => {
+                "SELECT room_id, batch_seq, idx FROM mx_room_progress \
+                 WHERE room_id IN (SELECT value FROM json_array_elements_text($1::json))"
+            }
+            _ => {
+                "SELECT room_id, batch_seq, idx FROM mx_room_progress \
+                 WHERE room_id IN (SELECT value FROM json_each($1))"
+            }
+        };
+        let rows: Vec<(String, i64, i32)> =
+            with_pool!(self, |pool| sqlx::query_as(sql).bind(&list).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(room, seq, idx)| (room, (seq, idx))).collect())
+    }
+
+    /// Failed attempts recorded for the given events (only those with any).
+    async fn attempts_of(&self, event_ids: &[&str]) -> Result<HashMap<String, i32>> {
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = serde_json::to_string(event_ids).map_err(corrupt)?;
+        let sql = match self.backend_name() {
+            "postgres" => {
+                "SELECT event_id, attempts FROM mx_event_attempts \
+                 WHERE event_id IN (SELECT value FROM json_array_elements_text($1::json))"
+            }
+            _ => {
+                "SELECT event_id, attempts FROM mx_event_attempts \
+                 WHERE event_id IN (SELECT value FROM json_each($1))"
+            }
+        };
+        let rows: Vec<(String, i32)> =
+            with_pool!(self, |pool| sqlx::query_as(sql).bind(&list).fetch_all(pool).await?);
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Parked events put back in line by [`Store::retry_parked`], with `seq > after`, oldest
+    /// first.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn mark_done(&self, seq: i64) -> Result<()> {
-        with_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE mx_inbox SET status = $1, event_json = NULL, last_error = NULL, \
-                 done_at = $2 WHERE seq = $3",
+    pub async fn requeued_events(&self, after: i64, limit: i64) -> Result<Vec<PendingEvent>> {
+        let rows: Vec<(i64, String, String, String)> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT seq, event_id, room_id, event_json FROM mx_parked \
+                 WHERE requeued = TRUE AND seq > $1 ORDER BY seq LIMIT $2",
             )
-            .bind(DONE)
-            .bind(now_ms())
-            .bind(seq)
-            .execute(pool)
-            .await?;
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
         });
-        Ok(())
+        let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        let attempts = self.attempts_of(&ids).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, event_id, room_id, json)| PendingEvent {
+                pos: InboxPos::Requeued { seq },
+                attempts: attempts.get(&event_id).copied().unwrap_or(0),
+                event_id,
+                room_id,
+                json,
+            })
+            .collect())
     }
 
-    /// Marks many handled events done in one statement (see [`Store::mark_done`]).
+    /// Records handled events in one database transaction: the progress of each room (the
+    /// position of its last handled event; progress never moves back), the batches whose events
+    /// are all handled (deleted), and requeued parked events that are now handled (deleted).
     ///
     /// # Errors
-    /// When the database fails; then none is marked.
-    pub async fn mark_done_many(&self, seqs: &[i64]) -> Result<()> {
-        if seqs.is_empty() {
+    /// When the database fails; then nothing is recorded.
+    pub async fn record_handled(
+        &self,
+        progress: &[(&str, i64, i32)],
+        finished_batches: &[i64],
+        finished_requeued: &[i64],
+    ) -> Result<()> {
+        if progress.is_empty() && finished_batches.is_empty() && finished_requeued.is_empty() {
             return Ok(());
         }
-        // The list travels as one JSON array parameter, so the SQL text stays fixed.
-        let list = serde_json::to_string(seqs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sql = match self.backend_name() {
-            "postgres" => {
-                "UPDATE mx_inbox SET status = $1, event_json = NULL, last_error = NULL, done_at = $2 \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($3::json))"
-            }
-            _ => {
-                "UPDATE mx_inbox SET status = $1, event_json = NULL, last_error = NULL, done_at = $2 \
-                 WHERE seq IN (SELECT value FROM json_each($3))"
-            }
+        // The lists travel as JSON array parameters, so the SQL text stays fixed.
+        let progress = serde_json::to_string(progress).map_err(corrupt)?;
+        let batches = serde_json::to_string(finished_batches).map_err(corrupt)?;
+        let requeued = serde_json::to_string(finished_requeued).map_err(corrupt)?;
+        let (upsert, delete_batches, delete_parked) = match self.backend_name() {
+            "postgres" => (
+                "INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
+                 SELECT value->>0, (value->>1)::bigint, (value->>2)::integer \
+                 FROM json_array_elements($1::json) \
+                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, idx = excluded.idx \
+                 WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx)",
+                "DELETE FROM mx_inbox_batch \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
+                "DELETE FROM mx_parked \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
+            ),
+            _ => (
+                "INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
+                 SELECT value->>0, value->>1, value->>2 FROM json_each($1) WHERE true \
+                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, idx = excluded.idx \
+                 WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx)",
+                "DELETE FROM mx_inbox_batch WHERE seq IN (SELECT value FROM json_each($1))",
+                "DELETE FROM mx_parked WHERE seq IN (SELECT value FROM json_each($1))",
+            ),
         };
         with_pool!(self, |pool| {
-            sqlx::query(sql).bind(DONE).bind(now_ms()).bind(&list).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            for (sql, list, empty) in [
+                (upsert, &progress, progress == "[]"),
+                (delete_batches, &batches, finished_batches.is_empty()),
+                (delete_parked, &requeued, finished_requeued.is_empty()),
+            ] {
+                if !empty {
+                    sqlx::query(sql).bind(list).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -322,68 +583,111 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn record_failure(&self, seq: i64, error: &str) -> Result<i32> {
+    pub async fn record_failure(&self, event_id: &str, error: &str) -> Result<i32> {
         with_pool!(self, |pool| {
             let attempts: i32 = sqlx::query_scalar(
-                "UPDATE mx_inbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2 \
-                 RETURNING attempts",
+                "INSERT INTO mx_event_attempts (event_id, attempts, last_error) VALUES ($1, 1, $2) \
+                 ON CONFLICT (event_id) DO UPDATE SET attempts = mx_event_attempts.attempts + 1, \
+                 last_error = excluded.last_error RETURNING attempts",
             )
+            .bind(event_id)
             .bind(error)
-            .bind(seq)
             .fetch_one(pool)
             .await?;
             Ok(attempts)
         })
     }
 
-    /// Parks an event: it is not handed out again, and keeps its JSON and error for inspection.
+    /// Forgets the failed attempts of an event (it succeeded after all).
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn park(&self, seq: i64, error: &str) -> Result<()> {
+    pub async fn clear_failures(&self, event_id: &str) -> Result<()> {
         with_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE mx_inbox SET status = $1, last_error = $2, done_at = $3 WHERE seq = $4",
-            )
-            .bind(PARKED)
-            .bind(error)
-            .bind(now_ms())
-            .bind(seq)
-            .execute(pool)
-            .await?;
+            sqlx::query("DELETE FROM mx_event_attempts WHERE event_id = $1")
+                .bind(event_id)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }
 
-    /// Puts parked events back in the queue (all of them, or the one with `event_id`) and
-    /// returns how many. They are handed out again from the next fetch on.
+    /// Parks an event: it keeps its JSON and error for inspection and is not handed out again
+    /// until [`Store::retry_parked`]. For an event of a batch, its room's progress moves past
+    /// it in the same database transaction.
+    ///
+    /// # Errors
+    /// When the database fails; then nothing changed.
+    pub async fn park(&self, event: &PendingEvent, attempts: i32, error: &str) -> Result<()> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO mx_parked \
+                 (event_id, room_id, event_json, attempts, last_error, parked_at, requeued) \
+                 VALUES ($1, $2, $3, $4, $5, $6, FALSE) ON CONFLICT (event_id) DO UPDATE SET \
+                 room_id = excluded.room_id, event_json = excluded.event_json, \
+                 attempts = excluded.attempts, last_error = excluded.last_error, \
+                 parked_at = excluded.parked_at, requeued = FALSE",
+            )
+            .bind(&event.event_id)
+            .bind(&event.room_id)
+            .bind(&event.json)
+            .bind(attempts)
+            .bind(error)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM mx_event_attempts WHERE event_id = $1")
+                .bind(&event.event_id)
+                .execute(&mut *tx)
+                .await?;
+            if let InboxPos::Batch { seq, idx } = event.pos {
+                sqlx::query(
+                    "INSERT INTO mx_room_progress (room_id, batch_seq, idx) VALUES ($1, $2, $3) \
+                     ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, \
+                     idx = excluded.idx WHERE (excluded.batch_seq, excluded.idx) > \
+                     (mx_room_progress.batch_seq, mx_room_progress.idx)",
+                )
+                .bind(&event.room_id)
+                .bind(seq)
+                .bind(idx)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Puts parked events back in line (all of them, or the one with `event_id`) and returns
+    /// how many. A running dispatcher of this store picks them up at once.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn retry_parked(&self, event_id: Option<&str>) -> Result<u64> {
-        with_pool!(self, |pool| {
-            let done = match event_id {
+        let n = with_pool!(self, |pool| {
+            match event_id {
                 Some(id) => {
                     sqlx::query(
-                        "UPDATE mx_inbox SET status = $1, attempts = 0 \
-                         WHERE status = $2 AND event_id = $3",
+                        "UPDATE mx_parked SET requeued = TRUE \
+                         WHERE requeued = FALSE AND event_id = $1",
                     )
-                    .bind(PENDING)
-                    .bind(PARKED)
                     .bind(id)
                     .execute(pool)
                     .await?
                 }
                 None => {
-                    sqlx::query("UPDATE mx_inbox SET status = $1, attempts = 0 WHERE status = $2")
-                        .bind(PENDING)
-                        .bind(PARKED)
+                    sqlx::query("UPDATE mx_parked SET requeued = TRUE WHERE requeued = FALSE")
                         .execute(pool)
                         .await?
                 }
-            };
-            Ok(done.rows_affected())
-        })
+            }
+            .rows_affected()
+        });
+        if n > 0 {
+            self.inbox_wake.notify_one();
+        }
+        Ok(n)
     }
 
     /// Lists parked events, oldest first.
@@ -393,10 +697,9 @@ impl Store {
     pub async fn parked_events(&self, limit: i64) -> Result<Vec<ParkedEvent>> {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT seq, event_id, room_id, attempts, last_error FROM mx_inbox \
-                 WHERE status = $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, event_id, room_id, attempts, last_error FROM mx_parked \
+                 WHERE requeued = FALSE ORDER BY seq LIMIT $1",
             )
-            .bind(PARKED)
             .bind(limit)
             .fetch_all(pool)
             .await?;
@@ -414,19 +717,52 @@ impl Store {
         })
     }
 
-    /// The inbox status of an event (`0` pending, `1` done, `2` parked) and its attempts, if the
-    /// event ID is still remembered.
+    /// The inbox status of an event (`0` pending, `1` handled, `2` parked) and its failed
+    /// attempts, if the event ID is still remembered. A diagnostic: it may scan the pending
+    /// batches.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn inbox_status(&self, event_id: &str) -> Result<Option<(i32, i32)>> {
-        with_pool!(self, |pool| {
-            let row = sqlx::query("SELECT status, attempts FROM mx_inbox WHERE event_id = $1")
+        let attempts = self.attempts_of(&[event_id]).await?.get(event_id).copied().unwrap_or(0);
+        let parked: Option<(i32, bool)> = with_pool!(self, |pool| {
+            sqlx::query_as("SELECT attempts, requeued FROM mx_parked WHERE event_id = $1")
                 .bind(event_id)
                 .fetch_optional(pool)
-                .await?;
-            row.map(|r| Ok((r.try_get("status")?, r.try_get("attempts")?))).transpose()
-        })
+                .await?
+        });
+        match parked {
+            Some((_, true)) => return Ok(Some((0, attempts))),
+            Some((parked_attempts, false)) => return Ok(Some((2, parked_attempts))),
+            None => {}
+        }
+        let seen: Option<i64> = with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT seen_at FROM mx_event_seen WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        if seen.is_none() {
+            return Ok(None);
+        }
+        let sql = match self.backend_name() {
+            "postgres" => "SELECT seq, events FROM mx_inbox_batch WHERE strpos(events, $1) > 0",
+            _ => "SELECT seq, events FROM mx_inbox_batch WHERE instr(events, $1) > 0",
+        };
+        let rows: Vec<(i64, String)> =
+            with_pool!(self, |pool| sqlx::query_as(sql).bind(event_id).fetch_all(pool).await?);
+        for (seq, json) in &rows {
+            let Some(event) = parse_batch(*seq, json)?.into_iter().find(|e| e.event_id == event_id)
+            else {
+                continue;
+            };
+            let InboxPos::Batch { seq, idx } = event.pos else { continue };
+            let progress = self.room_progress(std::iter::once(event.room_id.as_str())).await?;
+            if after_progress(progress.get(&event.room_id), seq, idx) {
+                return Ok(Some((0, attempts)));
+            }
+        }
+        Ok(Some((1, 0)))
     }
 
     /// Counts pending and parked events.
@@ -435,31 +771,30 @@ impl Store {
     /// When the database fails.
     pub async fn inbox_stats(&self) -> Result<InboxStats> {
         with_pool!(self, |pool| {
-            let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mx_inbox WHERE status = 0")
-                .fetch_one(pool)
-                .await?;
-            let parked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mx_inbox WHERE status = 2")
-                .fetch_one(pool)
-                .await?;
-            let oldest: Option<i64> = sqlx::query_scalar(
-                "SELECT received_at FROM mx_inbox WHERE status = 0 ORDER BY seq LIMIT 1",
+            let (in_batches, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COALESCE(SUM(n_events), 0), MIN(received_at) FROM mx_inbox_batch",
             )
-            .fetch_optional(pool)
+            .fetch_one(pool)
             .await?;
-            Ok(InboxStats { pending, parked, oldest_pending_ms: oldest })
+            let (parked, requeued): (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(SUM(CASE WHEN requeued THEN 0 ELSE 1 END), 0), \
+                 COALESCE(SUM(CASE WHEN requeued THEN 1 ELSE 0 END), 0) FROM mx_parked",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok(InboxStats { pending: in_batches + requeued, parked, oldest_pending_ms: oldest })
         })
     }
 
-    /// Forgets handled events and seen transactions older than `max_age_ms`; returns how many
-    /// rows went. Pending and parked events are never pruned.
+    /// Forgets event IDs and transactions seen more than `max_age_ms` ago; returns how many
+    /// rows went. Pending batches and parked events are never pruned.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
         let cutoff = now_ms() - max_age_ms;
         with_pool!(self, |pool| {
-            let a = sqlx::query("DELETE FROM mx_inbox WHERE status = $1 AND done_at < $2")
-                .bind(DONE)
+            let a = sqlx::query("DELETE FROM mx_event_seen WHERE seen_at < $1")
                 .bind(cutoff)
                 .execute(pool)
                 .await?
@@ -478,36 +813,54 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn event(id: usize, len: usize) -> (String, String) {
-        (format!("$e{id}"), "x".repeat(len))
-    }
-
     #[test]
-    fn insert_chunks_keep_order_and_bounds() {
-        let owned: Vec<_> =
-            (0..300).map(|i| event(i, if i % 7 == 0 { 9000 } else { 300 })).collect();
-        let events: Vec<_> = owned
-            .iter()
-            .map(|(id, json)| NewEvent { event_id: id.into(), room_id: "!r:x".into(), json })
-            .collect();
-        let chunks: Vec<_> = insert_chunks(&events).collect();
-        let ids: Vec<_> =
-            chunks.iter().flat_map(|c| c.iter().map(|e| e.event_id.clone())).collect();
-        assert_eq!(ids, events.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>());
+    fn chunks_keep_order_and_bounds() {
+        let sizes: Vec<usize> = (0..300).map(|i| if i % 7 == 0 { 9000 } else { 300 }).collect();
+        let chunks: Vec<_> = chunks_by_size(&sizes, 8 * 1024, |s| *s).collect();
+        let flat: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(flat, sizes);
         for c in &chunks {
             assert!(!c.is_empty() && c.len() <= INSERT_CHUNK);
-            let bytes: usize = c.iter().map(|e| e.json.len()).sum();
-            // An event larger than the budget goes alone.
-            assert!(bytes <= INSERT_CHUNK_BYTES || c.len() == 1, "{bytes} bytes in {}", c.len());
+            let bytes: usize = c.iter().sum();
+            // An item larger than the budget goes alone.
+            assert!(bytes <= 8 * 1024 || c.len() == 1, "{bytes} bytes in {}", c.len());
         }
-        assert_eq!(insert_chunks(&[]).count(), 0);
+        assert_eq!(chunks_by_size(&[] as &[usize], 10, |s| *s).count(), 0);
     }
 
     #[test]
-    fn insert_sql_numbers_three_parameters_per_event() {
-        let sql = RowsSql::Events.build(2);
-        assert!(sql.ends_with(
-            "VALUES ($3, $4, $1, $5, 0, $2), ($6, $7, $1, $8, 0, $2) ON CONFLICT (event_id) DO NOTHING"
-        ));
+    fn row_sql_numbers_parameters_per_row() {
+        assert!(
+            RowsSql::Batches
+                .build(2)
+                .ends_with("VALUES ($2, $3, $4, $1), ($5, $6, $7, $1) RETURNING seq")
+        );
+        assert!(RowsSql::Seen.build(2).contains("VALUES ($2, $1), ($3, $1) ON CONFLICT"));
+    }
+
+    #[test]
+    fn progress_compares_batch_then_index() {
+        assert!(after_progress(None, 1, 0));
+        assert!(after_progress(Some(&(1, 3)), 1, 4));
+        assert!(after_progress(Some(&(1, 3)), 2, 0));
+        assert!(!after_progress(Some(&(1, 3)), 1, 3));
+        assert!(!after_progress(Some(&(2, 0)), 1, 9));
+    }
+
+    #[test]
+    fn stored_batches_parse_back_into_events() {
+        let events = parse_batch(
+            7,
+            r#"[{"event_id":"$a","room_id":"!r:x","x":1},{"event_id":"$b","room_id":"!s:x"}]"#,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].pos, InboxPos::Batch { seq: 7, idx: 1 });
+        assert_eq!(events[0].json, r#"{"event_id":"$a","room_id":"!r:x","x":1}"#);
+        // One that does not parse back comes out with a made-up ID, to be parked.
+        let odd = parse_batch(1, r#"[{"room_id":1}]"#).unwrap();
+        assert_eq!(odd[0].event_id, "malformed:1:0");
+        assert_eq!(odd[0].json, r#"{"room_id":1}"#);
+        assert!(parse_batch(1, "not json").is_err());
     }
 }

@@ -1,12 +1,31 @@
 //! One conformance suite for every store backend: SQLite always, PostgreSQL when
 //! `MXBRIDGE_TEST_POSTGRES` names a server.
 
-use mxbridge::store::{AcceptOutcome, Membership, NewEvent, RoomStateField, Store};
+use mxbridge::store::{
+    AcceptOutcome, InboxPos, Membership, NewEvent, PendingEvent, RoomStateField, Store,
+};
 
 use crate::common::{fresh_store, postgres_url};
 
-fn ev<'a>(id: &'a str, room: &'a str, json: &'a str) -> NewEvent<'a> {
-    NewEvent { event_id: id.into(), room_id: room.into(), json }
+/// An event with this ID and room; `content` is put in its JSON.
+fn ev<'a>(id: &'a str, room: &'a str, content: &str) -> NewEvent<'a> {
+    let json = format!(r#"{{"event_id":"{id}","room_id":"{room}","content":{content}}}"#);
+    NewEvent { event_id: id.into(), room_id: room.into(), json: Box::leak(json.into_boxed_str()) }
+}
+
+/// Every pending event, in inbox order.
+async fn pending(store: &Store) -> Vec<PendingEvent> {
+    let mut events: Vec<PendingEvent> =
+        store.pending_batches(0, 1000).await.unwrap().into_iter().flat_map(|b| b.events).collect();
+    events.extend(store.requeued_events(0, 1000).await.unwrap());
+    events
+}
+
+fn batch_pos(e: &PendingEvent) -> (i64, i32) {
+    match e.pos {
+        InboxPos::Batch { seq, idx } => (seq, idx),
+        InboxPos::Requeued { .. } => panic!("not in a batch: {e:?}"),
+    }
 }
 
 async fn inbox_stores_dedups_and_orders(store: Store) {
@@ -18,36 +37,70 @@ async fn inbox_stores_dedups_and_orders(store: Store) {
     // Same txn ID and hash: nothing written.
     let out = store.accept_transaction("1", "h1", &[ev("$c", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Duplicate);
-    // Same txn ID, other content (a homeserver restart): stored; a known event ID is skipped.
+    // Same txn ID, other content (a homeserver restart): stored; a known event ID is skipped,
+    // and an event twice in one transaction is stored once.
     let out = store
-        .accept_transaction("1", "h2", &[ev("$b", "!r", "{}"), ev("$c", "!s", "{}")])
+        .accept_transaction(
+            "1",
+            "h2",
+            &[ev("$b", "!r", "{}"), ev("$c", "!s", "{}"), ev("$c", "!s", "{}")],
+        )
         .await
         .unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
-    let pending = store.pending_events(0, 10).await.unwrap();
+    let pending = pending(&store).await;
     let ids: Vec<_> = pending.iter().map(|p| p.event_id.as_str()).collect();
     assert_eq!(ids, ["$a", "$b", "$c"]);
-    assert_eq!(pending[0].json, "{\"a\":1}");
-    assert!(pending[0].seq < pending[1].seq && pending[1].seq < pending[2].seq);
-    let after_first = store.pending_events(pending[0].seq, 10).await.unwrap();
-    assert_eq!(after_first.len(), 2);
+    assert_eq!(pending[0].json, r#"{"event_id":"$a","room_id":"!r","content":{"a":1}}"#);
+    assert_eq!(pending[2].room_id, "!s");
+    let pos: Vec<_> = pending.iter().map(batch_pos).collect();
+    assert!(pos[0] < pos[1] && pos[1] < pos[2], "{pos:?}");
+    let after_first = store.pending_batches(pos[0].0, 10).await.unwrap();
+    assert_eq!(after_first.len(), 1);
     let stats = store.inbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (3, 0));
     assert!(stats.oldest_pending_ms.is_some());
 }
 
-async fn done_events_stay_deduplicated_until_pruned(store: Store) {
+async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
-    let seq = store.pending_events(0, 1).await.unwrap()[0].seq;
-    store.mark_done(seq).await.unwrap();
-    assert!(store.pending_events(0, 10).await.unwrap().is_empty());
+    let event = pending(&store).await.remove(0);
+    let (seq, idx) = batch_pos(&event);
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 0)));
+    store.record_handled(&[("!r", seq, idx)], &[seq], &[]).await.unwrap();
+    assert!(pending(&store).await.is_empty());
+    assert_eq!(store.inbox_stats().await.unwrap().pending, 0);
     assert_eq!(store.inbox_status("$a").await.unwrap(), Some((1, 0)));
     let out = store.accept_transaction("2", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
-    // Pruning with a retention of an hour keeps it; with a negative age everything done goes.
+    // Pruning with a retention of an hour keeps it; with a negative age it goes.
     assert_eq!(store.prune_dedup(3_600_000).await.unwrap(), 0);
     assert!(store.prune_dedup(-1000).await.unwrap() >= 1);
     assert_eq!(store.inbox_status("$a").await.unwrap(), None);
+}
+
+async fn room_progress_hides_handled_events_of_a_batch(store: Store) {
+    let evs: Vec<(String, &str)> =
+        (0..6).map(|i| (format!("$m{i}"), if i % 2 == 0 { "!r" } else { "!s" })).collect();
+    let new: Vec<NewEvent<'_>> = evs.iter().map(|(e, r)| ev(e, r, "{}")).collect();
+    store.accept_transaction("1", "h", &new).await.unwrap();
+    let all = pending(&store).await;
+    assert_eq!(all.len(), 6);
+    // !r handled up to $m2 (index 2), !s up to $m1; a stale position never moves progress back.
+    let (seq, _) = batch_pos(&all[0]);
+    store.record_handled(&[("!r", seq, 2), ("!s", seq, 1)], &[], &[]).await.unwrap();
+    store.record_handled(&[("!r", seq, 0)], &[], &[]).await.unwrap();
+    store.record_handled(&[], &[], &[]).await.unwrap();
+    let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
+    assert_eq!(left, ["$m3", "$m4", "$m5"]);
+    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some((1, 0)));
+    assert_eq!(store.inbox_status("$m4").await.unwrap(), Some((0, 0)));
+    // All handled: the batch is still there (until deleted) but has no events left.
+    store.record_handled(&[("!r", seq, 4), ("!s", seq, 5)], &[], &[]).await.unwrap();
+    let batches = store.pending_batches(0, 10).await.unwrap();
+    assert_eq!((batches.len(), batches[0].events.len()), (1, 0));
+    store.record_handled(&[], &[seq], &[]).await.unwrap();
+    assert!(store.pending_batches(0, 10).await.unwrap().is_empty());
 }
 
 async fn failures_count_and_parked_events_can_be_retried(store: Store) {
@@ -55,23 +108,38 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
         .accept_transaction("1", "h", &[ev("$a", "!r", "{}"), ev("$b", "!r", "{}")])
         .await
         .unwrap();
-    let seq = store.pending_events(0, 1).await.unwrap()[0].seq;
-    assert_eq!(store.record_failure(seq, "boom").await.unwrap(), 1);
-    assert_eq!(store.record_failure(seq, "boom again").await.unwrap(), 2);
-    store.park(seq, "gave up").await.unwrap();
+    let first = pending(&store).await.remove(0);
+    assert_eq!(store.record_failure("$a", "boom").await.unwrap(), 1);
+    assert_eq!(store.record_failure("$a", "boom again").await.unwrap(), 2);
+    assert_eq!(pending(&store).await[0].attempts, 2, "attempts survive a re-read");
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 2)));
+    store.park(&first, 2, "gave up").await.unwrap();
     let parked = store.parked_events(10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!((parked[0].event_id.as_str(), parked[0].attempts), ("$a", 2));
     assert_eq!(parked[0].last_error.as_deref(), Some("gave up"));
-    // Parked events are not pruned and not pending.
-    assert_eq!(store.prune_dedup(-1000).await.unwrap(), 1, "only the txn row goes");
-    assert_eq!(store.pending_events(0, 10).await.unwrap().len(), 1);
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((2, 2)));
+    // Parking moved the room's progress past it: only $b is pending.
+    let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
+    assert_eq!(left, ["$b"]);
     assert_eq!(store.inbox_stats().await.unwrap().parked, 1);
     assert_eq!(store.retry_parked(Some("$nope")).await.unwrap(), 0);
     assert_eq!(store.retry_parked(Some("$a")).await.unwrap(), 1);
-    let pending = store.pending_events(0, 10).await.unwrap();
-    assert_eq!(pending.len(), 2);
-    assert_eq!(pending[0].attempts, 0);
+    let again = pending(&store).await;
+    assert_eq!(again.len(), 2);
+    let requeued = again.iter().find(|p| p.event_id == "$a").unwrap();
+    assert!(matches!(requeued.pos, InboxPos::Requeued { .. }));
+    assert_eq!(requeued.attempts, 0);
+    assert_eq!(requeued.json, r#"{"event_id":"$a","room_id":"!r","content":{}}"#);
+    assert!(store.parked_events(10).await.unwrap().is_empty());
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 0)));
+    // Handled now: the parked row goes.
+    let InboxPos::Requeued { seq } = requeued.pos else { unreachable!() };
+    store.record_handled(&[], &[], &[seq]).await.unwrap();
+    // The batch of $a and $b counts both until it is deleted as a whole.
+    let stats = store.inbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.parked), (2, 0));
+    assert!(store.requeued_events(0, 10).await.unwrap().is_empty());
 }
 
 async fn membership_and_room_state_cache(store: Store) {
@@ -112,7 +180,7 @@ async fn reconnect_keeps_data_and_migrations_are_idempotent(
     store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     store.close().await;
     let again = reopen().await;
-    assert_eq!(again.pending_events(0, 10).await.unwrap().len(), 1);
+    assert_eq!(pending(&again).await.len(), 1);
 }
 
 macro_rules! suite {
@@ -140,7 +208,7 @@ macro_rules! suite {
             async fn dedup_and_prune() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
-                done_events_stay_deduplicated_until_pruned(s).await;
+                handled_events_stay_deduplicated_until_pruned(s).await;
             }
 
             #[tokio::test]
@@ -158,10 +226,10 @@ macro_rules! suite {
             }
 
             #[tokio::test]
-            async fn mark_done_many() {
+            async fn room_progress() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
-                marking_many_done_at_once(s).await;
+                room_progress_hides_handled_events_of_a_batch(s).await;
             }
 
             #[tokio::test]
@@ -256,20 +324,6 @@ async fn bridge_mappings(store: Store) {
     assert!(store.kv_delete("hooks", "a").await.unwrap());
     assert_eq!(store.kv_get("hooks", "a").await.unwrap(), None);
     assert_eq!(store.kv_get("other", "a").await.unwrap().as_deref(), Some("x"));
-}
-
-async fn marking_many_done_at_once(store: Store) {
-    let evs: Vec<String> = (0..5).map(|i| format!("$m{i}")).collect();
-    let new: Vec<NewEvent<'_>> = evs.iter().map(|e| ev(e, "!r", "{}")).collect();
-    store.accept_transaction("1", "h", &new).await.unwrap();
-    let pending = store.pending_events(0, 10).await.unwrap();
-    let seqs: Vec<i64> = pending.iter().map(|p| p.seq).collect();
-    store.mark_done_many(&[seqs[0], seqs[2], seqs[4]]).await.unwrap();
-    store.mark_done_many(&[]).await.unwrap();
-    let left: Vec<_> =
-        store.pending_events(0, 10).await.unwrap().into_iter().map(|p| p.event_id).collect();
-    assert_eq!(left, ["$m1", "$m3"]);
-    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some((1, 0)));
 }
 
 async fn portal_lookups_by_room_follow_writes(store: Store) {
