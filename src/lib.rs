@@ -42,6 +42,7 @@ pub use appservice::AppService;
 pub use bridge::{Bridge, BridgeError, BridgeResult, Event};
 pub use config::Config;
 pub use context::Context;
+pub use dispatch::{MAX_IN_FLIGHT, MAX_QUEUED};
 pub use error::{Error, Result};
 pub use matrix::{
     CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,

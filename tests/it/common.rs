@@ -68,6 +68,9 @@ pub struct RecorderConfig {
     /// Wait this long in the handler before recording.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Hold every handler call until this file exists.
+    #[serde(default)]
+    pub hold_file: Option<String>,
 }
 
 /// A bridge that records what it handled.
@@ -103,6 +106,11 @@ impl Bridge for Recorder {
             *n += 1;
             *n
         };
+        if let Some(path) = &self.config.hold_file {
+            while !std::path::Path::new(path).exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         if self.config.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.delay_ms)).await;
         }

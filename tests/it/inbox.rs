@@ -98,3 +98,105 @@ async fn pending_events_resume_after_a_restart_and_are_not_handled_twice() {
     assert_eq!(all, ids, "every event once, in order");
     app.stop().await;
 }
+
+/// More events than fit in memory (routed plus queued for hand-off) while the handler is held:
+/// the server's hand-off overflows and the dispatcher reads the rest from the database. Every
+/// event is handled once, in order per room.
+#[tokio::test]
+async fn a_backlog_beyond_the_hand_off_queue_is_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let hold = dir.path().join("go");
+    let app = Running::start(&db, &format!("{{hold_file: '{}'}}", hold.display())).await;
+    let client = crate::common::http();
+    let rooms = ["!a:localhost", "!b:localhost", "!c:localhost", "!d:localhost"];
+    let total = mxbridge::MAX_IN_FLIGHT + mxbridge::MAX_QUEUED + 800;
+    let mut sent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (txn, chunk) in (0..total).collect::<Vec<_>>().chunks(100).enumerate() {
+        let events: Vec<(&str, String)> =
+            chunk.iter().map(|&i| (rooms[i % rooms.len()], format!("$q{i}"))).collect();
+        for (room, id) in &events {
+            sent.entry(room).or_default().push(id.clone());
+        }
+        let refs: Vec<(&str, &str)> = events.iter().map(|(r, e)| (*r, e.as_str())).collect();
+        assert_eq!(put_txn(&client, &app.url(""), &txn.to_string(), &txn_body(&refs)).await, 200);
+    }
+    std::fs::write(&hold, "").unwrap();
+    assert!(wait_until(60, || app.bridge.handled.lock().unwrap().len() >= total).await);
+    wait_for_empty_inbox(&app.store).await;
+    let handled = app.bridge.handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), total, "each event once");
+    for room in rooms {
+        let order: Vec<_> =
+            handled.iter().filter(|(r, _)| r == room).map(|(_, e)| e.clone()).collect();
+        assert_eq!(order, sent[room], "order in {room}");
+    }
+    app.stop().await;
+}
+
+/// A database written by the per-event inbox (schema 2) is migrated: pending events are handled
+/// in order, parked ones stay parked with their error, and handled ones stay deduplicated.
+#[tokio::test]
+async fn pending_and_parked_events_of_the_old_inbox_survive_the_migration() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let options = std::str::FromStr::from_str(&db.url).unwrap();
+    let options: sqlx::sqlite::SqliteConnectOptions = options;
+    let mut conn =
+        sqlx::SqliteConnection::connect_with(&options.create_if_missing(true)).await.unwrap();
+    let event = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","room_id":"!r:localhost","sender":"@u:localhost","type":"m.room.message","content":{{"msgtype":"m.text","body":"x"}}}}"#
+        )
+    };
+    let old_schema = format!(
+        "{}\n{}\nCREATE TABLE mx_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);\n\
+         INSERT INTO mx_schema VALUES (1, '0001_core.sql', 0), (2, '0002_bridge.sql', 0);",
+        include_str!("../../migrations/sqlite/0001_core.sql"),
+        include_str!("../../migrations/sqlite/0002_bridge.sql"),
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(old_schema)).execute(&mut conn).await.unwrap();
+    for (id, status, json, error) in [
+        ("$done", 1, None, None),
+        ("$old1", 0, Some(event("$old1")), None),
+        ("$parked", 2, Some(event("$parked")), Some("gave up")),
+        ("$old2", 0, Some(event("$old2")), None),
+    ] {
+        sqlx::query(
+            "INSERT INTO mx_inbox (event_id, room_id, txn_id, event_json, status, attempts, \
+             last_error, received_at) VALUES ($1, '!r:localhost', 't', $2, $3, 0, $4, $5)",
+        )
+        .bind(id)
+        .bind(json)
+        .bind(status)
+        .bind(error)
+        // Recent: the pruner forgets event IDs older than the retention.
+        .bind(i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+    let app = Running::start(&db, "{}").await;
+    let ok = wait_until(10, || app.bridge.handled_ids() == ["$old1", "$old2"]).await;
+    assert!(
+        ok,
+        "handled {:?}, batches {:?}, parked {:?}, stats {:?}",
+        app.bridge.handled_ids(),
+        app.store.pending_batches(0, 10).await,
+        app.store.parked_events(10).await,
+        app.store.inbox_stats().await,
+    );
+    let parked = app.store.parked_events(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event_id, "$parked");
+    assert_eq!(parked[0].last_error.as_deref(), Some("gave up"));
+    // The handled event is still known: sent again, it is not handled again.
+    let client = crate::common::http();
+    let body = txn_body(&[("!r:localhost", "$done"), ("!r:localhost", "$new")]);
+    assert_eq!(put_txn(&client, &app.url(""), "again", &body).await, 200);
+    assert!(wait_until(10, || app.bridge.handled_ids().len() == 3).await);
+    assert_eq!(app.bridge.handled_ids(), ["$old1", "$old2", "$new"]);
+    app.stop().await;
+}
