@@ -132,9 +132,29 @@ impl Event {
         let h: crate::server::transactions::Envelope<'_> = serde_json::from_str(raw.get())
             .map_err(|e| MalformedEvent(format!("bad event envelope: {e}")))?;
         let (event_id, room_id, sender) = h.validate()?;
+        let (event_id, room_id, sender) =
+            (event_id.to_owned(), room_id.to_owned(), sender.to_owned());
         let kind = h.kind.into_owned();
         let state_key = h.state_key.map(std::borrow::Cow::into_owned);
         Ok(Self { event_id, room_id, sender, kind, state_key, raw: Raw::from_json(raw) })
+    }
+
+    /// Builds an event from an envelope already parsed and validated (the intake's), copying
+    /// the JSON once.
+    pub(crate) fn from_validated(
+        (event_id, room_id, sender): (&ruma::EventId, &ruma::RoomId, &ruma::UserId),
+        kind: &str,
+        state_key: Option<&str>,
+        raw: &RawValue,
+    ) -> Self {
+        Self {
+            event_id: event_id.to_owned(),
+            room_id: room_id.to_owned(),
+            sender: sender.to_owned(),
+            kind: kind.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            raw: Raw::from_json(raw.to_owned()),
+        }
     }
 
     /// The event JSON as the homeserver sent it.

@@ -42,10 +42,18 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// them from the database.
 pub const MAX_QUEUED: usize = 8192;
 
+/// A committed batch handed over in memory: each event with its parsed form (the intake parsed
+/// it already), or with its JSON when it could not be handed over parsed.
+#[derive(Debug)]
+pub(crate) struct LiveBatch {
+    pub(crate) seq: i64,
+    pub(crate) events: Vec<(PendingEvent, Option<Event>)>,
+}
+
 /// The server's side of the inbox: hand over committed batches, queue ephemeral data.
 #[derive(Debug, Clone)]
 pub(crate) struct Inbox {
-    live: mpsc::UnboundedSender<PendingBatch>,
+    live: mpsc::UnboundedSender<LiveBatch>,
     live_state: Arc<LiveState>,
     ephemeral: mpsc::Sender<EphemeralBatch>,
 }
@@ -65,7 +73,7 @@ impl Inbox {
     /// Hands a committed batch to the dispatcher. Must be called in commit order. When the
     /// queue is full (or the dispatcher is reading from the database after an earlier
     /// overflow) the batch is not queued: the dispatcher will read it from the database.
-    pub(crate) fn hand_off(&self, batch: PendingBatch) {
+    pub(crate) fn hand_off(&self, batch: LiveBatch) {
         let state = &self.live_state;
         let n = batch.events.len().max(1);
         if state.overflow.load(Ordering::SeqCst)
@@ -83,7 +91,7 @@ impl Inbox {
 
     /// An inbox whose batches go to the returned receiver, for tests of the server side.
     #[cfg(test)]
-    pub(crate) fn for_tests() -> (Self, mpsc::UnboundedReceiver<PendingBatch>) {
+    pub(crate) fn for_tests() -> (Self, mpsc::UnboundedReceiver<LiveBatch>) {
         let (live, rx) = mpsc::unbounded_channel();
         let (ephemeral, _) = mpsc::channel(1);
         (Self { live, live_state: Arc::default(), ephemeral }, rx)
@@ -107,7 +115,7 @@ impl Inbox {
 #[derive(Debug)]
 pub(crate) struct Dispatcher<B> {
     shared: Arc<Shared<B>>,
-    live_rx: mpsc::UnboundedReceiver<PendingBatch>,
+    live_rx: mpsc::UnboundedReceiver<LiveBatch>,
     ephemeral_rx: mpsc::Receiver<EphemeralBatch>,
 }
 
@@ -166,6 +174,8 @@ impl Completed {
 
 struct Job {
     event: PendingEvent,
+    /// The event parsed, when it was handed over from the intake.
+    parsed: Option<Event>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -259,7 +269,7 @@ impl<B: Bridge> Shared<B> {
     /// Routes batches in inbox order: from the database at startup and after an overflow of
     /// the hand-off queue, from the queue otherwise. `cursor` is the last batch routed; a batch
     /// at or before it is never routed again in this process.
-    async fn fetch_loop(self: Arc<Self>, mut live_rx: mpsc::UnboundedReceiver<PendingBatch>) {
+    async fn fetch_loop(self: Arc<Self>, mut live_rx: mpsc::UnboundedReceiver<LiveBatch>) {
         let mut shutdown = self.shutdown.clone();
         let wake = self.store.inbox_wake();
         let mut cursor = 0i64;
@@ -314,7 +324,7 @@ impl<B: Bridge> Shared<B> {
         }
     }
 
-    fn dequeued(&self, batch: &PendingBatch) {
+    fn dequeued(&self, batch: &LiveBatch) {
         self.live_state.queued.fetch_sub(batch.events.len().max(1), Ordering::SeqCst);
     }
 
@@ -336,7 +346,9 @@ impl<B: Bridge> Shared<B> {
             let last = last.seq;
             for batch in batches {
                 *cursor = batch.seq;
-                self.route_batch(batch).await?;
+                let PendingBatch { seq, events } = batch;
+                let events = events.into_iter().map(|e| (e, None)).collect();
+                self.route_batch(LiveBatch { seq, events }).await?;
             }
             *cursor = last;
         }
@@ -360,7 +372,7 @@ impl<B: Bridge> Shared<B> {
                     *cursor = seq;
                 }
                 let permit = self.permit().await?;
-                self.clone().route(Job { event, _permit: permit });
+                self.clone().route(Job { event, parsed: None, _permit: permit });
             }
         }
     }
@@ -374,7 +386,7 @@ impl<B: Bridge> Shared<B> {
     }
 
     /// Routes a batch's events to their rooms' queues, waiting for in-flight permits.
-    async fn route_batch(self: &Arc<Self>, batch: PendingBatch) -> Result<(), Stopped> {
+    async fn route_batch(self: &Arc<Self>, batch: LiveBatch) -> Result<(), Stopped> {
         if batch.events.is_empty() {
             // Everything in it was handled before a restart: only the row is left to delete.
             self.completed.lock().expect("lock poisoned").finished_batches.push(batch.seq);
@@ -382,9 +394,9 @@ impl<B: Bridge> Shared<B> {
             return Ok(());
         }
         self.remaining.lock().expect("lock poisoned").insert(batch.seq, batch.events.len());
-        for event in batch.events {
+        for (event, parsed) in batch.events {
             let permit = self.permit().await?;
-            self.clone().route(Job { event, _permit: permit });
+            self.clone().route(Job { event, parsed, _permit: permit });
         }
         Ok(())
     }
@@ -435,19 +447,25 @@ impl<B: Bridge> Shared<B> {
                     }
                 }
             };
-            self.process(job.event).await;
+            self.process(job.event, job.parsed).await;
         }
     }
 
     /// Applies the state cache, runs the handler with retries, and records the outcome.
-    async fn process(&self, pending: PendingEvent) {
-        let event = match Event::from_json(&pending.json) {
+    async fn process(&self, pending: PendingEvent, parsed: Option<Event>) {
+        let event = match parsed.map_or_else(|| Event::from_json(&pending.json), Ok) {
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
                 self.park(&pending, pending.attempts, &e.to_string()).await;
                 return;
             }
+        };
+        // Handed over parsed, the JSON lives in the event; parking needs it.
+        let pending = if pending.json.is_empty() {
+            PendingEvent { json: event.json().to_owned(), ..pending }
+        } else {
+            pending
         };
         let span = tracing::info_span!(
             "event",
@@ -472,10 +490,10 @@ impl<B: Bridge> Shared<B> {
                 self.ctx.metrics().event(&event.kind, outcome, started.elapsed());
                 match result {
                     Ok(()) => {
-                        if attempts > 0 {
-                            if let Err(e) = self.store.clear_failures(&pending.event_id).await {
-                                tracing::warn!(error = %e, "could not clear the failure count");
-                            }
+                        if attempts > 0
+                            && let Err(e) = self.store.clear_failures(&pending.event_id).await
+                        {
+                            tracing::warn!(error = %e, "could not clear the failure count");
                         }
                         self.complete(&pending).await;
                         return;

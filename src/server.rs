@@ -87,7 +87,8 @@ pub enum BridgeState {
 
 impl<B> ServerState<B> {
     pub(crate) fn new(bridge: Arc<B>, ctx: Context, inbox: Inbox, health: Arc<Health>) -> Self {
-        Self { bridge, ctx, inbox, health, group_commit: group_commit::GroupCommit::default() }
+        let group_commit = group_commit::GroupCommit::new(inbox.clone());
+        Self { bridge, ctx, inbox, health, group_commit }
     }
 }
 

@@ -15,16 +15,19 @@ use axum::body::Bytes;
 use tokio::sync::oneshot;
 
 use crate::{
-    dispatch::Inbox,
-    store::{AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingBatch, PendingEvent, Store},
+    bridge::Event,
+    dispatch::{Inbox, LiveBatch},
+    store::{AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingEvent, Store},
 };
 
 /// The most transactions stored in one group.
 const MAX_GROUP: usize = 256;
 
 /// The queue and the writer's turn.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct GroupCommit {
+    /// Where committed batches go.
+    inbox: Inbox,
     /// Transactions waiting to be stored.
     queue: Mutex<Vec<Queued>>,
     /// Held by the request that is storing a group.
@@ -39,6 +42,8 @@ struct Queued {
     hash: String,
     body: Bytes,
     events: Vec<QueuedEvent>,
+    /// The events parsed, for the dispatcher (taken when handed over).
+    parsed: Vec<Option<Event>>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -77,6 +82,11 @@ fn resolve<'a>(body: &'a Bytes, t: &'a Text) -> Result<&'a str, String> {
 }
 
 impl GroupCommit {
+    /// A group commit that hands what it stores to `inbox`.
+    pub(crate) fn new(inbox: Inbox) -> Self {
+        Self { inbox, queue: Mutex::default(), writer: tokio::sync::Mutex::default() }
+    }
+
     /// Stores one parsed transaction (whose events borrow from `body`), possibly together with
     /// others, and returns its outcome once committed.
     ///
@@ -85,11 +95,11 @@ impl GroupCommit {
     pub(crate) async fn store(
         &self,
         store: &Store,
-        inbox: &Inbox,
         txn_id: &str,
         hash: &str,
         body: &Bytes,
         events: &[NewEvent<'_>],
+        parsed: Vec<Event>,
     ) -> Reply {
         let (reply, mut outcome) = oneshot::channel();
         let queued = Queued {
@@ -104,6 +114,7 @@ impl GroupCommit {
                     json: range_in(body, e.json).unwrap_or(0..0),
                 })
                 .collect(),
+            parsed: parsed.into_iter().map(Some).collect(),
             reply,
         };
         self.queue.lock().expect("lock poisoned").push(queued);
@@ -117,13 +128,15 @@ impl GroupCommit {
             let n = queue.len().min(MAX_GROUP);
             queue.drain(..n).collect()
         };
-        Self::write(store, inbox, group).await;
+        self.write(store, group).await;
         outcome.await.map_err(|_| "the group commit was interrupted".to_owned())?
     }
 
     /// Stores a group, hands its batches to the dispatcher (in commit order: the caller holds
     /// the writer's turn) and answers every member.
-    async fn write(store: &Store, inbox: &Inbox, group: Vec<Queued>) {
+    async fn write(&self, store: &Store, mut group: Vec<Queued>) {
+        let mut parsed: Vec<Vec<Option<Event>>> =
+            group.iter_mut().map(|q| std::mem::take(&mut q.parsed)).collect();
         let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
             .iter()
             .map(|q| {
@@ -153,9 +166,9 @@ impl GroupCommit {
                     .collect();
                 match store.accept_batched(&txns).await {
                     Ok(accepted) => {
-                        for (t, a) in txns.iter().zip(&accepted) {
+                        for ((t, a), parsed) in txns.iter().zip(&accepted).zip(&mut parsed) {
                             for b in &a.batches {
-                                inbox.hand_off(live_batch(b.seq, &b.events, t.events));
+                                self.inbox.hand_off(live_batch(b.seq, &b.events, t.events, parsed));
                             }
                         }
                         Ok(accepted.into_iter().map(|a| a.outcome).collect::<Vec<_>>())
@@ -180,20 +193,32 @@ impl GroupCommit {
     }
 }
 
-/// The dispatcher's copy of a stored batch: the events at `indexes` of a transaction.
-fn live_batch(seq: i64, indexes: &[usize], events: &[NewEvent<'_>]) -> PendingBatch {
+/// The dispatcher's copy of a stored batch: the events at `indexes` of a transaction, with
+/// their parsed form (the JSON travels inside it, not twice).
+fn live_batch(
+    seq: i64,
+    indexes: &[usize],
+    events: &[NewEvent<'_>],
+    parsed: &mut [Option<Event>],
+) -> LiveBatch {
     let events = indexes
         .iter()
         .enumerate()
-        .map(|(idx, &i)| PendingEvent {
-            pos: InboxPos::Batch { seq, idx: i32::try_from(idx).unwrap_or(i32::MAX) },
-            event_id: events[i].event_id.clone().into_owned(),
-            room_id: events[i].room_id.clone().into_owned(),
-            json: events[i].json.to_owned(),
-            attempts: 0,
+        .map(|(idx, &i)| {
+            let pending = PendingEvent {
+                pos: InboxPos::Batch { seq, idx: i32::try_from(idx).unwrap_or(i32::MAX) },
+                event_id: events[i].event_id.clone().into_owned(),
+                room_id: events[i].room_id.clone().into_owned(),
+                json: String::new(),
+                attempts: 0,
+            };
+            match parsed.get_mut(i).and_then(Option::take) {
+                Some(event) => (pending, Some(event)),
+                None => (PendingEvent { json: events[i].json.to_owned(), ..pending }, None),
+            }
         })
         .collect();
-    PendingBatch { seq, events }
+    LiveBatch { seq, events }
 }
 
 #[cfg(test)]
@@ -205,11 +230,11 @@ mod tests {
     #[tokio::test]
     async fn concurrent_transactions_are_stored_once_each_and_duplicates_are_told() {
         let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        let gc = Arc::new(GroupCommit::default());
         let (inbox, mut live) = Inbox::for_tests();
+        let gc = Arc::new(GroupCommit::new(inbox));
         let mut tasks = Vec::new();
         for i in 0..40 {
-            let (store, gc, inbox) = (store.clone(), gc.clone(), inbox.clone());
+            let (store, gc) = (store.clone(), gc.clone());
             tasks.push(tokio::spawn(async move {
                 // Transactions 0..20 twice each: the second copy is a duplicate.
                 let n = i % 20;
@@ -219,7 +244,9 @@ mod tests {
                     n % 3
                 ));
                 let parsed = crate::server::transactions::parse(&body).unwrap();
-                gc.store(&store, &inbox, &n.to_string(), "h", &body, &parsed.events).await.unwrap()
+                gc.store(&store, &n.to_string(), "h", &body, &parsed.events, parsed.parsed)
+                    .await
+                    .unwrap()
             }));
         }
         let mut stored = 0;
@@ -243,13 +270,18 @@ mod tests {
         // The same batches were handed to the dispatcher, in commit (= seq) order.
         let mut handed = Vec::new();
         while let Ok(b) = live.try_recv() {
-            handed.extend(b.events);
+            for (meta, event) in b.events {
+                let event = event.expect("handed over parsed");
+                assert_eq!(meta.event_id, event.event_id.as_str());
+                assert_eq!(meta.room_id, event.room_id.as_str());
+                handed.push((meta.pos, meta.event_id, meta.room_id, event.json().to_owned()));
+            }
         }
-        let key = |e: &PendingEvent| (e.pos, e.event_id.clone(), e.room_id.clone(), e.json.clone());
-        assert_eq!(
-            handed.iter().map(key).collect::<Vec<_>>(),
-            pending.iter().map(key).collect::<Vec<_>>()
-        );
+        let stored: Vec<_> = pending
+            .iter()
+            .map(|e| (e.pos, e.event_id.clone(), e.room_id.clone(), e.json.clone()))
+            .collect();
+        assert_eq!(handed, stored);
         assert!(pending.iter().all(|p| p.json.starts_with("{\"event_id\"")), "{pending:?}");
         assert!(pending.iter().all(|p| p.room_id.ends_with(":x")), "{pending:?}");
     }

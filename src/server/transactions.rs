@@ -15,13 +15,13 @@ use axum::{
     extract::{Path, State},
 };
 use ring::digest;
-use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{EventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{ServerState, error::ApiError, error::json_error};
 use crate::{
-    bridge::{Bridge, DeviceData, EphemeralEvent, MalformedEvent, ToDeviceEvent},
+    bridge::{Bridge, DeviceData, EphemeralEvent, Event, MalformedEvent, ToDeviceEvent},
     store::{AcceptOutcome, NewEvent},
 };
 
@@ -70,15 +70,13 @@ pub(crate) struct Envelope<'a> {
 }
 
 impl Envelope<'_> {
-    /// Parses the IDs, refusing events a homeserver would never send.
-    pub(crate) fn validate(
-        &self,
-    ) -> Result<(OwnedEventId, OwnedRoomId, OwnedUserId), MalformedEvent> {
-        let event_id = EventId::parse(self.event_id.as_ref())
+    /// Checks the IDs (without copying them), refusing events a homeserver would never send.
+    pub(crate) fn validate(&self) -> Result<(&EventId, &RoomId, &UserId), MalformedEvent> {
+        let event_id = <&EventId>::try_from(self.event_id.as_ref())
             .map_err(|e| MalformedEvent(format!("bad event_id: {e}")))?;
-        let room_id = RoomId::parse(self.room_id.as_ref())
+        let room_id = <&RoomId>::try_from(self.room_id.as_ref())
             .map_err(|e| MalformedEvent(format!("bad room_id: {e}")))?;
-        let sender = UserId::parse(self.sender.as_ref())
+        let sender = <&UserId>::try_from(self.sender.as_ref())
             .map_err(|e| MalformedEvent(format!("bad sender: {e}")))?;
         if self.kind.is_empty() {
             return Err(MalformedEvent("empty type".into()));
@@ -125,6 +123,9 @@ impl EphemeralBatch {
 pub(crate) struct ParsedTransaction<'a> {
     /// Events with a valid envelope, in the order received.
     pub(crate) events: Vec<NewEvent<'a>>,
+    /// The same events, parsed for the dispatcher (handed over after the commit, so it does
+    /// not parse them again).
+    pub(crate) parsed: Vec<Event>,
     /// Events refused with the reason (logged and skipped).
     pub(crate) rejected: Vec<(Option<String>, String)>,
     /// The dedup hash: event IDs and ephemeral data (not the event bodies, which carry an `age`
@@ -144,12 +145,19 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
     }
     let body: TransactionBody<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
     let mut events = Vec::with_capacity(body.events.len());
+    let mut parsed = Vec::with_capacity(body.events.len());
     let mut rejected = Vec::new();
     let mut ctx = digest::Context::new(&digest::SHA256);
     for raw in &body.events {
         match serde_json::from_str::<Envelope<'_>>(raw.get()) {
             Ok(env) => match env.validate() {
-                Ok(_) => {
+                Ok(ids) => {
+                    parsed.push(Event::from_validated(
+                        ids,
+                        &env.kind,
+                        env.state_key.as_deref(),
+                        raw,
+                    ));
                     ctx.update(env.event_id.as_bytes());
                     ctx.update(b"\n");
                     events.push(NewEvent {
@@ -194,7 +202,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
             unused_fallback_key_types: fallback.filter(|r| !is_empty_json(r)).map(boxed),
         },
     };
-    Ok(ParsedTransaction { events, rejected, hash, batch })
+    Ok(ParsedTransaction { events, parsed, rejected, hash, batch })
 }
 
 fn pick<T>(stable: Option<Vec<T>>, unstable: Option<Vec<T>>) -> Vec<T> {
@@ -257,7 +265,7 @@ pub(crate) async fn push_events<B: Bridge>(
     }
     let span = tracing::info_span!("txn", %txn_id, events = tracing::field::Empty);
     let _enter = span.enter();
-    let parsed = parse(&body)?;
+    let mut parsed = parse(&body)?;
     span.record("events", parsed.events.len());
     for (event_id, reason) in &parsed.rejected {
         tracing::warn!(event_id = event_id.as_deref().unwrap_or("?"), %reason, "skipping malformed event");
@@ -265,7 +273,14 @@ pub(crate) async fn push_events<B: Bridge>(
     drop(_enter);
     let outcome = state
         .group_commit
-        .store(state.ctx.store(), &state.inbox, &txn_id, &parsed.hash, &body, &parsed.events)
+        .store(
+            state.ctx.store(),
+            &txn_id,
+            &parsed.hash,
+            &body,
+            &parsed.events,
+            std::mem::take(&mut parsed.parsed),
+        )
         .await
         .map_err(|e| {
             tracing::error!(parent: &span, error = %e, "could not store transaction");

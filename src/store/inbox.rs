@@ -30,11 +30,11 @@ const SQLITE_STATEMENT_BYTES: usize = 1024 * 1024;
 
 /// Splits `items` into runs of at most [`INSERT_CHUNK`] items and about `budget` bytes (an item
 /// larger than the budget goes alone), keeping their order.
-fn chunks_by_size<'e, T>(
-    items: &'e [T],
+fn chunks_by_size<T>(
+    items: &[T],
     budget: usize,
     size: impl Fn(&T) -> usize,
-) -> impl Iterator<Item = &'e [T]> {
+) -> impl Iterator<Item = &[T]> {
     let mut rest = items;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -72,6 +72,8 @@ enum RowsSql {
     Batches,
     /// `$1` the time, then txn ID and hash per transaction; returns the rows that were new.
     Transactions,
+    /// Room ID, batch seq and index per room (no shared parameter); progress never moves back.
+    Progress,
 }
 
 impl RowsSql {
@@ -94,15 +96,25 @@ impl RowsSql {
                 2,
                 " ON CONFLICT DO NOTHING RETURNING txn_id, body_hash",
             ),
+            Self::Progress => (
+                "INSERT INTO mx_room_progress (room_id, batch_seq, idx) VALUES ",
+                3,
+                " ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, \
+                 idx = excluded.idx WHERE (excluded.batch_seq, excluded.idx) > \
+                 (mx_room_progress.batch_seq, mx_room_progress.idx)",
+            ),
         };
+        let shared = self != Self::Progress;
         sql.push_str(head);
+        let first = if shared { 2 } else { 1 };
         for i in 0..n {
-            let p = 2 + i * per_row;
+            let p = first + i * per_row;
             sql.push_str(if i == 0 { "(" } else { ", (" });
             for k in 0..per_row {
-                let _ = write!(sql, "${}, ", p + k);
+                let sep = if k + 1 == per_row && !shared { "" } else { ", " };
+                let _ = write!(sql, "${}{sep}", p + k);
             }
-            sql.push_str("$1)");
+            sql.push_str(if shared { "$1)" } else { ")" });
         }
         sql.push_str(tail);
         sql
@@ -538,35 +550,40 @@ impl Store {
         if progress.is_empty() && finished_batches.is_empty() && finished_requeued.is_empty() {
             return Ok(());
         }
-        // The lists travel as JSON array parameters, so the SQL text stays fixed.
-        let progress = serde_json::to_string(progress).map_err(corrupt)?;
+        // The lists of seqs travel as JSON array parameters, so the SQL text stays fixed; the
+        // progress rows are multi-row VALUES (cheaper than JSON extraction per row).
         let batches = serde_json::to_string(finished_batches).map_err(corrupt)?;
         let requeued = serde_json::to_string(finished_requeued).map_err(corrupt)?;
-        let (upsert, delete_batches, delete_parked) = match self.backend_name() {
+        let (delete_batches, delete_parked) = match self.backend_name() {
             "postgres" => (
-                "INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
-                 SELECT value->>0, (value->>1)::bigint, (value->>2)::integer \
-                 FROM json_array_elements($1::json) \
-                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, idx = excluded.idx \
-                 WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx)",
                 "DELETE FROM mx_inbox_batch \
                  WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
                 "DELETE FROM mx_parked \
                  WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
             ),
             _ => (
-                "INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
-                 SELECT value->>0, value->>1, value->>2 FROM json_each($1) WHERE true \
-                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, idx = excluded.idx \
-                 WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx)",
                 "DELETE FROM mx_inbox_batch WHERE seq IN (SELECT value FROM json_each($1))",
                 "DELETE FROM mx_parked WHERE seq IN (SELECT value FROM json_each($1))",
             ),
         };
+        // One row per room (a room twice in one upsert is an error on PostgreSQL): the furthest.
+        let mut furthest: HashMap<&str, (i64, i32)> = HashMap::with_capacity(progress.len());
+        for &(room, seq, idx) in progress {
+            let at = furthest.entry(room).or_insert((seq, idx));
+            *at = (*at).max((seq, idx));
+        }
+        let progress: Vec<(&str, i64, i32)> =
+            furthest.into_iter().map(|(room, (seq, idx))| (room, seq, idx)).collect();
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
+            for chunk in progress.chunks(INSERT_CHUNK) {
+                let mut query = sqlx::query(rows_sql(RowsSql::Progress, chunk.len()));
+                for (room, seq, idx) in chunk {
+                    query = query.bind(*room).bind(*seq).bind(*idx);
+                }
+                query.execute(&mut *tx).await?;
+            }
             for (sql, list, empty) in [
-                (upsert, &progress, progress == "[]"),
                 (delete_batches, &batches, finished_batches.is_empty()),
                 (delete_parked, &requeued, finished_requeued.is_empty()),
             ] {
@@ -836,6 +853,9 @@ mod tests {
                 .ends_with("VALUES ($2, $3, $4, $1), ($5, $6, $7, $1) RETURNING seq")
         );
         assert!(RowsSql::Seen.build(2).contains("VALUES ($2, $1), ($3, $1) ON CONFLICT"));
+        assert!(
+            RowsSql::Progress.build(2).contains("VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT")
+        );
     }
 
     #[test]

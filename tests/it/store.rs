@@ -90,6 +90,8 @@ async fn room_progress_hides_handled_events_of_a_batch(store: Store) {
     let (seq, _) = batch_pos(&all[0]);
     store.record_handled(&[("!r", seq, 2), ("!s", seq, 1)], &[], &[]).await.unwrap();
     store.record_handled(&[("!r", seq, 0)], &[], &[]).await.unwrap();
+    // A room twice in one call: the furthest position counts.
+    store.record_handled(&[("!s", seq, 1), ("!s", seq, 0)], &[], &[]).await.unwrap();
     store.record_handled(&[], &[], &[]).await.unwrap();
     let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
     assert_eq!(left, ["$m3", "$m4", "$m5"]);
