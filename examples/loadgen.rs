@@ -64,6 +64,10 @@ struct Args {
     /// Transactions sent before measuring (not counted).
     #[arg(long, default_value_t = 0)]
     warmup: u64,
+    /// Pause this long after each answer, per connection (0 = as fast as answered). For
+    /// profiling at a pace the server keeps up with; throughput figures use 0.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Rooms the events are spread over.
     #[arg(long, default_value_t = 50)]
     rooms: u32,
@@ -313,6 +317,9 @@ async fn worker(
             .await
             .map_err(|_| std::io::Error::other("request timed out"))??;
         let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+        if args.pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
+        }
         if status == 200 {
             lat.push(us);
         } else {

@@ -272,7 +272,8 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
             };
             if target_is_ours && membership == Membership::Invite && bridge.accept_invite(&m).await
             {
-                ctx.intent(&m.target)?.ensure_joined(&event.room_id).await?;
+                // Rare and heavy: boxed, so it does not grow every event's future.
+                Box::pin(ctx.intent(&m.target)?.ensure_joined(&event.room_id)).await?;
             }
             bridge.handle_event(event).await?;
             bridge.handle_membership(&m).await
@@ -293,9 +294,9 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
             // A bridge without commands has no command syntax: skip the lookups.
             if !bridge.commands().is_empty()
                 && let Some(call) =
-                    command_call(ctx, bridge, event, &content, portal.clone()).await?
+                    Box::pin(command_call(ctx, bridge, event, &content, portal.clone())).await?
             {
-                return run_command(ctx, bridge, call).await;
+                return Box::pin(run_command(ctx, bridge, call)).await;
             }
             let reply_to = match &content.relates_to {
                 Some(Relation::Reply(reply)) => {
