@@ -17,7 +17,7 @@ use std::{borrow::Cow, collections::HashMap, collections::HashSet};
 use serde_json::value::RawValue;
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, now_ms, with_pool};
+use super::{Backend, Result, Store, StoreError, now_ms, with_pool};
 
 /// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
 /// backends' limits).
@@ -574,6 +574,29 @@ impl Store {
         }
         let progress: Vec<(&str, i64, i32)> =
             furthest.into_iter().map(|(room, (seq, idx))| (room, seq, idx)).collect();
+        if let Backend::Postgres(pool) = &self.backend {
+            // One statement, so one round trip (each is a network round trip here): the
+            // data-modifying CTEs all run, atomically.
+            let progress = serde_json::to_string(&progress).map_err(corrupt)?;
+            sqlx::query(
+                "WITH p AS (INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
+                 SELECT r->>0, (r->>1)::bigint, (r->>2)::integer FROM json_array_elements($1::json) r \
+                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, idx = excluded.idx \
+                 WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx) \
+                 RETURNING 1), \
+                 b AS (DELETE FROM mx_inbox_batch \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($2::json)) RETURNING 1), \
+                 q AS (DELETE FROM mx_parked \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($3::json)) RETURNING 1) \
+                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM b) + (SELECT count(*) FROM q)",
+            )
+            .bind(&progress)
+            .bind(&batches)
+            .bind(&requeued)
+            .execute(pool)
+            .await?;
+            return Ok(());
+        }
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             for chunk in progress.chunks(INSERT_CHUNK) {
