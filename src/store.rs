@@ -19,6 +19,7 @@ use crate::config::{DatabaseConfig, SqliteSynchronous};
 mod inbox;
 mod mappings;
 mod state;
+mod state_cache;
 
 pub use inbox::{AcceptOutcome, InboxStats, IncomingTxn, NewEvent, ParkedEvent, PendingEvent};
 pub use mappings::{GhostRow, MessageRow, PortalRow};
@@ -72,6 +73,10 @@ pub struct Store {
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
     portal_cache: std::sync::Arc<std::sync::Mutex<PortalCache>>,
+    /// Memberships and registered users (`mx_membership`, `mx_registered`), bounded, for the
+    /// per-send `ensure_joined`/`ensure_registered`. Every write of those tables goes through
+    /// this `Store` and updates it once the database took the write (see `store/state_cache.rs`).
+    state_cache: std::sync::Arc<state_cache::StateCache>,
 }
 
 /// See `Store::portal_cache`.
@@ -158,7 +163,11 @@ impl Store {
                 .await?;
             Backend::Postgres(pool)
         };
-        let store = Self { backend, portal_cache: std::sync::Arc::default() };
+        let store = Self {
+            backend,
+            portal_cache: std::sync::Arc::default(),
+            state_cache: std::sync::Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -193,6 +202,17 @@ impl Store {
     /// The number of connections open and idle in the pool.
     pub fn pool_usage(&self) -> (u32, usize) {
         with_pool!(self, |pool| (pool.size(), pool.num_idle()))
+    }
+
+    /// Forgets what the store keeps in memory: the portal-by-room cache and the cached
+    /// memberships and registrations.
+    ///
+    /// The store's own writes keep those caches right; call this after changing `mx_portal`,
+    /// `mx_membership` or `mx_registered` some other way (SQL run on the database directly, by a
+    /// tool or a test), or lookups may answer from before that change.
+    pub fn forget_caches(&self) {
+        self.forget_cached_portals();
+        self.state_cache.clear();
     }
 
     /// Closes every connection; later calls fail.
