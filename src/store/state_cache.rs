@@ -36,9 +36,10 @@ use std::{
 use super::{Member, Membership};
 
 /// Entries per generation, per map (memberships, registered users): at most twice this many
-/// are kept. A membership entry is ~200 bytes (its IDs and profile), so the cache stays under
-/// ~10 MiB however many ghosts and rooms the bridge has.
-pub(crate) const GENERATION_CAP: usize = 16_384;
+/// are kept. A membership entry takes ~150 bytes with its table slot (its IDs and profile), so
+/// the cache stays at a few MiB however many ghosts and rooms the bridge has (measured with
+/// 100k ghosts in BENCHMARKS.md). Rooms and ghosts in use stay in it; the rest ages out.
+pub(crate) const GENERATION_CAP: usize = 4_096;
 
 /// Stripes of the write epochs: a write bumps its key's stripe, so readers of other stripes
 /// keep filling while it runs.
@@ -369,7 +370,8 @@ impl<V> Generations<V> {
     fn insert(&mut self, key: u64, value: V) {
         self.old.remove(&key);
         if self.current.len() >= self.cap && !self.current.contains_key(&key) {
-            self.old = std::mem::take(&mut self.current);
+            // Sized once for a full generation: no regrowth (and its garbage) on the way.
+            self.old = std::mem::replace(&mut self.current, HashMap::with_capacity(self.cap));
         }
         self.current.insert(key, value);
     }
