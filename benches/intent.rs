@@ -1,4 +1,5 @@
-//! Cached ghost paths: `ensure_joined` on a cache hit, and a send by a registered, joined ghost.
+//! Cached ghost paths: `ensure_joined` and `ensure_registered` on a cache hit, and a send by a
+//! registered, joined ghost.
 //!
 //! Run with `cargo bench --bench intent`. A stub homeserver on 127.0.0.1 counts requests, so the
 //! figures come with the number of HTTP requests each operation made. Both stores are measured
@@ -52,6 +53,18 @@ async fn bench_store(name: &str, store: Store) {
     let requests = count.load(Ordering::Relaxed) - before;
     println!(
         "{name:8} ensure_joined cache hit: {per:>10.2?}/op, {requests} HTTP requests for {n} calls"
+    );
+
+    let n = 20_000u64;
+    let before = count.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for _ in 0..n {
+        intent.ensure_registered().await.unwrap();
+    }
+    let per = t.elapsed() / u32::try_from(n).unwrap();
+    let requests = count.load(Ordering::Relaxed) - before;
+    println!(
+        "{name:8} ensure_registered hit:   {per:>10.2?}/op, {requests} HTTP requests for {n} calls"
     );
 
     let n = 2_000u64;

@@ -1,10 +1,12 @@
 //! Intents: acting as one ghost (or the bot), with the convergence steps done for you.
 //!
 //! An [`Intent`] is a [`Client`] clone, a [`Store`] clone and a user ID: making one costs nothing
-//! and nothing per ghost is kept in memory. Its `ensure_*` methods are idempotent and consult the
-//! store first, so a ghost already registered and joined sends a message with exactly one HTTP
-//! request. Every send first ensures registration and membership; successful calls update the
-//! store (join, leave, invite, power levels, per-room profile).
+//! and an intent keeps nothing per ghost itself. Its `ensure_*` methods are idempotent and consult
+//! the store first, so a ghost already registered and joined sends a message with exactly one
+//! HTTP request. The store answers "registered?" and "joined?" from a bounded in-memory cache
+//! when it can (no database query), else from the database. Every send first ensures
+//! registration and membership; successful calls update the store (join, leave, invite, power
+//! levels, per-room profile).
 //!
 //! Joining follows the mautrix recipe: join; on `M_FORBIDDEN` the bot invites the ghost (and, if
 //! the ghost is banned, unbans it first) and the ghost joins again. Concurrent `ensure_joined`

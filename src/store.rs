@@ -19,6 +19,7 @@ use crate::config::{DatabaseConfig, SqliteSynchronous};
 mod inbox;
 mod mappings;
 mod state;
+mod state_cache;
 
 pub use inbox::{
     AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, ParkedEvent, PendingBatch,
@@ -78,6 +79,10 @@ pub struct Store {
     /// Woken when events were put back in the inbox outside the server's intake
     /// ([`Store::retry_parked`]), so the dispatcher looks at once.
     inbox_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Memberships and registered users (`mx_membership`, `mx_registered`), bounded, for the
+    /// per-send `ensure_joined`/`ensure_registered`. Every write of those tables goes through
+    /// this `Store` and updates it once the database took the write (see `store/state_cache.rs`).
+    state_cache: std::sync::Arc<state_cache::StateCache>,
 }
 
 /// See `Store::portal_cache`.
@@ -174,6 +179,7 @@ impl Store {
             backend,
             portal_cache: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
+            state_cache: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -214,6 +220,17 @@ impl Store {
     /// Woken when events were put back in the inbox outside the server's intake.
     pub(crate) fn inbox_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.inbox_wake.clone()
+    }
+
+    /// Forgets what the store keeps in memory: the portal-by-room cache and the cached
+    /// memberships and registrations.
+    ///
+    /// The store's own writes keep those caches right; call this after changing `mx_portal`,
+    /// `mx_membership` or `mx_registered` some other way (SQL run on the database directly, by a
+    /// tool or a test), or lookups may answer from before that change.
+    pub fn forget_caches(&self) {
+        self.forget_cached_portals();
+        self.state_cache.clear();
     }
 
     /// Closes every connection; later calls fail.

@@ -189,7 +189,7 @@ impl Store {
         Ok(found)
     }
 
-    fn forget_cached_portals(&self) {
+    pub(super) fn forget_cached_portals(&self) {
         let mut cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.generation += 1;
         cache.by_room.clear();

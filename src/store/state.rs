@@ -1,13 +1,15 @@
 //! The Matrix state cache: membership, room state and registered users.
 //!
 //! Written from incoming transaction events (before the bridge sees them) and from successful
-//! outgoing calls, so the intent layer answers "is this ghost joined?" without HTTP.
+//! outgoing calls, so the intent layer answers "is this ghost joined?" without HTTP. Memberships
+//! and registrations are also kept in a bounded in-memory cache (`state_cache.rs`), so that
+//! question usually needs no database query either.
 
 use std::fmt;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, now_ms, with_pool};
+use super::{Result, Store, StoreError, now_ms, state_cache::CachedMember, with_pool};
 
 /// A membership state, as in `m.room.member`'s `membership`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +99,10 @@ impl RoomStateField {
 impl Store {
     /// Records a user's membership in a room (with their per-room profile).
     ///
+    /// The in-memory cache has the new row once the database took it; after an error it holds
+    /// nothing for this room and user (the next lookup reads the database). The write runs in
+    /// its own task: if the caller stops waiting, it still finishes and the cache learns how.
+    ///
     /// # Errors
     /// When the database fails.
     pub async fn set_membership(
@@ -107,6 +113,42 @@ impl Store {
         displayname: Option<&str>,
         avatar_url: Option<&str>,
     ) -> Result<()> {
+        let store = self.clone();
+        let row = (room_id.to_owned(), user_id.to_owned(), displayname.map(str::to_owned));
+        let avatar_url = avatar_url.map(str::to_owned);
+        // A write dropped half-way could still commit after the cache forgot it (SQLite's worker
+        // thread runs a query to its end), so it is never dropped half-way.
+        let task = tokio::spawn(async move {
+            let (room_id, user_id, displayname) = row;
+            store
+                .write_membership(
+                    &room_id,
+                    &user_id,
+                    membership,
+                    displayname.as_deref(),
+                    avatar_url.as_deref(),
+                )
+                .await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::other(
+                "the runtime shut down during a membership write",
+            )))),
+        }
+    }
+
+    async fn write_membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        membership: Membership,
+        displayname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<()> {
+        // Dropped on an error: the entry stays empty.
+        let write = self.state_cache.begin_member_write(room_id, user_id);
         with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO mx_membership (room_id, user_id, membership, displayname, avatar_url) \
@@ -122,14 +164,43 @@ impl Store {
             .execute(pool)
             .await?;
         });
+        write.stored(CachedMember::new(membership, displayname, avatar_url));
         Ok(())
     }
 
-    /// A user's cached membership in a room.
+    /// A user's cached membership in a room: from memory when known there, else from the
+    /// database (and then remembered, also when there is no row).
     ///
     /// # Errors
     /// When the database fails or holds an unknown membership.
     pub async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<Member>> {
+        match self.state_cache.member(room_id, user_id) {
+            Ok(hit) => Ok(hit.map(|m| m.to_member(user_id))),
+            Err(ticket) => {
+                let member = self.member_from_db(room_id, user_id).await?;
+                self.state_cache.fill_member(ticket, room_id, user_id, member.as_ref());
+                Ok(member)
+            }
+        }
+    }
+
+    /// A user's cached membership in a room, if known. A hit in memory makes no query (see
+    /// [`Store::member`]).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<Membership>> {
+        match self.state_cache.membership(room_id, user_id) {
+            Ok(hit) => Ok(hit),
+            Err(ticket) => {
+                let member = self.member_from_db(room_id, user_id).await?;
+                self.state_cache.fill_member(ticket, room_id, user_id, member.as_ref());
+                Ok(member.map(|m| m.membership))
+            }
+        }
+    }
+
+    async fn member_from_db(&self, room_id: &str, user_id: &str) -> Result<Option<Member>> {
         with_pool!(self, |pool| {
             let row = sqlx::query(
                 "SELECT user_id, membership, displayname, avatar_url FROM mx_membership \
@@ -141,14 +212,6 @@ impl Store {
             .await?;
             row.map(|r| member_from_row(&r)).transpose()
         })
-    }
-
-    /// A user's cached membership in a room, if known.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<Membership>> {
-        Ok(self.member(room_id, user_id).await?.map(|m| m.membership))
     }
 
     /// Cached members of a room with the given membership.
@@ -273,7 +336,7 @@ impl Store {
         })
     }
 
-    /// Remembers that a user is registered on the homeserver.
+    /// Remembers that a user is registered on the homeserver (in the database, then in memory).
     ///
     /// # Errors
     /// When the database fails.
@@ -288,22 +351,31 @@ impl Store {
             .execute(pool)
             .await?;
         });
+        self.state_cache.note_registered(user_id);
         Ok(())
     }
 
-    /// Whether a user is known to be registered.
+    /// Whether a user is known to be registered. A user known in memory makes no query; a
+    /// registered user found in the database is remembered (registrations are never removed).
     ///
     /// # Errors
     /// When the database fails.
     pub async fn is_registered(&self, user_id: &str) -> Result<bool> {
-        with_pool!(self, |pool| {
+        let Err(ticket) = self.state_cache.is_registered(user_id) else {
+            return Ok(true);
+        };
+        let registered = with_pool!(self, |pool| {
             let v: Option<i64> =
                 sqlx::query_scalar("SELECT registered_at FROM mx_registered WHERE user_id = $1")
                     .bind(user_id)
                     .fetch_optional(pool)
                     .await?;
-            Ok(v.is_some())
-        })
+            v.is_some()
+        });
+        if registered {
+            self.state_cache.fill_registered(ticket, user_id);
+        }
+        Ok(registered)
     }
 }
 
@@ -322,4 +394,102 @@ where
         displayname: r.try_get("displayname")?,
         avatar_url: r.try_get("avatar_url")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn sql(store: &Store, sql: &'static str) {
+        with_pool!(store, |pool| {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        });
+    }
+
+    #[tokio::test]
+    async fn cached_answers_need_no_query() {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        store.set_membership("!r", "@g", Membership::Join, Some("G"), None).await.unwrap();
+        store.mark_registered("@g").await.unwrap();
+        // Filled by reads too, absent rows included.
+        assert_eq!(store.membership("!r", "@nobody").await.unwrap(), None);
+        sql(&store, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
+        sql(&store, "ALTER TABLE mx_registered RENAME TO mx_registered_away").await;
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Join));
+        let member = store.member("!r", "@g").await.unwrap().unwrap();
+        assert_eq!((member.user_id.as_str(), member.displayname.as_deref()), ("@g", Some("G")));
+        assert!(store.is_registered("@g").await.unwrap());
+        assert_eq!(store.membership("!r", "@nobody").await.unwrap(), None);
+        // Anything not cached goes to the (missing) table.
+        assert!(store.membership("!r", "@h").await.is_err());
+        assert!(store.is_registered("@h").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_the_database_answer() {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        store.set_membership("!r", "@g", Membership::Join, None, None).await.unwrap();
+        sql(
+            &store,
+            "CREATE TRIGGER refuse BEFORE UPDATE ON mx_membership \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await;
+        assert!(store.set_membership("!r", "@g", Membership::Leave, None, None).await.is_err());
+        assert_eq!(store.state_cache.len().0, 0, "the entry is gone, not claiming leave");
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Join));
+        sql(&store, "DROP TRIGGER refuse").await;
+        store.set_membership("!r", "@g", Membership::Leave, None, None).await.unwrap();
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Leave));
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_gave_up_still_reaches_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        let store = Store::connect_url(&url).await.unwrap();
+        store.set_membership("!r", "@g", Membership::Join, None, None).await.unwrap();
+        // Another connection holds the write lock, so the next write waits (busy timeout).
+        let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let mut locker = other.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *locker).await.unwrap();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            store.set_membership("!r", "@g", Membership::Ban, None, None),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the write waited for the lock");
+        // Meanwhile the old row is what the database has; nothing of it may stick.
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Join));
+        sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
+        drop(locker);
+        // The write finishes on its own, and the cache follows.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.membership("!r", "@g").await.unwrap() != Some(Membership::Ban) {
+            assert!(std::time::Instant::now() < deadline, "the cache kept the old membership");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store.member_from_db("!r", "@g").await.unwrap().unwrap().membership,
+            Membership::Ban
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_through_clones_and_outside_writes_need_forget_caches() {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let other = store.clone();
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), None);
+        other.set_membership("!r", "@g", Membership::Invite, None, None).await.unwrap();
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Invite));
+        other.set_membership("!r", "@g", Membership::Leave, None, None).await.unwrap();
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Leave));
+        // SQL run past the store is not seen until the caches are forgotten.
+        sql(&store, "UPDATE mx_membership SET membership = 'ban'").await;
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Leave));
+        store.forget_caches();
+        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Ban));
+    }
 }

@@ -185,6 +185,52 @@ async fn reconnect_keeps_data_and_migrations_are_idempotent(
     assert_eq!(pending(&again).await.len(), 1);
 }
 
+/// Runs one statement on the database at `url`, past the store.
+async fn raw_sql(url: &str, sql: &'static str) {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+}
+
+/// Memberships and registrations are answered from memory once known; writes go to the
+/// database first and to memory only when it took them.
+async fn membership_cache_answers_without_queries(store: Store, url: &str) {
+    store.set_membership("!r", "@g:x", Membership::Join, Some("G"), None).await.unwrap();
+    store.mark_registered("@g:x").await.unwrap();
+    raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
+    raw_sql(url, "ALTER TABLE mx_registered RENAME TO mx_registered_away").await;
+    // No table, yet the answers come: they make no query.
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    assert_eq!(
+        store.member("!r", "@g:x").await.unwrap().unwrap().displayname.as_deref(),
+        Some("G")
+    );
+    assert!(store.is_registered("@g:x").await.unwrap());
+    assert!(store.membership("!r", "@h:x").await.is_err(), "not cached: a query");
+    // A failed write does not leave the cache claiming it.
+    assert!(store.set_membership("!r", "@g:x", Membership::Leave, None, None).await.is_err());
+    raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
+    raw_sql(url, "ALTER TABLE mx_registered_away RENAME TO mx_registered").await;
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    // A write that succeeds is answered from memory at once.
+    store.set_membership("!r", "@g:x", Membership::Leave, None, None).await.unwrap();
+    raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Leave));
+    raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
+    // Writes past the store are seen after `forget_caches`.
+    raw_sql(url, "UPDATE mx_membership SET membership = 'ban'").await;
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Leave));
+    store.forget_caches();
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Ban));
+    assert!(store.is_registered("@g:x").await.unwrap());
+}
+
 macro_rules! suite {
     ($backend:ident, $name:literal) => {
         mod $backend {
@@ -246,6 +292,17 @@ macro_rules! suite {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
                 bridge_mappings(s).await;
+            }
+
+            #[tokio::test]
+            async fn membership_cache() {
+                let dir = tempfile::tempdir().unwrap();
+                if $name == "postgres" && postgres_url().is_none() {
+                    return;
+                }
+                let db = crate::common::fresh_database($name, dir.path()).await;
+                let s = Store::connect(&db).await.unwrap();
+                membership_cache_answers_without_queries(s, &db.url).await;
             }
 
             #[tokio::test]
