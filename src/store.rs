@@ -22,8 +22,8 @@ mod state;
 mod state_cache;
 
 pub use inbox::{
-    AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, ParkedEvent, PendingBatch,
-    PendingEvent,
+    AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, PRUNE_CHUNK, ParkedEvent,
+    PendingBatch, PendingEvent,
 };
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, Membership, RoomStateField};

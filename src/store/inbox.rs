@@ -829,25 +829,46 @@ impl Store {
     /// Forgets event IDs and transactions seen more than `max_age_ms` ago; returns how many
     /// rows went. Pending batches and parked events are never pruned.
     ///
+    /// Event IDs are keyed by ID (random), not by age, so they go in chunks of 5,000, each its
+    /// own short write: the intake never waits for one long scan.
+    ///
     /// # Errors
     /// When the database fails.
     pub async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
         let cutoff = now_ms() - max_age_ms;
+        let chunk = i64::try_from(PRUNE_CHUNK).unwrap_or(i64::MAX);
+        let mut gone = 0;
+        loop {
+            let n = with_pool!(self, |pool| {
+                sqlx::query(
+                    "DELETE FROM mx_event_seen WHERE event_id IN \
+                     (SELECT event_id FROM mx_event_seen WHERE seen_at < $1 LIMIT $2)",
+                )
+                .bind(cutoff)
+                .bind(chunk)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+            gone += n;
+            if n < PRUNE_CHUNK as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         with_pool!(self, |pool| {
-            let a = sqlx::query("DELETE FROM mx_event_seen WHERE seen_at < $1")
+            gone += sqlx::query("DELETE FROM mx_txn WHERE received_at < $1")
                 .bind(cutoff)
                 .execute(pool)
                 .await?
                 .rows_affected();
-            let b = sqlx::query("DELETE FROM mx_txn WHERE received_at < $1")
-                .bind(cutoff)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            Ok(a + b)
-        })
+        });
+        Ok(gone)
     }
 }
+
+/// Event IDs forgotten per statement by [`Store::prune_dedup`].
+pub const PRUNE_CHUNK: usize = 5000;
 
 #[cfg(test)]
 mod tests {

@@ -73,10 +73,18 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     assert_eq!(store.inbox_status("$a").await.unwrap(), Some((1, 0)));
     let out = store.accept_transaction("2", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
-    // Pruning with a retention of an hour keeps it; with a negative age it goes.
+    // More event IDs than one pruning chunk.
+    let ids: Vec<String> =
+        (0..mxbridge::store::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
+    let many: Vec<NewEvent<'_>> = ids.iter().map(|id| ev(id, "!r", "{}")).collect();
+    store.accept_transaction("3", "h", &many).await.unwrap();
+    // Pruning with a retention of an hour keeps them; with a negative age they all go, with
+    // both transactions.
     assert_eq!(store.prune_dedup(3_600_000).await.unwrap(), 0);
-    assert!(store.prune_dedup(-1000).await.unwrap() >= 1);
+    let gone = store.prune_dedup(-1000).await.unwrap();
+    assert_eq!(gone, (1 + ids.len() + 3) as u64, "every event ID and txn row");
     assert_eq!(store.inbox_status("$a").await.unwrap(), None);
+    assert_eq!(store.inbox_status("$p7").await.unwrap(), None);
 }
 
 async fn room_progress_hides_handled_events_of_a_batch(store: Store) {
