@@ -275,3 +275,46 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn schema_versions(store: &Store) -> Vec<i64> {
+        with_pool!(store, |pool| {
+            sqlx::query_scalar("SELECT version FROM mx_schema ORDER BY version")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        })
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let known: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+
+        let store = Store::connect_url(&url).await.unwrap();
+        assert_eq!(schema_versions(&store).await, known);
+        store.close().await;
+
+        // Up to date: connecting again applies nothing and keeps one row per migration.
+        let store = Store::connect_url(&url).await.unwrap();
+        assert_eq!(schema_versions(&store).await, known);
+        with_pool!(store, |pool| {
+            sqlx::query("INSERT INTO mx_schema (version, name, applied_at) VALUES (9999, 'x', 0)")
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        store.close().await;
+
+        match Store::connect_url(&url).await {
+            Err(StoreError::SchemaTooNew { found: 9999, known: k }) => {
+                assert_eq!(Some(&k), known.last());
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}
