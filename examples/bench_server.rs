@@ -38,6 +38,7 @@ use clap::{Parser, ValueEnum};
 use mxbridge::{AppService, Bridge, BridgeResult, Config, Context, Event, Registration, Store};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sqlx::Connection;
 
 /// Events the handler (or the bare baseline) saw.
 static EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -160,31 +161,36 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
         Db::Postgres => {
             let sep = if args.pg_url.contains('?') { '&' } else { '?' };
             if args.reuse {
-                let admin = sqlx::PgPool::connect(&args.pg_url).await?;
-                sqlx::query("CREATE SCHEMA IF NOT EXISTS bench_reuse").execute(&admin).await?;
-                admin.close().await;
+                let mut admin = sqlx::PgConnection::connect(&args.pg_url).await?;
+                sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS bench_reuse")
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await?;
                 return Ok((format!("{}{sep}options[search_path]=bench_reuse", args.pg_url), None));
             }
             let schema = format!("bench_{}", std::process::id());
-            let admin = sqlx::PgPool::connect(&args.pg_url).await?;
-            for sql in [
-                format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                format!("CREATE SCHEMA {schema}"),
-            ] {
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
-            }
-            admin.close().await;
+            // One connection, one round trip: this is the harness, not the bridge, but it runs
+            // inside the startup figure (a pool would open a second connection for the second
+            // statement, and over TCP each costs a TLS handshake with delayed-ACK stalls).
+            let mut admin = sqlx::PgConnection::connect(&args.pg_url).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            )))
+            .execute(&mut admin)
+            .await?;
+            admin.close().await?;
             Ok((format!("{}{sep}options[search_path]={schema}", args.pg_url), Some(schema)))
         }
     }
 }
 
 async fn drop_schema(pg_url: &str, schema: &str) {
-    if let Ok(admin) = sqlx::PgPool::connect(pg_url).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-            .execute(&admin)
-            .await;
-        admin.close().await;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(pg_url).await {
+        let _ =
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+                .execute(&mut admin)
+                .await;
+        let _ = admin.close().await;
     }
 }
 

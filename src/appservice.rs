@@ -226,10 +226,17 @@ fn ping_advice(ctx: &Context, e: &crate::client::Error) -> String {
     }
 }
 
-/// Forgets old dedup records once an hour (and once at start).
+/// How long after start the dedup records are first pruned: not during startup, where its
+/// queries would take connections the first transactions are waiting for.
+const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
+
+/// Forgets old dedup records once an hour, the first time a minute after start.
 async fn prune_loop(store: Store, retention_hours: u64) {
     let max_age = i64::try_from(retention_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + FIRST_PRUNE_AFTER,
+        Duration::from_secs(3600),
+    );
     loop {
         tick.tick().await;
         match store.prune_dedup(max_age).await {

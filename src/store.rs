@@ -238,18 +238,37 @@ impl Store {
         with_pool!(self, |pool| pool.close().await);
     }
 
+    /// Brings the schema up to date, on one connection.
+    ///
+    /// One connection, because sqlx pings a connection handed back to the pool before it is
+    /// idle again: an acquire right after a release opens a second connection, which on
+    /// PostgreSQL over TCP costs a TLS handshake and ~100 ms of delayed-ACK stalls (sqlx 0.9.0
+    /// sets no `TCP_NODELAY`). A database already up to date costs two statements: the table
+    /// check and the version read.
     async fn migrate(&self) -> Result<()> {
         let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        let postgres = self.backend_name() == "postgres";
         with_pool!(self, |pool| {
+            let mut conn = pool.acquire().await?;
             sqlx::raw_sql(
                 "CREATE TABLE IF NOT EXISTS mx_schema (\
                  version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
             )
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
+            let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM mx_schema")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("v")?;
+            if let Some(found) = found.filter(|&f| f > known) {
+                return Err(StoreError::SchemaTooNew { found, known });
+            }
+            if found == Some(known) {
+                return Ok(());
+            }
             for m in MIGRATIONS {
-                let mut tx = pool.begin().await?;
-                if self.backend_name() == "postgres" {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                if postgres {
                     // Two bridge processes starting at once must not both apply a migration.
                     sqlx::query("SELECT pg_advisory_xact_lock(7243001)").execute(&mut *tx).await?;
                 }
@@ -261,7 +280,7 @@ impl Store {
                 if applied.is_some() {
                     continue;
                 }
-                let sql = if self.backend_name() == "postgres" { m.postgres } else { m.sqlite };
+                let sql = if postgres { m.postgres } else { m.sqlite };
                 sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|source| {
                     StoreError::Migration { version: m.version, name: m.name, source }
                 })?;
@@ -275,8 +294,9 @@ impl Store {
                 .await?;
                 tx.commit().await?;
             }
+            // Another process may have applied newer migrations while we waited for the lock.
             let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM mx_schema")
-                .fetch_one(pool)
+                .fetch_one(&mut *conn)
                 .await?
                 .try_get("v")?;
             if let Some(found) = found.filter(|&f| f > known) {
@@ -292,4 +312,47 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn schema_versions(store: &Store) -> Vec<i64> {
+        with_pool!(store, |pool| {
+            sqlx::query_scalar("SELECT version FROM mx_schema ORDER BY version")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        })
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let known: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+
+        let store = Store::connect_url(&url).await.unwrap();
+        assert_eq!(schema_versions(&store).await, known);
+        store.close().await;
+
+        // Up to date: connecting again applies nothing and keeps one row per migration.
+        let store = Store::connect_url(&url).await.unwrap();
+        assert_eq!(schema_versions(&store).await, known);
+        with_pool!(store, |pool| {
+            sqlx::query("INSERT INTO mx_schema (version, name, applied_at) VALUES (9999, 'x', 0)")
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        store.close().await;
+
+        match Store::connect_url(&url).await {
+            Err(StoreError::SchemaTooNew { found: 9999, known: k }) => {
+                assert_eq!(Some(&k), known.last());
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
 }
