@@ -42,6 +42,11 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// them from the database.
 pub const MAX_QUEUED: usize = 8192;
 
+/// On SQLite, finished batches are deleted once this many are waiting, or when the flusher has
+/// no progress to write: one `DELETE` for many batches instead of one per flush. A finished
+/// batch that is not deleted yet is harmless (its rooms' progress hides its events).
+const DELETE_BATCHES_AT: usize = 256;
+
 /// A committed batch handed over in memory: each event with its parsed form (the intake parsed
 /// it already), or with its JSON when it could not be handed over parsed.
 #[derive(Debug)]
@@ -591,13 +596,22 @@ impl<B: Bridge> Shared<B> {
     /// leave handled events pending and hand them out again after a restart, outside the
     /// documented at-least-once window.
     async fn flush_completed(&self) {
+        let defer_deletes = self.store.backend_name() == "sqlite";
         let (batch, generation) = {
             let mut completed = self.completed.lock().expect("lock poisoned");
             let generation = completed.generation;
             completed.generation += 1;
+            let progress = std::mem::take(&mut completed.progress);
+            let delete_now = !defer_deletes
+                || progress.is_empty()
+                || completed.finished_batches.len() >= DELETE_BATCHES_AT;
             let batch = Completed {
-                progress: std::mem::take(&mut completed.progress),
-                finished_batches: std::mem::take(&mut completed.finished_batches),
+                progress,
+                finished_batches: if delete_now {
+                    std::mem::take(&mut completed.finished_batches)
+                } else {
+                    Vec::new()
+                },
                 finished_requeued: std::mem::take(&mut completed.finished_requeued),
                 generation,
             };
@@ -616,17 +630,23 @@ impl<B: Bridge> Shared<B> {
         self.flushed.send_replace(generation);
     }
 
-    /// Flushes completions until `stop` is set and nothing is left.
+    /// Flushes completions until `stop` is set and nothing is left. Finished batches whose
+    /// deletion was deferred are deleted when nothing else comes for a moment.
     async fn flush_loop(&self, mut stop: watch::Receiver<bool>) {
         loop {
             let ready = self.completed_ready.notified();
             self.flush_completed().await;
-            if *stop.borrow() && self.completed.lock().expect("lock poisoned").is_empty() {
+            let (empty, leftovers) = {
+                let completed = self.completed.lock().expect("lock poisoned");
+                (completed.is_empty(), !completed.finished_batches.is_empty())
+            };
+            if *stop.borrow() && empty {
                 return;
             }
             tokio::select! {
                 () = ready => {}
                 _ = stop.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)), if leftovers => {}
             }
         }
     }

@@ -535,12 +535,13 @@ impl Store {
             .collect())
     }
 
-    /// Records handled events in one database transaction: the progress of each room (the
-    /// position of its last handled event; progress never moves back), the batches whose events
-    /// are all handled (deleted), and requeued parked events that are now handled (deleted).
+    /// Records handled events: the progress of each room (the position of its last handled
+    /// event; progress never moves back), the batches whose events are all handled (deleted),
+    /// and requeued parked events that are now handled (deleted). One statement on PostgreSQL;
+    /// on SQLite a few, progress first (any prefix of them leaves a consistent inbox).
     ///
     /// # Errors
-    /// When the database fails; then nothing is recorded.
+    /// When the database fails; then what was recorded before the failure stays.
     pub async fn record_handled(
         &self,
         progress: &[(&str, i64, i32)],
@@ -597,24 +598,27 @@ impl Store {
             .await?;
             return Ok(());
         }
+        // SQLite: separate statements without a transaction, progress first. Nothing needs them
+        // together: a batch deleted while its rooms' progress is not written yet is gone, and its
+        // events are not read again; progress written for a batch not yet deleted only hides
+        // those events when the batch is read after a restart. Each statement is a hop to the
+        // connection's thread, so fewer is faster.
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
             for chunk in progress.chunks(INSERT_CHUNK) {
                 let mut query = sqlx::query(rows_sql(RowsSql::Progress, chunk.len()));
                 for (room, seq, idx) in chunk {
                     query = query.bind(*room).bind(*seq).bind(*idx);
                 }
-                query.execute(&mut *tx).await?;
+                query.execute(pool).await?;
             }
             for (sql, list, empty) in [
                 (delete_batches, &batches, finished_batches.is_empty()),
                 (delete_parked, &requeued, finished_requeued.is_empty()),
             ] {
                 if !empty {
-                    sqlx::query(sql).bind(list).execute(&mut *tx).await?;
+                    sqlx::query(sql).bind(list).execute(pool).await?;
                 }
             }
-            tx.commit().await?;
         });
         Ok(())
     }
