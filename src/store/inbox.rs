@@ -686,17 +686,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if let InboxPos::Batch { seq, idx } = event.pos {
-                sqlx::query(
-                    "INSERT INTO mx_room_progress (room_id, batch_seq, idx) VALUES ($1, $2, $3) \
-                     ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, \
-                     idx = excluded.idx WHERE (excluded.batch_seq, excluded.idx) > \
-                     (mx_room_progress.batch_seq, mx_room_progress.idx)",
-                )
-                .bind(&event.room_id)
-                .bind(seq)
-                .bind(idx)
-                .execute(&mut *tx)
-                .await?;
+                // The same upsert as `record_handled`, for one room.
+                sqlx::query(rows_sql(RowsSql::Progress, 1))
+                    .bind(&event.room_id)
+                    .bind(seq)
+                    .bind(idx)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
