@@ -96,9 +96,13 @@ pub type BridgeResult<T = ()> = Result<T, BridgeError>;
 ///
 /// The envelope (IDs, type, sender) is parsed and validated; the full event stays raw JSON and
 /// is deserialized on demand ([`Event::deserialize`], [`Event::content`]), so an event with a
-/// malformed content still reaches the bridge.
+/// malformed content still reaches the bridge. Its fields are those of [`EventData`], reached
+/// through `Deref`. Cloning an `Event` is cheap: the clones share one allocation.
 #[derive(Clone)]
-pub struct Event {
+pub struct Event(Arc<EventData>);
+
+/// The parsed envelope and the JSON of an [`Event`].
+pub struct EventData {
     /// The event ID.
     pub event_id: OwnedEventId,
     /// The room.
@@ -110,6 +114,14 @@ pub struct Event {
     /// The state key, for state events.
     pub state_key: Option<String>,
     raw: Raw<AnyTimelineEvent>,
+}
+
+impl std::ops::Deref for Event {
+    type Target = EventData;
+
+    fn deref(&self) -> &EventData {
+        &self.0
+    }
 }
 
 /// Why an event's envelope was refused.
@@ -136,7 +148,14 @@ impl Event {
             (event_id.to_owned(), room_id.to_owned(), sender.to_owned());
         let kind = h.kind.into_owned();
         let state_key = h.state_key.map(std::borrow::Cow::into_owned);
-        Ok(Self { event_id, room_id, sender, kind, state_key, raw: Raw::from_json(raw) })
+        Ok(Self(Arc::new(EventData {
+            event_id,
+            room_id,
+            sender,
+            kind,
+            state_key,
+            raw: Raw::from_json(raw),
+        })))
     }
 
     /// Builds an event from an envelope already parsed and validated (the intake's), copying
@@ -147,14 +166,14 @@ impl Event {
         state_key: Option<&str>,
         raw: &RawValue,
     ) -> Self {
-        Self {
+        Self(Arc::new(EventData {
             event_id: event_id.to_owned(),
             room_id: room_id.to_owned(),
             sender: sender.to_owned(),
             kind: kind.to_owned(),
             state_key: state_key.map(str::to_owned),
             raw: Raw::from_json(raw.to_owned()),
-        }
+        }))
     }
 
     /// The event JSON as the homeserver sent it.
@@ -190,6 +209,12 @@ impl Event {
 }
 
 impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for EventData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Event")
             .field("event_id", &self.event_id)

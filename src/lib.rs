@@ -39,7 +39,7 @@ pub mod testing;
 mod util;
 
 pub use appservice::AppService;
-pub use bridge::{Bridge, BridgeError, BridgeResult, Event};
+pub use bridge::{Bridge, BridgeError, BridgeResult, Event, EventData};
 pub use config::Config;
 pub use context::Context;
 pub use dispatch::{MAX_IN_FLIGHT, MAX_QUEUED};
