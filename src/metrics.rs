@@ -4,7 +4,10 @@
 //! gauges that describe the store (inbox depth, parked events, ghosts, portals, pool use) are
 //! read from it when scraped.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -39,7 +42,7 @@ pub struct Metrics {
     pub transactions: Family<Labels, Counter>,
     /// Events per received transaction.
     pub transaction_events: Histogram,
-    /// Events handed to the bridge, by type and outcome (`ok`, `retry`, `parked`).
+    /// Events handed to the bridge, by type and outcome (`ok`, `failed`, `parked`).
     pub events: Family<Labels, Counter>,
     /// Time the bridge took per event, by type.
     pub handler_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -56,7 +59,22 @@ pub struct Metrics {
     portals: Gauge,
     pool_connections: Gauge,
     pool_idle: Gauge,
+    /// The `events` counters and `handler_seconds` histogram of each event type label (indexed
+    /// like [`EVENT_TYPE_LABELS`]), taken from the families once: the hot path then counts
+    /// without building labels, hashing or allocating.
+    event_handles: [OnceLock<EventHandles>; EVENT_TYPE_LABELS.len()],
 }
+
+/// The metrics of one event type label.
+#[derive(Debug)]
+struct EventHandles {
+    /// Indexed like [`EVENT_OUTCOMES`].
+    outcomes: [Counter; EVENT_OUTCOMES.len()],
+    seconds: Histogram,
+}
+
+/// The outcomes of a handled event.
+const EVENT_OUTCOMES: [&str; 3] = ["ok", "failed", "parked"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -83,6 +101,7 @@ impl Metrics {
             portals: Gauge::default(),
             pool_connections: Gauge::default(),
             pool_idle: Gauge::default(),
+            event_handles: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,13 +168,33 @@ impl Metrics {
         self.transaction_events.observe(events as f64);
     }
 
-    /// Counts a handled event and its handling time.
+    /// Counts a handled event (`outcome` one of `ok`, `failed`, `parked`) and its handling
+    /// time.
     pub(crate) fn event(&self, kind: &str, outcome: &'static str, took: Duration) {
-        let kind = event_type_label(kind);
-        self.events
-            .get_or_create(&vec![("type", kind.clone()), ("outcome", outcome.to_owned())])
-            .inc();
-        self.handler_seconds.get_or_create(&vec![("type", kind)]).observe(took.as_secs_f64());
+        let label = event_type_index(kind);
+        let Some(o) = EVENT_OUTCOMES.iter().position(|&x| x == outcome) else {
+            let kind = EVENT_TYPE_LABELS[label].to_owned();
+            let labels = vec![("type", kind.clone()), ("outcome", outcome.to_owned())];
+            self.events.get_or_create(&labels).inc();
+            self.handler_seconds.get_or_create(&vec![("type", kind)]).observe(took.as_secs_f64());
+            return;
+        };
+        let handles = self.event_handles[label].get_or_init(|| {
+            let kind = EVENT_TYPE_LABELS[label];
+            let counter = |outcome: &str| {
+                let labels = vec![("type", kind.to_owned()), ("outcome", outcome.to_owned())];
+                self.events.get_or_create(&labels).clone()
+            };
+            EventHandles {
+                outcomes: EVENT_OUTCOMES.map(counter),
+                seconds: self
+                    .handler_seconds
+                    .get_or_create(&vec![("type", kind.to_owned())])
+                    .clone(),
+            }
+        });
+        handles.outcomes[o].inc();
+        handles.seconds.observe(took.as_secs_f64());
     }
 
     /// Counts an outgoing request.
@@ -197,24 +236,30 @@ impl Metrics {
 
 /// Event types as metric labels: the spec's types by name, everything else as `other`, so a
 /// sender cannot grow the label set.
-fn event_type_label(kind: &str) -> String {
-    const KNOWN: &[&str] = &[
-        "m.room.message",
-        "m.room.member",
-        "m.reaction",
-        "m.room.redaction",
-        "m.room.power_levels",
-        "m.room.create",
-        "m.room.name",
-        "m.room.topic",
-        "m.room.avatar",
-        "m.room.join_rules",
-        "m.room.encryption",
-        "m.room.encrypted",
-        "m.sticker",
-        "m.room.tombstone",
-    ];
-    if KNOWN.contains(&kind) { kind.to_owned() } else { "other".to_owned() }
+/// The `type` label values: the event types worth a series of their own, then `other`.
+const EVENT_TYPE_LABELS: [&str; 15] = [
+    "m.room.message",
+    "m.room.member",
+    "m.reaction",
+    "m.room.redaction",
+    "m.room.power_levels",
+    "m.room.create",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.encryption",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.room.tombstone",
+    "other",
+];
+
+/// The index of an event type's label in [`EVENT_TYPE_LABELS`] (`other` for any type not
+/// listed, so a homeserver cannot grow the series without bound).
+fn event_type_index(kind: &str) -> usize {
+    let last = EVENT_TYPE_LABELS.len() - 1;
+    EVENT_TYPE_LABELS[..last].iter().position(|&k| k == kind).unwrap_or(last)
 }
 
 /// Shared metrics handle.
@@ -242,6 +287,8 @@ mod tests {
         let m = Metrics::new();
         m.transaction("stored", 1);
         m.event("m.room.message", "ok", Duration::from_millis(3));
+        m.event("m.room.message", "ok", Duration::from_millis(3));
+        m.event("m.room.message", "failed", Duration::from_millis(3));
         m.event("com.example.spam", "ok", Duration::from_millis(3));
         m.request("/_matrix/client/v3/rooms/{room_id}/join", Some(200), Duration::from_millis(5));
         m.retry("rate_limited");
@@ -249,6 +296,17 @@ mod tests {
         assert!(text.contains("mxbridge_transactions_total{outcome=\"stored\"} 1"), "{text}");
         assert!(text.contains("mxbridge_inbox_pending 1"), "{text}");
         assert!(text.contains("mxbridge_events_total{type=\"other\",outcome=\"ok\"} 1"), "{text}");
+        // The cached handles count into the families' series.
+        let series = |outcome: &str| {
+            format!("mxbridge_events_total{{type=\"m.room.message\",outcome=\"{outcome}\"}}")
+        };
+        assert!(text.contains(&format!("{} 2", series("ok"))), "{text}");
+        assert!(text.contains(&format!("{} 1", series("failed"))), "{text}");
+        assert!(text.contains(&format!("{} 0", series("parked"))), "{text}");
+        assert!(
+            text.contains("mxbridge_handler_seconds_count{type=\"m.room.message\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("mxbridge_retries_total{cause=\"rate_limited\"} 1"), "{text}");
         assert!(
             text.contains("route=\"/_matrix/client/v3/rooms/{room_id}/join\",status=\"200\""),
