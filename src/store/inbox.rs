@@ -64,6 +64,16 @@ fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
     texts.entry((kind, n)).or_insert_with(|| Box::leak(kind.build(n).into_boxed_str()))
 }
 
+/// How [`Store::accept_batched`] finds the new events of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    /// One statement that inserts every event ID and returns nothing; gives up (the caller
+    /// rolls back) when any was there already.
+    AssumeNew,
+    /// Inserts the event IDs with `RETURNING`, learning which are new.
+    PerEvent,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum RowsSql {
     /// `$1` the time, then the event ID per event; returns the IDs that were new.
@@ -316,6 +326,26 @@ impl Store {
 
     /// [`Store::accept_transactions`], also telling which batches were written.
     pub(crate) async fn accept_batched(&self, txns: &[IncomingTxn<'_>]) -> Result<Vec<Accepted>> {
+        // On SQLite, first assume that every event is new (the rule: a homeserver resends a
+        // transaction under its own ID, which the txn table catches first): the dedup rows are
+        // then one statement that returns nothing. If any event was seen before, that
+        // database transaction is rolled back and the group stored again the careful way.
+        if self.backend_name() == "sqlite"
+            && let Some(accepted) = self.accept_once(txns, Dedup::AssumeNew).await?
+        {
+            return Ok(accepted);
+        }
+        let accepted = self.accept_once(txns, Dedup::PerEvent).await?;
+        accepted.ok_or_else(|| corrupt("the careful dedup path gave up"))
+    }
+
+    /// One attempt at storing a group; `None` when `Dedup::AssumeNew` met an event seen before
+    /// (nothing was stored then).
+    async fn accept_once(
+        &self,
+        txns: &[IncomingTxn<'_>],
+        dedup: Dedup,
+    ) -> Result<Option<Vec<Accepted>>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
         let budget = match self.backend_name() {
@@ -347,14 +377,40 @@ impl Store {
                 .filter(|(_, new)| **new)
                 .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
                 .collect();
-            let mut fresh: HashSet<String> = HashSet::with_capacity(candidates.len());
-            for chunk in candidates.chunks(INSERT_CHUNK) {
-                let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
-                for id in chunk {
-                    query = query.bind(*id);
+            // `None`: every candidate is new (and each appears once).
+            let mut fresh: Option<HashSet<String>> = None;
+            match dedup {
+                Dedup::AssumeNew => {
+                    if !candidates.is_empty() {
+                        let list = serde_json::to_string(&candidates).map_err(corrupt)?;
+                        let inserted = sqlx::query(
+                            "INSERT INTO mx_event_seen (event_id, seen_at) \
+                             SELECT value, ? FROM json_each(?) WHERE true \
+                             ON CONFLICT (event_id) DO NOTHING",
+                        )
+                        .bind(now)
+                        .bind(list)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if usize::try_from(inserted).ok() != Some(candidates.len()) {
+                            tx.rollback().await?;
+                            return Ok(None);
+                        }
+                    }
                 }
-                for row in query.fetch_all(&mut *tx).await? {
-                    fresh.insert(row.try_get(0)?);
+                Dedup::PerEvent => {
+                    let mut new_ids = HashSet::with_capacity(candidates.len());
+                    for chunk in candidates.chunks(INSERT_CHUNK) {
+                        let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
+                        for id in chunk {
+                            query = query.bind(*id);
+                        }
+                        for row in query.fetch_all(&mut *tx).await? {
+                            new_ids.insert(row.try_get(0)?);
+                        }
+                    }
+                    fresh = Some(new_ids);
                 }
             }
             // The new events of each new transaction, cut into batches.
@@ -371,9 +427,12 @@ impl Store {
                     continue;
                 }
                 // `remove`: an event twice in one transaction is stored once, the first time.
-                let new_events: Vec<usize> = (0..t.events.len())
-                    .filter(|&i| fresh.remove(t.events[i].event_id.as_ref()))
-                    .collect();
+                let new_events: Vec<usize> = match &mut fresh {
+                    None => (0..t.events.len()).collect(),
+                    Some(fresh) => (0..t.events.len())
+                        .filter(|&i| fresh.remove(t.events[i].event_id.as_ref()))
+                        .collect(),
+                };
                 accepted.push(Accepted {
                     outcome: AcceptOutcome::Stored { new_events: new_events.len() },
                     batches: vec![],
@@ -416,7 +475,7 @@ impl Store {
             for (b, seq) in planned.into_iter().zip(seqs) {
                 accepted[b.txn].batches.push(StoredBatch { seq, events: b.events });
             }
-            Ok(accepted)
+            Ok(Some(accepted))
         })
     }
 
