@@ -9,10 +9,19 @@
 //! 4. Everything else goes to [`Bridge::handle_event`] and then to the typed method: messages,
 //!    edits, reactions, redactions, membership.
 
+use std::borrow::Cow;
+
 use ruma::{
     OwnedEventId, OwnedUserId,
-    events::room::message::{Relation, RoomMessageEventContent},
+    events::{
+        Mentions,
+        room::message::{
+            EmoteMessageEventContent, MessageType, NoticeMessageEventContent, Relation,
+            RoomMessageEventContent, TextMessageEventContent,
+        },
+    },
 };
+use serde::Deserialize;
 
 use crate::{
     Context,
@@ -279,8 +288,7 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
             bridge.handle_membership(&m).await
         }
         "m.room.message" => {
-            let content: RoomMessageEventContent =
-                event.content().map_err(BridgeError::permanent)?;
+            let content = message_content(event).map_err(BridgeError::permanent)?;
             if let Some(Relation::Replacement(replacement)) = &content.relates_to {
                 let target = replacement.event_id.clone();
                 let target_remote = ctx.remote_message_for(&target).await?;
@@ -425,6 +433,68 @@ pub fn help_text(prefix: &str, specs: &[CommandSpec], level: PermissionLevel) ->
     out
 }
 
+/// The typed content of an `m.room.message` event.
+///
+/// ruma's deserializer reads the content several times over (for the message type, the body
+/// and the relation); the most common shape — a text, notice or emote with a plain or HTML
+/// body, no relation and at most an empty `m.mentions` — is built directly from one pass
+/// instead. Anything else goes to ruma, so the result is the same either way.
+pub(crate) fn message_content(event: &Event) -> serde_json::Result<RoomMessageEventContent> {
+    match simple_message(event.json()) {
+        Some(content) => Ok(content),
+        None => event.content(),
+    }
+}
+
+/// `Some` only for the shape [`message_content`] builds itself.
+fn simple_message(json: &str) -> Option<RoomMessageEventContent> {
+    #[derive(Deserialize)]
+    struct Outer<'a> {
+        #[serde(borrow)]
+        content: Simple<'a>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Simple<'a> {
+        #[serde(borrow)]
+        msgtype: Cow<'a, str>,
+        #[serde(borrow)]
+        body: Cow<'a, str>,
+        #[serde(borrow, default)]
+        format: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        formatted_body: Option<Cow<'a, str>>,
+        #[serde(rename = "m.mentions", default)]
+        mentions: Option<NoMentions>,
+    }
+    /// Only `{}`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoMentions {}
+
+    let c = serde_json::from_str::<Outer<'_>>(json).ok()?.content;
+    let html = match (c.format.as_deref(), c.formatted_body) {
+        (None, None) => None,
+        (Some("org.matrix.custom.html"), Some(html)) => Some(html.into_owned()),
+        _ => return None,
+    };
+    let body = c.body.into_owned();
+    let msgtype = match (c.msgtype.as_ref(), html) {
+        ("m.text", None) => MessageType::Text(TextMessageEventContent::plain(body)),
+        ("m.text", Some(html)) => MessageType::Text(TextMessageEventContent::html(body, html)),
+        ("m.notice", None) => MessageType::Notice(NoticeMessageEventContent::plain(body)),
+        ("m.notice", Some(html)) => {
+            MessageType::Notice(NoticeMessageEventContent::html(body, html))
+        }
+        ("m.emote", None) => MessageType::Emote(EmoteMessageEventContent::plain(body)),
+        ("m.emote", Some(html)) => MessageType::Emote(EmoteMessageEventContent::html(body, html)),
+        _ => return None,
+    };
+    let mut content = RoomMessageEventContent::new(msgtype);
+    content.mentions = c.mentions.map(|NoMentions {}| Mentions::new());
+    Some(content)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +516,71 @@ mod tests {
         assert!(!user.contains("nuke"), "{user}");
         let admin = help_text("!x", SPECS, PermissionLevel::Admin);
         assert!(admin.contains("`!x nuke NAME` — delete all"), "{admin}");
+    }
+
+    /// Every combination of the parts a message content is made of: where the direct path
+    /// builds the content, it must be what ruma's deserializer makes of the same JSON.
+    #[test]
+    fn the_direct_message_path_agrees_with_ruma() {
+        let msgtypes = [r#""m.text""#, r#""m.notice""#, r#""m.emote""#, r#""m.image""#, "7"];
+        let bodies = [r#""hi""#, r#""tab\t \u00e9 \"q\" \\ 🦀""#, "null", ""];
+        let formats = [
+            "",
+            r#","format":"org.matrix.custom.html","formatted_body":"<b>hi</b>""#,
+            r#","format":"org.matrix.custom.html""#,
+            r#","formatted_body":"<b>hi</b>""#,
+            r#","format":"x.other","formatted_body":"hi""#,
+        ];
+        let mentions =
+            ["", r#","m.mentions":{}"#, r#","m.mentions":null"#, r#","m.mentions":{"room":true}"#];
+        let extras = [
+            "",
+            r#","m.relates_to":{"m.in_reply_to":{"event_id":"$x"}}"#,
+            r#","m.relates_to":{"rel_type":"m.replace","event_id":"$x"}"#,
+            r#","url":"mxc://x/y""#,
+            r#","body":"again""#,
+        ];
+        let (mut direct, mut total) = (0, 0);
+        for msgtype in msgtypes {
+            for body in bodies {
+                for format in formats {
+                    for mention in mentions {
+                        for extra in extras {
+                            let body = if body.is_empty() {
+                                String::new()
+                            } else {
+                                format!(r#","body":{body}"#)
+                            };
+                            let json = format!(
+                                r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}}}"#
+                            );
+                            let event = Event::from_json(&json).unwrap();
+                            let by_ruma = event.content::<RoomMessageEventContent>();
+                            total += 1;
+                            if let Some(fast) = simple_message(&json) {
+                                direct += 1;
+                                let ruma =
+                                    by_ruma.unwrap_or_else(|e| panic!("{json}: ruma says {e}"));
+                                assert_eq!(
+                                    serde_json::to_value(&fast).unwrap(),
+                                    serde_json::to_value(&ruma).unwrap(),
+                                    "{json}"
+                                );
+                            }
+                            let routed =
+                                message_content(&event).map(|c| serde_json::to_value(c).unwrap());
+                            let ruma = event
+                                .content::<RoomMessageEventContent>()
+                                .map(|c| serde_json::to_value(c).unwrap());
+                            assert_eq!(routed.ok(), ruma.ok(), "{json}");
+                        }
+                    }
+                }
+            }
+        }
+        // text, notice, emote × (plain, HTML) × (no, empty, null mentions) × three bodies: the
+        // two given in place and the one that comes as an extra key.
+        assert_eq!(direct, 3 * 2 * 3 * 3, "of {total}");
     }
 }
 
