@@ -157,11 +157,15 @@ impl Store {
                 // Checkpoint less often: a checkpoint runs inside the commit that triggers it.
                 .pragma("wal_autocheckpoint", "10000")
                 .foreign_keys(true);
-            // An in-memory database exists once per connection: keep it to one.
-            let max = if url.contains(":memory:") { 1 } else { config.max_connections };
+            // One connection, whatever `max_connections` says. SQLite has one writer at a
+            // time: a second connection's write would wait for the first one's lock by
+            // polling it in sleeps of a millisecond and more (SQLite's busy handler), while one
+            // connection queues the statements and runs them back to back. (An in-memory
+            // database also exists once per connection.) Measured in BENCHMARKS.md.
+            let max = 1;
             let pool = SqlitePoolOptions::new()
                 .max_connections(max)
-                .min_connections(if max == 1 { 1 } else { 0 })
+                .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .connect_with(options)

@@ -461,8 +461,17 @@ mod tests {
         )
         .await;
         assert!(gave_up.is_err(), "the write waited for the lock");
-        // Meanwhile the old row is what the database has; nothing of it may stick.
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Join));
+        // Meanwhile the database still has the old row, and the cache claims neither the old
+        // nor the new membership. (The store's one SQLite connection is busy with the write, so
+        // a read through the store would wait for it.)
+        assert_eq!(store.state_cache.len().0, 0, "the cache claims nothing during the write");
+        let row: (String,) = sqlx::query_as(
+            "SELECT membership FROM mx_membership WHERE room_id = '!r' AND user_id = '@g'",
+        )
+        .fetch_one(&mut *locker)
+        .await
+        .unwrap();
+        assert_eq!(row.0, "join");
         sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
         drop(locker);
         // The write finishes on its own, and the cache follows.
