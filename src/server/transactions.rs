@@ -90,7 +90,7 @@ impl Envelope<'_> {
             ("sender", &self.sender),
             ("type", &self.kind),
         ] {
-            if value.chars().any(char::is_control) {
+            if has_control(value) {
                 return Err(MalformedEvent(format!("control character in {field}")));
             }
         }
@@ -103,6 +103,12 @@ impl Envelope<'_> {
         }
         Ok((event_id, room_id, sender))
     }
+}
+
+/// Whether `s` holds a control character (C0, DEL or C1). IDs are printable ASCII in practice,
+/// which one pass over the bytes confirms; anything else is decoded.
+fn has_control(s: &str) -> bool {
+    !s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.chars().any(char::is_control)
 }
 
 /// In-memory data of one transaction, handed to the bridge after the commit.
@@ -306,6 +312,16 @@ pub(crate) async fn push_events<B: Bridge>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_found_in_ascii_and_beyond() {
+        for s in ["a\u{0}b", "\t", "x\u{7f}", "é\u{85}", "\u{9f}"] {
+            assert!(has_control(s), "{s:?}");
+        }
+        for s in ["", "$abc:x.org", "@ü:x", "!日本:x", "\u{a0}"] {
+            assert!(!has_control(s), "{s:?}");
+        }
+    }
 
     #[test]
     fn one_malformed_event_does_not_fail_the_batch() {
