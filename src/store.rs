@@ -322,6 +322,32 @@ pub(crate) fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_writes_queue_on_one_connection_whatever_the_pool_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/one.db", dir.path().display());
+        let config = DatabaseConfig { url, max_connections: 8, ..DatabaseConfig::default() };
+        let store = Store::connect(&config).await.unwrap();
+        // 64 writers at once: none fails on the lock, and no second connection is opened.
+        let writes = (0..64).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("$e{i}");
+                let event = crate::store::NewEvent {
+                    event_id: id.as_str().into(),
+                    room_id: "!r".into(),
+                    json: "{}",
+                };
+                store.accept_transaction(&i.to_string(), "h", &[event]).await
+            })
+        });
+        for w in futures_util::future::join_all(writes).await {
+            assert_eq!(w.unwrap().unwrap(), AcceptOutcome::Stored { new_events: 1 });
+        }
+        assert_eq!(store.pool_usage().0, 1);
+        assert_eq!(store.inbox_stats().await.unwrap().pending, 64);
+    }
+
     async fn schema_versions(store: &Store) -> Vec<i64> {
         with_pool!(store, |pool| {
             sqlx::query_scalar("SELECT version FROM mx_schema ORDER BY version")
