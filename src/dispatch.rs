@@ -286,6 +286,7 @@ impl<B: Bridge> Shared<B> {
                 return;
             }
             if self.live_state.overflow.swap(false, Ordering::SeqCst) {
+                self.ctx.metrics().inbox_handoff_overflows.inc();
                 // Drop what is queued: it is all in the database, read next.
                 while let Ok(batch) = live_rx.try_recv() {
                     self.dequeued(&batch);

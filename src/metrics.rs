@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Retries of outgoing requests, by cause (`rate_limited`, `unavailable`).
     pub retries: Family<Labels, Counter>,
     inbox_pending: Gauge,
+    /// Times the in-memory hand-off queue overflowed, so the dispatcher read stored batches
+    /// back from the database: the bridge is handling events slower than they arrive.
+    pub inbox_handoff_overflows: Counter,
     inbox_oldest_age_seconds: Gauge,
     inbox_parked: Gauge,
     ghosts: Gauge,
@@ -95,6 +98,7 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
             inbox_pending: Gauge::default(),
+            inbox_handoff_overflows: Counter::default(),
             inbox_oldest_age_seconds: Gauge::default(),
             inbox_parked: Gauge::default(),
             ghosts: Gauge::default(),
@@ -143,6 +147,12 @@ impl Metrics {
             "inbox_pending",
             "Events stored and not yet handled",
             m.inbox_pending.clone(),
+        );
+        registry.register(
+            "inbox_handoff_overflows",
+            "Times the dispatcher fell behind by more than the in-memory hand-off queue and read \
+             stored events back from the database",
+            m.inbox_handoff_overflows.clone(),
         );
         registry.register(
             "inbox_oldest_age_seconds",

@@ -131,6 +131,14 @@ async fn a_backlog_beyond_the_hand_off_queue_is_read_back_in_order() {
             handled.iter().filter(|(r, _)| r == room).map(|(_, e)| e.clone()).collect();
         assert_eq!(order, sent[room], "order in {room}");
     }
+    let metrics = client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let overflows: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mxbridge_inbox_handoff_overflows_total "))
+        .unwrap_or_else(|| panic!("no overflow counter in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(overflows >= 1, "the hand-off queue overflowed: {overflows}");
     app.stop().await;
 }
 
