@@ -636,6 +636,9 @@ impl<B: Bridge> Shared<B> {
     async fn flush_loop(&self, mut stop: watch::Receiver<bool>) {
         loop {
             let ready = self.completed_ready.notified();
+            // Let the room workers that are ready run first, so that their completions join
+            // this flush instead of each waiting for one of its own.
+            tokio::task::yield_now().await;
             self.flush_completed().await;
             let (empty, leftovers) = {
                 let completed = self.completed.lock().expect("lock poisoned");
