@@ -182,8 +182,9 @@ pub struct BotConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` (created on first run) or `postgres://user@host/db`.
     pub url: String,
-    /// The most connections in the pool (PostgreSQL). SQLite always uses one: it has one
-    /// writer at a time, and a second connection would only wait for the first one's lock.
+    /// The most connections in the pool. On SQLite, writes always share one connection (it has
+    /// one writer at a time, and a second would only wait for the first one's lock); this
+    /// many more serve reads.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// SQLite only: `normal` (WAL; a committed transaction survives a process crash, the

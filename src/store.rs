@@ -72,6 +72,8 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// SQLite files only: connections for read-only queries (see `with_reader!`).
+    readers: Option<SqlitePool>,
     /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
@@ -104,6 +106,20 @@ macro_rules! with_pool {
     };
 }
 pub(crate) use with_pool;
+
+/// Runs `$body` with `$pool` bound to the pool for read-only queries: on an SQLite file the
+/// readers' pool (WAL readers run beside the one writer and never wait for it), otherwise the
+/// same pool as [`with_pool!`].
+macro_rules! with_reader {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match (&$store.backend, &$store.readers) {
+            ($crate::store::Backend::Sqlite(_), Some($pool)) => $body,
+            ($crate::store::Backend::Sqlite($pool), None) => $body,
+            ($crate::store::Backend::Postgres($pool), _) => $body,
+        }
+    };
+}
+pub(crate) use with_reader;
 
 struct Migration {
     version: i64,
@@ -144,6 +160,7 @@ impl Store {
     /// When the database cannot be reached or a migration fails.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
         let url = config.url.as_str();
+        let mut readers = None;
         let backend = if url.starts_with("sqlite:") {
             let synchronous = match config.sqlite_synchronous {
                 SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
@@ -157,14 +174,22 @@ impl Store {
                 // Checkpoint less often: a checkpoint runs inside the commit that triggers it.
                 .pragma("wal_autocheckpoint", "10000")
                 .foreign_keys(true);
-            // One connection, whatever `max_connections` says. SQLite has one writer at a
-            // time: a second connection's write would wait for the first one's lock by
-            // polling it in sleeps of a millisecond and more (SQLite's busy handler), while one
-            // connection queues the statements and runs them back to back. (An in-memory
-            // database also exists once per connection.) Measured in BENCHMARKS.md.
-            let max = 1;
+            // Writes go through one connection. SQLite has one writer at a time: a second
+            // connection's write would wait for the first one's lock by polling it in sleeps of
+            // a millisecond and more (SQLite's busy handler), while one connection queues the
+            // statements and runs them back to back. Read-only queries go through up to
+            // `max_connections` more, opened when needed: in WAL mode readers neither wait for
+            // the writer nor hold it up. (An in-memory database exists once per connection, so
+            // it has the one.) Measured in BENCHMARKS.md.
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            readers = (!in_memory).then(|| {
+                SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .min_connections(0)
+                    .connect_lazy_with(options.clone())
+            });
             let pool = SqlitePoolOptions::new()
-                .max_connections(max)
+                .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
@@ -181,6 +206,7 @@ impl Store {
         };
         let store = Self {
             backend,
+            readers,
             portal_cache: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
@@ -239,6 +265,9 @@ impl Store {
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
+        if let Some(readers) = &self.readers {
+            readers.close().await;
+        }
         with_pool!(self, |pool| pool.close().await);
     }
 
@@ -328,7 +357,8 @@ mod tests {
         let url = format!("sqlite://{}/one.db", dir.path().display());
         let config = DatabaseConfig { url, max_connections: 8, ..DatabaseConfig::default() };
         let store = Store::connect(&config).await.unwrap();
-        // 64 writers at once: none fails on the lock, and no second connection is opened.
+        // 64 writers at once: none fails on the lock, and no second writing connection is
+        // opened (reads have their own pool).
         let writes = (0..64).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {

@@ -17,7 +17,7 @@ use std::{borrow::Cow, collections::HashMap, collections::HashSet};
 use serde_json::value::RawValue;
 use sqlx::Row;
 
-use super::{Backend, Result, Store, StoreError, now_ms, with_pool};
+use super::{Backend, Result, Store, StoreError, now_ms, with_pool, with_reader};
 
 /// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
 /// backends' limits).
@@ -486,7 +486,7 @@ impl Store {
     /// # Errors
     /// When the database fails or a stored batch is not valid JSON.
     pub async fn pending_batches(&self, after: i64, limit: i64) -> Result<Vec<PendingBatch>> {
-        let rows: Vec<(i64, String)> = with_pool!(self, |pool| {
+        let rows: Vec<(i64, String)> = with_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT seq, events FROM mx_inbox_batch WHERE seq > $1 ORDER BY seq LIMIT $2",
             )
@@ -539,7 +539,7 @@ impl Store {
             }
         };
         let rows: Vec<(String, i64, i32)> =
-            with_pool!(self, |pool| sqlx::query_as(sql).bind(&list).fetch_all(pool).await?);
+            with_reader!(self, |pool| sqlx::query_as(sql).bind(&list).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|(room, seq, idx)| (room, (seq, idx))).collect())
     }
 
@@ -560,7 +560,7 @@ impl Store {
             }
         };
         let rows: Vec<(String, i32)> =
-            with_pool!(self, |pool| sqlx::query_as(sql).bind(&list).fetch_all(pool).await?);
+            with_reader!(self, |pool| sqlx::query_as(sql).bind(&list).fetch_all(pool).await?);
         Ok(rows.into_iter().collect())
     }
 
@@ -570,7 +570,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn requeued_events(&self, after: i64, limit: i64) -> Result<Vec<PendingEvent>> {
-        let rows: Vec<(i64, String, String, String)> = with_pool!(self, |pool| {
+        let rows: Vec<(i64, String, String, String)> = with_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT seq, event_id, room_id, event_json FROM mx_parked \
                  WHERE requeued = TRUE AND seq > $1 ORDER BY seq LIMIT $2",
@@ -794,7 +794,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn parked_events(&self, limit: i64) -> Result<Vec<ParkedEvent>> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT seq, event_id, room_id, attempts, last_error FROM mx_parked \
                  WHERE requeued = FALSE ORDER BY seq LIMIT $1",
@@ -824,7 +824,7 @@ impl Store {
     /// When the database fails.
     pub async fn inbox_status(&self, event_id: &str) -> Result<Option<(i32, i32)>> {
         let attempts = self.attempts_of(&[event_id]).await?.get(event_id).copied().unwrap_or(0);
-        let parked: Option<(i32, bool)> = with_pool!(self, |pool| {
+        let parked: Option<(i32, bool)> = with_reader!(self, |pool| {
             sqlx::query_as("SELECT attempts, requeued FROM mx_parked WHERE event_id = $1")
                 .bind(event_id)
                 .fetch_optional(pool)
@@ -835,7 +835,7 @@ impl Store {
             Some((parked_attempts, false)) => return Ok(Some((2, parked_attempts))),
             None => {}
         }
-        let seen: Option<i64> = with_pool!(self, |pool| {
+        let seen: Option<i64> = with_reader!(self, |pool| {
             sqlx::query_scalar("SELECT seen_at FROM mx_event_seen WHERE event_id = $1")
                 .bind(event_id)
                 .fetch_optional(pool)
@@ -849,7 +849,7 @@ impl Store {
             _ => "SELECT seq, events FROM mx_inbox_batch WHERE instr(events, $1) > 0",
         };
         let rows: Vec<(i64, String)> =
-            with_pool!(self, |pool| sqlx::query_as(sql).bind(event_id).fetch_all(pool).await?);
+            with_reader!(self, |pool| sqlx::query_as(sql).bind(event_id).fetch_all(pool).await?);
         for (seq, json) in &rows {
             let Some(event) = parse_batch(*seq, json)?.into_iter().find(|e| e.event_id == event_id)
             else {
@@ -869,7 +869,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn inbox_stats(&self) -> Result<InboxStats> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let (in_batches, oldest): (i64, Option<i64>) = sqlx::query_as(
                 "SELECT COALESCE(SUM(n_events), 0), MIN(received_at) FROM mx_inbox_batch",
             )

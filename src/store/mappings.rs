@@ -4,7 +4,7 @@ use std::sync::PoisonError;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, now_ms, with_pool};
+use super::{Result, Store, StoreError, now_ms, with_pool, with_reader};
 
 /// Rooms remembered by the portal cache before it starts over.
 const PORTAL_CACHE_MAX: usize = 100_000;
@@ -150,7 +150,7 @@ impl Store {
     /// When the database fails.
     pub async fn portal_by_remote(&self, remote_id: &str) -> Result<Option<PortalRow>> {
         let sql = concat!("SELECT ", portal_cols!(), " FROM mx_portal WHERE remote_id = $1");
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let row = sqlx::query(sql).bind(remote_id).fetch_optional(pool).await?;
             Ok(match row {
                 Some(r) => Some(portal_from_row!(r)),
@@ -172,7 +172,7 @@ impl Store {
             cache.generation
         };
         let sql = concat!("SELECT ", portal_cols!(), " FROM mx_portal WHERE room_id = $1");
-        let found = with_pool!(self, |pool| {
+        let found = with_reader!(self, |pool| {
             let row = sqlx::query(sql).bind(room_id).fetch_optional(pool).await?;
             match row {
                 Some(r) => Some(portal_from_row!(r)),
@@ -240,7 +240,7 @@ impl Store {
     /// When the database fails.
     pub async fn ghost_by_remote(&self, remote_id: &str) -> Result<Option<GhostRow>> {
         let sql = concat!("SELECT ", ghost_cols!(), " FROM mx_ghost WHERE remote_id = $1");
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let row = sqlx::query(sql).bind(remote_id).fetch_optional(pool).await?;
             Ok(match row {
                 Some(r) => Some(ghost_from_row!(r)),
@@ -255,7 +255,7 @@ impl Store {
     /// When the database fails.
     pub async fn ghost_by_user(&self, user_id: &str) -> Result<Option<GhostRow>> {
         let sql = concat!("SELECT ", ghost_cols!(), " FROM mx_ghost WHERE user_id = $1");
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let row = sqlx::query(sql).bind(user_id).fetch_optional(pool).await?;
             Ok(match row {
                 Some(r) => Some(ghost_from_row!(r)),
@@ -293,7 +293,7 @@ impl Store {
     /// When the database fails.
     pub async fn message_by_event(&self, event_id: &str) -> Result<Option<MessageRow>> {
         let sql = concat!("SELECT ", message_cols!(), " FROM mx_message WHERE event_id = $1");
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let row = sqlx::query(sql).bind(event_id).fetch_optional(pool).await?;
             Ok(match row {
                 Some(r) => Some(message_from_row!(r)),
@@ -316,7 +316,7 @@ impl Store {
             message_cols!(),
             " FROM mx_message WHERE portal_id = $1 AND remote_id = $2 ORDER BY part"
         );
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let rows = sqlx::query(sql).bind(portal_id).bind(remote_id).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
@@ -345,7 +345,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn mapping_counts(&self) -> Result<(i64, i64)> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let ghosts: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM mx_ghost").fetch_one(pool).await?;
             let portals: i64 =
@@ -380,7 +380,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             Ok(sqlx::query_scalar("SELECT value FROM mx_kv WHERE namespace = $1 AND key = $2")
                 .bind(namespace)
                 .bind(key)
@@ -394,7 +394,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn kv_list(&self, namespace: &str) -> Result<Vec<(String, String)>> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let rows =
                 sqlx::query("SELECT key, value FROM mx_kv WHERE namespace = $1 ORDER BY key")
                     .bind(namespace)

@@ -9,7 +9,7 @@ use std::fmt;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, now_ms, state_cache::CachedMember, with_pool};
+use super::{Result, Store, StoreError, now_ms, state_cache::CachedMember, with_pool, with_reader};
 
 /// A membership state, as in `m.room.member`'s `membership`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,7 +201,7 @@ impl Store {
     }
 
     async fn member_from_db(&self, room_id: &str, user_id: &str) -> Result<Option<Member>> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let row = sqlx::query(
                 "SELECT user_id, membership, displayname, avatar_url FROM mx_membership \
                  WHERE room_id = $1 AND user_id = $2",
@@ -219,7 +219,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn members_with(&self, room_id: &str, membership: Membership) -> Result<Vec<Member>> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT user_id, membership, displayname, avatar_url FROM mx_membership \
                  WHERE room_id = $1 AND membership = $2 ORDER BY user_id",
@@ -237,7 +237,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             Ok(sqlx::query_scalar(
                 "SELECT room_id FROM mx_membership WHERE user_id = $1 AND membership = 'join' \
                  ORDER BY room_id",
@@ -296,7 +296,7 @@ impl Store {
             RoomStateField::JoinRules => "SELECT join_rules FROM mx_room_state WHERE room_id = $1",
             RoomStateField::Encryption => "SELECT encryption FROM mx_room_state WHERE room_id = $1",
         };
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let v: Option<Option<String>> =
                 sqlx::query_scalar(sql).bind(room_id).fetch_optional(pool).await?;
             Ok(v.flatten())
@@ -326,7 +326,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn members_fetched(&self, room_id: &str) -> Result<bool> {
-        with_pool!(self, |pool| {
+        with_reader!(self, |pool| {
             let v: Option<bool> =
                 sqlx::query_scalar("SELECT members_fetched FROM mx_room_state WHERE room_id = $1")
                     .bind(room_id)
@@ -364,7 +364,7 @@ impl Store {
         let Err(ticket) = self.state_cache.is_registered(user_id) else {
             return Ok(true);
         };
-        let registered = with_pool!(self, |pool| {
+        let registered = with_reader!(self, |pool| {
             let v: Option<i64> =
                 sqlx::query_scalar("SELECT registered_at FROM mx_registered WHERE user_id = $1")
                     .bind(user_id)
@@ -462,9 +462,11 @@ mod tests {
         .await;
         assert!(gave_up.is_err(), "the write waited for the lock");
         // Meanwhile the database still has the old row, and the cache claims neither the old
-        // nor the new membership. (The store's one SQLite connection is busy with the write, so
-        // a read through the store would wait for it.)
+        // nor the new membership. A read through the store does not wait for the stuck write:
+        // it runs on a reader connection.
         assert_eq!(store.state_cache.len().0, 0, "the cache claims nothing during the write");
+        let read = tokio::time::timeout(Duration::from_secs(2), store.membership("!r", "@g"));
+        assert_eq!(read.await.expect("the read waited").unwrap(), Some(Membership::Join));
         let row: (String,) = sqlx::query_as(
             "SELECT membership FROM mx_membership WHERE room_id = '!r' AND user_id = '@g'",
         )
