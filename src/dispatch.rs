@@ -31,6 +31,7 @@ use tracing::Instrument as _;
 use crate::{
     bridge::{Bridge, Event},
     config::InboxConfig,
+    metrics::EventOutcome,
     server::transactions::EphemeralBatch,
     store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
 };
@@ -491,9 +492,9 @@ impl<B: Bridge> Shared<B> {
                     Err(e) => Err(HandlerFailure::Retry(format!("state cache update failed: {e}"))),
                 };
                 let outcome = match &result {
-                    Ok(()) => "ok",
-                    Err(HandlerFailure::Permanent(_)) => "parked",
-                    Err(HandlerFailure::Retry(_)) => "failed",
+                    Ok(()) => EventOutcome::Ok,
+                    Err(HandlerFailure::Permanent(_)) => EventOutcome::Parked,
+                    Err(HandlerFailure::Retry(_)) => EventOutcome::Failed,
                 };
                 self.ctx.metrics().event(&event.kind, outcome, started.elapsed());
                 match result {

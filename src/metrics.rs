@@ -71,13 +71,34 @@ pub struct Metrics {
 /// The metrics of one event type label.
 #[derive(Debug)]
 struct EventHandles {
-    /// Indexed like [`EVENT_OUTCOMES`].
-    outcomes: [Counter; EVENT_OUTCOMES.len()],
+    /// Indexed by [`EventOutcome`].
+    outcomes: [Counter; EventOutcome::ALL.len()],
     seconds: Histogram,
 }
 
-/// The outcomes of a handled event.
-const EVENT_OUTCOMES: [&str; 3] = ["ok", "failed", "parked"];
+/// How handling an event ended (the `outcome` label of `events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventOutcome {
+    /// The handler succeeded.
+    Ok,
+    /// It failed and the event will be retried.
+    Failed,
+    /// It failed for good and the event was parked.
+    Parked,
+}
+
+impl EventOutcome {
+    /// Every outcome, in discriminant order.
+    const ALL: [Self; 3] = [Self::Ok, Self::Failed, Self::Parked];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Parked => "parked",
+        }
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -178,32 +199,25 @@ impl Metrics {
         self.transaction_events.observe(events as f64);
     }
 
-    /// Counts a handled event (`outcome` one of `ok`, `failed`, `parked`) and its handling
-    /// time.
-    pub(crate) fn event(&self, kind: &str, outcome: &'static str, took: Duration) {
+    /// Counts a handled event and its handling time.
+    pub(crate) fn event(&self, kind: &str, outcome: EventOutcome, took: Duration) {
         let label = event_type_index(kind);
-        let Some(o) = EVENT_OUTCOMES.iter().position(|&x| x == outcome) else {
-            let kind = EVENT_TYPE_LABELS[label].to_owned();
-            let labels = vec![("type", kind.clone()), ("outcome", outcome.to_owned())];
-            self.events.get_or_create(&labels).inc();
-            self.handler_seconds.get_or_create(&vec![("type", kind)]).observe(took.as_secs_f64());
-            return;
-        };
         let handles = self.event_handles[label].get_or_init(|| {
             let kind = EVENT_TYPE_LABELS[label];
-            let counter = |outcome: &str| {
-                let labels = vec![("type", kind.to_owned()), ("outcome", outcome.to_owned())];
+            let counter = |outcome: EventOutcome| {
+                let labels =
+                    vec![("type", kind.to_owned()), ("outcome", outcome.label().to_owned())];
                 self.events.get_or_create(&labels).clone()
             };
             EventHandles {
-                outcomes: EVENT_OUTCOMES.map(counter),
+                outcomes: EventOutcome::ALL.map(counter),
                 seconds: self
                     .handler_seconds
                     .get_or_create(&vec![("type", kind.to_owned())])
                     .clone(),
             }
         });
-        handles.outcomes[o].inc();
+        handles.outcomes[outcome as usize].inc();
         handles.seconds.observe(took.as_secs_f64());
     }
 
@@ -296,10 +310,10 @@ mod tests {
             .unwrap();
         let m = Metrics::new();
         m.transaction("stored", 1);
-        m.event("m.room.message", "ok", Duration::from_millis(3));
-        m.event("m.room.message", "ok", Duration::from_millis(3));
-        m.event("m.room.message", "failed", Duration::from_millis(3));
-        m.event("com.example.spam", "ok", Duration::from_millis(3));
+        m.event("m.room.message", EventOutcome::Ok, Duration::from_millis(3));
+        m.event("m.room.message", EventOutcome::Ok, Duration::from_millis(3));
+        m.event("m.room.message", EventOutcome::Failed, Duration::from_millis(3));
+        m.event("com.example.spam", EventOutcome::Ok, Duration::from_millis(3));
         m.request("/_matrix/client/v3/rooms/{room_id}/join", Some(200), Duration::from_millis(5));
         m.retry("rate_limited");
         let text = m.render(&store).await;

@@ -242,9 +242,12 @@ impl Store {
         Ok(())
     }
 
-    /// The number of connections open and idle in the pool.
+    /// The number of database connections open and idle (on SQLite, the writer's and the
+    /// readers' together).
     pub fn pool_usage(&self) -> (u32, usize) {
-        with_pool!(self, |pool| (pool.size(), pool.num_idle()))
+        let readers = self.readers.as_ref().map_or((0, 0), |r| (r.size(), r.num_idle()));
+        let writer = with_pool!(self, |pool| (pool.size(), pool.num_idle()));
+        (writer.0 + readers.0, writer.1 + readers.1)
     }
 
     /// Woken when events were put back in the inbox outside the server's intake.
@@ -281,6 +284,20 @@ impl Store {
     async fn migrate(&self) -> Result<()> {
         let known = MIGRATIONS.last().map_or(0, |m| m.version);
         let postgres = self.backend_name() == "postgres";
+        // The recorded schema version (`None` on a new database), refused when newer than this
+        // build's last migration. A macro: each backend's connection is its own type.
+        macro_rules! checked_version {
+            ($conn:expr) => {{
+                let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM mx_schema")
+                    .fetch_one(&mut *$conn)
+                    .await?
+                    .try_get("v")?;
+                if let Some(found) = found.filter(|&f| f > known) {
+                    return Err(StoreError::SchemaTooNew { found, known });
+                }
+                found
+            }};
+        }
         with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
             sqlx::raw_sql(
@@ -289,13 +306,7 @@ impl Store {
             )
             .execute(&mut *conn)
             .await?;
-            let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM mx_schema")
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("v")?;
-            if let Some(found) = found.filter(|&f| f > known) {
-                return Err(StoreError::SchemaTooNew { found, known });
-            }
+            let found = checked_version!(conn);
             if found == Some(known) {
                 return Ok(());
             }
@@ -328,13 +339,7 @@ impl Store {
                 tx.commit().await?;
             }
             // Another process may have applied newer migrations while we waited for the lock.
-            let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM mx_schema")
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("v")?;
-            if let Some(found) = found.filter(|&f| f > known) {
-                return Err(StoreError::SchemaTooNew { found, known });
-            }
+            checked_version!(conn);
         });
         Ok(())
     }
