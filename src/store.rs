@@ -10,7 +10,7 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     PgPool, Row, SqlitePool,
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
@@ -74,6 +74,9 @@ pub struct Store {
     backend: Backend,
     /// SQLite files only: connections for read-only queries (see `with_reader!`).
     readers: Option<SqlitePool>,
+    /// About how many bytes of event JSON one inbox `INSERT` may carry (see
+    /// `inbox::statement_bytes`).
+    statement_bytes: usize,
     /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
@@ -92,6 +95,16 @@ pub struct Store {
 pub(crate) struct PortalCache {
     pub(crate) generation: u64,
     pub(crate) by_room: std::collections::HashMap<String, Option<PortalRow>>,
+}
+
+/// How sqlx will reach this PostgreSQL server: over a Unix socket when given one, or a host that
+/// is a directory (as `PgConnectOptions::fetch_socket` decides), else over TCP.
+fn pg_link(options: &PgConnectOptions) -> inbox::Link {
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        inbox::Link::UnixSocket
+    } else {
+        inbox::Link::Tcp
+    }
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool of the store's backend.
@@ -161,7 +174,9 @@ impl Store {
     pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
         let url = config.url.as_str();
         let mut readers = None;
+        let statement_bytes;
         let backend = if url.starts_with("sqlite:") {
+            statement_bytes = inbox::statement_bytes(inbox::Link::InProcess);
             let synchronous = match config.sqlite_synchronous {
                 SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
                 SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
@@ -197,16 +212,19 @@ impl Store {
                 .await?;
             Backend::Sqlite(pool)
         } else {
+            let options = PgConnectOptions::from_str(url)?;
+            statement_bytes = inbox::statement_bytes(pg_link(&options));
             let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options)
                 .await?;
             Backend::Postgres(pool)
         };
         let store = Self {
             backend,
             readers,
+            statement_bytes,
             portal_cache: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
@@ -355,6 +373,24 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_over_a_unix_socket_takes_large_inbox_statements_tcp_small_ones() {
+        for (url, link) in [
+            ("postgres://postgres@127.0.0.1:5432/test", inbox::Link::Tcp),
+            ("postgres://db.example.org/test", inbox::Link::Tcp),
+            ("postgres:///test?host=/var/run/postgresql&user=postgres", inbox::Link::UnixSocket),
+            ("postgres://%2Fvar%2Frun%2Fpostgresql/test", inbox::Link::UnixSocket),
+        ] {
+            assert_eq!(pg_link(&PgConnectOptions::from_str(url).unwrap()), link, "{url}");
+        }
+        // Over TCP a 100-event transaction (~33 KB) needs several statements, each under one
+        // socket write; over a socket or in the process it is one.
+        assert!(inbox::statement_bytes(inbox::Link::Tcp) < 16 * 1024);
+        for link in [inbox::Link::UnixSocket, inbox::Link::InProcess] {
+            assert!(inbox::statement_bytes(link) >= 1024 * 1024);
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite_writes_queue_on_one_connection_whatever_the_pool_size() {

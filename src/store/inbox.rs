@@ -22,11 +22,29 @@ use super::{Backend, Result, Store, StoreError, now_ms, with_pool, with_reader};
 /// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
 /// backends' limits).
 const INSERT_CHUNK: usize = 128;
-/// At most about this many bytes of event JSON per INSERT statement on PostgreSQL: a statement
-/// that does not fit one socket write waits ~40 ms for a delayed ACK (Nagle: sqlx 0.9.0 does not
-/// set TCP_NODELAY, transact-rs/sqlx#4335). On SQLite a batch can be large.
-const PG_STATEMENT_BYTES: usize = 8 * 1024;
-const SQLITE_STATEMENT_BYTES: usize = 1024 * 1024;
+/// How the store reaches its database, which decides how large an inbox statement may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// SQLite, in the process.
+    InProcess,
+    /// PostgreSQL over a Unix socket.
+    UnixSocket,
+    /// PostgreSQL over TCP.
+    Tcp,
+}
+
+/// About how many bytes of event JSON one inbox `INSERT` carries, by [`Link`]. Over TCP a
+/// statement that does not fit one socket write waits ~40 ms for a delayed ACK (Nagle: sqlx
+/// 0.9.0 does not set `TCP_NODELAY`, transact-rs/sqlx#4335), so a transaction's events are cut
+/// into statements of 8 KiB there; in the process and over a Unix socket (no Nagle) a batch can
+/// be large, and each statement saved is a round trip saved (PostgreSQL over its socket, load A:
+/// 19–21k → 26–27k events/s, BENCHMARKS.md).
+pub(crate) fn statement_bytes(link: Link) -> usize {
+    match link {
+        Link::Tcp => 8 * 1024,
+        Link::InProcess | Link::UnixSocket => 1024 * 1024,
+    }
+}
 
 /// Splits `items` into runs of at most [`INSERT_CHUNK`] items and about `budget` bytes (an item
 /// larger than the budget goes alone), keeping their order.
@@ -348,10 +366,7 @@ impl Store {
     ) -> Result<Option<Vec<Accepted>>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
-        let budget = match self.backend_name() {
-            "postgres" => PG_STATEMENT_BYTES,
-            _ => SQLITE_STATEMENT_BYTES,
-        };
+        let budget = self.statement_bytes;
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
