@@ -12,6 +12,8 @@
 # Usage: scripts/bench-bridging.sh [--rounds N] [--txns T]
 #   MXB_CACHE (default ~/.cache/mxbridge): the mautrix venv (scripts/bench-peers.sh --install-only)
 #   MXBRIDGE_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); unreachable = skipped
+#   MXBRIDGE_BENCH_POSTGRES_SOCKET (default postgres:///test?host=/var/run/postgresql&user=postgres):
+#     the same server over its Unix socket (row mxbridge-postgres-socket); unreachable = skipped
 #   MXB_PIN=0 turns off CPU pinning (default: load tool and stub on CPU 0, server on CPU 1)
 set -euo pipefail
 
@@ -19,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
 PG_URL=${MXBRIDGE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
+PG_SOCKET_URL=${MXBRIDGE_BENCH_POSTGRES_SOCKET:-postgres:///test?host=/var/run/postgresql&user=postgres}
 ROUNDS=2
 TXNS=100
 while [ $# -gt 0 ]; do
@@ -37,10 +40,16 @@ fi
 (cd "$ROOT" && cargo build --release --quiet --example loadgen --example bridge_bench)
 EX=$CARGO_TARGET_DIR/release/examples
 
-SERVERS=(mxbridge-sqlite mxbridge-postgres mautrix-python)
-if ! (command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"); then
+SERVERS=(mxbridge-sqlite mautrix-python)
+if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
+    SERVERS+=(mxbridge-postgres)
+else
     echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
-    SERVERS=(mxbridge-sqlite mautrix-python)
+fi
+if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_SOCKET_URL"; then
+    SERVERS+=(mxbridge-postgres-socket)
+else
+    echo "PostgreSQL at $PG_SOCKET_URL is not reachable: skipping mxbridge-postgres-socket"
 fi
 LOAD_PIN=()
 SERVER_PIN=()
@@ -103,6 +112,9 @@ for round in $(seq 1 "$ROUNDS"); do
                     --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
             mxbridge-postgres)
                 "${SERVER_PIN[@]}" "$EX/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_URL" \
+                    --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
+            mxbridge-postgres-socket)
+                "${SERVER_PIN[@]}" "$EX/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_SOCKET_URL" \
                     --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
             mautrix-python)
                 "${SERVER_PIN[@]}" "$VENV/bin/python" "$ROOT/bench/peers/mautrix_bridge.py" \

@@ -102,6 +102,11 @@ enum RowsSql {
     Transactions,
     /// Room ID, batch seq and index per room (no shared parameter); progress never moves back.
     Progress,
+    /// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one
+    /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` the event
+    /// IDs (JSON arrays), then txn ID, events JSON and event count per batch; returns the batch
+    /// seqs. Nothing resolves a conflict: a transaction or event seen before fails it whole.
+    PgOneTrip,
 }
 
 impl RowsSql {
@@ -116,6 +121,15 @@ impl RowsSql {
             ),
             Self::Batches => (
                 "INSERT INTO mx_inbox_batch (txn_id, events, n_events, received_at) VALUES ",
+                3,
+                " RETURNING seq",
+            ),
+            Self::PgOneTrip => (
+                "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
+                 SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p), \
+                 s AS (INSERT INTO mx_event_seen (event_id, seen_at) \
+                 SELECT e, $1::bigint FROM json_array_elements_text($3::json) e) \
+                 INSERT INTO mx_inbox_batch (txn_id, events, n_events, received_at) VALUES ",
                 3,
                 " RETURNING seq",
             ),
@@ -134,7 +148,11 @@ impl RowsSql {
         };
         let shared = self != Self::Progress;
         sql.push_str(head);
-        let first = if shared { 2 } else { 1 };
+        let first = match self {
+            Self::Progress => 1,
+            Self::PgOneTrip => 4,
+            _ => 2,
+        };
         for i in 0..n {
             let p = first + i * per_row;
             sql.push_str(if i == 0 { "(" } else { ", (" });
@@ -305,6 +323,21 @@ fn parse_batch(seq: i64, json: &str) -> Result<Vec<PendingEvent>> {
 }
 
 /// Whether an event at `(seq, idx)` is past its room's recorded progress.
+/// The JSON array of some of a transaction's events, for one batch row.
+fn batch_json(t: &IncomingTxn<'_>, run: &[usize]) -> String {
+    let bytes: usize = run.iter().map(|&i| t.events[i].json.len() + 1).sum();
+    let mut json = String::with_capacity(bytes + 2);
+    json.push('[');
+    for (k, &i) in run.iter().enumerate() {
+        if k > 0 {
+            json.push(',');
+        }
+        json.push_str(t.events[i].json);
+    }
+    json.push(']');
+    json
+}
+
 fn after_progress(progress: Option<&(i64, i32)>, seq: i64, idx: i32) -> bool {
     progress.is_none_or(|&(s, i)| (seq, idx) > (s, i))
 }
@@ -353,8 +386,74 @@ impl Store {
         {
             return Ok(accepted);
         }
+        // On PostgreSQL, where each statement is a round trip, the same assumption in one
+        // statement: a unique violation rolls it back whole.
+        if let Backend::Postgres(pool) = &self.backend
+            && let Some(accepted) = self.accept_pg_one_trip(pool, txns).await?
+        {
+            return Ok(accepted);
+        }
         let accepted = self.accept_once(txns, Dedup::PerEvent).await?;
         accepted.ok_or_else(|| corrupt("the careful dedup path gave up"))
+    }
+
+    /// PostgreSQL's common case ([`RowsSql::PgOneTrip`]): the whole group assumed new, in one
+    /// statement instead of five round trips (`BEGIN`, transactions, event IDs, batches,
+    /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before
+    /// (a unique violation) or when the group's events do not fit one statement of the link's
+    /// size; the caller then stores it the careful way.
+    async fn accept_pg_one_trip(
+        &self,
+        pool: &sqlx::PgPool,
+        txns: &[IncomingTxn<'_>],
+    ) -> Result<Option<Vec<Accepted>>> {
+        let mut planned: Vec<(usize, Vec<usize>, String)> = Vec::new();
+        let mut bytes = 0;
+        for (ti, t) in txns.iter().enumerate() {
+            let all: Vec<usize> = (0..t.events.len()).collect();
+            for run in chunks_by_size(&all, self.statement_bytes, |&i| t.events[i].json.len()) {
+                let json = batch_json(t, run);
+                bytes += json.len();
+                planned.push((ti, run.to_vec(), json));
+            }
+        }
+        if planned.is_empty() || planned.len() > INSERT_CHUNK || bytes > self.statement_bytes {
+            return Ok(None);
+        }
+        let pairs: Vec<(&str, &str)> = txns.iter().map(|t| (t.txn_id, t.body_hash)).collect();
+        let ids: Vec<&str> =
+            txns.iter().flat_map(|t| t.events.iter().map(|e| e.event_id.as_ref())).collect();
+        let mut query = sqlx::query(rows_sql(RowsSql::PgOneTrip, planned.len()))
+            .bind(now_ms())
+            .bind(serde_json::to_string(&pairs).map_err(corrupt)?)
+            .bind(serde_json::to_string(&ids).map_err(corrupt)?);
+        for (ti, events, json) in &planned {
+            let n = i32::try_from(events.len()).map_err(corrupt)?;
+            query = query.bind(txns[*ti].txn_id).bind(json.as_str()).bind(n);
+        }
+        let rows = match query.fetch_all(pool).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if rows.len() != planned.len() {
+            return Err(corrupt("a batch insert returned the wrong number of rows"));
+        }
+        let mut seqs: Vec<i64> =
+            rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
+        // Rows are inserted in VALUES order, so their seqs ascend in that order.
+        seqs.sort_unstable();
+        let mut accepted: Vec<Accepted> = txns
+            .iter()
+            .map(|t| Accepted {
+                outcome: AcceptOutcome::Stored { new_events: t.events.len() },
+                batches: vec![],
+            })
+            .collect();
+        for ((ti, events, _), seq) in planned.into_iter().zip(seqs) {
+            accepted[ti].batches.push(StoredBatch { seq, events });
+        }
+        Ok(Some(accepted))
     }
 
     /// One attempt at storing a group; `None` when `Dedup::AssumeNew` met an event seen before
@@ -453,16 +552,7 @@ impl Store {
                     batches: vec![],
                 });
                 for run in chunks_by_size(&new_events, budget, |&i| t.events[i].json.len()) {
-                    let bytes: usize = run.iter().map(|&i| t.events[i].json.len() + 1).sum();
-                    let mut json = String::with_capacity(bytes + 2);
-                    json.push('[');
-                    for (k, &i) in run.iter().enumerate() {
-                        if k > 0 {
-                            json.push(',');
-                        }
-                        json.push_str(t.events[i].json);
-                    }
-                    json.push(']');
+                    let json = batch_json(t, run);
                     planned.push(Planned { txn: ti, events: run.to_vec(), json });
                 }
             }
