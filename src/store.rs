@@ -77,6 +77,11 @@ pub struct Store {
     /// About how many bytes of event JSON one inbox `INSERT` may carry (see
     /// `inbox::statement_bytes`).
     statement_bytes: usize,
+    /// PostgreSQL only: connections with `synchronous_commit = off`, opened when first needed,
+    /// for the dispatcher's progress records (see `Store::record_handled`). A record lost in a
+    /// crash of the database server only hands events out again; everything else, the inbox's
+    /// intake above all, commits synchronously.
+    relaxed: Option<PgPool>,
     /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
@@ -174,6 +179,7 @@ impl Store {
     pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
         let url = config.url.as_str();
         let mut readers = None;
+        let mut relaxed = None;
         let statement_bytes;
         let backend = if url.starts_with("sqlite:") {
             statement_bytes = inbox::statement_bytes(inbox::Link::InProcess);
@@ -214,6 +220,13 @@ impl Store {
         } else {
             let options = PgConnectOptions::from_str(url)?;
             statement_bytes = inbox::statement_bytes(pg_link(&options));
+            relaxed = Some(
+                PgPoolOptions::new()
+                    .max_connections(config.max_connections.clamp(1, 2))
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(options.clone().options([("synchronous_commit", "off")])),
+            );
             let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
                 .acquire_timeout(Duration::from_secs(10))
@@ -225,6 +238,7 @@ impl Store {
             backend,
             readers,
             statement_bytes,
+            relaxed,
             portal_cache: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
@@ -261,11 +275,12 @@ impl Store {
     }
 
     /// The number of database connections open and idle (on SQLite, the writer's and the
-    /// readers' together).
+    /// readers' together; on PostgreSQL, with the progress records' connections).
     pub fn pool_usage(&self) -> (u32, usize) {
         let readers = self.readers.as_ref().map_or((0, 0), |r| (r.size(), r.num_idle()));
+        let relaxed = self.relaxed.as_ref().map_or((0, 0), |r| (r.size(), r.num_idle()));
         let writer = with_pool!(self, |pool| (pool.size(), pool.num_idle()));
-        (writer.0 + readers.0, writer.1 + readers.1)
+        (writer.0 + readers.0 + relaxed.0, writer.1 + readers.1 + relaxed.1)
     }
 
     /// Woken when events were put back in the inbox outside the server's intake.
