@@ -107,6 +107,8 @@ pub(crate) struct PortalCache {
 fn pg_link(options: &PgConnectOptions) -> inbox::Link {
     if options.get_socket().is_some() || options.get_host().starts_with('/') {
         inbox::Link::UnixSocket
+    } else if matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Disable) {
+        inbox::Link::PlainTcp
     } else {
         inbox::Link::Tcp
     }
@@ -390,19 +392,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn postgres_over_a_unix_socket_takes_large_inbox_statements_tcp_small_ones() {
+    fn postgres_takes_large_inbox_statements_unless_tls_over_tcp() {
         for (url, link) in [
             ("postgres://postgres@127.0.0.1:5432/test", inbox::Link::Tcp),
             ("postgres://db.example.org/test", inbox::Link::Tcp),
+            ("postgres://db.example.org/test?sslmode=require", inbox::Link::Tcp),
+            ("postgres://postgres@127.0.0.1:5432/test?sslmode=disable", inbox::Link::PlainTcp),
             ("postgres:///test?host=/var/run/postgresql&user=postgres", inbox::Link::UnixSocket),
             ("postgres://%2Fvar%2Frun%2Fpostgresql/test", inbox::Link::UnixSocket),
         ] {
             assert_eq!(pg_link(&PgConnectOptions::from_str(url).unwrap()), link, "{url}");
         }
-        // Over TCP a 100-event transaction (~33 KB) needs several statements, each under one
-        // socket write; over a socket or in the process it is one.
+        // Over TCP with TLS a 100-event transaction (~33 KB) needs several statements, each
+        // within one TLS record; without TLS, over a socket or in the process it is one.
         assert!(inbox::statement_bytes(inbox::Link::Tcp) < 16 * 1024);
-        for link in [inbox::Link::UnixSocket, inbox::Link::InProcess] {
+        for link in [inbox::Link::PlainTcp, inbox::Link::UnixSocket, inbox::Link::InProcess] {
             assert!(inbox::statement_bytes(link) >= 1024 * 1024);
         }
     }

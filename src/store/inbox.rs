@@ -29,20 +29,23 @@ pub(crate) enum Link {
     InProcess,
     /// PostgreSQL over a Unix socket.
     UnixSocket,
-    /// PostgreSQL over TCP.
+    /// PostgreSQL over TCP, with TLS when the server offers it (sqlx's default, `prefer`).
     Tcp,
+    /// PostgreSQL over TCP without TLS (`sslmode=disable`).
+    PlainTcp,
 }
 
-/// About how many bytes of event JSON one inbox `INSERT` carries, by [`Link`]. Over TCP a
-/// statement that does not fit one socket write waits ~40 ms for a delayed ACK (Nagle: sqlx
-/// 0.9.0 does not set `TCP_NODELAY`, transact-rs/sqlx#4335), so a transaction's events are cut
-/// into statements of 8 KiB there; in the process and over a Unix socket (no Nagle) a batch can
-/// be large, and each statement saved is a round trip saved (PostgreSQL over its socket, load A:
-/// 19–21k → 26–27k events/s, BENCHMARKS.md).
+/// About how many bytes of event JSON one inbox `INSERT` carries, by [`Link`]. Over TCP with
+/// TLS, a statement longer than one TLS record goes out in several writes, and the second waits
+/// ~40 ms for the delayed ACK of the first (Nagle: sqlx 0.9.0 sets no `TCP_NODELAY`,
+/// transact-rs/sqlx#4335), so a transaction's events are cut into statements of 8 KiB there. In
+/// the process, over a Unix socket and over plain TCP one write carries a whole statement, so
+/// a batch can be large, and each statement saved is a round trip saved (PostgreSQL, load A:
+/// 18–21k events/s with 8 KiB statements, 35–37k with whole batches, BENCHMARKS.md).
 pub(crate) fn statement_bytes(link: Link) -> usize {
     match link {
         Link::Tcp => 8 * 1024,
-        Link::InProcess | Link::UnixSocket => 1024 * 1024,
+        Link::InProcess | Link::UnixSocket | Link::PlainTcp => 1024 * 1024,
     }
 }
 
