@@ -78,9 +78,9 @@ pub struct Store {
     /// `inbox::statement_bytes`).
     statement_bytes: usize,
     /// PostgreSQL only: connections with `synchronous_commit = off`, opened when first needed,
-    /// for the dispatcher's progress records (see `Store::record_handled`). A record lost in a
-    /// crash of the database server only hands events out again; everything else, the inbox's
-    /// intake above all, commits synchronously.
+    /// for the dispatcher's progress records and the state cache rows of incoming events (see
+    /// `with_relaxed!`). What a crash of the database server loses of them only hands events
+    /// out again; everything else, the inbox's intake above all, commits synchronously.
     relaxed: Option<PgPool>,
     /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
@@ -126,6 +126,26 @@ macro_rules! with_pool {
     };
 }
 pub(crate) use with_pool;
+
+/// Runs `$body` with `$pool` bound to the pool for writes that may commit without waiting for
+/// the WAL flush: on PostgreSQL the `relaxed` pool (`synchronous_commit = off`), otherwise the
+/// same pool as [`with_pool!`]. Only for writes whose loss in a crash of the database server is
+/// repaired by handling events again: the dispatcher's progress records, and the state cache
+/// rows an event writes before its handler runs. PostgreSQL loses a suffix of its WAL in such a
+/// crash, so a lost state row always comes with the loss of its event's later progress record,
+/// and the event is handled (and its state written) again.
+macro_rules! with_relaxed {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Postgres(pg) => {
+                let $pool = $store.relaxed.as_ref().unwrap_or(pg);
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_relaxed;
 
 /// Runs `$body` with `$pool` bound to the pool for read-only queries: on an SQLite file the
 /// readers' pool (WAL readers run beside the one writer and never wait for it), otherwise the
@@ -224,7 +244,7 @@ impl Store {
             statement_bytes = inbox::statement_bytes(pg_link(&options));
             relaxed = Some(
                 PgPoolOptions::new()
-                    .max_connections(config.max_connections.clamp(1, 2))
+                    .max_connections(config.max_connections.div_ceil(2).max(1))
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_lazy_with(options.clone().options([("synchronous_commit", "off")])),
@@ -305,6 +325,9 @@ impl Store {
     pub async fn close(&self) {
         if let Some(readers) = &self.readers {
             readers.close().await;
+        }
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
         }
         with_pool!(self, |pool| pool.close().await);
     }
@@ -390,6 +413,34 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Progress records and state rows commit without waiting for the WAL flush; everything
+    /// else (the intake above all) waits for it.
+    #[tokio::test]
+    async fn on_postgres_only_the_relaxed_pool_skips_the_wal_flush() {
+        let Some(url) = std::env::var("MXBRIDGE_TEST_POSTGRES").ok().filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
+            return;
+        };
+        // A schema of its own (a fixed name: SQL text is never built at run time here).
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        let drop = "DROP SCHEMA IF EXISTS t_relaxed_pool CASCADE";
+        sqlx::query(drop).execute(&admin).await.unwrap();
+        sqlx::query("CREATE SCHEMA t_relaxed_pool").execute(&admin).await.unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store = Store::connect_url(&format!("{url}{sep}options[search_path]=t_relaxed_pool"))
+            .await
+            .unwrap();
+        let show = "SHOW synchronous_commit";
+        let strict: String =
+            with_pool!(store, |pool| sqlx::query_scalar(show).fetch_one(pool).await.unwrap());
+        let relaxed: String =
+            with_relaxed!(store, |pool| sqlx::query_scalar(show).fetch_one(pool).await.unwrap());
+        assert_eq!((strict.as_str(), relaxed.as_str()), ("on", "off"));
+        store.close().await;
+        sqlx::query(drop).execute(&admin).await.unwrap();
+    }
 
     #[test]
     fn postgres_takes_large_inbox_statements_unless_tls_over_tcp() {

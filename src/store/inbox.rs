@@ -742,13 +742,13 @@ impl Store {
         }
         let progress: Vec<(&str, i64, i32)> =
             furthest.into_iter().map(|(room, (seq, idx))| (room, seq, idx)).collect();
-        if let Backend::Postgres(pool) = &self.backend {
+        if let Backend::Postgres(pg) = &self.backend {
             // One statement, so one round trip (each is a network round trip here): the
             // data-modifying CTEs all run, atomically. It commits without waiting for the WAL
-            // flush (`Store::relaxed`): the commit is visible at once and survives a crash of the
+            // flush (`with_relaxed!`): the commit is visible at once and survives a crash of the
             // bridge; a crash of the database server within a fraction of a second may lose it,
             // and then handled events are handed out again, which at-least-once allows.
-            let pool = self.relaxed.as_ref().unwrap_or(pool);
+            let pool = self.relaxed.as_ref().unwrap_or(pg);
             let progress = serde_json::to_string(&progress).map_err(corrupt)?;
             sqlx::query(
                 "WITH p AS (INSERT INTO mx_room_progress (room_id, batch_seq, idx) \

@@ -9,7 +9,10 @@ use std::fmt;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, now_ms, state_cache::CachedMember, with_pool, with_reader};
+use super::{
+    Result, Store, StoreError, now_ms, state_cache::CachedMember, with_pool, with_reader,
+    with_relaxed,
+};
 
 /// A membership state, as in `m.room.member`'s `membership`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,7 +152,7 @@ impl Store {
     ) -> Result<()> {
         // Dropped on an error: the entry stays empty.
         let write = self.state_cache.begin_member_write(room_id, user_id);
-        with_pool!(self, |pool| {
+        with_relaxed!(self, |pool| {
             sqlx::query(
                 "INSERT INTO mx_membership (room_id, user_id, membership, displayname, avatar_url) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, user_id) DO UPDATE SET \
@@ -277,7 +280,7 @@ impl Store {
                  ON CONFLICT (room_id) DO UPDATE SET encryption = excluded.encryption"
             }
         };
-        with_pool!(self, |pool| {
+        with_relaxed!(self, |pool| {
             sqlx::query(sql).bind(room_id).bind(content_json).execute(pool).await?;
         });
         Ok(())
