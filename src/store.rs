@@ -93,6 +93,8 @@ pub struct Store {
     /// per-send `ensure_joined`/`ensure_registered`. Every write of those tables goes through
     /// this `Store` and updates it once the database took the write (see `store/state_cache.rs`).
     state_cache: std::sync::Arc<state_cache::StateCache>,
+    /// SQLite: membership writes waiting to go to the database together (see `state.rs`).
+    member_writes: std::sync::Arc<state::MemberWrites>,
 }
 
 /// See `Store::portal_cache`.
@@ -264,6 +266,7 @@ impl Store {
             portal_cache: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
+            member_writes: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)

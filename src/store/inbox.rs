@@ -21,7 +21,7 @@ use super::{Backend, Result, Store, StoreError, now_ms, with_pool, with_reader};
 
 /// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
 /// backends' limits).
-const INSERT_CHUNK: usize = 128;
+pub(super) const INSERT_CHUNK: usize = 128;
 /// How the store reaches its database, which decides how large an inbox statement may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Link {
@@ -75,7 +75,7 @@ fn chunks_by_size<T>(
 
 /// Placeholder-only SQL texts that depend on a row count, built once per count and kept for the
 /// process, so they are `&'static str` like every other query: the text never holds input.
-fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
+pub(super) fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
     type Texts = HashMap<(RowsSql, usize), &'static str>;
     static TEXTS: std::sync::OnceLock<std::sync::Mutex<Texts>> = std::sync::OnceLock::new();
     let mut texts = TEXTS
@@ -96,7 +96,7 @@ enum Dedup {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum RowsSql {
+pub(super) enum RowsSql {
     /// `$1` the time, then the event ID per event; returns the IDs that were new.
     Seen,
     /// `$1` the time, then txn ID, events JSON and event count per batch; returns the seqs.
@@ -105,6 +105,9 @@ enum RowsSql {
     Transactions,
     /// Room ID, batch seq and index per room (no shared parameter); progress never moves back.
     Progress,
+    /// Room ID, user ID, membership, display name and avatar URL per row (no shared
+    /// parameter). SQLite only: a later row of the same room and user updates an earlier one.
+    Members,
     /// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one
     /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` the event
     /// IDs (JSON arrays), then txn ID, events JSON and event count per batch; returns the batch
@@ -141,6 +144,13 @@ impl RowsSql {
                 2,
                 " ON CONFLICT DO NOTHING RETURNING txn_id, body_hash",
             ),
+            Self::Members => (
+                "INSERT INTO mx_membership (room_id, user_id, membership, displayname, avatar_url) \
+                 VALUES ",
+                5,
+                " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+                 displayname = excluded.displayname, avatar_url = excluded.avatar_url",
+            ),
             Self::Progress => (
                 "INSERT INTO mx_room_progress (room_id, batch_seq, idx) VALUES ",
                 3,
@@ -149,10 +159,10 @@ impl RowsSql {
                  (mx_room_progress.batch_seq, mx_room_progress.idx)",
             ),
         };
-        let shared = self != Self::Progress;
+        let shared = !matches!(self, Self::Progress | Self::Members);
         sql.push_str(head);
         let first = match self {
-            Self::Progress => 1,
+            Self::Progress | Self::Members => 1,
             Self::PgOneTrip => 4,
             _ => 2,
         };

@@ -5,13 +5,14 @@
 //! and registrations are also kept in a bounded in-memory cache (`state_cache.rs`), so that
 //! question usually needs no database query either.
 
-use std::fmt;
+use std::{fmt, sync::PoisonError};
 
 use sqlx::Row;
+use tokio::sync::oneshot;
 
 use super::{
-    Result, Store, StoreError, now_ms, state_cache::CachedMember, with_pool, with_reader,
-    with_relaxed,
+    Backend, Result, Store, StoreError, inbox::RowsSql, now_ms, state_cache::CachedMember,
+    with_pool, with_reader, with_relaxed,
 };
 
 /// A membership state, as in `m.room.member`'s `membership`.
@@ -99,6 +100,72 @@ impl RoomStateField {
     }
 }
 
+/// One `mx_membership` row to write.
+#[derive(Debug)]
+struct MemberRow {
+    room_id: String,
+    user_id: String,
+    membership: Membership,
+    displayname: Option<String>,
+    avatar_url: Option<String>,
+}
+
+/// A queued row and where its outcome goes.
+type QueuedMember = (MemberRow, oneshot::Sender<Result<(), String>>);
+
+/// SQLite's membership writes, grouped: rows that arrive while another group is being written go
+/// to the database together, in one statement, written by whichever writer takes the turn next
+/// (as the intake's group commit does with transactions). Every writer still waits for its own
+/// row's commit. An incoming member event writes its row before the bridge sees the event, and
+/// rooms run in parallel, so under load many wait at once; on the one SQLite connection each
+/// statement is a hop between threads and a commit.
+#[derive(Debug, Default)]
+pub(crate) struct MemberWrites {
+    queue: std::sync::Mutex<Vec<QueuedMember>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl MemberWrites {
+    /// Writes `row`, possibly with others, and returns once it is committed.
+    async fn write(&self, pool: &sqlx::SqlitePool, row: MemberRow) -> Result<()> {
+        let (done, mut outcome) = oneshot::channel();
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push((row, done));
+        let turn = self.turn.lock().await;
+        // Written by the writer before us, or still queued: then we write everything queued.
+        let result = match outcome.try_recv() {
+            Ok(result) => result,
+            Err(_) => {
+                let group =
+                    std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+                let result = write_member_rows(pool, &group).await.map_err(|e| e.to_string());
+                for (_, done) in group {
+                    let _ = done.send(result.clone());
+                }
+                drop(turn);
+                outcome.await.unwrap_or_else(|_| Err("the membership write was lost".into()))
+            }
+        };
+        result.map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))
+    }
+}
+
+/// Upserts `rows` in order (a later row of the same room and user wins), a chunk per statement.
+async fn write_member_rows(pool: &sqlx::SqlitePool, rows: &[QueuedMember]) -> Result<()> {
+    for chunk in rows.chunks(super::inbox::INSERT_CHUNK) {
+        let mut query = sqlx::query(super::inbox::rows_sql(RowsSql::Members, chunk.len()));
+        for (row, _) in chunk {
+            query = query
+                .bind(row.room_id.as_str())
+                .bind(row.user_id.as_str())
+                .bind(row.membership.as_str())
+                .bind(row.displayname.as_deref())
+                .bind(row.avatar_url.as_deref());
+        }
+        query.execute(pool).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Records a user's membership in a room (with their per-room profile).
     ///
@@ -152,6 +219,18 @@ impl Store {
     ) -> Result<()> {
         // Dropped on an error: the entry stays empty.
         let write = self.state_cache.begin_member_write(room_id, user_id);
+        if let Backend::Sqlite(pool) = &self.backend {
+            let row = MemberRow {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+                membership,
+                displayname: displayname.map(str::to_owned),
+                avatar_url: avatar_url.map(str::to_owned),
+            };
+            self.member_writes.write(pool, row).await?;
+            write.stored(CachedMember::new(membership, displayname, avatar_url));
+            return Ok(());
+        }
         with_relaxed!(self, |pool| {
             sqlx::query(
                 "INSERT INTO mx_membership (room_id, user_id, membership, displayname, avatar_url) \
@@ -489,6 +568,58 @@ mod tests {
             store.member_from_db("!r", "@g").await.unwrap().unwrap().membership,
             Membership::Ban
         );
+    }
+
+    /// Membership writes that meet wait as one group, go to SQLite together, and keep their
+    /// order: of two writes of one room and user, the later wins, in the database and the cache.
+    #[tokio::test]
+    async fn membership_writes_that_meet_are_written_together_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        let store = Store::connect_url(&url).await.unwrap();
+        let queued = |store: &Store| store.member_writes.queue.lock().unwrap().len();
+        // Another connection holds the write lock: the first write takes the turn and waits.
+        let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let mut locker = other.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *locker).await.unwrap();
+        let spawn = |room: String, user: &'static str, m: Membership| {
+            let store = store.clone();
+            tokio::spawn(async move { store.set_membership(&room, user, m, None, None).await })
+        };
+        let mut writes = vec![spawn("!first".into(), "@g", Membership::Join)];
+        while store.member_writes.turn.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        // These queue behind it, in this order.
+        for (i, m) in [Membership::Join, Membership::Leave].into_iter().enumerate() {
+            writes.push(spawn("!r".into(), "@same", m));
+            while queued(&store) < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for i in 0..40 {
+            writes.push(spawn(format!("!r{i}"), "@g", Membership::Invite));
+        }
+        while queued(&store) < 42 {
+            tokio::task::yield_now().await;
+        }
+        sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
+        drop(locker);
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(queued(&store), 0);
+        let db = |room: &'static str, user: &'static str| {
+            let store = store.clone();
+            async move { store.member_from_db(room, user).await.unwrap().map(|m| m.membership) }
+        };
+        assert_eq!(db("!first", "@g").await, Some(Membership::Join));
+        assert_eq!(db("!r", "@same").await, Some(Membership::Leave));
+        assert_eq!(store.membership("!r", "@same").await.unwrap(), Some(Membership::Leave));
+        for i in 0..40 {
+            let m = store.member_from_db(&format!("!r{i}"), "@g").await.unwrap();
+            assert_eq!(m.map(|m| m.membership), Some(Membership::Invite), "!r{i}");
+        }
     }
 
     #[tokio::test]
