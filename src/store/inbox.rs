@@ -105,8 +105,13 @@ pub(super) enum RowsSql {
     Transactions,
     /// Room ID, batch seq and index per room (no shared parameter); progress never moves back.
     Progress,
-    /// Room ID, user ID, membership, display name and avatar URL per row (no shared
-    /// parameter). SQLite only: a later row of the same room and user updates an earlier one.
+    /// [`RowsSql::Progress`] with anonymous `?` parameters, for SQLite only: SQLite resolves a
+    /// numbered parameter's name by a linear search, once per parameter bound, which in a
+    /// multi-row statement is quadratic in its rows.
+    SqliteProgress,
+    /// Room ID, user ID, membership, display name and avatar URL per row, anonymous `?`
+    /// parameters (see [`RowsSql::SqliteProgress`]). SQLite only: a later row of the same room
+    /// and user updates an earlier one.
     Members,
     /// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one
     /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` the event
@@ -151,7 +156,7 @@ impl RowsSql {
                 " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
                  displayname = excluded.displayname, avatar_url = excluded.avatar_url",
             ),
-            Self::Progress => (
+            Self::Progress | Self::SqliteProgress => (
                 "INSERT INTO mx_room_progress (room_id, batch_seq, idx) VALUES ",
                 3,
                 " ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, \
@@ -159,10 +164,11 @@ impl RowsSql {
                  (mx_room_progress.batch_seq, mx_room_progress.idx)",
             ),
         };
-        let shared = !matches!(self, Self::Progress | Self::Members);
+        let shared = !matches!(self, Self::Progress | Self::SqliteProgress | Self::Members);
+        let anonymous = matches!(self, Self::SqliteProgress | Self::Members);
         sql.push_str(head);
         let first = match self {
-            Self::Progress | Self::Members => 1,
+            Self::Progress | Self::SqliteProgress | Self::Members => 1,
             Self::PgOneTrip => 4,
             _ => 2,
         };
@@ -171,7 +177,11 @@ impl RowsSql {
             sql.push_str(if i == 0 { "(" } else { ", (" });
             for k in 0..per_row {
                 let sep = if k + 1 == per_row && !shared { "" } else { ", " };
-                let _ = write!(sql, "${}{sep}", p + k);
+                if anonymous {
+                    let _ = write!(sql, "?{sep}");
+                } else {
+                    let _ = write!(sql, "${}{sep}", p + k);
+                }
             }
             sql.push_str(if shared { "$1)" } else { ")" });
         }
@@ -786,7 +796,7 @@ impl Store {
         // connection's thread, so fewer is faster.
         with_pool!(self, |pool| {
             for chunk in progress.chunks(INSERT_CHUNK) {
-                let mut query = sqlx::query(rows_sql(RowsSql::Progress, chunk.len()));
+                let mut query = sqlx::query(rows_sql(RowsSql::SqliteProgress, chunk.len()));
                 for (room, seq, idx) in chunk {
                     query = query.bind(*room).bind(*seq).bind(*idx);
                 }
@@ -1081,6 +1091,10 @@ mod tests {
         assert!(
             RowsSql::Progress.build(2).contains("VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT")
         );
+        assert!(
+            RowsSql::SqliteProgress.build(2).contains("VALUES (?, ?, ?), (?, ?, ?) ON CONFLICT")
+        );
+        assert!(RowsSql::Members.build(1).contains("VALUES (?, ?, ?, ?, ?) ON CONFLICT"));
     }
 
     #[test]
