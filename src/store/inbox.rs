@@ -345,7 +345,6 @@ fn parse_batch(seq: i64, json: &str) -> Result<Vec<PendingEvent>> {
         .collect()
 }
 
-/// Whether an event at `(seq, idx)` is past its room's recorded progress.
 /// The JSON array of some of a transaction's events, for one batch row.
 fn batch_json(t: &IncomingTxn<'_>, run: &[usize]) -> String {
     let bytes: usize = run.iter().map(|&i| t.events[i].json.len() + 1).sum();
@@ -361,6 +360,7 @@ fn batch_json(t: &IncomingTxn<'_>, run: &[usize]) -> String {
     json
 }
 
+/// Whether an event at `(seq, idx)` is past its room's recorded progress.
 fn after_progress(progress: Option<&(i64, i32)>, seq: i64, idx: i32) -> bool {
     progress.is_none_or(|&(s, i)| (seq, idx) > (s, i))
 }
