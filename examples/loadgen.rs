@@ -71,6 +71,10 @@ struct Args {
     /// Rooms the events are spread over.
     #[arg(long, default_value_t = 50)]
     rooms: u32,
+    /// Event IDs in no order, as real ones are (hashes), instead of rising with the
+    /// transaction: each new ID lands at a random place in the dedup index.
+    #[arg(long)]
+    random_ids: bool,
     /// Distinct senders.
     #[arg(long, default_value_t = 200)]
     users: u32,
@@ -100,6 +104,7 @@ struct BodyGen {
     k: usize,
     rooms: u32,
     users: u32,
+    random_ids: bool,
 }
 
 impl BodyGen {
@@ -118,13 +123,19 @@ impl BodyGen {
             let user = (mix >> 8) % u64::from(self.users.max(1));
             let ts = 1_764_000_000_000u64 + n;
             // Room v10-style event IDs: `$` and 43 URL-safe base64 characters.
+            // Unique either way: both carry the run, the transaction and the index; the
+            // random form puts a hash of them first, so IDs fall anywhere in an index.
+            let run = self.run & 0xfff_ffff_ffff;
+            let _ = if self.random_ids {
+                let h = (run ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+                write!(out, "{{\"event_id\":\"${h:08x}{run:011x}{txn:016x}{i:08x}\",")
+            } else {
+                write!(out, "{{\"event_id\":\"${run:011x}{txn:016x}{i:016x}\",")
+            };
             let _ = write!(
                 out,
-                "{{\"event_id\":\"${:011x}{:016x}{:016x}\",\"room_id\":\"!bench{room:06}qzXHbLcFoMiWdNrT:localhost\",\
-                 \"sender\":\"@user{user:05}:localhost\",\"origin_server_ts\":{ts},",
-                self.run & 0xfff_ffff_ffff,
-                txn,
-                i
+                "\"room_id\":\"!bench{room:06}qzXHbLcFoMiWdNrT:localhost\",\
+                 \"sender\":\"@user{user:05}:localhost\",\"origin_server_ts\":{ts},"
             );
             if n % 10 == 9 {
                 let _ = write!(
@@ -395,13 +406,23 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> std::io::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     let run_id = u64::try_from(now_ns() & u128::from(u64::MAX)).unwrap_or_default();
-    let gen_ =
-        Arc::new(BodyGen { run: run_id, k: args.events, rooms: args.rooms, users: args.users });
+    let gen_ = Arc::new(BodyGen {
+        run: run_id,
+        k: args.events,
+        rooms: args.rooms,
+        users: args.users,
+        random_ids: args.random_ids,
+    });
     let args = Arc::new(args);
 
     if let Some(from) = args.startup_from_ns {
-        let probe_gen =
-            BodyGen { run: run_id ^ 0x5a5a, k: 1, rooms: args.rooms, users: args.users };
+        let probe_gen = BodyGen {
+            run: run_id ^ 0x5a5a,
+            k: 1,
+            rooms: args.rooms,
+            users: args.users,
+            random_ids: args.random_ids,
+        };
         match probe_startup(&args, addr, &probe_gen, from).await {
             Some(ms) => {
                 // Let the server settle before reading its idle RSS.
