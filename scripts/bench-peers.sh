@@ -63,7 +63,10 @@ EX=$CARGO_TARGET_DIR/release/examples
 
 # diag-sqlite-intake-only is mxbridge on SQLite with a handler that never returns: the dispatcher
 # stops at its in-flight limit, so it shows what the intake costs without the dispatcher's writes.
-SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only)
+# diag-sqlite-random-ids is mxbridge on SQLite driven with event IDs in no order (`loadgen
+# --random-ids`), as real ones are: what the dedup index costs in production (BENCHMARKS.md).
+SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only
+    diag-sqlite-random-ids)
 if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
     SERVERS+=(mxbridge-postgres)
 else
@@ -98,7 +101,7 @@ start_server() {
     local name=$1 port=$2 log=$WORK/$1.$2
     T0=$(date +%s%N)
     case $name in
-        mxbridge-sqlite)
+        mxbridge-sqlite|diag-sqlite-random-ids)
             "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db sqlite --dir "$WORK" \
                 --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
         diag-sqlite-intake-only)
@@ -155,6 +158,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for scenario in "A -k 100 --conns 1 --warmup 50" "B -k 1 --conns 64 --warmup 2000"; do
             read -r s flags <<<"$scenario"
             read -r -a flags <<<"$flags"
+            [ "$name" = diag-sqlite-random-ids ] && flags+=(--random-ids)
             out=$(load --port "$port" --pid "$SERVER_PID" --label "$name" "${flags[@]}")
             echo "round=$round scenario=$s $out" >>"$RESULTS"
         done
