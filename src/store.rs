@@ -141,7 +141,7 @@ macro_rules! with_relaxed {
         match &$store.backend {
             $crate::store::Backend::Sqlite($pool) => $body,
             $crate::store::Backend::Postgres(pg) => {
-                let $pool = $store.relaxed.as_ref().unwrap_or(pg);
+                let $pool = $store.relaxed_or(pg);
                 $body
             }
         }
@@ -308,6 +308,12 @@ impl Store {
         (writer.0 + readers.0 + relaxed.0, writer.1 + readers.1 + relaxed.1)
     }
 
+    /// The pool for writes that need not wait for the WAL flush (see `with_relaxed!`), given
+    /// the store's PostgreSQL pool.
+    pub(crate) fn relaxed_or<'a>(&'a self, pg: &'a PgPool) -> &'a PgPool {
+        self.relaxed.as_ref().unwrap_or(pg)
+    }
+
     /// Woken when events were put back in the inbox outside the server's intake.
     pub(crate) fn inbox_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.inbox_wake.clone()
@@ -413,6 +419,46 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A PostgreSQL schema of its own for a unit test, in the database of `MXBRIDGE_TEST_POSTGRES`.
+/// Its SQL is fixed text (SQL is never built at run time in this crate).
+#[cfg(test)]
+pub(crate) struct TestSchema {
+    pub(crate) name: &'static str,
+    pub(crate) create: &'static str,
+    pub(crate) drop: &'static str,
+}
+
+#[cfg(test)]
+impl TestSchema {
+    fn url() -> Option<String> {
+        std::env::var("MXBRIDGE_TEST_POSTGRES").ok().filter(|u| !u.is_empty())
+    }
+
+    /// Creates the schema afresh and connects a store to it; `None` (the test is skipped) when
+    /// no PostgreSQL is given.
+    pub(crate) async fn store(&self) -> Option<Store> {
+        let Some(url) = Self::url() else {
+            eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
+            return None;
+        };
+        let admin = PgPool::connect(&url).await.unwrap();
+        sqlx::query(self.drop).execute(&admin).await.unwrap();
+        sqlx::query(self.create).execute(&admin).await.unwrap();
+        admin.close().await;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}options[search_path]={}", self.name);
+        Some(Store::connect_url(&url).await.unwrap())
+    }
+
+    /// Closes the store and drops the schema.
+    pub(crate) async fn remove(&self, store: Store) {
+        store.close().await;
+        let admin = PgPool::connect(&Self::url().unwrap()).await.unwrap();
+        sqlx::query(self.drop).execute(&admin).await.unwrap();
+        admin.close().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,28 +467,19 @@ mod tests {
     /// else (the intake above all) waits for it.
     #[tokio::test]
     async fn on_postgres_only_the_relaxed_pool_skips_the_wal_flush() {
-        let Some(url) = std::env::var("MXBRIDGE_TEST_POSTGRES").ok().filter(|u| !u.is_empty())
-        else {
-            eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
-            return;
+        let schema = TestSchema {
+            name: "t_relaxed_pool",
+            create: "CREATE SCHEMA t_relaxed_pool",
+            drop: "DROP SCHEMA IF EXISTS t_relaxed_pool CASCADE",
         };
-        // A schema of its own (a fixed name: SQL text is never built at run time here).
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        let drop = "DROP SCHEMA IF EXISTS t_relaxed_pool CASCADE";
-        sqlx::query(drop).execute(&admin).await.unwrap();
-        sqlx::query("CREATE SCHEMA t_relaxed_pool").execute(&admin).await.unwrap();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let store = Store::connect_url(&format!("{url}{sep}options[search_path]=t_relaxed_pool"))
-            .await
-            .unwrap();
+        let Some(store) = schema.store().await else { return };
         let show = "SHOW synchronous_commit";
         let strict: String =
             with_pool!(store, |pool| sqlx::query_scalar(show).fetch_one(pool).await.unwrap());
         let relaxed: String =
             with_relaxed!(store, |pool| sqlx::query_scalar(show).fetch_one(pool).await.unwrap());
         assert_eq!((strict.as_str(), relaxed.as_str()), ("on", "off"));
-        store.close().await;
-        sqlx::query(drop).execute(&admin).await.unwrap();
+        schema.remove(store).await;
     }
 
     #[test]

@@ -237,23 +237,14 @@ mod tests {
     /// before (here, often: each transaction comes twice, sometimes in one group).
     #[tokio::test]
     async fn concurrent_transactions_on_postgres() {
-        let Some(url) = std::env::var("MXBRIDGE_TEST_POSTGRES").ok().filter(|u| !u.is_empty())
-        else {
-            eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
-            return;
+        let schema = crate::store::TestSchema {
+            name: "t_group_commit",
+            create: "CREATE SCHEMA t_group_commit",
+            drop: "DROP SCHEMA IF EXISTS t_group_commit CASCADE",
         };
-        // A schema of its own (a fixed name: SQL text is never built at run time here).
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        let drop = "DROP SCHEMA IF EXISTS t_group_commit CASCADE";
-        sqlx::query(drop).execute(&admin).await.unwrap();
-        sqlx::query("CREATE SCHEMA t_group_commit").execute(&admin).await.unwrap();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let store = Store::connect_url(&format!("{url}{sep}options[search_path]=t_group_commit"))
-            .await
-            .unwrap();
+        let Some(store) = schema.store().await else { return };
         concurrent_transactions(store.clone()).await;
-        store.close().await;
-        sqlx::query(drop).execute(&admin).await.unwrap();
+        schema.remove(store).await;
     }
 
     async fn concurrent_transactions(store: Store) {

@@ -768,7 +768,7 @@ impl Store {
             // flush (`with_relaxed!`): the commit is visible at once and survives a crash of the
             // bridge; a crash of the database server within a fraction of a second may lose it,
             // and then handled events are handed out again, which at-least-once allows.
-            let pool = self.relaxed.as_ref().unwrap_or(pg);
+            let pool = self.relaxed_or(pg);
             let progress = serde_json::to_string(&progress).map_err(corrupt)?;
             sqlx::query(
                 "WITH p AS (INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
