@@ -18,6 +18,7 @@ use crate::config::{DatabaseConfig, SqliteSynchronous};
 
 mod inbox;
 mod mappings;
+mod seen;
 mod state;
 mod state_cache;
 
@@ -95,6 +96,18 @@ pub struct Store {
     state_cache: std::sync::Arc<state_cache::StateCache>,
     /// SQLite: membership writes waiting to go to the database together (see `state.rs`).
     member_writes: std::sync::Arc<state::MemberWrites>,
+    /// The event IDs of the stored inbox batches, indexed in memory for the intake's dedup
+    /// (see `store/seen.rs`).
+    seen: std::sync::Arc<SeenIndex>,
+}
+
+/// See `Store::seen`.
+#[derive(Debug, Default)]
+pub(crate) struct SeenIndex {
+    /// Held while transactions are stored (across the database transaction), so the index and
+    /// the stored batches change together; `true` once the index was built from the database.
+    accepting: tokio::sync::Mutex<bool>,
+    window: std::sync::Mutex<seen::SeenWindow>,
 }
 
 /// See `Store::portal_cache`.
@@ -190,6 +203,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_inbox_batches.sql"),
         postgres: include_str!("../migrations/postgres/0003_inbox_batches.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_batch_event_ids.sql",
+        sqlite: include_str!("../migrations/sqlite/0004_batch_event_ids.sql"),
+        postgres: include_str!("../migrations/postgres/0004_batch_event_ids.sql"),
+    },
 ];
 
 impl Store {
@@ -267,6 +286,7 @@ impl Store {
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
             member_writes: std::sync::Arc::default(),
+            seen: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -1,16 +1,21 @@
 //! The durable inbox and transaction deduplication.
 //!
 //! A transaction's new events are stored as *batches*: JSON arrays of events, one row each, in
-//! arrival order (`mx_inbox_batch.seq`). Every event ID is also recorded once
-//! (`mx_event_seen`), so an event that comes again in another transaction is dropped. Handling
-//! progress is kept per room, not per event: `mx_room_progress` holds the position (batch,
-//! index) of the last handled event of each room, which is exact because a room's events are
-//! handled in order. A batch is deleted once all its events are handled. Events that failed for
-//! good move to `mx_parked` with their JSON.
+//! arrival order (`mx_inbox_batch.seq`), with the IDs of those events beside them
+//! (`event_ids`). An event ID is remembered so that an event that comes again in another
+//! transaction is dropped: while its batch is stored, by that column, which this process
+//! indexes in memory (`store/seen.rs`); once the handled batch is deleted, in `mx_event_seen`,
+//! which takes the IDs of many deleted batches in one sorted insert. Handling progress is kept
+//! per room, not per event: `mx_room_progress` holds the position (batch, index) of the last
+//! handled event of each room, which is exact because a room's events are handled in order. A
+//! batch is deleted once all its events are handled. Events that failed for good move to
+//! `mx_parked` with their JSON.
 //!
-//! So storing a transaction of K events writes one dedup row per event and one row per batch,
-//! and handling them writes one progress row per room and deletes the batch, instead of
-//! inserting and updating a row (and its indexes) per event.
+//! So storing a transaction of K events writes one row per batch, appended, and reads the
+//! dedup index; handling them writes one progress row per room and, later and for many batches
+//! at once, moves the IDs into the dedup index and deletes the batches. Nothing is inserted or
+//! updated per event, and no random-keyed index is written at intake (one random key per event
+//! dirtied a page per event in every commit: a third of the intake's speed with real event IDs).
 
 use std::{borrow::Cow, collections::HashMap, collections::HashSet};
 
@@ -85,21 +90,10 @@ pub(super) fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
     texts.entry((kind, n)).or_insert_with(|| Box::leak(kind.build(n).into_boxed_str()))
 }
 
-/// How [`Store::accept_batched`] finds the new events of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dedup {
-    /// One statement that inserts every event ID and returns nothing; gives up (the caller
-    /// rolls back) when any was there already.
-    AssumeNew,
-    /// Inserts the event IDs with `RETURNING`, learning which are new.
-    PerEvent,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum RowsSql {
-    /// `$1` the time, then the event ID per event; returns the IDs that were new.
-    Seen,
-    /// `$1` the time, then txn ID, events JSON and event count per batch; returns the seqs.
+    /// `$1` the time, then txn ID, events JSON, event IDs (JSON) and event count per batch;
+    /// returns the seqs.
     Batches,
     /// `$1` the time, then txn ID and hash per transaction; returns the rows that were new.
     Transactions,
@@ -114,9 +108,10 @@ pub(super) enum RowsSql {
     /// and user updates an earlier one.
     Members,
     /// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one
-    /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` the event
-    /// IDs (JSON arrays), then txn ID, events JSON and event count per batch; returns the batch
-    /// seqs. Nothing resolves a conflict: a transaction or event seen before fails it whole.
+    /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` every event
+    /// ID (a JSON array), then the [`RowsSql::Batches`] values per batch; returns the batch
+    /// seqs. A transaction seen before fails it whole (a unique violation); an event ID in
+    /// `mx_event_seen` makes it store nothing and return no row.
     PgOneTrip,
 }
 
@@ -125,24 +120,22 @@ impl RowsSql {
         use std::fmt::Write as _;
         let mut sql = String::with_capacity(120 + n * 32);
         let (head, per_row, tail) = match self {
-            Self::Seen => (
-                "INSERT INTO mx_event_seen (event_id, seen_at) VALUES ",
-                1,
-                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            ),
             Self::Batches => (
-                "INSERT INTO mx_inbox_batch (txn_id, events, n_events, received_at) VALUES ",
-                3,
+                "INSERT INTO mx_inbox_batch (txn_id, events, event_ids, n_events, received_at) \
+                 VALUES ",
+                4,
                 " RETURNING seq",
             ),
             Self::PgOneTrip => (
                 "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
-                 SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p), \
-                 s AS (INSERT INTO mx_event_seen (event_id, seen_at) \
-                 SELECT e, $1::bigint FROM json_array_elements_text($3::json) e) \
-                 INSERT INTO mx_inbox_batch (txn_id, events, n_events, received_at) VALUES ",
-                3,
-                " RETURNING seq",
+                 SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p \
+                 WHERE NOT EXISTS (SELECT 1 FROM mx_event_seen \
+                 WHERE event_id IN (SELECT json_array_elements_text($3::json)))) \
+                 INSERT INTO mx_inbox_batch (txn_id, events, event_ids, n_events, received_at) \
+                 SELECT * FROM (VALUES ",
+                4,
+                ") v WHERE NOT EXISTS (SELECT 1 FROM mx_event_seen \
+                 WHERE event_id IN (SELECT json_array_elements_text($3::json))) RETURNING seq",
             ),
             Self::Transactions => (
                 "INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ",
@@ -360,6 +353,12 @@ fn batch_json(t: &IncomingTxn<'_>, run: &[usize]) -> String {
     json
 }
 
+/// The JSON array of the IDs of some of a transaction's events, for one batch row.
+fn batch_ids(t: &IncomingTxn<'_>, run: &[usize]) -> Result<String> {
+    let ids: Vec<&str> = run.iter().map(|&i| t.events[i].event_id.as_ref()).collect();
+    serde_json::to_string(&ids).map_err(corrupt)
+}
+
 /// Whether an event at `(seq, idx)` is past its room's recorded progress.
 fn after_progress(progress: Option<&(i64, i32)>, seq: i64, idx: i32) -> bool {
     progress.is_none_or(|&(s, i)| (seq, idx) > (s, i))
@@ -400,44 +399,83 @@ impl Store {
 
     /// [`Store::accept_transactions`], also telling which batches were written.
     pub(crate) async fn accept_batched(&self, txns: &[IncomingTxn<'_>]) -> Result<Vec<Accepted>> {
-        // On SQLite, first assume that every event is new (the rule: a homeserver resends a
-        // transaction under its own ID, which the txn table catches first): the dedup rows are
-        // then one statement that returns nothing. If any event was seen before, that
-        // database transaction is rolled back and the group stored again the careful way.
-        if self.backend_name() == "sqlite"
-            && let Some(accepted) = self.accept_once(txns, Dedup::AssumeNew).await?
-        {
-            return Ok(accepted);
+        let mut built = self.seen.accepting.lock().await;
+        if !*built {
+            self.build_seen_window().await?;
+            *built = true;
         }
-        // On PostgreSQL, where each statement is a round trip, the same assumption in one
-        // statement: a unique violation rolls it back whole.
+        // Which stored batches may hold one of these events (by fingerprint), and whether an
+        // event may come twice in the group: either sends the group the careful way.
+        let (maybe_stored, repeats) = {
+            let window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut fingerprints: Vec<u64> = txns
+                .iter()
+                .flat_map(|t| t.events.iter().map(|e| window.fingerprint(&e.event_id)))
+                .collect();
+            let mut batches = Vec::new();
+            if window.len() > 0 {
+                for &fp in &fingerprints {
+                    window.batches_of(fp, &mut batches);
+                }
+            }
+            fingerprints.sort_unstable();
+            (batches, fingerprints.windows(2).any(|w| w[0] == w[1]))
+        };
+        // On PostgreSQL, where each statement is a round trip, the common case (nothing seen
+        // before) is one statement; anything seen before makes it store nothing.
+        let mut accepted = None;
         if let Backend::Postgres(pool) = &self.backend
-            && let Some(accepted) = self.accept_pg_one_trip(pool, txns).await?
+            && maybe_stored.is_empty()
+            && !repeats
         {
-            return Ok(accepted);
+            accepted = self.accept_pg_one_trip(pool, txns).await?;
         }
-        let accepted = self.accept_once(txns, Dedup::PerEvent).await?;
-        accepted.ok_or_else(|| corrupt("the careful dedup path gave up"))
+        let accepted = match accepted {
+            Some(accepted) => accepted,
+            None => self.accept_once(txns, maybe_stored).await?,
+        };
+        let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (t, a) in txns.iter().zip(&accepted) {
+            for b in &a.batches {
+                window.add(b.seq, b.events.iter().map(|&i| t.events[i].event_id.as_ref()));
+            }
+        }
+        drop(built);
+        Ok(accepted)
+    }
+
+    /// Indexes the event IDs of every stored batch (see `store/seen.rs`).
+    async fn build_seen_window(&self) -> Result<()> {
+        // Once per process, on the writers' connection (no reader pool opened for it).
+        let rows: Vec<(i64, String)> = with_pool!(self, |pool| {
+            sqlx::query_as("SELECT seq, event_ids FROM mx_inbox_batch").fetch_all(pool).await?
+        });
+        let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (seq, ids) in &rows {
+            let ids: Vec<Cow<'_, str>> = serde_json::from_str(ids).map_err(corrupt)?;
+            window.add(*seq, ids.iter().map(AsRef::as_ref));
+        }
+        Ok(())
     }
 
     /// PostgreSQL's common case ([`RowsSql::PgOneTrip`]): the whole group assumed new, in one
-    /// statement instead of five round trips (`BEGIN`, transactions, event IDs, batches,
-    /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before
-    /// (a unique violation) or when the group's events do not fit one statement of the link's
-    /// size; the caller then stores it the careful way.
+    /// statement instead of five round trips (`BEGIN`, transactions, dedup lookup, batches,
+    /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before or
+    /// when the group's events do not fit one statement of the link's size; the caller then
+    /// stores it the careful way.
     async fn accept_pg_one_trip(
         &self,
         pool: &sqlx::PgPool,
         txns: &[IncomingTxn<'_>],
     ) -> Result<Option<Vec<Accepted>>> {
-        let mut planned: Vec<(usize, Vec<usize>, String)> = Vec::new();
+        let mut planned: Vec<(usize, Vec<usize>, String, String)> = Vec::new();
         let mut bytes = 0;
         for (ti, t) in txns.iter().enumerate() {
             let all: Vec<usize> = (0..t.events.len()).collect();
             for run in chunks_by_size(&all, self.statement_bytes, |&i| t.events[i].json.len()) {
                 let json = batch_json(t, run);
                 bytes += json.len();
-                planned.push((ti, run.to_vec(), json));
+                planned.push((ti, run.to_vec(), json, batch_ids(t, run)?));
             }
         }
         if planned.is_empty() || planned.len() > INSERT_CHUNK || bytes > self.statement_bytes {
@@ -450,15 +488,19 @@ impl Store {
             .bind(now_ms())
             .bind(serde_json::to_string(&pairs).map_err(corrupt)?)
             .bind(serde_json::to_string(&ids).map_err(corrupt)?);
-        for (ti, events, json) in &planned {
+        for (ti, events, json, ids) in &planned {
             let n = i32::try_from(events.len()).map_err(corrupt)?;
-            query = query.bind(txns[*ti].txn_id).bind(json.as_str()).bind(n);
+            query = query.bind(txns[*ti].txn_id).bind(json.as_str()).bind(ids.as_str()).bind(n);
         }
         let rows = match query.fetch_all(pool).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        if rows.is_empty() {
+            // An event ID was in `mx_event_seen`: nothing was stored.
+            return Ok(None);
+        }
         if rows.len() != planned.len() {
             return Err(corrupt("a batch insert returned the wrong number of rows"));
         }
@@ -473,23 +515,37 @@ impl Store {
                 batches: vec![],
             })
             .collect();
-        for ((ti, events, _), seq) in planned.into_iter().zip(seqs) {
+        for ((ti, events, _, _), seq) in planned.into_iter().zip(seqs) {
             accepted[ti].batches.push(StoredBatch { seq, events });
         }
         Ok(Some(accepted))
     }
 
-    /// One attempt at storing a group; `None` when `Dedup::AssumeNew` met an event seen before
-    /// (nothing was stored then).
+    /// Stores a group in one database transaction, finding out which transactions and events
+    /// are new. `maybe_stored`: the batches that the in-memory index says may hold one of the
+    /// group's events, whose stored IDs are read to know.
     async fn accept_once(
         &self,
         txns: &[IncomingTxn<'_>],
-        dedup: Dedup,
-    ) -> Result<Option<Vec<Accepted>>> {
+        maybe_stored: Vec<i64>,
+    ) -> Result<Vec<Accepted>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
         let budget = self.statement_bytes;
-        with_pool!(self, |pool| {
+        let (seen_sql, batch_ids_sql) = match self.backend_name() {
+            "postgres" => (
+                "SELECT event_id FROM mx_event_seen \
+                 WHERE event_id IN (SELECT json_array_elements_text($1::json))",
+                "SELECT seq, event_ids FROM mx_inbox_batch \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
+            ),
+            _ => (
+                "SELECT event_id FROM mx_event_seen WHERE event_id IN (SELECT value FROM json_each($1))",
+                "SELECT seq, event_ids FROM mx_inbox_batch \
+                 WHERE seq IN (SELECT value FROM json_each($1))",
+            ),
+        };
+        let (accepted, gone) = with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
             let mut new: HashSet<(String, String)> = HashSet::new();
@@ -507,76 +563,62 @@ impl Store {
                 .iter()
                 .map(|t| new.remove(&(t.txn_id.to_owned(), t.body_hash.to_owned())))
                 .collect();
-            // Which events are new: one dedup row per event ID, multi-row inserts.
             let candidates: Vec<&str> = txns
                 .iter()
                 .zip(&is_new)
                 .filter(|(_, new)| **new)
                 .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
                 .collect();
-            // `None`: every candidate is new (and each appears once).
-            let mut fresh: Option<HashSet<String>> = None;
-            match dedup {
-                Dedup::AssumeNew => {
-                    if !candidates.is_empty() {
-                        let list = serde_json::to_string(&candidates).map_err(corrupt)?;
-                        let inserted = sqlx::query(
-                            "INSERT INTO mx_event_seen (event_id, seen_at) \
-                             SELECT value, ? FROM json_each(?) WHERE true \
-                             ON CONFLICT (event_id) DO NOTHING",
-                        )
-                        .bind(now)
-                        .bind(list)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if usize::try_from(inserted).ok() != Some(candidates.len()) {
-                            tx.rollback().await?;
-                            return Ok(None);
-                        }
+            // Event IDs seen before: those of the stored batches the index pointed at, and
+            // those in `mx_event_seen` (a read: no index is written here).
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut gone: Vec<i64> = Vec::new();
+            if !candidates.is_empty() {
+                if !maybe_stored.is_empty() {
+                    let list = serde_json::to_string(&maybe_stored).map_err(corrupt)?;
+                    let rows: Vec<(i64, String)> =
+                        sqlx::query_as(batch_ids_sql).bind(list).fetch_all(&mut *tx).await?;
+                    let found: HashSet<i64> = rows.iter().map(|r| r.0).collect();
+                    gone = maybe_stored.iter().copied().filter(|s| !found.contains(s)).collect();
+                    for (_, ids) in rows {
+                        seen.extend(serde_json::from_str::<Vec<String>>(&ids).map_err(corrupt)?);
                     }
                 }
-                Dedup::PerEvent => {
-                    let mut new_ids = HashSet::with_capacity(candidates.len());
-                    for chunk in candidates.chunks(INSERT_CHUNK) {
-                        let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
-                        for id in chunk {
-                            query = query.bind(*id);
-                        }
-                        for row in query.fetch_all(&mut *tx).await? {
-                            new_ids.insert(row.try_get(0)?);
-                        }
-                    }
-                    fresh = Some(new_ids);
-                }
+                let list = serde_json::to_string(&candidates).map_err(corrupt)?;
+                let rows: Vec<(String,)> =
+                    sqlx::query_as(seen_sql).bind(list).fetch_all(&mut *tx).await?;
+                seen.extend(rows.into_iter().map(|r| r.0));
             }
             // The new events of each new transaction, cut into batches.
             struct Planned {
                 txn: usize,
                 events: Vec<usize>,
                 json: String,
+                ids: String,
             }
             let mut planned: Vec<Planned> = Vec::new();
             let mut accepted = Vec::with_capacity(txns.len());
+            // An event twice in the group is stored once, the first time.
+            let mut taken: HashSet<&str> = HashSet::with_capacity(candidates.len());
             for (ti, t) in txns.iter().enumerate() {
                 if !is_new[ti] {
                     accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
                     continue;
                 }
-                // `remove`: an event twice in one transaction is stored once, the first time.
-                let new_events: Vec<usize> = match &mut fresh {
-                    None => (0..t.events.len()).collect(),
-                    Some(fresh) => (0..t.events.len())
-                        .filter(|&i| fresh.remove(t.events[i].event_id.as_ref()))
-                        .collect(),
-                };
+                let new_events: Vec<usize> = (0..t.events.len())
+                    .filter(|&i| {
+                        let id = t.events[i].event_id.as_ref();
+                        !seen.contains(id) && taken.insert(id)
+                    })
+                    .collect();
                 accepted.push(Accepted {
                     outcome: AcceptOutcome::Stored { new_events: new_events.len() },
                     batches: vec![],
                 });
                 for run in chunks_by_size(&new_events, budget, |&i| t.events[i].json.len()) {
                     let json = batch_json(t, run);
-                    planned.push(Planned { txn: ti, events: run.to_vec(), json });
+                    let ids = batch_ids(t, run)?;
+                    planned.push(Planned { txn: ti, events: run.to_vec(), json, ids });
                 }
             }
             let mut seqs: Vec<i64> = Vec::with_capacity(planned.len());
@@ -584,7 +626,11 @@ impl Store {
                 let mut query = sqlx::query(rows_sql(RowsSql::Batches, chunk.len())).bind(now);
                 for b in chunk {
                     let n = i32::try_from(b.events.len()).map_err(corrupt)?;
-                    query = query.bind(txns[b.txn].txn_id).bind(b.json.as_str()).bind(n);
+                    query = query
+                        .bind(txns[b.txn].txn_id)
+                        .bind(b.json.as_str())
+                        .bind(b.ids.as_str())
+                        .bind(n);
                 }
                 let mut got: Vec<i64> = query
                     .fetch_all(&mut *tx)
@@ -603,8 +649,18 @@ impl Store {
             for (b, seq) in planned.into_iter().zip(seqs) {
                 accepted[b.txn].batches.push(StoredBatch { seq, events: b.events });
             }
-            Ok(Some(accepted))
-        })
+            (accepted, gone)
+        });
+        // Batches the index pointed at that are deleted already (a delete that raced with the
+        // index's building): their IDs are in `mx_event_seen`.
+        if !gone.is_empty() {
+            let mut window =
+                self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for seq in gone {
+                window.forget(seq);
+            }
+        }
+        Ok(accepted)
     }
 
     /// Returns up to `limit` stored batches with `seq > after`, oldest first, each with the
@@ -742,18 +798,6 @@ impl Store {
         // progress rows are multi-row VALUES (cheaper than JSON extraction per row).
         let batches = serde_json::to_string(finished_batches).map_err(corrupt)?;
         let requeued = serde_json::to_string(finished_requeued).map_err(corrupt)?;
-        let (delete_batches, delete_parked) = match self.backend_name() {
-            "postgres" => (
-                "DELETE FROM mx_inbox_batch \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
-                "DELETE FROM mx_parked \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
-            ),
-            _ => (
-                "DELETE FROM mx_inbox_batch WHERE seq IN (SELECT value FROM json_each($1))",
-                "DELETE FROM mx_parked WHERE seq IN (SELECT value FROM json_each($1))",
-            ),
-        };
         // One row per room (a room twice in one upsert is an error on PostgreSQL): the furthest.
         let mut furthest: HashMap<&str, (i64, i32)> = HashMap::with_capacity(progress.len());
         for &(room, seq, idx) in progress {
@@ -777,16 +821,22 @@ impl Store {
                  WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx) \
                  RETURNING 1), \
                  b AS (DELETE FROM mx_inbox_batch \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($2::json)) RETURNING 1), \
+                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($2::json)) \
+                 RETURNING event_ids), \
+                 e AS (INSERT INTO mx_event_seen (event_id, seen_at) \
+                 SELECT i, $4::bigint FROM b, json_array_elements_text(b.event_ids::json) i \
+                 ORDER BY 1 ON CONFLICT (event_id) DO NOTHING RETURNING 1), \
                  q AS (DELETE FROM mx_parked \
                  WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($3::json)) RETURNING 1) \
-                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM b) + (SELECT count(*) FROM q)",
+                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM e) + (SELECT count(*) FROM q)",
             )
             .bind(&progress)
             .bind(&batches)
             .bind(&requeued)
+            .bind(now_ms())
             .execute(pool)
             .await?;
+            self.forget_batches(finished_batches);
             return Ok(());
         }
         // SQLite: separate statements without a transaction, progress first. Nothing needs them
@@ -802,16 +852,47 @@ impl Store {
                 }
                 query.execute(pool).await?;
             }
-            for (sql, list, empty) in [
-                (delete_batches, &batches, finished_batches.is_empty()),
-                (delete_parked, &requeued, finished_requeued.is_empty()),
-            ] {
-                if !empty {
-                    sqlx::query(sql).bind(list).execute(pool).await?;
-                }
+            if !finished_batches.is_empty() {
+                // The batches' event IDs go to the dedup index first (sorted, many batches at
+                // once: the dispatcher defers these deletes), then the batches. Between the
+                // two, an ID is in both places, which changes nothing.
+                sqlx::query(
+                    "INSERT INTO mx_event_seen (event_id, seen_at) \
+                     SELECT i.value, ? FROM mx_inbox_batch b, json_each(b.event_ids) i \
+                     WHERE b.seq IN (SELECT value FROM json_each(?)) ORDER BY 1 \
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(now_ms())
+                .bind(&batches)
+                .execute(pool)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM mx_inbox_batch WHERE seq IN (SELECT value FROM json_each(?))",
+                )
+                .bind(&batches)
+                .execute(pool)
+                .await?;
+            }
+            if !finished_requeued.is_empty() {
+                sqlx::query("DELETE FROM mx_parked WHERE seq IN (SELECT value FROM json_each(?))")
+                    .bind(&requeued)
+                    .execute(pool)
+                    .await?;
             }
         });
+        self.forget_batches(finished_batches);
         Ok(())
+    }
+
+    /// Takes deleted batches out of the in-memory index of stored event IDs.
+    fn forget_batches(&self, seqs: &[i64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for &seq in seqs {
+            window.forget(seq);
+        }
     }
 
     /// Records a failed attempt and returns the number of attempts so far.
@@ -967,18 +1048,10 @@ impl Store {
             Some((parked_attempts, false)) => return Ok(Some((2, parked_attempts))),
             None => {}
         }
-        let seen: Option<i64> = with_reader!(self, |pool| {
-            sqlx::query_scalar("SELECT seen_at FROM mx_event_seen WHERE event_id = $1")
-                .bind(event_id)
-                .fetch_optional(pool)
-                .await?
-        });
-        if seen.is_none() {
-            return Ok(None);
-        }
+        // A stored batch holds it: pending, or handled and the batch not deleted yet.
         let sql = match self.backend_name() {
-            "postgres" => "SELECT seq, events FROM mx_inbox_batch WHERE strpos(events, $1) > 0",
-            _ => "SELECT seq, events FROM mx_inbox_batch WHERE instr(events, $1) > 0",
+            "postgres" => "SELECT seq, events FROM mx_inbox_batch WHERE strpos(event_ids, $1) > 0",
+            _ => "SELECT seq, events FROM mx_inbox_batch WHERE instr(event_ids, $1) > 0",
         };
         let rows: Vec<(i64, String)> =
             with_reader!(self, |pool| sqlx::query_as(sql).bind(event_id).fetch_all(pool).await?);
@@ -989,11 +1062,17 @@ impl Store {
             };
             let InboxPos::Batch { seq, idx } = event.pos else { continue };
             let progress = self.room_progress(std::iter::once(event.room_id.as_str())).await?;
-            if after_progress(progress.get(&event.room_id), seq, idx) {
-                return Ok(Some((0, attempts)));
-            }
+            let pending = after_progress(progress.get(&event.room_id), seq, idx);
+            return Ok(Some(if pending { (0, attempts) } else { (1, 0) }));
         }
-        Ok(Some((1, 0)))
+        // Its batch was deleted once handled: the ID is remembered until pruned.
+        let seen: Option<i64> = with_reader!(self, |pool| {
+            sqlx::query_scalar("SELECT seen_at FROM mx_event_seen WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(seen.map(|_| (1, 0)))
     }
 
     /// Counts pending and parked events.
@@ -1018,7 +1097,8 @@ impl Store {
     }
 
     /// Forgets event IDs and transactions seen more than `max_age_ms` ago; returns how many
-    /// rows went. Pending batches and parked events are never pruned.
+    /// rows went. An event ID counts as seen when its handled batch was deleted; the IDs of
+    /// stored batches (pending events) are never pruned, nor are parked events.
     ///
     /// Event IDs are keyed by ID (random), not by age, so they go in chunks of 5,000, each its
     /// own short write: the intake never waits for one long scan.
@@ -1085,9 +1165,13 @@ mod tests {
         assert!(
             RowsSql::Batches
                 .build(2)
-                .ends_with("VALUES ($2, $3, $4, $1), ($5, $6, $7, $1) RETURNING seq")
+                .ends_with("VALUES ($2, $3, $4, $5, $1), ($6, $7, $8, $9, $1) RETURNING seq")
         );
-        assert!(RowsSql::Seen.build(2).contains("VALUES ($2, $1), ($3, $1) ON CONFLICT"));
+        assert!(
+            RowsSql::PgOneTrip
+                .build(2)
+                .contains("(VALUES ($4, $5, $6, $7, $1), ($8, $9, $10, $11, $1)) v WHERE")
+        );
         assert!(
             RowsSql::Progress.build(2).contains("VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT")
         );

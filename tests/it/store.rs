@@ -78,13 +78,25 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
         (0..mxbridge::store::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
     let many: Vec<NewEvent<'_>> = ids.iter().map(|id| ev(id, "!r", "{}")).collect();
     store.accept_transaction("3", "h", &many).await.unwrap();
-    // Pruning with a retention of an hour keeps them; with a negative age they all go, with
-    // both transactions.
+    // Pending events are never pruned: their batch remembers them.
+    store.accept_transaction("4", "h", &[ev("$kept", "!k", "{}")]).await.unwrap();
+    let batches = store.pending_batches(0, 1000).await.unwrap();
+    let (handled, kept) = batches.split_at(batches.len() - 1);
+    assert_eq!(handled.iter().map(|b| b.events.len()).sum::<usize>(), ids.len());
+    assert_eq!(kept[0].events[0].event_id, "$kept");
+    let (seq, idx) = batch_pos(handled.last().unwrap().events.last().unwrap());
+    let seqs: Vec<i64> = handled.iter().map(|b| b.seq).collect();
+    store.record_handled(&[("!r", seq, idx)], &seqs, &[]).await.unwrap();
+    // Pruning with a retention of an hour keeps them; with a negative age every handled one
+    // goes, with the transactions.
     assert_eq!(store.prune_dedup(3_600_000).await.unwrap(), 0);
     let gone = store.prune_dedup(-1000).await.unwrap();
-    assert_eq!(gone, (1 + ids.len() + 3) as u64, "every event ID and txn row");
+    assert_eq!(gone, (1 + ids.len() + 4) as u64, "every handled event ID and txn row");
     assert_eq!(store.inbox_status("$a").await.unwrap(), None);
     assert_eq!(store.inbox_status("$p7").await.unwrap(), None);
+    assert_eq!(store.inbox_status("$kept").await.unwrap(), Some((0, 0)));
+    let out = store.accept_transaction("5", "h", &[ev("$kept", "!k", "{}")]).await.unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 0 }, "still deduplicated");
 }
 
 async fn room_progress_hides_handled_events_of_a_batch(store: Store) {
@@ -187,10 +199,62 @@ async fn reconnect_keeps_data_and_migrations_are_idempotent(
     store: Store,
     reopen: impl AsyncFnOnce() -> Store,
 ) {
-    store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
+    store
+        .accept_transaction("1", "h", &[ev("$a", "!r", "{}"), ev("$b", "!r", "{}")])
+        .await
+        .unwrap();
+    let first = pending(&store).await.remove(0);
+    let (seq, idx) = batch_pos(&first);
+    store.record_handled(&[("!r", seq, idx)], &[], &[]).await.unwrap();
     store.close().await;
     let again = reopen().await;
     assert_eq!(pending(&again).await.len(), 1);
+    // The new process knows the IDs of the stored batch, handled ($a) or not ($b), before it
+    // stores anything; a later event in a new transaction is stored.
+    let out = again
+        .accept_transaction(
+            "2",
+            "h",
+            &[ev("$a", "!r", "{}"), ev("$b", "!r", "{}"), ev("$c", "!r", "{}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
+}
+
+/// Batches stored before migration 4 get their event IDs from their JSON, so a new process
+/// still deduplicates their events.
+async fn batches_of_schema_3_get_their_event_ids(
+    store: Store,
+    url: &str,
+    reopen: impl AsyncFnOnce() -> Store,
+) {
+    store
+        .accept_transaction("1", "h", &[ev("$x", "!r", "{}"), ev("$y", "!s", "{\"k\":[1]}")])
+        .await
+        .unwrap();
+    store.close().await;
+    // Back to schema 3: no `event_ids` column.
+    raw_sql(url, "ALTER TABLE mx_inbox_batch DROP COLUMN event_ids").await;
+    raw_sql(url, "DELETE FROM mx_schema WHERE version = 4").await;
+    let again = reopen().await;
+    let out = again
+        .accept_transaction("2", "h", &[ev("$y", "!s", "{}"), ev("$z", "!s", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
+    let ids: Vec<_> = pending(&again).await.into_iter().map(|p| p.event_id).collect();
+    assert_eq!(ids, ["$x", "$y", "$z"]);
+    // Handled and deleted, the backfilled IDs move to the dedup table.
+    let batches = again.pending_batches(0, 10).await.unwrap();
+    let seqs: Vec<i64> = batches.iter().map(|b| b.seq).collect();
+    let last = batches.last().unwrap().events.last().unwrap();
+    let (seq, idx) = batch_pos(last);
+    again.record_handled(&[("!r", seq, idx), ("!s", seq, idx)], &seqs, &[]).await.unwrap();
+    assert!(pending(&again).await.is_empty());
+    assert_eq!(again.inbox_status("$x").await.unwrap(), Some((1, 0)));
+    let out = again.accept_transaction("3", "h", &[ev("$x", "!r", "{}")]).await.unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
 }
 
 /// Runs one statement on the database at `url`, past the store.
@@ -311,6 +375,20 @@ macro_rules! suite {
                 let db = crate::common::fresh_database($name, dir.path()).await;
                 let s = Store::connect(&db).await.unwrap();
                 membership_cache_answers_without_queries(s, &db.url).await;
+            }
+
+            #[tokio::test]
+            async fn event_ids_backfill() {
+                let dir = tempfile::tempdir().unwrap();
+                if $name == "postgres" && postgres_url().is_none() {
+                    return;
+                }
+                let db = crate::common::fresh_database($name, dir.path()).await;
+                let s = Store::connect(&db).await.unwrap();
+                batches_of_schema_3_get_their_event_ids(s, &db.url, async || {
+                    Store::connect(&db).await.unwrap()
+                })
+                .await;
             }
 
             #[tokio::test]
