@@ -5,6 +5,8 @@
 # Usage: scripts/bench-ab.sh OLD_EXAMPLES_DIR NEW_EXAMPLES_DIR [ROUNDS] [SECS]
 #   each directory holds release builds of examples/bench_server and examples/loadgen
 #   (e.g. build a worktree of an older commit with its own CARGO_TARGET_DIR).
+# Environment: LOADGEN_ARGS adds load tool flags to both scenarios (e.g. --random-ids);
+#   PG_URL runs the servers on that PostgreSQL database instead of an SQLite file.
 set -euo pipefail
 OLD=${1:?old examples dir}; NEW=${2:?new examples dir}; ROUNDS=${3:-3}; SECS=${4:-4}
 T=hs_token_ab_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -14,14 +16,15 @@ for round in $(seq 1 "$ROUNDS"); do
         if [ "$which" = old ]; then EX=$OLD; else EX=$NEW; fi
         dir=$(mktemp -d /tmp/mxbridge-ab.XXXX)
         port=$((port + 1))
-        taskset -c 1 "$EX/bench_server" --mode mxbridge --db sqlite --dir "$dir" --port "$port" \
+        if [ -n "${PG_URL:-}" ]; then db=(--db postgres --pg-url "$PG_URL"); else db=(--db sqlite); fi
+        taskset -c 1 "$EX/bench_server" --mode mxbridge "${db[@]}" --dir "$dir" --port "$port" \
             --hs-token "$T" >/dev/null 2>&1 &
         pid=$!
         sleep 0.5
         for sc in A B; do
             if [ "$sc" = A ]; then args=(-k 100 --conns 1); else args=(-k 1 --conns 64); fi
             r=$(taskset -c 0 "$NEW/loadgen" --kv --port "$port" --hs-token "$T" --secs "$SECS" \
-                "${args[@]}" --pid "$pid" --label "$which" 2>&1 | tail -1)
+                "${args[@]}" ${LOADGEN_ARGS:-} --pid "$pid" --label "$which" 2>&1 | tail -1)
             echo "round=$round which=$which scenario=$sc $r"
         done
         kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -2,20 +2,23 @@
 //!
 //! A transaction's new events are stored as *batches*: JSON arrays of events, one row each, in
 //! arrival order (`mx_inbox_batch.seq`), with the IDs of those events beside them
-//! (`event_ids`). An event ID is remembered so that an event that comes again in another
-//! transaction is dropped: while its batch is stored, by that column, which this process
-//! indexes in memory (`store/seen.rs`); once the handled batch is deleted, in `mx_event_seen`,
-//! which takes the IDs of many deleted batches in one sorted insert. Handling progress is kept
-//! per room, not per event: `mx_room_progress` holds the position (batch, index) of the last
-//! handled event of each room, which is exact because a room's events are handled in order. A
-//! batch is deleted once all its events are handled. Events that failed for good move to
-//! `mx_parked` with their JSON.
+//! (`event_ids`). Every event ID is remembered, so that an event that comes again in another
+//! transaction is dropped. Handling progress is kept per room, not per event:
+//! `mx_room_progress` holds the position (batch, index) of the last handled event of each room,
+//! which is exact because a room's events are handled in order. A batch is deleted once all its
+//! events are handled. Events that failed for good move to `mx_parked` with their JSON.
 //!
-//! So storing a transaction of K events writes one row per batch, appended, and reads the
-//! dedup index; handling them writes one progress row per room and, later and for many batches
-//! at once, moves the IDs into the dedup index and deletes the batches. Nothing is inserted or
-//! updated per event, and no random-keyed index is written at intake (one random key per event
-//! dirtied a page per event in every commit: a third of the intake's speed with real event IDs).
+//! Where event IDs are remembered depends on the backend. On PostgreSQL each goes to
+//! `mx_event_seen` at intake, whose unique index tells new from seen in the same statement. On
+//! SQLite, where every commit writes each page it dirtied and random keys (event IDs are
+//! hashes) dirty one page each, the intake writes no index: while its batch is stored an ID is
+//! found through `event_ids`, which this process indexes in memory (`store/seen.rs`), and when
+//! the handled batch is deleted the IDs of many batches go to `mx_event_seen` in one sorted
+//! insert (with real event IDs, this doubled load A's events per second).
+//!
+//! So storing a transaction of K events writes one row per batch (and, on PostgreSQL, K dedup
+//! rows), and handling them writes one progress row per room and deletes the batch, instead of
+//! inserting and updating a row (and its indexes) per event.
 
 use std::{borrow::Cow, collections::HashMap, collections::HashSet};
 
@@ -90,11 +93,23 @@ pub(super) fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
     texts.entry((kind, n)).or_insert_with(|| Box::leak(kind.build(n).into_boxed_str()))
 }
 
+/// How [`Store::accept_batched`] tells new events from seen ones.
+#[derive(Debug)]
+enum Dedup {
+    /// PostgreSQL: insert every event ID into `mx_event_seen`, `RETURNING` the new ones.
+    Insert,
+    /// SQLite: read `mx_event_seen`, and the stored IDs of the batches that the in-memory index
+    /// says may hold one of the events.
+    Read { maybe_stored: Vec<i64> },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum RowsSql {
     /// `$1` the time, then txn ID, events JSON, event IDs (JSON) and event count per batch;
     /// returns the seqs.
     Batches,
+    /// PostgreSQL: `$1` the time, then the event ID per event; returns the IDs that were new.
+    Seen,
     /// `$1` the time, then txn ID and hash per transaction; returns the rows that were new.
     Transactions,
     /// Room ID, batch seq and index per room (no shared parameter); progress never moves back.
@@ -110,8 +125,7 @@ pub(super) enum RowsSql {
     /// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one
     /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` every event
     /// ID (a JSON array), then the [`RowsSql::Batches`] values per batch; returns the batch
-    /// seqs. A transaction seen before fails it whole (a unique violation); an event ID in
-    /// `mx_event_seen` makes it store nothing and return no row.
+    /// seqs. Nothing resolves a conflict: a transaction or event seen before fails it whole.
     PgOneTrip,
 }
 
@@ -126,16 +140,20 @@ impl RowsSql {
                 4,
                 " RETURNING seq",
             ),
+            Self::Seen => (
+                "INSERT INTO mx_event_seen (event_id, seen_at) VALUES ",
+                1,
+                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            ),
             Self::PgOneTrip => (
                 "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
-                 SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p \
-                 WHERE NOT EXISTS (SELECT 1 FROM mx_event_seen \
-                 WHERE event_id IN (SELECT json_array_elements_text($3::json)))) \
+                 SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p), \
+                 s AS (INSERT INTO mx_event_seen (event_id, seen_at) \
+                 SELECT e, $1::bigint FROM json_array_elements_text($3::json) e) \
                  INSERT INTO mx_inbox_batch (txn_id, events, event_ids, n_events, received_at) \
-                 SELECT * FROM (VALUES ",
+                 VALUES ",
                 4,
-                ") v WHERE NOT EXISTS (SELECT 1 FROM mx_event_seen \
-                 WHERE event_id IN (SELECT json_array_elements_text($3::json))) RETURNING seq",
+                " RETURNING seq",
             ),
             Self::Transactions => (
                 "INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ",
@@ -399,41 +417,37 @@ impl Store {
 
     /// [`Store::accept_transactions`], also telling which batches were written.
     pub(crate) async fn accept_batched(&self, txns: &[IncomingTxn<'_>]) -> Result<Vec<Accepted>> {
+        // PostgreSQL: every event ID goes to `mx_event_seen` at intake, where its unique index
+        // tells new from seen (there, an index insert costs no more than the lookup it
+        // replaces). The common case, nothing seen before, is one statement, since each
+        // statement is a round trip; a unique violation fails it whole and the group is stored
+        // the careful way.
+        if let Backend::Postgres(pool) = &self.backend {
+            if let Some(accepted) = self.accept_pg_one_trip(pool, txns).await? {
+                return Ok(accepted);
+            }
+            return self.accept_once(txns, Dedup::Insert).await;
+        }
+        // SQLite: every WAL commit writes each page it dirtied, and random keys (event IDs are
+        // hashes) dirty a page each, so the intake only reads `mx_event_seen`, and finds the
+        // IDs of stored batches through the index in memory (`store/seen.rs`).
         let mut built = self.seen.accepting.lock().await;
         if !*built {
             self.build_seen_window().await?;
             *built = true;
         }
-        // Which stored batches may hold one of these events (by fingerprint), and whether an
-        // event may come twice in the group: either sends the group the careful way.
-        let (maybe_stored, repeats) = {
+        // Which stored batches may hold one of these events (by fingerprint).
+        let maybe_stored = {
             let window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut fingerprints: Vec<u64> = txns
-                .iter()
-                .flat_map(|t| t.events.iter().map(|e| window.fingerprint(&e.event_id)))
-                .collect();
             let mut batches = Vec::new();
             if window.len() > 0 {
-                for &fp in &fingerprints {
-                    window.batches_of(fp, &mut batches);
+                for e in txns.iter().flat_map(|t| t.events) {
+                    window.batches_of(window.fingerprint(&e.event_id), &mut batches);
                 }
             }
-            fingerprints.sort_unstable();
-            (batches, fingerprints.windows(2).any(|w| w[0] == w[1]))
+            batches
         };
-        // On PostgreSQL, where each statement is a round trip, the common case (nothing seen
-        // before) is one statement; anything seen before makes it store nothing.
-        let mut accepted = None;
-        if let Backend::Postgres(pool) = &self.backend
-            && maybe_stored.is_empty()
-            && !repeats
-        {
-            accepted = self.accept_pg_one_trip(pool, txns).await?;
-        }
-        let accepted = match accepted {
-            Some(accepted) => accepted,
-            None => self.accept_once(txns, maybe_stored).await?,
-        };
+        let accepted = self.accept_once(txns, Dedup::Read { maybe_stored }).await?;
         let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (t, a) in txns.iter().zip(&accepted) {
             for b in &a.batches {
@@ -522,29 +536,11 @@ impl Store {
     }
 
     /// Stores a group in one database transaction, finding out which transactions and events
-    /// are new. `maybe_stored`: the batches that the in-memory index says may hold one of the
-    /// group's events, whose stored IDs are read to know.
-    async fn accept_once(
-        &self,
-        txns: &[IncomingTxn<'_>],
-        maybe_stored: Vec<i64>,
-    ) -> Result<Vec<Accepted>> {
+    /// are new (see [`Dedup`]).
+    async fn accept_once(&self, txns: &[IncomingTxn<'_>], dedup: Dedup) -> Result<Vec<Accepted>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
         let budget = self.statement_bytes;
-        let (seen_sql, batch_ids_sql) = match self.backend_name() {
-            "postgres" => (
-                "SELECT event_id FROM mx_event_seen \
-                 WHERE event_id IN (SELECT json_array_elements_text($1::json))",
-                "SELECT seq, event_ids FROM mx_inbox_batch \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($1::json))",
-            ),
-            _ => (
-                "SELECT event_id FROM mx_event_seen WHERE event_id IN (SELECT value FROM json_each($1))",
-                "SELECT seq, event_ids FROM mx_inbox_batch \
-                 WHERE seq IN (SELECT value FROM json_each($1))",
-            ),
-        };
         let (accepted, gone) = with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
@@ -569,26 +565,58 @@ impl Store {
                 .filter(|(_, new)| **new)
                 .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
                 .collect();
-            // Event IDs seen before: those of the stored batches the index pointed at, and
-            // those in `mx_event_seen` (a read: no index is written here).
-            let mut seen: HashSet<String> = HashSet::new();
+            // Which candidates are new (the first time each, in group order).
             let mut gone: Vec<i64> = Vec::new();
-            if !candidates.is_empty() {
-                if !maybe_stored.is_empty() {
-                    let list = serde_json::to_string(&maybe_stored).map_err(corrupt)?;
-                    let rows: Vec<(i64, String)> =
-                        sqlx::query_as(batch_ids_sql).bind(list).fetch_all(&mut *tx).await?;
-                    let found: HashSet<i64> = rows.iter().map(|r| r.0).collect();
-                    gone = maybe_stored.iter().copied().filter(|s| !found.contains(s)).collect();
-                    for (_, ids) in rows {
-                        seen.extend(serde_json::from_str::<Vec<String>>(&ids).map_err(corrupt)?);
+            let fresh: HashSet<&str> = match &dedup {
+                Dedup::Insert => {
+                    let mut new_ids: HashSet<String> = HashSet::with_capacity(candidates.len());
+                    for chunk in candidates.chunks(INSERT_CHUNK) {
+                        let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
+                        for id in chunk {
+                            query = query.bind(*id);
+                        }
+                        for row in query.fetch_all(&mut *tx).await? {
+                            new_ids.insert(row.try_get(0)?);
+                        }
                     }
+                    candidates.iter().copied().filter(|id| new_ids.contains(*id)).collect()
                 }
-                let list = serde_json::to_string(&candidates).map_err(corrupt)?;
-                let rows: Vec<(String,)> =
-                    sqlx::query_as(seen_sql).bind(list).fetch_all(&mut *tx).await?;
-                seen.extend(rows.into_iter().map(|r| r.0));
-            }
+                Dedup::Read { maybe_stored } => {
+                    // Seen before: in the stored batches the index pointed at, or in
+                    // `mx_event_seen` (a read: no index is written here).
+                    let mut seen: HashSet<String> = HashSet::new();
+                    if !candidates.is_empty() && !maybe_stored.is_empty() {
+                        let list = serde_json::to_string(maybe_stored).map_err(corrupt)?;
+                        let rows: Vec<(i64, String)> = sqlx::query_as(
+                            "SELECT seq, event_ids FROM mx_inbox_batch \
+                             WHERE seq IN (SELECT value FROM json_each($1))",
+                        )
+                        .bind(list)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let found: HashSet<i64> = rows.iter().map(|r| r.0).collect();
+                        gone =
+                            maybe_stored.iter().copied().filter(|s| !found.contains(s)).collect();
+                        for (_, ids) in rows {
+                            seen.extend(
+                                serde_json::from_str::<Vec<String>>(&ids).map_err(corrupt)?,
+                            );
+                        }
+                    }
+                    if !candidates.is_empty() {
+                        let list = serde_json::to_string(&candidates).map_err(corrupt)?;
+                        let rows: Vec<(String,)> = sqlx::query_as(
+                            "SELECT event_id FROM mx_event_seen \
+                             WHERE event_id IN (SELECT value FROM json_each($1))",
+                        )
+                        .bind(list)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        seen.extend(rows.into_iter().map(|r| r.0));
+                    }
+                    candidates.iter().copied().filter(|id| !seen.contains(*id)).collect()
+                }
+            };
             // The new events of each new transaction, cut into batches.
             struct Planned {
                 txn: usize,
@@ -599,7 +627,7 @@ impl Store {
             let mut planned: Vec<Planned> = Vec::new();
             let mut accepted = Vec::with_capacity(txns.len());
             // An event twice in the group is stored once, the first time.
-            let mut taken: HashSet<&str> = HashSet::with_capacity(candidates.len());
+            let mut taken: HashSet<&str> = HashSet::with_capacity(fresh.len());
             for (ti, t) in txns.iter().enumerate() {
                 if !is_new[ti] {
                     accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
@@ -608,7 +636,7 @@ impl Store {
                 let new_events: Vec<usize> = (0..t.events.len())
                     .filter(|&i| {
                         let id = t.events[i].event_id.as_ref();
-                        !seen.contains(id) && taken.insert(id)
+                        fresh.contains(id) && taken.insert(id)
                     })
                     .collect();
                 accepted.push(Accepted {
@@ -715,7 +743,7 @@ impl Store {
         let sql = match self.backend_name() {
             "postgres" => {
                 "SELECT room_id, batch_seq, idx FROM mx_room_progress \
-                 WHERE room_id IN (SELECT value FROM json_array_elements_text($1::json))"
+                 WHERE room_id = ANY(ARRAY(SELECT value FROM json_array_elements_text($1::json)))"
             }
             _ => {
                 "SELECT room_id, batch_seq, idx FROM mx_room_progress \
@@ -736,7 +764,7 @@ impl Store {
         let sql = match self.backend_name() {
             "postgres" => {
                 "SELECT event_id, attempts FROM mx_event_attempts \
-                 WHERE event_id IN (SELECT value FROM json_array_elements_text($1::json))"
+                 WHERE event_id = ANY(ARRAY(SELECT value FROM json_array_elements_text($1::json)))"
             }
             _ => {
                 "SELECT event_id, attempts FROM mx_event_attempts \
@@ -781,7 +809,8 @@ impl Store {
     /// Records handled events: the progress of each room (the position of its last handled
     /// event; progress never moves back), the batches whose events are all handled (deleted),
     /// and requeued parked events that are now handled (deleted). One statement on PostgreSQL;
-    /// on SQLite a few, progress first (any prefix of them leaves a consistent inbox).
+    /// on SQLite a few, progress first (any prefix of them leaves a consistent inbox), where a
+    /// deleted batch's event IDs first move to `mx_event_seen`.
     ///
     /// # Errors
     /// When the database fails; then what was recorded before the failure stays.
@@ -821,22 +850,17 @@ impl Store {
                  WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx) \
                  RETURNING 1), \
                  b AS (DELETE FROM mx_inbox_batch \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($2::json)) \
-                 RETURNING event_ids), \
-                 e AS (INSERT INTO mx_event_seen (event_id, seen_at) \
-                 SELECT i, $4::bigint FROM b, json_array_elements_text(b.event_ids::json) i \
-                 ORDER BY 1 ON CONFLICT (event_id) DO NOTHING RETURNING 1), \
+                 WHERE seq = ANY(ARRAY(SELECT value::bigint FROM json_array_elements_text($2::json))) \
+                 RETURNING 1), \
                  q AS (DELETE FROM mx_parked \
-                 WHERE seq IN (SELECT value::bigint FROM json_array_elements_text($3::json)) RETURNING 1) \
-                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM e) + (SELECT count(*) FROM q)",
+                 WHERE seq = ANY(ARRAY(SELECT value::bigint FROM json_array_elements_text($3::json))) RETURNING 1) \
+                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM b) + (SELECT count(*) FROM q)",
             )
             .bind(&progress)
             .bind(&batches)
             .bind(&requeued)
-            .bind(now_ms())
             .execute(pool)
             .await?;
-            self.forget_batches(finished_batches);
             return Ok(());
         }
         // SQLite: separate statements without a transaction, progress first. Nothing needs them
@@ -1097,8 +1121,10 @@ impl Store {
     }
 
     /// Forgets event IDs and transactions seen more than `max_age_ms` ago; returns how many
-    /// rows went. An event ID counts as seen when its handled batch was deleted; the IDs of
-    /// stored batches (pending events) are never pruned, nor are parked events.
+    /// rows went. The IDs of stored batches (pending events) are never forgotten, nor are
+    /// parked events. On SQLite an event ID is in `mx_event_seen` from when its handled batch
+    /// was deleted; on PostgreSQL from its arrival, and only IDs older than every stored batch
+    /// go.
     ///
     /// Event IDs are keyed by ID (random), not by age, so they go in chunks of 5,000, each its
     /// own short write: the intake never waits for one long scan.
@@ -1107,6 +1133,18 @@ impl Store {
     /// When the database fails.
     pub async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
         let cutoff = now_ms() - max_age_ms;
+        // On PostgreSQL the IDs of stored batches are in `mx_event_seen` too (stored with their
+        // batch's arrival time): none newer than the oldest stored batch goes.
+        let id_cutoff = match &self.backend {
+            Backend::Postgres(pool) => {
+                let oldest: Option<i64> =
+                    sqlx::query_scalar("SELECT MIN(received_at) FROM mx_inbox_batch")
+                        .fetch_one(pool)
+                        .await?;
+                oldest.map_or(cutoff, |oldest| oldest.min(cutoff))
+            }
+            Backend::Sqlite(_) => cutoff,
+        };
         let chunk = i64::try_from(PRUNE_CHUNK).unwrap_or(i64::MAX);
         let mut gone = 0;
         loop {
@@ -1115,7 +1153,7 @@ impl Store {
                     "DELETE FROM mx_event_seen WHERE event_id IN \
                      (SELECT event_id FROM mx_event_seen WHERE seen_at < $1 LIMIT $2)",
                 )
-                .bind(cutoff)
+                .bind(id_cutoff)
                 .bind(chunk)
                 .execute(pool)
                 .await?
@@ -1170,8 +1208,9 @@ mod tests {
         assert!(
             RowsSql::PgOneTrip
                 .build(2)
-                .contains("(VALUES ($4, $5, $6, $7, $1), ($8, $9, $10, $11, $1)) v WHERE")
+                .ends_with("VALUES ($4, $5, $6, $7, $1), ($8, $9, $10, $11, $1) RETURNING seq")
         );
+        assert!(RowsSql::Seen.build(2).contains("VALUES ($2, $1), ($3, $1) ON CONFLICT"));
         assert!(
             RowsSql::Progress.build(2).contains("VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT")
         );

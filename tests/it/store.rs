@@ -78,7 +78,9 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
         (0..mxbridge::store::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
     let many: Vec<NewEvent<'_>> = ids.iter().map(|id| ev(id, "!r", "{}")).collect();
     store.accept_transaction("3", "h", &many).await.unwrap();
-    // Pending events are never pruned: their batch remembers them.
+    // Pending events are never pruned: their batch remembers them (on PostgreSQL by keeping
+    // every ID from its arrival on; the pause puts the older ones a millisecond before it).
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     store.accept_transaction("4", "h", &[ev("$kept", "!k", "{}")]).await.unwrap();
     let batches = store.pending_batches(0, 1000).await.unwrap();
     let (handled, kept) = batches.split_at(batches.len() - 1);
