@@ -219,6 +219,7 @@ impl Default for DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct InboxConfig {
     /// How many rooms are processed at the same time (events of one room are always in order).
+    /// A room whose handled event waits for its record's commit does not count.
     #[serde(default = "default_room_concurrency")]
     pub room_concurrency: usize,
     /// How many times a failing handler is tried before the event is parked.

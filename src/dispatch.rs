@@ -435,8 +435,14 @@ impl<B: Bridge> Shared<B> {
     }
 
     async fn room_worker(&self, room_id: String, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let Ok(_slot) = self.room_slots.clone().acquire_owned().await else { return };
+        // The room's slot: held while a handler runs, given back while the room waits for its
+        // last event's record to commit (see `complete`), taken again for the next event.
+        let mut slot = None;
         loop {
+            if slot.is_none() {
+                let Ok(permit) = self.room_slots.clone().acquire_owned().await else { return };
+                slot = Some(permit);
+            }
             if self.is_shutting_down() {
                 // Leave queued jobs: their events are still pending in the store.
                 self.rooms.lock().expect("lock poisoned").remove(&room_id);
@@ -456,12 +462,17 @@ impl<B: Bridge> Shared<B> {
                     }
                 }
             };
-            self.process(job.event, job.parsed).await;
+            self.process(job.event, job.parsed, &mut slot).await;
         }
     }
 
     /// Applies the state cache, runs the handler with retries, and records the outcome.
-    async fn process(&self, pending: PendingEvent, parsed: Option<Event>) {
+    async fn process(
+        &self,
+        pending: PendingEvent,
+        parsed: Option<Event>,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) {
         let event = match parsed.map_or_else(|| Event::from_json(&pending.json), Ok) {
             Ok(event) => event,
             Err(e) => {
@@ -504,7 +515,7 @@ impl<B: Bridge> Shared<B> {
                         {
                             tracing::warn!(error = %e, "could not clear the failure count");
                         }
-                        self.complete(&pending).await;
+                        self.complete(&pending, slot).await;
                         return;
                     }
                     Err(HandlerFailure::Permanent(error)) => {
@@ -573,8 +584,10 @@ impl<B: Bridge> Shared<B> {
     /// records of every room that completed meanwhile into one database transaction (room
     /// progress, finished batches), so the commit cost is shared, while each room still has
     /// at most one handled-but-unrecorded event (the at-least-once window stays one event per
-    /// room: a process dying between the handler and the commit).
-    async fn complete(&self, event: &PendingEvent) {
+    /// room: a process dying between the handler and the commit). The room's slot is given
+    /// back while it waits: waiting for a commit is not processing, and other rooms' handlers
+    /// can run meanwhile.
+    async fn complete(&self, event: &PendingEvent, slot: &mut Option<OwnedSemaphorePermit>) {
         let generation = {
             let mut completed = self.completed.lock().expect("lock poisoned");
             match event.pos {
@@ -590,6 +603,9 @@ impl<B: Bridge> Shared<B> {
         };
         self.completed_ready.notify_one();
         let mut flushed = self.flushed.subscribe();
+        if *flushed.borrow() < generation {
+            drop(slot.take());
+        }
         // The flusher outlives the workers, so the sender is alive while we wait.
         let _ = flushed.wait_for(|&done| done >= generation).await;
     }
