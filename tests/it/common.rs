@@ -80,6 +80,9 @@ pub struct Recorder {
     pub ctx: Context,
     /// (room ID, event ID) in handling order.
     pub handled: Mutex<Vec<(String, String)>>,
+    /// Handler calls running now, and the most that ever ran at once.
+    pub running: std::sync::atomic::AtomicUsize,
+    pub most_running: std::sync::atomic::AtomicUsize,
     /// Handler calls per event ID, failures included.
     pub calls: Mutex<BTreeMap<String, u32>>,
 }
@@ -95,10 +98,28 @@ impl Bridge for Recorder {
     const NAME: &'static str = "recorder";
 
     async fn create(config: RecorderConfig, ctx: Context) -> BridgeResult<Self> {
-        Ok(Self { config, ctx, handled: Mutex::default(), calls: Mutex::default() })
+        Ok(Self {
+            config,
+            ctx,
+            handled: Mutex::default(),
+            calls: Mutex::default(),
+            running: Default::default(),
+            most_running: Default::default(),
+        })
     }
 
     async fn handle_event(&self, event: &Event) -> BridgeResult {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most_running.fetch_max(now, SeqCst);
+        let result = self.record(event).await;
+        self.running.fetch_sub(1, SeqCst);
+        result
+    }
+}
+
+impl Recorder {
+    async fn record(&self, event: &Event) -> BridgeResult {
         let id = event.event_id.to_string();
         let calls = {
             let mut calls = self.calls.lock().unwrap();
@@ -214,8 +235,31 @@ impl Running {
         registration: &str,
         appservice_extra: &str,
     ) -> Self {
+        Self::start_with_inbox(
+            listener,
+            hs_url,
+            db,
+            bridge_config,
+            registration,
+            appservice_extra,
+            "",
+        )
+        .await
+    }
+
+    /// As [`Running::start_on_with`], with more `inbox:` keys (`"room_concurrency: 2, "`).
+    pub async fn start_with_inbox(
+        listener: tokio::net::TcpListener,
+        hs_url: &str,
+        db: &DatabaseConfig,
+        bridge_config: &str,
+        registration: &str,
+        appservice_extra: &str,
+        inbox_extra: &str,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
-        let yaml = config_yaml_with(hs_url, addr.port(), &db.url, bridge_config, appservice_extra);
+        let yaml = config_yaml_with(hs_url, addr.port(), &db.url, bridge_config, appservice_extra)
+            .replace("inbox: {", &format!("inbox: {{{inbox_extra}"));
         let config: Config<RecorderConfig> = Config::from_yaml(&yaml).unwrap();
         let registration = Registration::from_yaml(registration).unwrap();
         let service = AppService::<Recorder>::new(config, registration).await.unwrap();

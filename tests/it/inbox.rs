@@ -37,6 +37,41 @@ async fn events_of_a_room_are_handled_in_order_and_rooms_in_parallel() {
     app.stop().await;
 }
 
+/// `inbox.room_concurrency` bounds the handlers running at once, while rooms take turns (a
+/// room waiting for its record's commit gives its slot to another), and order per room holds.
+#[tokio::test]
+async fn room_concurrency_bounds_the_handlers_running_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Running::start_with_inbox(
+        listener,
+        "http://127.0.0.1:1",
+        &db,
+        "{delay_ms: 5}",
+        &crate::common::registration_yaml("null"),
+        "",
+        "room_concurrency: 2, ",
+    )
+    .await;
+    let client = crate::common::http();
+    let rooms: Vec<String> = (0..6).map(|r| format!("!r{r}:localhost")).collect();
+    let events: Vec<(String, String)> =
+        (0..36).map(|i| (rooms[i % rooms.len()].clone(), format!("$c{i}"))).collect();
+    let refs: Vec<(&str, &str)> = events.iter().map(|(r, e)| (r.as_str(), e.as_str())).collect();
+    assert_eq!(put_txn(&client, &app.url(""), "c1", &txn_body(&refs)).await, 200);
+    assert!(wait_until(20, || app.bridge.handled.lock().unwrap().len() == 36).await);
+    assert_eq!(app.bridge.most_running.load(SeqCst), 2, "two rooms at a time, not more");
+    let handled = app.bridge.handled.lock().unwrap().clone();
+    for room in &rooms {
+        let order: Vec<_> = handled.iter().filter(|(r, _)| r == room).map(|(_, e)| e).collect();
+        let sent: Vec<_> = events.iter().filter(|(r, _)| r == room).map(|(_, e)| e).collect();
+        assert_eq!(order, sent, "order in {room}");
+    }
+    app.stop().await;
+}
+
 async fn wait_for_empty_inbox(store: &mxbridge::Store) {
     for _ in 0..250 {
         if store.inbox_stats().await.unwrap().pending == 0 {
