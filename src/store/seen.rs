@@ -19,6 +19,9 @@ use std::{
     hash::{BuildHasher, RandomState},
 };
 
+/// Entries a map keeps room for however empty it gets.
+const MIN_KEPT: usize = 4096;
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub(crate) struct SeenWindow {
@@ -70,6 +73,15 @@ impl SeenWindow {
                 self.more.swap_remove(k);
             }
         }
+        // A drained backlog gives its memory back: shrink to twice what is left once a quarter
+        // of the room is used (amortized: each shrink needs the size to halve again).
+        if self.by_id.capacity() > MIN_KEPT && self.by_id.len() * 4 < self.by_id.capacity() {
+            self.by_id.shrink_to(self.by_id.len() * 2);
+        }
+        if self.by_batch.capacity() > MIN_KEPT && self.by_batch.len() * 4 < self.by_batch.capacity()
+        {
+            self.by_batch.shrink_to(self.by_batch.len() * 2);
+        }
     }
 
     /// The batches that may hold an event with this fingerprint.
@@ -112,6 +124,26 @@ mod tests {
         // Forgetting an unknown batch changes nothing.
         w.forget(9);
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_memory_back() {
+        let mut w = SeenWindow::default();
+        let ids: Vec<String> = (0..100_000).map(|i| format!("$e{i}")).collect();
+        for (seq, chunk) in ids.chunks(100).enumerate() {
+            w.add(seq as i64, chunk.iter().map(String::as_str));
+        }
+        let full = w.by_id.capacity();
+        assert!(full >= 100_000);
+        for seq in 0..990 {
+            w.forget(seq);
+        }
+        assert_eq!(w.len(), 1000);
+        assert!(w.by_id.capacity() < full / 16, "{} of {full}", w.by_id.capacity());
+        // What is left is still found.
+        let mut out = vec![];
+        w.batches_of(w.fingerprint("$e99999"), &mut out);
+        assert_eq!(out, [999]);
     }
 
     #[test]
