@@ -18,7 +18,7 @@ for round in $(seq 1 "$ROUNDS"); do
         port=$((port + 1))
         if [ -n "${PG_URL:-}" ]; then db=(--db postgres --pg-url "$PG_URL"); else db=(--db sqlite); fi
         taskset -c 1 "$EX/bench_server" --mode mxbridge "${db[@]}" --dir "$dir" --port "$port" \
-            --hs-token "$T" >/dev/null 2>&1 &
+            --hs-token "$T" >/dev/null 2>"$dir/err" &
         pid=$!
         sleep 0.5
         for sc in A B; do
@@ -28,6 +28,8 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "round=$round which=$which scenario=$sc $r"
         done
         kill "$pid"; wait "$pid" 2>/dev/null || true
+        # What the dispatcher handled meanwhile (the intake answers and the handler share a core).
+        echo "round=$round which=$which $(grep -o 'events handled: [0-9]*' "$dir/err" | tr -d ' ' | tr ':' '=') (over A and B)"
         rm -rf "$dir"
     done
 done

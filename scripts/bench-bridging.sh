@@ -9,7 +9,10 @@
 # 50 rooms, 9 in 10 events are messages). Bridged/s = sends the stub received / (last send - first
 # send). Rounds are interleaved, each server started fresh with a fresh stub.
 #
-# Usage: scripts/bench-bridging.sh [--rounds N] [--txns T]
+# Usage: scripts/bench-bridging.sh [--rounds N] [--txns T] [--ab OLD_DIR NEW_DIR]
+#   --ab: two builds of mxbridge instead of the peers (rows old-sqlite, new-sqlite, old-pg-socket,
+#     new-pg-socket), each directory holding release builds of examples/loadgen and
+#     examples/bridge_bench (the load tool of NEW_DIR drives all)
 #   MXB_CACHE (default ~/.cache/mxbridge): the mautrix venv (scripts/bench-peers.sh --install-only)
 #   MXBRIDGE_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); unreachable = skipped
 #   MXBRIDGE_BENCH_POSTGRES_SOCKET (default postgres:///test?host=/var/run/postgresql&user=postgres):
@@ -28,28 +31,34 @@ while [ $# -gt 0 ]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --txns) TXNS=$2; shift 2 ;;
+        --ab) AB_OLD=$2; AB_NEW=$3; shift 3 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 HS_TOKEN=hs_token_bench_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 VENV=$CACHE/peers/mautrix-venv
-if ! "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("mautrix").startswith("0.21.")' 2>/dev/null; then
-    "$ROOT/scripts/bench-peers.sh" --install-only
-fi
-
-(cd "$ROOT" && cargo build --release --quiet --example loadgen --example bridge_bench)
-EX=$CARGO_TARGET_DIR/release/examples
-
-SERVERS=(mxbridge-sqlite mautrix-python)
-if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
-    SERVERS+=(mxbridge-postgres)
+if [ -n "${AB_OLD:-}" ]; then
+    EX=$AB_NEW
+    SERVERS=(old-sqlite new-sqlite old-pg-socket new-pg-socket)
 else
-    echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
-fi
-if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_SOCKET_URL"; then
-    SERVERS+=(mxbridge-postgres-socket)
-else
-    echo "PostgreSQL at $PG_SOCKET_URL is not reachable: skipping mxbridge-postgres-socket"
+    if ! "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("mautrix").startswith("0.21.")' 2>/dev/null; then
+        "$ROOT/scripts/bench-peers.sh" --install-only
+    fi
+
+    (cd "$ROOT" && cargo build --release --quiet --example loadgen --example bridge_bench)
+    EX=$CARGO_TARGET_DIR/release/examples
+
+    SERVERS=(mxbridge-sqlite mautrix-python)
+    if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
+        SERVERS+=(mxbridge-postgres)
+    else
+        echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
+    fi
+    if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_SOCKET_URL"; then
+        SERVERS+=(mxbridge-postgres-socket)
+    else
+        echo "PostgreSQL at $PG_SOCKET_URL is not reachable: skipping mxbridge-postgres-socket"
+    fi
 fi
 LOAD_PIN=()
 SERVER_PIN=()
@@ -112,6 +121,14 @@ for round in $(seq 1 "$ROUNDS"); do
                     --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
             mxbridge-postgres)
                 "${SERVER_PIN[@]}" "$EX/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_URL" \
+                    --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
+            old-sqlite|new-sqlite)
+                if [ "$name" = old-sqlite ]; then bin=$AB_OLD; else bin=$AB_NEW; fi
+                "${SERVER_PIN[@]}" "$bin/bridge_bench" --mode mxbridge --db sqlite --dir "$WORK" \
+                    --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
+            old-pg-socket|new-pg-socket)
+                if [ "$name" = old-pg-socket ]; then bin=$AB_OLD; else bin=$AB_NEW; fi
+                "${SERVER_PIN[@]}" "$bin/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_SOCKET_URL" \
                     --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
             mxbridge-postgres-socket)
                 "${SERVER_PIN[@]}" "$EX/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_SOCKET_URL" \
