@@ -7,7 +7,8 @@
 //! left), and whenever the in-memory queue overflowed (more than [`MAX_QUEUED`] events waiting):
 //! then it drops the queue and reads everything after the last batch it routed. Each event goes
 //! to its room's queue. A room queue has one worker task, which exists only while the room has
-//! work, and holds one of `room_concurrency` permits while it runs. At most [`MAX_IN_FLIGHT`]
+//! work, and holds one of `room_concurrency` permits while it processes an event (not while it
+//! waits for the event's record to commit). At most [`MAX_IN_FLIGHT`]
 //! events are routed and not finished. A worker applies the state cache update, runs the
 //! handler, and records the event handled (its room's progress), retrying failures with
 //! doubling delays and parking the event after `max_attempts`.

@@ -101,7 +101,7 @@ pub struct Store {
     seen: std::sync::Arc<SeenIndex>,
 }
 
-/// See `Store::seen`.
+/// See `Store::seen`. SQLite only: on PostgreSQL the intake finds every ID in `mx_event_seen`.
 #[derive(Debug, Default)]
 pub(crate) struct SeenIndex {
     /// Held while transactions are stored (across the database transaction), so the index and

@@ -1,11 +1,11 @@
-//! The event IDs of the stored batches, indexed in memory.
+//! The event IDs of the stored batches, indexed in memory (SQLite only).
 //!
-//! An event ID is remembered in one of two places: in the `event_ids` column of its batch while
-//! the batch is stored, and in `mx_event_seen` once the handled batch is deleted (one sorted
-//! insert for many batches, see `Store::record_handled`). The intake must find IDs of the first
-//! kind without an index on them in the database (that index, keyed by random hashes, cost one
-//! dirtied page per event in every commit), so this process keeps one: a 64-bit fingerprint of
-//! each ID, mapped to its batch.
+//! On SQLite an event ID is remembered in one of two places: in the `event_ids` column of its
+//! batch while the batch is stored, and in `mx_event_seen` once the handled batch is deleted
+//! (one sorted insert for many batches, see `Store::record_handled`). The intake must find IDs
+//! of the first kind without an index on them in the database (that index, keyed by random
+//! hashes, cost one dirtied page per event in every commit), so this process keeps one: a
+//! 64-bit fingerprint of each ID, mapped to its batch.
 //!
 //! The index only says where to look. A fingerprint that matches is checked against its batch's
 //! stored IDs, so a collision never drops an event; and it must never miss, so it is built from
