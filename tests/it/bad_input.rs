@@ -254,6 +254,7 @@ async fn slowloris_headers_and_bodies_are_cut_off_by_the_request_timeout() {
     assert!(took < Duration::from_secs(6), "slow headers held the connection {took:?}");
     assert!(body_took < Duration::from_secs(6), "slow body held the connection {body_took:?}");
     assert!(body_answer.starts_with("HTTP/1.1 408"), "{body_answer}");
+    assert!(body_answer.contains(r#""errcode":"M_UNKNOWN""#), "Matrix error shape: {body_answer}");
     assert!(app.store.inbox_status("$slow").await.unwrap().is_none());
     // A slow client does not hold up shutdown either.
     let stuck = tokio::net::TcpStream::connect(app.addr).await.unwrap();
