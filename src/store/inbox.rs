@@ -473,10 +473,10 @@ impl Store {
     }
 
     /// PostgreSQL's common case ([`RowsSql::PgOneTrip`]): the whole group assumed new, in one
-    /// statement instead of five round trips (`BEGIN`, transactions, dedup lookup, batches,
-    /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before or
-    /// when the group's events do not fit one statement of the link's size; the caller then
-    /// stores it the careful way.
+    /// statement instead of five round trips (`BEGIN`, transactions, event IDs, batches,
+    /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before (a
+    /// unique violation) or when the group's events do not fit one statement of the link's
+    /// size; the caller then stores it the careful way.
     async fn accept_pg_one_trip(
         &self,
         pool: &sqlx::PgPool,
@@ -511,10 +511,6 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        if rows.is_empty() {
-            // An event ID was in `mx_event_seen`: nothing was stored.
-            return Ok(None);
-        }
         if rows.len() != planned.len() {
             return Err(corrupt("a batch insert returned the wrong number of rows"));
         }
