@@ -561,9 +561,10 @@ impl Store {
                 .filter(|(_, new)| **new)
                 .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
                 .collect();
-            // Which candidates are new (the first time each, in group order).
+            // The event IDs the database knows about: the new ones (`Insert`) or the ones seen
+            // before (`Read`).
             let mut gone: Vec<i64> = Vec::new();
-            let fresh: HashSet<&str> = match &dedup {
+            let (known, known_are_new): (HashSet<String>, bool) = match &dedup {
                 Dedup::Insert => {
                     let mut new_ids: HashSet<String> = HashSet::with_capacity(candidates.len());
                     for chunk in candidates.chunks(INSERT_CHUNK) {
@@ -575,7 +576,7 @@ impl Store {
                             new_ids.insert(row.try_get(0)?);
                         }
                     }
-                    candidates.iter().copied().filter(|id| new_ids.contains(*id)).collect()
+                    (new_ids, true)
                 }
                 Dedup::Read { maybe_stored } => {
                     // Seen before: in the stored batches the index pointed at, or in
@@ -610,7 +611,7 @@ impl Store {
                         .await?;
                         seen.extend(rows.into_iter().map(|r| r.0));
                     }
-                    candidates.iter().copied().filter(|id| !seen.contains(*id)).collect()
+                    (seen, false)
                 }
             };
             // The new events of each new transaction, cut into batches.
@@ -623,7 +624,7 @@ impl Store {
             let mut planned: Vec<Planned> = Vec::new();
             let mut accepted = Vec::with_capacity(txns.len());
             // An event twice in the group is stored once, the first time.
-            let mut taken: HashSet<&str> = HashSet::with_capacity(fresh.len());
+            let mut taken: HashSet<&str> = HashSet::with_capacity(candidates.len());
             for (ti, t) in txns.iter().enumerate() {
                 if !is_new[ti] {
                     accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
@@ -632,7 +633,7 @@ impl Store {
                 let new_events: Vec<usize> = (0..t.events.len())
                     .filter(|&i| {
                         let id = t.events[i].event_id.as_ref();
-                        fresh.contains(id) && taken.insert(id)
+                        known.contains(id) == known_are_new && taken.insert(id)
                     })
                     .collect();
                 accepted.push(Accepted {

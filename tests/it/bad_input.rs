@@ -189,6 +189,7 @@ async fn strict_app(dir: &std::path::Path) -> Running {
         "{}",
         &registration_yaml("null"),
         "  request_timeout_secs: 2\n  max_body_bytes: 65536\n",
+        "",
     )
     .await
 }

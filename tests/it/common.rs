@@ -223,32 +223,12 @@ impl Running {
         bridge_config: &str,
         registration: &str,
     ) -> Self {
-        Self::start_on_with(listener, hs_url, db, bridge_config, registration, "").await
+        Self::start_on_with(listener, hs_url, db, bridge_config, registration, "", "").await
     }
 
-    /// As [`Running::start_on`], with more `appservice:` config keys.
+    /// As [`Running::start_on`], with more `appservice:` config keys and more `inbox:` keys
+    /// (`"room_concurrency: 2, "`).
     pub async fn start_on_with(
-        listener: tokio::net::TcpListener,
-        hs_url: &str,
-        db: &DatabaseConfig,
-        bridge_config: &str,
-        registration: &str,
-        appservice_extra: &str,
-    ) -> Self {
-        Self::start_with_inbox(
-            listener,
-            hs_url,
-            db,
-            bridge_config,
-            registration,
-            appservice_extra,
-            "",
-        )
-        .await
-    }
-
-    /// As [`Running::start_on_with`], with more `inbox:` keys (`"room_concurrency: 2, "`).
-    pub async fn start_with_inbox(
         listener: tokio::net::TcpListener,
         hs_url: &str,
         db: &DatabaseConfig,

@@ -45,7 +45,7 @@ async fn room_concurrency_bounds_the_handlers_running_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database("sqlite", dir.path()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Running::start_with_inbox(
+    let app = Running::start_on_with(
         listener,
         "http://127.0.0.1:1",
         &db,
