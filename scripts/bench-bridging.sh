@@ -25,6 +25,8 @@ CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
 PG_URL=${MXBRIDGE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
 PG_SOCKET_URL=${MXBRIDGE_BENCH_POSTGRES_SOCKET:-postgres:///test?host=/var/run/postgresql&user=postgres}
+# Loopback TCP without an sslmode goes without TLS (docs/deploy.md); this row asks for it.
+case $PG_URL in *\?*) PG_TLS_URL="$PG_URL&sslmode=prefer" ;; *) PG_TLS_URL="$PG_URL?sslmode=prefer" ;; esac
 ROUNDS=2
 TXNS=100
 while [ $# -gt 0 ]; do
@@ -50,7 +52,7 @@ else
 
     SERVERS=(mxbridge-sqlite mautrix-python)
     if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
-        SERVERS+=(mxbridge-postgres)
+        SERVERS+=(mxbridge-postgres mxbridge-postgres-tls)
     else
         echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
     fi
@@ -121,6 +123,9 @@ for round in $(seq 1 "$ROUNDS"); do
                     --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
             mxbridge-postgres)
                 "${SERVER_PIN[@]}" "$EX/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_URL" \
+                    --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
+            mxbridge-postgres-tls)
+                "${SERVER_PIN[@]}" "$EX/bridge_bench" --mode mxbridge --db postgres --pg-url "$PG_TLS_URL" \
                     --port "$port" --hs-port "$stub_port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
             old-sqlite|new-sqlite)
                 if [ "$name" = old-sqlite ]; then bin=$AB_OLD; else bin=$AB_NEW; fi

@@ -13,8 +13,9 @@
 #   MXBRIDGE_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); unreachable = skipped
 #   MXBRIDGE_BENCH_POSTGRES_SOCKET (default postgres:///test?host=/var/run/postgresql&user=postgres):
 #     the same server over its Unix socket (row mxbridge-postgres-socket); unreachable = skipped.
-#     Over TCP sqlx 0.9.0 sets no TCP_NODELAY and negotiates TLS (sslmode=prefer), ~100 ms per
-#     new connection; docs/deploy.md recommends the socket.
+#     Loopback TCP without an sslmode connects without TLS (docs/deploy.md); the row
+#     mxbridge-postgres-tls adds sslmode=prefer to the same URL, as a URL to another host would
+#     negotiate it (sqlx 0.9.0 sets no TCP_NODELAY: ~100 ms per new connection).
 #   MXB_PIN=0 turns off CPU pinning (default: load tool on CPU 0, server on CPU 1)
 set -euo pipefail
 
@@ -23,6 +24,7 @@ CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
 PG_URL=${MXBRIDGE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
 PG_SOCKET_URL=${MXBRIDGE_BENCH_POSTGRES_SOCKET:-postgres:///test?host=/var/run/postgresql&user=postgres}
+case $PG_URL in *\?*) PG_TLS_URL="$PG_URL&sslmode=prefer" ;; *) PG_TLS_URL="$PG_URL?sslmode=prefer" ;; esac
 ROUNDS=3
 SECS=5
 INSTALL_ONLY=0
@@ -68,7 +70,7 @@ EX=$CARGO_TARGET_DIR/release/examples
 SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only
     diag-sqlite-random-ids)
 if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
-    SERVERS+=(mxbridge-postgres)
+    SERVERS+=(mxbridge-postgres mxbridge-postgres-tls)
 else
     echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
 fi
@@ -109,6 +111,9 @@ start_server() {
                 --stall-handler --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
         mxbridge-postgres)
             "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db postgres --pg-url "$PG_URL" \
+                --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
+        mxbridge-postgres-tls)
+            "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db postgres --pg-url "$PG_TLS_URL" \
                 --port "$port" --hs-token "$HS_TOKEN" >"$log.out" 2>"$log.err" & ;;
         mxbridge-postgres-socket)
             "${SERVER_PIN[@]}" "$EX/bench_server" --mode mxbridge --db postgres \

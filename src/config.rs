@@ -180,7 +180,9 @@ pub struct BotConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path/to/file.db` (created on first run) or `postgres://user@host/db`.
+    /// `sqlite://path/to/file.db` (created on first run) or `postgres://user@host/db`. A
+    /// loopback PostgreSQL host with no `sslmode` in the URL (nor `PGSSLMODE`) is reached without
+    /// TLS; see docs/deploy.md.
     pub url: String,
     /// The most connections in the pool. On SQLite, writes always share one connection (it has
     /// one writer at a time, and a second would only wait for the first one's lock); this

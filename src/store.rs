@@ -117,6 +117,32 @@ pub(crate) struct PortalCache {
     pub(crate) by_room: std::collections::HashMap<String, Option<PortalRow>>,
 }
 
+/// PostgreSQL over loopback TCP without TLS, unless a TLS mode was asked for (`sslmode` in the
+/// URL, or `PGSSLMODE`).
+///
+/// sqlx's default, `prefer`, negotiates TLS whenever the server offers it but verifies nothing
+/// and falls back to plain text, so it guards only against someone who can read the traffic,
+/// and on loopback that is root. Its cost there is real: sqlx 0.9.0 sets no `TCP_NODELAY`, and
+/// each TLS handshake waits twice for a ~40 ms delayed ACK (start to first answered transaction:
+/// ~250–330 ms with TLS, ~55–65 ms without), and inbox statements must stay within one TLS
+/// record. A URL that names a TLS mode, even `prefer`, is used as written.
+fn plain_on_loopback(url: &str, options: PgConnectOptions, env_mode: bool) -> PgConnectOptions {
+    let named = url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
+        })
+    });
+    let host = options.get_host().trim_matches(['[', ']']);
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if named || env_mode || !loopback || pg_link(&options) == inbox::Link::UnixSocket {
+        return options;
+    }
+    tracing::debug!(host, "PostgreSQL on loopback TCP without a TLS mode: connecting without TLS");
+    options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+}
+
 /// How sqlx will reach this PostgreSQL server: over a Unix socket when given one, or a host that
 /// is a directory (as `PgConnectOptions::fetch_socket` decides), else over TCP.
 fn pg_link(options: &PgConnectOptions) -> inbox::Link {
@@ -261,7 +287,11 @@ impl Store {
                 .await?;
             Backend::Sqlite(pool)
         } else {
-            let options = PgConnectOptions::from_str(url)?;
+            let options = plain_on_loopback(
+                url,
+                PgConnectOptions::from_str(url)?,
+                std::env::var_os("PGSSLMODE").is_some(),
+            );
             statement_bytes = inbox::statement_bytes(pg_link(&options));
             relaxed = Some(
                 PgPoolOptions::new()
@@ -520,6 +550,64 @@ mod tests {
         for link in [inbox::Link::PlainTcp, inbox::Link::UnixSocket, inbox::Link::InProcess] {
             assert!(inbox::statement_bytes(link) >= 1024 * 1024);
         }
+    }
+
+    #[test]
+    fn loopback_tcp_without_a_tls_mode_goes_plain() {
+        let mode = |url: &str, env: bool| {
+            let options = plain_on_loopback(url, PgConnectOptions::from_str(url).unwrap(), env);
+            // PgSslMode has no PartialEq: compare its name.
+            (format!("{:?}", options.get_ssl_mode()), pg_link(&options))
+        };
+        let (disable, prefer, require) = ("Disable", "Prefer", "Require");
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://postgres@localhost/test",
+            "postgres://postgres@[::1]:5432/test",
+            "postgres://postgres@127.0.0.2/test?application_name=x",
+        ] {
+            assert_eq!(mode(url, false), (disable.into(), inbox::Link::PlainTcp), "{url}");
+            // PGSSLMODE names a mode: sqlx's reading of it stands.
+            assert_ne!(mode(url, true).0, disable, "{url}");
+        }
+        for (url, want) in [
+            ("postgres://postgres@127.0.0.1:5432/test?sslmode=prefer", prefer),
+            ("postgres://postgres@127.0.0.1:5432/test?ssl-mode=require", require),
+            ("postgres://db.example.org/test", prefer),
+            ("postgres://10.0.0.5/test", prefer),
+        ] {
+            assert_eq!(mode(url, false), (want.into(), inbox::Link::Tcp), "{url}");
+        }
+        let socket = "postgres:///test?host=/var/run/postgresql&user=postgres";
+        assert_eq!(mode(socket, false), (prefer.into(), inbox::Link::UnixSocket));
+    }
+
+    /// The default loopback URL really connects without TLS, and `sslmode=prefer` still gets
+    /// TLS from a server that offers it.
+    #[tokio::test]
+    async fn loopback_postgres_connects_plain_unless_told() {
+        let Some(url) = TestSchema::url() else { return };
+        let config = |url: String| DatabaseConfig { url, ..DatabaseConfig::default() };
+        let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+        let store = Store::connect(&config(url.clone())).await.unwrap();
+        let plain: bool =
+            with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
+        let offered: String = with_pool!(store, |pool| {
+            sqlx::query_scalar("SHOW ssl").fetch_one(pool).await.unwrap()
+        });
+        store.close().await;
+        let loopback = PgConnectOptions::from_str(&url).unwrap().get_host().starts_with("127.");
+        if !loopback || url.contains("sslmode") || std::env::var_os("PGSSLMODE").is_some() {
+            eprintln!("skipped: MXBRIDGE_TEST_POSTGRES is not a loopback URL without sslmode");
+            return;
+        }
+        assert!(!plain, "a loopback URL without sslmode negotiated TLS");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store = Store::connect(&config(format!("{url}{sep}sslmode=prefer"))).await.unwrap();
+        let tls: bool =
+            with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
+        store.close().await;
+        assert_eq!(tls, offered == "on", "sslmode=prefer against a server with ssl = {offered}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
