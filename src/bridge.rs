@@ -114,6 +114,9 @@ pub struct EventData {
     /// The state key, for state events.
     pub state_key: Option<String>,
     raw: Raw<AnyTimelineEvent>,
+    /// Where `content` lies in `raw`, found with the envelope (so reading the content does not
+    /// scan the rest of the event again).
+    content_at: Option<(u32, u32)>,
 }
 
 impl std::ops::Deref for Event {
@@ -148,6 +151,7 @@ impl Event {
             (event_id.to_owned(), room_id.to_owned(), sender.to_owned());
         let kind = h.kind.into_owned();
         let state_key = h.state_key.map(std::borrow::Cow::into_owned);
+        let content_at = span_in(raw.get(), h.content);
         Ok(Self(Arc::new(EventData {
             event_id,
             room_id,
@@ -155,6 +159,7 @@ impl Event {
             kind,
             state_key,
             raw: Raw::from_json(raw),
+            content_at,
         })))
     }
 
@@ -162,18 +167,25 @@ impl Event {
     /// the JSON once.
     pub(crate) fn from_validated(
         (event_id, room_id, sender): (&ruma::EventId, &ruma::RoomId, &ruma::UserId),
-        kind: &str,
-        state_key: Option<&str>,
+        envelope: &crate::server::transactions::Envelope<'_>,
         raw: &RawValue,
     ) -> Self {
         Self(Arc::new(EventData {
             event_id: event_id.to_owned(),
             room_id: room_id.to_owned(),
             sender: sender.to_owned(),
-            kind: kind.to_owned(),
-            state_key: state_key.map(str::to_owned),
+            kind: envelope.kind.as_ref().to_owned(),
+            state_key: envelope.state_key.as_deref().map(str::to_owned),
             raw: Raw::from_json(raw.to_owned()),
+            content_at: span_in(raw.get(), envelope.content),
         }))
+    }
+
+    /// The `content` JSON, when the envelope found it.
+    pub(crate) fn content_json(&self) -> Option<&str> {
+        let (start, len) = self.content_at?;
+        let (start, len) = (start as usize, len as usize);
+        self.json().get(start..start + len)
     }
 
     /// The event JSON as the homeserver sent it.
@@ -199,7 +211,10 @@ impl Event {
     /// # Errors
     /// When the content is missing or does not match `T`.
     pub fn content<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
-        content_of(self.json())
+        match self.content_json() {
+            Some(content) => serde_json::from_str(content),
+            None => content_of(self.json()),
+        }
     }
 
     /// Whether this is a state event.
@@ -224,6 +239,15 @@ impl fmt::Debug for EventData {
             .field("state_key", &self.state_key)
             .finish_non_exhaustive()
     }
+}
+
+/// Where `part` (a slice of `json`) lies in it, as (start, length).
+fn span_in(json: &str, part: Option<&RawValue>) -> Option<(u32, u32)> {
+    let part = part?.get();
+    let start = (part.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+    (start + part.len() <= json.len())
+        .then(|| Some((u32::try_from(start).ok()?, u32::try_from(part.len()).ok()?)))
+        .flatten()
 }
 
 /// Deserializes the `content` field of an event's JSON, ignoring the rest.

@@ -18,7 +18,6 @@
 //! order transactions arrived.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -35,6 +34,7 @@ use crate::{
     metrics::EventOutcome,
     server::transactions::EphemeralBatch,
     store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
+    util::FastMap,
 };
 
 /// The most events routed to room queues and not yet finished.
@@ -48,6 +48,9 @@ pub const MAX_QUEUED: usize = 8192;
 /// no progress to write: one `DELETE` for many batches instead of one per flush. A finished
 /// batch that is not deleted yet is harmless (its rooms' progress hides its events).
 const DELETE_BATCHES_AT: usize = 256;
+
+/// How long a room's worker waits, holding no slot, for the room's next event before it exits.
+const ROOM_LINGER: Duration = Duration::from_millis(250);
 
 /// A committed batch handed over in memory: each event with its parsed form (the intake parsed
 /// it already), or with its JSON when it could not be handed over parsed.
@@ -144,9 +147,9 @@ struct Shared<B> {
     room_slots: Arc<Semaphore>,
     /// The queue of each room that has work, keyed by room ID. An entry lives only while the
     /// room's worker runs.
-    rooms: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    rooms: Mutex<FastMap<String, mpsc::UnboundedSender<Job>>>,
     /// Routed batches with events not finished yet: batch seq → events left.
-    remaining: Mutex<HashMap<i64, usize>>,
+    remaining: Mutex<FastMap<i64, usize>>,
     /// Handled events waiting to be recorded together, and the generation of the flush that
     /// will take them.
     completed: Mutex<Completed>,
@@ -205,8 +208,8 @@ pub(crate) fn inbox<B: Bridge>(
         live_state: live_state.clone(),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         room_slots,
-        rooms: Mutex::new(HashMap::new()),
-        remaining: Mutex::new(HashMap::new()),
+        rooms: Mutex::new(FastMap::default()),
+        remaining: Mutex::new(FastMap::default()),
         completed: Mutex::new(Completed {
             progress: Vec::new(),
             finished_batches: Vec::new(),
@@ -437,32 +440,47 @@ impl<B: Bridge> Shared<B> {
 
     async fn room_worker(&self, room_id: String, mut rx: mpsc::UnboundedReceiver<Job>) {
         // The room's slot: held while a handler runs, given back while the room waits for its
-        // last event's record to commit (see `complete`), taken again for the next event.
+        // last event's record to commit (see `complete`) or for more work, taken again for the
+        // next event.
         let mut slot = None;
+        let mut shutdown = self.shutdown.clone();
         loop {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(_) => {
+                    // Idle: without a slot, wait a little for the room's next event (a busy room
+                    // gets one every transaction or so, and a new worker costs a task and a
+                    // queue), then remove the queue under the lock, unless a job arrived.
+                    slot = None;
+                    let next = tokio::select! {
+                        job = rx.recv() => job,
+                        () = tokio::time::sleep(ROOM_LINGER) => None,
+                        _ = shutdown.wait_for(|stop| *stop) => None,
+                    };
+                    match next {
+                        Some(job) => job,
+                        None => {
+                            let mut rooms = self.rooms.lock().expect("lock poisoned");
+                            match rx.try_recv() {
+                                Ok(job) if !self.is_shutting_down() => job,
+                                _ => {
+                                    rooms.remove(&room_id);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            };
             if slot.is_none() {
                 let Ok(permit) = self.room_slots.clone().acquire_owned().await else { return };
                 slot = Some(permit);
             }
             if self.is_shutting_down() {
-                // Leave queued jobs: their events are still pending in the store.
+                // Leave this and the queued jobs: their events are still pending in the store.
                 self.rooms.lock().expect("lock poisoned").remove(&room_id);
                 return;
             }
-            let job = match rx.try_recv() {
-                Ok(job) => job,
-                Err(_) => {
-                    // Remove the queue under the lock, unless a job arrived meanwhile.
-                    let mut rooms = self.rooms.lock().expect("lock poisoned");
-                    match rx.try_recv() {
-                        Ok(job) => job,
-                        Err(_) => {
-                            rooms.remove(&room_id);
-                            return;
-                        }
-                    }
-                }
-            };
             self.process(job.event, job.parsed, &mut slot).await;
         }
     }

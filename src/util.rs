@@ -2,6 +2,12 @@
 
 use std::{fs, io, path::Path};
 
+/// A hash map with foldhash's seeded hasher: the maps of the hot paths, keyed by IDs a
+/// homeserver sends or by fingerprints, where SipHash showed up in profiles.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set of [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Writes `contents` to `path`, readable and writable by the owner only (mode 0600 on Unix).
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write as _;

@@ -66,6 +66,9 @@ pub(crate) struct Envelope<'a> {
     pub(crate) kind: Cow<'a, str>,
     #[serde(borrow, default)]
     pub(crate) state_key: Option<Cow<'a, str>>,
+    /// Kept as a slice (skipped all the same), so the content can be read without the rest.
+    #[serde(borrow, default)]
+    pub(crate) content: Option<&'a RawValue>,
 }
 
 impl Envelope<'_> {
@@ -183,12 +186,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
         match serde_json::from_str::<Envelope<'_>>(raw.get()) {
             Ok(env) => match env.validate() {
                 Ok(ids) => {
-                    parsed.push(Event::from_validated(
-                        ids,
-                        &env.kind,
-                        env.state_key.as_deref(),
-                        raw,
-                    ));
+                    parsed.push(Event::from_validated(ids, &env, raw));
                     ctx.update(env.event_id.as_bytes());
                     ctx.update(b"\n");
                     events.push(NewEvent {

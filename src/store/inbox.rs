@@ -22,6 +22,8 @@
 
 use std::{borrow::Cow, collections::HashMap, collections::HashSet};
 
+use crate::util::{FastMap, FastSet};
+
 use serde_json::value::RawValue;
 use sqlx::Row;
 
@@ -373,8 +375,24 @@ fn batch_json(t: &IncomingTxn<'_>, run: &[usize]) -> String {
 
 /// The JSON array of the IDs of some of a transaction's events, for one batch row.
 fn batch_ids(t: &IncomingTxn<'_>, run: &[usize]) -> Result<String> {
-    let ids: Vec<&str> = run.iter().map(|&i| t.events[i].event_id.as_ref()).collect();
-    serde_json::to_string(&ids).map_err(corrupt)
+    let ids = run.iter().map(|&i| t.events[i].event_id.as_ref());
+    // Event IDs need no escaping unless they hold a quote, a backslash or a control character
+    // (the intake refuses the last): then they are written as they are.
+    if ids.clone().all(|id| !id.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)) {
+        let mut json = String::with_capacity(run.len() * 48 + 2);
+        json.push('[');
+        for (k, id) in ids.enumerate() {
+            if k > 0 {
+                json.push(',');
+            }
+            json.push('"');
+            json.push_str(id);
+            json.push('"');
+        }
+        json.push(']');
+        return Ok(json);
+    }
+    serde_json::to_string(&ids.collect::<Vec<_>>()).map_err(corrupt)
 }
 
 /// Whether an event at `(seq, idx)` is past its room's recorded progress.
@@ -540,7 +558,7 @@ impl Store {
         let (accepted, gone) = with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
-            let mut new: HashSet<(String, String)> = HashSet::new();
+            let mut new: FastSet<(String, String)> = FastSet::default();
             for chunk in txns.chunks(TXN_CHUNK) {
                 let mut query = sqlx::query(rows_sql(RowsSql::Transactions, chunk.len())).bind(now);
                 for t in chunk {
@@ -564,9 +582,10 @@ impl Store {
             // The event IDs the database knows about: the new ones (`Insert`) or the ones seen
             // before (`Read`).
             let mut gone: Vec<i64> = Vec::new();
-            let (known, known_are_new): (HashSet<String>, bool) = match &dedup {
+            let (known, known_are_new): (FastSet<String>, bool) = match &dedup {
                 Dedup::Insert => {
-                    let mut new_ids: HashSet<String> = HashSet::with_capacity(candidates.len());
+                    let mut new_ids: FastSet<String> =
+                        FastSet::with_capacity_and_hasher(candidates.len(), Default::default());
                     for chunk in candidates.chunks(INSERT_CHUNK) {
                         let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
                         for id in chunk {
@@ -581,7 +600,7 @@ impl Store {
                 Dedup::Read { maybe_stored } => {
                     // Seen before: in the stored batches the index pointed at, or in
                     // `mx_event_seen` (a read: no index is written here).
-                    let mut seen: HashSet<String> = HashSet::new();
+                    let mut seen: FastSet<String> = FastSet::default();
                     if !candidates.is_empty() && !maybe_stored.is_empty() {
                         let list = serde_json::to_string(maybe_stored).map_err(corrupt)?;
                         let rows: Vec<(i64, String)> = sqlx::query_as(
@@ -591,7 +610,7 @@ impl Store {
                         .bind(list)
                         .fetch_all(&mut *tx)
                         .await?;
-                        let found: HashSet<i64> = rows.iter().map(|r| r.0).collect();
+                        let found: FastSet<i64> = rows.iter().map(|r| r.0).collect();
                         gone =
                             maybe_stored.iter().copied().filter(|s| !found.contains(s)).collect();
                         for (_, ids) in rows {
@@ -624,7 +643,8 @@ impl Store {
             let mut planned: Vec<Planned> = Vec::new();
             let mut accepted = Vec::with_capacity(txns.len());
             // An event twice in the group is stored once, the first time.
-            let mut taken: HashSet<&str> = HashSet::with_capacity(candidates.len());
+            let mut taken: FastSet<&str> =
+                FastSet::with_capacity_and_hasher(candidates.len(), Default::default());
             for (ti, t) in txns.iter().enumerate() {
                 if !is_new[ti] {
                     accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
@@ -825,7 +845,8 @@ impl Store {
         let batches = serde_json::to_string(finished_batches).map_err(corrupt)?;
         let requeued = serde_json::to_string(finished_requeued).map_err(corrupt)?;
         // One row per room (a room twice in one upsert is an error on PostgreSQL): the furthest.
-        let mut furthest: HashMap<&str, (i64, i32)> = HashMap::with_capacity(progress.len());
+        let mut furthest: FastMap<&str, (i64, i32)> =
+            FastMap::with_capacity_and_hasher(progress.len(), Default::default());
         for &(room, seq, idx) in progress {
             let at = furthest.entry(room).or_insert((seq, idx));
             *at = (*at).max((seq, idx));
@@ -1224,6 +1245,25 @@ mod tests {
         assert!(after_progress(Some(&(1, 3)), 2, 0));
         assert!(!after_progress(Some(&(1, 3)), 1, 3));
         assert!(!after_progress(Some(&(2, 0)), 1, 9));
+    }
+
+    #[test]
+    fn batch_ids_are_a_json_array_of_the_ids() {
+        for ids in [
+            vec!["$a", "$b:x"],
+            vec!["$with\"quote", "$back\\slash", "$ünïcode"],
+            vec!["$\u{7f}del"],
+            vec![],
+        ] {
+            let events: Vec<NewEvent<'_>> = ids
+                .iter()
+                .map(|id| NewEvent { event_id: (*id).into(), room_id: "!r".into(), json: "{}" })
+                .collect();
+            let t = IncomingTxn { txn_id: "t", body_hash: "h", events: &events };
+            let run: Vec<usize> = (0..ids.len()).collect();
+            let json = batch_ids(&t, &run).unwrap();
+            assert_eq!(serde_json::from_str::<Vec<String>>(&json).unwrap(), ids, "{json}");
+        }
     }
 
     #[test]

@@ -14,10 +14,9 @@
 //! (until then its IDs are in both places). One intake per database, as always: another
 //! process's new batches are not in this index.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, RandomState},
-};
+use std::hash::BuildHasher;
+
+use crate::util::FastMap;
 
 /// Entries a map keeps room for however empty it gets.
 const MIN_KEPT: usize = 4096;
@@ -26,14 +25,14 @@ const MIN_KEPT: usize = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct SeenWindow {
     /// Keys the fingerprints, per process, so nobody can aim at a collision.
-    keys: RandomState,
+    keys: foldhash::quality::RandomState,
     /// Fingerprint → the batch holding an event with it.
-    by_id: HashMap<u64, i64>,
+    by_id: FastMap<u64, i64>,
     /// Fingerprints that were already in `by_id` for another batch (rare: a 64-bit collision,
     /// or one event ID in two batches, which the intake does not store).
     more: Vec<(u64, i64)>,
     /// Batch → the fingerprints of its events, to forget it.
-    by_batch: HashMap<i64, Box<[u64]>>,
+    by_batch: FastMap<i64, Box<[u64]>>,
 }
 
 impl SeenWindow {

@@ -27,13 +27,13 @@
 //! nothing. The mutex is never held across an `.await`.
 
 use std::{
-    collections::HashMap,
     fmt,
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use super::{Member, Membership};
+use crate::util::FastMap;
 
 /// Entries per generation, per map (memberships, registered users): at most twice this many
 /// are kept. A membership entry takes ~150 bytes with its table slot (its IDs and profile), so
@@ -104,7 +104,7 @@ pub(crate) struct FillTicket {
 /// The cache shared by a `Store` and its clones.
 pub(crate) struct StateCache {
     inner: Mutex<Inner>,
-    hasher: RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 struct Inner {
@@ -113,7 +113,7 @@ struct Inner {
     /// user → registered (present entries only).
     registered: Generations<Box<str>>,
     /// Membership writes in flight, by key.
-    writing: HashMap<u64, Writing>,
+    writing: FastMap<u64, Writing>,
     /// Bumped when a membership write of a key of the stripe starts or ends, and by `clear`.
     epochs: [u64; STRIPES],
 }
@@ -149,10 +149,10 @@ impl StateCache {
             inner: Mutex::new(Inner {
                 members: Generations::new(cap),
                 registered: Generations::new(cap),
-                writing: HashMap::new(),
+                writing: FastMap::default(),
                 epochs: [0; STRIPES],
             }),
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 
@@ -341,13 +341,13 @@ impl Drop for MemberWrite<'_> {
 /// A map of at most `2 * cap` entries in two generations (see the module docs).
 struct Generations<V> {
     cap: usize,
-    current: HashMap<u64, V>,
-    old: HashMap<u64, V>,
+    current: FastMap<u64, V>,
+    old: FastMap<u64, V>,
 }
 
 impl<V> Generations<V> {
     fn new(cap: usize) -> Self {
-        Self { cap: cap.max(1), current: HashMap::new(), old: HashMap::new() }
+        Self { cap: cap.max(1), current: FastMap::default(), old: FastMap::default() }
     }
 
     fn len(&self) -> usize {
@@ -371,7 +371,10 @@ impl<V> Generations<V> {
         self.old.remove(&key);
         if self.current.len() >= self.cap && !self.current.contains_key(&key) {
             // Sized once for a full generation: no regrowth (and its garbage) on the way.
-            self.old = std::mem::replace(&mut self.current, HashMap::with_capacity(self.cap));
+            self.old = std::mem::replace(
+                &mut self.current,
+                FastMap::with_capacity_and_hasher(self.cap, Default::default()),
+            );
         }
         self.current.insert(key, value);
     }
@@ -382,8 +385,8 @@ impl<V> Generations<V> {
     }
 
     fn clear(&mut self) {
-        self.current = HashMap::new();
-        self.old = HashMap::new();
+        self.current = FastMap::default();
+        self.old = FastMap::default();
     }
 }
 

@@ -72,6 +72,48 @@ async fn room_concurrency_bounds_the_handlers_running_at_once() {
     app.stop().await;
 }
 
+/// A room's worker waits a while for the room's next event before it exits, but it does so
+/// without a room slot: with one slot, twenty rooms with one event each are done one after the
+/// other at once, not one per idle wait. Half the events are refused and parked, the path that
+/// ends holding the slot.
+#[tokio::test]
+async fn an_idle_room_worker_holds_no_room_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused: Vec<String> = (0..20).step_by(2).map(|i| format!("'$idle{i}'")).collect();
+    let app = Running::start_on_with(
+        listener,
+        "http://127.0.0.1:1",
+        &db,
+        &format!("{{permanent_failures: [{}]}}", refused.join(", ")),
+        &crate::common::registration_yaml("null"),
+        "",
+        "room_concurrency: 1, ",
+    )
+    .await;
+    let client = crate::common::http();
+    let events: Vec<(String, String)> =
+        (0..20).map(|i| (format!("!idle{i}:localhost"), format!("$idle{i}"))).collect();
+    let refs: Vec<(&str, &str)> = events.iter().map(|(r, e)| (r.as_str(), e.as_str())).collect();
+    let started = std::time::Instant::now();
+    assert_eq!(put_txn(&client, &app.url(""), "idle1", &txn_body(&refs)).await, 200);
+    let mut done = false;
+    for _ in 0..1000 {
+        let parked = app.store.parked_events(100).await.unwrap().len();
+        if parked == 10 && app.bridge.handled.lock().unwrap().len() == 10 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(done, "10 handled and 10 parked");
+    // Each worker lingers 250 ms after its event: holding the slot meanwhile would take ~2.5 s.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(1500), "20 rooms took {took:?}");
+    app.stop().await;
+}
+
 async fn wait_for_empty_inbox(store: &mxbridge::Store) {
     for _ in 0..250 {
         if store.inbox_stats().await.unwrap().pending == 0 {
