@@ -159,10 +159,9 @@ pub(crate) struct Limits {
     pub(crate) request_timeout: Duration,
 }
 
-/// Builds the appservice's HTTP app: the homeserver-facing routes (behind the `hs_token`), health
-/// routes, and the bridge's own routes.
+/// Builds the appservice's HTTP app: the homeserver-facing routes (each handler takes
+/// [`auth::HsAuthed`] first: no token, no answer), health routes, and the bridge's own routes.
 pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> App {
-    let hs_token = state.ctx.registration().hs_token().clone();
     let bridge_routes = state.bridge.routes();
     let mut app = Router::new();
     // The spec's `/_matrix/app/v1` routes and the legacy unprefixed ones (pre-r0 homeservers).
@@ -204,12 +203,11 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> A
     };
     let mut app = app
         .route("/_matrix/app/v1/ping", post(ping::send_ping::<B>))
-        .route_layer(middleware::from_fn_with_state(hs_token, auth::require_hs_token))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready::<B>))
         .route("/health/state", get(state_report::<B>));
     if metrics_here {
-        // After the token layer: scrapers do not hold the hs_token.
+        // Without `HsAuthed`: scrapers do not hold the hs_token.
         app = app.route("/metrics", get(metrics::<B>));
     }
     let app = app.layer(DefaultBodyLimit::max(limits.max_body_bytes)).with_state(state);

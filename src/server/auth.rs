@@ -1,30 +1,37 @@
 //! Authentication of the homeserver: `Authorization: Bearer <hs_token>`, or the legacy
 //! `access_token` query parameter. When both are given they must match.
 
-use axum::{
-    extract::{Request, State},
-    http::header::AUTHORIZATION,
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use std::sync::Arc;
 
-use super::error::ApiError;
-use crate::secret::Secret;
+use axum::{extract::FromRequestParts, http::header::AUTHORIZATION, http::request::Parts};
 
-/// Middleware that lets a request through only with the right `hs_token`.
-pub(crate) async fn require_hs_token(
-    State(hs_token): State<Secret>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match check(&hs_token, &request) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+use super::{ServerState, error::ApiError};
+use crate::{bridge::Bridge, secret::Secret};
+
+/// Proof that a request carries the right `hs_token`: every homeserver-facing handler takes
+/// it as its first argument, so the token is checked before anything else is extracted (the
+/// body above all).
+///
+/// An extractor rather than a router layer: a layer wraps every route's service, and each
+/// request's future is moved once more through it and the service cloned and boxed (callgrind,
+/// load B: ~20 % of the instructions per 1-event transaction went to such moves, BENCHMARKS.md).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HsAuthed;
+
+impl<B: Bridge> FromRequestParts<Arc<ServerState<B>>> for HsAuthed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ServerState<B>>,
+    ) -> Result<Self, ApiError> {
+        check(state.ctx.registration().hs_token(), parts)?;
+        Ok(Self)
     }
 }
 
-fn check(hs_token: &Secret, request: &Request) -> Result<(), ApiError> {
-    let header = match request.headers().get(AUTHORIZATION) {
+fn check(hs_token: &Secret, request: &Parts) -> Result<(), ApiError> {
+    let header = match request.headers.get(AUTHORIZATION) {
         Some(value) => {
             let value =
                 value.to_str().map_err(|_| ApiError::forbidden("Bad Authorization header"))?;
@@ -35,7 +42,7 @@ fn check(hs_token: &Secret, request: &Request) -> Result<(), ApiError> {
         }
         None => None,
     };
-    let query = request.uri().query().and_then(|q| {
+    let query = request.uri.query().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "access_token")
             .map(|(_, v)| v.into_owned())

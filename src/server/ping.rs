@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::{Json, body::Bytes, extract::State};
 use serde::Deserialize;
 
-use super::{ServerState, error::ApiError, error::json_error};
+use super::{ServerState, auth::HsAuthed, error::ApiError, error::json_error};
 use crate::bridge::Bridge;
 
 #[derive(Deserialize)]
@@ -20,6 +20,7 @@ struct PingBody {
 
 /// # `POST /_matrix/app/v1/ping`
 pub(crate) async fn send_ping<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {

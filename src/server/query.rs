@@ -13,11 +13,12 @@ use axum::{
 };
 use ruma::{RoomAliasId, UserId};
 
-use super::{ServerState, error::ApiError};
+use super::{ServerState, auth::HsAuthed, error::ApiError};
 use crate::bridge::Bridge;
 
 /// # `GET /_matrix/app/v1/users/{userId}`
 pub(crate) async fn query_user_id<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Path(user_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -38,6 +39,7 @@ pub(crate) async fn query_user_id<B: Bridge>(
 
 /// # `GET /_matrix/app/v1/rooms/{roomAlias}`
 pub(crate) async fn query_room_alias<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Path(alias): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

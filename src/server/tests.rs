@@ -192,6 +192,54 @@ async fn auth_missing_is_401_wrong_is_403_and_mismatch_is_403() {
     assert_eq!(h.store.inbox_stats().await.unwrap().pending, 1);
 }
 
+/// Every homeserver-facing route, under every prefix, refuses a request without the token
+/// (401) or with a wrong one (403) before looking at the rest of it.
+#[tokio::test]
+async fn every_homeserver_route_needs_the_token() {
+    let h = harness(1 << 20).await;
+    let mut routes: Vec<(Method, String, &str)> = Vec::new();
+    for prefix in ["/_matrix/app/v1", ""] {
+        routes.push((Method::PUT, format!("{prefix}/transactions/t1"), TXN));
+        routes.push((Method::GET, format!("{prefix}/users/%40_test_x%3Alocalhost"), ""));
+        routes.push((Method::GET, format!("{prefix}/rooms/%23_test_x%3Alocalhost"), ""));
+    }
+    for prefix in ["/_matrix/app/v1", "/_matrix/app/unstable"] {
+        for path in [
+            "thirdparty/protocol/p",
+            "thirdparty/location/p",
+            "thirdparty/location?alias=%23a%3Ax",
+            "thirdparty/user/p",
+            "thirdparty/user?userid=%40a%3Ax",
+        ] {
+            routes.push((Method::GET, format!("{prefix}/{path}"), ""));
+        }
+    }
+    routes.push((Method::POST, "/_matrix/app/v1/ping".to_owned(), "{}"));
+    for (method, uri, body) in &routes {
+        let (s, b) = call(&h.app, method.clone(), uri, None, body).await;
+        assert_eq!(
+            (s, b["errcode"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("M_UNAUTHORIZED")),
+            "{uri}"
+        );
+        let (s, b) = call(&h.app, method.clone(), uri, Some("wrong"), body).await;
+        assert_eq!(
+            (s, b["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{uri}"
+        );
+        // A bad body behind a bad token is still a token error: the token comes first.
+        if *method != Method::GET {
+            let (s, _) = call(&h.app, method.clone(), uri, Some("wrong"), "{not json").await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{uri}");
+        }
+        // The right token gets past the check (whatever the route then answers).
+        let (s, _) = call(&h.app, method.clone(), uri, Some(HS_TOKEN), body).await;
+        assert!(s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN, "{uri}: {s}");
+    }
+    assert_eq!(h.store.inbox_stats().await.unwrap().pending, 1, "only the authorized transaction");
+}
+
 #[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_is_405_unrecognized() {
     let h = harness(1 << 20).await;

@@ -14,7 +14,7 @@ use axum::{
 };
 use ruma::{RoomAliasId, UserId};
 
-use super::{ServerState, error::ApiError};
+use super::{ServerState, auth::HsAuthed, error::ApiError};
 use crate::bridge::{Bridge, BridgeError};
 
 fn internal(what: &str, e: &BridgeError) -> ApiError {
@@ -41,6 +41,7 @@ fn known_protocol<B: Bridge>(state: &ServerState<B>, protocol: &str) -> Result<(
 
 /// # `GET /_matrix/app/v1/thirdparty/protocol/{protocol}`
 pub(crate) async fn get_protocol<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Path(protocol): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -54,6 +55,7 @@ pub(crate) async fn get_protocol<B: Bridge>(
 
 /// # `GET /_matrix/app/v1/thirdparty/location/{protocol}`
 pub(crate) async fn get_location_for_protocol<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Path(protocol): Path<String>,
     Query(fields): Query<BTreeMap<String, String>>,
@@ -70,6 +72,7 @@ pub(crate) async fn get_location_for_protocol<B: Bridge>(
 
 /// # `GET /_matrix/app/v1/thirdparty/location?alias=...`
 pub(crate) async fn get_location_for_room_alias<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -86,6 +89,7 @@ pub(crate) async fn get_location_for_room_alias<B: Bridge>(
 
 /// # `GET /_matrix/app/v1/thirdparty/user/{protocol}`
 pub(crate) async fn get_user_for_protocol<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Path(protocol): Path<String>,
     Query(fields): Query<BTreeMap<String, String>>,
@@ -102,6 +106,7 @@ pub(crate) async fn get_user_for_protocol<B: Bridge>(
 
 /// # `GET /_matrix/app/v1/thirdparty/user?userid=...`
 pub(crate) async fn get_user_for_user_id<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {

@@ -18,7 +18,7 @@ use ruma::{EventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ServerState, error::ApiError, error::json_error};
+use super::{ServerState, auth::HsAuthed, error::ApiError, error::json_error};
 use crate::{
     bridge::{Bridge, DeviceData, EphemeralEvent, Event, MalformedEvent, ToDeviceEvent},
     store::{AcceptOutcome, NewEvent},
@@ -285,6 +285,7 @@ fn to_device_event(raw: &RawValue) -> Option<ToDeviceEvent> {
 ///
 /// Stores the events durably, then answers `{}`.
 pub(crate) async fn push_events<B: Bridge>(
+    _: HsAuthed,
     State(state): State<Arc<ServerState<B>>>,
     Path(txn_id): Path<String>,
     body: Bytes,

@@ -440,18 +440,21 @@ impl Store {
         // replaces). The common case, nothing seen before, is one statement, since each
         // statement is a round trip; a unique violation fails it whole and the group is stored
         // the careful way.
+        // The statements' futures are boxed here, where they are made: sqlx's futures are large,
+        // and unboxed they would be copied at every `.await` up to the request's future
+        // (callgrind, load B: ~20 % of the instructions per 1-event transaction, BENCHMARKS.md).
         if let Backend::Postgres(pool) = &self.backend {
-            if let Some(accepted) = self.accept_pg_one_trip(pool, txns).await? {
+            if let Some(accepted) = Box::pin(self.accept_pg_one_trip(pool, txns)).await? {
                 return Ok(accepted);
             }
-            return self.accept_once(txns, Dedup::Insert).await;
+            return Box::pin(self.accept_once(txns, Dedup::Insert)).await;
         }
         // SQLite: every WAL commit writes each page it dirtied, and random keys (event IDs are
         // hashes) dirty a page each, so the intake only reads `mx_event_seen`, and finds the
         // IDs of stored batches through the index in memory (`store/seen.rs`).
         let mut built = self.seen.accepting.lock().await;
         if !*built {
-            self.build_seen_window().await?;
+            Box::pin(self.build_seen_window()).await?;
             *built = true;
         }
         // Which stored batches may hold one of these events (by fingerprint).
@@ -465,7 +468,7 @@ impl Store {
             }
             batches
         };
-        let accepted = self.accept_once(txns, Dedup::Read { maybe_stored }).await?;
+        let accepted = Box::pin(self.accept_once(txns, Dedup::Read { maybe_stored })).await?;
         let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (t, a) in txns.iter().zip(&accepted) {
             for b in &a.batches {
