@@ -160,8 +160,11 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
         }
         Db::Postgres => {
             let sep = if args.pg_url.contains('?') { '&' } else { '?' };
+            // The harness connects as the store does (loopback without TLS unless the URL
+            // names a mode), inside the startup figure.
+            let admin_options = Store::postgres_options(&args.pg_url)?;
             if args.reuse {
-                let mut admin = sqlx::PgConnection::connect(&args.pg_url).await?;
+                let mut admin = sqlx::PgConnection::connect_with(&admin_options).await?;
                 sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS bench_reuse")
                     .execute(&mut admin)
                     .await?;
@@ -172,7 +175,7 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
             // One connection, one round trip: this is the harness, not the bridge, but it runs
             // inside the startup figure (a pool would open a second connection for the second
             // statement, and over TCP each costs a TLS handshake with delayed-ACK stalls).
-            let mut admin = sqlx::PgConnection::connect(&args.pg_url).await?;
+            let mut admin = sqlx::PgConnection::connect_with(&admin_options).await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
             )))
@@ -185,7 +188,8 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
 }
 
 async fn drop_schema(pg_url: &str, schema: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(pg_url).await {
+    let Ok(options) = Store::postgres_options(pg_url) else { return };
+    if let Ok(mut admin) = sqlx::PgConnection::connect_with(&options).await {
         let _ =
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
                 .execute(&mut admin)

@@ -287,11 +287,7 @@ impl Store {
                 .await?;
             Backend::Sqlite(pool)
         } else {
-            let options = plain_on_loopback(
-                url,
-                PgConnectOptions::from_str(url)?,
-                std::env::var_os("PGSSLMODE").is_some(),
-            );
+            let options = Self::postgres_options(url)?;
             statement_bytes = inbox::statement_bytes(pg_link(&options));
             relaxed = Some(
                 PgPoolOptions::new()
@@ -320,6 +316,17 @@ impl Store {
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The options the store connects to PostgreSQL at `url` with: the URL as sqlx reads it,
+    /// except that loopback TCP with no TLS mode named goes without TLS (docs/deploy.md). For
+    /// tools that open their own connection next to a store's (migrations by hand, benchmarks).
+    ///
+    /// # Errors
+    /// When `url` is not a PostgreSQL URL sqlx accepts.
+    pub fn postgres_options(url: &str) -> Result<PgConnectOptions> {
+        let options = PgConnectOptions::from_str(url)?;
+        Ok(plain_on_loopback(url, options, std::env::var_os("PGSSLMODE").is_some()))
     }
 
     /// Connects to an SQLite database at `url` (for example `sqlite::memory:`) with defaults.
