@@ -245,9 +245,10 @@ impl fmt::Debug for EventData {
 fn span_in(json: &str, part: Option<&RawValue>) -> Option<(u32, u32)> {
     let part = part?.get();
     let start = (part.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
-    (start + part.len() <= json.len())
-        .then(|| Some((u32::try_from(start).ok()?, u32::try_from(part.len()).ok()?)))
-        .flatten()
+    if start.checked_add(part.len())? > json.len() {
+        return None;
+    }
+    Some((u32::try_from(start).ok()?, u32::try_from(part.len()).ok()?))
 }
 
 /// Deserializes the `content` field of an event's JSON, ignoring the rest.
