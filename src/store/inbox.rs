@@ -123,12 +123,23 @@ pub(super) enum RowsSql {
     /// parameters (see [`RowsSql::SqliteProgress`]). SQLite only: a later row of the same room
     /// and user updates an earlier one.
     Members,
-    /// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one
-    /// implicit transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` every event
-    /// ID (a JSON array), then the [`RowsSql::Batches`] values per batch; returns the batch
-    /// seqs. Nothing resolves a conflict: a transaction or event seen before fails it whole.
-    PgOneTrip,
 }
+
+/// PostgreSQL: a whole group assumed new, in one statement (so one round trip and one implicit
+/// transaction). `$1` the time, `$2` the `[txn ID, hash]` pairs, `$3` every event ID (JSON
+/// arrays), then one array per batch column: txn IDs, event JSON lists, event ID lists, event
+/// counts. Returns the batch seqs. Nothing resolves a conflict: a transaction or event seen
+/// before fails it whole. Its text is the same for every group size, so each connection
+/// prepares it once (with a `VALUES` row per batch, each size was a statement of its own,
+/// prepared again on every pooled connection and crowding sqlx's statement cache).
+const PG_ONE_TRIP: &str = "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
+     SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p), \
+     s AS (INSERT INTO mx_event_seen (event_id, seen_at) \
+     SELECT e, $1::bigint FROM json_array_elements_text($3::json) e) \
+     INSERT INTO mx_inbox_batch (txn_id, events, event_ids, n_events, received_at) \
+     SELECT b.txn_id, b.events, b.event_ids, b.n_events, $1::bigint \
+     FROM unnest($4::text[], $5::text[], $6::text[], $7::int4[]) WITH ORDINALITY \
+     AS b(txn_id, events, event_ids, n_events, ord) ORDER BY b.ord RETURNING seq";
 
 impl RowsSql {
     fn build(self, n: usize) -> String {
@@ -145,16 +156,6 @@ impl RowsSql {
                 "INSERT INTO mx_event_seen (event_id, seen_at) VALUES ",
                 1,
                 " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            ),
-            Self::PgOneTrip => (
-                "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
-                 SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p), \
-                 s AS (INSERT INTO mx_event_seen (event_id, seen_at) \
-                 SELECT e, $1::bigint FROM json_array_elements_text($3::json) e) \
-                 INSERT INTO mx_inbox_batch (txn_id, events, event_ids, n_events, received_at) \
-                 VALUES ",
-                4,
-                " RETURNING seq",
             ),
             Self::Transactions => (
                 "INSERT INTO mx_txn (txn_id, body_hash, received_at) VALUES ",
@@ -181,7 +182,6 @@ impl RowsSql {
         sql.push_str(head);
         let first = match self {
             Self::Progress | Self::SqliteProgress | Self::Members => 1,
-            Self::PgOneTrip => 4,
             _ => 2,
         };
         for i in 0..n {
@@ -492,7 +492,7 @@ impl Store {
         Ok(())
     }
 
-    /// PostgreSQL's common case ([`RowsSql::PgOneTrip`]): the whole group assumed new, in one
+    /// PostgreSQL's common case ([`PG_ONE_TRIP`]): the whole group assumed new, in one
     /// statement instead of five round trips (`BEGIN`, transactions, event IDs, batches,
     /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before (a
     /// unique violation) or when the group's events do not fit one statement of the link's
@@ -518,14 +518,18 @@ impl Store {
         let pairs: Vec<(&str, &str)> = txns.iter().map(|t| (t.txn_id, t.body_hash)).collect();
         let ids: Vec<&str> =
             txns.iter().flat_map(|t| t.events.iter().map(|e| e.event_id.as_ref())).collect();
-        let mut query = sqlx::query(rows_sql(RowsSql::PgOneTrip, planned.len()))
+        let counts: Vec<i32> = planned
+            .iter()
+            .map(|(_, events, _, _)| i32::try_from(events.len()).map_err(corrupt))
+            .collect::<Result<_>>()?;
+        let query = sqlx::query(PG_ONE_TRIP)
             .bind(now_ms())
             .bind(serde_json::to_string(&pairs).map_err(corrupt)?)
-            .bind(serde_json::to_string(&ids).map_err(corrupt)?);
-        for (ti, events, json, ids) in &planned {
-            let n = i32::try_from(events.len()).map_err(corrupt)?;
-            query = query.bind(txns[*ti].txn_id).bind(json.as_str()).bind(ids.as_str()).bind(n);
-        }
+            .bind(serde_json::to_string(&ids).map_err(corrupt)?)
+            .bind(planned.iter().map(|(ti, ..)| txns[*ti].txn_id).collect::<Vec<&str>>())
+            .bind(planned.iter().map(|(_, _, json, _)| json.as_str()).collect::<Vec<&str>>())
+            .bind(planned.iter().map(|(.., ids)| ids.as_str()).collect::<Vec<&str>>())
+            .bind(counts);
         let rows = match query.fetch_all(pool).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
@@ -536,7 +540,7 @@ impl Store {
         }
         let mut seqs: Vec<i64> =
             rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
-        // Rows are inserted in VALUES order, so their seqs ascend in that order.
+        // Rows are inserted in array order (`ORDER BY b.ord`), so their seqs ascend in that order.
         seqs.sort_unstable();
         let mut accepted: Vec<Accepted> = txns
             .iter()
@@ -1224,11 +1228,6 @@ mod tests {
             RowsSql::Batches
                 .build(2)
                 .ends_with("VALUES ($2, $3, $4, $5, $1), ($6, $7, $8, $9, $1) RETURNING seq")
-        );
-        assert!(
-            RowsSql::PgOneTrip
-                .build(2)
-                .ends_with("VALUES ($4, $5, $6, $7, $1), ($8, $9, $10, $11, $1) RETURNING seq")
         );
         assert!(RowsSql::Seen.build(2).contains("VALUES ($2, $1), ($3, $1) ON CONFLICT"));
         assert!(
