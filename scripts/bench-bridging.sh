@@ -23,10 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
-PG_URL=${MXBRIDGE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
-PG_SOCKET_URL=${MXBRIDGE_BENCH_POSTGRES_SOCKET:-postgres:///test?host=/var/run/postgresql&user=postgres}
-# Loopback TCP without an sslmode goes without TLS (docs/deploy.md); this row asks for it.
-case $PG_URL in *\?*) PG_TLS_URL="$PG_URL&sslmode=prefer" ;; *) PG_TLS_URL="$PG_URL?sslmode=prefer" ;; esac
+source "$ROOT/scripts/bench-common.sh"
 ROUNDS=2
 TXNS=100
 while [ $# -gt 0 ]; do
@@ -51,22 +48,7 @@ else
     EX=$CARGO_TARGET_DIR/release/examples
 
     SERVERS=(mxbridge-sqlite mautrix-python)
-    if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
-        SERVERS+=(mxbridge-postgres mxbridge-postgres-tls)
-    else
-        echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
-    fi
-    if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_SOCKET_URL"; then
-        SERVERS+=(mxbridge-postgres-socket)
-    else
-        echo "PostgreSQL at $PG_SOCKET_URL is not reachable: skipping mxbridge-postgres-socket"
-    fi
-fi
-LOAD_PIN=()
-SERVER_PIN=()
-if [ "${MXB_PIN:-1}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-    LOAD_PIN=(taskset -c 0)
-    SERVER_PIN=(taskset -c 1)
+    add_postgres_servers
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mxbridge-bridging.XXXXXX")

@@ -22,9 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
-PG_URL=${MXBRIDGE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
-PG_SOCKET_URL=${MXBRIDGE_BENCH_POSTGRES_SOCKET:-postgres:///test?host=/var/run/postgresql&user=postgres}
-case $PG_URL in *\?*) PG_TLS_URL="$PG_URL&sslmode=prefer" ;; *) PG_TLS_URL="$PG_URL?sslmode=prefer" ;; esac
+source "$ROOT/scripts/bench-common.sh"
 ROUNDS=3
 SECS=5
 INSTALL_ONLY=0
@@ -69,23 +67,8 @@ EX=$CARGO_TARGET_DIR/release/examples
 # --random-ids`), as real ones are: what the dedup index costs in production (BENCHMARKS.md).
 SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only
     diag-sqlite-random-ids)
-if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_URL"; then
-    SERVERS+=(mxbridge-postgres mxbridge-postgres-tls)
-else
-    echo "PostgreSQL at $PG_URL is not reachable: skipping mxbridge-postgres"
-fi
-if command -v pg_isready >/dev/null && pg_isready -q -d "$PG_SOCKET_URL"; then
-    SERVERS+=(mxbridge-postgres-socket)
-else
-    echo "PostgreSQL at $PG_SOCKET_URL is not reachable: skipping mxbridge-postgres-socket"
-fi
+add_postgres_servers
 
-LOAD_PIN=()
-SERVER_PIN=()
-if [ "${MXB_PIN:-1}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-    LOAD_PIN=(taskset -c 0)
-    SERVER_PIN=(taskset -c 1)
-fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mxbridge-bench.XXXXXX")
 RESULTS=$WORK/results.kv

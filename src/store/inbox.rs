@@ -512,7 +512,7 @@ impl Store {
                 planned.push((ti, run.to_vec(), json, batch_ids(t, run)?));
             }
         }
-        if planned.is_empty() || planned.len() > INSERT_CHUNK || bytes > self.statement_bytes {
+        if planned.is_empty() || bytes > self.statement_bytes {
             return Ok(None);
         }
         let pairs: Vec<(&str, &str)> = txns.iter().map(|t| (t.txn_id, t.body_hash)).collect();

@@ -2,7 +2,18 @@
 
 use std::collections::BTreeMap;
 
+use mxbridge::config::DatabaseConfig;
+
 use crate::common::{Running, fresh_database, put_txn, txn_body, wait_until};
+
+/// A bridge on `db` with the recorder's `bridge` config and these `inbox:` keys, whose homeserver
+/// is never reached.
+async fn start_with_inbox(db: &DatabaseConfig, bridge: &str, inbox: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registration = crate::common::registration_yaml("null");
+    Running::start_on_with(listener, "http://127.0.0.1:1", db, bridge, &registration, "", inbox)
+        .await
+}
 
 #[tokio::test]
 async fn events_of_a_room_are_handled_in_order_and_rooms_in_parallel() {
@@ -44,17 +55,7 @@ async fn room_concurrency_bounds_the_handlers_running_at_once() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database("sqlite", dir.path()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Running::start_on_with(
-        listener,
-        "http://127.0.0.1:1",
-        &db,
-        "{delay_ms: 5}",
-        &crate::common::registration_yaml("null"),
-        "",
-        "room_concurrency: 2, ",
-    )
-    .await;
+    let app = start_with_inbox(&db, "{delay_ms: 5}", "room_concurrency: 2, ").await;
     let client = crate::common::http();
     let rooms: Vec<String> = (0..6).map(|r| format!("!r{r}:localhost")).collect();
     let events: Vec<(String, String)> =
@@ -80,18 +81,9 @@ async fn room_concurrency_bounds_the_handlers_running_at_once() {
 async fn an_idle_room_worker_holds_no_room_slot() {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database("sqlite", dir.path()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refused: Vec<String> = (0..20).step_by(2).map(|i| format!("'$idle{i}'")).collect();
-    let app = Running::start_on_with(
-        listener,
-        "http://127.0.0.1:1",
-        &db,
-        &format!("{{permanent_failures: [{}]}}", refused.join(", ")),
-        &crate::common::registration_yaml("null"),
-        "",
-        "room_concurrency: 1, ",
-    )
-    .await;
+    let bridge = format!("{{permanent_failures: [{}]}}", refused.join(", "));
+    let app = start_with_inbox(&db, &bridge, "room_concurrency: 1, ").await;
     let client = crate::common::http();
     let events: Vec<(String, String)> =
         (0..20).map(|i| (format!("!idle{i}:localhost"), format!("$idle{i}"))).collect();
