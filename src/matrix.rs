@@ -260,16 +260,17 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
     let portal = ctx.portal_for_room(&event.room_id).await?;
     match event.kind.as_str() {
         "m.room.member" => {
+            // A member event without a user or a known membership still reaches the raw hook.
             let Some(target) =
                 event.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok())
             else {
-                return Ok(());
+                return bridge.handle_event(event).await;
             };
             let content: serde_json::Value = event.content().unwrap_or_default();
             let Some(membership) =
                 content.get("membership").and_then(|m| m.as_str()).and_then(Membership::parse)
             else {
-                return Ok(());
+                return bridge.handle_event(event).await;
             };
             let target_is_ours = ctx.registration().is_user_in_namespace(&target);
             let m = MatrixMembership {
@@ -612,6 +613,8 @@ mod route_tests {
     #[derive(Default)]
     struct Tb {
         seen: Mutex<Vec<String>>,
+        /// What reached the raw hook, by event ID.
+        raw: Mutex<Vec<String>>,
     }
 
     impl Bridge for Tb {
@@ -620,8 +623,16 @@ mod route_tests {
         async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
             Ok(Self::default())
         }
+        async fn handle_event(&self, event: &Event) -> BridgeResult {
+            self.raw.lock().unwrap().push(event.event_id.to_string());
+            Ok(())
+        }
         async fn handle_message(&self, m: &MatrixMessage) -> BridgeResult {
             self.seen.lock().unwrap().push(format!("message {}", m.content.body()));
+            Ok(())
+        }
+        async fn handle_membership(&self, m: &MatrixMembership) -> BridgeResult {
+            self.seen.lock().unwrap().push(format!("{} {}", m.target, m.membership));
             Ok(())
         }
         async fn handle_edit(&self, e: &MatrixEdit) -> BridgeResult {
@@ -702,6 +713,34 @@ mod route_tests {
         // A prefix that is only a word's start is no command.
         route(&ctx, &tb, &message("@alice:localhost", "!tbx list")).await.unwrap();
         assert_eq!(*tb.seen.lock().unwrap(), ["message !tbx list"]);
+    }
+
+    /// Every member event reaches the raw hook; only those with a user and a known membership
+    /// reach `handle_membership`.
+    #[tokio::test]
+    async fn member_events_the_typed_hook_cannot_take_still_reach_the_raw_hook() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let tb = Tb::default();
+        let member = |id: &str, state_key: &str, content: serde_json::Value| {
+            Event::from_json(
+                &json!({"event_id": id, "room_id": "!r:localhost", "sender": "@alice:localhost",
+                        "type": "m.room.member", "state_key": state_key, "content": content})
+                .to_string(),
+            )
+            .unwrap()
+        };
+        let events = [
+            member("$join", "@alice:localhost", json!({"membership": "join"})),
+            member("$custom", "@alice:localhost", json!({"membership": "xyz.dancing"})),
+            member("$none", "@alice:localhost", json!({})),
+            member("$not_a_user", "alice", json!({"membership": "join"})),
+        ];
+        for event in &events {
+            route(&ctx, &tb, event).await.unwrap();
+        }
+        assert_eq!(*tb.raw.lock().unwrap(), ["$join", "$custom", "$none", "$not_a_user"]);
+        assert_eq!(*tb.seen.lock().unwrap(), ["@alice:localhost join"]);
     }
 
     #[tokio::test]
