@@ -177,7 +177,11 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Err(ApiError::bad_json("A transaction must be a JSON object"));
     }
-    let body: TransactionBody<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    // Checked as UTF-8 once, the whole body: parsed from bytes, serde_json would check each
+    // event's raw JSON again.
+    let body = std::str::from_utf8(body)
+        .map_err(|e| ApiError::not_json(format!("Request body is not valid JSON: {e}")))?;
+    let body: TransactionBody<'_> = serde_json::from_str(body).map_err(|e| json_error(&e))?;
     let mut events = Vec::with_capacity(body.events.len());
     let mut parsed = Vec::with_capacity(body.events.len());
     let mut rejected = Vec::new();
