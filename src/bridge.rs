@@ -113,8 +113,12 @@ pub struct EventData {
     pub kind: String,
     /// The state key, for state events.
     pub state_key: Option<String>,
-    raw: Raw<AnyTimelineEvent>,
-    /// Where `content` lies in `raw`, found with the envelope (so reading the content does not
+    /// The event JSON as received (already checked to be JSON).
+    json: Box<str>,
+    /// ruma's raw form of `json`, made on first use ([`Event::raw`]): making a `RawValue` checks
+    /// the JSON once more, which the inbox does not need.
+    raw: std::sync::OnceLock<Raw<AnyTimelineEvent>>,
+    /// Where `content` lies in `json`, found with the envelope (so reading the content does not
     /// scan the rest of the event again).
     content_at: Option<(u32, u32)>,
 }
@@ -138,37 +142,24 @@ impl Event {
     /// # Errors
     /// When the JSON is not an object with a valid `event_id`, `room_id`, `sender` and `type`.
     pub fn from_json(json: &str) -> Result<Self, MalformedEvent> {
-        let raw: Box<RawValue> =
-            serde_json::from_str(json).map_err(|e| MalformedEvent(format!("not JSON: {e}")))?;
-        Self::from_raw(raw)
+        // One pass: the envelope's parse reads (and so checks) the whole JSON text.
+        let h: crate::server::transactions::Envelope<'_> =
+            serde_json::from_str(json).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => {
+                    MalformedEvent(format!("bad event envelope: {e}"))
+                }
+                _ => MalformedEvent(format!("not JSON: {e}")),
+            })?;
+        let ids = h.validate()?;
+        Ok(Self::from_validated(ids, &h, json))
     }
 
-    pub(crate) fn from_raw(raw: Box<RawValue>) -> Result<Self, MalformedEvent> {
-        let h: crate::server::transactions::Envelope<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| MalformedEvent(format!("bad event envelope: {e}")))?;
-        let (event_id, room_id, sender) = h.validate()?;
-        let (event_id, room_id, sender) =
-            (event_id.to_owned(), room_id.to_owned(), sender.to_owned());
-        let kind = h.kind.into_owned();
-        let state_key = h.state_key.map(std::borrow::Cow::into_owned);
-        let content_at = span_in(raw.get(), h.content);
-        Ok(Self(Arc::new(EventData {
-            event_id,
-            room_id,
-            sender,
-            kind,
-            state_key,
-            raw: Raw::from_json(raw),
-            content_at,
-        })))
-    }
-
-    /// Builds an event from an envelope already parsed and validated (the intake's), copying
-    /// the JSON once.
+    /// Builds an event from an envelope already parsed and validated (the intake's) and the
+    /// event's JSON (a slice of a body that parsed as JSON), copying the JSON once.
     pub(crate) fn from_validated(
         (event_id, room_id, sender): (&ruma::EventId, &ruma::RoomId, &ruma::UserId),
         envelope: &crate::server::transactions::Envelope<'_>,
-        raw: &RawValue,
+        json: &str,
     ) -> Self {
         Self(Arc::new(EventData {
             event_id: event_id.to_owned(),
@@ -176,8 +167,9 @@ impl Event {
             sender: sender.to_owned(),
             kind: envelope.kind.as_ref().to_owned(),
             state_key: envelope.state_key.as_deref().map(str::to_owned),
-            raw: Raw::from_json(raw.to_owned()),
-            content_at: span_in(raw.get(), envelope.content),
+            json: json.into(),
+            raw: std::sync::OnceLock::new(),
+            content_at: span_in(json, envelope.content),
         }))
     }
 
@@ -190,12 +182,16 @@ impl Event {
 
     /// The event JSON as the homeserver sent it.
     pub fn raw(&self) -> &Raw<AnyTimelineEvent> {
-        &self.raw
+        self.raw.get_or_init(|| {
+            let raw = RawValue::from_string(self.json.to_string())
+                .expect("an event's JSON was checked when it was received");
+            Raw::from_json(raw)
+        })
     }
 
     /// The event JSON text.
     pub fn json(&self) -> &str {
-        self.raw.json().get()
+        &self.json
     }
 
     /// Deserializes the whole event into ruma's typed form.
@@ -203,7 +199,7 @@ impl Event {
     /// # Errors
     /// When the event does not match its type's schema.
     pub fn deserialize(&self) -> serde_json::Result<AnyTimelineEvent> {
-        self.raw.deserialize()
+        serde_json::from_str(&self.json)
     }
 
     /// Deserializes the `content` into `T` (for example ruma's `RoomMessageEventContent`).

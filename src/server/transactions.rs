@@ -24,11 +24,12 @@ use crate::{
     store::{AcceptOutcome, NewEvent},
 };
 
-/// The body of a transaction, borrowed from the request bytes. Events stay raw.
+/// The body of a transaction, borrowed from the request bytes. Events stay raw (`E` is
+/// `&RawValue`), or are read in the same pass ([`Located`]).
 #[derive(Deserialize)]
-pub(crate) struct TransactionBody<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
+#[serde(bound(deserialize = "E: Deserialize<'de>"))]
+pub(crate) struct TransactionBody<'a, E> {
+    events: Vec<E>,
     #[serde(borrow, default)]
     ephemeral: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default, rename = "de.sorunome.msc2409.ephemeral")]
@@ -53,8 +54,119 @@ pub(crate) struct TransactionBody<'a> {
     fallback_unstable: Option<&'a RawValue>,
 }
 
+/// An event read in the body's one pass: its envelope, and where it lies in the body (from its
+/// first key to the end of its last value). Only the common form is read this way: every key
+/// and every ID field is a plain JSON string (no escapes), no envelope field comes twice, and
+/// the event is a non-empty object. Anything else fails the pass, and the body is read again the
+/// general way ([`parse`]), which handles (or rejects) each event on its own.
+pub(crate) struct Located<'a> {
+    envelope: Envelope<'a>,
+    first_key: &'a str,
+    /// Where the last value ends (an address in the body).
+    end: usize,
+}
+
+impl<'de> Deserialize<'de> for Located<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(LocatedVisitor)
+    }
+}
+
+struct LocatedVisitor;
+
+/// Where a borrowed JSON string's closing quote ends: a borrowed string has no escapes, so its
+/// closing quote follows it.
+fn after_string(s: &str) -> usize {
+    s.as_ptr() as usize + s.len() + 1
+}
+
+impl<'de> serde::de::Visitor<'de> for LocatedVisitor {
+    type Value = Located<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event object with plain keys and IDs")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Located<'de>, A::Error> {
+        use serde::de::Error as _;
+        let mut first_key = None;
+        let mut end = 0;
+        let (mut event_id, mut room_id, mut sender, mut kind) = (None, None, None, None);
+        let mut state_key: Option<Option<&'de str>> = None;
+        let mut content: Option<Option<&'de RawValue>> = None;
+        fn once<T, E: serde::de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+            if slot.replace(value).is_some() {
+                return Err(E::custom("a field comes twice"));
+            }
+            Ok(())
+        }
+        while let Some(key) = map.next_key::<&'de str>()? {
+            first_key.get_or_insert(key);
+            let field = match key {
+                "event_id" => &mut event_id,
+                "room_id" => &mut room_id,
+                "sender" => &mut sender,
+                "type" => &mut kind,
+                "state_key" => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    end = raw.get().as_ptr() as usize + raw.get().len();
+                    let value = match raw.get() {
+                        "null" => None,
+                        s => Some(serde_json::from_str::<&'de str>(s).map_err(A::Error::custom)?),
+                    };
+                    once(&mut state_key, value)?;
+                    continue;
+                }
+                _ => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    end = raw.get().as_ptr() as usize + raw.get().len();
+                    if key == "content" {
+                        // As `Option<&RawValue>` reads it: `null` is no content.
+                        once(&mut content, Some(raw).filter(|r| r.get() != "null"))?;
+                    }
+                    continue;
+                }
+            };
+            let value: &'de str = map.next_value()?;
+            end = after_string(value);
+            once(field, value)?;
+        }
+        let first_key = first_key.ok_or_else(|| A::Error::custom("an empty event"))?;
+        let missing = |name| A::Error::custom(format_args!("missing `{name}`"));
+        Ok(Located {
+            envelope: Envelope {
+                event_id: Cow::Borrowed(event_id.ok_or_else(|| missing("event_id"))?),
+                room_id: Cow::Borrowed(room_id.ok_or_else(|| missing("room_id"))?),
+                sender: Cow::Borrowed(sender.ok_or_else(|| missing("sender"))?),
+                kind: Cow::Borrowed(kind.ok_or_else(|| missing("type"))?),
+                state_key: state_key.flatten().map(Cow::Borrowed),
+                content: content.flatten(),
+            },
+            first_key,
+            end,
+        })
+    }
+}
+
+impl<'a> Located<'a> {
+    /// The event's JSON: from the `{` before its first key to the `}` after its last value.
+    fn json_in(&self, body: &'a str) -> Option<&'a str> {
+        let base = body.as_ptr() as usize;
+        let key_quote = (self.first_key.as_ptr() as usize).checked_sub(base)?.checked_sub(1)?;
+        let end = self.end.checked_sub(base)?;
+        let bytes = body.as_bytes();
+        let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let open =
+            key_quote - bytes.get(..key_quote)?.iter().rev().take_while(|b| is_space(b)).count();
+        let close = end + bytes.get(end..)?.iter().take_while(|b| is_space(b)).count();
+        (open > 0 && bytes[open - 1] == b'{' && bytes.get(close) == Some(&b'}'))
+            .then(|| body.get(open - 1..=close))
+            .flatten()
+    }
+}
+
 /// The fields of an event the inbox needs before the bridge sees it.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 pub(crate) struct Envelope<'a> {
     #[serde(borrow)]
     pub(crate) event_id: Cow<'a, str>,
@@ -181,32 +293,67 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
     // event's raw JSON again.
     let body = std::str::from_utf8(body)
         .map_err(|e| ApiError::not_json(format!("Request body is not valid JSON: {e}")))?;
-    let body: TransactionBody<'_> = serde_json::from_str(body).map_err(|e| json_error(&e))?;
-    let mut events = Vec::with_capacity(body.events.len());
-    let mut parsed = Vec::with_capacity(body.events.len());
-    let mut rejected = Vec::new();
-    let mut ctx = DedupHash::new();
-    for raw in &body.events {
-        match serde_json::from_str::<Envelope<'_>>(raw.get()) {
-            Ok(env) => match env.validate() {
-                Ok(ids) => {
-                    parsed.push(Event::from_validated(ids, &env, raw));
-                    ctx.update(env.event_id.as_bytes());
-                    ctx.update(b"\n");
-                    events.push(NewEvent {
-                        event_id: env.event_id,
-                        room_id: env.room_id,
-                        json: raw.get(),
-                    });
-                }
-                Err(e) => rejected.push((Some(env.event_id.into_owned()), e.0)),
-            },
+    // One pass for the common form (see `Located`); the general way when it fails.
+    match parse_one_pass(body) {
+        Some(parsed) => Ok(parsed),
+        None => parse_general(body),
+    }
+}
+
+/// Reads the body in one pass, if every event has the common form (see [`Located`]).
+fn parse_one_pass(body: &str) -> Option<ParsedTransaction<'_>> {
+    let mut fast = serde_json::from_str::<TransactionBody<'_, Located<'_>>>(body).ok()?;
+    let read = std::mem::take(&mut fast.events)
+        .into_iter()
+        .map(|located| {
+            let json = located.json_in(body)?;
+            Some(Ok((located.envelope, json)))
+        })
+        .collect::<Option<Vec<ReadEvent<'_>>>>()?;
+    Some(finish(fast, read))
+}
+
+/// Reads the body the general way: each event as raw JSON, then its envelope.
+fn parse_general(body: &str) -> Result<ParsedTransaction<'_>, ApiError> {
+    let slow: TransactionBody<'_, &RawValue> =
+        serde_json::from_str(body).map_err(|e| json_error(&e))?;
+    let read = slow
+        .events
+        .iter()
+        .map(|raw| match serde_json::from_str::<Envelope<'_>>(raw.get()) {
+            Ok(env) => Ok((env, raw.get())),
             Err(e) => {
                 let id = serde_json::from_str::<serde_json::Value>(raw.get())
                     .ok()
                     .and_then(|v| v.get("event_id").and_then(|i| i.as_str()).map(str::to_owned));
-                rejected.push((id, format!("bad event envelope: {e}")));
+                Err((id, format!("bad event envelope: {e}")))
             }
+        })
+        .collect();
+    Ok(finish(slow, read))
+}
+
+/// An event's envelope and JSON, or why it was refused (with its event ID if it has one).
+type ReadEvent<'a> = Result<(Envelope<'a>, &'a str), (Option<String>, String)>;
+
+/// Validates the events read from `body` and gathers the rest of the transaction.
+fn finish<'a, E>(body: TransactionBody<'a, E>, read: Vec<ReadEvent<'a>>) -> ParsedTransaction<'a> {
+    let mut events = Vec::with_capacity(read.len());
+    let mut parsed = Vec::with_capacity(read.len());
+    let mut rejected = Vec::new();
+    let mut ctx = DedupHash::new();
+    for item in read {
+        match item {
+            Ok((env, json)) => match env.validate() {
+                Ok(ids) => {
+                    parsed.push(Event::from_validated(ids, &env, json));
+                    ctx.update(env.event_id.as_bytes());
+                    ctx.update(b"\n");
+                    events.push(NewEvent { event_id: env.event_id, room_id: env.room_id, json });
+                }
+                Err(e) => rejected.push((Some(env.event_id.into_owned()), e.0)),
+            },
+            Err(refused) => rejected.push(refused),
         }
     }
     // Synapse sends ephemeral data and to-device messages under both names with the same
@@ -235,7 +382,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
             unused_fallback_key_types: fallback.filter(|r| !is_empty_json(r)).map(boxed),
         },
     };
-    Ok(ParsedTransaction { events, parsed, rejected, hash, batch })
+    ParsedTransaction { events, parsed, rejected, hash, batch }
 }
 
 fn pick<T>(stable: Option<Vec<T>>, unstable: Option<Vec<T>>) -> Vec<T> {
@@ -474,6 +621,80 @@ mod tests {
         assert_eq!(parse(b"[]").err().unwrap().errcode, "M_BAD_JSON");
     }
 
+    /// What a parse found, comparable: accepted events (ID, room, JSON, content span, state
+    /// key), refusals, hash, ephemeral counts.
+    type Seen = (
+        Vec<(String, String, String, Option<String>, Option<String>)>,
+        Vec<(Option<String>, String)>,
+        String,
+        usize,
+    );
+
+    fn seen(p: &ParsedTransaction<'_>) -> Seen {
+        let events = p
+            .events
+            .iter()
+            .zip(&p.parsed)
+            .map(|(e, ev)| {
+                assert_eq!(e.json, ev.json());
+                (
+                    e.event_id.to_string(),
+                    e.room_id.to_string(),
+                    e.json.to_owned(),
+                    ev.content_json().map(str::to_owned),
+                    ev.state_key.clone(),
+                )
+            })
+            .collect();
+        (events, p.rejected.clone(), p.hash.clone(), p.batch.ephemeral.len())
+    }
+
+    /// The one pass reads what the general way reads, whenever it reads a body at all.
+    fn same_as_general(body: &str) -> bool {
+        let general = parse_general(body).map(|p| seen(&p));
+        match parse_one_pass(body) {
+            Some(p) => {
+                assert_eq!(Ok(seen(&p)), general.map_err(|e| e.errcode), "{body}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn the_one_pass_reads_the_common_form_as_the_general_way_does() {
+        let common = [
+            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{"body":"\"hi\" \u00e9"},"origin_server_ts":1,"unsigned":{"age":3}}]}"#,
+            // Whitespace everywhere, the envelope last, a state event, null content.
+            "{ \"events\" : [ { \"content\" : null ,\n\t\"state_key\" : \"@u:x\" , \"type\":\"m.room.member\",\r\n \"sender\" : \"@u:x\", \"room_id\":\"!r:x\" , \"event_id\" : \"$b\" } , {\"event_id\":\"$c\",\"room_id\":\"!r:x\",\"sender\":\"@u:x\",\"type\":\"t\",\"state_key\":null,\"origin_server_ts\": 17 } ] , \"ephemeral\": [] }",
+            // Events refused by validation still take the one pass.
+            r#"{"events":[{"event_id":"$a","room_id":"not-a-room","sender":"@u:x","type":"t"},{"event_id":"$b","room_id":"!r:x","sender":"@u:x","type":""}]}"#,
+            r#"{"events":[]}"#,
+        ];
+        for body in common {
+            assert!(same_as_general(body), "the one pass gave up on {body}");
+        }
+        let unusual = [
+            // An escaped ID or key, a field twice, a missing field, a wrong type, an empty
+            // event, an array where an event should be.
+            r#"{"events":[{"event_id":"\u0024a","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
+            r#"{"events":[{"\u0065vent_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
+            r#"{"events":[{"event_id":"$a","event_id":"$b","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
+            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","content":{},"content":{}}]}"#,
+            r#"{"events":[{"room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
+            r#"{"events":[{"event_id":5,"room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
+            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","state_key":5}]}"#,
+            r#"{"events":[{}]}"#,
+            r#"{"events":[["$a","!r:x","@u:x","t"]]}"#,
+        ];
+        for body in unusual {
+            assert!(!same_as_general(body), "the one pass read {body}");
+            // And the whole parse still takes it the general way.
+            let p = parse(body.as_bytes()).unwrap();
+            assert_eq!(seen(&p), seen(&parse_general(body).unwrap()));
+        }
+    }
+
     mod properties {
         use proptest::prelude::*;
 
@@ -516,8 +737,92 @@ mod tests {
                 })
         }
 
+        /// An event's JSON text laid out by hand: fields in any order, any JSON whitespace,
+        /// sometimes an escape in an ID or a key, a wrong type, or a field twice; with whether
+        /// it has the common form the one pass reads.
+        fn event_text() -> impl Strategy<Value = (String, bool)> {
+            let ws = prop::sample::select(vec!["", "", " ", "\n", "\t ", "\r\n  "]);
+            let id = |sigil: &'static str| {
+                prop_oneof![
+                    6 => "[a-z0-9]{1,8}".prop_map(move |l| (format!("\"{sigil}{l}:x\""), true)),
+                    1 => "[a-z0-9]{1,8}".prop_map(move |l| (format!("\"\\u0024{l}:x\""), false)),
+                    1 => Just(("null".to_owned(), false)),
+                ]
+            };
+            let fields = (
+                id("$"),
+                id("!"),
+                id("@"),
+                prop::sample::select(vec!["\"m.room.message\"", "\"m.room.member\"", "\"\"", "7"]),
+                prop::option::of(id("@")),
+                json(),
+                prop::bool::weighted(0.05),
+                prop::bool::weighted(0.05),
+            );
+            (fields, prop::collection::vec(ws, 24), any::<prop::sample::Index>()).prop_map(
+                |(
+                    (event_id, room_id, sender, kind, state_key, content, twice, escaped_key),
+                    ws,
+                    order,
+                )| {
+                    let common = event_id.1
+                        && room_id.1
+                        && sender.1
+                        && kind != "7"
+                        && !twice
+                        && !escaped_key
+                        && state_key.as_ref().is_none_or(|(s, plain)| *plain || s == "null");
+                    let (event_id, room_id, sender) = (event_id.0, room_id.0, sender.0);
+                    let state_key = state_key.map(|s| s.0);
+                    let mut parts = vec![
+                        (if escaped_key { "\"\\u0065vent_id\"" } else { "\"event_id\"" }, event_id),
+                        ("\"room_id\"", room_id),
+                        ("\"sender\"", sender),
+                        ("\"type\"", kind.to_owned()),
+                        ("\"content\"", content.to_string()),
+                        ("\"origin_server_ts\"", "1".to_owned()),
+                        ("\"unsigned\"", "{\"age\": 5}".to_owned()),
+                    ];
+                    if let Some(state_key) = state_key {
+                        parts.push(("\"state_key\"", state_key));
+                    }
+                    if twice {
+                        parts.push(("\"room_id\"", "\"!again:x\"".to_owned()));
+                    }
+                    let n = parts.len();
+                    parts.rotate_left(order.index(n));
+                    let mut text = format!("{}{{", ws[0]);
+                    for (i, (key, value)) in parts.iter().enumerate() {
+                        let sep = if i == 0 { "" } else { "," };
+                        text.push_str(&format!(
+                            "{sep}{}{key}{}:{}{value}{}",
+                            ws[(3 * i + 1) % 24],
+                            ws[(3 * i + 2) % 24],
+                            ws[(3 * i + 3) % 24],
+                            ws[(3 * i + 4) % 24]
+                        ));
+                    }
+                    text.push('}');
+                    text.push_str(ws[23]);
+                    (text, common)
+                },
+            )
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// The one pass and the general way agree on every body the one pass reads, and the
+            /// one pass reads every body whose events all have the common form.
+            #[test]
+            fn the_one_pass_agrees_with_the_general_way(events in prop::collection::vec(event_text(), 0..8)) {
+                let texts: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+                let body = format!("{{\"events\": [{}]}}", texts.join(","));
+                let read = super::same_as_general(&body);
+                if events.iter().all(|(_, common)| *common) {
+                    prop_assert!(read, "the one pass gave up on {}", body);
+                }
+            }
 
             /// Arbitrary bytes: an error or a transaction, never a panic.
             #[test]
