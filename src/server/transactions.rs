@@ -159,14 +159,16 @@ impl<'a> Located<'a> {
         let open =
             key_quote - bytes.get(..key_quote)?.iter().rev().take_while(|b| is_space(b)).count();
         let close = end + bytes.get(end..)?.iter().take_while(|b| is_space(b)).count();
-        (open > 0 && bytes[open - 1] == b'{' && bytes.get(close) == Some(&b'}'))
-            .then(|| body.get(open - 1..=close))
-            .flatten()
+        let framed = bytes.get(key_quote) == Some(&b'"')
+            && open > 0
+            && bytes[open - 1] == b'{'
+            && bytes.get(close) == Some(&b'}');
+        framed.then(|| body.get(open - 1..=close)).flatten()
     }
 }
 
 /// The fields of an event the inbox needs before the bridge sees it.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 pub(crate) struct Envelope<'a> {
     #[serde(borrow)]
     pub(crate) event_id: Cow<'a, str>,
