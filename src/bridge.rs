@@ -239,12 +239,8 @@ impl fmt::Debug for EventData {
 
 /// Where `part` (a slice of `json`) lies in it, as (start, length).
 fn span_in(json: &str, part: Option<&RawValue>) -> Option<(u32, u32)> {
-    let part = part?.get();
-    let start = (part.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
-    if start.checked_add(part.len())? > json.len() {
-        return None;
-    }
-    Some((u32::try_from(start).ok()?, u32::try_from(part.len()).ok()?))
+    let range = crate::util::range_in(json.as_bytes(), part?.get().as_bytes())?;
+    Some((u32::try_from(range.start).ok()?, u32::try_from(range.len()).ok()?))
 }
 
 /// Deserializes the `content` field of an event's JSON, ignoring the rest.

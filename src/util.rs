@@ -8,6 +8,14 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 /// The set of [`FastMap`].
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// Where `part` lies inside `whole`, if it is a slice of it (found by address: the parsers
+/// borrow from the text they read, so a borrowed field tells where it was).
+pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
+}
+
 /// Writes `contents` to `path`, readable and writable by the owner only (mode 0600 on Unix).
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
@@ -62,4 +70,16 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
         })
     });
     result.map_err(|e| YamlError { key, message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range_in;
+
+    #[test]
+    fn slices_are_found_and_foreign_strings_are_not() {
+        let whole = "hello world";
+        assert_eq!(range_in(whole.as_bytes(), &whole.as_bytes()[6..]), Some(6..11));
+        assert_eq!(range_in(whole.as_bytes(), b"world"), None);
+    }
 }

@@ -80,6 +80,11 @@ fn after_string(s: &str) -> usize {
     s.as_ptr() as usize + s.len() + 1
 }
 
+/// Where a raw value ends.
+fn after_raw(raw: &RawValue) -> usize {
+    raw.get().as_ptr() as usize + raw.get().len()
+}
+
 impl<'de> serde::de::Visitor<'de> for LocatedVisitor {
     type Value = Located<'de>;
 
@@ -109,7 +114,7 @@ impl<'de> serde::de::Visitor<'de> for LocatedVisitor {
                 "type" => &mut kind,
                 "state_key" => {
                     let raw: &'de RawValue = map.next_value()?;
-                    end = raw.get().as_ptr() as usize + raw.get().len();
+                    end = after_raw(raw);
                     let value = match raw.get() {
                         "null" => None,
                         s => Some(serde_json::from_str::<&'de str>(s).map_err(A::Error::custom)?),
@@ -119,7 +124,7 @@ impl<'de> serde::de::Visitor<'de> for LocatedVisitor {
                 }
                 _ => {
                     let raw: &'de RawValue = map.next_value()?;
-                    end = raw.get().as_ptr() as usize + raw.get().len();
+                    end = after_raw(raw);
                     if key == "content" {
                         // As `Option<&RawValue>` reads it: `null` is no content.
                         once(&mut content, Some(raw).filter(|r| r.get() != "null"))?;
@@ -151,10 +156,10 @@ impl<'de> serde::de::Visitor<'de> for LocatedVisitor {
 impl<'a> Located<'a> {
     /// The event's JSON: from the `{` before its first key to the `}` after its last value.
     fn json_in(&self, body: &'a str) -> Option<&'a str> {
-        let base = body.as_ptr() as usize;
-        let key_quote = (self.first_key.as_ptr() as usize).checked_sub(base)?.checked_sub(1)?;
-        let end = self.end.checked_sub(base)?;
         let bytes = body.as_bytes();
+        let key_quote =
+            crate::util::range_in(bytes, self.first_key.as_bytes())?.start.checked_sub(1)?;
+        let end = self.end.checked_sub(body.as_ptr() as usize)?;
         let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
         let open =
             key_quote - bytes.get(..key_quote)?.iter().rev().take_while(|b| is_space(b)).count();
