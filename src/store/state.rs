@@ -173,6 +173,10 @@ impl Store {
     /// nothing for this room and user (the next lookup reads the database). The write runs in
     /// its own task: if the caller stops waiting, it still finishes and the cache learns how.
     ///
+    /// A write that changes nothing the cache knows (the same membership and profile) makes no
+    /// query: the homeserver echoes every join and profile change a ghost makes, and the
+    /// intent layer recorded it already.
+    ///
     /// # Errors
     /// When the database fails.
     pub async fn set_membership(
@@ -183,6 +187,9 @@ impl Store {
         displayname: Option<&str>,
         avatar_url: Option<&str>,
     ) -> Result<()> {
+        if self.state_cache.holds(room_id, user_id, membership, displayname, avatar_url) {
+            return Ok(());
+        }
         let store = self.clone();
         let row = (room_id.to_owned(), user_id.to_owned(), displayname.map(str::to_owned));
         let avatar_url = avatar_url.map(str::to_owned);

@@ -192,6 +192,26 @@ impl StateCache {
         self.member_with(room_id, user_id, |m| m.as_ref().map(|m| m.membership))
     }
 
+    /// Whether the cache holds exactly this row for the room and user. The database then holds
+    /// it too: an entry is present only while no write of its key runs.
+    pub(crate) fn holds(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        membership: Membership,
+        displayname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> bool {
+        self.member_with(room_id, user_id, |m| {
+            m.as_ref().is_some_and(|m| {
+                m.membership == membership
+                    && m.displayname.as_deref() == displayname
+                    && m.avatar_url.as_deref() == avatar_url
+            })
+        })
+        .unwrap_or(false)
+    }
+
     fn member_with<T>(
         &self,
         room_id: &str,

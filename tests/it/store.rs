@@ -303,6 +303,22 @@ async fn membership_cache_answers_without_queries(store: Store, url: &str) {
     store.forget_caches();
     assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Ban));
     assert!(store.is_registered("@g:x").await.unwrap());
+    // A write that changes nothing (a ghost's own join, echoed back) makes no query; one that
+    // changes the membership, the name or the avatar does.
+    store.set_membership("!r", "@g:x", Membership::Join, Some("G"), None).await.unwrap();
+    raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
+    store.set_membership("!r", "@g:x", Membership::Join, Some("G"), None).await.unwrap();
+    let avatar = Some("mxc://x/a");
+    assert!(store.set_membership("!r", "@g:x", Membership::Join, Some("G"), avatar).await.is_err());
+    raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
+    assert!(store.set_membership("!r", "@g:x", Membership::Join, Some("H"), None).await.is_err());
+    raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
+    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
+    assert!(store.set_membership("!r", "@g:x", Membership::Leave, Some("G"), None).await.is_err());
+    raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
 }
 
 macro_rules! suite {
