@@ -52,12 +52,34 @@ const DELETE_BATCHES_AT: usize = 256;
 /// How long a room's worker waits, holding no slot, for the room's next event before it exits.
 const ROOM_LINGER: Duration = Duration::from_millis(250);
 
-/// A committed batch handed over in memory: each event with its parsed form (the intake parsed
-/// it already), or with its JSON when it could not be handed over parsed.
+/// A committed batch handed over in memory (or read back from the database).
 #[derive(Debug)]
 pub(crate) struct LiveBatch {
     pub(crate) seq: i64,
-    pub(crate) events: Vec<(PendingEvent, Option<Event>)>,
+    pub(crate) events: Vec<Routed>,
+}
+
+/// An event on its way to its room's worker.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    /// Handed over by the intake, which parsed it already: the event holds its IDs and JSON.
+    Parsed {
+        /// Where it sits in the inbox.
+        pos: InboxPos,
+        /// The event.
+        event: Event,
+    },
+    /// Read from the database; the room's worker parses it.
+    Stored(PendingEvent),
+}
+
+impl Routed {
+    fn room_id(&self) -> &str {
+        match self {
+            Self::Parsed { event, .. } => event.room_id.as_str(),
+            Self::Stored(pending) => &pending.room_id,
+        }
+    }
 }
 
 /// The server's side of the inbox: hand over committed batches, queue ephemeral data.
@@ -147,7 +169,7 @@ struct Shared<B> {
     room_slots: Arc<Semaphore>,
     /// The queue of each room that has work, keyed by room ID. An entry lives only while the
     /// room's worker runs.
-    rooms: Mutex<FastMap<String, mpsc::UnboundedSender<Job>>>,
+    rooms: Mutex<FastMap<Arc<str>, mpsc::UnboundedSender<Job>>>,
     /// Routed batches with events not finished yet: batch seq → events left.
     remaining: Mutex<FastMap<i64, usize>>,
     /// Handled events waiting to be recorded together, and the generation of the flush that
@@ -168,7 +190,7 @@ struct Shared<B> {
 /// What the next flush records (see [`Store::record_handled`]).
 #[derive(Debug)]
 struct Completed {
-    progress: Vec<(String, i64, i32)>,
+    progress: Vec<(Arc<str>, i64, i32)>,
     finished_batches: Vec<i64>,
     finished_requeued: Vec<i64>,
     generation: u64,
@@ -183,9 +205,7 @@ impl Completed {
 }
 
 struct Job {
-    event: PendingEvent,
-    /// The event parsed, when it was handed over from the intake.
-    parsed: Option<Event>,
+    event: Routed,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -358,7 +378,7 @@ impl<B: Bridge> Shared<B> {
             for batch in batches {
                 *cursor = batch.seq;
                 let PendingBatch { seq, events } = batch;
-                let events = events.into_iter().map(|e| (e, None)).collect();
+                let events = events.into_iter().map(Routed::Stored).collect();
                 self.route_batch(LiveBatch { seq, events }).await?;
             }
             *cursor = last;
@@ -383,7 +403,7 @@ impl<B: Bridge> Shared<B> {
                     *cursor = seq;
                 }
                 let permit = self.permit().await?;
-                self.clone().route(Job { event, parsed: None, _permit: permit });
+                self.clone().route(Job { event: Routed::Stored(event), _permit: permit });
             }
         }
     }
@@ -405,24 +425,24 @@ impl<B: Bridge> Shared<B> {
             return Ok(());
         }
         self.remaining.lock().expect("lock poisoned").insert(batch.seq, batch.events.len());
-        for (event, parsed) in batch.events {
+        for event in batch.events {
             let permit = self.permit().await?;
-            self.clone().route(Job { event, parsed, _permit: permit });
+            self.clone().route(Job { event, _permit: permit });
         }
         Ok(())
     }
 
     /// Puts a job on its room's queue, starting the room's worker when it has none.
     fn route(self: Arc<Self>, job: Job) {
-        let room_id = job.event.room_id.clone();
         let mut rooms = self.rooms.lock().expect("lock poisoned");
-        let job = match rooms.get(&room_id) {
+        let job = match rooms.get(job.event.room_id()) {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(job)) => job,
             },
             None => job,
         };
+        let room_id: Arc<str> = Arc::from(job.event.room_id());
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(job).expect("the receiver is alive");
         rooms.insert(room_id.clone(), tx);
@@ -438,7 +458,7 @@ impl<B: Bridge> Shared<B> {
         });
     }
 
-    async fn room_worker(&self, room_id: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+    async fn room_worker(&self, room_id: Arc<str>, mut rx: mpsc::UnboundedReceiver<Job>) {
         // The room's slot: held while a handler runs, given back while the room waits for its
         // last event's record to commit (see `complete`) or for more work, taken again for the
         // next event.
@@ -481,30 +501,35 @@ impl<B: Bridge> Shared<B> {
                 self.rooms.lock().expect("lock poisoned").remove(&room_id);
                 return;
             }
-            self.process(job.event, job.parsed, &mut slot).await;
+            self.process(job.event, &room_id, &mut slot).await;
         }
     }
 
     /// Applies the state cache, runs the handler with retries, and records the outcome.
     async fn process(
         &self,
-        pending: PendingEvent,
-        parsed: Option<Event>,
+        routed: Routed,
+        room: &Arc<str>,
         slot: &mut Option<OwnedSemaphorePermit>,
     ) {
-        let event = match parsed.map_or_else(|| Event::from_json(&pending.json), Ok) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
-                Box::pin(self.park(&pending, pending.attempts, &e.to_string())).await;
-                return;
-            }
+        let (pos, attempts, event) = match routed {
+            Routed::Parsed { pos, event } => (pos, 0, event),
+            Routed::Stored(pending) => match Event::from_json(&pending.json) {
+                Ok(event) => (pending.pos, pending.attempts, event),
+                Err(e) => {
+                    tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
+                    Box::pin(self.park(&pending, pending.attempts, &e.to_string())).await;
+                    return;
+                }
+            },
         };
-        // Handed over parsed, the JSON lives in the event; parking needs it.
-        let pending = if pending.json.is_empty() {
-            PendingEvent { json: event.json().to_owned(), ..pending }
-        } else {
-            pending
+        // Parking (rare) needs the event as the inbox keeps it.
+        let pending = |attempts| PendingEvent {
+            pos,
+            event_id: event.event_id.to_string(),
+            room_id: event.room_id.to_string(),
+            json: event.json().to_owned(),
+            attempts,
         };
         let span = tracing::info_span!(
             "event",
@@ -514,7 +539,7 @@ impl<B: Bridge> Shared<B> {
             kind = %event.kind,
         );
         async {
-            let mut attempts = pending.attempts;
+            let mut attempts = attempts;
             loop {
                 let started = std::time::Instant::now();
                 let result = match apply_state(&self.store, &event).await {
@@ -530,28 +555,28 @@ impl<B: Bridge> Shared<B> {
                 match result {
                     Ok(()) => {
                         if attempts > 0
-                            && let Err(e) = self.store.clear_failures(&pending.event_id).await
+                            && let Err(e) = self.store.clear_failures(event.event_id.as_str()).await
                         {
                             tracing::warn!(error = %e, "could not clear the failure count");
                         }
-                        self.complete(&pending, slot).await;
+                        self.complete(pos, room, slot).await;
                         return;
                     }
                     Err(HandlerFailure::Permanent(error)) => {
                         tracing::warn!(%error, "handler failed permanently; parking event");
-                        Box::pin(self.park(&pending, attempts + 1, &error)).await;
+                        Box::pin(self.park(&pending(attempts + 1), attempts + 1, &error)).await;
                         self.failure_notice(&event, &error).await;
                         return;
                     }
                     Err(HandlerFailure::Retry(error)) => {
-                        attempts = match self.store.record_failure(&pending.event_id, &error).await
+                        attempts = match self.store.record_failure(event.event_id.as_str(), &error).await
                         {
                             Ok(n) => n,
                             Err(_) => attempts + 1,
                         };
                         if u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts {
                             tracing::warn!(%error, attempts, "handler failed; parking event");
-                            Box::pin(self.park(&pending, attempts, &error)).await;
+                            Box::pin(self.park(&pending(attempts), attempts, &error)).await;
                             self.failure_notice(&event, &error).await;
                             return;
                         }
@@ -606,12 +631,17 @@ impl<B: Bridge> Shared<B> {
     /// room: a process dying between the handler and the commit). The room's slot is given
     /// back while it waits: waiting for a commit is not processing, and other rooms' handlers
     /// can run meanwhile.
-    async fn complete(&self, event: &PendingEvent, slot: &mut Option<OwnedSemaphorePermit>) {
+    async fn complete(
+        &self,
+        pos: InboxPos,
+        room: &Arc<str>,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) {
         let generation = {
             let mut completed = self.completed.lock().expect("lock poisoned");
-            match event.pos {
+            match pos {
                 InboxPos::Batch { seq, idx } => {
-                    completed.progress.push((event.room_id.clone(), seq, idx));
+                    completed.progress.push((room.clone(), seq, idx));
                     if self.finish_in_batch(seq) {
                         completed.finished_batches.push(seq);
                     }
@@ -656,7 +686,7 @@ impl<B: Bridge> Shared<B> {
         };
         if !batch.is_empty() {
             let progress: Vec<(&str, i64, i32)> =
-                batch.progress.iter().map(|(room, seq, idx)| (room.as_str(), *seq, *idx)).collect();
+                batch.progress.iter().map(|(room, seq, idx)| (&**room, *seq, *idx)).collect();
             let (progress, batches, requeued) =
                 (&progress, &batch.finished_batches, &batch.finished_requeued);
             self.persist("record handled events", |store| async move {

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     bridge::Event,
-    dispatch::{Inbox, LiveBatch},
+    dispatch::{Inbox, LiveBatch, Routed},
     store::{AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingEvent, Store},
     util::range_in,
 };
@@ -187,8 +187,9 @@ impl GroupCommit {
     }
 }
 
-/// The dispatcher's copy of a stored batch: the events at `indexes` of a transaction, with
-/// their parsed form (the JSON travels inside it, not twice).
+/// The dispatcher's copy of a stored batch: the events at `indexes` of a transaction, in their
+/// parsed form (which holds the IDs and the JSON, so nothing is copied again), or as stored when
+/// one could not be handed over parsed.
 fn live_batch(
     seq: i64,
     indexes: &[usize],
@@ -199,16 +200,16 @@ fn live_batch(
         .iter()
         .enumerate()
         .map(|(idx, &i)| {
-            let pending = PendingEvent {
-                pos: InboxPos::Batch { seq, idx: i32::try_from(idx).unwrap_or(i32::MAX) },
-                event_id: events[i].event_id.clone().into_owned(),
-                room_id: events[i].room_id.clone().into_owned(),
-                json: String::new(),
-                attempts: 0,
-            };
+            let pos = InboxPos::Batch { seq, idx: i32::try_from(idx).unwrap_or(i32::MAX) };
             match parsed.get_mut(i).and_then(Option::take) {
-                Some(event) => (pending, Some(event)),
-                None => (PendingEvent { json: events[i].json.to_owned(), ..pending }, None),
+                Some(event) => Routed::Parsed { pos, event },
+                None => Routed::Stored(PendingEvent {
+                    pos,
+                    event_id: events[i].event_id.clone().into_owned(),
+                    room_id: events[i].room_id.clone().into_owned(),
+                    json: events[i].json.to_owned(),
+                    attempts: 0,
+                }),
             }
         })
         .collect();
@@ -284,11 +285,12 @@ mod tests {
         // The same batches were handed to the dispatcher, in commit (= seq) order.
         let mut handed = Vec::new();
         while let Ok(b) = live.try_recv() {
-            for (meta, event) in b.events {
-                let event = event.expect("handed over parsed");
-                assert_eq!(meta.event_id, event.event_id.as_str());
-                assert_eq!(meta.room_id, event.room_id.as_str());
-                handed.push((meta.pos, meta.event_id, meta.room_id, event.json().to_owned()));
+            for routed in b.events {
+                let Routed::Parsed { pos, event } = routed else {
+                    panic!("not handed over parsed")
+                };
+                let (id, room) = (event.event_id.to_string(), event.room_id.to_string());
+                handed.push((pos, id, room, event.json().to_owned()));
             }
         }
         let stored: Vec<_> = pending
