@@ -626,10 +626,13 @@ impl Store {
                         }
                     }
                     if !candidates.is_empty() {
+                        // A join that walks the list and probes the primary key. `IN (SELECT …)`
+                        // first copied the list into a temporary index, an insert per event
+                        // (callgrind, paced load A: 1.7k instructions per event of 51k).
                         let list = serde_json::to_string(&candidates).map_err(corrupt)?;
                         let rows: Vec<(String,)> = sqlx::query_as(
-                            "SELECT event_id FROM mx_event_seen \
-                             WHERE event_id IN (SELECT value FROM json_each($1))",
+                            "SELECT s.event_id FROM json_each($1) AS j \
+                             CROSS JOIN mx_event_seen AS s ON s.event_id = j.value",
                         )
                         .bind(list)
                         .fetch_all(&mut *tx)
