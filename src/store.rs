@@ -16,6 +16,7 @@ use sqlx::{
 
 use crate::config::{DatabaseConfig, SqliteSynchronous};
 
+mod checkpoint;
 mod inbox;
 mod mappings;
 mod seen;
@@ -99,6 +100,8 @@ pub struct Store {
     /// The event IDs of the stored inbox batches, indexed in memory for the intake's dedup
     /// (see `store/seen.rs`).
     seen: std::sync::Arc<SeenIndex>,
+    /// SQLite files only: checkpoints the WAL beside the writer (see `store/checkpoint.rs`).
+    checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
 }
 
 /// See `Store::seen`. SQLite only: on PostgreSQL the intake finds every ID in `mx_event_seen`.
@@ -252,6 +255,7 @@ impl Store {
         let url = config.url.as_str();
         let mut readers = None;
         let mut relaxed = None;
+        let mut checkpointer = None;
         let statement_bytes;
         let backend = if url.starts_with("sqlite:") {
             statement_bytes = inbox::statement_bytes(inbox::Link::InProcess);
@@ -264,7 +268,8 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(10))
-                // Checkpoint less often: a checkpoint runs inside the commit that triggers it.
+                // The bound on the WAL: a checkpoint at this size runs inside the commit that
+                // takes the WAL past it. Before that, a task checkpoints beside the writer.
                 .pragma("wal_autocheckpoint", "10000")
                 .foreign_keys(true);
             // Writes go through one connection. SQLite has one writer at a time: a second
@@ -281,6 +286,9 @@ impl Store {
                     .min_connections(0)
                     .connect_lazy_with(options.clone())
             });
+            checkpointer = readers
+                .clone()
+                .map(|readers| std::sync::Arc::new(checkpoint::Checkpointer::start(readers)));
             // The writer runs multi-row statements whose text depends on the row count (up to
             // `INSERT_CHUNK` rows, for a few tables): kept prepared, they fit in 512, where
             // sqlx's default of 100 made a 1-event-per-transaction load prepare again and again
@@ -320,6 +328,7 @@ impl Store {
             state_cache: std::sync::Arc::default(),
             member_writes: std::sync::Arc::default(),
             seen: std::sync::Arc::default(),
+            checkpointer,
         };
         store.migrate().await?;
         Ok(store)
@@ -376,6 +385,13 @@ impl Store {
     /// the store's PostgreSQL pool.
     pub(crate) fn relaxed_or<'a>(&'a self, pg: &'a PgPool) -> &'a PgPool {
         self.relaxed.as_ref().unwrap_or(pg)
+    }
+
+    /// Tells the checkpoint task that the WAL grew (SQLite files; nothing otherwise).
+    pub(crate) fn wal_grew(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.poke();
+        }
     }
 
     /// Woken when events were put back in the inbox outside the server's intake.

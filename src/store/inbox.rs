@@ -468,6 +468,7 @@ impl Store {
             batches
         };
         let accepted = Box::pin(self.accept_once(txns, Dedup::Read { maybe_stored })).await?;
+        self.wal_grew();
         let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (t, a) in txns.iter().zip(&accepted) {
             for b in &a.batches {
@@ -932,6 +933,7 @@ impl Store {
             }
         });
         self.forget_batches(finished_batches);
+        self.wal_grew();
         Ok(())
     }
 

@@ -512,3 +512,41 @@ async fn portal_lookups_by_room_follow_writes(store: Store) {
     other.delete_portal("c").await.unwrap();
     assert_eq!(store.portal_by_room("!z:x").await.unwrap(), None);
 }
+
+/// SQLite: the WAL is copied into the database file by a task beside the writer, not only by
+/// the commit that takes it past `wal_autocheckpoint` (10,000 pages): soon after one small
+/// transaction, the database file alone holds it.
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_beside_the_writer() {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store("sqlite", dir.path()).await;
+    let out = store.accept_transaction("1", "h", &[ev("$bg", "!r", "{}")]).await.unwrap();
+    assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
+    let copy = dir.path().join("copy.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // The database file without its WAL: what a checkpoint copied, nothing else.
+        std::fs::copy(dir.path().join("store.db"), &copy).unwrap();
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&copy)
+            .read_only(true)
+            .immutable(true);
+        let mut conn = options.connect().await.unwrap();
+        // Before the first checkpoint the file may not even hold the tables.
+        let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM mx_inbox_batch")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        conn.close().await.unwrap();
+        if batches == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stored batch never reached the database file: no checkpoint ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    store.close().await;
+}
