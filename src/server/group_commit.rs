@@ -9,9 +9,12 @@
 //! in-flight transaction (Synapse's way) this is just one commit per transaction; under
 //! concurrency the commit cost is shared.
 
-use std::{borrow::Cow, ops::Range, sync::Mutex};
+use std::{
+    borrow::Cow,
+    ops::Range,
+    sync::{Arc, Mutex},
+};
 
-use axum::body::Bytes;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -41,7 +44,8 @@ type Reply = Result<AcceptOutcome, String>;
 struct Queued {
     txn_id: String,
     hash: String,
-    body: Bytes,
+    /// The request body, checked as UTF-8, which the events' ranges point into.
+    body: Arc<String>,
     events: Vec<QueuedEvent>,
     /// The events parsed, for the dispatcher (taken when handed over).
     parsed: Vec<Option<Event>>,
@@ -64,14 +68,20 @@ enum Text {
 }
 
 /// A slice of the body is kept as its range; anything else (an unescaped copy) is owned.
-fn text(body: &Bytes, value: &str) -> Text {
-    range_in(body, value.as_bytes()).map_or_else(|| Text::Owned(value.to_owned()), Text::Body)
+fn text(body: &str, value: &str) -> Text {
+    range_in(body.as_bytes(), value.as_bytes())
+        .map_or_else(|| Text::Owned(value.to_owned()), Text::Body)
 }
 
-fn resolve<'a>(body: &'a Bytes, t: &'a Text) -> Result<&'a str, String> {
+/// The slice of `body` at `range` (ranges come from slices of it, so this only fails on a bug).
+fn slice(body: &str, range: Range<usize>) -> Result<&str, String> {
+    body.get(range).ok_or_else(|| "an event's range is not in its body".to_owned())
+}
+
+fn resolve<'a>(body: &'a str, t: &'a Text) -> Result<&'a str, String> {
     match t {
         Text::Owned(s) => Ok(s),
-        Text::Body(r) => std::str::from_utf8(&body[r.clone()]).map_err(|e| e.to_string()),
+        Text::Body(r) => slice(body, r.clone()),
     }
 }
 
@@ -91,7 +101,7 @@ impl GroupCommit {
         store: &Store,
         txn_id: &str,
         hash: &str,
-        body: &Bytes,
+        body: &Arc<String>,
         events: &[NewEvent<'_>],
         parsed: Vec<Event>,
     ) -> Reply {
@@ -105,7 +115,7 @@ impl GroupCommit {
                 .map(|e| QueuedEvent {
                     event_id: text(body, &e.event_id),
                     room_id: text(body, &e.room_id),
-                    json: range_in(body, e.json.as_bytes()).unwrap_or(0..0),
+                    json: range_in(body.as_bytes(), e.json.as_bytes()).unwrap_or(0..0),
                 })
                 .collect(),
             parsed: parsed.into_iter().map(Some).collect(),
@@ -140,8 +150,7 @@ impl GroupCommit {
                         Ok(NewEvent {
                             event_id: Cow::Borrowed(resolve(&q.body, &e.event_id)?),
                             room_id: Cow::Borrowed(resolve(&q.body, &e.room_id)?),
-                            json: std::str::from_utf8(&q.body[e.json.clone()])
-                                .map_err(|e| e.to_string())?,
+                            json: slice(&q.body, e.json.clone())?,
                         })
                     })
                     .collect()
@@ -249,11 +258,11 @@ mod tests {
             let (store, gc) = (store.clone(), gc.clone());
             tokio::spawn(async move {
                 // An escaped room ID makes the parser copy it: both kinds of text are queued.
-                let body = Bytes::from(format!(
+                let body = Arc::new(format!(
                     r#"{{"events":[{{"event_id":"$e{n}","room_id":"!r{}\u003ax","sender":"@u:x","type":"t"}}]}}"#,
                     n % 3
                 ));
-                let parsed = crate::server::transactions::parse(&body).unwrap();
+                let parsed = crate::server::transactions::parse_text(&body).unwrap();
                 gc.store(&store, &n.to_string(), "h", &body, &parsed.events, parsed.parsed)
                     .await
                     .unwrap()

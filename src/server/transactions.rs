@@ -287,19 +287,27 @@ pub(crate) struct ParsedTransaction<'a> {
     pub(crate) batch: EphemeralBatch,
 }
 
-/// Parses a transaction body. One malformed event never fails the batch.
+/// [`parse_text`] for a body of bytes (tests, fuzzing): `M_NOT_JSON` when it is not UTF-8.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
+    parse_text(std::str::from_utf8(body).map_err(not_utf8)?)
+}
+
+fn not_utf8(e: std::str::Utf8Error) -> ApiError {
+    ApiError::not_json(format!("Request body is not valid JSON: {e}"))
+}
+
+/// Parses a transaction body, checked as UTF-8 once, the whole body (parsed from bytes,
+/// serde_json would check each event's raw JSON again, and so would the group commit's slices
+/// of it). One malformed event never fails the batch.
 ///
 /// # Errors
-/// `M_NOT_JSON` when the body is not JSON, `M_BAD_JSON` when it is not a transaction.
-pub(crate) fn parse(body: &[u8]) -> Result<ParsedTransaction<'_>, ApiError> {
+/// `M_BAD_JSON` when the body is not a transaction, `M_NOT_JSON` when it is not JSON.
+pub(crate) fn parse_text(body: &str) -> Result<ParsedTransaction<'_>, ApiError> {
     // serde's derived structs also accept a JSON array of the fields in order.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+    if body.bytes().find(|b| !b.is_ascii_whitespace()) == Some(b'[') {
         return Err(ApiError::bad_json("A transaction must be a JSON object"));
     }
-    // Checked as UTF-8 once, the whole body: parsed from bytes, serde_json would check each
-    // event's raw JSON again.
-    let body = std::str::from_utf8(body)
-        .map_err(|e| ApiError::not_json(format!("Request body is not valid JSON: {e}")))?;
     // One pass for the common form (see `Located`); the general way when it fails.
     match parse_one_pass(body) {
         Some(parsed) => Ok(parsed),
@@ -453,7 +461,13 @@ pub(crate) async fn push_events<B: Bridge>(
     }
     let span = tracing::info_span!("txn", %txn_id, events = tracing::field::Empty);
     let _enter = span.enter();
-    let mut parsed = parse(&body)?;
+    // The body as text, shared with the group commit, which slices events out of it. (Taking
+    // the bytes' buffer, which is not copied when hyper collected the body into one.)
+    let body = match String::from_utf8(Vec::from(body)) {
+        Ok(text) => Arc::new(text),
+        Err(e) => return Err(not_utf8(e.utf8_error())),
+    };
+    let mut parsed = parse_text(&body)?;
     span.record("events", parsed.events.len());
     for (event_id, reason) in &parsed.rejected {
         tracing::warn!(event_id = event_id.as_deref().unwrap_or("?"), %reason, "skipping malformed event");
