@@ -297,9 +297,9 @@ fn not_utf8(e: std::str::Utf8Error) -> ApiError {
     ApiError::not_json(format!("Request body is not valid JSON: {e}"))
 }
 
-/// Parses a transaction body, checked as UTF-8 once, the whole body (parsed from bytes,
-/// serde_json would check each event's raw JSON again, and so would the group commit's slices
-/// of it). One malformed event never fails the batch.
+/// Parses a transaction body that was checked as UTF-8 once, as a whole (parsed from bytes,
+/// serde_json would check each event's raw JSON again, and the group commit each slice of it).
+/// One malformed event never fails the batch.
 ///
 /// # Errors
 /// `M_BAD_JSON` when the body is not a transaction, `M_NOT_JSON` when it is not JSON.
@@ -461,8 +461,8 @@ pub(crate) async fn push_events<B: Bridge>(
     }
     let span = tracing::info_span!("txn", %txn_id, events = tracing::field::Empty);
     let _enter = span.enter();
-    // The body as text, shared with the group commit, which slices events out of it. (Taking
-    // the bytes' buffer, which is not copied when hyper collected the body into one.)
+    // The body as text, shared with the group commit, which slices events out of it.
+    // (`Vec::from` takes the buffer over when nothing else holds it, and copies it otherwise.)
     let body = match String::from_utf8(Vec::from(body)) {
         Ok(text) => Arc::new(text),
         Err(e) => return Err(not_utf8(e.utf8_error())),
