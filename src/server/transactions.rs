@@ -24,7 +24,7 @@ use crate::{
     store::{AcceptOutcome, NewEvent},
 };
 
-/// The body of a transaction, borrowed from the request bytes. Events stay raw (`E` is
+/// The body of a transaction, borrowed from the request's text. Events stay raw (`E` is
 /// `&RawValue`), or are read in the same pass ([`Located`]).
 #[derive(Deserialize)]
 #[serde(bound(deserialize = "E: Deserialize<'de>"))]
@@ -58,7 +58,7 @@ pub(crate) struct TransactionBody<'a, E> {
 /// first key to the end of its last value). Only the common form is read this way: every key
 /// and every ID field is a plain JSON string (no escapes), no envelope field comes twice, and
 /// the event is a non-empty object. Anything else fails the pass, and the body is read again the
-/// general way ([`parse`]), which handles (or rejects) each event on its own.
+/// general way ([`parse_general`]), which handles (or rejects) each event on its own.
 pub(crate) struct Located<'a> {
     envelope: Envelope<'a>,
     first_key: &'a str,

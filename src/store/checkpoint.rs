@@ -26,7 +26,7 @@ use sqlx::SqlitePool;
 use tokio::sync::Notify;
 
 /// How often the task checkpoints while writes go on.
-pub(crate) const INTERVAL: Duration = Duration::from_millis(250);
+const INTERVAL: Duration = Duration::from_millis(250);
 
 /// The writers' side: pokes the task. Dropping the last clone of the store ends it.
 #[derive(Debug)]
