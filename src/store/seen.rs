@@ -2,7 +2,7 @@
 //!
 //! On SQLite an event ID is remembered in one of two places: in the `event_ids` column of its
 //! batch while the batch is stored, and in `mx_event_seen` once the handled batch is deleted
-//! (one sorted insert for many batches, see `Store::record_handled`). The intake must find IDs
+//! (one insert for many batches, see `Store::record_handled`). The intake must find IDs
 //! of the first kind without an index on them in the database (that index, keyed by random
 //! hashes, cost one dirtied page per event in every commit), so this process keeps one: a
 //! 64-bit fingerprint of each ID, mapped to its batch.
