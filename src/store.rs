@@ -22,6 +22,7 @@ mod mappings;
 mod seen;
 mod state;
 mod state_cache;
+mod writer;
 
 pub use inbox::{
     AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, PRUNE_CHUNK, ParkedEvent,
@@ -66,11 +67,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Which database the store talks to.
 #[derive(Clone, Debug)]
 enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite(writer::SqliteWriter),
     Postgres(PgPool),
 }
 
-/// A handle to the SQL store. Cheap to clone: it wraps a connection pool.
+/// A handle to the SQL store. Cheap to clone: it wraps connection pools (and SQLite's one
+/// writing connection).
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
@@ -298,9 +300,9 @@ impl Store {
             // `max_connections` more, opened when needed: in WAL mode readers neither wait for
             // the writer nor hold it up. (An in-memory database exists once per connection, so
             // it has the one.) Measured in BENCHMARKS.md.
-            // Neither pool pings a connection as it leaves the pool (sqlx's default): a ping is a
-            // hop to the connection's thread and back, and a connection to a local file does not
-            // go away. (sqlx still pings each one as it comes back.)
+            // The readers' pool does not ping a connection as it leaves the pool (sqlx's
+            // default): a ping is a hop to the connection's thread and back, and a connection to
+            // a local file does not go away. (sqlx still pings each one as it comes back.)
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             readers = (!in_memory).then(|| {
                 SqlitePoolOptions::new()
@@ -312,19 +314,16 @@ impl Store {
             checkpointer = readers
                 .clone()
                 .map(|readers| std::sync::Arc::new(checkpoint::Checkpointer::start(readers)));
-            // The writer runs multi-row statements whose text depends on the row count (up to
+            // The writer is one connection held by the store, not a pool: a pool checks it out
+            // and back in around every statement, with a ping on the way back (`writer.rs`).
+            // It runs multi-row statements whose text depends on the row count (up to
             // `INSERT_CHUNK` rows, for a few tables): kept prepared, they fit in 512, where
             // sqlx's default of 100 made a 1-event-per-transaction load prepare again and again
             // (callgrind: 7 % of the instructions, ~170k per prepare).
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .test_before_acquire(false)
-                .connect_with(options.statement_cache_capacity(WRITER_STATEMENTS))
-                .await?;
-            Backend::Sqlite(pool)
+            let conn =
+                sqlx::ConnectOptions::connect(&options.statement_cache_capacity(WRITER_STATEMENTS))
+                    .await?;
+            Backend::Sqlite(writer::SqliteWriter::new(conn))
         } else {
             let options = Self::postgres_options(url)?;
             statement_bytes = inbox::statement_bytes(pg_link(&options));

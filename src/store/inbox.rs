@@ -567,7 +567,8 @@ impl Store {
         let now = now_ms();
         let budget = self.statement_bytes;
         let (accepted, gone) = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
             let mut new: FastSet<(String, String)> = FastSet::default();
             for chunk in txns.chunks(TXN_CHUNK) {
@@ -995,7 +996,8 @@ impl Store {
     /// When the database fails; then nothing changed.
     pub async fn park(&self, event: &PendingEvent, attempts: i32, error: &str) -> Result<()> {
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::query(
                 "INSERT INTO mx_parked \
                  (event_id, room_id, event_json, attempts, last_error, parked_at, requeued) \

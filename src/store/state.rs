@@ -127,7 +127,7 @@ pub(crate) struct MemberWrites {
 
 impl MemberWrites {
     /// Writes `row`, possibly with others, and returns once it is committed.
-    async fn write(&self, pool: &sqlx::SqlitePool, row: MemberRow) -> Result<()> {
+    async fn write(&self, pool: &super::writer::SqliteWriter, row: MemberRow) -> Result<()> {
         let (done, mut outcome) = oneshot::channel();
         self.queue.lock().unwrap_or_else(PoisonError::into_inner).push((row, done));
         let turn = self.turn.lock().await;
@@ -150,7 +150,10 @@ impl MemberWrites {
 }
 
 /// Upserts `rows` in order (a later row of the same room and user wins), a chunk per statement.
-async fn write_member_rows(pool: &sqlx::SqlitePool, rows: &[QueuedMember]) -> Result<()> {
+async fn write_member_rows(
+    pool: &super::writer::SqliteWriter,
+    rows: &[QueuedMember],
+) -> Result<()> {
     for chunk in rows.chunks(super::inbox::INSERT_CHUNK) {
         let mut query = sqlx::query(super::inbox::rows_sql(RowsSql::Members, chunk.len()));
         for (row, _) in chunk {
