@@ -11,7 +11,12 @@
 //!   × 100 users) and 1,000,000 registered users in the store, loaded with one set-based
 //!   `INSERT … SELECT` through sqlx (the load time is printed too). Each key is looked up
 //!   once, so these are database queries, not hits in the store's in-memory cache (that path
-//!   is `benches/intent.rs`).
+//!   is `benches/intent.rs`);
+//! - one SQLite statement (`SELECT 1`, and an autocommit `INSERT`) through sqlx's pool of one
+//!   connection against the same connection held out of a pool, side by side: why the store
+//!   holds its writing connection (`store/writer.rs`). Pin it to one core, as the server is in
+//!   the intake benchmark (`taskset -c 1 cargo bench --bench inbox`): the difference is the
+//!   pool's check-out and check-in, and the ping on check-in, a hop between threads each.
 
 use std::{
     borrow::Cow,
@@ -47,6 +52,43 @@ fn report(name: &str, total: Duration, n: u64, extra: &str) {
     let shown =
         if per < 1e-3 { format!("{:.2} µs", per * 1e6) } else { format!("{:.3} ms", per * 1e3) };
     println!("{name:52} {shown:>12}/op  ({n} ops){extra}");
+}
+
+/// One statement through a one-connection pool, and on a held connection, interleaved.
+async fn bench_sqlite_connection() {
+    use sqlx::{Executor as _, sqlite::SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("conn.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .unwrap();
+    pool.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)").await.unwrap();
+    const N: u64 = 10_000;
+    for round in 1..=2 {
+        for (what, sql) in [("SELECT 1", "SELECT 1"), ("INSERT", "INSERT INTO t (v) VALUES ('x')")]
+        {
+            let t = Instant::now();
+            for _ in 0..N {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            report(&format!("sqlite {what}, pool of one (round {round})"), t.elapsed(), N, "");
+            let mut conn = pool.acquire().await.unwrap();
+            let t = Instant::now();
+            for _ in 0..N {
+                sqlx::query(sql).execute(&mut *conn).await.unwrap();
+            }
+            report(&format!("sqlite {what}, held connection (round {round})"), t.elapsed(), N, "");
+        }
+    }
+    pool.close().await;
 }
 
 fn bench_parse() {
@@ -222,6 +264,7 @@ async fn lookup_loops(name: &str, store: &Store, loaded: bool) {
 #[tokio::main]
 async fn main() {
     bench_parse();
+    bench_sqlite_connection().await;
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/bench.db", dir.path().display());
