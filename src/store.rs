@@ -320,10 +320,8 @@ impl Store {
             // `INSERT_CHUNK` rows, for a few tables): kept prepared, they fit in 512, where
             // sqlx's default of 100 made a 1-event-per-transaction load prepare again and again
             // (callgrind: 7 % of the instructions, ~170k per prepare).
-            let conn =
-                sqlx::ConnectOptions::connect(&options.statement_cache_capacity(WRITER_STATEMENTS))
-                    .await?;
-            Backend::Sqlite(writer::SqliteWriter::new(conn))
+            let options = options.statement_cache_capacity(WRITER_STATEMENTS);
+            Backend::Sqlite(writer::SqliteWriter::connect(options).await?)
         } else {
             let options = Self::postgres_options(url)?;
             statement_bytes = inbox::statement_bytes(pg_link(&options));
