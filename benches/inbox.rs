@@ -16,7 +16,9 @@
 //!   connection against the same connection held out of a pool, side by side: why the store
 //!   holds its writing connection (`store/writer.rs`). Pin it to one core, as the server is in
 //!   the intake benchmark (`taskset -c 1 cargo bench --bench inbox`): the difference is the
-//!   pool's check-out and check-in, and the ping on check-in, a hop between threads each.
+//!   pool's check-out and check-in, and the ping on check-in, a hop between threads each;
+//!   on PostgreSQL, `SELECT 1` through a pool against a held connection, with this process's
+//!   CPU time (the ping on check-in runs in a task of its own: wall time hardly differs).
 
 use std::{
     borrow::Cow,
@@ -52,6 +54,47 @@ fn report(name: &str, total: Duration, n: u64, extra: &str) {
     let shown =
         if per < 1e-3 { format!("{:.2} µs", per * 1e6) } else { format!("{:.3} ms", per * 1e3) };
     println!("{name:52} {shown:>12}/op  ({n} ops){extra}");
+}
+
+/// This process's CPU time so far (user + system, in clock ticks of 10 ms).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// PostgreSQL: `SELECT 1` through a pool against a held connection. The pool pings every
+/// connection it takes back (in a task of its own), so wall time hardly differs; this process's
+/// CPU time does.
+async fn bench_postgres_connection(url: &str) {
+    use sqlx::postgres::PgPoolOptions;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .connect(url)
+        .await
+        .unwrap();
+    const N: u64 = 10_000;
+    for round in 1..=2 {
+        let (t, cpu) = (Instant::now(), cpu_ticks());
+        for _ in 0..N {
+            sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+        }
+        let used = (cpu_ticks() - cpu) as f64 * 1e4 / N as f64;
+        let extra = format!(", {used:.1} µs CPU/op");
+        report(&format!("postgres SELECT 1, pool (round {round})"), t.elapsed(), N, &extra);
+        let mut conn = pool.acquire().await.unwrap();
+        let (t, cpu) = (Instant::now(), cpu_ticks());
+        for _ in 0..N {
+            sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+        }
+        let used = (cpu_ticks() - cpu) as f64 * 1e4 / N as f64;
+        let extra = format!(", {used:.1} µs CPU/op");
+        report(&format!("postgres SELECT 1, held (round {round})"), t.elapsed(), N, &extra);
+    }
+    pool.close().await;
 }
 
 /// One statement through a one-connection pool, and on a held connection, interleaved.
@@ -283,6 +326,13 @@ async fn main() {
             .unwrap();
         let sep = if url.contains('?') { '&' } else { '?' };
         let pg_url = format!("{url}{sep}options[search_path]={schema}");
+        // Plain TCP, as the store connects on loopback (docs/deploy.md).
+        let plain = if url.contains("sslmode") {
+            url.clone()
+        } else {
+            format!("{url}{sep}sslmode=disable")
+        };
+        bench_postgres_connection(&plain).await;
         let pg = DatabaseConfig { url: pg_url.clone(), ..DatabaseConfig::default() };
         let store = Store::connect(&pg).await.unwrap();
         bench_accept("postgres", &store).await;
