@@ -321,7 +321,7 @@ impl Store {
             // sqlx's default of 100 made a 1-event-per-transaction load prepare again and again
             // (callgrind: 7 % of the instructions, ~170k per prepare).
             let options = options.statement_cache_capacity(WRITER_STATEMENTS);
-            Backend::Sqlite(writer::SqliteWriter::connect(options).await?)
+            Backend::Sqlite(writer::SqliteWriter::connect(options, !in_memory).await?)
         } else {
             let options = Self::postgres_options(url)?;
             statement_bytes = inbox::statement_bytes(pg_link(&options));
@@ -483,7 +483,7 @@ impl Store {
                 return Ok(());
             }
             for m in MIGRATIONS {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = writer::BeginTx::begin_tx(&mut conn).await?;
                 if postgres {
                     // Two bridge processes starting at once must not both apply a migration.
                     sqlx::query("SELECT pg_advisory_xact_lock(7243001)").execute(&mut *tx).await?;

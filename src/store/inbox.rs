@@ -568,7 +568,7 @@ impl Store {
         let budget = self.statement_bytes;
         let (accepted, gone) = with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
             // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
             let mut new: FastSet<(String, String)> = FastSet::default();
             for chunk in txns.chunks(TXN_CHUNK) {
@@ -997,7 +997,7 @@ impl Store {
     pub async fn park(&self, event: &PendingEvent, attempts: i32, error: &str) -> Result<()> {
         with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
             sqlx::query(
                 "INSERT INTO mx_parked \
                  (event_id, room_id, event_json, attempts, last_error, parked_at, requeued) \

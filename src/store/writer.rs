@@ -9,22 +9,37 @@
 //!
 //! [`SqliteWriter`] is an [`Executor`] by shared reference, like `&Pool`, so the queries written
 //! once for both backends (`with_pool!`) run on it unchanged; `acquire` gives the connection
-//! itself, for transactions and for statements run back to back.
+//! itself, for transactions ([`BeginTx`]) and for statements run back to back. What a pool
+//! gave stays: waiting for the connection times out ([`ACQUIRE_TIMEOUT`], then
+//! `PoolTimedOut`), `close` fails every waiting statement with `PoolClosed`, and a connection
+//! whose thread is gone (sqlx's `WorkerCrashed`, seen by a statement or a `BEGIN` through this
+//! module) is opened again for the next statement (an in-memory database is not: a new one
+//! would be empty).
 //!
-//! A future dropped while it holds the connection leaves it as sqlx leaves a connection: the
-//! statement runs to its end on the connection's thread, and a transaction that was not
-//! committed is rolled back before the connection's next statement. If the connection's thread
-//! is gone (sqlx's `WorkerCrashed`), the statement that found out fails and the next one opens
-//! a new connection, as a pool would have.
+//! A future dropped while it holds the connection leaves it as sqlx leaves a connection: a
+//! write it started completes, and a transaction it did not commit is rolled back before the
+//! connection's next statement. Rows are read whole while the connection is held (a stream
+//! that borrowed the lock could not be returned): every query of the store reads them all
+//! anyway.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{StreamExt as _, TryStreamExt as _, future::BoxFuture, stream::BoxStream};
 use sqlx::{
-    ConnectOptions as _, Either, Error, Execute, Executor, Sqlite, SqliteConnection,
+    ConnectOptions as _, Either, Error, Execute, Executor, Sqlite, SqliteConnection, Transaction,
     sqlite::{SqliteConnectOptions, SqliteQueryResult, SqliteRow, SqliteStatement, SqliteTypeInfo},
 };
 use tokio::sync::{Mutex, MutexGuard};
+
+/// How long a statement waits for the connection before it fails with `PoolTimedOut` (sqlx's
+/// default for a pool).
+pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// See the module documentation. Cheap to clone: every clone is the same connection.
 #[derive(Clone, Debug)]
@@ -32,30 +47,38 @@ pub(crate) struct SqliteWriter(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    slot: Mutex<Slot>,
+    /// The connection; `None` once closed, or lost and not opened again yet.
+    conn: Mutex<Option<SqliteConnection>>,
+    /// A statement found the connection's thread gone.
+    lost: AtomicBool,
+    /// `close` was called.
+    closed: AtomicBool,
     /// To open the connection again after its thread is gone.
     options: SqliteConnectOptions,
-}
-
-#[derive(Debug)]
-enum Slot {
-    Open(SqliteConnection),
-    /// Its thread is gone: opened again by the next `acquire`.
-    Lost,
-    Closed,
+    /// Whether a lost connection is opened again (not for an in-memory database).
+    reopen: bool,
+    /// [`ACQUIRE_TIMEOUT`], shorter in tests.
+    acquire_timeout: Duration,
 }
 
 /// The writing connection, held until dropped.
 #[derive(Debug)]
-pub(crate) struct WriterConn<'a>(MutexGuard<'a, Slot>);
+pub(crate) struct WriterConn<'a> {
+    conn: MutexGuard<'a, Option<SqliteConnection>>,
+    lost: &'a AtomicBool,
+}
+
+/// Notes a connection whose thread is gone, for the next `acquire` to replace.
+fn note(lost: &AtomicBool, result: &Result<impl Sized, Error>) {
+    if matches!(result, Err(Error::WorkerCrashed)) && !lost.swap(true, Ordering::SeqCst) {
+        tracing::error!("the SQLite writer's thread is gone; the next write opens it again");
+    }
+}
 
 impl WriterConn<'_> {
-    /// Marks the connection lost when `result` says its thread is gone.
-    fn check<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
-        if matches!(result, Err(Error::WorkerCrashed)) {
-            tracing::error!("the SQLite writer's thread is gone; the next write reconnects");
-            *self.0 = Slot::Lost;
-        }
+    /// Passes `result` through, noting a connection whose thread is gone.
+    fn check<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        note(self.lost, &result);
         result
     }
 }
@@ -64,76 +87,134 @@ impl std::ops::Deref for WriterConn<'_> {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        match &*self.0 {
-            Slot::Open(conn) => conn,
-            _ => unreachable!("only an open writer is handed out"),
-        }
+        self.conn.as_ref().expect("only an open writer is handed out")
     }
 }
 
 impl std::ops::DerefMut for WriterConn<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match &mut *self.0 {
-            Slot::Open(conn) => conn,
-            _ => unreachable!("only an open writer is handed out"),
+        self.conn.as_mut().expect("only an open writer is handed out")
+    }
+}
+
+/// A connection a transaction begins on, for queries written once for both backends: sqlx's
+/// pooled PostgreSQL connection, or SQLite's held writer (whose `BEGIN` notes a lost thread).
+pub(crate) trait BeginTx {
+    /// The backend.
+    type Db: sqlx::Database;
+
+    /// Begins a transaction on this connection.
+    fn begin_tx(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Transaction<'_, Self::Db>, Error>> + Send;
+}
+
+impl BeginTx for sqlx::pool::PoolConnection<sqlx::Postgres> {
+    type Db = sqlx::Postgres;
+
+    fn begin_tx(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Transaction<'_, sqlx::Postgres>, Error>> + Send
+    {
+        sqlx::Connection::begin(&mut **self)
+    }
+}
+
+impl BeginTx for WriterConn<'_> {
+    type Db = Sqlite;
+
+    fn begin_tx(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Transaction<'_, Sqlite>, Error>> + Send {
+        let lost = self.lost;
+        async move {
+            let result = sqlx::Connection::begin(&mut **self).await;
+            note(lost, &result);
+            result
         }
     }
 }
 
 impl SqliteWriter {
-    /// Opens the writing connection.
+    /// Opens the writing connection; `reopen`: whether to open it again if its thread is found
+    /// gone (not for an in-memory database).
     ///
     /// # Errors
     /// When SQLite cannot open the database.
-    pub(crate) async fn connect(options: SqliteConnectOptions) -> Result<Self, Error> {
+    pub(crate) async fn connect(
+        options: SqliteConnectOptions,
+        reopen: bool,
+    ) -> Result<Self, Error> {
+        Self::connect_waiting(options, reopen, ACQUIRE_TIMEOUT).await
+    }
+
+    async fn connect_waiting(
+        options: SqliteConnectOptions,
+        reopen: bool,
+        acquire_timeout: Duration,
+    ) -> Result<Self, Error> {
         let conn = options.connect().await?;
-        Ok(Self(Arc::new(Inner { slot: Mutex::new(Slot::Open(conn)), options })))
+        Ok(Self(Arc::new(Inner {
+            conn: Mutex::new(Some(conn)),
+            lost: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            options,
+            reopen,
+            acquire_timeout,
+        })))
     }
 
     /// Waits for the connection and holds it until the returned guard is dropped; opens it
     /// again first if its thread was found gone.
     ///
     /// # Errors
-    /// [`Error::PoolClosed`] once the writer is closed; the open's error when a lost connection
-    /// cannot be opened again.
+    /// `PoolTimedOut` after [`ACQUIRE_TIMEOUT`]; `PoolClosed` once the writer is closed;
+    /// `WorkerCrashed` when a lost in-memory connection cannot come back; the open's error when
+    /// a lost connection cannot be opened again.
     pub(crate) async fn acquire(&self) -> Result<WriterConn<'_>, Error> {
-        let mut slot = self.0.slot.lock().await;
-        match &*slot {
-            Slot::Open(_) => {}
-            Slot::Closed => return Err(Error::PoolClosed),
-            Slot::Lost => *slot = Slot::Open(self.0.options.connect().await?),
+        let inner = &*self.0;
+        let mut conn = tokio::time::timeout(inner.acquire_timeout, inner.conn.lock())
+            .await
+            .map_err(|_| Error::PoolTimedOut)?;
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::PoolClosed);
         }
-        Ok(WriterConn(slot))
+        if inner.lost.load(Ordering::SeqCst) || conn.is_none() {
+            if !inner.reopen {
+                return Err(Error::WorkerCrashed);
+            }
+            *conn = None;
+            *conn = Some(inner.options.connect().await?);
+            inner.lost.store(false, Ordering::SeqCst);
+        }
+        Ok(WriterConn { conn, lost: &inner.lost })
     }
 
-    /// Connections open: one until closed.
+    /// Connections open: 1 while the writer is open (whether in use or not), 0 once it is closed
+    /// or found lost.
     pub(crate) fn size(&self) -> u32 {
-        match self.0.slot.try_lock() {
-            Ok(slot) => u32::from(matches!(*slot, Slot::Open(_))),
-            Err(_) => 1,
-        }
+        let inner = &*self.0;
+        u32::from(!inner.closed.load(Ordering::SeqCst) && !inner.lost.load(Ordering::SeqCst))
     }
 
     /// Connections open and not in use.
     pub(crate) fn num_idle(&self) -> usize {
-        self.0.slot.try_lock().map_or(0, |slot| usize::from(matches!(*slot, Slot::Open(_))))
+        match self.0.conn.try_lock() {
+            Ok(conn) => usize::from(conn.is_some() && self.size() == 1),
+            Err(_) => 0,
+        }
     }
 
-    /// Closes the connection once the statement running on it is done; later statements fail
-    /// with [`Error::PoolClosed`].
+    /// Closes the writer: statements waiting for the connection, and later ones, fail with
+    /// `PoolClosed`; the connection closes once the statement running on it is done.
     pub(crate) async fn close(&self) {
-        let slot = std::mem::replace(&mut *self.0.slot.lock().await, Slot::Closed);
-        if let Slot::Open(conn) = slot
+        self.0.closed.store(true, Ordering::SeqCst);
+        let conn = self.0.conn.lock().await.take();
+        if let Some(conn) = conn
             && let Err(e) = sqlx::Connection::close(conn).await
         {
             tracing::warn!(error = %e, "closing the SQLite writer failed");
         }
-    }
-
-    /// Drops the connection as if its thread had gone away.
-    #[cfg(test)]
-    async fn lose_for_test(&self) {
-        *self.0.slot.lock().await = Slot::Lost;
     }
 }
 
@@ -160,13 +241,13 @@ impl<'c> Executor<'c> for &'c SqliteWriter {
         'c: 'e,
         E: 'q + Execute<'q, Sqlite>,
     {
-        // The results are read whole while the connection is held: a stream that borrowed the
-        // guard could not be returned.
+        // The results are read whole while the connection is held (see the module
+        // documentation).
         let all = async move {
             let mut conn = self.acquire().await?;
             let all: Vec<_> = (&mut *conn).fetch_many(query).collect().await;
             if let Some(Err(Error::WorkerCrashed)) = all.last() {
-                conn.check::<()>(Err(Error::WorkerCrashed)).ok();
+                note(conn.lost, &Err::<(), _>(Error::WorkerCrashed));
             }
             Ok::<_, Error>(futures_util::stream::iter(all))
         };
@@ -222,50 +303,80 @@ mod tests {
 
     async fn writer() -> (tempfile::TempDir, SqliteWriter) {
         let dir = tempfile::tempdir().unwrap();
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
+        let options = SqliteConnectOptions::new()
             .filename(dir.path().join("w.db"))
-            .create_if_missing(true);
-        let writer = SqliteWriter::connect(options).await.unwrap();
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let writer = SqliteWriter::connect(options, true).await.unwrap();
         sqlx::query("CREATE TABLE t (k INTEGER PRIMARY KEY)").execute(&writer).await.unwrap();
         (dir, writer)
     }
 
-    /// A transaction given up without a commit (its future dropped half-way) is rolled back
-    /// before the connection's next statement, which then runs outside any transaction.
+    /// Rows as another connection to the file sees them.
+    async fn rows_seen_elsewhere(dir: &tempfile::TempDir) -> Vec<i64> {
+        let options = SqliteConnectOptions::new().filename(dir.path().join("w.db"));
+        let mut other = options.connect().await.unwrap();
+        let rows = sqlx::query_scalar("SELECT k FROM t ORDER BY k").fetch_all(&mut other).await;
+        sqlx::Connection::close(other).await.unwrap();
+        rows.unwrap()
+    }
+
+    /// A transaction given up without a commit, dropped or cancelled half-way, is rolled back
+    /// before the connection's next statement, which then runs (and commits) on its own.
     #[tokio::test]
-    async fn a_transaction_dropped_uncommitted_leaves_nothing_behind() {
-        let (_dir, writer) = writer().await;
+    async fn a_transaction_given_up_uncommitted_leaves_nothing_behind() {
+        let (dir, writer) = writer().await;
         {
             let mut conn = writer.acquire().await.unwrap();
-            let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+            let mut tx = conn.begin_tx().await.unwrap();
             sqlx::query("INSERT INTO t (k) VALUES (1)").execute(&mut *tx).await.unwrap();
         }
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT k FROM t").fetch_all(&writer).await.unwrap();
-        assert!(rows.is_empty(), "{rows:?}");
-        // Autocommit again: the insert is there for another connection at once.
-        sqlx::query("INSERT INTO t (k) VALUES (2)").execute(&writer).await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&writer).await.unwrap();
-        assert_eq!(n, 1);
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), async {
+            let mut conn = writer.acquire().await.unwrap();
+            let mut tx = conn.begin_tx().await.unwrap();
+            sqlx::query("INSERT INTO t (k) VALUES (2)").execute(&mut *tx).await.unwrap();
+            std::future::pending::<()>().await;
+        })
+        .await;
+        assert!(cancelled.is_err());
+        sqlx::query("INSERT INTO t (k) VALUES (3)").execute(&writer).await.unwrap();
+        assert_eq!(rows_seen_elsewhere(&dir).await, [3]);
     }
 
-    /// A connection whose thread is gone is opened again for the next statement, on the same
-    /// file.
+    /// A statement that finds the connection's thread gone marks it lost; the next statement
+    /// opens it again, on the same file.
     #[tokio::test]
     async fn a_lost_connection_is_opened_again() {
-        let (_dir, writer) = writer().await;
+        let (dir, writer) = writer().await;
         sqlx::query("INSERT INTO t (k) VALUES (1)").execute(&writer).await.unwrap();
-        writer.lose_for_test().await;
+        {
+            let conn = writer.acquire().await.unwrap();
+            let _ = conn.check::<()>(Err(Error::WorkerCrashed));
+        }
         assert_eq!(writer.size(), 0);
         sqlx::query("INSERT INTO t (k) VALUES (2)").execute(&writer).await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&writer).await.unwrap();
-        assert_eq!((n, writer.size()), (2, 1));
+        assert_eq!(writer.size(), 1);
+        assert_eq!(rows_seen_elsewhere(&dir).await, [1, 2]);
     }
 
-    /// Statements from many tasks take turns on the one connection; after `close` they fail
-    /// with `PoolClosed`, as a closed pool's do.
+    /// An in-memory database is not opened again: a new one would be empty.
+    #[tokio::test]
+    async fn a_lost_in_memory_connection_stays_lost() {
+        let options = SqliteConnectOptions::new().in_memory(true);
+        let writer = SqliteWriter::connect(options, false).await.unwrap();
+        {
+            let conn = writer.acquire().await.unwrap();
+            let _ = conn.check::<()>(Err(Error::WorkerCrashed));
+        }
+        let err = sqlx::query("SELECT 1").execute(&writer).await.unwrap_err();
+        assert!(matches!(err, Error::WorkerCrashed), "{err:?}");
+    }
+
+    /// Statements from many tasks take turns on the one connection; `close` fails those still
+    /// waiting, and later ones, with `PoolClosed`, as closing a pool does.
     #[tokio::test]
     async fn statements_take_turns_and_fail_once_closed() {
-        let (_dir, writer) = writer().await;
+        let (dir, writer) = writer().await;
         let inserts = (0..32).map(|k| {
             let writer = writer.clone();
             tokio::spawn(async move {
@@ -275,12 +386,37 @@ mod tests {
         for insert in futures_util::future::join_all(inserts).await {
             insert.unwrap().unwrap();
         }
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&writer).await.unwrap();
-        assert_eq!(n, 32);
+        assert_eq!(rows_seen_elsewhere(&dir).await.len(), 32);
         assert_eq!((writer.size(), writer.num_idle()), (1, 1));
-        writer.close().await;
+        let held = writer.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let writer = writer.clone();
+            async move { sqlx::query("SELECT 1").execute(&writer).await }
+        });
+        tokio::task::yield_now().await;
+        let closing = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        closing.await.unwrap();
+        let err = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::PoolClosed), "{err:?}");
         assert_eq!(writer.size(), 0);
         let err = sqlx::query("SELECT 1").execute(&writer).await.unwrap_err();
         assert!(matches!(err, Error::PoolClosed), "{err:?}");
+    }
+
+    /// Waiting for the connection ends with `PoolTimedOut`, as a pool's acquire does.
+    #[tokio::test]
+    async fn waiting_for_the_connection_times_out() {
+        let options = SqliteConnectOptions::new().in_memory(true);
+        let writer = SqliteWriter::connect_waiting(options, false, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let _held = writer.acquire().await.unwrap();
+        let err = sqlx::query("SELECT 1").execute(&writer).await.unwrap_err();
+        assert!(matches!(err, Error::PoolTimedOut), "{err:?}");
     }
 }
