@@ -542,6 +542,11 @@ impl TestSchema {
     /// Creates the schema afresh and connects a store to it; `None` (the test is skipped) when
     /// no PostgreSQL is given.
     pub(crate) async fn store(&self) -> Option<Store> {
+        self.store_with("").await
+    }
+
+    /// As [`TestSchema::store`], with `params` (`key=value&…`) added to the store's URL.
+    pub(crate) async fn store_with(&self, params: &str) -> Option<Store> {
         let Some(url) = Self::url() else {
             eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
             return None;
@@ -551,7 +556,8 @@ impl TestSchema {
         sqlx::query(self.create).execute(&admin).await.unwrap();
         admin.close().await;
         let sep = if url.contains('?') { '&' } else { '?' };
-        let url = format!("{url}{sep}options[search_path]={}", self.name);
+        let more = if params.is_empty() { String::new() } else { format!("&{params}") };
+        let url = format!("{url}{sep}options[search_path]={}{more}", self.name);
         Some(Store::connect_url(&url).await.unwrap())
     }
 
@@ -597,15 +603,8 @@ mod tests {
             create: "CREATE SCHEMA t_idle_ping",
             drop: "DROP SCHEMA IF EXISTS t_idle_ping CASCADE",
         };
-        let Some(store) = schema.store().await else { return };
-        store.close().await;
+        let Some(store) = schema.store_with("application_name=t_idle_ping").await else { return };
         let url = TestSchema::url().unwrap();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let store = Store::connect_url(&format!(
-            "{url}{sep}options[search_path]=t_idle_ping&application_name=t_idle_ping"
-        ))
-        .await
-        .unwrap();
         let one = "SELECT 1";
         let ask = |store: Store| async move {
             let strict: std::result::Result<i32, _> =

@@ -39,7 +39,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 /// How long a statement waits for the connection before it fails with `PoolTimedOut` (sqlx's
 /// default for a pool).
-pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// See the module documentation. Cheap to clone: every clone is the same connection.
 #[derive(Clone, Debug)]
