@@ -122,7 +122,7 @@ impl GroupCommit {
             reply,
         };
         self.queue.lock().expect("lock poisoned").push(queued);
-        let _turn = self.writer.lock().await;
+        let turn = self.writer.lock().await;
         if let Ok(result) = outcome.try_recv() {
             // A previous writer stored our transaction with its group.
             return result;
@@ -132,13 +132,15 @@ impl GroupCommit {
             let n = queue.len().min(MAX_GROUP);
             queue.drain(..n).collect()
         };
-        self.write(store, group).await;
+        let mut turn = Turn { inbox: &self.inbox, handed_off: false, _turn: turn };
+        self.write(store, group, &mut turn).await;
+        drop(turn);
         outcome.await.map_err(|_| "the group commit was interrupted".to_owned())?
     }
 
     /// Stores a group, hands its batches to the dispatcher (in commit order: the caller holds
     /// the writer's turn) and answers every member.
-    async fn write(&self, store: &Store, mut group: Vec<Queued>) {
+    async fn write(&self, store: &Store, mut group: Vec<Queued>, turn: &mut Turn<'_>) {
         let mut parsed: Vec<Vec<Option<Event>>> =
             group.iter_mut().map(|q| std::mem::take(&mut q.parsed)).collect();
         let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
@@ -174,6 +176,7 @@ impl GroupCommit {
                                 self.inbox.hand_off(live_batch(b.seq, &b.events, t.events, parsed));
                             }
                         }
+                        turn.handed_off = true;
                         Ok(accepted.into_iter().map(|a| a.outcome).collect::<Vec<_>>())
                     }
                     Err(e) => Err(e.to_string()),
@@ -192,6 +195,29 @@ impl GroupCommit {
                     let _ = q.reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+/// The writer's turn, held while a group is stored and handed to the dispatcher.
+///
+/// A request's future is dropped when its client goes away (hyper drops it), possibly while
+/// its group's `COMMIT` is on its way to the database: then the group is stored but was not
+/// handed over, and the dispatcher, which follows the hand-offs, would route the later batches
+/// and never this one (until a restart). So a turn given back without a hand-off first tells
+/// the dispatcher to read from the database (as after an overflow of its queue), before the
+/// next group can be handed over. Harmless when nothing was stored: one read finds nothing.
+struct Turn<'a> {
+    inbox: &'a Inbox,
+    handed_off: bool,
+    /// Released after `drop` below ran (fields drop after `Drop::drop`).
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.handed_off {
+            self.inbox.overflowed();
         }
     }
 }
@@ -249,6 +275,81 @@ mod tests {
         let Some(store) = schema.store().await else { return };
         concurrent_transactions(store.clone()).await;
         schema.remove(store).await;
+    }
+
+    /// A request dropped at any point of its group commit (its client went away) leaves either
+    /// nothing stored, or its batch handed to the dispatcher, or the dispatcher told to read
+    /// the database. Dropped while its `COMMIT` is in flight, the batch is stored without a
+    /// hand-off: without the read, the dispatcher would never route it.
+    #[tokio::test]
+    async fn a_request_dropped_during_its_commit_does_not_strand_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stranded = 0;
+        // Whether a drop lands between the commit and the hand-off depends on how fast the
+        // database thread answers: sweep the drop point until it happened a few times.
+        for sweep in 0..50 {
+            for polls in 1.. {
+                let url = format!("sqlite://{}/drop{sweep}-{polls}.db", dir.path().display());
+                let (finished, case) = drop_after_polls(&url, polls).await;
+                assert_ne!(case, Case::Stranded, "dropped after {polls} polls");
+                stranded += usize::from(case == Case::StoredNotHandedOver);
+                if finished {
+                    break;
+                }
+            }
+            if stranded >= 3 {
+                return;
+            }
+        }
+        panic!("a drop landed between the commit and the hand-off only {stranded} times");
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Case {
+        NotStored,
+        HandedOver,
+        /// Stored, not handed over, and the dispatcher told to read the database.
+        StoredNotHandedOver,
+        /// Stored, not handed over, and the dispatcher not told: it would never route it.
+        Stranded,
+    }
+
+    /// Stores a transaction through a group commit, polling its future `polls` times (the
+    /// database answering in between) before dropping it: whether it finished, and what it left.
+    async fn drop_after_polls(url: &str, polls: usize) -> (bool, Case) {
+        let store = Store::connect_url(url).await.unwrap();
+        let (inbox, mut live) = Inbox::for_tests();
+        let gc = GroupCommit::new(inbox.clone());
+        let body = Arc::new(
+            r#"{"events":[{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#
+                .to_owned(),
+        );
+        let parsed = crate::server::transactions::parse_text(&body).unwrap();
+        // Boxed, so that `drop` below drops the future itself.
+        let mut fut = Box::pin(gc.store(&store, "t", "h", &body, &parsed.events, parsed.parsed));
+        let mut finished = false;
+        for i in 0..polls {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if fut.as_mut().poll(&mut cx).is_ready() {
+                finished = true;
+                break;
+            }
+        }
+        drop(fut);
+        // A write queues behind whatever the dropped request had sent.
+        store.clear_failures("$none").await.unwrap();
+        let stored = !store.pending_batches(0, 10).await.unwrap().is_empty();
+        let case = match (stored, live.try_recv().is_ok(), inbox.overflow_pending()) {
+            (false, ..) => Case::NotStored,
+            (true, true, _) => Case::HandedOver,
+            (true, false, true) => Case::StoredNotHandedOver,
+            (true, false, false) => Case::Stranded,
+        };
+        store.close().await;
+        (finished, case)
     }
 
     async fn concurrent_transactions(store: Store) {
