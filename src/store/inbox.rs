@@ -141,6 +141,24 @@ const PG_ONE_TRIP: &str = "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, rec
      FROM unnest($4::text[], $5::text[], $6::text[], $7::int4[]) WITH ORDINALITY \
      AS b(txn_id, events, event_ids, n_events, ord) ORDER BY b.ord RETURNING seq";
 
+/// SQLite: one transaction assumed new, stored by one script ([`SqliteWriter::fetch_script`]).
+/// `$1` the time, `$2` the txn ID, `$3` its hash, `$4` the batch's events (a JSON array), `$5`
+/// their IDs (a JSON array), `$6` their count. The batch is inserted only if the transaction
+/// and every event are new, and the transaction only if the batch was (`changes()` counts the
+/// rows of the statement before), so either both are stored or nothing is; the commit of
+/// nothing costs no page write. Returns the batch's seq, or nothing.
+///
+/// [`SqliteWriter::fetch_script`]: super::writer::SqliteWriter::fetch_script
+const SQLITE_ONE_TRIP: &str = "BEGIN; \
+     INSERT INTO mx_inbox_batch (txn_id, events, event_ids, n_events, received_at) \
+     SELECT $2, $4, $5, $6, $1 \
+     WHERE NOT EXISTS (SELECT 1 FROM mx_txn WHERE txn_id = $2 AND body_hash = $3) \
+     AND NOT EXISTS (SELECT 1 FROM json_each($5) AS j \
+     CROSS JOIN mx_event_seen AS s ON s.event_id = j.value) \
+     RETURNING seq; \
+     INSERT INTO mx_txn (txn_id, body_hash, received_at) SELECT $2, $3, $1 WHERE changes() = 1; \
+     COMMIT";
+
 impl RowsSql {
     fn build(self, n: usize) -> String {
         use std::fmt::Write as _;
@@ -471,7 +489,10 @@ impl Store {
             }
             batches
         };
-        let accepted = Box::pin(self.accept_once(txns, Dedup::Read { maybe_stored })).await?;
+        let accepted = match Box::pin(self.accept_sqlite_one_trip(txns, &maybe_stored)).await? {
+            Some(accepted) => accepted,
+            None => Box::pin(self.accept_once(txns, Dedup::Read { maybe_stored })).await?,
+        };
         self.wal_grew();
         let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (t, a) in txns.iter().zip(&accepted) {
@@ -558,6 +579,55 @@ impl Store {
             accepted[ti].batches.push(StoredBatch { seq, events });
         }
         Ok(Some(accepted))
+    }
+
+    /// SQLite's common case ([`SQLITE_ONE_TRIP`]): one transaction whose events are all new and
+    /// fit one batch, stored by one script, so one hop to the connection's thread instead of
+    /// five (`BEGIN`, the transaction, the seen IDs, the batch, `COMMIT`; each hop wakes a
+    /// thread and waits for it). `None`, having stored nothing, for anything else: a group, an
+    /// event twice in the transaction, an event the in-memory index says may be stored
+    /// (`maybe_stored`), or, found by the script, a transaction or event seen before. The
+    /// caller then stores it the careful way.
+    async fn accept_sqlite_one_trip(
+        &self,
+        txns: &[IncomingTxn<'_>],
+        maybe_stored: &[i64],
+    ) -> Result<Option<Vec<Accepted>>> {
+        let Backend::Sqlite(writer) = &self.backend else { return Ok(None) };
+        let [t] = txns else { return Ok(None) };
+        if t.events.is_empty() || !maybe_stored.is_empty() {
+            return Ok(None);
+        }
+        let bytes: usize = t.events.iter().map(|e| e.json.len()).sum();
+        if bytes > self.statement_bytes {
+            return Ok(None);
+        }
+        let mut ids: FastSet<&str> =
+            FastSet::with_capacity_and_hasher(t.events.len(), Default::default());
+        if !t.events.iter().all(|e| ids.insert(e.event_id.as_ref())) {
+            return Ok(None);
+        }
+        let all: Vec<usize> = (0..t.events.len()).collect();
+        let json = batch_json(t, &all);
+        let event_ids = batch_ids(t, &all)?;
+        let n = i32::try_from(all.len()).map_err(corrupt)?;
+        let rows = writer
+            .fetch_script(
+                sqlx::query(SQLITE_ONE_TRIP)
+                    .bind(now_ms())
+                    .bind(t.txn_id)
+                    .bind(t.body_hash)
+                    .bind(json)
+                    .bind(event_ids)
+                    .bind(n),
+            )
+            .await?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        let seq: i64 = row.try_get(0)?;
+        Ok(Some(vec![Accepted {
+            outcome: AcceptOutcome::Stored { new_events: all.len() },
+            batches: vec![StoredBatch { seq, events: all }],
+        }]))
     }
 
     /// Stores a group in one database transaction, finding out which transactions and events

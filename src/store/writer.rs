@@ -51,6 +51,9 @@ struct Inner {
     conn: Mutex<Option<SqliteConnection>>,
     /// A statement found the connection's thread gone.
     lost: AtomicBool,
+    /// A script ([`SqliteWriter::fetch_script`]) was sent and did not end: its transaction may
+    /// be open, and is rolled back before the next statement.
+    script_open: AtomicBool,
     /// `close` was called.
     closed: AtomicBool,
     /// To open the connection again after its thread is gone.
@@ -66,6 +69,14 @@ struct Inner {
 pub(crate) struct WriterConn<'a> {
     conn: MutexGuard<'a, Option<SqliteConnection>>,
     lost: &'a AtomicBool,
+}
+
+/// Rolls back the transaction a script may have left open; finding none is fine.
+async fn rollback_script(conn: &mut WriterConn<'_>) -> Result<(), Error> {
+    match (&mut **conn).execute("ROLLBACK").await {
+        Err(Error::Database(e)) if e.message().contains("no transaction is active") => Ok(()),
+        result => conn.check(result).map(drop),
+    }
 }
 
 /// Notes a connection whose thread is gone, for the next `acquire` to replace.
@@ -157,6 +168,7 @@ impl SqliteWriter {
         Ok(Self(Arc::new(Inner {
             conn: Mutex::new(Some(conn)),
             lost: AtomicBool::new(false),
+            script_open: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             options,
             reopen,
@@ -186,8 +198,46 @@ impl SqliteWriter {
             *conn = None;
             *conn = Some(inner.options.connect().await?);
             inner.lost.store(false, Ordering::SeqCst);
+            inner.script_open.store(false, Ordering::SeqCst);
         }
-        Ok(WriterConn { conn, lost: &inner.lost })
+        let mut conn = WriterConn { conn, lost: &inner.lost };
+        if inner.script_open.load(Ordering::SeqCst) {
+            // A script's future was dropped before it ended (its statements run on; they may
+            // have stopped between its `BEGIN` and its `COMMIT`): its transaction must not
+            // swallow the statements that come next.
+            rollback_script(&mut conn).await?;
+            inner.script_open.store(false, Ordering::SeqCst);
+        }
+        Ok(conn)
+    }
+
+    /// Runs a script in one hop to the connection's thread: statements separated by `;` that
+    /// open and end their own transaction (`BEGIN; …; COMMIT`), with numbered parameters
+    /// (`$1`, shared by all its statements). Returns the rows its statements returned.
+    ///
+    /// A transaction through sqlx (`BEGIN`, each statement, `COMMIT`) is one hop per
+    /// statement. sqlx does not know about a transaction a script opens, so the writer makes
+    /// sure none stays open: when the script fails, or when its future is dropped before it
+    /// ends, its transaction is rolled back before the connection's next statement (a script
+    /// that got to its `COMMIT` is not undone: the rollback then finds no transaction).
+    ///
+    /// # Errors
+    /// As [`SqliteWriter::acquire`], and the first failing statement's error.
+    pub(crate) async fn fetch_script<'q>(
+        &self,
+        script: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Vec<SqliteRow>, Error> {
+        let mut conn = self.acquire().await?;
+        let open = &self.0.script_open;
+        open.store(true, Ordering::SeqCst);
+        let result = (&mut *conn).fetch_all(script).await;
+        let result = conn.check(result);
+        if result.is_err() && rollback_script(&mut conn).await.is_err() {
+            // Left set: the next statement tries the rollback again first.
+            return result;
+        }
+        open.store(false, Ordering::SeqCst);
+        result
     }
 
     /// Connections open: 1 while the writer is open (whether in use or not), 0 once it is closed
@@ -341,6 +391,49 @@ mod tests {
         assert!(cancelled.is_err());
         sqlx::query("INSERT INTO t (k) VALUES (3)").execute(&writer).await.unwrap();
         assert_eq!(rows_seen_elsewhere(&dir).await, [3]);
+    }
+
+    /// A script commits all its statements or none. One that fails half-way is rolled back;
+    /// one whose future is dropped half-way (its statements stop where its rows found nobody
+    /// reading them) is rolled back before the next statement, which then commits on its own.
+    #[tokio::test]
+    async fn a_script_commits_whole_or_not_at_all() {
+        let (dir, writer) = writer().await;
+        let rows = writer
+            .fetch_script(
+                sqlx::query(
+                    "BEGIN; INSERT INTO t (k) VALUES ($1) RETURNING k; \
+                 INSERT INTO t (k) VALUES ($2) RETURNING k; COMMIT",
+                )
+                .bind(1)
+                .bind(2),
+            )
+            .await
+            .unwrap();
+        let returned: Vec<i64> = rows.iter().map(|r| sqlx::Row::get(r, 0)).collect();
+        assert_eq!(returned, [1, 2]);
+        // The second statement fails (`k` is taken): the first is undone.
+        let failed = writer
+            .fetch_script(sqlx::query(
+                "BEGIN; INSERT INTO t (k) VALUES (10); INSERT INTO t (k) VALUES (1); COMMIT",
+            ))
+            .await;
+        assert!(failed.is_err());
+        sqlx::query("INSERT INTO t (k) VALUES (11)").execute(&writer).await.unwrap();
+        assert_eq!(rows_seen_elsewhere(&dir).await, [1, 2, 11]);
+        // Dropped while its rows are being read: many rows, more than the channel they come
+        // through holds, so the connection's thread waits for a reader that is gone.
+        let mut script = Box::pin(writer.fetch_script(sqlx::query(
+            "BEGIN; INSERT INTO t (k) VALUES (20); \
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) \
+             SELECT x FROM c; INSERT INTO t (k) VALUES (21); COMMIT",
+        )));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(script.as_mut().poll(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(script);
+        sqlx::query("INSERT INTO t (k) VALUES (22)").execute(&writer).await.unwrap();
+        assert_eq!(rows_seen_elsewhere(&dir).await, [1, 2, 11, 22]);
     }
 
     /// A statement that finds the connection's thread gone marks it lost; the next statement
