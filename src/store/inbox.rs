@@ -421,6 +421,25 @@ fn after_progress(progress: Option<&(i64, i32)>, seq: i64, idx: i32) -> bool {
     progress.is_none_or(|&(s, i)| (seq, idx) > (s, i))
 }
 
+/// The intake's turn at the in-memory index of stored event IDs (SQLite). A request's future
+/// dropped while its commit is on its way (its client went away) leaves batches stored that the
+/// index was not told about, and the index must never miss one: then it is built again from
+/// the database before the next transaction is accepted.
+struct IndexTurn<'a> {
+    /// Whether the index was built; the lock is the intake's turn.
+    built: tokio::sync::MutexGuard<'a, bool>,
+    /// `false` while a store is under way.
+    settled: bool,
+}
+
+impl Drop for IndexTurn<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            *self.built = false;
+        }
+    }
+}
+
 impl Store {
     /// Stores a transaction and its events in one database transaction.
     ///
@@ -473,10 +492,10 @@ impl Store {
         // SQLite: every WAL commit writes each page it dirtied, and random keys (event IDs are
         // hashes) dirty a page each, so the intake only reads `mx_event_seen`, and finds the
         // IDs of stored batches through the index in memory (`store/seen.rs`).
-        let mut built = self.seen.accepting.lock().await;
-        if !*built {
+        let mut built = IndexTurn { built: self.seen.accepting.lock().await, settled: true };
+        if !*built.built {
             Box::pin(self.build_seen_window()).await?;
-            *built = true;
+            *built.built = true;
         }
         // Which stored batches may hold one of these events (by fingerprint).
         let maybe_stored = {
@@ -489,10 +508,16 @@ impl Store {
             }
             batches
         };
-        let accepted = match Box::pin(self.accept_sqlite_one_trip(txns, &maybe_stored)).await? {
-            Some(accepted) => accepted,
-            None => Box::pin(self.accept_once(txns, Dedup::Read { maybe_stored })).await?,
+        built.settled = false;
+        let accepted = match Box::pin(self.accept_sqlite_one_trip(txns, &maybe_stored)).await {
+            Ok(Some(accepted)) => Ok(accepted),
+            Ok(None) => Box::pin(self.accept_once(txns, Dedup::Read { maybe_stored })).await,
+            Err(e) => Err(e),
         };
+        // Returned, with or without an error (which stored nothing): the index is right once
+        // the stored batches are added below.
+        built.settled = true;
+        let accepted = accepted?;
         self.wal_grew();
         let mut window = self.seen.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (t, a) in txns.iter().zip(&accepted) {
@@ -1365,5 +1390,60 @@ mod tests {
         assert_eq!(odd[0].event_id, "malformed:1:0");
         assert_eq!(odd[0].json, r#"{"room_id":1}"#);
         assert!(parse_batch(1, "not json").is_err());
+    }
+
+    fn event(id: &str) -> NewEvent<'static> {
+        let json = format!(r#"{{"event_id":"{id}","room_id":"!r:x"}}"#);
+        NewEvent {
+            event_id: Cow::Owned(id.to_owned()),
+            room_id: Cow::Borrowed("!r:x"),
+            json: Box::leak(json.into_boxed_str()),
+        }
+    }
+
+    /// Dropped at any point, an intake never lets its event in twice: once it is stored, the
+    /// same event in another transaction is found, even when the drop came between the commit
+    /// and the update of the in-memory index.
+    #[tokio::test]
+    async fn an_intake_dropped_half_way_never_lets_an_event_in_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dropped_after_commit = 0;
+        // Whether a drop lands after the commit depends on how fast the database thread
+        // answers: sweep the drop point until it happened a few times.
+        for sweep in 0..50 {
+            for polls in 1.. {
+                let url = format!("sqlite://{}/d{sweep}-{polls}.db", dir.path().display());
+                let store = Store::connect_url(&url).await.unwrap();
+                // A first transaction builds the index.
+                store.accept_transaction("0", "h", &[event("$first")]).await.unwrap();
+                let events = [event("$e")];
+                let mut fut = Box::pin(store.accept_transaction("1", "h", &events));
+                let mut finished = false;
+                for _ in 0..polls {
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    if fut.as_mut().poll(&mut cx).is_ready() {
+                        finished = true;
+                        break;
+                    }
+                    // The database thread runs the command just sent.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                drop(fut);
+                let pending = store.pending_batches(0, 10).await.unwrap();
+                let stored = pending.iter().flat_map(|b| &b.events).any(|e| e.event_id == "$e");
+                let again = store.accept_transaction("2", "h", &[event("$e")]).await.unwrap();
+                let expected = AcceptOutcome::Stored { new_events: usize::from(!stored) };
+                assert_eq!(again, expected, "dropped after {polls} polls, stored: {stored}");
+                dropped_after_commit += usize::from(stored && !finished);
+                store.close().await;
+                if finished {
+                    break;
+                }
+            }
+            if dropped_after_commit >= 3 {
+                return;
+            }
+        }
+        panic!("a drop landed after the commit only {dropped_after_commit} times");
     }
 }

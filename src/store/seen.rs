@@ -10,7 +10,8 @@
 //! The index only says where to look. A fingerprint that matches is checked against its batch's
 //! stored IDs, so a collision never drops an event; and it must never miss, so it is built from
 //! every stored batch before the first transaction is accepted, and a batch is added once its
-//! insert committed. A batch deleted from the database is forgotten after the delete committed
+//! insert committed (an intake dropped between the two, its client gone, has the index built
+//! again before the next one). A batch deleted from the database is forgotten after the delete committed
 //! (until then its IDs are in both places). One intake per database, as always: another
 //! process's new batches are not in this index.
 
