@@ -129,12 +129,6 @@ impl Inbox {
         (Self { live, live_state: Arc::default(), ephemeral }, rx)
     }
 
-    /// Whether the dispatcher was told to read from the database (tests of the server side).
-    #[cfg(test)]
-    pub(crate) fn overflow_pending(&self) -> bool {
-        self.live_state.overflow.load(Ordering::SeqCst)
-    }
-
     /// Tells the dispatcher to read from the database: a batch was committed but not queued.
     pub(crate) fn overflowed(&self) {
         self.live_state.overflow.store(true, Ordering::SeqCst);

@@ -8,11 +8,21 @@
 //! next group itself. Nobody answers 200 before its transaction is committed. Under a single
 //! in-flight transaction (Synapse's way) this is just one commit per transaction; under
 //! concurrency the commit cost is shared.
+//!
+//! Storing a group and handing it over is run to its end, holding the writer's turn
+//! throughout. hyper drops a request's future when its client goes away, and a future dropped
+//! while its commit was on the database's thread would leave the group committed and never
+//! handed over: the dispatcher follows the hand-offs, so it would route the later batches and
+//! never that one (until a restart). The request polls that work itself, so the common case
+//! costs no task; a request dropped first hands the rest to a task of its own ([`RunToEnd`]).
 
 use std::{
     borrow::Cow,
+    future::Future,
     ops::Range,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
 };
 
 use tokio::sync::oneshot;
@@ -34,8 +44,8 @@ pub(crate) struct GroupCommit {
     inbox: Inbox,
     /// Transactions waiting to be stored.
     queue: Mutex<Vec<Queued>>,
-    /// Held by the request that is storing a group.
-    writer: tokio::sync::Mutex<()>,
+    /// The writer's turn, held by the task that is storing a group.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 type Reply = Result<AcceptOutcome, String>;
@@ -88,7 +98,7 @@ fn resolve<'a>(body: &'a str, t: &'a Text) -> Result<&'a str, String> {
 impl GroupCommit {
     /// A group commit that hands what it stores to `inbox`.
     pub(crate) fn new(inbox: Inbox) -> Self {
-        Self { inbox, queue: Mutex::default(), writer: tokio::sync::Mutex::default() }
+        Self { inbox, queue: Mutex::default(), writer: Arc::default() }
     }
 
     /// Stores one parsed transaction (whose events borrow from `body`), possibly together with
@@ -122,7 +132,7 @@ impl GroupCommit {
             reply,
         };
         self.queue.lock().expect("lock poisoned").push(queued);
-        let turn = self.writer.lock().await;
+        let turn = self.writer.clone().lock_owned().await;
         if let Ok(result) = outcome.try_recv() {
             // A previous writer stored our transaction with its group.
             return result;
@@ -132,92 +142,102 @@ impl GroupCommit {
             let n = queue.len().min(MAX_GROUP);
             queue.drain(..n).collect()
         };
-        let mut turn = Turn { inbox: &self.inbox, handed_off: false, _turn: turn };
-        self.write(store, group, &mut turn).await;
-        drop(turn);
+        // Run to its end whatever becomes of this request (see the module documentation); the
+        // answer comes through `outcome`.
+        let (inbox, store) = (self.inbox.clone(), store.clone());
+        RunToEnd(Some(Box::pin(async move {
+            write(&inbox, &store, group).await;
+            drop(turn);
+        })))
+        .await;
         outcome.await.map_err(|_| "the group commit was interrupted".to_owned())?
     }
+}
 
-    /// Stores a group, hands its batches to the dispatcher (in commit order: the caller holds
-    /// the writer's turn) and answers every member.
-    async fn write(&self, store: &Store, mut group: Vec<Queued>, turn: &mut Turn<'_>) {
-        let mut parsed: Vec<Vec<Option<Event>>> =
-            group.iter_mut().map(|q| std::mem::take(&mut q.parsed)).collect();
-        let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
-            .iter()
-            .map(|q| {
-                q.events
-                    .iter()
-                    .map(|e| {
-                        Ok(NewEvent {
-                            event_id: Cow::Borrowed(resolve(&q.body, &e.event_id)?),
-                            room_id: Cow::Borrowed(resolve(&q.body, &e.room_id)?),
-                            json: slice(&q.body, e.json.clone())?,
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
-        let result = match &resolved {
-            Ok(events) => {
-                let txns: Vec<IncomingTxn<'_>> = group
-                    .iter()
-                    .zip(events)
-                    .map(|(q, events)| IncomingTxn {
-                        txn_id: &q.txn_id,
-                        body_hash: &q.hash,
-                        events,
-                    })
-                    .collect();
-                match store.accept_batched(&txns).await {
-                    Ok(accepted) => {
-                        for ((t, a), parsed) in txns.iter().zip(&accepted).zip(&mut parsed) {
-                            for b in &a.batches {
-                                self.inbox.hand_off(live_batch(b.seq, &b.events, t.events, parsed));
-                            }
-                        }
-                        turn.handed_off = true;
-                        Ok(accepted.into_iter().map(|a| a.outcome).collect::<Vec<_>>())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Err(e) => Err(e.clone()),
-        };
-        match result {
-            Ok(outcomes) => {
-                for (q, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = q.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                for q in group {
-                    let _ = q.reply.send(Err(e.clone()));
-                }
+/// A future polled in place by the one awaiting it and, should that one be dropped first,
+/// finished by a task of its own.
+struct RunToEnd(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Future for RunToEnd {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(work) = self.0.as_mut() {
+            std::task::ready!(work.as_mut().poll(cx));
+            self.0 = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for RunToEnd {
+    fn drop(&mut self) {
+        if let Some(work) = self.0.take() {
+            // Outside a runtime (it is shutting down) the work is dropped: what it committed is
+            // found in the database at the next start.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(work);
             }
         }
     }
 }
 
-/// The writer's turn, held while a group is stored and handed to the dispatcher.
-///
-/// A request's future is dropped when its client goes away (hyper drops it), possibly while
-/// its group's `COMMIT` is on its way to the database: then the group is stored but was not
-/// handed over, and the dispatcher, which follows the hand-offs, would route the later batches
-/// and never this one (until a restart). So a turn given back without a hand-off first tells
-/// the dispatcher to read from the database (as after an overflow of its queue), before the
-/// next group can be handed over. Harmless when nothing was stored: one read finds nothing.
-struct Turn<'a> {
-    inbox: &'a Inbox,
-    handed_off: bool,
-    /// Released after `drop` below ran (fields drop after `Drop::drop`).
-    _turn: tokio::sync::MutexGuard<'a, ()>,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        if !self.handed_off {
-            self.inbox.overflowed();
+/// Stores a group, hands its batches to the dispatcher (in commit order: the caller holds the
+/// writer's turn) and answers every member.
+async fn write(inbox: &Inbox, store: &Store, mut group: Vec<Queued>) {
+    let mut parsed: Vec<Vec<Option<Event>>> =
+        group.iter_mut().map(|q| std::mem::take(&mut q.parsed)).collect();
+    let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
+        .iter()
+        .map(|q| {
+            q.events
+                .iter()
+                .map(|e| {
+                    Ok(NewEvent {
+                        event_id: Cow::Borrowed(resolve(&q.body, &e.event_id)?),
+                        room_id: Cow::Borrowed(resolve(&q.body, &e.room_id)?),
+                        json: slice(&q.body, e.json.clone())?,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let result = match &resolved {
+        Ok(events) => {
+            let txns: Vec<IncomingTxn<'_>> = group
+                .iter()
+                .zip(events)
+                .map(|(q, events)| IncomingTxn { txn_id: &q.txn_id, body_hash: &q.hash, events })
+                .collect();
+            match store.accept_batched(&txns).await {
+                Ok(accepted) => {
+                    for ((t, a), parsed) in txns.iter().zip(&accepted).zip(&mut parsed) {
+                        for b in &a.batches {
+                            inbox.hand_off(live_batch(b.seq, &b.events, t.events, parsed));
+                        }
+                    }
+                    Ok(accepted.into_iter().map(|a| a.outcome).collect::<Vec<_>>())
+                }
+                Err(e) => {
+                    // A failed store stored nothing, as a rule. Should a batch have been
+                    // committed all the same, the dispatcher finds it in the database.
+                    inbox.overflowed();
+                    Err(e.to_string())
+                }
+            }
+        }
+        Err(e) => Err(e.clone()),
+    };
+    match result {
+        Ok(outcomes) => {
+            for (q, outcome) in group.into_iter().zip(outcomes) {
+                let _ = q.reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            for q in group {
+                let _ = q.reply.send(Err(e.clone()));
+            }
         }
     }
 }
@@ -277,56 +297,46 @@ mod tests {
         schema.remove(store).await;
     }
 
-    /// A request dropped at any point of its group commit (its client went away) leaves either
-    /// nothing stored, or its batch handed to the dispatcher, or the dispatcher told to read
-    /// the database. Dropped once its commit ran but before it read the answer, the batch is
-    /// stored without a hand-off: without the read, the dispatcher would never route it.
+    /// A request dropped at any point (its client went away) never keeps its batch from the
+    /// dispatcher: whatever was stored is handed over, in commit order, before the next
+    /// request's batch. The drop point is swept over the request's polls, each followed by a
+    /// wait of 0 to 2 ms, so that drops land before, during and after the commit.
     #[tokio::test]
-    async fn a_request_dropped_during_its_commit_does_not_strand_its_batch() {
+    async fn a_request_dropped_at_any_point_does_not_strand_its_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let mut stranded = 0;
-        // Whether a drop lands between the commit and the hand-off depends on how fast the
-        // database thread answers: sweep the drop point until it happened a few times.
-        for sweep in 0..50 {
+        let mut dropped_after_commit = 0;
+        for wait_us in [0, 100, 500, 2000] {
             for polls in 1.. {
-                let url = format!("sqlite://{}/drop{sweep}-{polls}.db", dir.path().display());
-                let (finished, case) = drop_after_polls(&url, polls).await;
-                assert_ne!(case, Case::Stranded, "dropped after {polls} polls");
-                stranded += usize::from(case == Case::StoredNotHandedOver);
+                let url = format!("sqlite://{}/drop{wait_us}-{polls}.db", dir.path().display());
+                let (finished, stored_before_next) = drop_after_polls(&url, polls, wait_us).await;
+                dropped_after_commit += usize::from(!finished && stored_before_next);
                 if finished {
                     break;
                 }
             }
-            if stranded >= 3 {
-                return;
-            }
         }
-        panic!("a drop landed between the commit and the hand-off only {stranded} times");
+        // The case this test is about happened.
+        assert!(dropped_after_commit >= 3, "{dropped_after_commit} drops after the commit");
     }
 
-    #[derive(Debug, PartialEq)]
-    enum Case {
-        NotStored,
-        HandedOver,
-        /// Stored, not handed over, and the dispatcher told to read the database.
-        StoredNotHandedOver,
-        /// Stored, not handed over, and the dispatcher not told: it would never route it.
-        Stranded,
+    fn body(id: &str) -> Arc<String> {
+        Arc::new(format!(
+            r#"{{"events":[{{"event_id":"{id}","room_id":"!r:x","sender":"@u:x","type":"t"}}]}}"#
+        ))
     }
 
-    /// Stores a transaction through a group commit, polling its future `polls` times (the
-    /// database answering after each) before dropping it: whether it finished, and what it left.
-    async fn drop_after_polls(url: &str, polls: usize) -> (bool, Case) {
+    /// Stores `$first` through a group commit, polling its request's future `polls` times
+    /// (waiting `wait_us` after each) before dropping it, then stores `$next` to the end.
+    /// Checks that what is stored was handed over, in order, and returns whether the first
+    /// request finished and whether `$first` was stored.
+    async fn drop_after_polls(url: &str, polls: usize, wait_us: u64) -> (bool, bool) {
         let store = Store::connect_url(url).await.unwrap();
         let (inbox, mut live) = Inbox::for_tests();
         let gc = GroupCommit::new(inbox.clone());
-        let body = Arc::new(
-            r#"{"events":[{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#
-                .to_owned(),
-        );
-        let parsed = crate::server::transactions::parse_text(&body).unwrap();
+        let first = body("$first");
+        let parsed = crate::server::transactions::parse_text(&first).unwrap();
         // Boxed, so that `drop` below drops the future itself.
-        let mut fut = Box::pin(gc.store(&store, "t", "h", &body, &parsed.events, parsed.parsed));
+        let mut fut = Box::pin(gc.store(&store, "1", "h", &first, &parsed.events, parsed.parsed));
         let mut finished = false;
         for _ in 0..polls {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -334,21 +344,42 @@ mod tests {
                 finished = true;
                 break;
             }
-            // The database thread runs the command just sent (after the last one, the commit).
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if wait_us == 0 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
+            }
         }
         drop(fut);
-        // A write queues behind whatever the dropped request had sent.
-        store.clear_failures("$none").await.unwrap();
-        let stored = !store.pending_batches(0, 10).await.unwrap().is_empty();
-        let case = match (stored, live.try_recv().is_ok(), inbox.overflow_pending()) {
-            (false, ..) => Case::NotStored,
-            (true, true, _) => Case::HandedOver,
-            (true, false, true) => Case::StoredNotHandedOver,
-            (true, false, false) => Case::Stranded,
+        // Whether `$first` is stored before `$next` comes.
+        let stored_before_next = {
+            store.clear_failures("$none").await.unwrap();
+            let pending = store.pending_batches(0, 10).await.unwrap();
+            pending.iter().flat_map(|b| &b.events).any(|e| e.event_id == "$first")
         };
+        let next = body("$next");
+        let parsed = crate::server::transactions::parse_text(&next).unwrap();
+        let out = gc.store(&store, "2", "h", &next, &parsed.events, parsed.parsed).await.unwrap();
+        assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
+        let stored: Vec<String> = store
+            .pending_batches(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|b| b.events)
+            .map(|e| e.event_id)
+            .collect();
+        let mut handed = Vec::new();
+        while let Ok(batch) = live.try_recv() {
+            for routed in batch.events {
+                let Routed::Parsed { event, .. } = routed else { panic!("not handed over parsed") };
+                handed.push(event.event_id.to_string());
+            }
+        }
+        assert_eq!(handed, stored, "dropped after {polls} polls, waiting {wait_us} µs after each");
+        assert!(stored.ends_with(&["$next".to_owned()]));
         store.close().await;
-        (finished, case)
+        (finished, stored_before_next)
     }
 
     async fn concurrent_transactions(store: Store) {

@@ -19,7 +19,8 @@
 //! A future dropped while it holds the connection leaves it as sqlx leaves a connection: a
 //! write it started completes, and a transaction it did not commit is rolled back before the
 //! connection's next statement. [`SqliteWriter::fetch_script`] runs several statements that open
-//! and commit their own transaction in one hop, and keeps that promise for them too. Rows are read whole while the connection is held (a stream
+//! and commit their own transaction in one hop; one dropped before it got to its `COMMIT` is
+//! rolled back in the same way. Rows are read whole while the connection is held (a stream
 //! that borrowed the lock could not be returned): every query of the store reads them all
 //! anyway.
 
