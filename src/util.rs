@@ -72,6 +72,30 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
     result.map_err(|e| YamlError { key, message: e.to_string() })
 }
 
+/// Polls `fut` up to `polls` times with a waker that does nothing, waiting `wait` after each
+/// poll that leaves it pending (a zero `wait` yields once instead), and says whether it
+/// finished. Tests drop the future afterwards, to cut it off at that point, as hyper drops a
+/// request's future when its client goes away.
+#[cfg(test)]
+pub(crate) async fn poll_times<F: std::future::Future + Unpin>(
+    fut: &mut F,
+    polls: usize,
+    wait: std::time::Duration,
+) -> bool {
+    for _ in 0..polls {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if std::pin::Pin::new(&mut *fut).poll(&mut cx).is_ready() {
+            return true;
+        }
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::range_in;

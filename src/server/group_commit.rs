@@ -337,19 +337,8 @@ mod tests {
         let parsed = crate::server::transactions::parse_text(&first).unwrap();
         // Boxed, so that `drop` below drops the future itself.
         let mut fut = Box::pin(gc.store(&store, "1", "h", &first, &parsed.events, parsed.parsed));
-        let mut finished = false;
-        for _ in 0..polls {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            if fut.as_mut().poll(&mut cx).is_ready() {
-                finished = true;
-                break;
-            }
-            if wait_us == 0 {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
-            }
-        }
+        let wait = std::time::Duration::from_micros(wait_us);
+        let finished = crate::util::poll_times(&mut fut, polls, wait).await;
         drop(fut);
         // Whether `$first` is stored before `$next` comes.
         let stored_before_next = {

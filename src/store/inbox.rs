@@ -1430,16 +1430,9 @@ mod tests {
                 // A first transaction builds the index.
                 store.accept_transaction("0", "h", &[event("$first")]).await.unwrap();
                 let mut fut = Box::pin(store.accept_transaction("1", "h", events));
-                let mut finished = false;
-                for _ in 0..polls {
-                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                    if fut.as_mut().poll(&mut cx).is_ready() {
-                        finished = true;
-                        break;
-                    }
-                    // The database thread runs the command just sent.
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
+                // The database thread runs the command just sent, during the wait.
+                let wait = std::time::Duration::from_millis(1);
+                let finished = crate::util::poll_times(&mut fut, polls, wait).await;
                 drop(fut);
                 // A write queues behind whatever the dropped intake had sent, so the read
                 // below sees its commit if it made one.

@@ -11,9 +11,9 @@
 //! stored IDs, so a collision never drops an event; and it must never miss, so it is built from
 //! every stored batch before the first transaction is accepted, and a batch is added once its
 //! insert committed (an intake dropped between the two, its client gone, has the index built
-//! again before the next one). A batch deleted from the database is forgotten after the delete committed
-//! (until then its IDs are in both places). One intake per database, as always: another
-//! process's new batches are not in this index.
+//! again before the next one). A batch deleted from the database is forgotten after the delete
+//! committed (until then its IDs are in both places). One intake per database, as always:
+//! another process's new batches are not in this index.
 
 use std::hash::BuildHasher;
 

@@ -430,9 +430,8 @@ mod tests {
              WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) \
              SELECT x FROM c; INSERT INTO t (k) VALUES (21); COMMIT",
         )));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(script.as_mut().poll(&mut cx).is_pending());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let finished = crate::util::poll_times(&mut script, 1, Duration::from_millis(20)).await;
+        assert!(!finished);
         drop(script);
         sqlx::query("INSERT INTO t (k) VALUES (22)").execute(&writer).await.unwrap();
         assert_eq!(rows_seen_elsewhere(&dir).await, [1, 2, 11, 22]);
