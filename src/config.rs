@@ -224,6 +224,12 @@ pub struct InboxConfig {
     /// A room whose handled event waits for its record's commit does not count.
     #[serde(default = "default_room_concurrency")]
     pub room_concurrency: usize,
+    /// The at-least-once window: how many of a room's events may be handled before their
+    /// records must have committed. After a crash, at most this many of each room's last
+    /// handled events are handed to the bridge again; 1 is the smallest window, larger ones
+    /// let a busy room's events share a commit instead of waiting for one each.
+    #[serde(default = "default_record_window")]
+    pub record_window: usize,
     /// How many times a failing handler is tried before the event is parked.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -248,6 +254,7 @@ impl Default for InboxConfig {
     fn default() -> Self {
         Self {
             room_concurrency: default_room_concurrency(),
+            record_window: default_record_window(),
             max_attempts: default_max_attempts(),
             retry_base_ms: default_retry_base_ms(),
             retry_max_ms: default_retry_max_ms(),
@@ -318,6 +325,9 @@ fn default_max_connections() -> u32 {
 }
 fn default_room_concurrency() -> usize {
     32
+}
+fn default_record_window() -> usize {
+    8
 }
 fn default_max_attempts() -> u32 {
     5
@@ -499,6 +509,9 @@ impl<T> Config<T> {
         }
         if self.inbox.room_concurrency == 0 {
             return invalid("inbox.room_concurrency", "must be at least 1".into());
+        }
+        if self.inbox.record_window == 0 {
+            return invalid("inbox.record_window", "must be at least 1".into());
         }
         if self.inbox.max_attempts == 0 {
             return invalid("inbox.max_attempts", "must be at least 1".into());

@@ -204,6 +204,14 @@ impl Completed {
     }
 }
 
+/// A room worker's handled events whose records may not have committed yet, and the flush
+/// generation that commits the last of them.
+#[derive(Debug, Default)]
+struct Unrecorded {
+    events: usize,
+    generation: u64,
+}
+
 struct Job {
     event: Routed,
     _permit: OwnedSemaphorePermit,
@@ -463,6 +471,7 @@ impl<B: Bridge> Shared<B> {
         // last event's record to commit (see `complete`) or for more work, taken again for the
         // next event.
         let mut slot = None;
+        let mut unrecorded = Unrecorded::default();
         let mut shutdown = self.shutdown.clone();
         loop {
             let job = match rx.try_recv() {
@@ -480,6 +489,12 @@ impl<B: Bridge> Shared<B> {
                     match next {
                         Some(job) => job,
                         None => {
+                            // A later worker of this room starts with a window of its own, so
+                            // this one's records must have committed first (they have, unless
+                            // the database is failing). On shutdown the flusher takes them.
+                            if !self.is_shutting_down() {
+                                self.wait_recorded(&mut unrecorded, &mut slot).await;
+                            }
                             let mut rooms = self.rooms.lock().expect("lock poisoned");
                             match rx.try_recv() {
                                 Ok(job) if !self.is_shutting_down() => job,
@@ -501,7 +516,7 @@ impl<B: Bridge> Shared<B> {
                 self.rooms.lock().expect("lock poisoned").remove(&room_id);
                 return;
             }
-            self.process(job.event, &room_id, &mut slot).await;
+            self.process(job.event, &room_id, &mut slot, &mut unrecorded).await;
         }
     }
 
@@ -511,6 +526,7 @@ impl<B: Bridge> Shared<B> {
         routed: Routed,
         room: &Arc<str>,
         slot: &mut Option<OwnedSemaphorePermit>,
+        unrecorded: &mut Unrecorded,
     ) {
         let (pos, attempts, event) = match routed {
             Routed::Parsed { pos, event } => (pos, 0, event),
@@ -559,7 +575,7 @@ impl<B: Bridge> Shared<B> {
                         {
                             tracing::warn!(error = %e, "could not clear the failure count");
                         }
-                        self.complete(pos, room, slot).await;
+                        self.complete(pos, room, slot, unrecorded).await;
                         return;
                     }
                     Err(HandlerFailure::Permanent(error)) => {
@@ -624,18 +640,18 @@ impl<B: Bridge> Shared<B> {
         false
     }
 
-    /// Records a handled event and returns once that is committed. The flusher groups the
-    /// records of every room that completed meanwhile into one database transaction (room
-    /// progress, finished batches), so the commit cost is shared, while each room still has
-    /// at most one handled-but-unrecorded event (the at-least-once window stays one event per
-    /// room: a process dying between the handler and the commit). The room's slot is given
-    /// back while it waits: waiting for a commit is not processing, and other rooms' handlers
-    /// can run meanwhile.
+    /// Records a handled event. The flusher groups the records of every room that completed
+    /// meanwhile into one database transaction (room progress, finished batches), so the commit
+    /// cost is shared. The room goes on with its next event without waiting for that commit
+    /// until it has `record_window` handled-but-unrecorded events; then it waits for them to
+    /// commit. So after a crash at most `record_window` of each room's last handled events are
+    /// handed out again (the at-least-once window).
     async fn complete(
         &self,
         pos: InboxPos,
         room: &Arc<str>,
         slot: &mut Option<OwnedSemaphorePermit>,
+        unrecorded: &mut Unrecorded,
     ) {
         let generation = {
             let mut completed = self.completed.lock().expect("lock poisoned");
@@ -651,12 +667,31 @@ impl<B: Bridge> Shared<B> {
             completed.generation
         };
         self.completed_ready.notify_one();
+        unrecorded.events += 1;
+        unrecorded.generation = generation;
+        if unrecorded.events >= self.config.record_window {
+            self.wait_recorded(unrecorded, slot).await;
+        }
+    }
+
+    /// Waits until the room's handled events are recorded. The room's slot is given back while
+    /// it waits: waiting for a commit is not processing, and other rooms' handlers can run
+    /// meanwhile.
+    async fn wait_recorded(
+        &self,
+        unrecorded: &mut Unrecorded,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) {
+        if unrecorded.events == 0 {
+            return;
+        }
         let mut flushed = self.flushed.subscribe();
-        if *flushed.borrow() < generation {
+        if *flushed.borrow() < unrecorded.generation {
             drop(slot.take());
         }
         // The flusher outlives the workers, so the sender is alive while we wait.
-        let _ = flushed.wait_for(|&done| done >= generation).await;
+        let _ = flushed.wait_for(|&done| done >= unrecorded.generation).await;
+        unrecorded.events = 0;
     }
 
     /// Records what was completed, retrying until the database takes it: giving up would

@@ -5,8 +5,10 @@
 //!
 //! Every life of the child records the event IDs it handled in its own file, so a duplicate can
 //! be placed: the framework promises at-least-once handling where the only second delivery is
-//! of an event whose handler finished but whose `mark_done` did not happen before the kill. Such
-//! an event is the last one its room recorded in that life (a room handles one event at a time).
+//! of an event whose handler finished but whose record did not commit before the kill. Such an
+//! event is one of the last `inbox.record_window` its room handled in that life (a room handles
+//! one event at a time). The SQLite runs use the smallest window (1), the PostgreSQL runs the
+//! default one.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,6 +36,7 @@ struct ChildSpec {
     port: u16,
     record_file: String,
     delay_ms: u64,
+    record_window: usize,
 }
 
 /// Not a test of its own: the body of the child process. Runs the recording bridge until it
@@ -47,12 +50,14 @@ async fn chaos_child_entry_point() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", spec.port)).await.unwrap();
     let db = DatabaseConfig { url: spec.db_url, ..DatabaseConfig::default() };
     let bridge = format!("{{record_file: '{}', delay_ms: {}}}", spec.record_file, spec.delay_ms);
-    let app = Running::start_on(
+    let app = Running::start_on_with(
         listener,
         "http://127.0.0.1:1",
         &db,
         &bridge,
         &crate::common::registration_yaml("null"),
+        "",
+        &format!("record_window: {}, ", spec.record_window),
     )
     .await;
     tokio::select! {
@@ -158,22 +163,18 @@ fn room_of(event_id: &str) -> &str {
 struct Tally {
     handled: usize,
     lost: Vec<String>,
-    /// Events handled in two lives, the first time as the last event of its room in that life.
+    /// Events handled in two lives, the first time as one of the last `window` events of its
+    /// room in that life.
     window_duplicates: usize,
-    /// Any other second handling (same life, or not the room's last event): a bug.
+    /// Any other second handling (same life, or before the room's window): a bug.
     bad_duplicates: Vec<String>,
 }
 
-fn tally(acked: &[String], lives: &[Vec<String>]) -> Tally {
+fn tally(acked: &[String], lives: &[Vec<String>], window: usize) -> Tally {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     let mut window_duplicates = 0;
     let mut bad_duplicates = Vec::new();
     for (life, ids) in lives.iter().enumerate() {
-        // The last recorded event of each room in this life: the only one that may be unmarked.
-        let mut last_of_room: BTreeMap<&str, &str> = BTreeMap::new();
-        for id in ids {
-            last_of_room.insert(room_of(id), id);
-        }
         let mut this_life = BTreeSet::new();
         for id in ids {
             if !this_life.insert(id.as_str()) {
@@ -181,8 +182,7 @@ fn tally(acked: &[String], lives: &[Vec<String>]) -> Tally {
                 continue;
             }
             if let Some(&earlier) = seen.get(id.as_str()) {
-                let was_last = recorded_last(&lives[earlier], id);
-                if was_last {
+                if among_last(&lives[earlier], id, window) {
                     window_duplicates += 1;
                 } else {
                     bad_duplicates.push(format!("{id} in lives {earlier} and {life}"));
@@ -196,8 +196,9 @@ fn tally(acked: &[String], lives: &[Vec<String>]) -> Tally {
     Tally { handled: seen.len(), lost, window_duplicates, bad_duplicates }
 }
 
-fn recorded_last(life: &[String], id: &str) -> bool {
-    life.iter().rev().find(|e| room_of(e) == room_of(id)).is_some_and(|e| e == id)
+/// Whether `id` is one of the last `window` events its room recorded in `life`.
+fn among_last(life: &[String], id: &str, window: usize) -> bool {
+    life.iter().rev().filter(|e| room_of(e) == room_of(id)).take(window).any(|e| e == id)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -206,7 +207,13 @@ enum Fault {
     Term,
 }
 
-async fn run_under_faults(backend: &str, fault: Fault, rounds: usize, delay_ms: u64) {
+async fn run_under_faults(
+    backend: &str,
+    fault: Fault,
+    rounds: usize,
+    delay_ms: u64,
+    record_window: usize,
+) {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database(backend, dir.path()).await;
@@ -219,6 +226,7 @@ async fn run_under_faults(backend: &str, fault: Fault, rounds: usize, delay_ms: 
         port,
         record_file: life_file(k).display().to_string(),
         delay_ms,
+        record_window,
     };
     let mut rng = Rng::from_clock();
     let seed = rng.0;
@@ -269,13 +277,14 @@ async fn run_under_faults(backend: &str, fault: Fault, rounds: usize, delay_ms: 
     child.kill().unwrap();
     child.wait().unwrap();
     let lives: Vec<Vec<String>> = (0..=rounds).map(|k| recorded(&life_file(k))).collect();
-    let t = tally(&acked, &lives);
+    let t = tally(&acked, &lives, record_window);
     let store = mxbridge::Store::connect(&db).await.unwrap();
     let stats_db = store.inbox_stats().await.unwrap();
     store.close().await;
     let name = if fault == Fault::Kill { "sigkill-under-load" } else { "sigterm-under-load" };
     println!(
-        "{name}[{backend}]: seed={seed} faults={rounds} txns={} events_acked={} handled={} \
+        "{name}[{backend}]: seed={seed} faults={rounds} record_window={record_window} txns={} \
+         events_acked={} handled={} \
          lost={} duplicates_in_at_least_once_window={} other_duplicates={} resends={} \
          non_200={} pending_after={} last_life_handled={} term_exit_ms={term_exit_ms:?} \
          took={:.1}s",
@@ -294,8 +303,8 @@ async fn run_under_faults(backend: &str, fault: Fault, rounds: usize, delay_ms: 
     assert!(drained && t.lost.is_empty(), "lost events (seed {seed}): {:?}", t.lost);
     assert!(t.bad_duplicates.is_empty(), "duplicates outside the window: {:?}", t.bad_duplicates);
     assert!(
-        t.window_duplicates <= rounds * ROOMS,
-        "more duplicates than rooms in flight at the kills: {}",
+        t.window_duplicates <= rounds * ROOMS * record_window,
+        "more duplicates than the rooms' windows at the kills hold: {}",
         t.window_duplicates
     );
     if fault == Fault::Term {
@@ -314,7 +323,7 @@ async fn sigkill_20_times_under_load_sqlite() {
     if is_child() {
         return;
     }
-    run_under_faults("sqlite", Fault::Kill, 20, 3).await;
+    run_under_faults("sqlite", Fault::Kill, 20, 3, 1).await;
 }
 
 #[tokio::test]
@@ -326,7 +335,7 @@ async fn sigkill_20_times_under_load_postgres() {
         eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
         return;
     }
-    run_under_faults("postgres", Fault::Kill, 20, 3).await;
+    run_under_faults("postgres", Fault::Kill, 20, 3, default_window()).await;
 }
 
 #[tokio::test]
@@ -334,7 +343,7 @@ async fn sigterm_5_times_under_load_keeps_every_accepted_event_sqlite() {
     if is_child() {
         return;
     }
-    run_under_faults("sqlite", Fault::Term, 5, 20).await;
+    run_under_faults("sqlite", Fault::Term, 5, 20, 1).await;
 }
 
 #[tokio::test]
@@ -346,20 +355,26 @@ async fn sigterm_5_times_under_load_keeps_every_accepted_event_postgres() {
         eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
         return;
     }
-    run_under_faults("postgres", Fault::Term, 5, 20).await;
+    run_under_faults("postgres", Fault::Term, 5, 20, default_window()).await;
+}
+
+fn default_window() -> usize {
+    mxbridge::config::InboxConfig::default().record_window
 }
 
 #[test]
 fn tally_tells_window_duplicates_from_others() {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     let acked = s(&["$k0r0", "$k1r1", "$k2r0", "$k3r1"]);
-    // $k2r0 was the last of room 0 in life 0: in the window. $k1r1 was not last of room 1.
-    let lives = vec![s(&["$k0r0", "$k1r1", "$k2r0", "$k3r1"]), s(&["$k2r0"])];
-    let t = tally(&acked, &lives);
+    let life0 = s(&["$k0r0", "$k1r1", "$k2r0", "$k3r1"]);
+    // $k2r0 was the last of room 0 in life 0: in a window of one.
+    let t = tally(&acked, &[life0.clone(), s(&["$k2r0"])], 1);
     assert_eq!((t.window_duplicates, t.bad_duplicates.len(), t.lost.len()), (1, 0, 0));
-    let lives = vec![s(&["$k0r0", "$k1r1", "$k2r0", "$k3r1"]), s(&["$k1r1"])];
-    assert_eq!(tally(&acked, &lives).bad_duplicates.len(), 1);
-    let lives = vec![s(&["$k0r0", "$k0r0"])];
-    let t = tally(&acked, &lives);
+    // $k1r1 was the second-to-last of room 1: outside a window of one, inside one of two.
+    assert_eq!(tally(&acked, &[life0.clone(), s(&["$k1r1"])], 1).bad_duplicates.len(), 1);
+    let t = tally(&acked, &[life0.clone(), s(&["$k1r1"])], 2);
+    assert_eq!((t.window_duplicates, t.bad_duplicates.len()), (1, 0));
+    // Twice in one life is never in a window.
+    let t = tally(&acked, &[s(&["$k0r0", "$k0r0"])], 8);
     assert_eq!((t.bad_duplicates.len(), t.lost.len()), (1, 3));
 }

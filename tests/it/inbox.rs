@@ -106,6 +106,37 @@ async fn an_idle_room_worker_holds_no_room_slot() {
     app.stop().await;
 }
 
+/// `inbox.record_window` bounds the events a room handles before their records commit: with
+/// the database's write lock held by another connection, so that no record can commit, a room
+/// of ten events handles exactly that many and then waits; once the lock goes, the rest follow
+/// in order.
+#[tokio::test]
+async fn a_room_handles_at_most_its_record_window_before_the_records_commit() {
+    use sqlx::{Connection as _, Executor as _};
+    for window in [1usize, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fresh_database("sqlite", dir.path()).await;
+        let app =
+            start_with_inbox(&db, "{delay_ms: 30}", &format!("record_window: {window}, ")).await;
+        let client = crate::common::http();
+        let ids: Vec<String> = (0..10).map(|i| format!("$w{window}e{i}")).collect();
+        let refs: Vec<(&str, &str)> = ids.iter().map(|e| ("!w:localhost", e.as_str())).collect();
+        assert_eq!(put_txn(&client, &app.url(""), "w1", &txn_body(&refs)).await, 200);
+        // The first handler sleeps 30 ms: the lock is taken before its record can commit.
+        let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let handled = || app.bridge.handled_ids();
+        assert!(wait_until(5, || handled().len() >= window).await, "window {window}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(handled(), ids[..window], "window {window}: handled while nothing commits");
+        other.execute("ROLLBACK").await.unwrap();
+        assert!(wait_until(10, || handled().len() == 10).await, "window {window}: the rest");
+        assert_eq!(handled(), ids, "window {window}: in order");
+        wait_for_empty_inbox(&app.store).await;
+        app.stop().await;
+    }
+}
+
 async fn wait_for_empty_inbox(store: &mxbridge::Store) {
     for _ in 0..250 {
         if store.inbox_stats().await.unwrap().pending == 0 {
