@@ -8,7 +8,8 @@
 # and records startup-to-first-200, idle RSS and peak RSS. Prints medians and the ratios against
 # the targets of issue 5.
 #
-# Usage: scripts/bench-peers.sh [--rounds N] [--secs S] [--install-only]
+# Usage: scripts/bench-peers.sh [--rounds N] [--secs S] [--servers 'NAME ...'] [--only-a] [--install-only]
+#   --servers runs only the named servers (e.g. 'mxbridge-sqlite mautrix-python'); --only-a skips B.
 #   MXB_CACHE (default ~/.cache/mxbridge): venv, node_modules, the build (target-bench)
 #   MXBRIDGE_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); unreachable = skipped
 #   MXBRIDGE_BENCH_POSTGRES_SOCKET (default postgres:///test?host=/var/run/postgresql&user=postgres):
@@ -26,11 +27,15 @@ source "$ROOT/scripts/bench-common.sh"
 ROUNDS=3
 SECS=5
 INSTALL_ONLY=0
+ONLY_SERVERS=
+ONLY_A=0
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --secs) SECS=$2; shift 2 ;;
         --install-only) INSTALL_ONLY=1; shift ;;
+        --servers) ONLY_SERVERS=$2; shift 2 ;;
+        --only-a) ONLY_A=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -68,6 +73,11 @@ EX=$CARGO_TARGET_DIR/release/examples
 SERVERS=(mxbridge-sqlite bare-axum mautrix-python matrix-appservice diag-sqlite-intake-only
     diag-sqlite-random-ids)
 add_postgres_servers
+if [ -n "$ONLY_SERVERS" ]; then
+    read -r -a SERVERS <<<"$ONLY_SERVERS"
+fi
+SCENARIOS=("A -k 100 --conns 1 --warmup 50" "B -k 1 --conns 64 --warmup 2000")
+[ "$ONLY_A" = 1 ] && SCENARIOS=("${SCENARIOS[0]}")
 
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mxbridge-bench.XXXXXX")
@@ -143,7 +153,7 @@ for round in $(seq 1 "$ROUNDS"); do
             continue
         fi
         echo "round=$round $out" >>"$RESULTS"
-        for scenario in "A -k 100 --conns 1 --warmup 50" "B -k 1 --conns 64 --warmup 2000"; do
+        for scenario in "${SCENARIOS[@]}"; do
             read -r s flags <<<"$scenario"
             read -r -a flags <<<"$flags"
             [ "$name" = diag-sqlite-random-ids ] && flags+=(--random-ids)
@@ -210,6 +220,17 @@ for mx in [l for l in labels if l.startswith("mxbridge")]:
         met = "-" if v is None else ("yes" if (v >= goal if higher else v <= goal) else "NO")
         shown = "-" if v is None else (f"{v:.2f}x" if higher else f"{v:.1f}")
         print(f"| {name} | {mx} | {shown} | {'>=' if higher else '<='} {goal:g}{'x' if higher else ''} | {met} |")
+
+# The rounds' own ratios: a median ratio near a goal says little when the rounds spread.
+for mx in [l for l in labels if l.startswith("mxbridge")]:
+    per_round = []
+    for rnd in sorted({r["round"] for r in rows}, key=int):
+        def at(label, rnd=rnd):
+            return next((float(r["events_s"]) for r in rows if r.get("label") == label
+                         and r.get("scenario") == "A" and r["round"] == rnd), None)
+        v = ratio(at(mx), at("mautrix-python"))
+        per_round.append("-" if v is None else f"{v:.2f}x")
+    print(f"A vs mautrix-python per round, {mx}: {', '.join(per_round)}")
 EOF
 echo
 echo "raw results: $RESULTS"
