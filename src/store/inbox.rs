@@ -184,8 +184,13 @@ impl RowsSql {
                 "INSERT INTO mx_membership (room_id, user_id, membership, displayname, avatar_url) \
                  VALUES ",
                 5,
+                // A row that changes nothing is not written again: an update writes its page
+                // even when every value stays, and that page is then a WAL frame of the commit.
                 " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
-                 displayname = excluded.displayname, avatar_url = excluded.avatar_url",
+                 displayname = excluded.displayname, avatar_url = excluded.avatar_url \
+                 WHERE mx_membership.membership IS NOT excluded.membership \
+                 OR mx_membership.displayname IS NOT excluded.displayname \
+                 OR mx_membership.avatar_url IS NOT excluded.avatar_url",
             ),
             Self::Progress | Self::SqliteProgress => (
                 "INSERT INTO mx_room_progress (room_id, batch_seq, idx) VALUES ",

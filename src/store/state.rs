@@ -246,7 +246,9 @@ impl Store {
                 "INSERT INTO mx_membership (room_id, user_id, membership, displayname, avatar_url) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, user_id) DO UPDATE SET \
                  membership = excluded.membership, displayname = excluded.displayname, \
-                 avatar_url = excluded.avatar_url",
+                 avatar_url = excluded.avatar_url \
+                 WHERE (mx_membership.membership, mx_membership.displayname, mx_membership.avatar_url) \
+                 IS DISTINCT FROM (excluded.membership, excluded.displayname, excluded.avatar_url)",
             )
             .bind(room_id)
             .bind(user_id)

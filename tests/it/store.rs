@@ -272,6 +272,80 @@ async fn raw_sql(url: &str, sql: &'static str) {
     }
 }
 
+/// Runs several statements at once (a trigger and its function).
+async fn raw_script(url: &str, sql: &'static str) {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+}
+
+async fn raw_count(url: &str, sql: &'static str) -> i64 {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+/// A membership write that the cache cannot answer (it forgot the row) but that changes
+/// nothing in the database updates no row: an update rewrites its page even with every value
+/// the same. One that changes the name, the avatar or the membership does.
+async fn unchanged_membership_rows_are_not_rewritten(store: Store, url: &str) {
+    store.set_membership("!r", "@u:x", Membership::Join, Some("U"), None).await.unwrap();
+    if url.starts_with("sqlite:") {
+        raw_script(
+            url,
+            "CREATE TABLE mx_t (n INTEGER); \
+             CREATE TRIGGER mx_t_up AFTER UPDATE ON mx_membership BEGIN INSERT INTO mx_t VALUES (1); END;",
+        )
+        .await;
+    } else {
+        raw_script(
+            url,
+            "CREATE TABLE mx_t (n INTEGER); \
+             CREATE FUNCTION mx_t_fn() RETURNS trigger AS $$ BEGIN INSERT INTO mx_t VALUES (1); \
+             RETURN NULL; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER mx_t_up AFTER UPDATE ON mx_membership FOR EACH ROW \
+             EXECUTE FUNCTION mx_t_fn();",
+        )
+        .await;
+    }
+    let updates = || raw_count(url, "SELECT count(*) FROM mx_t");
+    for _ in 0..2 {
+        store.forget_caches();
+        store.set_membership("!r", "@u:x", Membership::Join, Some("U"), None).await.unwrap();
+    }
+    assert_eq!(updates().await, 0, "the same row twice: not rewritten");
+    let changes = [
+        (Membership::Join, Some("V"), None),
+        (Membership::Join, Some("V"), Some("mxc://x/a")),
+        (Membership::Leave, Some("V"), Some("mxc://x/a")),
+        (Membership::Leave, None, Some("mxc://x/a")),
+    ];
+    for (i, (membership, name, avatar)) in changes.into_iter().enumerate() {
+        store.forget_caches();
+        store.set_membership("!r", "@u:x", membership, name, avatar).await.unwrap();
+        assert_eq!(updates().await, i as i64 + 1, "change {i} is written");
+        store.forget_caches();
+        let member = store.member("!r", "@u:x").await.unwrap().unwrap();
+        assert_eq!(member.membership, membership);
+        assert_eq!(member.displayname.as_deref(), name);
+        assert_eq!(member.avatar_url.as_deref(), avatar);
+    }
+}
+
 /// Memberships and registrations are answered from memory once known; writes go to the
 /// database first and to memory only when it took them.
 async fn membership_cache_answers_without_queries(store: Store, url: &str) {
@@ -393,6 +467,17 @@ macro_rules! suite {
                 let db = crate::common::fresh_database($name, dir.path()).await;
                 let s = Store::connect(&db).await.unwrap();
                 membership_cache_answers_without_queries(s, &db.url).await;
+            }
+
+            #[tokio::test]
+            async fn unchanged_membership() {
+                let dir = tempfile::tempdir().unwrap();
+                if $name == "postgres" && postgres_url().is_none() {
+                    return;
+                }
+                let db = crate::common::fresh_database($name, dir.path()).await;
+                let s = Store::connect(&db).await.unwrap();
+                unchanged_membership_rows_are_not_rewritten(s, &db.url).await;
             }
 
             #[tokio::test]
