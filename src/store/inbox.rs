@@ -1097,13 +1097,17 @@ impl Store {
         with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
             let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
+            // A requeued event parked again gets a new row, so a new `seq`: a running
+            // dispatcher reads requeued events after the last `seq` it routed, and would not
+            // see the event when it is put back in line once more.
+            sqlx::query("DELETE FROM mx_parked WHERE event_id = $1")
+                .bind(&event.event_id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO mx_parked \
                  (event_id, room_id, event_json, attempts, last_error, parked_at, requeued) \
-                 VALUES ($1, $2, $3, $4, $5, $6, FALSE) ON CONFLICT (event_id) DO UPDATE SET \
-                 room_id = excluded.room_id, event_json = excluded.event_json, \
-                 attempts = excluded.attempts, last_error = excluded.last_error, \
-                 parked_at = excluded.parked_at, requeued = FALSE",
+                 VALUES ($1, $2, $3, $4, $5, $6, FALSE)",
             )
             .bind(&event.event_id)
             .bind(&event.room_id)

@@ -49,7 +49,8 @@ async fn events_of_a_room_are_handled_in_order_and_rooms_in_parallel() {
 }
 
 /// `inbox.room_concurrency` bounds the handlers running at once, while rooms take turns (a
-/// room waiting for its record's commit gives its slot to another), and order per room holds.
+/// room with nothing queued, or waiting for its records' commit, gives its slot to another),
+/// and order per room holds.
 #[tokio::test]
 async fn room_concurrency_bounds_the_handlers_running_at_once() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -116,15 +117,17 @@ async fn a_room_handles_at_most_its_record_window_before_the_records_commit() {
     for window in [1usize, 3] {
         let dir = tempfile::tempdir().unwrap();
         let db = fresh_database("sqlite", dir.path()).await;
-        let app =
-            start_with_inbox(&db, "{delay_ms: 30}", &format!("record_window: {window}, ")).await;
+        // Handlers wait for this file, so the lock is taken before any of them finished.
+        let hold = dir.path().join("go");
+        let bridge = format!("{{hold_file: '{}'}}", hold.display());
+        let app = start_with_inbox(&db, &bridge, &format!("record_window: {window}, ")).await;
         let client = crate::common::http();
         let ids: Vec<String> = (0..10).map(|i| format!("$w{window}e{i}")).collect();
         let refs: Vec<(&str, &str)> = ids.iter().map(|e| ("!w:localhost", e.as_str())).collect();
         assert_eq!(put_txn(&client, &app.url(""), "w1", &txn_body(&refs)).await, 200);
-        // The first handler sleeps 30 ms: the lock is taken before its record can commit.
         let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
         other.execute("BEGIN IMMEDIATE").await.unwrap();
+        std::fs::write(&hold, "").unwrap();
         let handled = || app.bridge.handled_ids();
         assert!(wait_until(5, || handled().len() >= window).await, "window {window}");
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -135,6 +138,38 @@ async fn a_room_handles_at_most_its_record_window_before_the_records_commit() {
         wait_for_empty_inbox(&app.store).await;
         app.stop().await;
     }
+}
+
+/// A parked event put back in line, parked again and put back once more is handled by the
+/// same running process (each parking gives it a new place in the requeue order).
+#[tokio::test]
+async fn an_event_parked_twice_can_be_retried_twice_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    // The tests' config tries an event 3 times before parking it.
+    let app = Running::start(&db, "{fail_times: {'$twice': 6}}").await;
+    let client = crate::common::http();
+    let body = txn_body(&[("!p:localhost", "$twice")]);
+    assert_eq!(put_txn(&client, &app.url(""), "p1", &body).await, 200);
+    let calls = || app.bridge.calls.lock().unwrap().get("$twice").copied().unwrap_or(0);
+    for round in 1..=2u32 {
+        let parked = async || app.store.parked_events(10).await.unwrap().len() == 1;
+        let mut ok = false;
+        for _ in 0..500 {
+            if calls() == 3 * round && parked().await {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(ok, "failed and parked, round {round}: {} calls", calls());
+        assert_eq!(app.store.retry_parked(Some("$twice")).await.unwrap(), 1, "round {round}");
+    }
+    assert!(wait_until(5, || app.bridge.handled_ids() == ["$twice"]).await, "{} calls", calls());
+    assert_eq!(calls(), 7);
+    wait_for_empty_inbox(&app.store).await;
+    assert!(app.store.parked_events(10).await.unwrap().is_empty());
+    app.stop().await;
 }
 
 async fn wait_for_empty_inbox(store: &mxbridge::Store) {
