@@ -221,7 +221,7 @@ impl Default for DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct InboxConfig {
     /// How many rooms are processed at the same time (events of one room are always in order).
-    /// A room whose handled event waits for its record's commit does not count.
+    /// A room whose handled events wait for their records' commit does not count.
     #[serde(default = "default_room_concurrency")]
     pub room_concurrency: usize,
     /// The at-least-once window: how many of a room's events may be handled before their

@@ -7,11 +7,12 @@
 //! left), and whenever the in-memory queue overflowed (more than [`MAX_QUEUED`] events waiting):
 //! then it drops the queue and reads everything after the last batch it routed. Each event goes
 //! to its room's queue. A room queue has one worker task, which exists only while the room has
-//! work, and holds one of `room_concurrency` permits while it processes an event (not while it
-//! waits for the event's record to commit). At most [`MAX_IN_FLIGHT`]
+//! work, and holds one of `room_concurrency` permits while it processes events (not while it
+//! waits for their records to commit). At most [`MAX_IN_FLIGHT`]
 //! events are routed and not finished. A worker applies the state cache update, runs the
-//! handler, and records the event handled (its room's progress), retrying failures with
-//! doubling delays and parking the event after `max_attempts`.
+//! handler, and records the event handled (its room's progress, committed by the flusher; the
+//! worker waits for that only once `record_window` of its events are unrecorded), retrying
+//! failures with doubling delays and parking the event after `max_attempts`.
 //!
 //! Ephemeral data is not stored: the server queues it on a bounded channel (a full channel
 //! delays the homeserver's 200, it never drops data) and one task hands it to the bridge in the
@@ -468,7 +469,7 @@ impl<B: Bridge> Shared<B> {
 
     async fn room_worker(&self, room_id: Arc<str>, mut rx: mpsc::UnboundedReceiver<Job>) {
         // The room's slot: held while a handler runs, given back while the room waits for its
-        // last event's record to commit (see `complete`) or for more work, taken again for the
+        // events' records to commit (see `wait_recorded`) or for more work, taken again for the
         // next event.
         let mut slot = None;
         let mut unrecorded = Unrecorded::default();
@@ -689,7 +690,10 @@ impl<B: Bridge> Shared<B> {
         if *flushed.borrow() < unrecorded.generation {
             drop(slot.take());
         }
-        // The flusher outlives the workers, so the sender is alive while we wait.
+        // The flusher runs until the workers are gone or the shutdown grace is over, and a worker
+        // handles nothing after shutdown began; a flush that gave up on shutdown (`persist`)
+        // still advances `flushed`, so this returns then too, with the records left unwritten
+        // (their events are handed out again after the restart).
         let _ = flushed.wait_for(|&done| done >= unrecorded.generation).await;
         unrecorded.events = 0;
     }
@@ -757,6 +761,10 @@ impl<B: Bridge> Shared<B> {
     }
 
     /// Parks an event (its room's progress moves past it), retrying as the flusher does.
+    ///
+    /// The room's progress is written here directly, possibly before earlier events' records
+    /// that the flusher still holds: those then never move it back (a progress upsert only
+    /// moves forward).
     async fn park(&self, event: &PendingEvent, attempts: i32, error: &str) {
         self.persist("park event", |store| async move { store.park(event, attempts, error).await })
             .await;

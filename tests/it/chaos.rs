@@ -7,8 +7,8 @@
 //! be placed: the framework promises at-least-once handling where the only second delivery is
 //! of an event whose handler finished but whose record did not commit before the kill. Such an
 //! event is one of the last `inbox.record_window` its room handled in that life (a room handles
-//! one event at a time). The SQLite runs use the smallest window (1), the PostgreSQL runs the
-//! default one.
+//! one event at a time). SQLite runs with the smallest window (1) and the default one, PostgreSQL
+//! with the default one.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -184,6 +184,8 @@ fn tally(acked: &[String], lives: &[Vec<String>], window: usize) -> Tally {
             if let Some(&earlier) = seen.get(id.as_str()) {
                 if among_last(&lives[earlier], id, window) {
                     window_duplicates += 1;
+                    // A third handling is checked against this life, the one before it.
+                    seen.insert(id, life);
                 } else {
                     bad_duplicates.push(format!("{id} in lives {earlier} and {life}"));
                 }
@@ -327,6 +329,14 @@ async fn sigkill_20_times_under_load_sqlite() {
 }
 
 #[tokio::test]
+async fn sigkill_20_times_under_load_sqlite_default_window() {
+    if is_child() {
+        return;
+    }
+    run_under_faults("sqlite", Fault::Kill, 20, 3, default_window()).await;
+}
+
+#[tokio::test]
 async fn sigkill_20_times_under_load_postgres() {
     if is_child() {
         return;
@@ -374,6 +384,12 @@ fn tally_tells_window_duplicates_from_others() {
     assert_eq!(tally(&acked, &[life0.clone(), s(&["$k1r1"])], 1).bad_duplicates.len(), 1);
     let t = tally(&acked, &[life0.clone(), s(&["$k1r1"])], 2);
     assert_eq!((t.window_duplicates, t.bad_duplicates.len()), (1, 0));
+    // Handled in three lives: the third handling is placed in the second life, not the first.
+    let t = tally(&acked, &[life0.clone(), s(&["$k3r1"]), s(&["$k3r1"])], 1);
+    assert_eq!((t.window_duplicates, t.bad_duplicates.len()), (2, 0));
+    // In life 1 $k3r1 is not its room's last ($k1r1, a bad duplicate itself, came after it).
+    let t = tally(&acked, &[life0.clone(), s(&["$k3r1", "$k1r1"]), s(&["$k3r1"])], 1);
+    assert_eq!((t.window_duplicates, t.bad_duplicates.len()), (1, 2));
     // Twice in one life is never in a window.
     let t = tally(&acked, &[s(&["$k0r0", "$k0r0"])], 8);
     assert_eq!((t.bad_duplicates.len(), t.lost.len()), (1, 3));
