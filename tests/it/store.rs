@@ -260,20 +260,8 @@ async fn batches_of_schema_3_get_their_event_ids(
 }
 
 /// Runs one statement on the database at `url`, past the store.
+/// Runs `sql` (one statement or several) past the store.
 async fn raw_sql(url: &str, sql: &'static str) {
-    if url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&pool).await.unwrap();
-        pool.close().await;
-    } else {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&pool).await.unwrap();
-        pool.close().await;
-    }
-}
-
-/// Runs several statements at once (a trigger and its function).
-async fn raw_script(url: &str, sql: &'static str) {
     if url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         sqlx::raw_sql(sql).execute(&pool).await.unwrap();
@@ -305,14 +293,14 @@ async fn raw_count(url: &str, sql: &'static str) -> i64 {
 async fn unchanged_membership_rows_are_not_rewritten(store: Store, url: &str) {
     store.set_membership("!r", "@u:x", Membership::Join, Some("U"), None).await.unwrap();
     if url.starts_with("sqlite:") {
-        raw_script(
+        raw_sql(
             url,
             "CREATE TABLE mx_t (n INTEGER); \
              CREATE TRIGGER mx_t_up AFTER UPDATE ON mx_membership BEGIN INSERT INTO mx_t VALUES (1); END;",
         )
         .await;
     } else {
-        raw_script(
+        raw_sql(
             url,
             "CREATE TABLE mx_t (n INTEGER); \
              CREATE FUNCTION mx_t_fn() RETURNS trigger AS $$ BEGIN INSERT INTO mx_t VALUES (1); \
@@ -408,6 +396,15 @@ macro_rules! suite {
                 Some(fresh_store($name, dir.path()).await)
             }
 
+            /// A fresh store and its URL, for tests that also reach the database past it.
+            async fn store_and_url(dir: &tempfile::TempDir) -> Option<(Store, String)> {
+                if $name == "postgres" && postgres_url().is_none() {
+                    return None;
+                }
+                let db = crate::common::fresh_database($name, dir.path()).await;
+                Some((Store::connect(&db).await.unwrap(), db.url))
+            }
+
             #[tokio::test]
             async fn inbox() {
                 let dir = tempfile::tempdir().unwrap();
@@ -461,23 +458,15 @@ macro_rules! suite {
             #[tokio::test]
             async fn membership_cache() {
                 let dir = tempfile::tempdir().unwrap();
-                if $name == "postgres" && postgres_url().is_none() {
-                    return;
-                }
-                let db = crate::common::fresh_database($name, dir.path()).await;
-                let s = Store::connect(&db).await.unwrap();
-                membership_cache_answers_without_queries(s, &db.url).await;
+                let Some((s, url)) = store_and_url(&dir).await else { return };
+                membership_cache_answers_without_queries(s, &url).await;
             }
 
             #[tokio::test]
             async fn unchanged_membership() {
                 let dir = tempfile::tempdir().unwrap();
-                if $name == "postgres" && postgres_url().is_none() {
-                    return;
-                }
-                let db = crate::common::fresh_database($name, dir.path()).await;
-                let s = Store::connect(&db).await.unwrap();
-                unchanged_membership_rows_are_not_rewritten(s, &db.url).await;
+                let Some((s, url)) = store_and_url(&dir).await else { return };
+                unchanged_membership_rows_are_not_rewritten(s, &url).await;
             }
 
             #[tokio::test]
