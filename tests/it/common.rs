@@ -306,6 +306,18 @@ pub async fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Polls `cond`, which may query the store, every 10 ms until it holds or `secs` pass.
+pub async fn wait_until_async(secs: u64, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond().await
+}
+
 /// A plain HTTP client for tests (installs the TLS provider first).
 pub fn http() -> reqwest::Client {
     mxbridge::install_crypto_provider();

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use mxbridge::config::DatabaseConfig;
 
-use crate::common::{Running, fresh_database, put_txn, txn_body, wait_until};
+use crate::common::{Running, fresh_database, put_txn, txn_body, wait_until, wait_until_async};
 
 /// A bridge on `db` with the recorder's `bridge` config and these `inbox:` keys, whose homeserver
 /// is never reached.
@@ -91,15 +91,11 @@ async fn an_idle_room_worker_holds_no_room_slot() {
     let refs: Vec<(&str, &str)> = events.iter().map(|(r, e)| (r.as_str(), e.as_str())).collect();
     let started = std::time::Instant::now();
     assert_eq!(put_txn(&client, &app.url(""), "idle1", &txn_body(&refs)).await, 200);
-    let mut done = false;
-    for _ in 0..1000 {
+    let done = wait_until_async(10, async || {
         let parked = app.store.parked_events(100).await.unwrap().len();
-        if parked == 10 && app.bridge.handled.lock().unwrap().len() == 10 {
-            done = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        parked == 10 && app.bridge.handled.lock().unwrap().len() == 10
+    })
+    .await;
     assert!(done, "10 handled and 10 parked");
     // Each worker lingers 250 ms after its event: holding the slot meanwhile would take ~2.5 s.
     let took = started.elapsed();
@@ -153,15 +149,10 @@ async fn an_event_parked_twice_can_be_retried_twice_without_a_restart() {
     assert_eq!(put_txn(&client, &app.url(""), "p1", &body).await, 200);
     let calls = || app.bridge.calls.lock().unwrap().get("$twice").copied().unwrap_or(0);
     for round in 1..=2u32 {
-        let parked = async || app.store.parked_events(10).await.unwrap().len() == 1;
-        let mut ok = false;
-        for _ in 0..500 {
-            if calls() == 3 * round && parked().await {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let ok = wait_until_async(5, async || {
+            calls() == 3 * round && app.store.parked_events(10).await.unwrap().len() == 1
+        })
+        .await;
         assert!(ok, "failed and parked, round {round}: {} calls", calls());
         assert_eq!(app.store.retry_parked(Some("$twice")).await.unwrap(), 1, "round {round}");
     }

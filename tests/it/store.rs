@@ -259,8 +259,7 @@ async fn batches_of_schema_3_get_their_event_ids(
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
 }
 
-/// Runs one statement on the database at `url`, past the store.
-/// Runs `sql` (one statement or several) past the store.
+/// Runs `sql` (one statement or several) on the database at `url`, past the store.
 async fn raw_sql(url: &str, sql: &'static str) {
     if url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
