@@ -174,7 +174,7 @@ async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
             let schema = format!("bench_{}", std::process::id());
             // One connection, one round trip: this is the harness, not the bridge, but it runs
             // inside the startup figure (a pool would open a second connection for the second
-            // statement, and over TCP each costs a TLS handshake with delayed-ACK stalls).
+            // statement, and over TCP each costs a connection setup and a TLS handshake).
             let mut admin = sqlx::PgConnection::connect_with(&admin_options).await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"

@@ -78,9 +78,6 @@ pub struct Store {
     backend: Backend,
     /// SQLite files only: connections for read-only queries (see `with_reader!`).
     readers: Option<SqlitePool>,
-    /// About how many bytes of event JSON one inbox `INSERT` may carry (see
-    /// `inbox::statement_bytes`).
-    statement_bytes: usize,
     /// PostgreSQL only: connections with `synchronous_commit = off`, opened when first needed,
     /// for the dispatcher's progress records and the state cache rows of incoming events (see
     /// `with_relaxed!`). What a crash of the database server loses of them only hands events
@@ -149,10 +146,8 @@ fn ping_if_idle(
 ///
 /// sqlx's default, `prefer`, negotiates TLS whenever the server offers it but verifies nothing
 /// and falls back to plain text, so it guards only against someone who can read the traffic,
-/// and on loopback that is root. Its cost there is real: sqlx 0.9.0 sets no `TCP_NODELAY`, and
-/// each TLS handshake waits twice for a ~40 ms delayed ACK (start to first answered transaction:
-/// ~250–330 ms with TLS, ~55–65 ms without), and inbox statements must stay within one TLS
-/// record. A URL that names a TLS mode, even `prefer`, is used as written.
+/// and on loopback that is root. It still costs a handshake per connection and encryption of
+/// every statement. A URL that names a TLS mode, even `prefer`, is used as written.
 fn plain_on_loopback(url: &str, options: PgConnectOptions, env_mode: bool) -> PgConnectOptions {
     let named = url.split_once('?').is_some_and(|(_, query)| {
         query.split('&').any(|pair| {
@@ -163,23 +158,17 @@ fn plain_on_loopback(url: &str, options: PgConnectOptions, env_mode: bool) -> Pg
     let host = options.get_host().trim_matches(['[', ']']);
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if named || env_mode || !loopback || pg_link(&options) == inbox::Link::UnixSocket {
+    if named || env_mode || !loopback || over_unix_socket(&options) {
         return options;
     }
     tracing::debug!(host, "PostgreSQL on loopback TCP without a TLS mode: connecting without TLS");
     options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
 }
 
-/// How sqlx will reach this PostgreSQL server: over a Unix socket when given one, or a host that
-/// is a directory (as `PgConnectOptions::fetch_socket` decides), else over TCP.
-fn pg_link(options: &PgConnectOptions) -> inbox::Link {
-    if options.get_socket().is_some() || options.get_host().starts_with('/') {
-        inbox::Link::UnixSocket
-    } else if matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Disable) {
-        inbox::Link::PlainTcp
-    } else {
-        inbox::Link::Tcp
-    }
+/// Whether sqlx will reach this PostgreSQL server over a Unix socket: when given one, or a host
+/// that is a directory (as `PgConnectOptions::fetch_socket` decides).
+fn over_unix_socket(options: &PgConnectOptions) -> bool {
+    options.get_socket().is_some() || options.get_host().starts_with('/')
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool of the store's backend.
@@ -277,9 +266,7 @@ impl Store {
         let mut readers = None;
         let mut relaxed = None;
         let mut checkpointer = None;
-        let statement_bytes;
         let backend = if url.starts_with("sqlite:") {
-            statement_bytes = inbox::statement_bytes(inbox::Link::InProcess);
             let synchronous = match config.sqlite_synchronous {
                 SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
                 SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
@@ -324,7 +311,6 @@ impl Store {
             Backend::Sqlite(writer::SqliteWriter::connect(options, !in_memory).await?)
         } else {
             let options = Self::postgres_options(url)?;
-            statement_bytes = inbox::statement_bytes(pg_link(&options));
             relaxed = Some(
                 PgPoolOptions::new()
                     .max_connections(config.max_connections.div_ceil(2).max(1))
@@ -346,7 +332,6 @@ impl Store {
         let store = Self {
             backend,
             readers,
-            statement_bytes,
             relaxed,
             portal_cache: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
@@ -450,9 +435,8 @@ impl Store {
     ///
     /// One connection, because sqlx pings a connection handed back to the pool before it is
     /// idle again: an acquire right after a release opens a second connection, which on
-    /// PostgreSQL over TCP costs a TLS handshake and ~100 ms of delayed-ACK stalls (sqlx 0.9.0
-    /// sets no `TCP_NODELAY`). A database already up to date costs two statements: the table
-    /// check and the version read.
+    /// PostgreSQL over TCP costs a connection setup (and a TLS handshake). A database already
+    /// up to date costs two statements: the table check and the version read.
     async fn migrate(&self) -> Result<()> {
         let known = MIGRATIONS.last().map_or(0, |m| m.version);
         let postgres = self.backend_name() == "postgres";
@@ -630,22 +614,18 @@ mod tests {
     }
 
     #[test]
-    fn postgres_takes_large_inbox_statements_unless_tls_over_tcp() {
-        for (url, link) in [
-            ("postgres://postgres@127.0.0.1:5432/test", inbox::Link::Tcp),
-            ("postgres://db.example.org/test", inbox::Link::Tcp),
-            ("postgres://db.example.org/test?sslmode=require", inbox::Link::Tcp),
-            ("postgres://postgres@127.0.0.1:5432/test?sslmode=disable", inbox::Link::PlainTcp),
-            ("postgres:///test?host=/var/run/postgresql&user=postgres", inbox::Link::UnixSocket),
-            ("postgres://%2Fvar%2Frun%2Fpostgresql/test", inbox::Link::UnixSocket),
+    fn a_unix_socket_is_told_from_tcp() {
+        for (url, socket) in [
+            ("postgres://postgres@127.0.0.1:5432/test", false),
+            ("postgres://db.example.org/test?sslmode=require", false),
+            ("postgres:///test?host=/var/run/postgresql&user=postgres", true),
+            ("postgres://%2Fvar%2Frun%2Fpostgresql/test", true),
         ] {
-            assert_eq!(pg_link(&PgConnectOptions::from_str(url).unwrap()), link, "{url}");
-        }
-        // Over TCP with TLS a 100-event transaction (~33 KB) needs several statements, each
-        // within one TLS record; without TLS, over a socket or in the process it is one.
-        assert!(inbox::statement_bytes(inbox::Link::Tcp) < 16 * 1024);
-        for link in [inbox::Link::PlainTcp, inbox::Link::UnixSocket, inbox::Link::InProcess] {
-            assert!(inbox::statement_bytes(link) >= 1024 * 1024);
+            assert_eq!(
+                over_unix_socket(&PgConnectOptions::from_str(url).unwrap()),
+                socket,
+                "{url}"
+            );
         }
     }
 
@@ -654,7 +634,7 @@ mod tests {
         let mode = |url: &str, env: bool| {
             let options = plain_on_loopback(url, PgConnectOptions::from_str(url).unwrap(), env);
             // PgSslMode has no PartialEq: compare its name.
-            (format!("{:?}", options.get_ssl_mode()), pg_link(&options))
+            format!("{:?}", options.get_ssl_mode())
         };
         let (disable, prefer, require) = ("Disable", "Prefer", "Require");
         for url in [
@@ -663,9 +643,9 @@ mod tests {
             "postgres://postgres@[::1]:5432/test",
             "postgres://postgres@127.0.0.2/test?application_name=x",
         ] {
-            assert_eq!(mode(url, false), (disable.into(), inbox::Link::PlainTcp), "{url}");
+            assert_eq!(mode(url, false), disable, "{url}");
             // PGSSLMODE names a mode: sqlx's reading of it stands.
-            assert_ne!(mode(url, true).0, disable, "{url}");
+            assert_ne!(mode(url, true), disable, "{url}");
         }
         for (url, want) in [
             ("postgres://postgres@127.0.0.1:5432/test?sslmode=prefer", prefer),
@@ -673,10 +653,10 @@ mod tests {
             ("postgres://db.example.org/test", prefer),
             ("postgres://10.0.0.5/test", prefer),
         ] {
-            assert_eq!(mode(url, false), (want.into(), inbox::Link::Tcp), "{url}");
+            assert_eq!(mode(url, false), want, "{url}");
         }
         let socket = "postgres:///test?host=/var/run/postgresql&user=postgres";
-        assert_eq!(mode(socket, false), (prefer.into(), inbox::Link::UnixSocket));
+        assert_eq!(mode(socket, false), prefer);
     }
 
     /// The default loopback URL really connects without TLS, and `sslmode=prefer` still gets
@@ -705,6 +685,50 @@ mod tests {
             with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
         store.close().await;
         assert_eq!(tls, offered == "on", "sslmode=prefer against a server with ssl = {offered}");
+    }
+
+    /// A transaction far larger than a TLS record is still one statement and one batch row
+    /// over TLS (with 8 KiB statements, as before sqlx set `TCP_NODELAY`, it was six).
+    #[tokio::test]
+    async fn a_large_transaction_is_one_batch_over_tls() {
+        let schema = TestSchema {
+            name: "t_tls_batch",
+            create: "CREATE SCHEMA t_tls_batch",
+            drop: "DROP SCHEMA IF EXISTS t_tls_batch CASCADE",
+        };
+        let Some(store) = schema.store_with("sslmode=prefer").await else { return };
+        let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+        let tls: bool =
+            with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
+        let offered: String = with_pool!(store, |pool| {
+            sqlx::query_scalar("SHOW ssl").fetch_one(pool).await.unwrap()
+        });
+        assert_eq!(tls, offered == "on", "sslmode=prefer against a server with ssl = {offered}");
+        let body = "x".repeat(400);
+        let ids: Vec<String> = (0..100).map(|i| format!("$tls{i}")).collect();
+        let jsons: Vec<String> = ids
+            .iter()
+            .map(|id| format!(r#"{{"event_id":"{id}","content":{{"body":"{body}"}}}}"#))
+            .collect();
+        let events: Vec<NewEvent<'_>> = ids
+            .iter()
+            .zip(&jsons)
+            .map(|(id, json)| NewEvent {
+                event_id: id.as_str().into(),
+                room_id: "!r:x".into(),
+                json,
+            })
+            .collect();
+        let outcome = store.accept_transaction("big", "h", &events).await.unwrap();
+        assert_eq!(outcome, AcceptOutcome::Stored { new_events: 100 });
+        let (batches, stored): (i64, i64) = with_pool!(store, |pool| {
+            sqlx::query_as("SELECT count(*), sum(n_events)::BIGINT FROM mx_inbox_batch")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        });
+        assert_eq!((batches, stored), (1, 100));
+        schema.remove(store).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,32 +31,13 @@ use crate::util::{FastMap, FastSet};
 /// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
 /// backends' limits).
 pub(super) const INSERT_CHUNK: usize = 128;
-/// How the store reaches its database, which decides how large an inbox statement may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Link {
-    /// SQLite, in the process.
-    InProcess,
-    /// PostgreSQL over a Unix socket.
-    UnixSocket,
-    /// PostgreSQL over TCP, with TLS when the server offers it (sqlx's default, `prefer`).
-    Tcp,
-    /// PostgreSQL over TCP without TLS (`sslmode=disable`).
-    PlainTcp,
-}
-
-/// About how many bytes of event JSON one inbox `INSERT` carries, by [`Link`]. Over TCP with
-/// TLS, a statement longer than one TLS record goes out in several writes, and the second waits
-/// ~40 ms for the delayed ACK of the first (Nagle: sqlx 0.9.0 sets no `TCP_NODELAY`,
-/// transact-rs/sqlx#4335), so a transaction's events are cut into statements of 8 KiB there. In
-/// the process, over a Unix socket and over plain TCP one write carries a whole statement, so
-/// a batch can be large, and each statement saved is a round trip saved (PostgreSQL, load A:
-/// 18–21k events/s with 8 KiB statements, 35–37k with whole batches, BENCHMARKS.md).
-pub(crate) fn statement_bytes(link: Link) -> usize {
-    match link {
-        Link::Tcp => 8 * 1024,
-        Link::InProcess | Link::UnixSocket | Link::PlainTcp => 1024 * 1024,
-    }
-}
+/// About how many bytes of event JSON one inbox `INSERT` carries: a transaction's events go in
+/// one statement up to this size, and each statement saved is a round trip saved. Until sqlx
+/// 0.9.1 set `TCP_NODELAY`, TLS over TCP took statements of 8 KiB: a longer one went out in
+/// several writes, and each after the first waited ~40 ms for a delayed ACK (Nagle). Whole
+/// statements there took PostgreSQL with TLS, load A, from 29–33k to 42–52k events/s
+/// (BENCHMARKS.md).
+pub(crate) const STATEMENT_BYTES: usize = 1024 * 1024;
 
 /// Splits `items` into runs of at most [`INSERT_CHUNK`] items and about `budget` bytes (an item
 /// larger than the budget goes alone), keeping their order.
@@ -561,13 +542,13 @@ impl Store {
         let mut bytes = 0;
         for (ti, t) in txns.iter().enumerate() {
             let all: Vec<usize> = (0..t.events.len()).collect();
-            for run in chunks_by_size(&all, self.statement_bytes, |&i| t.events[i].json.len()) {
+            for run in chunks_by_size(&all, STATEMENT_BYTES, |&i| t.events[i].json.len()) {
                 let json = batch_json(t, run);
                 bytes += json.len();
                 planned.push((ti, run.to_vec(), json, batch_ids(t, run)?));
             }
         }
-        if planned.is_empty() || bytes > self.statement_bytes {
+        if planned.is_empty() || bytes > STATEMENT_BYTES {
             return Ok(None);
         }
         let pairs: Vec<(&str, &str)> = txns.iter().map(|t| (t.txn_id, t.body_hash)).collect();
@@ -628,7 +609,7 @@ impl Store {
             return Ok(None);
         }
         let bytes: usize = t.events.iter().map(|e| e.json.len()).sum();
-        if bytes > self.statement_bytes {
+        if bytes > STATEMENT_BYTES {
             return Ok(None);
         }
         let mut ids: FastSet<&str> =
@@ -664,7 +645,7 @@ impl Store {
     async fn accept_once(&self, txns: &[IncomingTxn<'_>], dedup: Dedup) -> Result<Vec<Accepted>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
-        let budget = self.statement_bytes;
+        let budget = STATEMENT_BYTES;
         let (accepted, gone) = with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
             let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
