@@ -16,7 +16,7 @@
 #     the same server over its Unix socket (row mxbridge-postgres-socket); unreachable = skipped.
 #     Loopback TCP without an sslmode connects without TLS (docs/deploy.md); the row
 #     mxbridge-postgres-tls adds sslmode=prefer to the same URL, as a URL to another host would
-#     negotiate it (sqlx 0.9.0 sets no TCP_NODELAY: ~100 ms per new connection).
+#     negotiate it.
 #   MXB_PIN=0 turns off CPU pinning (default: load tool on CPU 0, server on CPU 1)
 set -euo pipefail
 

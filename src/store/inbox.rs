@@ -531,8 +531,8 @@ impl Store {
     /// PostgreSQL's common case ([`PG_ONE_TRIP`]): the whole group assumed new, in one
     /// statement instead of five round trips (`BEGIN`, transactions, event IDs, batches,
     /// `COMMIT`). `None`, having stored nothing, when a transaction or event was seen before (a
-    /// unique violation) or when the group's events do not fit one statement of the link's
-    /// size; the caller then stores it the careful way.
+    /// unique violation) or when the group's events do not fit one statement
+    /// ([`STATEMENT_BYTES`]); the caller then stores it the careful way.
     async fn accept_pg_one_trip(
         &self,
         pool: &sqlx::PgPool,
