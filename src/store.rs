@@ -524,6 +524,20 @@ pub(crate) struct TestSchema {
     pub(crate) drop: &'static str,
 }
 
+/// A [`TestSchema`] named `$name` (a literal), its SQL written out at compile time.
+#[cfg(test)]
+macro_rules! test_schema {
+    ($name:literal) => {
+        $crate::store::TestSchema {
+            name: $name,
+            create: concat!("CREATE SCHEMA ", $name),
+            drop: concat!("DROP SCHEMA IF EXISTS ", $name, " CASCADE"),
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use test_schema;
+
 #[cfg(test)]
 impl TestSchema {
     fn url() -> Option<String> {
@@ -569,11 +583,7 @@ mod tests {
     /// else (the intake above all) waits for it.
     #[tokio::test]
     async fn on_postgres_only_the_relaxed_pool_skips_the_wal_flush() {
-        let schema = TestSchema {
-            name: "t_relaxed_pool",
-            create: "CREATE SCHEMA t_relaxed_pool",
-            drop: "DROP SCHEMA IF EXISTS t_relaxed_pool CASCADE",
-        };
+        let schema = test_schema!("t_relaxed_pool");
         let Some(store) = schema.store().await else { return };
         let show = "SHOW synchronous_commit";
         let strict: String =
@@ -589,11 +599,7 @@ mod tests {
     /// new connection instead of failing: the pools skip sqlx's ping on every checkout.
     #[tokio::test]
     async fn postgres_connections_ended_while_idle_are_replaced_before_use() {
-        let schema = TestSchema {
-            name: "t_idle_ping",
-            create: "CREATE SCHEMA t_idle_ping",
-            drop: "DROP SCHEMA IF EXISTS t_idle_ping CASCADE",
-        };
+        let schema = test_schema!("t_idle_ping");
         let Some(store) = schema.store_with("application_name=t_idle_ping").await else { return };
         let url = TestSchema::url().unwrap();
         let one = "SELECT 1";
@@ -718,11 +724,7 @@ mod tests {
     /// over TLS (with 8 KiB statements, as before sqlx set `TCP_NODELAY`, it was six).
     #[tokio::test]
     async fn a_large_transaction_is_one_batch_over_tls() {
-        let schema = TestSchema {
-            name: "t_tls_batch",
-            create: "CREATE SCHEMA t_tls_batch",
-            drop: "DROP SCHEMA IF EXISTS t_tls_batch CASCADE",
-        };
+        let schema = test_schema!("t_tls_batch");
         let Some(store) = schema.store_with("sslmode=prefer").await else { return };
         let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
         let tls: bool =

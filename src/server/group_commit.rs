@@ -287,11 +287,7 @@ mod tests {
     /// before (here, often: each transaction comes twice, sometimes in one group).
     #[tokio::test]
     async fn concurrent_transactions_on_postgres() {
-        let schema = crate::store::TestSchema {
-            name: "t_group_commit",
-            create: "CREATE SCHEMA t_group_commit",
-            drop: "DROP SCHEMA IF EXISTS t_group_commit CASCADE",
-        };
+        let schema = crate::store::test_schema!("t_group_commit");
         let Some(store) = schema.store().await else { return };
         concurrent_transactions(store.clone()).await;
         schema.remove(store).await;
