@@ -336,6 +336,8 @@ fn default_max_connections() -> u32 {
 fn default_room_concurrency() -> usize {
     32
 }
+/// The values `database.sqlite_cache_mib` may take (SQLite reads `cache_size` as 32 bits).
+pub(crate) const SQLITE_CACHE_MIB: std::ops::RangeInclusive<u32> = 1..=65_536;
 fn default_sqlite_cache_mib() -> u32 {
     16
 }
@@ -520,7 +522,7 @@ impl<T> Config<T> {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());
         }
-        if !(1..=65_536).contains(&self.database.sqlite_cache_mib) {
+        if !SQLITE_CACHE_MIB.contains(&self.database.sqlite_cache_mib) {
             return invalid("database.sqlite_cache_mib", "must be from 1 to 65536".into());
         }
         if self.inbox.room_concurrency == 0 {

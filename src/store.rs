@@ -14,7 +14,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
-use crate::config::{DatabaseConfig, SqliteSynchronous};
+use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 
 mod checkpoint;
 mod inbox;
@@ -311,7 +311,9 @@ impl Store {
             // the dedup index, go through it (`database.sqlite_cache_mib`; the readers keep
             // SQLite's default, one per connection).
             // (Clamped to what `Config::validate` allows, for a config built in code.)
-            let cache_kib = i64::from(config.sqlite_cache_mib.clamp(1, 65_536)) * 1024;
+            let cache_kib = i64::from(
+                config.sqlite_cache_mib.clamp(*SQLITE_CACHE_MIB.start(), *SQLITE_CACHE_MIB.end()),
+            ) * 1024;
             let options = options
                 .statement_cache_capacity(WRITER_STATEMENTS)
                 .pragma("cache_size", format!("-{cache_kib}"));

@@ -645,7 +645,6 @@ impl Store {
     async fn accept_once(&self, txns: &[IncomingTxn<'_>], dedup: Dedup) -> Result<Vec<Accepted>> {
         const TXN_CHUNK: usize = 64;
         let now = now_ms();
-        let budget = STATEMENT_BYTES;
         let (accepted, gone) = with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
             let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
@@ -755,14 +754,15 @@ impl Store {
                     outcome: AcceptOutcome::Stored { new_events: new_events.len() },
                     batches: vec![],
                 });
-                for run in chunks_by_size(&new_events, budget, |&i| t.events[i].json.len()) {
+                for run in chunks_by_size(&new_events, STATEMENT_BYTES, |&i| t.events[i].json.len())
+                {
                     let json = batch_json(t, run);
                     let ids = batch_ids(t, run)?;
                     planned.push(Planned { txn: ti, events: run.to_vec(), json, ids });
                 }
             }
             let mut seqs: Vec<i64> = Vec::with_capacity(planned.len());
-            for chunk in chunks_by_size(&planned, budget, |b| b.json.len()) {
+            for chunk in chunks_by_size(&planned, STATEMENT_BYTES, |b| b.json.len()) {
                 let mut query = sqlx::query(rows_sql(RowsSql::Batches, chunk.len())).bind(now);
                 for b in chunk {
                     let n = i32::try_from(b.events.len()).map_err(corrupt)?;
