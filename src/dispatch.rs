@@ -2,7 +2,7 @@
 //! then parked — never dropped.
 //!
 //! After committing a transaction the server hands its stored batches to the dispatcher in
-//! memory ([`Inbox::hand_off`]), in commit order, so the common path never reads the events
+//! memory ([`Handoff::hand_off`]), in commit order, so the common path never reads the events
 //! back. The dispatcher reads batches from the database instead at startup (what a previous run
 //! left), and whenever the in-memory queue overflowed (more than [`MAX_QUEUED`] events waiting):
 //! then it drops the queue and reads everything after the last batch it routed. Each event goes
@@ -21,7 +21,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -30,20 +30,17 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::{
-    bridge::{Bridge, Event},
+    bridge::Bridge,
     config::InboxConfig,
+    event::{EphemeralBatch, Event},
+    intake::{Handoff, HandoffReceivers, LiveBatch, LiveState, Routed},
     metrics::EventOutcome,
-    server::transactions::EphemeralBatch,
     store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
     util::FastMap,
 };
 
 /// The most events routed to room queues and not yet finished.
-pub const MAX_IN_FLIGHT: usize = 1024;
-
-/// The most events waiting in the in-memory hand-off queue; beyond that the dispatcher reads
-/// them from the database.
-pub const MAX_QUEUED: usize = 8192;
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// On SQLite, finished batches are deleted once this many are waiting, or when the flusher has
 /// no progress to write: one `DELETE` for many batches instead of one per flush. A finished
@@ -52,97 +49,6 @@ const DELETE_BATCHES_AT: usize = 256;
 
 /// How long a room's worker waits, holding no slot, for the room's next event before it exits.
 const ROOM_LINGER: Duration = Duration::from_millis(250);
-
-/// A committed batch handed over in memory (or read back from the database).
-#[derive(Debug)]
-pub(crate) struct LiveBatch {
-    pub(crate) seq: i64,
-    pub(crate) events: Vec<Routed>,
-}
-
-/// An event on its way to its room's worker.
-#[derive(Debug)]
-pub(crate) enum Routed {
-    /// Handed over by the intake, which parsed it already: the event holds its IDs and JSON.
-    Parsed {
-        /// Where it sits in the inbox.
-        pos: InboxPos,
-        /// The event.
-        event: Event,
-    },
-    /// Read from the database; the room's worker parses it.
-    Stored(PendingEvent),
-}
-
-impl Routed {
-    fn room_id(&self) -> &str {
-        match self {
-            Self::Parsed { event, .. } => event.room_id.as_str(),
-            Self::Stored(pending) => &pending.room_id,
-        }
-    }
-}
-
-/// The server's side of the inbox: hand over committed batches, queue ephemeral data.
-#[derive(Debug, Clone)]
-pub(crate) struct Inbox {
-    live: mpsc::UnboundedSender<LiveBatch>,
-    live_state: Arc<LiveState>,
-    ephemeral: mpsc::Sender<EphemeralBatch>,
-}
-
-/// Shared between [`Inbox::hand_off`] and the fetch loop.
-#[derive(Debug, Default)]
-struct LiveState {
-    /// Events in the hand-off queue.
-    queued: AtomicUsize,
-    /// Set when a batch was not queued; the fetch loop then reads from the database.
-    overflow: AtomicBool,
-    /// Wakes the fetch loop after an overflow.
-    wake: Notify,
-}
-
-impl Inbox {
-    /// Hands a committed batch to the dispatcher. Must be called in commit order. When the
-    /// queue is full (or the dispatcher is reading from the database after an earlier
-    /// overflow) the batch is not queued: the dispatcher will read it from the database.
-    pub(crate) fn hand_off(&self, batch: LiveBatch) {
-        let state = &self.live_state;
-        let n = batch.events.len().max(1);
-        if state.overflow.load(Ordering::SeqCst)
-            || state.queued.load(Ordering::SeqCst) + n > MAX_QUEUED
-        {
-            self.overflowed();
-            return;
-        }
-        state.queued.fetch_add(n, Ordering::SeqCst);
-        if self.live.send(batch).is_err() {
-            // The dispatcher is gone (shutdown): the batch stays in the database.
-            state.queued.fetch_sub(n, Ordering::SeqCst);
-        }
-    }
-
-    /// An inbox whose batches go to the returned receiver, for tests of the server side.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> (Self, mpsc::UnboundedReceiver<LiveBatch>) {
-        let (live, rx) = mpsc::unbounded_channel();
-        let (ephemeral, _) = mpsc::channel(1);
-        (Self { live, live_state: Arc::default(), ephemeral }, rx)
-    }
-
-    /// Tells the dispatcher to read from the database: a batch was committed but not queued.
-    pub(crate) fn overflowed(&self) {
-        self.live_state.overflow.store(true, Ordering::SeqCst);
-        self.live_state.wake.notify_one();
-    }
-
-    /// Queues a transaction's ephemeral data for the bridge; waits while the queue is full.
-    pub(crate) async fn queue_ephemeral(&self, batch: EphemeralBatch) {
-        if self.ephemeral.send(batch).await.is_err() {
-            tracing::warn!("ephemeral data arrived after shutdown; not delivered");
-        }
-    }
-}
 
 /// The processing side: owns the fetch loop and the room workers.
 #[derive(Debug)]
@@ -224,10 +130,9 @@ pub(crate) fn inbox<B: Bridge>(
     ctx: crate::Context,
     config: InboxConfig,
     shutdown: watch::Receiver<bool>,
-) -> (Inbox, Dispatcher<B>) {
-    let (live, live_rx) = mpsc::unbounded_channel();
-    let live_state = Arc::new(LiveState::default());
-    let (tx, rx) = mpsc::channel(256);
+) -> (Handoff, Dispatcher<B>) {
+    let (handoff, receivers) = Handoff::new(256);
+    let HandoffReceivers { live: live_rx, live_state, ephemeral: rx } = receivers;
     let room_slots = Arc::new(Semaphore::new(config.room_concurrency));
     let shared = Arc::new(Shared {
         bridge,
@@ -251,7 +156,7 @@ pub(crate) fn inbox<B: Bridge>(
         worker_exited: Notify::new(),
         shutdown,
     });
-    (Inbox { live, live_state, ephemeral: tx }, Dispatcher { shared, live_rx, ephemeral_rx: rx })
+    (handoff, Dispatcher { shared, live_rx, ephemeral_rx: rx })
 }
 
 impl<B: Bridge> Dispatcher<B> {
@@ -818,7 +723,7 @@ async fn run_handler<B: Bridge>(
     event: Event,
 ) -> Result<(), HandlerFailure> {
     use futures_util::FutureExt as _;
-    let routed = std::panic::AssertUnwindSafe(crate::matrix::route(&ctx, &*bridge, &event));
+    let routed = std::panic::AssertUnwindSafe(crate::route::route(&ctx, &*bridge, &event));
     match routed.catch_unwind().await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) if e.is_permanent() => Err(HandlerFailure::Permanent(e.to_string())),
@@ -856,7 +761,7 @@ async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
 
 async fn deliver_ephemeral<B: Bridge>(ctx: &crate::Context, bridge: &B, batch: EphemeralBatch) {
     for event in &batch.ephemeral {
-        crate::matrix::route_ephemeral(ctx, bridge, event).await;
+        crate::route::route_ephemeral(ctx, bridge, event).await;
     }
     for event in &batch.to_device {
         bridge.handle_to_device(event).await;

@@ -1,5 +1,7 @@
 //! The crate's top-level error, composed of each layer's.
 
+use std::fmt;
+
 use crate::{config::ConfigError, registration::RegistrationError, store::StoreError};
 
 /// Everything that can stop a bridge from starting or running.
@@ -33,3 +35,72 @@ pub enum Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error a bridge handler returns.
+///
+/// Any `std::error::Error` converts into it with `?`. By default a failed event is retried with
+/// backoff and parked after the configured number of attempts; [`BridgeError::permanent`] parks
+/// it at once (for errors a retry cannot fix, such as content the remote network refuses).
+pub struct BridgeError {
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    permanent: bool,
+}
+
+impl BridgeError {
+    /// An error worth retrying.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self { source: message.to_string().into(), permanent: false }
+    }
+
+    /// An error that a retry cannot fix: the event is parked at once.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Self { source: message.to_string().into(), permanent: true }
+    }
+
+    /// Marks this error as one a retry cannot fix.
+    #[must_use]
+    pub fn into_permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The underlying error.
+    pub fn source_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for BridgeError {
+    fn from(e: E) -> Self {
+        Self { source: Box::new(e), permanent: false }
+    }
+}
+
+impl fmt::Debug for BridgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BridgeError")
+            .field("error", &self.source.to_string())
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+impl fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)?;
+        let mut cause = self.source.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+/// The result of bridge handlers.
+pub type BridgeResult<T = ()> = Result<T, BridgeError>;

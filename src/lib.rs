@@ -22,15 +22,20 @@ pub mod appservice;
 pub mod bridge;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 mod context;
 mod dispatch;
 pub mod error;
+pub mod event;
+pub mod ghost;
+mod intake;
 pub mod intent;
-pub mod matrix;
 pub mod metrics;
+pub mod portal;
 pub mod registration;
 pub mod remote;
+mod route;
 pub mod secret;
 pub mod server;
 pub mod store;
@@ -39,14 +44,14 @@ pub mod testing;
 mod util;
 
 pub use appservice::AppService;
-pub use bridge::{Bridge, BridgeError, BridgeResult, Event, EventData};
+pub use bridge::{Bridge, BridgeError, BridgeResult};
+pub use commands::{CommandCall, CommandSpec};
 pub use config::Config;
 pub use context::Context;
-pub use dispatch::{MAX_IN_FLIGHT, MAX_QUEUED};
 pub use error::{Error, Result};
-pub use matrix::{
-    CommandCall, CommandSpec, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
-    MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixTyping,
+pub use event::{
+    Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
+    MatrixReceipt, MatrixRedaction, MatrixTyping,
 };
 pub use registration::Registration;
 pub use remote::{

@@ -23,15 +23,18 @@ use axum::{
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument as _;
 
-use crate::{bridge::Bridge, context::Context, dispatch::Inbox};
+use crate::{
+    bridge::Bridge,
+    context::Context,
+    intake::{GroupCommit, Handoff},
+};
 
 mod auth;
 pub mod error;
-mod group_commit;
 mod ping;
 mod query;
 mod thirdparty;
-pub(crate) mod transactions;
+mod transactions;
 
 use error::ApiError;
 
@@ -45,7 +48,7 @@ pub mod fuzzing {
     /// # Panics
     /// When an accepted event breaks an invariant (that is the fuzzer's finding).
     pub fn parse_transaction(body: &[u8]) -> Result<usize, &'static str> {
-        let parsed = super::transactions::parse(body).map_err(|e| e.errcode)?;
+        let parsed = crate::intake::parse(body).map_err(|e| e.errcode())?;
         for e in &parsed.events {
             for id in [e.event_id.as_ref(), e.room_id.as_ref()] {
                 assert!(id.len() <= 255 && !id.chars().any(char::is_control), "{id:?}");
@@ -64,11 +67,11 @@ pub(crate) struct ServerState<B> {
     /// Store, registration and config.
     pub(crate) ctx: Context,
     /// Where stored transactions are announced and ephemeral data is queued.
-    pub(crate) inbox: Inbox,
+    pub(crate) handoff: Handoff,
     /// Liveness and readiness facts.
     pub(crate) health: Arc<Health>,
     /// Stores concurrent transactions together.
-    pub(crate) group_commit: group_commit::GroupCommit,
+    pub(crate) group_commit: GroupCommit,
 }
 
 /// What the bridge is doing, as `/health/state` reports it.
@@ -87,9 +90,9 @@ pub enum BridgeState {
 }
 
 impl<B> ServerState<B> {
-    pub(crate) fn new(bridge: Arc<B>, ctx: Context, inbox: Inbox, health: Arc<Health>) -> Self {
-        let group_commit = group_commit::GroupCommit::new(inbox.clone());
-        Self { bridge, ctx, inbox, health, group_commit }
+    pub(crate) fn new(bridge: Arc<B>, ctx: Context, handoff: Handoff, health: Arc<Health>) -> Self {
+        let group_commit = GroupCommit::new(handoff.clone());
+        Self { bridge, ctx, handoff, health, group_commit }
     }
 }
 

@@ -449,3 +449,7 @@ mod tests {
         assert_eq!(percent_decode("/100%"), "/100%");
     }
 }
+
+/// How many events, stored and not yet handled, fill the dispatcher's in-memory queues: a
+/// backlog larger than this is read back from the database (for tests of that path).
+pub const IN_MEMORY_BACKLOG: usize = crate::dispatch::MAX_IN_FLIGHT + crate::intake::MAX_QUEUED;

@@ -11,8 +11,9 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::{
-    bridge::{BridgeResult, EphemeralEvent, Event},
+    bridge::BridgeResult,
     config::InboxConfig,
+    event::{EphemeralEvent, Event},
     registration::Registration,
     store::Store,
 };

@@ -236,7 +236,7 @@ async fn a_backlog_beyond_the_hand_off_queue_is_read_back_in_order() {
     let app = Running::start(&db, &format!("{{hold_file: '{}'}}", hold.display())).await;
     let client = crate::common::http();
     let rooms = ["!a:localhost", "!b:localhost", "!c:localhost", "!d:localhost"];
-    let total = mxbridge::MAX_IN_FLIGHT + mxbridge::MAX_QUEUED + 800;
+    let total = mxbridge::testing::IN_MEMORY_BACKLOG + 800;
     let mut sent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (txn, chunk) in (0..total).collect::<Vec<_>>().chunks(100).enumerate() {
         let events: Vec<(&str, String)> =

@@ -15,6 +15,7 @@ use ruma::{
     OwnedEventId, OwnedUserId,
     events::{
         Mentions,
+        room::member::MembershipState,
         room::message::{
             EmoteMessageEventContent, MessageType, NoticeMessageEventContent, Relation,
             RoomMessageEventContent, TextMessageEventContent,
@@ -25,126 +26,19 @@ use serde::Deserialize;
 
 use crate::{
     Context,
-    bridge::{Bridge, BridgeError, BridgeResult, Event},
+    bridge::{Bridge, BridgeError, BridgeResult},
+    commands::{CommandCall, command_call, command_prefix, help_text},
     config::PermissionLevel,
-    remote::{Portal, RemoteChatId, RemoteMessageId},
+    event::{
+        EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
+        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixTyping,
+    },
     store::Membership,
 };
 
-/// A message sent in a room by a real user.
-#[derive(Debug, Clone)]
-pub struct MatrixMessage {
-    /// The event.
-    pub event: Event,
-    /// Its content (text, notice, emote, media, ...). For replies, `content.relates_to` says to
-    /// what; [`MatrixMessage::reply_to`] has the remote message it answers, when known.
-    pub content: RoomMessageEventContent,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-    /// The remote message this one replies to, when known.
-    pub reply_to: Option<(RemoteChatId, RemoteMessageId)>,
-}
-
-/// An edit of an earlier message.
-#[derive(Debug, Clone)]
-pub struct MatrixEdit {
-    /// The edit event.
-    pub event: Event,
-    /// The edited event.
-    pub target: OwnedEventId,
-    /// The remote message the edited event maps to, when known.
-    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
-    /// The new content (`m.new_content`), or the edit's own content when that is missing.
-    pub new_content: RoomMessageEventContent,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-}
-
-/// A reaction (`m.reaction` annotation).
-#[derive(Debug, Clone)]
-pub struct MatrixReaction {
-    /// The reaction event.
-    pub event: Event,
-    /// The event reacted to.
-    pub target: OwnedEventId,
-    /// The remote message the target maps to, when known.
-    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
-    /// The reaction key (usually an emoji).
-    pub key: String,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-}
-
-/// A redaction (deletion) of an earlier event.
-#[derive(Debug, Clone)]
-pub struct MatrixRedaction {
-    /// The redaction event.
-    pub event: Event,
-    /// The redacted event.
-    pub target: OwnedEventId,
-    /// The remote message the target maps to, when known.
-    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
-    /// The reason given.
-    pub reason: Option<String>,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-}
-
-/// A membership change of anyone in a room (our users' own changes are not reported).
-#[derive(Debug, Clone)]
-pub struct MatrixMembership {
-    /// The `m.room.member` event.
-    pub event: Event,
-    /// Whose membership changed.
-    pub target: OwnedUserId,
-    /// The new membership.
-    pub membership: Membership,
-    /// Whether the target is one of ours (the bot or a ghost).
-    pub target_is_ours: bool,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-}
-
-/// Who is typing in a room now (our own users left out).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatrixTyping {
-    /// The room.
-    pub room_id: ruma::OwnedRoomId,
-    /// The real users typing; empty when everyone stopped.
-    pub user_ids: Vec<OwnedUserId>,
-}
-
-/// A read receipt of a real user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatrixReceipt {
-    /// The room.
-    pub room_id: ruma::OwnedRoomId,
-    /// The event read up to.
-    pub event_id: OwnedEventId,
-    /// Who read it.
-    pub user_id: OwnedUserId,
-    /// `m.read` or `m.read.private`.
-    pub receipt_type: String,
-}
-
-/// A real user's presence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatrixPresence {
-    /// Whose.
-    pub user_id: OwnedUserId,
-    /// `online`, `unavailable` or `offline`.
-    pub presence: String,
-    /// The status message.
-    pub status_msg: Option<String>,
-}
-
 /// Hands one ephemeral event to the bridge: the raw hook, then the typed one (typing, receipts,
 /// presence), leaving out what our own users did.
-pub(crate) async fn route_ephemeral<B: Bridge>(
-    ctx: &Context,
-    bridge: &B,
-    event: &crate::bridge::EphemeralEvent,
-) {
+pub(crate) async fn route_ephemeral<B: Bridge>(ctx: &Context, bridge: &B, event: &EphemeralEvent) {
     bridge.handle_ephemeral(event).await;
     let ours = |u: &OwnedUserId| ctx.registration().is_user_in_namespace(u);
     let json: serde_json::Value = serde_json::from_str(event.json.get()).unwrap_or_default();
@@ -196,61 +90,6 @@ pub(crate) async fn route_ephemeral<B: Bridge>(
     }
 }
 
-/// A command a user gave the bot.
-#[derive(Debug, Clone)]
-pub struct CommandCall {
-    /// The message event that carried it.
-    pub event: Event,
-    /// The command's name.
-    pub name: String,
-    /// The arguments, split on white space.
-    pub args: Vec<String>,
-    /// The caller's permission level.
-    pub level: PermissionLevel,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-}
-
-impl CommandCall {
-    /// The argument at `index`, or an error naming it (`NAME`) when it is missing.
-    ///
-    /// # Errors
-    /// When there are fewer arguments; the message asks for `what`.
-    pub fn arg(&self, index: usize, what: &str) -> BridgeResult<&str> {
-        self.args
-            .get(index)
-            .map(String::as_str)
-            .ok_or_else(|| BridgeError::new(format!("missing argument {what}")))
-    }
-}
-
-/// A command the bridge offers.
-#[derive(Debug, Clone, Copy)]
-pub struct CommandSpec {
-    /// Its name (the first word).
-    pub name: &'static str,
-    /// Its arguments, as shown in `help` (`NAME URL`).
-    pub args: &'static str,
-    /// One line of help.
-    pub help: &'static str,
-    /// The lowest level allowed to run it.
-    pub level: PermissionLevel,
-}
-
-impl CommandSpec {
-    /// A command for users of level `user` and up.
-    pub const fn new(name: &'static str, args: &'static str, help: &'static str) -> Self {
-        Self { name, args, help, level: PermissionLevel::User }
-    }
-
-    /// The same command, for `level` and up.
-    #[must_use]
-    pub const fn level(mut self, level: PermissionLevel) -> Self {
-        self.level = level;
-        self
-    }
-}
-
 /// Hands one event to the bridge (see the module docs).
 pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -> BridgeResult {
     if ctx.registration().is_user_in_namespace(&event.sender) {
@@ -267,8 +106,11 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
                 return bridge.handle_event(event).await;
             };
             let content: serde_json::Value = event.content().unwrap_or_default();
-            let Some(membership) =
-                content.get("membership").and_then(|m| m.as_str()).and_then(Membership::parse)
+            let Some(membership) = content
+                .get("membership")
+                .and_then(|m| m.as_str())
+                .filter(|m| Membership::parse(m).is_some())
+                .map(MembershipState::from)
             else {
                 return bridge.handle_event(event).await;
             };
@@ -280,7 +122,9 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
                 target_is_ours,
                 portal,
             };
-            if target_is_ours && membership == Membership::Invite && bridge.accept_invite(&m).await
+            if target_is_ours
+                && m.membership == MembershipState::Invite
+                && bridge.accept_invite(&m).await
             {
                 // Rare and heavy: boxed, so it does not grow every event's future.
                 Box::pin(ctx.intent(&m.target)?.ensure_joined(&event.room_id)).await?;
@@ -302,8 +146,14 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
             }
             // A bridge without commands has no command syntax: skip the lookups.
             if !bridge.commands().is_empty()
-                && let Some(call) =
-                    Box::pin(command_call(ctx, bridge, event, &content, portal.clone())).await?
+                && let Some(call) = Box::pin(command_call(
+                    ctx,
+                    &command_prefix(ctx, B::NAME),
+                    event,
+                    &content,
+                    portal.clone(),
+                ))
+                .await?
             {
                 return Box::pin(run_command(ctx, bridge, call)).await;
             }
@@ -356,49 +206,10 @@ pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -
     }
 }
 
-/// The command prefix: configured, or `!` and the bridge's name.
-pub(crate) fn command_prefix<B: Bridge>(ctx: &Context) -> String {
-    ctx.config().commands.prefix.clone().unwrap_or_else(|| format!("!{}", B::NAME))
-}
-
-/// Recognises a command: the prefix followed by white space, or any text in a DM with the bot.
-async fn command_call<B: Bridge>(
-    ctx: &Context,
-    _bridge: &B,
-    event: &Event,
-    content: &RoomMessageEventContent,
-    portal: Option<Portal>,
-) -> BridgeResult<Option<CommandCall>> {
-    let body = content.body().trim();
-    let prefix = command_prefix::<B>(ctx);
-    let rest = match body.strip_prefix(prefix.as_str()) {
-        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => rest,
-        _ if portal.is_none() && is_management_room(ctx, event).await? => body,
-        _ => return Ok(None),
-    };
-    let mut words = rest.split_whitespace().map(str::to_owned);
-    let name = words.next().unwrap_or_else(|| "help".to_owned()).to_lowercase();
-    Ok(Some(CommandCall {
-        event: event.clone(),
-        name,
-        args: words.collect(),
-        level: ctx.permission_level(&event.sender),
-        portal,
-    }))
-}
-
-/// A DM with the bot: the bot and the sender are the only joined members.
-async fn is_management_room(ctx: &Context, event: &Event) -> BridgeResult<bool> {
-    let joined = ctx.store().members_with(event.room_id.as_str(), Membership::Join).await?;
-    Ok(joined.len() == 2
-        && joined.iter().any(|m| m.user_id == ctx.bot_user_id().as_str())
-        && joined.iter().any(|m| m.user_id == event.sender.as_str()))
-}
-
 /// Runs a command and posts the answer as the bot. Errors of the command itself are answered,
 /// not retried.
 async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) -> BridgeResult {
-    let prefix = command_prefix::<B>(ctx);
+    let prefix = command_prefix(ctx, B::NAME);
     let specs = bridge.commands();
     let reply = if call.level == PermissionLevel::None {
         None
@@ -421,17 +232,6 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
         ctx.bot().send_message(&call.event.room_id, &content, None).await?;
     }
     Ok(())
-}
-
-/// The generated `help`: every command the level may use.
-pub fn help_text(prefix: &str, specs: &[CommandSpec], level: PermissionLevel) -> String {
-    let mut out = String::from("Commands:\n\n");
-    out.push_str(&format!("- `{prefix} help` — show this list\n"));
-    for spec in specs.iter().filter(|s| s.level <= level) {
-        let args = if spec.args.is_empty() { String::new() } else { format!(" {}", spec.args) };
-        out.push_str(&format!("- `{prefix} {}{args}` — {}\n", spec.name, spec.help));
-    }
-    out
 }
 
 /// The typed content of an `m.room.message` event.
@@ -505,25 +305,6 @@ fn simple_message(c: SimpleMessage<'_>) -> Option<RoomMessageEventContent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SPECS: &[CommandSpec] = &[
-        CommandSpec { name: "list", args: "", help: "list things", level: PermissionLevel::User },
-        CommandSpec {
-            name: "nuke",
-            args: "NAME",
-            help: "delete all",
-            level: PermissionLevel::Admin,
-        },
-    ];
-
-    #[test]
-    fn help_lists_only_what_the_level_may_use() {
-        let user = help_text("!x", SPECS, PermissionLevel::User);
-        assert!(user.contains("`!x list` — list things"), "{user}");
-        assert!(!user.contains("nuke"), "{user}");
-        let admin = help_text("!x", SPECS, PermissionLevel::Admin);
-        assert!(admin.contains("`!x nuke NAME` — delete all"), "{admin}");
-    }
 
     /// Every combination of the parts a message content is made of: where the direct path
     /// builds the content, it must be what ruma's deserializer makes of the same JSON.
@@ -606,6 +387,7 @@ mod route_tests {
 
     use super::*;
     use crate::{
+        commands::CommandSpec,
         store::Store,
         testing::{MockHomeserver, test_registration},
     };
@@ -812,7 +594,7 @@ mod route_tests {
         let hs = MockHomeserver::start().await;
         let ctx = setup(&hs).await;
         let eph = Eph::default();
-        let edu = |v: serde_json::Value| crate::bridge::EphemeralEvent {
+        let edu = |v: serde_json::Value| crate::event::EphemeralEvent {
             kind: v["type"].as_str().unwrap().to_owned(),
             room_id: v["room_id"].as_str().map(|r| r.try_into().unwrap()),
             json: serde_json::value::to_raw_value(&v).unwrap(),

@@ -28,8 +28,8 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    bridge::Event,
-    dispatch::{Inbox, LiveBatch, Routed},
+    event::Event,
+    intake::{Handoff, LiveBatch, Routed},
     store::{AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingEvent, Store},
     util::range_in,
 };
@@ -41,7 +41,7 @@ const MAX_GROUP: usize = 256;
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     /// Where committed batches go.
-    inbox: Inbox,
+    handoff: Handoff,
     /// Transactions waiting to be stored.
     queue: Mutex<Vec<Queued>>,
     /// The writer's turn, held by the task that is storing a group.
@@ -96,9 +96,9 @@ fn resolve<'a>(body: &'a str, t: &'a Text) -> Result<&'a str, String> {
 }
 
 impl GroupCommit {
-    /// A group commit that hands what it stores to `inbox`.
-    pub(crate) fn new(inbox: Inbox) -> Self {
-        Self { inbox, queue: Mutex::default(), writer: Arc::default() }
+    /// A group commit that hands what it stores to `handoff`.
+    pub(crate) fn new(handoff: Handoff) -> Self {
+        Self { handoff, queue: Mutex::default(), writer: Arc::default() }
     }
 
     /// Stores one parsed transaction (whose events borrow from `body`), possibly together with
@@ -144,9 +144,9 @@ impl GroupCommit {
         };
         // Run to its end whatever becomes of this request (see the module documentation); the
         // answer comes through `outcome`.
-        let (inbox, store) = (self.inbox.clone(), store.clone());
+        let (handoff, store) = (self.handoff.clone(), store.clone());
         RunToEnd(Some(Box::pin(async move {
-            write(&inbox, &store, group).await;
+            write(&handoff, &store, group).await;
             drop(turn);
         })))
         .await;
@@ -184,7 +184,7 @@ impl Drop for RunToEnd {
 
 /// Stores a group, hands its batches to the dispatcher (in commit order: the caller holds the
 /// writer's turn) and answers every member.
-async fn write(inbox: &Inbox, store: &Store, mut group: Vec<Queued>) {
+async fn write(handoff: &Handoff, store: &Store, mut group: Vec<Queued>) {
     let mut parsed: Vec<Vec<Option<Event>>> =
         group.iter_mut().map(|q| std::mem::take(&mut q.parsed)).collect();
     let resolved: Result<Vec<Vec<NewEvent<'_>>>, String> = group
@@ -213,7 +213,7 @@ async fn write(inbox: &Inbox, store: &Store, mut group: Vec<Queued>) {
                 Ok(accepted) => {
                     for ((t, a), parsed) in txns.iter().zip(&accepted).zip(&mut parsed) {
                         for b in &a.batches {
-                            inbox.hand_off(live_batch(b.seq, &b.events, t.events, parsed));
+                            handoff.hand_off(live_batch(b.seq, &b.events, t.events, parsed));
                         }
                     }
                     Ok(accepted.into_iter().map(|a| a.outcome).collect::<Vec<_>>())
@@ -221,7 +221,7 @@ async fn write(inbox: &Inbox, store: &Store, mut group: Vec<Queued>) {
                 Err(e) => {
                     // A failed store stored nothing, as a rule. Should a batch have been
                     // committed all the same, the dispatcher finds it in the database.
-                    inbox.overflowed();
+                    handoff.overflowed();
                     Err(e.to_string())
                 }
             }
@@ -327,10 +327,10 @@ mod tests {
     /// request finished and whether `$first` was stored.
     async fn drop_after_polls(url: &str, polls: usize, wait_us: u64) -> (bool, bool) {
         let store = Store::connect_url(url).await.unwrap();
-        let (inbox, mut live) = Inbox::for_tests();
-        let gc = GroupCommit::new(inbox.clone());
+        let (handoff, mut live) = Handoff::for_tests();
+        let gc = GroupCommit::new(handoff.clone());
         let first = body("$first");
-        let parsed = crate::server::transactions::parse_text(&first).unwrap();
+        let parsed = crate::intake::parse_text(&first).unwrap();
         // Boxed, so that `drop` below drops the future itself.
         let mut fut = Box::pin(gc.store(&store, "1", "h", &first, &parsed.events, parsed.parsed));
         let wait = std::time::Duration::from_micros(wait_us);
@@ -343,7 +343,7 @@ mod tests {
             pending.iter().flat_map(|b| &b.events).any(|e| e.event_id == "$first")
         };
         let next = body("$next");
-        let parsed = crate::server::transactions::parse_text(&next).unwrap();
+        let parsed = crate::intake::parse_text(&next).unwrap();
         let out = gc.store(&store, "2", "h", &next, &parsed.events, parsed.parsed).await.unwrap();
         assert_eq!(out, AcceptOutcome::Stored { new_events: 1 });
         let stored: Vec<String> = store
@@ -368,8 +368,8 @@ mod tests {
     }
 
     async fn concurrent_transactions(store: Store) {
-        let (inbox, mut live) = Inbox::for_tests();
-        let gc = Arc::new(GroupCommit::new(inbox));
+        let (handoff, mut live) = Handoff::for_tests();
+        let gc = Arc::new(GroupCommit::new(handoff));
         let spawn = |n: usize| {
             let (store, gc) = (store.clone(), gc.clone());
             tokio::spawn(async move {
@@ -378,7 +378,7 @@ mod tests {
                     r#"{{"events":[{{"event_id":"$e{n}","room_id":"!r{}\u003ax","sender":"@u:x","type":"t"}}]}}"#,
                     n % 3
                 ));
-                let parsed = crate::server::transactions::parse_text(&body).unwrap();
+                let parsed = crate::intake::parse_text(&body).unwrap();
                 gc.store(&store, &n.to_string(), "h", &body, &parsed.events, parsed.parsed)
                     .await
                     .unwrap()

@@ -1,0 +1,16 @@
+//! Intake: what happens to a transaction between its HTTP request and the dispatcher.
+//!
+//! [`parse`] reads the body (envelopes validated, one malformed event never fails the rest),
+//! [`GroupCommit`] commits concurrent transactions together in one database transaction and
+//! hands the committed batches over ([`Handoff`]) in commit order, so the dispatcher does not
+//! read them back. The HTTP handler answers 200 only after its transaction's commit.
+
+mod group_commit;
+mod handoff;
+mod parse;
+
+pub(crate) use group_commit::GroupCommit;
+pub(crate) use handoff::{Handoff, HandoffReceivers, LiveBatch, LiveState, MAX_QUEUED, Routed};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use parse::parse;
+pub(crate) use parse::{BadTransaction, not_utf8, parse_text};
