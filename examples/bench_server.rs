@@ -35,7 +35,10 @@ use axum::{
     routing::put,
 };
 use clap::{Parser, ValueEnum};
-use mxbridge::{AppService, Bridge, BridgeResult, Config, Context, Event, Registration, Store};
+use mxbridge::{
+    AppService, Bridge, BridgeResult, Config, Context, Event, MatrixMembership, MatrixRoomMessage,
+    Registration, Store,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sqlx::Connection;
@@ -111,13 +114,26 @@ impl Bridge for Counter {
         Ok(Self)
     }
 
-    async fn handle_event(&self, _event: &Event) -> BridgeResult {
-        EVENTS.fetch_add(1, Ordering::Relaxed);
-        if STALL.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-        Ok(())
+    async fn handle_room_message(&self, _message: &MatrixRoomMessage) -> BridgeResult {
+        count().await
     }
+
+    async fn handle_membership(&self, _membership: &MatrixMembership) -> BridgeResult {
+        count().await
+    }
+
+    async fn handle_other(&self, _event: &Event) -> BridgeResult {
+        count().await
+    }
+}
+
+/// Counts one handled event (and holds it while stalled).
+async fn count() -> BridgeResult {
+    EVENTS.fetch_add(1, Ordering::Relaxed);
+    if STALL.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    Ok(())
 }
 
 fn registration_yaml(port: u16, hs_token: &str) -> String {

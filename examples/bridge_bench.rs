@@ -43,7 +43,7 @@ use axum::{
 };
 use clap::{Parser, ValueEnum};
 use mxbridge::{
-    AppService, Bridge, BridgeResult, Config, Context, MatrixMessage, Registration,
+    AppService, Bridge, BridgeResult, Config, Context, MatrixRoomMessage, Registration,
     store::Membership,
 };
 use ruma::OwnedUserId;
@@ -193,7 +193,7 @@ impl Bridge for OneSend {
         Ok(Self { ctx, ghost: GHOST.try_into()? })
     }
 
-    async fn handle_message(&self, message: &MatrixMessage) -> BridgeResult {
+    async fn handle_room_message(&self, message: &MatrixRoomMessage) -> BridgeResult {
         self.ctx
             .intent(&self.ghost)?
             .send_text(&message.event.room_id, message.content.body(), None)

@@ -10,7 +10,7 @@
 //! ghost comes back from that ghost as `echo: <text>`. The framework accepts the invite (the ghost
 //! joins), suppresses the ghost's own messages (no loop), and keeps the room's members cached.
 
-use mxbridge::{Bridge, BridgeResult, Context, MatrixMessage, store::Membership};
+use mxbridge::{Bridge, BridgeResult, Context, MatrixRoomMessage, store::Membership};
 use ruma::OwnedUserId;
 
 /// The echo bridge keeps nothing but the framework's handle.
@@ -27,7 +27,8 @@ impl Bridge for Echo {
         Ok(Self { ctx })
     }
 
-    async fn handle_message(&self, message: &MatrixMessage) -> BridgeResult {
+    // The rooms here are no portals: the ghosts were invited into ordinary rooms.
+    async fn handle_room_message(&self, message: &MatrixRoomMessage) -> BridgeResult {
         let text = format!("echo: {}", message.content.body());
         let room = &message.event.room_id;
         for member in self.ctx.store().members_with(room.as_str(), Membership::Join).await? {

@@ -17,8 +17,9 @@ use axum::{
     routing::post,
 };
 use mxbridge::{
-    Bridge, BridgeError, BridgeResult, CommandCall, CommandSpec, Context, GhostProfile, MatrixEdit,
-    MatrixMessage, MatrixRedaction, RemoteMessage, Secret, secret::sha256_hex,
+    Bridge, BridgeError, BridgeResult, CommandCall, CommandSpec, Context, Delivery, GhostProfile,
+    MatrixEdit, MatrixMessage, MatrixRedaction, PortalKey, RemoteMessage, RemoteMessageId, Secret,
+    secret::sha256_hex,
 };
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, events::room::message::RoomMessageEventContent,
@@ -61,6 +62,11 @@ pub struct Webhook {
 }
 
 const HOOKS: &str = "webhook";
+
+/// A room with webhooks is the portal of a "chat" named after the room itself.
+fn portal_key(room: &ruma::RoomId) -> PortalKey {
+    PortalKey::shared(room.as_str())
+}
 
 impl Webhook {
     async fn hooks_in(&self, room: &ruma::RoomId) -> BridgeResult<Vec<(String, Hook)>> {
@@ -123,6 +129,9 @@ impl Bridge for Webhook {
                 if self.hooks_in(&call.event.room_id).await?.iter().any(|(_, h)| h.name == name) {
                     return Ok(format!("A webhook `{name}` exists here already."));
                 }
+                // The room becomes the portal of its own hooks, so its messages reach
+                // `handle_message` and their edits and redactions find what they changed.
+                self.ctx.link_portal(&call.event.room_id, &portal_key(&call.event.room_id)).await?;
                 let token = Secret::generate(40);
                 let hook =
                     Hook { name: name.into(), room_id: call.event.room_id.clone(), outgoing: None };
@@ -158,28 +167,24 @@ impl Bridge for Webhook {
         }
     }
 
-    async fn handle_message(&self, msg: &MatrixMessage) -> BridgeResult {
-        let payload = json!({ "type": "message", "event_id": msg.event.event_id, "sender": msg.event.sender, "body": msg.content.body() });
-        self.post_out(&msg.event.room_id, payload).await?;
-        // Remember it as delivered, so edits and redactions can name the original.
-        let chat = msg.event.room_id.as_str().into();
-        self.ctx
-            .record_remote_message(&chat, &msg.event.event_id.as_str().into(), &msg.event)
-            .await?;
-        Ok(())
+    async fn handle_message(&self, msg: &MatrixMessage) -> BridgeResult<Delivery> {
+        let payload = json!({ "type": "message", "event_id": msg.event.event_id, "sender": msg.sender.user_id, "body": msg.content.body() });
+        self.post_out(&msg.portal.room_id, payload).await?;
+        // Outgoing webhooks have no message IDs of their own: the event ID stands for one, so
+        // edits and redactions can name the original.
+        Ok(Delivery::sent(msg.event.event_id.as_str()))
     }
 
-    async fn handle_edit(&self, edit: &MatrixEdit) -> BridgeResult {
-        let Some((_, original)) = &edit.target_remote else { return Ok(()) };
-        let payload = json!({ "type": "edit", "original": original, "sender": edit.event.sender, "body": edit.new_content.body() });
-        self.post_out(&edit.event.room_id, payload).await
+    async fn handle_edit(&self, edit: &MatrixEdit) -> BridgeResult<Delivery> {
+        let payload = json!({ "type": "edit", "original": edit.target.remote.id, "sender": edit.sender.user_id, "body": edit.new_content.body() });
+        self.post_out(&edit.portal.room_id, payload).await?;
+        Ok(Delivery::Done)
     }
 
-    async fn handle_redaction(&self, redaction: &MatrixRedaction) -> BridgeResult {
-        let Some((_, original)) = &redaction.target_remote else { return Ok(()) };
-        let payload =
-            json!({ "type": "redaction", "original": original, "sender": redaction.event.sender });
-        self.post_out(&redaction.event.room_id, payload).await
+    async fn handle_redaction(&self, redaction: &MatrixRedaction) -> BridgeResult<Delivery> {
+        let payload = json!({ "type": "redaction", "original": redaction.target.remote.id, "sender": redaction.sender.user_id });
+        self.post_out(&redaction.portal.room_id, payload).await?;
+        Ok(Delivery::Done)
     }
 
     fn routes(self: &Arc<Self>) -> Router {
@@ -225,15 +230,21 @@ async fn incoming(
         Some(html) => RoomMessageEventContent::text_html(body.text, html),
         None => RoomMessageEventContent::text_plain(body.text),
     };
+    let portal = match ctx.portal(&portal_key(&hook.room_id)).await {
+        Ok(Some(portal)) => portal,
+        Ok(None) => {
+            return answer(StatusCode::NOT_FOUND, "the webhook's room is no longer bridged");
+        }
+        Err(e) => return answer(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
     let message = RemoteMessage {
-        chat: hook.room_id.as_str().into(),
-        id: Secret::generate(24).expose().into(),
+        id: RemoteMessageId::random(),
         sender: body.username.as_str().into(),
         profile: GhostProfile { displayname: Some(body.username.clone()), avatar_url },
         timestamp: Some(MilliSecondsSinceUnixEpoch::now()),
         content,
     };
-    match ctx.bridge_message(&hook.room_id, &message).await {
+    match ctx.bridge_message(&portal, &message).await {
         Ok(event_id) => (StatusCode::OK, Json(json!({ "event_id": event_id }))),
         Err(e) => answer(StatusCode::BAD_GATEWAY, e),
     }

@@ -1,8 +1,13 @@
 //! The [`Bridge`] trait — the one thing a bridge author implements — and what it receives.
 //!
 //! Every method but [`Bridge::create`] has a default, so the smallest bridge is two functions
-//! (`create` and, say, `handle_message`). Methods are declared as `fn … -> impl Future + Send`, so an
-//! implementation writes plain `async fn`.
+//! (`create` and, say, `handle_message`). Methods are declared as `fn … -> impl Future + Send`,
+//! so an implementation writes plain `async fn`.
+//!
+//! Each timeline event reaches exactly one handler: a message in a portal `handle_message`, in
+//! another room `handle_room_message`, a command `handle_command`, an edit, reaction or
+//! redaction of a bridged message its typed handler, a membership `handle_membership`, and
+//! anything else the raw `handle_other`. The Matrix → remote handlers return a [`Delivery`].
 
 use std::{collections::BTreeMap, fmt, future::Future, sync::Arc};
 
@@ -19,10 +24,37 @@ use crate::{
     context::Context,
     event::{
         DeviceData, EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage,
-        MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixTyping,
-        ToDeviceEvent,
+        MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,
+        MatrixTyping, ToDeviceEvent,
     },
+    remote::{RemoteMessageId, RemoteTxnId},
 };
+
+/// What a Matrix event became on the remote network: what the Matrix → remote handlers
+/// return. The framework records it when it marks the event handled, so a bridge never
+/// writes mappings itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Delivery {
+    /// Delivered as these remote messages (several when the network needed several for one
+    /// event, such as a long text cut into lines). The event is mapped to each.
+    Sent(Vec<RemoteMessageId>),
+    /// Delivered; its remote ID comes later with the network's echo, which carries this
+    /// transaction ID back. The bridge then calls [`Context::resolve_echo`], which maps the
+    /// event to the echoed message.
+    Pending(RemoteTxnId),
+    /// Delivered, and there is nothing to map (an edit or a deletion on most networks).
+    Done,
+    /// The bridge cannot deliver this kind of event here; the reason is shown to the sender.
+    NotSupported(String),
+}
+
+impl Delivery {
+    /// Delivered as one remote message.
+    pub fn sent(id: impl Into<RemoteMessageId>) -> Self {
+        Self::Sent(vec![id.into()])
+    }
+}
 
 /// A bridge: the Matrix side of a connection to another chat network.
 ///
@@ -60,53 +92,68 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async {}
     }
 
-    /// Handles one timeline event from the inbox: the raw hook, called before the typed
-    /// methods below (which most bridges implement instead).
+    /// A real user sent a message in a portal (not an edit, not a command): deliver it to the
+    /// remote chat and say what it became there ([`Delivery`]). The framework records the
+    /// mapping (for later edits, reactions, redactions and replies) when it marks the event
+    /// handled; a [`Delivery::NotSupported`] gets its sender a notice and a failed send status.
     ///
     /// Called at least once per event: an event whose handling succeeded is never handed out
-    /// again, but a crash between success and bookkeeping hands it out once more after restart —
-    /// handlers that send elsewhere should be idempotent by event ID. Not called for events sent
-    /// by our own users (echo suppression) nor for commands to the bot. The state cache already
-    /// reflects the event when this runs. An `Err` is retried with backoff, then the event is
-    /// parked and the room gets a notice.
-    fn handle_event(&self, event: &Event) -> impl Future<Output = BridgeResult> + Send {
-        let _ = event;
-        async { Ok(()) }
+    /// again, but a crash between the remote send and the bookkeeping hands it out once more
+    /// after restart (at most `inbox.record_window` events per room), so a handler that can
+    /// should pass the event ID to the network as an idempotency key. Not called for events
+    /// sent by our own users (echo suppression) nor for commands to the bot. The state cache
+    /// already reflects the event when this runs. An `Err` is retried with backoff, then the
+    /// event is parked and its sender told.
+    fn handle_message(
+        &self,
+        message: &MatrixMessage,
+    ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
+        let _ = message;
+        async { Ok(Delivery::NotSupported("this bridge does not send messages".into())) }
     }
 
-    /// A real user sent a message (not an edit, not a command). Same contract as
-    /// [`Bridge::handle_event`].
-    fn handle_message(&self, message: &MatrixMessage) -> impl Future<Output = BridgeResult> + Send {
+    /// A real user sent a message in a room that is no portal (and no command). Default:
+    /// ignored.
+    fn handle_room_message(
+        &self,
+        message: &MatrixRoomMessage,
+    ) -> impl Future<Output = BridgeResult> + Send {
         let _ = message;
         async { Ok(()) }
     }
 
-    /// A real user edited a message.
-    fn handle_edit(&self, edit: &MatrixEdit) -> impl Future<Output = BridgeResult> + Send {
+    /// A real user edited a bridged message. Not called when the edited event is not bridged
+    /// (its sender gets a notice instead). Default: not supported.
+    fn handle_edit(
+        &self,
+        edit: &MatrixEdit,
+    ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
         let _ = edit;
-        async { Ok(()) }
+        async { Ok(Delivery::NotSupported("edits are not bridged".into())) }
     }
 
-    /// A real user reacted to an event.
+    /// A real user reacted to a bridged message. Not called for reactions to other events.
+    /// Default: not supported (the reaction gets a failed send status, and no notice).
     fn handle_reaction(
         &self,
         reaction: &MatrixReaction,
-    ) -> impl Future<Output = BridgeResult> + Send {
+    ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
         let _ = reaction;
-        async { Ok(()) }
+        async { Ok(Delivery::NotSupported("reactions are not bridged".into())) }
     }
 
-    /// A real user redacted an event.
+    /// A real user redacted a bridged message. Not called for redactions of other events.
+    /// Default: not supported (the redaction gets a failed send status, and no notice).
     fn handle_redaction(
         &self,
         redaction: &MatrixRedaction,
-    ) -> impl Future<Output = BridgeResult> + Send {
+    ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
         let _ = redaction;
-        async { Ok(()) }
+        async { Ok(Delivery::NotSupported("deletions are not bridged".into())) }
     }
 
     /// A membership changed (a join, a leave, an invite of the bot or a ghost, ...). Invites of
-    /// our users were already accepted when [`Bridge::accept_invite`] said so.
+    /// our users were already accepted or refused (see [`Bridge::accept_invite`]).
     fn handle_membership(
         &self,
         membership: &MatrixMembership,
@@ -115,10 +162,21 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Whether the bot or a ghost accepts an invite. Default: yes.
+    /// Whether the bot or a ghost accepts an invite from a user whose `permissions:` level is
+    /// `user` or more (the framework refuses everyone else, with a reason, before asking).
+    /// Default: yes.
     fn accept_invite(&self, invite: &MatrixMembership) -> impl Future<Output = bool> + Send {
         let _ = invite;
         async { true }
+    }
+
+    /// The raw hook: a timeline event that no typed handler above takes (state events other
+    /// than membership, custom event types, a member event without a valid membership, ...).
+    /// Never called for an event a typed handler was or will be called for. Same retry
+    /// contract as [`Bridge::handle_message`].
+    fn handle_other(&self, event: &Event) -> impl Future<Output = BridgeResult> + Send {
+        let _ = event;
+        async { Ok(()) }
     }
 
     /// The commands the bot understands; `help` is added by the framework. With none, messages

@@ -1541,7 +1541,7 @@ impl Client {
 pub fn new_txn_id() -> OwnedTransactionId {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("mxb.{}.{n}.{}", crate::store::now_ms(), Secret::generate(8).expose()).into()
+    format!("mxb.{}.{n}.{}", crate::util::now_ms(), Secret::generate(8).expose()).into()
 }
 
 /// Turns new content into an edit (`m.replace`) of `original`.

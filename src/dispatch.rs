@@ -35,6 +35,7 @@ use crate::{
     event::{EphemeralBatch, Event},
     intake::{Handoff, HandoffReceivers, LiveBatch, LiveState, Routed},
     metrics::EventOutcome,
+    route::{Bookkeeping, Notice},
     store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
     util::FastMap,
 };
@@ -465,17 +466,30 @@ impl<B: Bridge> Shared<B> {
             loop {
                 let started = std::time::Instant::now();
                 let result = match apply_state(&self.store, &event).await {
-                    Ok(()) => run_handler(self.bridge.clone(), self.ctx.clone(), event.clone()).await,
+                    Ok(()) => {
+                        run_handler(self.bridge.clone(), self.ctx.clone(), event.clone()).await
+                    }
                     Err(e) => Err(HandlerFailure::Retry(format!("state cache update failed: {e}"))),
                 };
                 let outcome = match &result {
-                    Ok(()) => EventOutcome::Ok,
+                    Ok(_) => EventOutcome::Ok,
                     Err(HandlerFailure::Permanent(_)) => EventOutcome::Parked,
                     Err(HandlerFailure::Retry(_)) => EventOutcome::Failed,
                 };
                 self.ctx.metrics().event(&event.kind, outcome, started.elapsed());
                 match result {
-                    Ok(()) => {
+                    Ok(bookkeeping) => {
+                        // The remote side has the event: what remains is retried until the
+                        // database takes it, never by handling the event again.
+                        if !bookkeeping.is_empty() {
+                            self.persist("record the event's mappings", |store| {
+                                store.record_delivery(
+                                    &bookkeeping.messages,
+                                    bookkeeping.pending.as_ref(),
+                                )
+                            })
+                            .await;
+                        }
                         if attempts > 0
                             && let Err(e) = self.store.clear_failures(event.event_id.as_str()).await
                         {
@@ -518,20 +532,15 @@ impl<B: Bridge> Shared<B> {
         .await;
     }
 
-    /// Tells the room that an event of a real user could not be bridged (when configured). The
-    /// notice is sent in the background, so the room's next events do not wait for it.
+    /// Tells the sender of a real user's event that failed for good that it was not bridged
+    /// (a failed send status, and a notice when configured), in the background.
     async fn failure_notice(&self, event: &Event, error: &str) {
         let ours = self.ctx.registration().is_user_in_namespace(&event.sender);
-        if !self.config.failure_notices || ours || event.is_state() {
+        if ours || event.is_state() {
             return;
         }
-        let text = format!("⚠️ Your message could not be bridged ({}): {error}", event.event_id);
-        let (bot, room_id) = (self.ctx.bot(), event.room_id.clone());
-        tokio::spawn(async move {
-            if let Err(e) = bot.send_notice(&room_id, &text, None).await {
-                tracing::warn!(error = %e, "could not post the failure notice");
-            }
-        });
+        let reason = crate::route::StatusReason::Failed;
+        crate::route::report_not_delivered(&self.ctx, event, reason, error, Notice::Yes);
     }
 
     /// Counts an event of a batch as finished; returns whether that finished the batch.
@@ -721,11 +730,11 @@ async fn run_handler<B: Bridge>(
     bridge: Arc<B>,
     ctx: crate::Context,
     event: Event,
-) -> Result<(), HandlerFailure> {
+) -> Result<Bookkeeping, HandlerFailure> {
     use futures_util::FutureExt as _;
     let routed = std::panic::AssertUnwindSafe(crate::route::route(&ctx, &*bridge, &event));
     match routed.catch_unwind().await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(bookkeeping)) => Ok(bookkeeping),
         Ok(Err(e)) if e.is_permanent() => Err(HandlerFailure::Permanent(e.to_string())),
         Ok(Err(e)) => Err(HandlerFailure::Retry(e.to_string())),
         Err(_) => Err(HandlerFailure::Retry("handler panicked".into())),

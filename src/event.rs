@@ -17,7 +17,10 @@ use ruma::{
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
-use crate::remote::{Portal, RemoteChatId, RemoteMessageId};
+use crate::{
+    config::PermissionLevel,
+    remote::{Portal, RemoteMessageRef},
+};
 
 /// A timeline event from the homeserver, as stored in the inbox.
 ///
@@ -305,63 +308,95 @@ impl EphemeralBatch {
     }
 }
 
-/// A message sent in a room by a real user.
+/// Who sent a Matrix event, and what `permissions:` lets them do with the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The Matrix user.
+    pub user_id: OwnedUserId,
+    /// Their level, computed from the config when the event is handled.
+    pub level: PermissionLevel,
+}
+
+/// A message a real user sent in a portal (not an edit, not a command).
 #[derive(Debug, Clone)]
 pub struct MatrixMessage {
     /// The event.
     pub event: Event,
+    /// Who sent it.
+    pub sender: Sender,
+    /// The portal the room bridges.
+    pub portal: Portal,
     /// Its content (text, notice, emote, media, ...). For replies, `content.relates_to` says to
     /// what; [`MatrixMessage::reply_to`] has the remote message it answers, when known.
     pub content: RoomMessageEventContent,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
-    /// The remote message this one replies to, when known.
-    pub reply_to: Option<(RemoteChatId, RemoteMessageId)>,
+    /// The remote message this one replies to, when it was bridged.
+    pub reply_to: Option<RemoteMessageRef>,
 }
 
-/// An edit of an earlier message.
+/// A message a real user sent in a room that is no portal (not a command either): a room the
+/// bot or a ghost was invited to, which the bridge may answer in or make a portal.
+#[derive(Debug, Clone)]
+pub struct MatrixRoomMessage {
+    /// The event.
+    pub event: Event,
+    /// Who sent it.
+    pub sender: Sender,
+    /// Its content.
+    pub content: RoomMessageEventContent,
+}
+
+/// The bridged message an edit, reaction or redaction refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Matrix event.
+    pub event_id: OwnedEventId,
+    /// The remote message part it is mapped to.
+    pub remote: RemoteMessageRef,
+}
+
+/// An edit of a bridged message.
 #[derive(Debug, Clone)]
 pub struct MatrixEdit {
     /// The edit event.
     pub event: Event,
-    /// The edited event.
-    pub target: OwnedEventId,
-    /// The remote message the edited event maps to, when known.
-    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
-    /// The new content (`m.new_content`), or the edit's own content when that is missing.
+    /// Who sent it.
+    pub sender: Sender,
+    /// The portal the room bridges.
+    pub portal: Portal,
+    /// The edited message.
+    pub target: Target,
+    /// The new content (`m.new_content`).
     pub new_content: RoomMessageEventContent,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
 }
 
-/// A reaction (`m.reaction` annotation).
+/// A reaction (`m.reaction` annotation) to a bridged message.
 #[derive(Debug, Clone)]
 pub struct MatrixReaction {
     /// The reaction event.
     pub event: Event,
-    /// The event reacted to.
-    pub target: OwnedEventId,
-    /// The remote message the target maps to, when known.
-    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
+    /// Who sent it.
+    pub sender: Sender,
+    /// The portal the room bridges.
+    pub portal: Portal,
+    /// The message reacted to.
+    pub target: Target,
     /// The reaction key (usually an emoji).
     pub key: String,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
 }
 
-/// A redaction (deletion) of an earlier event.
+/// A redaction (deletion) of a bridged message.
 #[derive(Debug, Clone)]
 pub struct MatrixRedaction {
     /// The redaction event.
     pub event: Event,
-    /// The redacted event.
-    pub target: OwnedEventId,
-    /// The remote message the target maps to, when known.
-    pub target_remote: Option<(RemoteChatId, RemoteMessageId)>,
+    /// Who sent it.
+    pub sender: Sender,
+    /// The portal the room bridges.
+    pub portal: Portal,
+    /// The redacted message.
+    pub target: Target,
     /// The reason given.
     pub reason: Option<String>,
-    /// The portal of the room, if it is one.
-    pub portal: Option<Portal>,
 }
 
 /// A membership change of anyone in a room (our users' own changes are not reported).
@@ -369,6 +404,8 @@ pub struct MatrixRedaction {
 pub struct MatrixMembership {
     /// The `m.room.member` event.
     pub event: Event,
+    /// Who sent it.
+    pub sender: Sender,
     /// Whose membership changed.
     pub target: OwnedUserId,
     /// The new membership.

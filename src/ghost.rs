@@ -65,14 +65,14 @@ impl Context {
     ) -> Result<Intent, RemoteError> {
         let user_id = self.ghost_user_id(remote)?;
         let intent = self.intent(&user_id)?;
-        let known = self.store().ghost_by_remote(&remote.0).await?;
+        let known = self.store().ghost(remote).await?;
         if known.is_none() {
             intent.ensure_registered().await?;
         }
         let (old_name, old_avatar) = known.map_or((None, None), |g| (g.displayname, g.avatar_url));
         let mut row = GhostRow {
-            remote_id: remote.0.clone(),
-            user_id: user_id.to_string(),
+            remote_id: remote.clone(),
+            user_id: user_id.clone(),
             displayname: old_name.clone(),
             avatar_url: old_avatar.clone(),
             metadata: None,
@@ -86,10 +86,10 @@ impl Context {
             changed = true;
         }
         if let Some(avatar) = &profile.avatar_url
-            && old_avatar.as_deref() != Some(avatar.as_str())
+            && old_avatar.as_ref() != Some(avatar)
         {
             intent.set_avatar_url(avatar).await?;
-            row.avatar_url = Some(avatar.to_string());
+            row.avatar_url = Some(avatar.clone());
             changed = true;
         }
         if changed {

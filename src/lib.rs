@@ -44,18 +44,19 @@ pub mod testing;
 mod util;
 
 pub use appservice::AppService;
-pub use bridge::{Bridge, BridgeError, BridgeResult};
+pub use bridge::{Bridge, BridgeError, BridgeResult, Delivery};
 pub use commands::{CommandCall, CommandSpec};
 pub use config::Config;
 pub use context::Context;
 pub use error::{Error, Result};
 pub use event::{
     Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
-    MatrixReceipt, MatrixRedaction, MatrixTyping,
+    MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
 };
 pub use registration::Registration;
 pub use remote::{
-    GhostProfile, Portal, PortalInfo, RemoteChatId, RemoteMessage, RemoteMessageId, RemoteUserId,
+    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteLoginId, RemoteMessage,
+    RemoteMessageId, RemoteMessageRef, RemotePartId, RemoteTxnId, RemoteUserId,
 };
 pub use secret::Secret;
 pub use server::{BridgeState, Health};

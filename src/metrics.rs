@@ -241,7 +241,7 @@ impl Metrics {
             self.inbox_pending.set(stats.pending);
             self.inbox_parked.set(stats.parked);
             let age =
-                stats.oldest_pending_ms.map_or(0, |t| (crate::store::now_ms() - t).max(0) / 1000);
+                stats.oldest_pending_ms.map_or(0, |t| (crate::util::now_ms() - t).max(0) / 1000);
             self.inbox_oldest_age_seconds.set(age);
         }
         if let Ok((ghosts, portals)) = store.mapping_counts().await {

@@ -1,10 +1,10 @@
 //! Portals and messages, remote → Matrix: the portal room of a remote chat (created by the bot
-//! with an `m.bridge` state event, real users invited), messages sent into it by ghosts with
-//! the remote timestamp, and the mapping of remote messages to Matrix events kept for later
-//! edits, replies and redactions.
+//! with an `m.bridge` state event, real users invited, or an existing room linked), messages
+//! sent into it by ghosts with the remote timestamp, and the mapping of remote messages to
+//! Matrix events kept for later edits, replies and redactions.
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, api::client::room::create_room, events::AnyInitialStateEvent,
+    EventId, OwnedEventId, RoomId, api::client::room::create_room, events::AnyInitialStateEvent,
     serde::Raw,
 };
 use serde::Serialize;
@@ -12,7 +12,10 @@ use serde::Serialize;
 use crate::{
     client,
     context::Context,
-    remote::{Portal, PortalInfo, RemoteChatId, RemoteMessage, RemoteMessageId},
+    remote::{
+        Portal, PortalInfo, PortalKey, RemoteMessage, RemoteMessageId, RemoteMessageRef,
+        RemotePartId, RemoteTxnId,
+    },
     store::{MessageRow, PortalRow, StoreError},
 };
 
@@ -28,40 +31,36 @@ pub enum RemoteError {
     /// The ghost's user ID would not be valid.
     #[error("remote user {0:?} gives no valid Matrix user ID")]
     InvalidGhost(String),
+    /// The room is the portal of another remote chat already.
+    #[error("{room_id} is the portal of {other} already")]
+    RoomTaken {
+        /// The room.
+        room_id: ruma::OwnedRoomId,
+        /// The chat it bridges.
+        other: PortalKey,
+    },
 }
 
 impl Context {
-    /// The portal of a remote chat, if it has a room.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn portal(&self, chat: &RemoteChatId) -> Result<Option<Portal>, RemoteError> {
-        Ok(self.store().portal_by_remote(&chat.0).await?.and_then(portal_from_row))
+    /// The portal with a key, if it has a room.
+    pub async fn portal(&self, key: &PortalKey) -> Result<Option<Portal>, RemoteError> {
+        Ok(self.store().portal(key).await?.and_then(portal_from_row))
     }
 
     /// The portal bridged to a Matrix room, if any.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn portal_for_room(
-        &self,
-        room_id: &ruma::RoomId,
-    ) -> Result<Option<Portal>, RemoteError> {
-        Ok(self.store().portal_by_room(room_id.as_str()).await?.and_then(portal_from_row))
+    pub async fn portal_for_room(&self, room_id: &RoomId) -> Result<Option<Portal>, RemoteError> {
+        Ok(self.store().portal_by_room(room_id).await?.and_then(portal_from_row))
     }
 
-    /// The portal of a remote chat, creating its room when there is none: the bot creates a
-    /// private room with the name and topic, an `m.bridge` state event naming the bridge and
-    /// the remote chat, and invites the given real users.
-    ///
-    /// # Errors
-    /// When creating the room or storing the mapping fails.
+    /// The portal with a key, creating its room when there is none: the bot creates a private
+    /// room with the name and topic, an `m.bridge` state event naming the bridge and the remote
+    /// chat, and invites the given real users.
     pub async fn ensure_portal(
         &self,
-        chat: &RemoteChatId,
+        key: &PortalKey,
         info: &PortalInfo,
     ) -> Result<Portal, RemoteError> {
-        if let Some(portal) = self.portal(chat).await? {
+        if let Some(portal) = self.portal(key).await? {
             return Ok(portal);
         }
         let mut request = create_room::v3::Request::new();
@@ -70,7 +69,7 @@ impl Context {
         request.invite.clone_from(&info.invite);
         request.is_direct = info.is_direct;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
-        request.initial_state = vec![bridge_state_event(self, chat)];
+        request.initial_state = vec![bridge_state_event(self, key)];
         let room_id = self.client().create_room(None, request).await?;
         self.store()
             .set_membership(
@@ -83,100 +82,130 @@ impl Context {
             .await?;
         self.store()
             .upsert_portal(&PortalRow {
-                remote_id: chat.0.clone(),
-                room_id: Some(room_id.to_string()),
+                key: key.clone(),
+                room_id: Some(room_id.clone()),
                 name: info.name.clone(),
                 topic: info.topic.clone(),
                 avatar_url: None,
                 metadata: None,
             })
             .await?;
-        Ok(Portal { remote_id: chat.clone(), room_id })
+        Ok(Portal { key: key.clone(), room_id })
     }
 
-    /// Bridges a message from the remote network into a portal room that already exists:
-    /// ensures the ghost (and its profile) and its membership, sends the content with the remote
-    /// timestamp, and records the mapping. A message already bridged (same chat and ID) is not
-    /// sent again; its event ID is returned.
+    /// Makes an existing room the portal of a remote chat: the mapping is stored, and the bot
+    /// (which must be in the room) sends the `m.bridge` state event when its power level lets
+    /// it (without, the portal works all the same; clients just show no bridge info). Linking
+    /// the same room to the same key again changes nothing.
     ///
     /// # Errors
-    /// When the portal has no room, or a homeserver call or the store fails.
-    pub async fn bridge_message(
+    /// [`RemoteError::RoomTaken`] when the room is another chat's portal.
+    pub async fn link_portal(
         &self,
-        room_id: &ruma::RoomId,
-        message: &RemoteMessage,
-    ) -> Result<OwnedEventId, RemoteError> {
-        if let Some(existing) =
-            self.store().message_by_remote(&message.chat.0, &message.id.0).await?.into_iter().next()
-            && let Ok(event_id) = OwnedEventId::try_from(existing.event_id)
-        {
-            return Ok(event_id);
+        room_id: &RoomId,
+        key: &PortalKey,
+    ) -> Result<Portal, RemoteError> {
+        if let Some(existing) = self.portal_for_room(room_id).await? {
+            if existing.key == *key {
+                return Ok(existing);
+            }
+            return Err(RemoteError::RoomTaken {
+                room_id: room_id.to_owned(),
+                other: existing.key,
+            });
         }
-        let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
-        let event_id = intent.send_message(room_id, &message.content, message.timestamp).await?;
-        let timestamp = message.timestamp.map_or_else(crate::store::now_ms, |t| i64::from(t.0));
+        let (state_key, content) = bridge_state(self, key);
+        let content = Raw::new(&content).expect("the m.bridge content serializes").cast_unchecked();
+        let request = ruma::api::client::state::send_state_event::v3::Request::new_raw(
+            room_id.to_owned(),
+            "m.bridge".into(),
+            state_key,
+            content,
+        );
+        match self.client().send(request, None).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == Some(&ruma::api::error::ErrorKind::Forbidden) => {
+                tracing::info!(%room_id, "the bot may not send m.bridge state here; linked without");
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.store()
-            .insert_message(&MessageRow {
-                portal_id: message.chat.0.clone(),
-                remote_id: message.id.0.clone(),
-                part: String::new(),
-                event_id: event_id.to_string(),
-                room_id: room_id.to_string(),
-                sender: intent.user_id().to_string(),
-                timestamp,
+            .upsert_portal(&PortalRow {
+                key: key.clone(),
+                room_id: Some(room_id.to_owned()),
+                name: None,
+                topic: None,
+                avatar_url: None,
+                metadata: None,
             })
             .await?;
+        Ok(Portal { key: key.clone(), room_id: room_id.to_owned() })
+    }
+
+    /// Bridges a message from the remote network into its portal: ensures the ghost (and its
+    /// profile) and its membership, sends the content with the remote timestamp, and records
+    /// the mapping. A message already bridged (same portal and ID) is not sent again; its
+    /// event ID is returned.
+    pub async fn bridge_message(
+        &self,
+        portal: &Portal,
+        message: &RemoteMessage,
+    ) -> Result<OwnedEventId, RemoteError> {
+        let known = self.store().message_parts(&portal.key, &message.id).await?;
+        if let Some(existing) = known.into_iter().next() {
+            return Ok(existing.event_id);
+        }
+        let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
+        let event_id =
+            intent.send_message(&portal.room_id, &message.content, message.timestamp).await?;
+        let timestamp = message.timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
+        let row = MessageRow {
+            portal: portal.key.clone(),
+            id: message.id.clone(),
+            part: RemotePartId::default(),
+            event_id: event_id.clone(),
+            room_id: portal.room_id.clone(),
+            sender: intent.user_id().to_owned(),
+            timestamp,
+        };
+        self.store().insert_messages(std::slice::from_ref(&row)).await?;
         Ok(event_id)
     }
 
-    /// Records that a Matrix event was delivered to the remote network as a message, so later
-    /// edits, reactions and redactions of the event can be mapped to it.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn record_remote_message(
+    /// The network echoed a message the bridge sent for a Matrix event with
+    /// [`crate::bridge::Sent::pending`]: records the mapping of that event to the remote
+    /// message and returns the event's ID. `None` means the echo is not of a message the bridge
+    /// sent (or it was matched before): bridge it as any other remote message.
+    pub async fn resolve_echo(
         &self,
-        chat: &RemoteChatId,
-        id: &RemoteMessageId,
-        event: &crate::Event,
-    ) -> Result<(), RemoteError> {
-        self.store()
-            .insert_message(&MessageRow {
-                portal_id: chat.0.clone(),
-                remote_id: id.0.clone(),
-                part: String::new(),
-                event_id: event.event_id.to_string(),
-                room_id: event.room_id.to_string(),
-                sender: event.sender.to_string(),
-                timestamp: crate::store::now_ms(),
-            })
-            .await?;
-        Ok(())
+        portal: &PortalKey,
+        txn_id: &RemoteTxnId,
+        message: &RemoteMessageId,
+    ) -> Result<Option<OwnedEventId>, RemoteError> {
+        let part = RemotePartId::default();
+        let row = self.store().resolve_pending(portal, txn_id, message, &part).await?;
+        Ok(row.map(|r| r.event_id))
     }
 
-    /// The remote message a Matrix event carries (or was delivered as), if known.
-    ///
-    /// # Errors
-    /// When the store fails.
+    /// The remote message part a Matrix event carries (or was delivered as), if known.
     pub async fn remote_message_for(
         &self,
-        event_id: &ruma::EventId,
-    ) -> Result<Option<(RemoteChatId, RemoteMessageId)>, RemoteError> {
-        Ok(self
-            .store()
-            .message_by_event(event_id.as_str())
-            .await?
-            .map(|m| (RemoteChatId(m.portal_id), RemoteMessageId(m.remote_id))))
+        event_id: &EventId,
+    ) -> Result<Option<RemoteMessageRef>, RemoteError> {
+        Ok(self.store().message_by_event(event_id).await?.map(|m| RemoteMessageRef {
+            portal: m.portal,
+            id: m.id,
+            part: m.part,
+        }))
     }
 }
 
 fn portal_from_row(row: PortalRow) -> Option<Portal> {
-    let room_id = OwnedRoomId::try_from(row.room_id?).ok()?;
-    Some(Portal { remote_id: RemoteChatId(row.remote_id), room_id })
+    Some(Portal { room_id: row.room_id?, key: row.key })
 }
 
-/// The `m.bridge` state event (MSC2346) of a portal.
-fn bridge_state_event(ctx: &Context, chat: &RemoteChatId) -> Raw<AnyInitialStateEvent> {
+/// The state key and content of a portal's `m.bridge` state event (MSC2346).
+fn bridge_state(ctx: &Context, key: &PortalKey) -> (String, serde_json::Value) {
     #[derive(Serialize)]
     struct BridgeContent<'a> {
         bridgebot: &'a str,
@@ -187,15 +216,20 @@ fn bridge_state_event(ctx: &Context, chat: &RemoteChatId) -> Raw<AnyInitialState
     struct Named<'a> {
         id: &'a str,
     }
-    let state_key = format!("{}/{}", ctx.appservice().id, chat.0);
-    let json = serde_json::json!({
-        "type": "m.bridge",
-        "state_key": state_key,
-        "content": BridgeContent {
-            bridgebot: ctx.bot_user_id().as_str(),
-            protocol: Named { id: &ctx.appservice().id },
-            channel: Named { id: &chat.0 },
-        },
-    });
+    let state_key = format!("{}/{}", ctx.appservice().id, key.chat);
+    let content = serde_json::to_value(BridgeContent {
+        bridgebot: ctx.bot_user_id().as_str(),
+        protocol: Named { id: &ctx.appservice().id },
+        channel: Named { id: key.chat.as_str() },
+    })
+    .expect("the m.bridge content serializes");
+    (state_key, content)
+}
+
+/// The `m.bridge` state event of a new portal, for the room's initial state.
+fn bridge_state_event(ctx: &Context, key: &PortalKey) -> Raw<AnyInitialStateEvent> {
+    let (state_key, content) = bridge_state(ctx, key);
+    let json =
+        serde_json::json!({ "type": "m.bridge", "state_key": state_key, "content": content });
     Raw::from_json(serde_json::value::to_raw_value(&json).expect("a JSON value serializes"))
 }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 macro_rules! remote_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(pub String);
 
@@ -59,6 +61,80 @@ remote_id!(
     /// A message on the remote network; unique within its chat.
     RemoteMessageId
 );
+remote_id!(
+    /// One part of a remote message that Matrix shows as several events (a caption and its
+    /// files, say); unique within its message. The empty ID is the message's only part.
+    RemotePartId
+);
+remote_id!(
+    /// A login to the remote network (one account of one Matrix user).
+    RemoteLoginId
+);
+remote_id!(
+    /// A transaction ID the bridge sent with a message, which the network's echo of that
+    /// message carries back (IRC's `label`, a client-generated nonce, ...).
+    RemoteTxnId
+);
+
+impl RemoteMessageId {
+    /// A new random ID, for networks whose messages have none of their own.
+    pub fn random() -> Self {
+        Self(crate::util::random_id(24))
+    }
+}
+
+/// The name of a portal: the remote chat, and for a chat that only one login sees (a DM on most
+/// networks), that login. Two logins' DMs with the same remote user are then two portals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortalKey {
+    /// The remote chat.
+    pub chat: RemoteChatId,
+    /// The login that receives the chat, for per-login chats; `None` for chats everyone shares.
+    pub receiver: Option<RemoteLoginId>,
+}
+
+impl PortalKey {
+    /// The key of a chat shared by every login (a group or channel).
+    pub fn shared(chat: impl Into<RemoteChatId>) -> Self {
+        Self { chat: chat.into(), receiver: None }
+    }
+
+    /// The key of a chat that `receiver` alone sees (a DM).
+    pub fn for_login(chat: impl Into<RemoteChatId>, receiver: RemoteLoginId) -> Self {
+        Self { chat: chat.into(), receiver: Some(receiver) }
+    }
+
+    /// The receiver as stored: empty for shared chats.
+    pub(crate) fn receiver_str(&self) -> &str {
+        self.receiver.as_ref().map_or("", RemoteLoginId::as_str)
+    }
+
+    /// The key from its stored form.
+    pub(crate) fn from_stored(chat: String, receiver: String) -> Self {
+        let receiver = (!receiver.is_empty()).then_some(RemoteLoginId(receiver));
+        Self { chat: RemoteChatId(chat), receiver }
+    }
+}
+
+impl fmt::Display for PortalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.receiver {
+            None => f.write_str(&self.chat.0),
+            Some(login) => write!(f, "{} (for {login})", self.chat),
+        }
+    }
+}
+
+/// A remote message part, as a Matrix event maps to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteMessageRef {
+    /// The portal it is in.
+    pub portal: PortalKey,
+    /// The message.
+    pub id: RemoteMessageId,
+    /// The part of the message.
+    pub part: RemotePartId,
+}
 
 /// A remote user's profile, as the ghost should show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,20 +158,18 @@ pub struct PortalInfo {
     pub is_direct: bool,
 }
 
-/// A bridged portal.
+/// A bridged portal: a remote chat and its Matrix room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Portal {
-    /// The remote chat.
-    pub remote_id: RemoteChatId,
+    /// Its name.
+    pub key: PortalKey,
     /// Its Matrix room.
     pub room_id: OwnedRoomId,
 }
 
-/// A message from the remote network, ready to bridge.
+/// A message from the remote network, ready to bridge into its portal.
 #[derive(Debug, Clone)]
 pub struct RemoteMessage {
-    /// The chat it was sent in.
-    pub chat: RemoteChatId,
     /// Its ID within the chat.
     pub id: RemoteMessageId,
     /// Who sent it.

@@ -1,39 +1,48 @@
-//! The Matrix side of the bridge layer: what an incoming event means, and who hears of it.
+//! The event router: what an incoming event means, and which handler hears of it.
 //!
-//! The dispatcher runs `route` for every stored event after the state cache was updated:
+//! The dispatcher runs [`route`] for every stored event after the state cache was updated:
 //! 1. **Echo suppression**: events sent by our own users (the bot and every ghost) stop here, so
 //!    what the bridge itself posted never comes back as new.
-//! 2. **Invites** of the bot or a ghost are accepted when [`Bridge::accept_invite`] agrees.
+//! 2. **Invites** of the bot or a ghost: refused with a reason when the inviter's `permissions:`
+//!    level is below `user`, else accepted when [`Bridge::accept_invite`] agrees.
 //! 3. **Commands**: a message to the bot (with the prefix, or any message in a DM with the bot)
-//!    runs the bridge's command; `help` is generated. Permission levels come from the config.
-//! 4. Everything else goes to [`Bridge::handle_event`] and then to the typed method: messages,
-//!    edits, reactions, redactions, membership.
+//!    runs the bridge's command; `help` is generated.
+//! 4. Every other event reaches exactly one handler: messages in portals, messages in other
+//!    rooms, edits, reactions and redactions of bridged messages (with their target), membership,
+//!    and the raw hook for the rest. The Matrix → remote handlers' [`Delivery`] becomes the
+//!    [`Bookkeeping`] the dispatcher records, or a report to the sender when nothing went out.
 
 use std::borrow::Cow;
 
 use ruma::{
-    OwnedEventId, OwnedUserId,
+    EventId, OwnedEventId, OwnedUserId, RoomId,
+    api::client::message::send_message_event,
     events::{
         Mentions,
+        reaction::ReactionEventContent,
+        relation::{InReplyTo, Reply},
         room::member::MembershipState,
         room::message::{
             EmoteMessageEventContent, MessageType, NoticeMessageEventContent, Relation,
             RoomMessageEventContent, TextMessageEventContent,
         },
     },
+    serde::Raw,
 };
 use serde::Deserialize;
 
 use crate::{
     Context,
-    bridge::{Bridge, BridgeError, BridgeResult},
+    bridge::{Bridge, BridgeError, BridgeResult, Delivery},
     commands::{CommandCall, command_call, command_prefix, help_text},
     config::PermissionLevel,
     event::{
         EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
-        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixTyping,
+        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender,
+        Target,
     },
-    store::Membership,
+    remote::{Portal, RemotePartId},
+    store::{Membership, MessageRow, PendingRow},
 };
 
 /// Hands one ephemeral event to the bridge: the raw hook, then the typed one (typing, receipts,
@@ -90,120 +99,334 @@ pub(crate) async fn route_ephemeral<B: Bridge>(ctx: &Context, bridge: &B, event:
     }
 }
 
-/// Hands one event to the bridge (see the module docs).
-pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -> BridgeResult {
+/// What the dispatcher records for a handled event, before it marks the event handled.
+#[derive(Debug, Default)]
+pub(crate) struct Bookkeeping {
+    /// The event's mappings to remote messages.
+    pub(crate) messages: Vec<MessageRow>,
+    /// The event, waiting for the network's echo to bring its remote ID.
+    pub(crate) pending: Option<PendingRow>,
+}
+
+impl Bookkeeping {
+    /// Whether there is nothing to record.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.pending.is_none()
+    }
+}
+
+/// Hands one timeline event to the one handler that takes it (see the module docs) and says
+/// what to record for it.
+pub(crate) async fn route<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+) -> BridgeResult<Bookkeeping> {
     if ctx.registration().is_user_in_namespace(&event.sender) {
         // Echo suppression: our own ghosts' and bot's events are never new to the bridge.
-        return Ok(());
+        return Ok(Bookkeeping::default());
     }
-    let portal = ctx.portal_for_room(&event.room_id).await?;
+    let sender =
+        Sender { user_id: event.sender.clone(), level: ctx.permission_level(&event.sender) };
     match event.kind.as_str() {
-        "m.room.member" => {
-            // A member event without a user or a known membership still reaches the raw hook.
-            let Some(target) =
-                event.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok())
-            else {
-                return bridge.handle_event(event).await;
-            };
-            let content: serde_json::Value = event.content().unwrap_or_default();
-            let Some(membership) = content
-                .get("membership")
-                .and_then(|m| m.as_str())
-                .filter(|m| Membership::parse(m).is_some())
-                .map(MembershipState::from)
-            else {
-                return bridge.handle_event(event).await;
-            };
-            let target_is_ours = ctx.registration().is_user_in_namespace(&target);
-            let m = MatrixMembership {
-                event: event.clone(),
-                target,
-                membership,
-                target_is_ours,
-                portal,
-            };
-            if target_is_ours
-                && m.membership == MembershipState::Invite
-                && bridge.accept_invite(&m).await
-            {
-                // Rare and heavy: boxed, so it does not grow every event's future.
-                Box::pin(ctx.intent(&m.target)?.ensure_joined(&event.room_id)).await?;
-            }
-            bridge.handle_event(event).await?;
-            bridge.handle_membership(&m).await
-        }
-        "m.room.message" => {
-            let content = message_content(event).map_err(BridgeError::permanent)?;
-            if let Some(Relation::Replacement(replacement)) = &content.relates_to {
-                let target = replacement.event_id.clone();
-                let target_remote = ctx.remote_message_for(&target).await?;
-                let new_content =
-                    RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
-                bridge.handle_event(event).await?;
-                let edit =
-                    MatrixEdit { event: event.clone(), target, target_remote, new_content, portal };
-                return bridge.handle_edit(&edit).await;
-            }
-            // A bridge without commands has no command syntax: skip the lookups.
-            if !bridge.commands().is_empty()
-                && let Some(call) = Box::pin(command_call(
-                    ctx,
-                    &command_prefix(ctx, B::NAME),
-                    event,
-                    &content,
-                    portal.clone(),
-                ))
-                .await?
-            {
-                return Box::pin(run_command(ctx, bridge, call)).await;
-            }
-            let reply_to = match &content.relates_to {
-                Some(Relation::Reply(reply)) => {
-                    ctx.remote_message_for(&reply.in_reply_to.event_id).await?
-                }
-                _ => None,
-            };
-            bridge.handle_event(event).await?;
-            bridge
-                .handle_message(&MatrixMessage { event: event.clone(), content, portal, reply_to })
-                .await
-        }
+        "m.room.member" => Box::pin(route_membership(ctx, bridge, event, sender)).await,
+        "m.room.message" => route_message(ctx, bridge, event, sender).await,
         "m.reaction" => {
-            let content: serde_json::Value = event.content().unwrap_or_default();
-            let relates = &content["m.relates_to"];
-            let (Some(target), Some(key)) = (
-                relates["event_id"].as_str().and_then(|e| OwnedEventId::try_from(e).ok()),
-                relates["key"].as_str(),
-            ) else {
-                return bridge.handle_event(event).await;
+            let Ok(content) = event.content::<ReactionEventContent>() else {
+                return handle_other(bridge, event).await;
             };
-            let target_remote = ctx.remote_message_for(&target).await?;
-            bridge.handle_event(event).await?;
-            let r = MatrixReaction {
+            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+                return Ok(Bookkeeping::default());
+            };
+            let annotation = content.relates_to;
+            let Some(target) = target_in(ctx, &portal, &annotation.event_id).await? else {
+                tracing::debug!(target = %annotation.event_id, "reaction to an unbridged event");
+                return Ok(Bookkeeping::default());
+            };
+            let reaction = MatrixReaction {
                 event: event.clone(),
-                target,
-                target_remote,
-                key: key.to_owned(),
+                sender,
                 portal,
+                target,
+                key: annotation.key,
             };
-            bridge.handle_reaction(&r).await
+            let delivery = bridge.handle_reaction(&reaction).await?;
+            Ok(record(ctx, event, &reaction.portal, delivery, Notice::No))
         }
         "m.room.redaction" => {
-            let json: serde_json::Value = serde_json::from_str(event.json()).unwrap_or_default();
-            // Room versions up to 10 put `redacts` at the top level, 11 in the content.
-            let target = json["content"]["redacts"]
-                .as_str()
-                .or_else(|| json["redacts"].as_str())
-                .and_then(|e| OwnedEventId::try_from(e).ok());
-            let Some(target) = target else { return bridge.handle_event(event).await };
-            let target_remote = ctx.remote_message_for(&target).await?;
-            let reason = json["content"]["reason"].as_str().map(str::to_owned);
-            bridge.handle_event(event).await?;
-            let r = MatrixRedaction { event: event.clone(), target, target_remote, reason, portal };
-            bridge.handle_redaction(&r).await
+            let Some((target, reason)) = redaction_of(event) else {
+                return handle_other(bridge, event).await;
+            };
+            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+                return Ok(Bookkeeping::default());
+            };
+            let Some(target) = target_in(ctx, &portal, &target).await? else {
+                tracing::debug!(%target, "redaction of an unbridged event");
+                return Ok(Bookkeeping::default());
+            };
+            let redaction =
+                MatrixRedaction { event: event.clone(), sender, portal, target, reason };
+            let delivery = bridge.handle_redaction(&redaction).await?;
+            Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
         }
-        _ => bridge.handle_event(event).await,
+        _ => handle_other(bridge, event).await,
     }
+}
+
+async fn handle_other<B: Bridge>(bridge: &B, event: &Event) -> BridgeResult<Bookkeeping> {
+    bridge.handle_other(event).await?;
+    Ok(Bookkeeping::default())
+}
+
+/// A membership change: invites of our users accepted or refused, then `handle_membership`.
+async fn route_membership<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+    sender: Sender,
+) -> BridgeResult<Bookkeeping> {
+    // A member event without a user or a known membership goes to the raw hook.
+    let Some(target) = event.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok())
+    else {
+        return handle_other(bridge, event).await;
+    };
+    let Some(membership) = event
+        .content::<MembershipOnly>()
+        .ok()
+        .map(|c| c.membership)
+        .filter(|m| Membership::parse(m.as_str()).is_some())
+    else {
+        return handle_other(bridge, event).await;
+    };
+    let target_is_ours = ctx.registration().is_user_in_namespace(&target);
+    let portal = ctx.portal_for_room(&event.room_id).await?;
+    let m = MatrixMembership {
+        event: event.clone(),
+        sender,
+        target,
+        membership,
+        target_is_ours,
+        portal,
+    };
+    if target_is_ours && m.membership == MembershipState::Invite {
+        let intent = ctx.intent(&m.target)?;
+        if m.sender.level < PermissionLevel::User {
+            tracing::info!(inviter = %m.sender.user_id, "refusing an invite from a user without permission");
+            refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
+        } else if bridge.accept_invite(&m).await {
+            // Rare and heavy: boxed, so it does not grow every event's future.
+            Box::pin(intent.ensure_joined(&event.room_id)).await?;
+        } else {
+            refuse_invite(&intent, &event.room_id, "The bridge declined the invite.").await;
+        }
+    }
+    bridge.handle_membership(&m).await?;
+    Ok(Bookkeeping::default())
+}
+
+/// Rejects an invite with a reason. Best effort: an invite left pending does no harm.
+async fn refuse_invite(intent: &crate::intent::Intent, room_id: &RoomId, reason: &str) {
+    if let Err(e) = intent.leave(room_id, Some(reason)).await {
+        tracing::warn!(error = %e, user = %intent.user_id(), "could not reject the invite");
+    }
+}
+
+/// A message: an edit, a command, a message in a portal or in another room.
+async fn route_message<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+    sender: Sender,
+) -> BridgeResult<Bookkeeping> {
+    let content = message_content(event).map_err(BridgeError::permanent)?;
+    let portal = ctx.portal_for_room(&event.room_id).await?;
+    if let Some(Relation::Replacement(replacement)) = &content.relates_to {
+        // Edits in a room without a remote side go nowhere.
+        let Some(portal) = portal else { return Ok(Bookkeeping::default()) };
+        let Some(target) = target_in(ctx, &portal, &replacement.event_id).await? else {
+            let text = "The edited message was not bridged, so the edit was not either.";
+            report_not_delivered(ctx, event, StatusReason::Unsupported, text, Notice::Yes);
+            return Ok(Bookkeeping::default());
+        };
+        let new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+        let edit = MatrixEdit { event: event.clone(), sender, portal, target, new_content };
+        let delivery = bridge.handle_edit(&edit).await?;
+        return Ok(record(ctx, event, &edit.portal, delivery, Notice::Yes));
+    }
+    // A bridge without commands has no command syntax: skip the lookups.
+    if !bridge.commands().is_empty() {
+        let prefix = command_prefix(ctx, B::NAME);
+        let call = command_call(ctx, &prefix, event, &content, portal.clone());
+        if let Some(call) = Box::pin(call).await? {
+            Box::pin(run_command(ctx, bridge, call)).await?;
+            return Ok(Bookkeeping::default());
+        }
+    }
+    let Some(portal) = portal else {
+        let message = MatrixRoomMessage { event: event.clone(), sender, content };
+        bridge.handle_room_message(&message).await?;
+        return Ok(Bookkeeping::default());
+    };
+    let reply_to = match &content.relates_to {
+        Some(Relation::Reply(reply)) => {
+            target_in(ctx, &portal, &reply.in_reply_to.event_id).await?.map(|t| t.remote)
+        }
+        _ => None,
+    };
+    let message = MatrixMessage { event: event.clone(), sender, portal, content, reply_to };
+    let delivery = bridge.handle_message(&message).await?;
+    Ok(record(ctx, event, &message.portal, delivery, Notice::Yes))
+}
+
+/// The bridged message an event refers to, when it is in this portal (an event of another
+/// room cannot be the target of an edit, reaction or redaction here).
+async fn target_in(
+    ctx: &Context,
+    portal: &Portal,
+    event_id: &EventId,
+) -> BridgeResult<Option<Target>> {
+    let found = ctx.remote_message_for(event_id).await?;
+    Ok(found
+        .filter(|remote| remote.portal == portal.key)
+        .map(|remote| Target { event_id: event_id.to_owned(), remote }))
+}
+
+/// What a Matrix → remote handler's answer means for the bookkeeping and for the sender.
+fn record(
+    ctx: &Context,
+    event: &Event,
+    portal: &Portal,
+    delivery: Delivery,
+    notice: Notice,
+) -> Bookkeeping {
+    match delivery {
+        Delivery::Sent(ids) => {
+            let timestamp = crate::util::now_ms();
+            let messages = ids
+                .into_iter()
+                .map(|id| MessageRow {
+                    portal: portal.key.clone(),
+                    id,
+                    part: RemotePartId::default(),
+                    event_id: event.event_id.clone(),
+                    room_id: event.room_id.clone(),
+                    sender: event.sender.clone(),
+                    timestamp,
+                })
+                .collect();
+            Bookkeeping { messages, pending: None }
+        }
+        Delivery::Pending(txn_id) => Bookkeeping {
+            messages: Vec::new(),
+            pending: Some(PendingRow {
+                portal: portal.key.clone(),
+                txn_id,
+                event_id: event.event_id.clone(),
+                room_id: event.room_id.clone(),
+                sender: event.sender.clone(),
+            }),
+        },
+        Delivery::Done => Bookkeeping::default(),
+        Delivery::NotSupported(reason) => {
+            report_not_delivered(ctx, event, StatusReason::Unsupported, &reason, notice);
+            Bookkeeping::default()
+        }
+    }
+}
+
+/// Whether a report of an undelivered event also posts a notice in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// A notice replying to the event, and the send status.
+    Yes,
+    /// The send status only (reactions and redactions: a notice for each would be noise).
+    No,
+}
+
+/// Why an event was not delivered, as `com.beeper.message_send_status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusReason {
+    /// The bridge does not bridge this (or its target).
+    Unsupported,
+    /// The bridge failed for good (the event was parked).
+    Failed,
+}
+
+/// Tells the sender that an event did not reach the remote network: a failed
+/// `com.beeper.message_send_status` event, which bridge-aware clients show on the event, and
+/// (unless `notice` says no, or `inbox.failure_notices` is off) a notice from the bot replying
+/// to it. Sent in the background, so the room's next events do not wait; a failure is logged.
+pub(crate) fn report_not_delivered(
+    ctx: &Context,
+    event: &Event,
+    reason: StatusReason,
+    message: &str,
+    notice: Notice,
+) {
+    let status = serde_json::json!({
+        "network": ctx.appservice().id,
+        "m.relates_to": { "rel_type": "m.reference", "event_id": event.event_id },
+        "status": "FAIL_PERMANENT",
+        "reason": match reason {
+            StatusReason::Unsupported => "m_event_unsupported",
+            StatusReason::Failed => "m_foreign_network_error",
+        },
+        "message": message,
+    });
+    let notice = (notice == Notice::Yes && ctx.config().inbox.failure_notices).then(|| {
+        let mut content = RoomMessageEventContent::notice_plain(format!(
+            "⚠️ Your message was not bridged: {message}"
+        ));
+        content.relates_to =
+            Some(Relation::Reply(Reply::new(InReplyTo::new(event.event_id.clone()))));
+        content
+    });
+    let (ctx, room_id) = (ctx.clone(), event.room_id.clone());
+    tokio::spawn(async move {
+        let raw = Raw::new(&status).expect("a JSON value serializes").cast_unchecked();
+        let request = send_message_event::v3::Request::new_raw(
+            room_id.clone(),
+            crate::client::new_txn_id(),
+            "com.beeper.message_send_status".into(),
+            raw,
+        );
+        if let Err(e) = ctx.client().send(request, None).await {
+            tracing::warn!(error = %e, "could not send the message status");
+        }
+        if let Some(content) = notice
+            && let Err(e) = ctx.bot().send_message(&room_id, &content, None).await
+        {
+            tracing::warn!(error = %e, "could not post the notice");
+        }
+    });
+}
+
+/// The target and reason of a redaction: room versions up to 10 put `redacts` at the top level,
+/// 11 and later in the content.
+fn redaction_of(event: &Event) -> Option<(OwnedEventId, Option<String>)> {
+    #[derive(Deserialize)]
+    struct Redaction {
+        #[serde(default)]
+        redacts: Option<OwnedEventId>,
+        #[serde(default)]
+        content: RedactionContent,
+    }
+    #[derive(Deserialize, Default)]
+    struct RedactionContent {
+        #[serde(default)]
+        redacts: Option<OwnedEventId>,
+        #[serde(default)]
+        reason: Option<String>,
+    }
+    let r: Redaction = serde_json::from_str(event.json()).ok()?;
+    let target = r.content.redacts.or(r.redacts)?;
+    Some((target, r.content.reason))
+}
+
+/// Only the `membership` of an `m.room.member` content.
+#[derive(Deserialize)]
+struct MembershipOnly {
+    membership: MembershipState,
 }
 
 /// Runs a command and posts the answer as the bot. Errors of the command itself are answered,
@@ -382,21 +605,26 @@ mod tests {
 mod route_tests {
     use std::sync::Mutex;
 
-    use ruma::{room_id, user_id};
+    use ruma::{UserId, event_id, room_id, user_id};
     use serde_json::json;
 
     use super::*;
     use crate::{
         commands::CommandSpec,
+        remote::PortalKey,
         store::Store,
         testing::{MockHomeserver, test_registration},
     };
 
+    /// A bridge that logs which handler saw what. Its messages' deliveries follow the body:
+    /// `unsupported` is not supported, `fail` fails the first call, anything else is sent as
+    /// remote message `r-<body>`.
     #[derive(Default)]
     struct Tb {
         seen: Mutex<Vec<String>>,
         /// What reached the raw hook, by event ID.
         raw: Mutex<Vec<String>>,
+        failed_once: std::sync::atomic::AtomicBool,
     }
 
     impl Bridge for Tb {
@@ -405,22 +633,32 @@ mod route_tests {
         async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
             Ok(Self::default())
         }
-        async fn handle_event(&self, event: &Event) -> BridgeResult {
+        async fn handle_other(&self, event: &Event) -> BridgeResult {
             self.raw.lock().unwrap().push(event.event_id.to_string());
             Ok(())
         }
-        async fn handle_message(&self, m: &MatrixMessage) -> BridgeResult {
-            self.seen.lock().unwrap().push(format!("message {}", m.content.body()));
+        async fn handle_message(&self, m: &MatrixMessage) -> BridgeResult<Delivery> {
+            let body = m.content.body();
+            self.seen.lock().unwrap().push(format!("message {body}"));
+            match body {
+                "unsupported" => Ok(Delivery::NotSupported("no".into())),
+                "fail" if !self.failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                    Err(BridgeError::new("remote hiccup"))
+                }
+                _ => Ok(Delivery::sent(format!("r-{body}"))),
+            }
+        }
+        async fn handle_room_message(&self, m: &MatrixRoomMessage) -> BridgeResult {
+            self.seen.lock().unwrap().push(format!("room message {}", m.content.body()));
             Ok(())
         }
         async fn handle_membership(&self, m: &MatrixMembership) -> BridgeResult {
             self.seen.lock().unwrap().push(format!("{} {}", m.target, m.membership));
             Ok(())
         }
-        async fn handle_edit(&self, e: &MatrixEdit) -> BridgeResult {
-            let remote = e.target_remote.as_ref().map(|(_, id)| id.to_string());
-            self.seen.lock().unwrap().push(format!("edit {remote:?} {}", e.new_content.body()));
-            Ok(())
+        async fn handle_reaction(&self, r: &MatrixReaction) -> BridgeResult<Delivery> {
+            self.seen.lock().unwrap().push(format!("reaction {} {}", r.target.remote.id, r.key));
+            Ok(Delivery::Done)
         }
         fn commands(&self) -> Vec<CommandSpec> {
             vec![
@@ -439,25 +677,77 @@ mod route_tests {
             "homeserver: {{address: '{}', domain: localhost}}\n\
              appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
              bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
-             permissions: {{'@admin:localhost': admin, localhost: user}}\n",
+             permissions: {{'@admin:localhost': admin, localhost: user, other.org: relay}}\n",
             hs.url()
         ))
         .unwrap();
-        let room = room_id!("!r:localhost");
-        store
-            .set_membership(room.as_str(), "@_test_bot:localhost", Membership::Join, None, None)
-            .await
-            .unwrap();
+        for room in [room_id!("!r:localhost"), room_id!("!p:localhost")] {
+            store
+                .set_membership(room.as_str(), "@_test_bot:localhost", Membership::Join, None, None)
+                .await
+                .unwrap();
+        }
         Context::with_client(store, test_registration(), config, hs.client())
     }
 
+    /// Makes `!p:localhost` the portal of chat `c`.
+    async fn portal(ctx: &Context) -> Portal {
+        let key = PortalKey::shared("c");
+        let room_id = room_id!("!p:localhost").to_owned();
+        ctx.store()
+            .upsert_portal(&crate::store::PortalRow {
+                key: key.clone(),
+                room_id: Some(room_id.clone()),
+                name: None,
+                topic: None,
+                avatar_url: None,
+                metadata: None,
+            })
+            .await
+            .unwrap();
+        Portal { key, room_id }
+    }
+
+    fn event(json: serde_json::Value) -> Event {
+        Event::from_json(&json.to_string()).unwrap()
+    }
+
+    fn message_in(room: &str, id: &str, sender: &str, body: &str) -> Event {
+        event(json!({"event_id": id, "room_id": room, "sender": sender, "type": "m.room.message",
+                     "content": {"msgtype": "m.text", "body": body}}))
+    }
+
     fn message(sender: &str, body: &str) -> Event {
-        Event::from_json(
-            &json!({"event_id": format!("$m{}", body.len()), "room_id": "!r:localhost", "sender": sender,
-                    "type": "m.room.message", "content": {"msgtype": "m.text", "body": body}})
-            .to_string(),
-        )
-        .unwrap()
+        message_in("!r:localhost", &format!("$m{}", body.len()), sender, body)
+    }
+
+    fn edit_of(id: &str, target: &EventId) -> Event {
+        event(json!({"event_id": id, "room_id": "!p:localhost", "sender": "@alice:localhost",
+                     "type": "m.room.message", "content": {"msgtype": "m.text", "body": "* hi",
+                     "m.new_content": {"msgtype": "m.text", "body": "hi"},
+                     "m.relates_to": {"rel_type": "m.replace", "event_id": target}}}))
+    }
+
+    /// Waits (bounded) until the mock homeserver got `n` requests whose path contains `part`.
+    async fn wait_for_requests(
+        hs: &MockHomeserver,
+        part: &str,
+        n: usize,
+    ) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let found: Vec<_> = hs
+                .received()
+                .await
+                .into_iter()
+                .filter(|r| r.url.path().contains(part))
+                .map(|r| serde_json::from_slice(&r.body).unwrap_or_default())
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} requests to {part}");
     }
 
     #[tokio::test]
@@ -494,23 +784,19 @@ mod route_tests {
         route(&ctx, &tb, &message("@eve:elsewhere", "!tb list")).await.unwrap();
         // A prefix that is only a word's start is no command.
         route(&ctx, &tb, &message("@alice:localhost", "!tbx list")).await.unwrap();
-        assert_eq!(*tb.seen.lock().unwrap(), ["message !tbx list"]);
+        assert_eq!(*tb.seen.lock().unwrap(), ["room message !tbx list"]);
     }
 
-    /// Every member event reaches the raw hook; only those with a user and a known membership
-    /// reach `handle_membership`.
+    /// Member events with a user and a known membership reach `handle_membership` only; the
+    /// others reach the raw hook only.
     #[tokio::test]
-    async fn member_events_the_typed_hook_cannot_take_still_reach_the_raw_hook() {
+    async fn member_events_reach_exactly_one_handler() {
         let hs = MockHomeserver::start().await;
         let ctx = setup(&hs).await;
         let tb = Tb::default();
         let member = |id: &str, state_key: &str, content: serde_json::Value| {
-            Event::from_json(
-                &json!({"event_id": id, "room_id": "!r:localhost", "sender": "@alice:localhost",
-                        "type": "m.room.member", "state_key": state_key, "content": content})
-                .to_string(),
-            )
-            .unwrap()
+            event(json!({"event_id": id, "room_id": "!r:localhost", "sender": "@alice:localhost",
+                         "type": "m.room.member", "state_key": state_key, "content": content}))
         };
         let events = [
             member("$join", "@alice:localhost", json!({"membership": "join"})),
@@ -521,30 +807,167 @@ mod route_tests {
         for event in &events {
             route(&ctx, &tb, event).await.unwrap();
         }
-        assert_eq!(*tb.raw.lock().unwrap(), ["$join", "$custom", "$none", "$not_a_user"]);
+        assert_eq!(*tb.raw.lock().unwrap(), ["$custom", "$none", "$not_a_user"]);
         assert_eq!(*tb.seen.lock().unwrap(), ["@alice:localhost join"]);
     }
 
+    /// A bridge with both the raw hook and typed handlers sees each event once: a message goes
+    /// to `handle_message` only, on its first call and on the retry after a failure.
     #[tokio::test]
-    async fn own_events_are_suppressed_and_edits_are_mapped_to_remote_messages() {
+    async fn the_raw_hook_never_runs_besides_a_typed_handler() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let tb = Tb::default();
+        let fail = message_in("!p:localhost", "$f", "@alice:localhost", "fail");
+        assert!(route(&ctx, &tb, &fail).await.is_err());
+        let bookkeeping = route(&ctx, &tb, &fail).await.unwrap();
+        assert_eq!(bookkeeping.messages.len(), 1);
+        route(&ctx, &tb, &message("@alice:localhost", "elsewhere")).await.unwrap();
+        route(
+            &ctx,
+            &tb,
+            &event(json!({"event_id": "$x", "room_id": "!p:localhost",
+            "sender": "@alice:localhost", "type": "org.example.custom", "content": {}})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            *tb.seen.lock().unwrap(),
+            ["message fail", "message fail", "room message elsewhere"]
+        );
+        assert_eq!(*tb.raw.lock().unwrap(), ["$x"]);
+    }
+
+    /// What a handler returns becomes the bookkeeping: one part, several, pending, nothing.
+    #[tokio::test]
+    async fn deliveries_become_mappings_without_the_bridge_writing_them() {
+        #[derive(Default)]
+        struct Parts;
+        impl Bridge for Parts {
+            type Config = crate::config::NoBridgeConfig;
+            const NAME: &'static str = "parts";
+            async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+                Ok(Self)
+            }
+            async fn handle_message(&self, m: &MatrixMessage) -> BridgeResult<Delivery> {
+                Ok(match m.content.body() {
+                    "one" => Delivery::sent("r1"),
+                    "two" => Delivery::Sent(vec!["r2a".into(), "r2b".into()]),
+                    "later" => Delivery::Pending("txn-9".into()),
+                    _ => Delivery::Done,
+                })
+            }
+        }
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let portal = portal(&ctx).await;
+        let routed = |id: &'static str, body: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let event = message_in("!p:localhost", id, "@alice:localhost", body);
+                route(&ctx, &Parts, &event).await.unwrap()
+            }
+        };
+        let one = routed("$one", "one").await;
+        let ids = |b: &Bookkeeping| b.messages.iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(&one), ["r1"]);
+        assert_eq!(one.messages[0].portal, portal.key);
+        assert_eq!(one.messages[0].event_id, "$one");
+        assert_eq!(ids(&routed("$two", "two").await), ["r2a", "r2b"]);
+        let later = routed("$later", "later").await;
+        assert!(later.messages.is_empty());
+        let pending = later.pending.unwrap();
+        assert_eq!((pending.txn_id.as_str(), pending.event_id.as_str()), ("txn-9", "$later"));
+        assert!(routed("$done", "done").await.is_empty());
+    }
+
+    /// An edit the bridge does not support, and an edit of a message that was never bridged,
+    /// each give the sender a notice replying to the edit and a failed send status.
+    #[tokio::test]
+    async fn undelivered_edits_are_reported_to_their_sender() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let room = room_id!("!p:localhost");
+        let tb = Tb::default();
+        hs.mock_send(room, "com.beeper.message_send_status").as_bot().ok().expect(2).mount().await;
+        hs.mock_send(room, "m.room.message").as_bot().ok().expect(2).mount().await;
+        let original = message_in("!p:localhost", "$orig", "@alice:localhost", "hello");
+        let recorded = route(&ctx, &tb, &original).await.unwrap();
+        ctx.store().record_delivery(&recorded.messages, None).await.unwrap();
+        // Tb has no edit handler: not supported.
+        route(&ctx, &tb, &edit_of("$edit", &original.event_id)).await.unwrap();
+        // An event that maps to nothing: unknown target.
+        route(&ctx, &tb, &edit_of("$edit2", event_id!("$unknown"))).await.unwrap();
+        let statuses = wait_for_requests(&hs, "com.beeper.message_send_status", 2).await;
+        let mut targets: Vec<_> =
+            statuses.iter().map(|s| s["m.relates_to"]["event_id"].as_str().unwrap()).collect();
+        targets.sort_unstable();
+        assert_eq!(targets, ["$edit", "$edit2"]);
+        for s in &statuses {
+            assert_eq!(
+                (s["status"].as_str(), s["reason"].as_str()),
+                (Some("FAIL_PERMANENT"), Some("m_event_unsupported"))
+            );
+            assert_eq!(s["m.relates_to"]["rel_type"], "m.reference");
+        }
+        let notices = wait_for_requests(&hs, "m.room.message", 2).await;
+        for n in &notices {
+            assert_eq!(n["msgtype"], "m.notice");
+            assert!(
+                n["m.relates_to"]["m.in_reply_to"]["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("$edit")
+            );
+        }
+        assert_eq!(*tb.seen.lock().unwrap(), ["message hello"]);
+    }
+
+    /// A reaction reaches its handler with the remote message it targets; a reaction to an
+    /// event of another portal, or to an unbridged one, reaches no handler.
+    #[tokio::test]
+    async fn reactions_reach_the_bridge_only_with_a_target_in_their_portal() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let tb = Tb::default();
+        let original = message_in("!p:localhost", "$orig", "@alice:localhost", "hello");
+        let recorded = route(&ctx, &tb, &original).await.unwrap();
+        ctx.store().record_delivery(&recorded.messages, None).await.unwrap();
+        let react = |id: &str, room: &str, target: &str| {
+            event(json!({"event_id": id, "room_id": room, "sender": "@alice:localhost",
+                "type": "m.reaction", "content": {"m.relates_to": {"rel_type": "m.annotation",
+                "event_id": target, "key": "👍"}}}))
+        };
+        route(&ctx, &tb, &react("$r1", "!p:localhost", "$orig")).await.unwrap();
+        route(&ctx, &tb, &react("$r2", "!p:localhost", "$unknown")).await.unwrap();
+        // The target is bridged, but in another room: not a target here.
+        ctx.store()
+            .upsert_portal(&crate::store::PortalRow {
+                key: PortalKey::shared("other"),
+                room_id: Some(room_id!("!r:localhost").to_owned()),
+                name: None,
+                topic: None,
+                avatar_url: None,
+                metadata: None,
+            })
+            .await
+            .unwrap();
+        route(&ctx, &tb, &react("$r3", "!r:localhost", "$orig")).await.unwrap();
+        assert_eq!(*tb.seen.lock().unwrap(), ["message hello", "reaction r-hello 👍"]);
+        assert!(tb.raw.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn own_events_are_suppressed() {
         let hs = MockHomeserver::start().await;
         let ctx = setup(&hs).await;
         let tb = Tb::default();
         route(&ctx, &tb, &message("@_test_ghost:localhost", "from our ghost")).await.unwrap();
         route(&ctx, &tb, &message("@_test_bot:localhost", "from our bot")).await.unwrap();
-        let original = message("@alice:localhost", "hello");
-        route(&ctx, &tb, &original).await.unwrap();
-        ctx.record_remote_message(&"chat".into(), &"remote-1".into(), &original).await.unwrap();
-        let edit = Event::from_json(
-            &json!({"event_id": "$edit", "room_id": "!r:localhost", "sender": "@alice:localhost",
-                    "type": "m.room.message", "content": {"msgtype": "m.text", "body": "* hi",
-                    "m.new_content": {"msgtype": "m.text", "body": "hi"},
-                    "m.relates_to": {"rel_type": "m.replace", "event_id": original.event_id}}})
-            .to_string(),
-        )
-        .unwrap();
-        route(&ctx, &tb, &edit).await.unwrap();
-        assert_eq!(*tb.seen.lock().unwrap(), ["message hello", "edit Some(\"remote-1\") hi"]);
+        assert!(tb.seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -626,24 +1049,51 @@ mod route_tests {
         );
     }
 
+    fn invite(room: &RoomId, sender: &str, target: &UserId) -> Event {
+        event(json!({"event_id": format!("$inv-{sender}"), "room_id": room, "sender": sender,
+                     "type": "m.room.member", "state_key": target,
+                     "content": {"membership": "invite"}}))
+    }
+
     #[tokio::test]
-    async fn invites_of_our_users_are_accepted() {
+    async fn invites_from_permitted_users_are_accepted() {
         let hs = MockHomeserver::start().await;
         let ctx = setup(&hs).await;
         let room = room_id!("!r:localhost");
         let ghost = user_id!("@_test_new:localhost");
         hs.mock_register().ok_body(json!({"user_id": ghost})).expect(1).mount().await;
         hs.mock_join(room).as_user(ghost).ok_body(json!({"room_id": room})).expect(1).mount().await;
-        let invite = Event::from_json(
-            &json!({"event_id": "$inv", "room_id": room, "sender": "@alice:localhost",
-                    "type": "m.room.member", "state_key": ghost, "content": {"membership": "invite"}})
-            .to_string(),
-        )
-        .unwrap();
-        route(&ctx, &Tb::default(), &invite).await.unwrap();
+        route(&ctx, &Tb::default(), &invite(room, "@alice:localhost", ghost)).await.unwrap();
         assert_eq!(
             ctx.store().membership(room.as_str(), ghost.as_str()).await.unwrap(),
             Some(Membership::Join)
         );
+    }
+
+    /// Users below `user` (a relay-level user, a user of an unknown server) cannot pull the
+    /// bot or a ghost into a room: the invite is rejected with a reason, and nobody joins.
+    #[tokio::test]
+    async fn invites_from_users_without_permission_are_refused() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!elsewhere:other.org");
+        let bot = user_id!("@_test_bot:localhost");
+        hs.mock_join(room).never().mount().await;
+        hs.mock_leave(room)
+            .as_bot()
+            .with_body(json!({"reason": "You are not allowed to use this bridge."}))
+            .ok_body(json!({}))
+            .expect(2)
+            .mount()
+            .await;
+        let tb = Tb::default();
+        route(&ctx, &tb, &invite(room, "@mallory:evil.example", bot)).await.unwrap();
+        route(&ctx, &tb, &invite(room, "@relay:other.org", bot)).await.unwrap();
+        assert_ne!(
+            ctx.store().membership(room.as_str(), bot.as_str()).await.unwrap(),
+            Some(Membership::Join)
+        );
+        // The bridge still hears of the membership change.
+        assert_eq!(tb.seen.lock().unwrap().len(), 2);
     }
 }

@@ -28,6 +28,7 @@ pub use inbox::{
     AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, PRUNE_CHUNK, ParkedEvent,
     PendingBatch, PendingEvent,
 };
+pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, Membership, RoomStateField};
 
@@ -250,6 +251,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0004_batch_event_ids.sql",
         sqlite: include_str!("../migrations/sqlite/0004_batch_event_ids.sql"),
         postgres: include_str!("../migrations/postgres/0004_batch_event_ids.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_portal_keys.sql",
+        sqlite: include_str!("../migrations/sqlite/0005_portal_keys.sql"),
+        postgres: include_str!("../migrations/postgres/0005_portal_keys.sql"),
     },
 ];
 
@@ -510,12 +517,7 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use crate::util::now_ms;
 
 /// A PostgreSQL schema of its own for a unit test, in the database of `MXBRIDGE_TEST_POSTGRES`.
 /// Its SQL is fixed text (SQL is never built at run time in this crate).

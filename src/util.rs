@@ -76,6 +76,18 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
 /// poll that leaves it pending (a zero `wait` yields once instead), and says whether it
 /// finished. Tests drop the future afterwards, to cut it off at that point, as hyper drops a
 /// request's future when its client goes away.
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A random ID of `len` letters and digits, from the operating system's random source.
+pub(crate) fn random_id(len: usize) -> String {
+    crate::secret::Secret::generate(len).expose().to_owned()
+}
+
 #[cfg(test)]
 pub(crate) async fn poll_times<F: std::future::Future + Unpin>(
     fut: &mut F,

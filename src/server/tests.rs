@@ -31,7 +31,7 @@ impl Bridge for Recorder {
     async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
         Ok(Self::default())
     }
-    async fn handle_event(&self, _: &Event) -> BridgeResult {
+    async fn handle_other(&self, _: &Event) -> BridgeResult {
         Ok(())
     }
     async fn handle_ephemeral(&self, event: &EphemeralEvent) {

@@ -8,7 +8,8 @@ use std::{
 };
 
 use mxbridge::{
-    AppService, Bridge, BridgeError, BridgeResult, Config, Context, Event, Registration, Store,
+    AppService, Bridge, BridgeError, BridgeResult, Config, Context, Delivery, Event,
+    MatrixMembership, MatrixMessage, MatrixRoomMessage, Registration, Store,
     config::DatabaseConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,12 @@ pub struct RecorderConfig {
     /// Hold every handler call until this file exists.
     #[serde(default)]
     pub hold_file: Option<String>,
+    /// Messages in portals: these event IDs were delivered as these remote message IDs.
+    #[serde(default)]
+    pub sent_as: BTreeMap<String, Vec<String>>,
+    /// Messages in portals: these event IDs were delivered with this transaction ID.
+    #[serde(default)]
+    pub pending_as: BTreeMap<String, String>,
 }
 
 /// A bridge that records what it handled.
@@ -108,7 +115,34 @@ impl Bridge for Recorder {
         })
     }
 
-    async fn handle_event(&self, event: &Event) -> BridgeResult {
+    async fn handle_other(&self, event: &Event) -> BridgeResult {
+        self.observe(event).await
+    }
+
+    async fn handle_room_message(&self, message: &MatrixRoomMessage) -> BridgeResult {
+        self.observe(&message.event).await
+    }
+
+    async fn handle_membership(&self, membership: &MatrixMembership) -> BridgeResult {
+        self.observe(&membership.event).await
+    }
+
+    async fn handle_message(&self, message: &MatrixMessage) -> BridgeResult<Delivery> {
+        self.observe(&message.event).await?;
+        let id = message.event.event_id.as_str();
+        Ok(if let Some(ids) = self.config.sent_as.get(id) {
+            Delivery::Sent(ids.iter().map(|i| i.as_str().into()).collect())
+        } else if let Some(txn) = self.config.pending_as.get(id) {
+            Delivery::Pending(txn.as_str().into())
+        } else {
+            Delivery::Done
+        })
+    }
+}
+
+impl Recorder {
+    /// Every handler: counts the calls running at once, then records.
+    async fn observe(&self, event: &Event) -> BridgeResult {
         use std::sync::atomic::Ordering::SeqCst;
         let now = self.running.fetch_add(1, SeqCst) + 1;
         self.most_running.fetch_max(now, SeqCst);
@@ -116,9 +150,7 @@ impl Bridge for Recorder {
         self.running.fetch_sub(1, SeqCst);
         result
     }
-}
 
-impl Recorder {
     async fn record(&self, event: &Event) -> BridgeResult {
         let id = event.event_id.to_string();
         let calls = {

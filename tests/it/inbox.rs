@@ -334,3 +334,46 @@ async fn pending_and_parked_events_of_the_old_inbox_survive_the_migration() {
     assert_eq!(app.bridge.handled_ids(), ["$old1", "$old2", "$new"]);
     app.stop().await;
 }
+
+/// A bridge never writes mappings: the dispatcher records what `handle_message` says each
+/// message became (one remote message, several, or one whose ID the network's echo brings),
+/// and the echo resolves the pending one once.
+#[tokio::test]
+async fn the_dispatcher_records_what_handlers_delivered() {
+    use mxbridge::{PortalKey, store::PortalRow};
+    use ruma::{event_id, room_id};
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("sqlite", dir.path()).await;
+    let config = "{sent_as: {'$one': [r1], '$two': [r2a, r2b]}, pending_as: {'$later': t9}}";
+    let app = Running::start(&db, config).await;
+    let key = PortalKey::shared("chat");
+    let portal = PortalRow {
+        key: key.clone(),
+        room_id: Some(room_id!("!p:localhost").to_owned()),
+        name: None,
+        topic: None,
+        avatar_url: None,
+        metadata: None,
+    };
+    app.store.upsert_portal(&portal).await.unwrap();
+    let events = [("!p:localhost", "$one"), ("!p:localhost", "$two"), ("!p:localhost", "$later")];
+    let client = crate::common::http();
+    assert_eq!(put_txn(&client, &app.url(""), "m1", &txn_body(&events)).await, 200);
+    assert!(wait_until(20, || app.bridge.handled.lock().unwrap().len() == 3).await);
+    wait_for_empty_inbox(&app.store).await;
+    let store = &app.store;
+    let mapped = store.message_by_event(event_id!("$one")).await.unwrap().unwrap();
+    assert_eq!((mapped.portal, mapped.id.as_str()), (key.clone(), "r1"));
+    for id in ["r2a", "r2b"] {
+        let parts = store.message_parts(&key, &id.into()).await.unwrap();
+        assert_eq!(parts.iter().map(|p| p.event_id.as_str()).collect::<Vec<_>>(), ["$two"]);
+    }
+    assert_eq!(store.message_by_event(event_id!("$later")).await.unwrap(), None);
+    let ctx = &app.bridge.ctx;
+    let echo = ctx.resolve_echo(&key, &"t9".into(), &"r9".into()).await.unwrap();
+    assert_eq!(echo.as_deref(), Some(event_id!("$later")));
+    assert_eq!(ctx.resolve_echo(&key, &"t9".into(), &"r9".into()).await.unwrap(), None);
+    let later = store.message_by_event(event_id!("$later")).await.unwrap().unwrap();
+    assert_eq!(later.id.as_str(), "r9");
+    app.stop().await;
+}

@@ -236,10 +236,40 @@ async fn batches_of_schema_3_get_their_event_ids(
         .await
         .unwrap();
     store.close().await;
-    // Back to schema 3: no `event_ids` column.
+    // Back to schema 3: no `event_ids` column, and the portal and message tables (empty here)
+    // as they were before portal keys.
     raw_sql(url, "ALTER TABLE mx_inbox_batch DROP COLUMN event_ids").await;
-    raw_sql(url, "DELETE FROM mx_schema WHERE version = 4").await;
+    raw_sql(url, "DROP TABLE mx_portal").await;
+    raw_sql(url, "DROP TABLE mx_message").await;
+    raw_sql(url, "DROP TABLE mx_pending_message").await;
+    raw_sql(
+        url,
+        "CREATE TABLE mx_portal (remote_id TEXT PRIMARY KEY, room_id TEXT UNIQUE, name TEXT, \
+         topic TEXT, avatar_url TEXT, metadata TEXT, created_at BIGINT NOT NULL)",
+    )
+    .await;
+    raw_sql(
+        url,
+        "CREATE TABLE mx_message (portal_id TEXT NOT NULL, remote_id TEXT NOT NULL, \
+         part TEXT NOT NULL DEFAULT '', event_id TEXT NOT NULL UNIQUE, room_id TEXT NOT NULL, \
+         sender TEXT NOT NULL, timestamp BIGINT NOT NULL, PRIMARY KEY (portal_id, remote_id, part))",
+    )
+    .await;
+    raw_sql(url, "INSERT INTO mx_portal VALUES ('old-chat', '!old:x', 'Old', NULL, NULL, NULL, 1)")
+        .await;
+    raw_sql(
+        url,
+        "INSERT INTO mx_message VALUES ('old-chat', 'm', '', '$old', '!old:x', '@u:x', 1)",
+    )
+    .await;
+    raw_sql(url, "DELETE FROM mx_schema WHERE version >= 4").await;
     let again = reopen().await;
+    // Portals and messages of before are shared chats' now.
+    let key = mxbridge::PortalKey::shared("old-chat");
+    let portal = again.portal(&key).await.unwrap().unwrap();
+    assert_eq!((portal.room_id.unwrap().as_str(), portal.name.as_deref()), ("!old:x", Some("Old")));
+    let old = again.message_by_event(ruma::event_id!("$old")).await.unwrap().unwrap();
+    assert_eq!((old.portal, old.id.as_str()), (key, "m"));
     let out = again
         .accept_transaction("2", "h", &[ev("$y", "!s", "{}"), ev("$z", "!s", "{}")])
         .await
@@ -503,11 +533,16 @@ suite!(sqlite, "sqlite");
 suite!(postgres, "postgres");
 
 async fn bridge_mappings(store: Store) {
-    use mxbridge::store::{GhostRow, MessageRow, PortalRow};
-    assert_eq!(store.portal_by_remote("chat1").await.unwrap(), None);
+    use mxbridge::{
+        PortalKey, RemoteLoginId,
+        store::{GhostRow, MessageRow, PortalRow},
+    };
+    use ruma::{event_id, room_id, user_id};
+    let key = PortalKey::shared("chat1");
+    assert_eq!(store.portal(&key).await.unwrap(), None);
     let mut portal = PortalRow {
-        remote_id: "chat1".into(),
-        room_id: Some("!p:x".into()),
+        key: key.clone(),
+        room_id: Some(room_id!("!p:x").to_owned()),
         name: Some("Chat".into()),
         topic: None,
         avatar_url: None,
@@ -516,39 +551,55 @@ async fn bridge_mappings(store: Store) {
     store.upsert_portal(&portal).await.unwrap();
     portal.topic = Some("Topic".into());
     store.upsert_portal(&portal).await.unwrap();
-    assert_eq!(store.portal_by_room("!p:x").await.unwrap(), Some(portal.clone()));
-    assert_eq!(store.portal_by_remote("chat1").await.unwrap(), Some(portal));
-    assert!(store.delete_portal("chat1").await.unwrap());
-    assert!(!store.delete_portal("chat1").await.unwrap());
+    // The same chat seen by one login only is another portal.
+    let dm = PortalKey::for_login("chat1", RemoteLoginId::from("alice"));
+    let dm_row = PortalRow {
+        key: dm.clone(),
+        room_id: Some(room_id!("!dm:x").to_owned()),
+        ..portal.clone()
+    };
+    store.upsert_portal(&dm_row).await.unwrap();
+    assert_eq!(store.portal_by_room(room_id!("!p:x")).await.unwrap(), Some(portal.clone()));
+    assert_eq!(store.portal(&key).await.unwrap(), Some(portal));
+    assert_eq!(store.portal(&dm).await.unwrap(), Some(dm_row));
+    assert!(store.delete_portal(&key).await.unwrap());
+    assert!(!store.delete_portal(&key).await.unwrap());
+    assert!(store.portal(&dm).await.unwrap().is_some());
 
     let ghost = GhostRow {
         remote_id: "Bob".into(),
-        user_id: "@_t__bob:x".into(),
+        user_id: user_id!("@_t__bob:x").to_owned(),
         displayname: Some("Bob".into()),
         avatar_url: None,
         metadata: None,
     };
     store.upsert_ghost(&ghost).await.unwrap();
-    assert_eq!(store.ghost_by_user("@_t__bob:x").await.unwrap(), Some(ghost.clone()));
-    assert_eq!(store.ghost_by_remote("Bob").await.unwrap(), Some(ghost));
+    assert_eq!(store.ghost_by_user(user_id!("@_t__bob:x")).await.unwrap(), Some(ghost.clone()));
+    assert_eq!(store.ghost(&"Bob".into()).await.unwrap(), Some(ghost));
 
     let m = |part: &str, event: &str| MessageRow {
-        portal_id: "chat1".into(),
-        remote_id: "m1".into(),
+        portal: key.clone(),
+        id: "m1".into(),
         part: part.into(),
-        event_id: event.into(),
-        room_id: "!p:x".into(),
-        sender: "@_t__bob:x".into(),
+        event_id: event.try_into().unwrap(),
+        room_id: room_id!("!p:x").to_owned(),
+        sender: user_id!("@_t__bob:x").to_owned(),
         timestamp: 1_600_000_000_000,
     };
-    store.insert_message(&m("b", "$two")).await.unwrap();
-    store.insert_message(&m("a", "$one")).await.unwrap();
-    store.insert_message(&m("a", "$one")).await.unwrap();
-    let parts = store.message_by_remote("chat1", "m1").await.unwrap();
+    store.insert_messages(&[m("b", "$two")]).await.unwrap();
+    store.insert_messages(&[m("a", "$one"), m("a", "$one")]).await.unwrap();
+    let parts = store.message_parts(&key, &"m1".into()).await.unwrap();
     assert_eq!(parts.iter().map(|p| p.event_id.as_str()).collect::<Vec<_>>(), ["$one", "$two"]);
-    assert_eq!(store.message_by_event("$two").await.unwrap(), Some(m("b", "$two")));
-    assert_eq!(store.delete_messages("chat1").await.unwrap(), 2);
-    assert_eq!(store.message_by_event("$two").await.unwrap(), None);
+    assert_eq!(store.message_by_event(event_id!("$two")).await.unwrap(), Some(m("b", "$two")));
+    assert_eq!(store.delete_messages(&key).await.unwrap(), 2);
+    assert_eq!(store.message_by_event(event_id!("$two")).await.unwrap(), None);
+
+    // An event that went out as two remote messages maps to both.
+    let mut second = m("", "$split");
+    second.id = "m3".into();
+    store.insert_messages(&[m("", "$split"), second]).await.unwrap();
+    assert_eq!(store.message_parts(&key, &"m3".into()).await.unwrap().len(), 1);
+    assert_eq!(store.message_parts(&key, &"m1".into()).await.unwrap().len(), 1);
 
     store.kv_put("hooks", "b", "{\"n\":2}").await.unwrap();
     store.kv_put("hooks", "a", "{\"n\":1}").await.unwrap();
@@ -563,27 +614,28 @@ async fn bridge_mappings(store: Store) {
 }
 
 async fn portal_lookups_by_room_follow_writes(store: Store) {
-    use mxbridge::store::PortalRow;
+    use mxbridge::{PortalKey, store::PortalRow};
+    use ruma::room_id;
     // A miss is remembered, then forgotten when a portal is written.
-    assert_eq!(store.portal_by_room("!q:x").await.unwrap(), None);
+    assert_eq!(store.portal_by_room(room_id!("!q:x")).await.unwrap(), None);
     let portal = PortalRow {
-        remote_id: "c".into(),
-        room_id: Some("!q:x".into()),
+        key: PortalKey::shared("c"),
+        room_id: Some(room_id!("!q:x").to_owned()),
         name: None,
         topic: None,
         avatar_url: None,
         metadata: None,
     };
     store.upsert_portal(&portal).await.unwrap();
-    assert_eq!(store.portal_by_room("!q:x").await.unwrap().as_ref(), Some(&portal));
+    assert_eq!(store.portal_by_room(room_id!("!q:x")).await.unwrap().as_ref(), Some(&portal));
     // A clone of the store shares the cache: a write through one is seen by the other.
     let other = store.clone();
-    let moved = PortalRow { room_id: Some("!z:x".into()), ..portal };
+    let moved = PortalRow { room_id: Some(room_id!("!z:x").to_owned()), ..portal };
     other.upsert_portal(&moved).await.unwrap();
-    assert_eq!(store.portal_by_room("!q:x").await.unwrap(), None);
-    assert_eq!(store.portal_by_room("!z:x").await.unwrap(), Some(moved));
-    other.delete_portal("c").await.unwrap();
-    assert_eq!(store.portal_by_room("!z:x").await.unwrap(), None);
+    assert_eq!(store.portal_by_room(room_id!("!q:x")).await.unwrap(), None);
+    assert_eq!(store.portal_by_room(room_id!("!z:x")).await.unwrap(), Some(moved));
+    other.delete_portal(&PortalKey::shared("c")).await.unwrap();
+    assert_eq!(store.portal_by_room(room_id!("!z:x")).await.unwrap(), None);
 }
 
 /// SQLite: the WAL is copied into the database file by a task beside the writer, not only by
