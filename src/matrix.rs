@@ -255,6 +255,11 @@ impl CommandSpec {
 pub(crate) async fn route<B: Bridge>(ctx: &Context, bridge: &B, event: &Event) -> BridgeResult {
     if ctx.registration().is_user_in_namespace(&event.sender) {
         // Echo suppression: our own ghosts' and bot's events are never new to the bridge.
+        if event.kind == "m.room.member"
+            && event.state_key.as_deref() == Some(event.sender.as_str())
+        {
+            Box::pin(own_member_event(ctx, event)).await;
+        }
         return Ok(());
     }
     let portal = ctx.portal_for_room(&event.room_id).await?;
@@ -387,9 +392,26 @@ async fn command_call<B: Bridge>(
     }))
 }
 
+/// One of our users joined (by whatever path): the room's members and state are fetched once,
+/// so people who were there before are known. A failure is only logged.
+async fn own_member_event(ctx: &Context, event: &Event) {
+    let room_id = &event.room_id;
+    let Ok(joined) = ctx.store().membership(room_id.as_str(), event.sender.as_str()).await else {
+        return;
+    };
+    if joined != Some(Membership::Join) {
+        return;
+    }
+    if let Ok(intent) = ctx.intent(&event.sender)
+        && let Err(err) = intent.ensure_room_state(room_id).await
+    {
+        tracing::warn!(%room_id, error = %err, "could not fetch the room's members and state");
+    }
+}
+
 /// A DM with the bot: the bot and the sender are the only joined members.
 async fn is_management_room(ctx: &Context, event: &Event) -> BridgeResult<bool> {
-    let joined = ctx.store().members_with(event.room_id.as_str(), Membership::Join).await?;
+    let joined = ctx.bot().members_with(&event.room_id, Membership::Join).await?;
     Ok(joined.len() == 2
         && joined.iter().any(|m| m.user_id == ctx.bot_user_id().as_str())
         && joined.iter().any(|m| m.user_id == event.sender.as_str()))

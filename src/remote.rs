@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     client,
     context::Context,
-    intent::Intent,
+    intent::{Intent, IntentError},
     store::{GhostRow, MessageRow, PortalRow, StoreError},
 };
 
@@ -77,6 +77,9 @@ pub enum RemoteError {
     /// A homeserver call failed.
     #[error(transparent)]
     Client(#[from] client::Error),
+    /// An action of the bot or a ghost failed.
+    #[error(transparent)]
+    Intent(#[from] IntentError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -258,16 +261,7 @@ impl Context {
         request.is_direct = info.is_direct;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.initial_state = vec![bridge_state_event(self, chat)];
-        let room_id = self.client().create_room(None, request).await?;
-        self.store()
-            .set_membership(
-                room_id.as_str(),
-                self.bot_user_id().as_str(),
-                crate::store::Membership::Join,
-                None,
-                None,
-            )
-            .await?;
+        let room_id = self.bot().create_room(request).await?;
         self.store()
             .upsert_portal(&PortalRow {
                 remote_id: chat.0.clone(),
