@@ -71,6 +71,9 @@ pub struct RecorderConfig {
     /// Hold every handler call until this file exists.
     #[serde(default)]
     pub hold_file: Option<String>,
+    /// Offer one command, `ping` (answers `pong`), so messages to the bot are commands.
+    #[serde(default)]
+    pub commands: bool,
 }
 
 /// A bridge that records what it handled.
@@ -106,6 +109,18 @@ impl Bridge for Recorder {
             running: Default::default(),
             most_running: Default::default(),
         })
+    }
+
+    fn commands(&self) -> Vec<mxbridge::CommandSpec> {
+        if self.config.commands {
+            vec![mxbridge::CommandSpec::new("ping", "", "answers pong")]
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn handle_command(&self, call: &mxbridge::CommandCall) -> BridgeResult<String> {
+        Ok(format!("pong to {}", call.event.sender))
     }
 
     async fn handle_event(&self, event: &Event) -> BridgeResult {
