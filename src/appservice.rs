@@ -208,8 +208,9 @@ async fn startup_ping(ctx: Context, health: Arc<Health>) {
 /// What a failed startup ping most likely means, in words an operator can act on.
 fn ping_advice(ctx: &Context, e: &crate::client::Error) -> String {
     let hs = &ctx.homeserver().address;
-    match (e.status().map(|s| s.as_u16()), e.errcode()) {
-        (_, Some("M_UNKNOWN_TOKEN")) | (Some(401), _) => format!(
+    let unknown_token = matches!(e.kind(), Some(ruma::api::error::ErrorKind::UnknownToken(_)));
+    match (e.status().map(|s| s.as_u16()), unknown_token) {
+        (_, true) | (Some(401), _) => format!(
             "the homeserver at {hs} does not know our as_token: add the registration file to its              app_service_config_files and restart it"
         ),
         (Some(403), _) => format!(

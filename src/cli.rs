@@ -23,7 +23,10 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use ruma::api::appservice::{Namespace, Namespaces};
+use ruma::api::{
+    appservice::{Namespace, Namespaces},
+    error::ErrorKind,
+};
 
 use crate::{
     Config,
@@ -200,7 +203,7 @@ async fn check_homeserver<T>(
             me.user_id,
             config.bot_user_id()
         )),
-        Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => Err(format!(
+        Err(e) if matches!(e.kind(), Some(ErrorKind::UnknownToken(_))) => Err(format!(
             "homeserver {hs} does not know our as_token: add {} to its app_service_config_files \
              and restart it",
             config.appservice.registration

@@ -762,8 +762,15 @@ async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
     } else if let Some(field) =
         RoomStateField::for_event_type(&event.kind).filter(|_| state_key.is_empty())
     {
-        let content: serde_json::Value = event.content().unwrap_or_default();
-        store.set_room_state(event.room_id.as_str(), field, &content.to_string()).await?;
+        let json = if field == RoomStateField::Create {
+            // Whole: its sender is a creator of the room, with power beyond any level from
+            // room version 12 on.
+            event.json().to_owned()
+        } else {
+            let content: serde_json::Value = event.content().unwrap_or_default();
+            content.to_string()
+        };
+        store.set_room_state(event.room_id.as_str(), field, &json).await?;
     }
     Ok(())
 }

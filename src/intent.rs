@@ -8,35 +8,50 @@
 //! registration and membership; successful calls update the store (join, leave, invite, power
 //! levels, per-room profile).
 //!
-//! Joining follows the mautrix recipe: join; on `M_FORBIDDEN` the bot invites the ghost (and, if
+//! Joining follows the mautrix recipe: join; when refused, the bot invites the ghost (and, if
 //! the ghost is banned, unbans it first) and the ghost joins again. Concurrent `ensure_joined`
 //! calls for the same room and user make one join request.
+//!
+//! The homeserver pushes a room's events only once one of our users is in it, so what happened
+//! before (a human's own join, the room's creators) never arrives. When the bot or a ghost
+//! joins or creates a room, its members and state are fetched once and the room is marked
+//! fetched; pushed events keep the cache current afterwards (`members.rs`).
+//!
+//! Power levels are ruma's typed [`RoomPowerLevels`], with the rules of the room's version: from
+//! room version 12 on, the room's creators outrank every level (`power.rs`).
 //!
 //! History import: MSC2716 batch sending (`/batch_send`) is gone from Synapse, so importing old
 //! messages uses timestamp massaging instead: every send here takes an optional `ts`
 //! ([`MilliSecondsSinceUnixEpoch`]) that becomes the event's `origin_server_ts`. The events are
 //! still appended at the end of the room's timeline.
 
+mod error;
+mod members;
+mod power;
+
 use std::time::Duration;
 
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, MxcUri, OwnedEventId, OwnedMxcUri, OwnedUserId, RoomId,
-    UserId,
+    EventId, MilliSecondsSinceUnixEpoch, MxcUri, OwnedEventId, OwnedMxcUri, OwnedRoomId,
+    OwnedUserId, RoomId, UserId,
+    api::{client::room::create_room, error::ErrorKind},
     events::{
-        MessageLikeEventContent, StateEventContent, StateEventType,
+        MessageLikeEventContent, StateEventContent,
         room::{
             member::{MembershipState, RoomMemberEventContent},
             message::{RoomMessageEventContent, RoomMessageEventContentWithoutRelation},
         },
     },
-    serde::Raw,
+    profile::{AvatarUrl, DisplayName, UserProfile},
 };
-use serde_json::Value as JsonValue;
 
+pub use self::error::{IntentError, Result};
 use crate::{
-    client::{self, Client, Error, Result},
-    store::{Membership, RoomStateField, Store},
+    client::{self, Client},
+    store::{Membership, Store},
 };
+#[doc(no_inline)]
+pub use ruma::events::room::power_levels::RoomPowerLevels;
 
 /// One user's view of the homeserver: a ghost in the namespace, or the bot.
 #[derive(Clone, Debug)]
@@ -55,10 +70,10 @@ impl Intent {
     /// Creates an intent for `user_id`, which must be the bot or in the user namespace.
     ///
     /// # Errors
-    /// [`Error::NotInNamespace`] for anyone else.
-    pub fn new(client: Client, store: Store, user_id: OwnedUserId) -> Result<Self> {
+    /// [`client::Error::NotInNamespace`] for anyone else.
+    pub fn new(client: Client, store: Store, user_id: OwnedUserId) -> Result<Self, client::Error> {
         if !client.may_act_as(&user_id) {
-            return Err(Error::NotInNamespace { user_id });
+            return Err(client::Error::NotInNamespace { user_id });
         }
         let is_bot = user_id == client.bot_user_id();
         Ok(Self { client, store, user_id, is_bot })
@@ -105,8 +120,8 @@ impl Intent {
         }
         match self.client.register(&self.user_id).await {
             Ok(_) => {}
-            Err(err) if err.is_errcode("M_USER_IN_USE") => {}
-            Err(err) => return Err(err),
+            Err(err) if err.kind() == Some(&ErrorKind::UserInUse) => {}
+            Err(err) => return Err(err.into()),
         }
         self.store.mark_registered(self.user_id.as_str()).await?;
         Ok(())
@@ -121,9 +136,10 @@ impl Intent {
     /// Makes sure the user is in the room. Returns `false` when the store already said so (no
     /// request), `true` when it joined now.
     ///
-    /// A ghost refused with `M_FORBIDDEN` is invited by the bot (unbanned first when banned) and
-    /// joins again; the bot's own join is a plain join. Concurrent calls for the same room and
-    /// user make one join request.
+    /// A ghost that is refused is invited by the bot (unbanned first when banned) and joins
+    /// again; the bot's own join is a plain join. Concurrent calls for the same room and user
+    /// make one join request. After a join, the room's members and state are fetched once (see
+    /// [`Intent::ensure_room_state`]).
     ///
     /// # Errors
     /// When joining fails even after the bot's help, or the store fails.
@@ -145,32 +161,40 @@ impl Intent {
         self.ensure_registered().await?;
         match self.client.join(self.as_user(), room_id).await {
             Ok(_) => {}
-            Err(err) if !self.is_bot && err.is_errcode("M_FORBIDDEN") => {
+            Err(err) if !self.is_bot && err.kind() == Some(&ErrorKind::Forbidden) => {
                 let cached_ban =
                     self.store.membership(room_id.as_str(), self.user_id.as_str()).await?
                         == Some(Membership::Ban);
-                let bot = self.bot_intent();
-                bot.invite_helping(room_id, &self.user_id, cached_ban || says_banned(&err)).await?;
+                self.bot_intent().invite_helping(room_id, &self.user_id, cached_ban).await?;
                 self.client.join(self.as_user(), room_id).await?;
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         }
-        self.record_membership(room_id, &self.user_id, Membership::Join).await
+        self.record_membership(room_id, &self.user_id, Membership::Join).await?;
+        self.fetch_room_state_once(room_id).await;
+        Ok(())
     }
 
-    /// The bot invites `user_id` so it can join, unbanning it first when banned (known, or
-    /// learned from the invite's refusal).
+    /// The bot invites `user_id` so it can join, unbanning it first when known to be banned.
+    /// A refused invite makes the bot look the user's membership up: a ban is lifted and the
+    /// invite sent again; a user invited or joined already needs nothing more.
     async fn invite_helping(&self, room_id: &RoomId, user_id: &UserId, banned: bool) -> Result<()> {
         if banned {
             self.client.unban(None, room_id, user_id, None).await?;
         }
         match self.client.invite(None, room_id, user_id, None).await {
             Ok(()) => {}
-            Err(err) if !banned && err.is_errcode("M_FORBIDDEN") && says_banned(&err) => {
-                self.client.unban(None, room_id, user_id, None).await?;
-                self.client.invite(None, room_id, user_id, None).await?;
+            Err(err) if err.kind() == Some(&ErrorKind::Forbidden) => {
+                match self.member_state(room_id, user_id).await?.map(|m| m.membership) {
+                    Some(Membership::Ban) if !banned => {
+                        self.client.unban(None, room_id, user_id, None).await?;
+                        self.client.invite(None, room_id, user_id, None).await?;
+                    }
+                    Some(Membership::Invite | Membership::Join) => return Ok(()),
+                    _ => return Err(err.into()),
+                }
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         }
         self.record_membership(room_id, user_id, Membership::Invite).await
     }
@@ -196,8 +220,8 @@ impl Intent {
         Ok(())
     }
 
-    /// Makes sure the user is invited to (or already in) the room: the bot invites it unless the
-    /// store says invited or joined. Returns whether an invite was sent.
+    /// Makes sure this intent's user (a ghost) is invited to (or already in) the room: the bot
+    /// invites it unless the store says invited or joined. Returns whether an invite was sent.
     ///
     /// # Errors
     /// On a failed invite or store.
@@ -213,14 +237,35 @@ impl Intent {
         Ok(true)
     }
 
-    /// Invites another user, as this user, and records the invite.
+    /// Invites anyone (a real user too), as this user, and records the invite. Returns whether
+    /// an invite was sent.
+    ///
+    /// Idempotent: a user the state cache knows as invited or joined gets no request, and a
+    /// refusal (Synapse answers 403 `M_FORBIDDEN`, "… is already in the room.") after which the
+    /// room's state says the user is invited or joined counts as done.
     ///
     /// # Errors
-    /// On a failed request or store.
-    pub async fn invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+    /// On a failed join, a refused invite of a user not in the room, or the store.
+    pub async fn invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
         self.ensure_joined(room_id).await?;
-        self.client.invite(self.as_user(), room_id, user_id, None).await?;
-        self.record_membership(room_id, user_id, Membership::Invite).await
+        let in_room =
+            |m: Option<Membership>| matches!(m, Some(Membership::Invite | Membership::Join));
+        if in_room(self.store.membership(room_id.as_str(), user_id.as_str()).await?) {
+            return Ok(false);
+        }
+        match self.client.invite(self.as_user(), room_id, user_id, None).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == Some(&ErrorKind::Forbidden) => {
+                let now = self.member_state(room_id, user_id).await?;
+                if in_room(now.map(|m| m.membership)) {
+                    return Ok(false);
+                }
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        }
+        self.record_membership(room_id, user_id, Membership::Invite).await?;
+        Ok(true)
     }
 
     /// Leaves the room (or rejects an invite) and records it.
@@ -232,6 +277,20 @@ impl Intent {
         self.record_membership(room_id, &self.user_id, Membership::Leave).await
     }
 
+    /// Creates a room as this user (`POST /createRoom` with all of ruma's options). The user is
+    /// recorded as joined and the new room's state is fetched at once, so the cache knows its
+    /// creators and power levels before the homeserver pushes them.
+    ///
+    /// # Errors
+    /// On a failed registration, request or store.
+    pub async fn create_room(&self, request: create_room::v3::Request) -> Result<OwnedRoomId> {
+        self.ensure_registered().await?;
+        let room_id = self.client.create_room(self.as_user(), request).await?;
+        self.record_membership(&room_id, &self.user_id, Membership::Join).await?;
+        self.fetch_room_state_once(&room_id).await;
+        Ok(room_id)
+    }
+
     /// Sets the global display name, only when it differs from the current one (read with one
     /// `GET /profile`). Returns whether it was changed.
     ///
@@ -239,7 +298,8 @@ impl Intent {
     /// On a failed request.
     pub async fn set_displayname(&self, displayname: &str) -> Result<bool> {
         self.ensure_registered().await?;
-        if self.profile_field("displayname").await?.as_deref() == Some(displayname) {
+        let current = self.global_profile(&self.user_id).await?;
+        if profile_field::<DisplayName>(current.as_ref()).as_deref() == Some(displayname) {
             return Ok(false);
         }
         self.client.set_displayname(self.as_user(), displayname).await?;
@@ -253,21 +313,24 @@ impl Intent {
     /// On a failed request.
     pub async fn set_avatar_url(&self, avatar_url: &MxcUri) -> Result<bool> {
         self.ensure_registered().await?;
-        if self.profile_field("avatar_url").await?.as_deref() == Some(avatar_url.as_str()) {
+        let current = self.global_profile(&self.user_id).await?;
+        if profile_field::<AvatarUrl>(current.as_ref()).as_deref() == Some(avatar_url) {
             return Ok(false);
         }
         self.client.set_avatar_url(self.as_user(), avatar_url).await?;
         Ok(true)
     }
 
-    /// One field of the user's global profile; a user without a profile (404) has none.
-    async fn profile_field(&self, field: &str) -> Result<Option<String>> {
-        match self.client.get_profile(&self.user_id).await {
-            Ok(profile) => {
-                Ok(profile.get(field).and_then(JsonValue::as_str).map(ToOwned::to_owned))
+    /// A user's global profile; `None` when the homeserver has none to show (404, or 403 where
+    /// profiles are visible to room-mates only).
+    async fn global_profile(&self, user_id: &UserId) -> Result<Option<UserProfile>> {
+        match self.client.get_profile(user_id).await {
+            Ok(profile) => Ok(Some(profile)),
+            Err(err) if matches!(err.kind(), Some(ErrorKind::NotFound | ErrorKind::Forbidden)) => {
+                Ok(None)
             }
             Err(err) if err.status() == Some(reqwest::StatusCode::NOT_FOUND) => Ok(None),
-            Err(err) => Err(err),
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -308,87 +371,6 @@ impl Intent {
         Ok(true)
     }
 
-    /// The room's `m.room.power_levels` content: cached, or fetched by the bot and cached.
-    ///
-    /// # Errors
-    /// On a failed request, store, or malformed JSON.
-    pub async fn power_levels(&self, room_id: &RoomId) -> Result<JsonValue> {
-        if let Some(json) =
-            self.store.room_state(room_id.as_str(), RoomStateField::PowerLevels).await?
-        {
-            return Ok(serde_json::from_str(&json)?);
-        }
-        let raw =
-            self.client.get_state_event(None, room_id, StateEventType::RoomPowerLevels, "").await?;
-        self.store.set_room_state(room_id.as_str(), RoomStateField::PowerLevels, raw.get()).await?;
-        Ok(serde_json::from_str(raw.get())?)
-    }
-
-    /// Makes sure the user has at least `level`: when lower, the bot raises it (if the bot may)
-    /// and the cache is updated. Returns whether power levels were changed.
-    ///
-    /// Room version 12 creators (who are not listed in `users`) are not recognised.
-    ///
-    /// # Errors
-    /// [`Error::NotPermitted`] when the bot's own level is too low; a failed request or store.
-    pub async fn ensure_power_level(&self, room_id: &RoomId, level: i64) -> Result<bool> {
-        let mut levels = self.power_levels(room_id).await?;
-        if user_level(&levels, &self.user_id) >= level {
-            return Ok(false);
-        }
-        let bot = self.client.bot_user_id();
-        let bot_level = user_level(&levels, bot);
-        let needed = levels
-            .pointer("/events/m.room.power_levels")
-            .or_else(|| levels.get("state_default"))
-            .and_then(JsonValue::as_i64)
-            .unwrap_or(50);
-        if bot_level < needed || bot_level < level {
-            return Err(Error::NotPermitted(format!(
-                "{bot} (power level {bot_level}) cannot raise {} to {level}",
-                self.user_id
-            )));
-        }
-        let users = levels
-            .as_object_mut()
-            .ok_or_else(|| Error::InvalidResponse("power levels are not an object".into()))?
-            .entry("users")
-            .or_insert_with(|| JsonValue::Object(Default::default()));
-        if let Some(users) = users.as_object_mut() {
-            users.insert(self.user_id.to_string(), level.into());
-        }
-        self.bot_intent().set_power_levels(room_id, &levels).await?;
-        Ok(true)
-    }
-
-    /// Sends `m.room.power_levels` as this user and caches it.
-    ///
-    /// # Errors
-    /// On a failed request or store.
-    pub async fn set_power_levels(
-        &self,
-        room_id: &RoomId,
-        content: &JsonValue,
-    ) -> Result<OwnedEventId> {
-        self.ensure_joined(room_id).await?;
-        let json = serde_json::value::to_raw_value(content)?;
-        let event_id = self
-            .client
-            .send_state_event_raw(
-                self.as_user(),
-                room_id,
-                StateEventType::RoomPowerLevels,
-                "",
-                Raw::from_json(json.clone()),
-                None,
-            )
-            .await?;
-        self.store
-            .set_room_state(room_id.as_str(), RoomStateField::PowerLevels, json.get())
-            .await?;
-        Ok(event_id)
-    }
-
     /// Sends a message-like event, joining first if needed; `ts` massages its timestamp.
     ///
     /// # Errors
@@ -400,7 +382,7 @@ impl Intent {
         ts: Option<MilliSecondsSinceUnixEpoch>,
     ) -> Result<OwnedEventId> {
         self.ensure_joined(room_id).await?;
-        self.client.send_message_event(self.as_user(), room_id, content, None, ts).await
+        Ok(self.client.send_message_event(self.as_user(), room_id, content, None, ts).await?)
     }
 
     /// Sends plain text (`m.text`).
@@ -446,7 +428,7 @@ impl Intent {
         K: AsRef<str> + ?Sized,
     {
         self.ensure_joined(room_id).await?;
-        self.client.send_state_event(self.as_user(), room_id, state_key, content, ts).await
+        Ok(self.client.send_state_event(self.as_user(), room_id, state_key, content, ts).await?)
     }
 
     /// Reacts to an event.
@@ -461,7 +443,7 @@ impl Intent {
         ts: Option<MilliSecondsSinceUnixEpoch>,
     ) -> Result<OwnedEventId> {
         self.ensure_joined(room_id).await?;
-        self.client.react(self.as_user(), room_id, event_id, key, ts).await
+        Ok(self.client.react(self.as_user(), room_id, event_id, key, ts).await?)
     }
 
     /// Redacts an event.
@@ -476,7 +458,7 @@ impl Intent {
         ts: Option<MilliSecondsSinceUnixEpoch>,
     ) -> Result<OwnedEventId> {
         self.ensure_joined(room_id).await?;
-        self.client.redact(self.as_user(), room_id, event_id, reason, None, ts).await
+        Ok(self.client.redact(self.as_user(), room_id, event_id, reason, None, ts).await?)
     }
 
     /// Edits an earlier message with new content.
@@ -514,7 +496,7 @@ impl Intent {
     /// On a failed join or request.
     pub async fn typing(&self, room_id: &RoomId, timeout: Option<Duration>) -> Result<()> {
         self.ensure_joined(room_id).await?;
-        self.client.typing(self.as_user(), room_id, timeout).await
+        Ok(self.client.typing(self.as_user(), room_id, timeout).await?)
     }
 
     /// Marks the room read up to `event_id` (fully-read marker and read receipt).
@@ -523,7 +505,7 @@ impl Intent {
     /// On a failed join or request.
     pub async fn mark_read(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
         self.ensure_joined(room_id).await?;
-        self.client.set_read_markers(self.as_user(), room_id, event_id, Some(event_id)).await
+        Ok(self.client.set_read_markers(self.as_user(), room_id, event_id, Some(event_id)).await?)
     }
 
     /// Uploads media as this user.
@@ -537,7 +519,7 @@ impl Intent {
         filename: Option<&str>,
     ) -> Result<OwnedMxcUri> {
         self.ensure_registered().await?;
-        self.client.upload(self.as_user(), data, content_type, filename).await
+        Ok(self.client.upload(self.as_user(), data, content_type, filename).await?)
     }
 
     /// Sends an error notice to the room, then leaves it. A failed notice is logged, not fatal.
@@ -552,19 +534,11 @@ impl Intent {
     }
 }
 
-/// Whether a refusal says the user is banned (Synapse: "You are banned from this room").
-fn says_banned(err: &Error) -> bool {
-    err.message().is_some_and(|m| m.to_ascii_lowercase().contains("banned"))
-}
-
-/// A user's level in power-levels content: `users[user]`, else `users_default`, else 0.
-fn user_level(levels: &JsonValue, user_id: &UserId) -> i64 {
-    levels
-        .get("users")
-        .and_then(|u| u.get(user_id.as_str()))
-        .or_else(|| levels.get("users_default"))
-        .and_then(JsonValue::as_i64)
-        .unwrap_or(0)
+/// A typed field of a profile; a field of the wrong type counts as unset.
+fn profile_field<F: ruma::profile::StaticProfileField>(
+    profile: Option<&UserProfile>,
+) -> Option<F::Value> {
+    profile.and_then(|p| p.get_static::<F>().ok().flatten())
 }
 
 #[cfg(test)]

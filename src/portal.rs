@@ -25,6 +25,9 @@ pub enum RemoteError {
     /// A homeserver call failed.
     #[error(transparent)]
     Client(#[from] client::Error),
+    /// An action of the bot or a ghost failed.
+    #[error(transparent)]
+    Intent(#[from] crate::intent::IntentError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,16 +73,7 @@ impl Context {
         request.is_direct = info.is_direct;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.initial_state = vec![bridge_state_event(self, key)];
-        let room_id = self.client().create_room(None, request).await?;
-        self.store()
-            .set_membership(
-                room_id.as_str(),
-                self.bot_user_id().as_str(),
-                crate::store::Membership::Join,
-                None,
-                None,
-            )
-            .await?;
+        let room_id = self.bot().create_room(request).await?;
         self.store()
             .upsert_portal(&PortalRow {
                 key: key.clone(),

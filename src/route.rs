@@ -124,6 +124,11 @@ pub(crate) async fn route<B: Bridge>(
 ) -> BridgeResult<Bookkeeping> {
     if ctx.registration().is_user_in_namespace(&event.sender) {
         // Echo suppression: our own ghosts' and bot's events are never new to the bridge.
+        if event.kind == "m.room.member"
+            && event.state_key.as_deref() == Some(event.sender.as_str())
+        {
+            Box::pin(own_member_event(ctx, event)).await;
+        }
         return Ok(Bookkeeping::default());
     }
     let sender =
@@ -170,6 +175,23 @@ pub(crate) async fn route<B: Bridge>(
             Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
         }
         _ => handle_other(bridge, event).await,
+    }
+}
+
+/// One of our users joined (by whatever path): the room's members and state are fetched once,
+/// so people who were there before are known. A failure is only logged.
+async fn own_member_event(ctx: &Context, event: &Event) {
+    let room_id = &event.room_id;
+    let Ok(joined) = ctx.store().membership(room_id.as_str(), event.sender.as_str()).await else {
+        return;
+    };
+    if joined != Some(Membership::Join) {
+        return;
+    }
+    if let Ok(intent) = ctx.intent(&event.sender)
+        && let Err(err) = intent.ensure_room_state(room_id).await
+    {
+        tracing::warn!(%room_id, error = %err, "could not fetch the room's members and state");
     }
 }
 

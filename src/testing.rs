@@ -231,6 +231,17 @@ impl MockHomeserver {
         )
     }
 
+    /// `GET /rooms/{roomId}/state`, the room's whole state; `ok()` answers with no events, or
+    /// answer with [`MockEndpoint::ok_body`] and a list of [`state_event`]s.
+    pub fn mock_room_state(&self, room_id: &RoomId) -> MockEndpoint<'_> {
+        self.mock("GET", format!("/_matrix/client/v3/rooms/{room_id}/state")).ok_body(json!([]))
+    }
+
+    /// `POST /createRoom`; `ok()` answers with the given room ID.
+    pub fn mock_create_room(&self, room_id: &RoomId) -> MockEndpoint<'_> {
+        self.mock("POST", "/_matrix/client/v3/createRoom").ok_body(json!({ "room_id": room_id }))
+    }
+
     /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` for any event and txn.
     pub fn mock_redact(&self, room_id: &RoomId) -> MockEndpoint<'_> {
         self.mock_prefix("PUT", format!("/_matrix/client/v3/rooms/{room_id}/redact/"))
@@ -250,6 +261,23 @@ impl MockHomeserver {
     fn room_post(&self, room_id: &RoomId, action: &str) -> MockEndpoint<'_> {
         self.mock("POST", format!("/_matrix/client/v3/rooms/{room_id}/{action}"))
     }
+}
+
+/// A state event as the homeserver's `GET /rooms/{roomId}/state` lists it.
+pub fn state_event(
+    event_type: &str,
+    state_key: &str,
+    sender: &UserId,
+    content: JsonValue,
+) -> JsonValue {
+    json!({
+        "type": event_type,
+        "state_key": state_key,
+        "sender": sender,
+        "content": content,
+        "event_id": format!("${event_type}-{state_key}"),
+        "origin_server_ts": 1,
+    })
 }
 
 /// A mock for one endpoint, built up and then mounted on its [`MockHomeserver`].

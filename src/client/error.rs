@@ -1,7 +1,7 @@
-//! Errors from the outbound Client-Server API client (and the intents built on it).
+//! Errors from the outbound Client-Server API client.
 //!
-//! A homeserver's Matrix error keeps its `errcode`, so callers test outcomes without matching on
-//! strings: `err.is_errcode("M_USER_IN_USE")` or `err.kind() == Some(&ErrorKind::Forbidden)`.
+//! A homeserver's Matrix error keeps ruma's parsed [`ErrorKind`], so callers test outcomes
+//! without matching on strings: `err.kind() == Some(&ErrorKind::Forbidden)`.
 
 use std::time::Duration;
 
@@ -11,12 +11,10 @@ use ruma::{
     api::error::{ErrorBody, ErrorKind, IntoHttpError, LimitExceededErrorData, RetryAfter},
 };
 
-use crate::store::StoreError;
-
 /// The client's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Errors from a request to the homeserver, or from an intent's bookkeeping.
+/// Errors from a request to the homeserver.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -53,12 +51,6 @@ pub enum Error {
     /// Content could not be serialized to JSON.
     #[error("could not serialize content: {0}")]
     Json(#[from] serde_json::Error),
-    /// The state store failed while an intent consulted or updated it.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The bot lacks the power level to make a change an intent needed.
-    #[error("not permitted: {0}")]
-    NotPermitted(String),
 }
 
 impl Error {
@@ -91,17 +83,13 @@ impl Error {
         }
     }
 
-    /// The Matrix `errcode` of an [`Error::Api`], if this is one.
+    /// The Matrix `errcode` of an [`Error::Api`], as the homeserver wrote it, for logs and for
+    /// codes ruma does not know. Match outcomes on [`Error::kind`].
     pub fn errcode(&self) -> Option<&str> {
         match self {
             Error::Api { errcode, .. } => Some(errcode),
             _ => None,
         }
-    }
-
-    /// Whether this is an [`Error::Api`] with the given `errcode` (e.g. `"M_USER_IN_USE"`).
-    pub fn is_errcode(&self, errcode: &str) -> bool {
-        self.errcode() == Some(errcode)
     }
 
     /// ruma's parsed [`ErrorKind`] of an [`Error::Api`], if the body was a standard Matrix error.
@@ -148,7 +136,8 @@ impl Error {
 
     /// Whether the endpoint is not implemented by the homeserver (404 `M_UNRECOGNIZED`).
     pub fn is_unrecognized_endpoint(&self) -> bool {
-        self.status() == Some(StatusCode::NOT_FOUND) && self.is_errcode("M_UNRECOGNIZED")
+        self.status() == Some(StatusCode::NOT_FOUND)
+            && matches!(self.kind(), Some(ErrorKind::Unrecognized))
     }
 }
 
@@ -170,7 +159,7 @@ mod tests {
     fn standard_errors_keep_their_errcode_and_kind() {
         let err =
             parse(400, r#"{"errcode":"M_USER_IN_USE","error":"User ID already taken."}"#, None);
-        assert!(err.is_errcode("M_USER_IN_USE"));
+        assert_eq!(err.errcode(), Some("M_USER_IN_USE"));
         assert_eq!(err.kind(), Some(&ErrorKind::UserInUse));
         assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
         assert_eq!(err.message(), Some("User ID already taken."));

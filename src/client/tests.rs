@@ -152,12 +152,11 @@ async fn gateway_errors_give_up_after_max_attempts() {
 }
 
 #[tokio::test]
-async fn client_errors_are_not_retried_and_keep_their_errcode() {
+async fn client_errors_are_not_retried_and_keep_their_kind() {
     let hs = MockHomeserver::start().await;
     let ghost = user_id!("@_test_bob:localhost");
     hs.mock_register().for_user(ghost).user_in_use().expect(1).mount().await;
     let err = hs.client().register(ghost).await.unwrap_err();
-    assert!(err.is_errcode("M_USER_IN_USE"), "{err}");
     assert_eq!(err.kind(), Some(&ruma::api::error::ErrorKind::UserInUse));
 }
 

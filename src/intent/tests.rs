@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
-use ruma::{OwnedUserId, RoomId, UserId, room_id, user_id};
-use serde_json::json;
+use ruma::{
+    OwnedUserId, RoomId, UserId, events::room::power_levels::UserPowerLevel, room_id, user_id,
+};
+use serde_json::{Value as JsonValue, json};
 
 use super::*;
-use crate::testing::MockHomeserver;
+use crate::{
+    store::RoomStateField,
+    testing::{MockHomeserver, state_event},
+};
 
 async fn setup() -> (MockHomeserver, Store) {
     let hs = MockHomeserver::start().await;
@@ -21,6 +26,11 @@ fn intent(hs: &MockHomeserver, store: &Store, user: &UserId) -> Intent {
 async fn cache_joined(store: &Store, room: &RoomId, user: &UserId) {
     store.mark_registered(user.as_str()).await.unwrap();
     store.set_membership(room.as_str(), user.as_str(), Membership::Join, None, None).await.unwrap();
+}
+
+/// Marks the room's state fetched, so a join makes no state request.
+async fn fetched(store: &Store, room: &RoomId) {
+    store.set_members_fetched(room.as_str(), true).await.unwrap();
 }
 
 #[tokio::test]
@@ -42,6 +52,7 @@ async fn new_ghost_registers_joins_and_sends() {
     let (hs, store) = setup().await;
     let room = room_id!("!portal:localhost");
     let ghost = user_id!("@_test_alice:localhost");
+    fetched(&store, room).await;
     hs.mock_register().for_user(ghost).as_bot().expect(1).mount().await;
     hs.mock_join(room).as_user(ghost).ok().expect(1).mount().await;
     hs.mock_send(room, "m.room.message").as_user(ghost).ok().expect(2).mount().await;
@@ -62,6 +73,7 @@ async fn forbidden_join_makes_the_bot_invite_then_the_ghost_joins() {
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
     store.mark_registered(ghost.as_str()).await.unwrap();
+    fetched(&store, room).await;
     hs.mock_join(room)
         .as_user(ghost)
         .forbidden("You are not invited to this room.")
@@ -80,12 +92,15 @@ async fn forbidden_join_makes_the_bot_invite_then_the_ghost_joins() {
     );
 }
 
+/// A ban the cache knows is lifted before the invite.
 #[tokio::test]
 async fn banned_ghost_is_unbanned_invited_and_joined() {
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
     store.mark_registered(ghost.as_str()).await.unwrap();
+    fetched(&store, room).await;
+    store.set_membership(room.as_str(), ghost.as_str(), Membership::Ban, None, None).await.unwrap();
     hs.mock_join(room)
         .as_user(ghost)
         .forbidden("You are banned from this room")
@@ -107,22 +122,20 @@ async fn banned_ghost_is_unbanned_invited_and_joined() {
     assert_eq!(paths, ["join", "unban", "invite", "join"]);
 }
 
+/// A ban nobody told the cache about is learned from the room's state once the invite is
+/// refused, whatever the refusal's text says.
 #[tokio::test]
-async fn ban_learned_from_a_refused_invite_leads_to_unban() {
+async fn ban_learned_from_the_room_state_after_a_refused_invite_leads_to_unban() {
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
     store.mark_registered(ghost.as_str()).await.unwrap();
-    hs.mock_join(room)
-        .as_user(ghost)
-        .forbidden("You are not invited")
-        .up_to_n_times(1)
-        .expect(1)
-        .mount()
-        .await;
-    hs.mock_invite(room)
-        .forbidden("@_test_alice:localhost is banned from the room")
-        .up_to_n_times(1)
+    fetched(&store, room).await;
+    hs.mock_join(room).as_user(ghost).forbidden("no").up_to_n_times(1).expect(1).mount().await;
+    hs.mock_invite(room).forbidden("no").up_to_n_times(1).expect(1).mount().await;
+    hs.mock_get_state(room, "m.room.member", ghost.as_str())
+        .as_bot()
+        .ok_body(json!({ "membership": "ban", "reason": "spam" }))
         .expect(1)
         .mount()
         .await;
@@ -131,6 +144,10 @@ async fn ban_learned_from_a_refused_invite_leads_to_unban() {
     hs.mock_join(room).as_user(ghost).ok().expect(1).mount().await;
 
     intent(&hs, &store, ghost).ensure_joined(room).await.unwrap();
+    assert_eq!(
+        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
+        Some(Membership::Join)
+    );
 }
 
 #[tokio::test]
@@ -139,6 +156,7 @@ async fn ten_concurrent_ensure_joined_make_one_join_request() {
     let room = room_id!("!busy:localhost");
     let ghost = user_id!("@_test_alice:localhost");
     store.mark_registered(ghost.as_str()).await.unwrap();
+    fetched(&store, room).await;
     hs.mock_join(room)
         .as_user(ghost)
         .ok()
@@ -194,7 +212,7 @@ async fn the_bot_needs_no_registration_and_joins_plainly() {
     let bot = Intent::bot(hs.client(), store.clone());
     bot.ensure_registered().await.unwrap();
     let err = bot.ensure_joined(room).await.unwrap_err();
-    assert!(err.is_errcode("M_FORBIDDEN"));
+    assert_eq!(err.kind(), Some(&ErrorKind::Forbidden));
 }
 
 #[tokio::test]
@@ -203,7 +221,7 @@ async fn intents_outside_the_namespace_are_refused_without_requests() {
     hs.mock_register().never().mount().await;
     let alice: OwnedUserId = user_id!("@alice:localhost").to_owned();
     let err = Intent::new(hs.client(), store, alice).unwrap_err();
-    assert!(matches!(err, Error::NotInNamespace { .. }));
+    assert!(matches!(err, client::Error::NotInNamespace { .. }));
     assert!(hs.received().await.is_empty());
 }
 
@@ -243,6 +261,33 @@ async fn room_profile_is_sent_only_when_the_cached_member_differs() {
     assert!(!alice.set_room_profile(room, Some("Alice (Network)"), None).await.unwrap());
 }
 
+/// Caches a room's create event (whole) and power levels, and marks the room fetched.
+async fn cache_room(
+    store: &Store,
+    room: &RoomId,
+    version: &str,
+    creator: &UserId,
+    levels: JsonValue,
+) {
+    cache_room_with(store, room, json!({ "room_version": version }), creator, levels).await;
+}
+
+async fn cache_room_with(
+    store: &Store,
+    room: &RoomId,
+    create: JsonValue,
+    creator: &UserId,
+    levels: JsonValue,
+) {
+    let create = state_event("m.room.create", "", creator, create);
+    store.set_room_state(room.as_str(), RoomStateField::Create, &create.to_string()).await.unwrap();
+    store
+        .set_room_state(room.as_str(), RoomStateField::PowerLevels, &levels.to_string())
+        .await
+        .unwrap();
+    fetched(store, room).await;
+}
+
 #[tokio::test]
 async fn power_level_is_raised_by_the_bot_and_cached() {
     let (hs, store) = setup().await;
@@ -251,8 +296,17 @@ async fn power_level_is_raised_by_the_bot_and_cached() {
     let bot = MockHomeserver::bot();
     cache_joined(&store, room, ghost).await;
     cache_joined(&store, room, &bot).await;
-    hs.mock_get_state(room, "m.room.power_levels", "")
-        .ok_body(json!({ "users": { bot.as_str(): 100 }, "users_default": 0 }))
+    hs.mock_room_state(room)
+        .as_bot()
+        .ok_body(json!([
+            state_event("m.room.create", "", &bot, json!({ "room_version": "10", "creator": bot })),
+            state_event(
+                "m.room.power_levels",
+                "",
+                &bot,
+                json!({ "users": { bot.as_str(): 100 }, "users_default": 0 })
+            ),
+        ]))
         .expect(1)
         .mount()
         .await;
@@ -267,7 +321,8 @@ async fn power_level_is_raised_by_the_bot_and_cached() {
     assert!(alice.ensure_power_level(room, 50).await.unwrap());
     assert!(!alice.ensure_power_level(room, 50).await.unwrap());
     let cached = alice.power_levels(room).await.unwrap();
-    assert_eq!(cached["users"][ghost.as_str()], 50);
+    assert_eq!(cached.for_user(ghost), UserPowerLevel::Int(50.into()));
+    assert_eq!(alice.power_level(room).await.unwrap(), UserPowerLevel::Int(50.into()));
 }
 
 #[tokio::test]
@@ -275,15 +330,84 @@ async fn power_level_cannot_exceed_the_bots_own() {
     let (hs, store) = setup().await;
     let room = room_id!("!portal:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    let levels = json!({ "users": { MockHomeserver::bot().as_str(): 50 } });
-    store
-        .set_room_state(room.as_str(), RoomStateField::PowerLevels, &levels.to_string())
-        .await
-        .unwrap();
+    let human = user_id!("@alice:localhost");
+    let levels = json!({ "users": { human.as_str(): 100, MockHomeserver::bot().as_str(): 50 } });
+    cache_room(&store, room, "10", human, levels).await;
     hs.mock_set_state(room, "m.room.power_levels", "").never().mount().await;
 
     let err = intent(&hs, &store, ghost).ensure_power_level(room, 100).await.unwrap_err();
-    assert!(matches!(err, Error::NotPermitted(_)), "{err}");
+    assert!(matches!(err, IntentError::NotPermitted(_)), "{err}");
+}
+
+/// Room version 12: the bot created the room, so it is not in `users` and outranks everyone.
+#[tokio::test]
+async fn the_creator_of_a_version_12_room_raises_a_ghost() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!v12:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    let bot = MockHomeserver::bot();
+    cache_joined(&store, room, &bot).await;
+    cache_room(&store, room, "12", &bot, json!({ "users": { "@alice:localhost": 100 } })).await;
+    hs.mock_set_state(room, "m.room.power_levels", "")
+        .as_bot()
+        .with_body(json!({ "users": { "@alice:localhost": 100, ghost.as_str(): 50 } }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let bot_intent = Intent::bot(hs.client(), store.clone());
+    assert_eq!(bot_intent.power_level(room).await.unwrap(), UserPowerLevel::Infinite);
+    assert!(intent(&hs, &store, ghost).ensure_power_level(room, 50).await.unwrap());
+    let sent = &hs.received().await[0];
+    let body: JsonValue = serde_json::from_slice(&sent.body).unwrap();
+    assert!(body["users"].get(bot.as_str()).is_none(), "a creator is never listed: {body}");
+    // Nothing raises the bot itself: a creator outranks every level.
+    assert!(!bot_intent.ensure_power_level(room, 100).await.unwrap());
+}
+
+/// Room version 12: `additional_creators` outrank everyone too; a room whose creator is a
+/// human gives the bot only what `users` says.
+#[tokio::test]
+async fn additional_creators_count_and_other_users_have_their_listed_level() {
+    let (hs, store) = setup().await;
+    let bot = MockHomeserver::bot();
+    let human = user_id!("@alice:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    let shared = room_id!("!shared:localhost");
+    let create = json!({ "room_version": "12", "additional_creators": [bot] });
+    cache_room_with(&store, shared, create, human, json!({})).await;
+    let levels = Intent::bot(hs.client(), store.clone()).power_levels(shared).await.unwrap();
+    assert_eq!(levels.for_user(&bot), UserPowerLevel::Infinite);
+    assert_eq!(levels.for_user(human), UserPowerLevel::Infinite);
+
+    let theirs = room_id!("!theirs:localhost");
+    cache_room(&store, theirs, "12", human, json!({ "users": { bot.as_str(): 0 } })).await;
+    hs.mock_set_state(theirs, "m.room.power_levels", "").never().mount().await;
+    let err = intent(&hs, &store, ghost).ensure_power_level(theirs, 50).await.unwrap_err();
+    assert!(matches!(err, IntentError::NotPermitted(_)), "{err}");
+}
+
+/// A create event cached as content only (as older versions kept it) names no creator: the
+/// room's state is fetched again.
+#[tokio::test]
+async fn a_create_event_cached_without_its_sender_is_fetched_again() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!old:localhost");
+    let bot = MockHomeserver::bot();
+    store
+        .set_room_state(room.as_str(), RoomStateField::Create, r#"{"room_version":"12"}"#)
+        .await
+        .unwrap();
+    store.set_room_state(room.as_str(), RoomStateField::PowerLevels, "{}").await.unwrap();
+    hs.mock_room_state(room)
+        .as_bot()
+        .ok_body(json!([state_event("m.room.create", "", &bot, json!({ "room_version": "12" }))]))
+        .expect(1)
+        .mount()
+        .await;
+    let bot_intent = Intent::bot(hs.client(), store.clone());
+    assert_eq!(bot_intent.power_level(room).await.unwrap(), UserPowerLevel::Infinite);
+    assert_eq!(bot_intent.power_level(room).await.unwrap(), UserPowerLevel::Infinite);
 }
 
 #[tokio::test]
@@ -318,4 +442,209 @@ async fn ensure_invited_is_skipped_when_the_store_knows() {
     let alice = intent(&hs, &store, ghost);
     assert!(alice.ensure_invited(room).await.unwrap());
     assert!(!alice.ensure_invited(room).await.unwrap());
+}
+
+/// A human created the room and invited the bot: the bot's join fetches the room's state, so
+/// the human (with their display name), the power levels and the creator are known.
+#[tokio::test]
+async fn a_join_fetches_the_rooms_members_and_state_once() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!dm:localhost");
+    let bot = MockHomeserver::bot();
+    let human = user_id!("@alice:localhost");
+    let ghost = user_id!("@_test_ghost:localhost");
+    store.mark_registered(ghost.as_str()).await.unwrap();
+    hs.mock_join(room).ok().expect(2).mount().await;
+    hs.mock_room_state(room)
+        .as_bot()
+        .ok_body(json!([
+            state_event(
+                "m.room.create",
+                "",
+                human,
+                json!({ "room_version": "10", "creator": human })
+            ),
+            state_event(
+                "m.room.member",
+                human.as_str(),
+                human,
+                json!({ "membership": "join", "displayname": "Alice" })
+            ),
+            state_event(
+                "m.room.member",
+                bot.as_str(),
+                &bot,
+                json!({ "membership": "join", "displayname": "Bridge bot" })
+            ),
+            state_event(
+                "m.room.member",
+                "@bob:localhost",
+                human,
+                json!({ "membership": "leave", "displayname": 7 })
+            ),
+            state_event(
+                "m.room.power_levels",
+                "",
+                human,
+                json!({ "users": { human.as_str(): 100, bot.as_str(): 50 } })
+            ),
+        ]))
+        .expect(1)
+        .mount()
+        .await;
+
+    let bot_intent = Intent::bot(hs.client(), store.clone());
+    assert!(bot_intent.ensure_joined(room).await.unwrap());
+    assert!(store.members_fetched(room.as_str()).await.unwrap());
+    let joined = bot_intent.members_with(room, Membership::Join).await.unwrap();
+    let names: Vec<_> =
+        joined.iter().map(|m| (m.user_id.as_str(), m.displayname.as_deref())).collect();
+    assert_eq!(
+        names,
+        [("@_test_bot:localhost", Some("Bridge bot")), ("@alice:localhost", Some("Alice"))]
+    );
+    let left = store.member(room.as_str(), "@bob:localhost").await.unwrap().unwrap();
+    assert_eq!((left.membership, left.displayname), (Membership::Leave, None));
+    assert_eq!(
+        bot_intent.power_levels(room).await.unwrap().for_user(&bot),
+        UserPowerLevel::Int(50.into())
+    );
+    // A second user's join, and lookups, fetch nothing more.
+    intent(&hs, &store, ghost).ensure_joined(room).await.unwrap();
+    bot_intent.members_with(room, Membership::Join).await.unwrap();
+}
+
+/// Member lookups fetch a room never fetched (once) when the intent is in it; where it is
+/// not, or the homeserver refuses, the cache answers.
+#[tokio::test]
+async fn member_lookups_fetch_a_room_not_fetched_yet() {
+    let (hs, store) = setup().await;
+    let bot = MockHomeserver::bot();
+    let (room, kicked, elsewhere) =
+        (room_id!("!old:localhost"), room_id!("!kicked:localhost"), room_id!("!else:localhost"));
+    cache_joined(&store, room, &bot).await;
+    cache_joined(&store, kicked, &bot).await;
+    let human = user_id!("@alice:localhost");
+    hs.mock_room_state(room)
+        .as_bot()
+        .ok_body(json!([state_event(
+            "m.room.member",
+            human.as_str(),
+            human,
+            json!({ "membership": "join" })
+        )]))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_room_state(kicked).forbidden("You are not in the room").expect(2).mount().await;
+    hs.mock_room_state(elsewhere).never().mount().await;
+
+    let bot = Intent::bot(hs.client(), store.clone());
+    for _ in 0..2 {
+        let joined = bot.members_with(room, Membership::Join).await.unwrap();
+        assert_eq!(joined.len(), 2);
+        assert_eq!(bot.members_with(kicked, Membership::Join).await.unwrap().len(), 1);
+        assert!(bot.members_with(elsewhere, Membership::Join).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn display_names_come_from_the_room_then_the_profile() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!room:localhost");
+    fetched(&store, room).await;
+    let alice = user_id!("@alice:localhost");
+    let bob = user_id!("@bob:localhost");
+    let carol = user_id!("@carol:localhost");
+    store
+        .set_membership(room.as_str(), alice.as_str(), Membership::Join, Some("Alice here"), None)
+        .await
+        .unwrap();
+    hs.mock_get_profile(alice).never().mount().await;
+    hs.mock_get_profile(bob).ok_body(json!({ "displayname": "Bob" })).expect(1).mount().await;
+    hs.mock_get_profile(carol).error(404, "M_NOT_FOUND", "Profile was not found").mount().await;
+
+    let bot = Intent::bot(hs.client(), store.clone());
+    assert_eq!(bot.display_name(room, alice).await.unwrap().as_deref(), Some("Alice here"));
+    assert_eq!(bot.display_name(room, bob).await.unwrap().as_deref(), Some("Bob"));
+    assert_eq!(bot.display_name(room, carol).await.unwrap(), None);
+}
+
+/// Inviting someone the cache knows is in the room sends nothing; a refusal because they are
+/// in the room already (as Synapse words it) is success once the room's state says so; a
+/// refusal for anything else stays an error.
+#[tokio::test]
+async fn inviting_a_user_already_in_the_room_succeeds() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!room:localhost");
+    let bot = MockHomeserver::bot();
+    cache_joined(&store, room, &bot).await;
+    fetched(&store, room).await;
+    let (cached, joined, stranger) = (
+        user_id!("@cached:localhost"),
+        user_id!("@joined:localhost"),
+        user_id!("@stranger:localhost"),
+    );
+    store
+        .set_membership(room.as_str(), cached.as_str(), Membership::Join, None, None)
+        .await
+        .unwrap();
+    hs.mock_invite(room).with_body(json!({ "user_id": cached })).never().mount().await;
+    hs.mock_invite(room)
+        .with_body(json!({ "user_id": joined }))
+        .forbidden("@joined:localhost is already in the room.")
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_get_state(room, "m.room.member", joined.as_str())
+        .ok_body(json!({ "membership": "join", "displayname": "Joined" }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_invite(room)
+        .with_body(json!({ "user_id": stranger }))
+        .forbidden("You don't have permission to invite users")
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_get_state(room, "m.room.member", stranger.as_str())
+        .error(404, "M_NOT_FOUND", "Event not found.")
+        .expect(1)
+        .mount()
+        .await;
+
+    let bot = Intent::bot(hs.client(), store.clone());
+    assert!(!bot.invite(room, cached).await.unwrap());
+    assert!(!bot.invite(room, joined).await.unwrap());
+    assert!(!bot.invite(room, joined).await.unwrap(), "known now: no request");
+    assert_eq!(bot.display_name(room, joined).await.unwrap().as_deref(), Some("Joined"));
+    let err = bot.invite(room, stranger).await.unwrap_err();
+    assert_eq!(err.kind(), Some(&ErrorKind::Forbidden));
+}
+
+#[tokio::test]
+async fn a_room_the_bot_creates_starts_with_its_state_cached() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!new:localhost");
+    let bot = MockHomeserver::bot();
+    hs.mock_create_room(room).as_bot().ok().expect(1).mount().await;
+    hs.mock_room_state(room)
+        .as_bot()
+        .ok_body(json!([
+            state_event("m.room.create", "", &bot, json!({ "room_version": "12" })),
+            state_event("m.room.member", bot.as_str(), &bot, json!({ "membership": "join" })),
+            state_event("m.room.power_levels", "", &bot, json!({})),
+        ]))
+        .expect(1)
+        .mount()
+        .await;
+
+    let bot_intent = Intent::bot(hs.client(), store.clone());
+    let created = bot_intent.create_room(create_room::v3::Request::new()).await.unwrap();
+    assert_eq!(created, room);
+    assert_eq!(
+        store.membership(room.as_str(), bot.as_str()).await.unwrap(),
+        Some(Membership::Join)
+    );
+    assert_eq!(bot_intent.power_level(room).await.unwrap(), UserPowerLevel::Infinite);
 }

@@ -74,12 +74,14 @@ pub struct Member {
     pub avatar_url: Option<String>,
 }
 
-/// Columns of `mx_room_state` that hold a JSON state event content.
+/// Columns of `mx_room_state` that hold a JSON state event: its content, except for
+/// [`RoomStateField::Create`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoomStateField {
     /// `m.room.power_levels`.
     PowerLevels,
-    /// `m.room.create`.
+    /// `m.room.create`, the whole event: its `sender` is the room's first creator from room
+    /// version 11 on. (Rows written before held only the content.)
     Create,
     /// `m.room.join_rules`.
     JoinRules,
@@ -262,6 +264,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records the memberships of many users of one room (a member list fetched from the
+    /// homeserver), as [`Store::set_membership`] does for one: rows that would change nothing
+    /// make no query, and on SQLite the others are written in few statements.
+    ///
+    /// # Errors
+    /// When the database fails (rows written before the failure stay).
+    pub async fn set_room_members(&self, room_id: &str, members: &[Member]) -> Result<()> {
+        use futures_util::TryStreamExt as _;
+        /// Writes waiting at once: SQLite groups them into one statement, PostgreSQL runs them
+        /// on that many connections at most.
+        const AT_ONCE: usize = 32;
+        futures_util::stream::iter(members.iter().map(Ok))
+            .try_for_each_concurrent(AT_ONCE, |m| {
+                self.set_membership(
+                    room_id,
+                    &m.user_id,
+                    m.membership,
+                    m.displayname.as_deref(),
+                    m.avatar_url.as_deref(),
+                )
+            })
+            .await
+    }
+
     /// A user's cached membership in a room: from memory when known there, else from the
     /// database (and then remembered, also when there is no row).
     ///
@@ -342,7 +368,8 @@ impl Store {
         })
     }
 
-    /// Stores the content of one of the cached room state events (JSON text).
+    /// Stores one of the cached room state events (JSON text: the content, or the whole event
+    /// for [`RoomStateField::Create`]).
     ///
     /// # Errors
     /// When the database fails.
@@ -350,7 +377,7 @@ impl Store {
         &self,
         room_id: &str,
         field: RoomStateField,
-        content_json: &str,
+        json: &str,
     ) -> Result<()> {
         // Column names cannot be bound; they come from this fixed list, never from input.
         let sql = match field {
@@ -372,12 +399,12 @@ impl Store {
             }
         };
         with_relaxed!(self, |pool| {
-            sqlx::query(sql).bind(room_id).bind(content_json).execute(pool).await?;
+            sqlx::query(sql).bind(room_id).bind(json).execute(pool).await?;
         });
         Ok(())
     }
 
-    /// The cached content of a room state event (JSON text), if known.
+    /// A cached room state event (JSON text, as [`Store::set_room_state`] took it), if known.
     ///
     /// # Errors
     /// When the database fails.

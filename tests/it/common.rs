@@ -78,6 +78,9 @@ pub struct RecorderConfig {
     /// Messages in portals: these event IDs were delivered with this transaction ID.
     #[serde(default)]
     pub pending_as: BTreeMap<String, String>,
+    /// Offer one command, `ping` (answers `pong`), so messages to the bot are commands.
+    #[serde(default)]
+    pub commands: bool,
 }
 
 /// A bridge that records what it handled.
@@ -137,6 +140,18 @@ impl Bridge for Recorder {
         } else {
             Delivery::Done
         })
+    }
+
+    fn commands(&self) -> Vec<mxbridge::CommandSpec> {
+        if self.config.commands {
+            vec![mxbridge::CommandSpec::new("ping", "", "answers pong")]
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn handle_command(&self, call: &mxbridge::CommandCall) -> BridgeResult<String> {
+        Ok(format!("pong to {}", call.event.sender))
     }
 }
 

@@ -197,6 +197,40 @@ async fn membership_and_room_state_cache(store: Store) {
     assert!(store.is_registered("@g:x").await.unwrap());
 }
 
+/// A fetched member list is written in one call: every row lands, later rows replace the
+/// cached ones, and the room's create event is kept whole.
+async fn a_fetched_member_list_fills_the_cache(store: Store) {
+    use mxbridge::store::Member;
+    let member = |i: usize, membership: Membership, name: Option<&str>| Member {
+        user_id: format!("@u{i:03}:x"),
+        membership,
+        displayname: name.map(str::to_owned),
+        avatar_url: None,
+    };
+    store.set_membership("!big", "@u000:x", Membership::Invite, None, None).await.unwrap();
+    let members: Vec<_> = (0..150)
+        .map(|i| match i % 3 {
+            0 => member(i, Membership::Join, Some("Named")),
+            1 => member(i, Membership::Join, None),
+            _ => member(i, Membership::Leave, None),
+        })
+        .collect();
+    store.set_room_members("!big", &members).await.unwrap();
+    store.set_room_members("!big", &members).await.unwrap();
+    let joined = store.members_with("!big", Membership::Join).await.unwrap();
+    assert_eq!(joined.len(), 100);
+    assert_eq!(joined[0], member(0, Membership::Join, Some("Named")));
+    assert_eq!(store.members_with("!big", Membership::Leave).await.unwrap().len(), 50);
+    assert!(store.members_with("!big", Membership::Invite).await.unwrap().is_empty());
+    store.set_room_members("!empty", &[]).await.unwrap();
+    let create = r#"{"type":"m.room.create","sender":"@c:x","content":{"room_version":"12"}}"#;
+    store.set_room_state("!big", RoomStateField::Create, create).await.unwrap();
+    assert_eq!(
+        store.room_state("!big", RoomStateField::Create).await.unwrap().as_deref(),
+        Some(create)
+    );
+}
+
 async fn reconnect_keeps_data_and_migrations_are_idempotent(
     store: Store,
     reopen: impl AsyncFnOnce() -> Store,
@@ -461,6 +495,13 @@ macro_rules! suite {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
                 membership_and_room_state_cache(s).await;
+            }
+
+            #[tokio::test]
+            async fn fetched_members() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                a_fetched_member_list_fills_the_cache(s).await;
             }
 
             #[tokio::test]

@@ -6,7 +6,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::common::{AS_TOKEN, Running, fresh_database, http, registration_yaml, wait_until};
+use crate::common::{
+    AS_TOKEN, Running, fresh_database, http, registration_yaml, wait_until, wait_until_async,
+};
 
 /// A Synapse started for one test, stopped (by its PID, through the script) when dropped.
 pub struct Synapse {
@@ -216,13 +218,18 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
 
 /// A Synapse whose registration points at a recording bridge that already listens.
 pub async fn start_with_synapse() -> (Synapse, Running, tempfile::TempDir) {
+    start_with_synapse_bridge("{}").await
+}
+
+/// As [`start_with_synapse`], with the recording bridge's config (YAML).
+pub async fn start_with_synapse_bridge(bridge: &str) -> (Synapse, Running, tempfile::TempDir) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let as_url = format!("http://{}", listener.local_addr().unwrap());
     let registration = registration_yaml(&as_url);
     let synapse = Synapse::start(&registration);
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database("sqlite", dir.path()).await;
-    let app = Running::start_on(listener, &synapse.url, &db, "{}", &registration).await;
+    let app = Running::start_on(listener, &synapse.url, &db, bridge, &registration).await;
     (synapse, app, dir)
 }
 
@@ -325,5 +332,227 @@ async fn ghost_registers_joins_invite_only_room_and_speaks_with_massaged_timesta
     .await;
     assert_eq!(member["membership"], "join");
     assert_eq!(member["displayname"], "Speaker Ghost");
+    app.stop().await;
+}
+
+/// A human's room that the bot joins later: the cache learns who was there first (with their
+/// display names) from the state fetched at the join, so a DM with the bot is its management
+/// room and a command needs no prefix. Inviting someone already there is not an error.
+#[tokio::test]
+async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its_members() {
+    use mxbridge::store::Membership;
+    use ruma::{OwnedRoomId, UserId, api::error::ErrorKind};
+    if !enabled() {
+        return;
+    }
+    let (synapse, app, _dir) = start_with_synapse_bridge("{commands: true}").await;
+    let ctx = app.bridge.ctx.clone();
+    let client = http();
+    let hs = &synapse.url;
+    let alice = synapse.register("alice");
+    let alice_id = <&UserId>::try_from("@alice:localhost").unwrap();
+    let bob = synapse.register("bob");
+    let put = reqwest::Method::PUT;
+    let name_url =
+        |user: &str| format!("{hs}/_matrix/client/v3/profile/{}/displayname", urlencode(user));
+    cs(
+        &client,
+        put.clone(),
+        name_url("@alice:localhost"),
+        &alice,
+        Some(json!({"displayname": "Alice Human"})),
+    )
+    .await;
+
+    // Alice opens a DM with the bot; bob joined it before the bot did.
+    let room: OwnedRoomId = cs(
+        &client,
+        reqwest::Method::POST,
+        format!("{hs}/_matrix/client/v3/createRoom"),
+        &alice,
+        Some(json!({"preset": "trusted_private_chat", "is_direct": true,
+                    "invite": ["@_t_bot:localhost", "@bob:localhost"]})),
+    )
+    .await["room_id"]
+        .as_str()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let room_enc = urlencode(room.as_str());
+    let join_url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/join");
+    cs(&client, reqwest::Method::POST, join_url.clone(), &bob, Some(json!({}))).await;
+    // The bot accepts the invite (pushed to the appservice) and fetches the room's members.
+    let store = app.store.clone();
+    let bot_joined = wait_until_async(30, async || {
+        store.membership(room.as_str(), "@_t_bot:localhost").await.unwrap()
+            == Some(Membership::Join)
+            && store.members_fetched(room.as_str()).await.unwrap()
+            && store.members_with(room.as_str(), Membership::Join).await.unwrap().len() == 3
+    })
+    .await;
+    assert!(bot_joined, "the bot did not join the DM, or does not know its members");
+    let joined = store.members_with(room.as_str(), Membership::Join).await.unwrap();
+    let alice_row = joined.iter().find(|m| m.user_id == "@alice:localhost");
+    assert_eq!(
+        alice_row.and_then(|m| m.displayname.as_deref()),
+        Some("Alice Human"),
+        "the cache has the human who was there first: {joined:?}"
+    );
+    assert_eq!(joined.len(), 3, "{joined:?}");
+    assert_eq!(
+        ctx.bot().display_name(&room, alice_id).await.unwrap().as_deref(),
+        Some("Alice Human")
+    );
+
+    // Bob leaves: the bot and alice are the DM's two members, so `help` needs no prefix.
+    let leave_url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/leave");
+    cs(&client, reqwest::Method::POST, leave_url, &bob, Some(json!({}))).await;
+    let bob_left = wait_until_async(30, async || {
+        store.membership(room.as_str(), "@bob:localhost").await.unwrap() == Some(Membership::Leave)
+    })
+    .await;
+    assert!(bob_left, "bob's leave was not pushed");
+    let send = |txn: &str, body: &str| {
+        let url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/send/m.room.message/{txn}");
+        cs(&client, put.clone(), url, &alice, Some(json!({"msgtype": "m.text", "body": body})))
+    };
+    send("h1", "help").await;
+    send("p1", "ping").await;
+    let messages_url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/messages?dir=b&limit=50");
+    let mut notices = Vec::new();
+    for _ in 0..150 {
+        let page = cs(&client, reqwest::Method::GET, messages_url.clone(), &alice, None).await;
+        notices = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["sender"] == "@_t_bot:localhost" && e["content"]["msgtype"] == "m.notice")
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if notices.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(notices.iter().any(|n| n.contains("ping")), "no help from the bot: {notices:?}");
+    assert!(notices.iter().any(|n| n == "pong to @alice:localhost"), "no pong: {notices:?}");
+
+    // Inviting alice, who is in the room: nothing is sent while the cache knows; Synapse's
+    // refusal when it does not is understood.
+    let bot = ctx.bot();
+    assert!(!bot.invite(&room, alice_id).await.unwrap());
+    let refused = ctx.client().invite(None, &room, alice_id, None).await.unwrap_err();
+    assert_eq!(
+        (refused.status().map(|s| s.as_u16()), refused.kind()),
+        (Some(403), Some(&ErrorKind::Forbidden))
+    );
+    store
+        .set_membership(room.as_str(), "@alice:localhost", Membership::Leave, None, None)
+        .await
+        .unwrap();
+    assert!(!bot.invite(&room, alice_id).await.unwrap(), "already in the room: done");
+    assert_eq!(
+        store.membership(room.as_str(), "@alice:localhost").await.unwrap(),
+        Some(Membership::Join)
+    );
+    // Bob, who left, is invited once.
+    let bob_id = <&UserId>::try_from("@bob:localhost").unwrap();
+    assert!(bot.invite(&room, bob_id).await.unwrap());
+    assert!(!bot.invite(&room, bob_id).await.unwrap());
+    app.stop().await;
+}
+
+/// `ensure_power_level` in a portal the bot created (the homeserver's default room version,
+/// where the bot as creator outranks every level) and in rooms of versions 10, 11 and 12 that a
+/// human created and then gave the bot power in.
+#[tokio::test]
+async fn ghosts_are_raised_in_the_bots_portals_and_in_rooms_where_a_human_gave_the_bot_power() {
+    use mxbridge::{PortalInfo, store::Membership};
+    use ruma::{
+        OwnedRoomId, RoomId,
+        events::{StateEventType, room::power_levels::UserPowerLevel},
+    };
+    if !enabled() {
+        return;
+    }
+    let (synapse, app, _dir) = start_with_synapse().await;
+    let ctx = app.bridge.ctx.clone();
+    let client = http();
+    let hs = &synapse.url;
+    let alice = synapse.register("alice");
+    let bot_id = "@_t_bot:localhost";
+    let level_of = async |room: &RoomId, user: &str| -> Option<i64> {
+        let levels = ctx
+            .client()
+            .get_state_event(None, room, StateEventType::RoomPowerLevels, "")
+            .await
+            .unwrap();
+        let levels: Value = serde_json::from_str(levels.get()).unwrap();
+        levels["users"][user].as_i64()
+    };
+
+    let portal = ctx
+        .ensure_portal(
+            &mxbridge::PortalKey::shared("chat-1"),
+            &PortalInfo { name: Some("Portal".into()), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let create = ctx
+        .client()
+        .get_state_event(None, &portal.room_id, StateEventType::RoomCreate, "")
+        .await
+        .unwrap();
+    let version: Value = serde_json::from_str(create.get()).unwrap();
+    assert_eq!(version["room_version"], "12", "Synapse's default room version");
+    assert_eq!(ctx.bot().power_level(&portal.room_id).await.unwrap(), UserPowerLevel::Infinite);
+    let ghost_id: ruma::OwnedUserId = "@_t_raised:localhost".try_into().unwrap();
+    let ghost = ctx.intent(&ghost_id).unwrap();
+    ghost.ensure_registered().await.unwrap();
+    assert!(ghost.ensure_power_level(&portal.room_id, 50).await.unwrap());
+    assert!(!ghost.ensure_power_level(&portal.room_id, 50).await.unwrap());
+    assert_eq!(level_of(&portal.room_id, ghost_id.as_str()).await, Some(50));
+    assert_eq!(level_of(&portal.room_id, bot_id).await, None, "a creator is not listed");
+
+    for version in ["10", "11", "12"] {
+        let room: OwnedRoomId = cs(
+            &client,
+            reqwest::Method::POST,
+            format!("{hs}/_matrix/client/v3/createRoom"),
+            &alice,
+            Some(json!({"preset": "private_chat", "room_version": version, "invite": [bot_id]})),
+        )
+        .await["room_id"]
+            .as_str()
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let store = app.store.clone();
+        let joined = wait_until_async(30, async || {
+            store.membership(room.as_str(), bot_id).await.unwrap() == Some(Membership::Join)
+        })
+        .await;
+        assert!(joined, "v{version}: the bot did not accept the invite");
+        // Not yet given power: the bot may not raise anyone.
+        let err = ghost.ensure_power_level(&room, 50).await.unwrap_err();
+        assert!(matches!(err, mxbridge::intent::IntentError::NotPermitted(_)), "v{version}: {err}");
+
+        // Alice gives the bot power; the pushed event updates the cache.
+        let room_enc = urlencode(room.as_str());
+        let url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/state/m.room.power_levels/");
+        let mut levels = cs(&client, reqwest::Method::GET, url.clone(), &alice, None).await;
+        levels["users"][bot_id] = json!(100);
+        cs(&client, reqwest::Method::PUT, url, &alice, Some(levels)).await;
+        let bot = ctx.bot();
+        let powered = wait_until_async(30, async || {
+            bot.power_level(&room).await.unwrap() == UserPowerLevel::Int(100.into())
+        })
+        .await;
+        assert!(powered, "v{version}: the power levels change was not pushed");
+        assert!(ghost.ensure_power_level(&room, 50).await.unwrap(), "v{version}");
+        assert_eq!(level_of(&room, ghost_id.as_str()).await, Some(50), "v{version}");
+        let alice_level = level_of(&room, "@alice:localhost").await;
+        assert_eq!(alice_level, (version != "12").then_some(100), "v{version}");
+    }
     app.stop().await;
 }
