@@ -10,7 +10,7 @@
 //! #     type Config = mxbridge::config::NoBridgeConfig;
 //! #     const NAME: &'static str = "my-bridge";
 //! #     async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> { Ok(MyBridge) }
-//! #     async fn handle_event(&self, _: &Event) -> BridgeResult { Ok(()) }
+//! #     async fn handle_other(&self, _: &Event) -> BridgeResult { Ok(()) }
 //! # }
 //! fn main() -> std::process::ExitCode {
 //!     mxbridge::cli::main::<MyBridge>()
