@@ -194,12 +194,10 @@ pub struct DatabaseConfig {
     #[serde(default)]
     pub sqlite_synchronous: SqliteSynchronous,
     /// SQLite only: the page cache of the writing connection, in MiB (SQLite's own default is
-    /// ~2 MiB), from 1 to 65536. It fills as pages are used and then stays full (a bridge that
-    /// has just started holds little; under load RSS rose from ~21 to ~36 MiB). The intake looks
-    /// up every incoming event ID in the dedup index, and real event IDs are hashes that land
-    /// anywhere in it; while that index fits in this cache, the intake does not read it back
-    /// from the file (BENCHMARKS.md: 16 MiB against SQLite's ~2 MiB took load A from 62k to 74k
-    /// events/s with hashed IDs, from 109k to 118k with rising ones).
+    /// ~2 MiB), from 1 to 65536. It fills as pages are used and then stays full, so memory grows
+    /// by up to this much under load. The intake looks up every incoming event ID in the dedup
+    /// index, and real event IDs are hashes that land anywhere in it; while that index fits in
+    /// this cache, the intake does not read it back from the file.
     #[serde(default = "default_sqlite_cache_mib")]
     pub sqlite_cache_mib: u32,
 }

@@ -236,8 +236,7 @@ async fn method_not_allowed() -> ApiError {
 /// of their own (a body over the limit, a timeout) the Matrix error shape.
 ///
 /// The span is made here rather than by tower-http's `TraceLayer` around this: each layer moves
-/// the request and the futures inside it once more (callgrind, load B: 24 `memcpy` calls and
-/// ~18k instructions per request in the layer stack, BENCHMARKS.md).
+/// the request and the futures inside it once more.
 async fn framed(request: Request, next: Next) -> Response {
     // The matched route, never the raw URI: its query may hold `access_token`.
     let path = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
