@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Intake benchmark, side by side: mxbridge (durable inbox, SQLite and PostgreSQL), a bare axum
 # handler, mautrix-python 0.21 and matrix-appservice 3.0 (Node), each counting events and nothing
-# else, driven by examples/loadgen.rs over loopback. Interleaved: every round runs every server
-# once (in a rotated order), each freshly started, through
+# else, driven by loadgen (bench/src/bin/loadgen.rs) over loopback. Interleaved: every round runs
+# every server once (in a rotated order), each freshly started, through
 #   A: Synapse-shaped (one transaction in flight), K=100 events per transaction
 #   B: 64 connections, K=1
 # and records startup-to-first-200, idle RSS and peak RSS. Prints medians and the ratios against
-# the targets of issue 5.
+# the targets in BENCHMARKS.md.
 #
-# Usage: scripts/bench-peers.sh [--rounds N] [--secs S] [--servers 'NAME ...'] [--only-a] [--install-only]
+# Usage: bench/scripts/intake.sh [--rounds N] [--secs S] [--servers 'NAME ...'] [--only-a] [--install-only]
 #   --servers runs only the named servers (e.g. 'mxbridge-sqlite mautrix-python'); --only-a skips B.
 #   MXB_CACHE (default ~/.cache/mxbridge): venv, node_modules, the build (target-bench)
 #   MXBRIDGE_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); unreachable = skipped
@@ -20,10 +20,10 @@
 #   MXB_PIN=0 turns off CPU pinning (default: load tool on CPU 0, server on CPU 1)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
-source "$ROOT/scripts/bench-common.sh"
+source "$ROOT/bench/scripts/common.sh"
 ROUNDS=3
 SECS=5
 INSTALL_ONLY=0
@@ -63,8 +63,8 @@ echo "mautrix $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.v
 [ "$INSTALL_ONLY" = 1 ] && exit 0
 
 # --- our side ------------------------------------------------------------------------------------
-(cd "$ROOT" && cargo build --release --quiet --example loadgen --example bench_server)
-EX=$CARGO_TARGET_DIR/release/examples
+(cd "$ROOT" && cargo build --release --quiet -p mxbridge-bench --bin loadgen --bin bench_server)
+EX=$CARGO_TARGET_DIR/release
 
 # diag-sqlite-intake-only is mxbridge on SQLite with a handler that never returns: the dispatcher
 # stops at its in-flight limit, so it shows what the intake costs without the dispatcher's writes.
@@ -202,7 +202,7 @@ print()
 def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
-print("| target (issue 5) | server | ratio | goal | met |")
+print("| target | server | ratio | goal | met |")
 print("|---|---|---|---|---|")
 for mx in [l for l in labels if l.startswith("mxbridge")]:
     a = med(mx, "events_s", "A")

@@ -1,4 +1,4 @@
-# Sourced by bench-peers.sh and bench-bridging.sh: the PostgreSQL URLs of the mxbridge rows, which
+# Sourced by intake.sh and bridging.sh: the PostgreSQL URLs of the mxbridge rows, which
 # of those rows can run here, and the CPU pinning (load tool on CPU 0, server on CPU 1).
 # Environment: MXBRIDGE_BENCH_POSTGRES, MXBRIDGE_BENCH_POSTGRES_SOCKET, MXB_PIN (see either script).
 

@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # Bridging benchmark, side by side: every incoming m.room.message makes one ghost send to a stub
-# homeserver on loopback (examples/bridge_bench.rs --mode stub), which checks the order per room.
-#   mxbridge-sqlite / mxbridge-postgres: examples/bridge_bench.rs --mode mxbridge (AppService,
+# homeserver on loopback (bridge_bench --mode stub), which checks the order per room.
+#   mxbridge-sqlite / mxbridge-postgres: bridge_bench --mode mxbridge (AppService,
 #     durable inbox, `ctx.intent(ghost)?.send_text(..)`, the ghost cached as registered+joined)
 #   mautrix-python: bench/peers/mautrix_bridge.py (AppService + IntentAPI.send_text, state store
 #     pre-filled the same way)
-# examples/loadgen.rs pushes a fixed number of Synapse-shaped transactions (one in flight, K=100,
+# loadgen pushes a fixed number of Synapse-shaped transactions (one in flight, K=100,
 # 50 rooms, 9 in 10 events are messages). Bridged/s = sends the stub received / (last send - first
 # send). Rounds are interleaved, each server started fresh with a fresh stub.
 #
-# Usage: scripts/bench-bridging.sh [--rounds N] [--txns T] [--ab OLD_DIR NEW_DIR]
+# The programs are the binaries of bench/ (bench/src/bin/), built here with
+# `cargo build --release -p mxbridge-bench`.
+#
+# Usage: bench/scripts/bridging.sh [--rounds N] [--txns T] [--ab OLD_DIR NEW_DIR]
 #   --ab: two builds of mxbridge instead of the peers (rows old-sqlite, new-sqlite, old-pg-socket,
-#     new-pg-socket), each directory holding release builds of examples/loadgen and
-#     examples/bridge_bench (the load tool of NEW_DIR drives all)
-#   MXB_CACHE (default ~/.cache/mxbridge): the mautrix venv (scripts/bench-peers.sh --install-only)
+#     new-pg-socket), each directory holding release builds of loadgen and bridge_bench (the
+#     load tool of NEW_DIR drives all)
+#   MXB_CACHE (default ~/.cache/mxbridge): the mautrix venv (bench/scripts/intake.sh --install-only)
 #   MXBRIDGE_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); unreachable = skipped
 #   MXBRIDGE_BENCH_POSTGRES_SOCKET (default postgres:///test?host=/var/run/postgresql&user=postgres):
 #     the same server over its Unix socket (row mxbridge-postgres-socket); unreachable = skipped
 #   MXB_PIN=0 turns off CPU pinning (default: load tool and stub on CPU 0, server on CPU 1)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
-source "$ROOT/scripts/bench-common.sh"
+source "$ROOT/bench/scripts/common.sh"
 ROUNDS=2
 TXNS=100
 while [ $# -gt 0 ]; do
@@ -41,11 +44,11 @@ if [ -n "${AB_OLD:-}" ]; then
     SERVERS=(old-sqlite new-sqlite old-pg-socket new-pg-socket)
 else
     if ! "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("mautrix").startswith("0.21.")' 2>/dev/null; then
-        "$ROOT/scripts/bench-peers.sh" --install-only
+        "$ROOT/bench/scripts/intake.sh" --install-only
     fi
 
-    (cd "$ROOT" && cargo build --release --quiet --example loadgen --example bridge_bench)
-    EX=$CARGO_TARGET_DIR/release/examples
+    (cd "$ROOT" && cargo build --release --quiet -p mxbridge-bench --bin loadgen --bin bridge_bench)
+    EX=$CARGO_TARGET_DIR/release
 
     SERVERS=(mxbridge-sqlite mautrix-python)
     add_postgres_servers

@@ -1,4 +1,4 @@
-//! The server side of the intake benchmark (`examples/loadgen.rs` is the homeserver side).
+//! The server side of the intake benchmark (`loadgen` is the homeserver side).
 //!
 //! `--mode mxbridge` runs mxbridge's `AppService` with a bridge whose handler only counts events;
 //! the durable inbox is on, as always: a transaction is answered after its events are committed
@@ -8,8 +8,8 @@
 //! and keeps nothing.
 //!
 //! ```text
-//! cargo run --release --example bench_server -- --mode mxbridge --db sqlite --port 29330
-//! cargo run --release --example bench_server -- --mode bare --port 29331
+//! cargo run --release -p mxbridge-bench --bin bench_server -- --mode mxbridge --db sqlite --port 29330
+//! cargo run --release -p mxbridge-bench --bin bench_server -- --mode bare --port 29331
 //! ```
 //!
 //! It prints `pid=… port=… mode=…` once listening, and the number of events its handler saw when
@@ -22,7 +22,6 @@
 use std::{
     borrow::Cow,
     net::SocketAddr,
-    path::PathBuf,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Instant,
 };
@@ -36,9 +35,9 @@ use axum::{
 };
 use clap::{Parser, ValueEnum};
 use mxbridge::{AppService, Bridge, BridgeResult, Config, Context, Event, Registration, Store};
+use mxbridge_bench::{DbArgs, HS_TOKEN, config_yaml, registration_yaml, rss_kib, shutdown_signal};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sqlx::Connection;
 
 /// Events the handler (or the bare baseline) saw.
 static EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -53,30 +52,18 @@ enum Mode {
     Bare,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "A counting appservice for the intake benchmark")]
 struct Args {
     #[arg(long, value_enum, default_value = "mxbridge")]
     mode: Mode,
-    #[arg(long, value_enum, default_value = "sqlite")]
-    db: Db,
+    #[command(flatten)]
+    db: DbArgs,
     /// Port on 127.0.0.1 (0 picks one).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    #[arg(long, env = "MXB_HS_TOKEN", default_value = "hs_token_bench_0123456789abcdef")]
+    #[arg(long, env = "MXB_HS_TOKEN", default_value = HS_TOKEN)]
     hs_token: String,
-    /// Directory for the SQLite file (a fresh file is created in it).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// PostgreSQL server; a fresh schema is created in it and dropped at exit.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    pg_url: String,
     /// Keep the database between runs (SQLite `bench-reuse.db` in `--dir`, PostgreSQL schema
     /// `bench_reuse`), to measure a restart instead of a first start.
     #[arg(long)]
@@ -120,103 +107,8 @@ impl Bridge for Counter {
     }
 }
 
-fn registration_yaml(port: u16, hs_token: &str) -> String {
-    format!(
-        "id: bench\nurl: http://127.0.0.1:{port}\nas_token: as_token_bench_0123456789abcdef\n\
-         hs_token: {hs_token}\nsender_localpart: _bench_bot\nnamespaces:\n  users:\n\
-         \x20   - exclusive: true\n      regex: '@_bench_.*:localhost'\n  aliases: []\n  rooms: []\n\
-         rate_limited: false\n"
-    )
-}
-
-fn config_yaml(port: u16, db_url: &str, max_connections: u32) -> String {
-    format!(
-        "homeserver: {{address: 'http://127.0.0.1:1', domain: localhost}}\n\
-         appservice:\n  id: bench\n  address: 'http://127.0.0.1:{port}'\n  port: {port}\n\
-         \x20 bot: {{localpart: _bench_bot}}\n  ghost_localpart_template: '_bench_{{id}}'\n\
-         database: {{url: '{db_url}', max_connections: {max_connections}}}\n\
-         inbox: {{shutdown_grace_secs: 1}}\n\
-         logging: {{level: warn}}\n"
-    )
-}
-
-/// A fresh database: an SQLite file, or a new schema in PostgreSQL (returned to drop at exit).
-async fn fresh_db(args: &Args) -> anyhow::Result<(String, Option<String>)> {
-    match args.db {
-        Db::Sqlite => {
-            let dir = match &args.dir {
-                Some(d) => d.clone(),
-                None => std::env::temp_dir().join("mxbridge-bench"),
-            };
-            std::fs::create_dir_all(&dir)?;
-            if args.reuse {
-                return Ok((format!("sqlite://{}", dir.join("bench-reuse.db").display()), None));
-            }
-            let file = dir.join(format!("bench-{}.db", std::process::id()));
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-            }
-            Ok((format!("sqlite://{}", file.display()), None))
-        }
-        Db::Postgres => {
-            let sep = if args.pg_url.contains('?') { '&' } else { '?' };
-            // The harness connects as the store does (loopback without TLS unless the URL
-            // names a mode), inside the startup figure.
-            let admin_options = Store::postgres_options(&args.pg_url)?;
-            if args.reuse {
-                let mut admin = sqlx::PgConnection::connect_with(&admin_options).await?;
-                sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS bench_reuse")
-                    .execute(&mut admin)
-                    .await?;
-                admin.close().await?;
-                return Ok((format!("{}{sep}options[search_path]=bench_reuse", args.pg_url), None));
-            }
-            let schema = format!("bench_{}", std::process::id());
-            // One connection, one round trip: this is the harness, not the bridge, but it runs
-            // inside the startup figure (a pool would open a second connection for the second
-            // statement, and over TCP each costs a connection setup and a TLS handshake).
-            let mut admin = sqlx::PgConnection::connect_with(&admin_options).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-            )))
-            .execute(&mut admin)
-            .await?;
-            admin.close().await?;
-            Ok((format!("{}{sep}options[search_path]={schema}", args.pg_url), Some(schema)))
-        }
-    }
-}
-
-async fn drop_schema(pg_url: &str, schema: &str) {
-    let Ok(options) = Store::postgres_options(pg_url) else { return };
-    if let Ok(mut admin) = sqlx::PgConnection::connect_with(&options).await {
-        let _ =
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-                .execute(&mut admin)
-                .await;
-        let _ = admin.close().await;
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    rss_kib(std::process::id()).map_or(0.0, |(rss, _)| rss as f64 / 1024.0)
 }
 
 #[tokio::main]
@@ -245,9 +137,10 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         }
         Mode::Mxbridge => {
-            let (db_url, schema) = fresh_db(&args).await?;
+            let db = args.db.fresh("bench", args.reuse).await?;
+            // Nothing listens on the homeserver's port: the counting bridge makes no request.
             let config: Config =
-                Config::from_yaml(&config_yaml(port, &db_url, args.max_connections))?;
+                Config::from_yaml(&config_yaml(port, 1, &db.url, Some(args.max_connections)))?;
             let registration = Registration::from_yaml(&registration_yaml(port, &args.hs_token))?;
             let service = AppService::<Counter>::new(config, registration).await?;
             if args.populate_ghosts > 0 || args.populate_rooms > 0 {
@@ -260,9 +153,7 @@ async fn main() -> anyhow::Result<()> {
                 service.context().store().backend_name()
             );
             let served = service.run(listener, shutdown_signal()).await;
-            if let Some(schema) = schema {
-                drop_schema(&args.pg_url, &schema).await;
-            }
+            args.db.drop_fresh(db).await;
             served?;
         }
     }

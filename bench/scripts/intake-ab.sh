@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Two builds of mxbridge's intake side by side (SQLite, durable inbox), interleaved round by
-# round, pinned like bench-peers.sh (load tool on CPU 0, server on CPU 1):
+# round, pinned like intake.sh (load tool on CPU 0, server on CPU 1):
 #   A: K=100, one transaction in flight;  B: K=1, 64 connections.
-# Usage: scripts/bench-ab.sh OLD_EXAMPLES_DIR NEW_EXAMPLES_DIR [ROUNDS] [SECS]
-#   each directory holds release builds of examples/bench_server and examples/loadgen
-#   (e.g. build a worktree of an older commit with its own CARGO_TARGET_DIR).
+# Usage: bench/scripts/intake-ab.sh OLD_DIR NEW_DIR [ROUNDS] [SECS]
+#   each directory holds release builds of bench_server and loadgen (`cargo build --release
+#   -p mxbridge-bench` puts them in $CARGO_TARGET_DIR/release; build a worktree of the other
+#   commit with its own CARGO_TARGET_DIR).
 # Environment: LOADGEN_ARGS adds load tool flags to both scenarios (e.g. --random-ids);
 #   PG_URL runs the servers on that PostgreSQL database instead of an SQLite file.
 set -euo pipefail
-OLD=${1:?old examples dir}; NEW=${2:?new examples dir}; ROUNDS=${3:-3}; SECS=${4:-4}
+OLD=${1:?old build dir}; NEW=${2:?new build dir}; ROUNDS=${3:-3}; SECS=${4:-4}
 T=hs_token_ab_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 port=29400
 for round in $(seq 1 "$ROUNDS"); do

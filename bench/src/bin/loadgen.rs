@@ -10,8 +10,8 @@
 //! Loopback only: the target must be `127.0.0.1` or `::1`.
 //!
 //! ```text
-//! cargo run --release --example loadgen -- --port 29330 --hs-token TOKEN -k 100 --conns 1 --secs 5
-//! cargo run --release --example loadgen -- --port 29330 --hs-token TOKEN -k 1 --conns 64 --secs 5
+//! cargo run --release -p mxbridge-bench --bin loadgen -- --port 29330 --hs-token TOKEN -k 100 --conns 1 --secs 5
+//! cargo run --release -p mxbridge-bench --bin loadgen -- --port 29330 --hs-token TOKEN -k 1 --conns 64 --secs 5
 //! ```
 //!
 //! `--startup-from-ns T` first polls the port until a transaction is answered 200 and prints the
@@ -28,10 +28,11 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use clap::Parser;
+use mxbridge_bench::{BenchRoom, now_ns, rss_kib};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -134,8 +135,9 @@ impl BodyGen {
             };
             let _ = write!(
                 out,
-                "\"room_id\":\"!bench{room:06}qzXHbLcFoMiWdNrT:localhost\",\
-                 \"sender\":\"@user{user:05}:localhost\",\"origin_server_ts\":{ts},"
+                "\"room_id\":\"{}\",\"sender\":\"@user{user:05}:localhost\",\
+                 \"origin_server_ts\":{ts},",
+                BenchRoom(room)
             );
             if n % 10 == 9 {
                 let _ = write!(
@@ -250,23 +252,6 @@ impl std::fmt::Write for Vec8<'_> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// `VmRSS` and `VmHWM` of a process in KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
 /// Polls until one transaction is answered 200; returns the ms since `from_ns`.
