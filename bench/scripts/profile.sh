@@ -19,7 +19,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do SERVER_ARGS+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 command -v valgrind >/dev/null || { echo "profile.sh: valgrind is not installed" >&2; exit 1; }
 if [ -z "${BIN_DIR:-}" ]; then
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mxbridge/target}
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${MXB_CACHE:-$HOME/.cache/mxbridge}/target-bench}
     cargo build --release --quiet -p mxbridge-bench --bin bench_server --bin loadgen
     BIN_DIR=$CARGO_TARGET_DIR/release
 fi
