@@ -336,7 +336,8 @@ impl Context {
 
     /// Bridges a message from the remote network into a portal room that already exists:
     /// ensures the ghost (and its profile) and its membership, sends the content with the remote
-    /// timestamp, and records the mapping. A message already bridged (same chat and ID) is not
+    /// timestamp (its HTML sanitized, see [`crate::format::sanitize_html`]), and records the
+    /// mapping. A message already bridged (same chat and ID) is not
     /// sent again; its event ID is returned.
     ///
     /// # Errors
@@ -353,7 +354,9 @@ impl Context {
             return Ok(event_id);
         }
         let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
-        let event_id = intent.send_message(room_id, &message.content, message.timestamp).await?;
+        // Remote HTML is untrusted: only what the specification allows reaches the room.
+        let content = crate::format::sanitize_content(&message.content);
+        let event_id = intent.send_message(room_id, content.as_ref(), message.timestamp).await?;
         let timestamp = message.timestamp.map_or_else(crate::store::now_ms, |t| i64::from(t.0));
         self.store()
             .insert_message(&MessageRow {
