@@ -12,6 +12,7 @@
 //! - [`registration`] and [`config`]: the two YAML files.
 //! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
 //! - [`client`]: the Client-Server API client (as the bot or any ghost), with retries.
+//! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
 //! - [`intent`]: one user's actions (`ensure_registered`, `ensure_joined`, sends), cache-first.
 //! - `testing` (feature `testing`): a mock homeserver for bridge authors' tests.
 //! - [`secret`]: tokens that never print.
@@ -28,6 +29,7 @@ mod context;
 mod dispatch;
 pub mod error;
 pub mod event;
+pub mod format;
 pub mod ghost;
 mod intake;
 pub mod intent;

@@ -137,8 +137,8 @@ impl Context {
     }
 
     /// Bridges a message from the remote network into its portal: ensures the ghost (and its
-    /// profile) and its membership, sends the content with the remote timestamp, and records
-    /// the mapping. A message already bridged (same portal and ID) is not sent again; its
+    /// profile) and its membership, sends the content with the remote timestamp (its HTML
+    /// sanitized, see [`crate::format::sanitize_html`]), and records the mapping. A message already bridged (same portal and ID) is not sent again; its
     /// event ID is returned.
     pub async fn bridge_message(
         &self,
@@ -150,8 +150,10 @@ impl Context {
             return Ok(existing.event_id);
         }
         let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
+        // Remote HTML is untrusted: only what the specification allows reaches the room.
+        let content = crate::format::sanitize_content(&message.content);
         let event_id =
-            intent.send_message(&portal.room_id, &message.content, message.timestamp).await?;
+            intent.send_message(&portal.room_id, content.as_ref(), message.timestamp).await?;
         let timestamp = message.timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
         let row = MessageRow {
             portal: portal.key.clone(),

@@ -14,7 +14,7 @@ use std::{
 use axum::{
     Json, Router,
     body::Body,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{MatchedPath, Request, State},
     http::{StatusCode, header::CONTENT_TYPE},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -31,6 +31,7 @@ use crate::{
 
 mod auth;
 pub mod error;
+mod limit;
 mod ping;
 mod query;
 mod thirdparty;
@@ -213,7 +214,10 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> A
         // Without `HsAuthed`: scrapers do not hold the hs_token.
         app = app.route("/metrics", get(metrics::<B>));
     }
-    let app = app.layer(DefaultBodyLimit::max(limits.max_body_bytes)).with_state(state);
+    let app = app
+        // `DefaultBodyLimit`, and a body declared too large is refused before it is awaited.
+        .layer(limit::BodyLimitLayer::new(limits.max_body_bytes))
+        .with_state(state);
     let router = app
         .merge(bridge_routes)
         .fallback(unrecognized)

@@ -268,6 +268,48 @@ async fn bad_bodies_get_spec_errors_and_store_nothing() {
     assert_eq!(h.store.inbox_stats().await.unwrap().pending, 0);
 }
 
+/// A body declared over the limit is refused from its headers: the answer does not wait for a
+/// body that may never come.
+#[tokio::test]
+async fn declared_length_over_the_limit_is_413_at_once() {
+    let h = harness(4096).await;
+    for (uri, token) in [
+        ("/_matrix/app/v1/transactions/big", Some(HS_TOKEN)),
+        (concat!("/transactions/big?access_token=", "hs_token_for_tests_0123456789"), None),
+    ] {
+        let mut req = Request::builder()
+            .method(Method::PUT)
+            .uri(uri)
+            .header("content-length", "4097")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        // A body that never sends a byte.
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let req = req.body(Body::from_stream(never)).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(2), h.app.clone().oneshot(req))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE"))
+        );
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("4096")), "{body}");
+    }
+    // At the limit, the body is read as usual.
+    let at_limit = format!(r#"{{"events":[],"pad":"{}"}}"#, "x".repeat(4096 - 22));
+    assert_eq!(at_limit.len(), 4096);
+    let (s, _) =
+        call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/2", Some(HS_TOKEN), &at_limit)
+            .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn ping_accepts_absent_and_null_transaction_id() {
     let h = harness(1 << 20).await;
