@@ -4,18 +4,26 @@
 //! durable inbox that never loses an acknowledged event, the SQL store, and the command line.
 //!
 //! # Layout
-//! - [`bridge`]: the [`Bridge`] trait and the events it receives.
-//! - [`appservice`]: [`AppService`], which assembles everything and runs it.
-//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping, third-party).
-//! - `dispatch`: hands stored events to the bridge, in order per room, with retries.
+//! In the order an event travels, Matrix to remote and back:
+//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping,
+//!   third-party, health).
+//! - `intake`: a transaction's body parsed, committed with its neighbours', handed over.
 //! - [`store`]: SQLite or PostgreSQL: the inbox, the state cache, the bridge's mappings.
-//! - [`registration`] and [`config`]: the two YAML files.
-//! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
-//! - [`client`]: the Client-Server API client (as the bot or any ghost), with retries.
+//! - `dispatch`: hands stored events to the bridge, in order per room, with retries, and
+//!   records what the handlers delivered.
+//! - [`event`]: the events and their typed views ([`MatrixMessage`], [`MatrixEdit`], ...).
+//! - `route` and [`commands`]: which handler hears of an event; bot commands.
+//! - [`bridge`]: the [`Bridge`] trait and [`Delivery`], what a bridge implements.
+//! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
+//! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
 //! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
-//! - [`intent`]: one user's actions (`ensure_registered`, `ensure_joined`, sends), cache-first.
-//! - `testing` (feature `testing`): a mock homeserver for bridge authors' tests.
-//! - [`secret`]: tokens that never print.
+//! - [`intent`]: one user's actions (bot or ghost), cache-first.
+//! - [`client`]: the Client-Server API transport, with retries.
+//! - [`appservice`]: [`AppService`], which assembles everything and runs it; [`cli`]: `run`,
+//!   `generate-registration`, `example-config`, `check-config`; [`config`] and
+//!   [`registration`]: the two YAML files.
+//! - [`metrics`], [`secret`] (tokens that never print), [`error`], and `testing` (feature
+//!   `testing`): a mock homeserver for bridge authors' tests.
 //!
 //! `ARCHITECTURE.md` in the repository tells how data flows and who owns what.
 
