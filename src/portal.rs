@@ -169,7 +169,7 @@ impl Context {
     }
 
     /// The network echoed a message the bridge sent for a Matrix event with
-    /// [`crate::bridge::Sent::pending`]: records the mapping of that event to the remote
+    /// [`Delivery::Pending`](crate::bridge::Delivery::Pending): records the mapping of that event to the remote
     /// message and returns the event's ID. `None` means the echo is not of a message the bridge
     /// sent (or it was matched before): bridge it as any other remote message.
     pub async fn resolve_echo(
