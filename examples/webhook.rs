@@ -132,7 +132,8 @@ impl Bridge for Webhook {
                 }
                 // The room becomes the portal of its own hooks, so its messages reach
                 // `handle_message` and their edits and redactions find what they changed.
-                self.ctx.link_portal(&call.event.room_id, &portal_key(&call.event.room_id)).await?;
+                let room = &call.event.room_id;
+                self.ctx.link_portal(room, &portal_key(room), &call.event.sender).await?;
                 let token = Secret::generate(40);
                 let hook =
                     Hook { name: name.into(), room_id: call.event.room_id.clone(), outgoing: None };

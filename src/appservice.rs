@@ -10,9 +10,11 @@ use crate::{
     context::Context,
     dispatch,
     error::{Error, Result},
+    health::{BridgeState, Health},
     registration::{Registration, RegistrationError},
-    server::{self, BridgeState, Health, Limits, ServerState},
+    server::{self, Limits, ServerState},
     store::Store,
+    supervise::Supervisor,
 };
 
 /// A bridge ready to run: the store is connected and migrated, the bridge is created.
@@ -149,6 +151,7 @@ impl<B: Bridge> AppService<B> {
             return Err(Error::Bridge(e.to_string()));
         }
         let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
+        let supervisor = Supervisor::start(bridge.tasks(), health.clone());
         let dispatcher = tokio::spawn(dispatcher.run(grace));
         let pruner =
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
@@ -168,6 +171,7 @@ impl<B: Bridge> AppService<B> {
         }
         let _ = dispatcher.await;
         pruner.abort();
+        supervisor.shutdown(grace).await;
         bridge.stop().await;
         ctx.store().close().await;
         tracing::info!("stopped");

@@ -39,6 +39,7 @@ pub mod error;
 pub mod event;
 pub mod format;
 pub mod ghost;
+pub mod health;
 mod intake;
 pub mod intent;
 pub mod metrics;
@@ -49,6 +50,7 @@ mod route;
 pub mod secret;
 pub mod server;
 pub mod store;
+mod supervise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod util;
@@ -63,14 +65,15 @@ pub use event::{
     Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
     MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
 };
+pub use health::{BridgeState, Health, TaskState};
 pub use registration::Registration;
 pub use remote::{
     GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteLoginId, RemoteMessage,
     RemoteMessageId, RemoteMessageRef, RemotePartId, RemoteTxnId, RemoteUserId,
 };
 pub use secret::Secret;
-pub use server::{BridgeState, Health};
 pub use store::Store;
+pub use supervise::{Stop, Task};
 
 /// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
 /// calls it; call it yourself before building another `reqwest` client in a bridge.

@@ -23,6 +23,8 @@ const HS_TOKEN: &str = "hs_token_for_tests_0123456789";
 #[derive(Debug, Default)]
 struct Recorder {
     ephemeral: Mutex<Vec<String>>,
+    /// Notified after each ephemeral event.
+    ephemeral_seen: tokio::sync::Notify,
 }
 
 impl Bridge for Recorder {
@@ -36,6 +38,7 @@ impl Bridge for Recorder {
     }
     async fn handle_ephemeral(&self, event: &EphemeralEvent) {
         self.ephemeral.lock().unwrap().push(event.kind.clone());
+        self.ephemeral_seen.notify_one();
     }
     async fn query_user(&self, user_id: &ruma::UserId) -> BridgeResult<bool> {
         Ok(user_id.localpart() == "_t_exists")
@@ -459,12 +462,8 @@ async fn ephemeral_events_reach_the_bridge_once() {
     drop(stop_tx);
     // Run the dispatcher briefly: it drains the ephemeral queue.
     let run = tokio::spawn(dispatcher.run(Duration::from_millis(10)));
-    for _ in 0..100 {
-        if !bridge.ephemeral.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = tokio::time::timeout(Duration::from_secs(10), bridge.ephemeral_seen.notified());
+    assert!(seen.await.is_ok(), "the ephemeral event reached the bridge");
     run.abort();
     assert_eq!(*bridge.ephemeral.lock().unwrap(), ["m.typing"]);
 }
@@ -483,7 +482,7 @@ async fn slow_headers_are_cut_off_and_do_not_block_shutdown() {
     }));
     let head =
         b"PUT /_matrix/app/v1/transactions/1 HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut cut = false;
     for b in head {
