@@ -198,8 +198,8 @@ impl Context {
 
     /// Bridges a message from the remote network into its portal: ensures the ghost (and its
     /// profile) and its membership, sends the content with the remote timestamp (its HTML
-    /// sanitized, see [`crate::format::sanitize_html`]), and records the mapping. A message already bridged (same portal and ID) is not sent again; its
-    /// event ID is returned.
+    /// sanitized, see [`crate::format::sanitize_html`]), and records the mapping. A message
+    /// already bridged (same portal and ID) is not sent again; its event ID is returned.
     pub async fn bridge_message(
         &self,
         portal: &Portal,
@@ -229,8 +229,8 @@ impl Context {
     }
 
     /// The network echoed a message the bridge sent for a Matrix event with
-    /// [`Delivery::Pending`](crate::bridge::Delivery::Pending): records the mapping of that event to the remote
-    /// message and returns the event's ID. `None` means the echo is not of a message the bridge
+    /// [`Delivery::Pending`](crate::bridge::Delivery::Pending): records the mapping of that
+    /// event to the remote message and returns the event's ID. `None` means the echo is not of a message the bridge
     /// sent (or it was matched before): bridge it as any other remote message.
     pub async fn resolve_echo(
         &self,

@@ -376,7 +376,11 @@ impl<'a> MockEndpoint<'a> {
     pub fn rate_limited(self, retry_after_ms: u64) -> Self {
         self.respond(
             429,
-            json!({ "errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests", "retry_after_ms": retry_after_ms }),
+            json!({
+                "errcode": "M_LIMIT_EXCEEDED",
+                "error": "Too Many Requests",
+                "retry_after_ms": retry_after_ms,
+            }),
         )
     }
 
