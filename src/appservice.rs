@@ -152,6 +152,8 @@ impl<B: Bridge> AppService<B> {
         }
         let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
         let supervisor = Supervisor::start(bridge.tasks(), health.clone());
+        let pipeline =
+            tokio::spawn(crate::pipeline::run(ctx.clone(), bridge.clone(), stop_rx.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(grace));
         let pruner =
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
@@ -171,6 +173,9 @@ impl<B: Bridge> AppService<B> {
         }
         let _ = dispatcher.await;
         pruner.abort();
+        // The remote → Matrix pipeline stops taking new events; one being bridged is cut
+        // short, and bridged again (idempotently) after the restart.
+        pipeline.abort();
         supervisor.shutdown(grace).await;
         bridge.stop().await;
         ctx.store().close().await;

@@ -43,6 +43,7 @@ pub mod health;
 mod intake;
 pub mod intent;
 pub mod metrics;
+mod pipeline;
 pub mod portal;
 pub mod registration;
 pub mod remote;
@@ -66,10 +67,12 @@ pub use event::{
     MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
 };
 pub use health::{BridgeState, Health, TaskState};
+pub use pipeline::Queued;
 pub use registration::Registration;
 pub use remote::{
-    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteLoginId, RemoteMessage,
-    RemoteMessageId, RemoteMessageRef, RemotePartId, RemoteTxnId, RemoteUserId,
+    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteEvent, RemoteLoginId,
+    RemoteMessageId, RemoteMessageRef, RemotePart, RemotePartId, RemoteSender, RemoteTxnId,
+    RemoteUserId,
 };
 pub use secret::Secret;
 pub use store::Store;

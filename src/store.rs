@@ -19,6 +19,7 @@ use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 mod checkpoint;
 mod inbox;
 mod mappings;
+mod remote_queue;
 mod seen;
 mod state;
 mod state_cache;
@@ -30,6 +31,7 @@ pub use inbox::{
 };
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
+pub(crate) use remote_queue::{QueuedRow, ReactionRow};
 pub use state::{Member, Membership, RoomStateField};
 
 /// Errors from the store.
@@ -257,6 +259,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0005_portal_keys.sql",
         sqlite: include_str!("../migrations/sqlite/0005_portal_keys.sql"),
         postgres: include_str!("../migrations/postgres/0005_portal_keys.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_remote_queue.sql",
+        sqlite: include_str!("../migrations/sqlite/0007_remote_queue.sql"),
+        postgres: include_str!("../migrations/postgres/0007_remote_queue.sql"),
     },
 ];
 
