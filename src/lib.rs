@@ -11,8 +11,8 @@
 //! - [`store`]: SQLite or PostgreSQL: the inbox, the state cache, the bridge's mappings.
 //! - [`registration`] and [`config`]: the two YAML files.
 //! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
-//! - [`client`]: the Client-Server API client (as the bot or any ghost), with retries.
-//! - [`intent`]: one user's actions (`ensure_registered`, `ensure_joined`, sends), cache-first.
+//! - [`client`]: the Client-Server transport: any ruma request, as the bot or any ghost, retried.
+//! - [`intent`]: one user's actions (joins, sends, profile, media), converging cache-first.
 //! - `testing` (feature `testing`): a mock homeserver for bridge authors' tests.
 //! - [`secret`]: tokens that never print.
 //!

@@ -119,7 +119,10 @@ impl Context {
         match self.client().send(request, None).await {
             Ok(_) => {}
             Err(e) if e.kind() == Some(&ruma::api::error::ErrorKind::Forbidden) => {
-                tracing::info!(%room_id, "the bot may not send m.bridge state here; linked without");
+                tracing::info!(
+                    %room_id,
+                    "the bot may not send m.bridge state here; linked without"
+                );
             }
             Err(e) => return Err(e.into()),
         }
@@ -150,8 +153,11 @@ impl Context {
             return Ok(existing.event_id);
         }
         let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
-        let event_id =
-            intent.send_message(&portal.room_id, &message.content, message.timestamp).await?;
+        let mut send = intent.send(&portal.room_id, &message.content);
+        if let Some(ts) = message.timestamp {
+            send = send.at(ts);
+        }
+        let event_id = send.await?;
         let timestamp = message.timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
         let row = MessageRow {
             portal: portal.key.clone(),

@@ -233,7 +233,10 @@ async fn route_membership<B: Bridge>(
     if target_is_ours && m.membership == MembershipState::Invite {
         let intent = ctx.intent(&m.target)?;
         if m.sender.level < PermissionLevel::User {
-            tracing::info!(inviter = %m.sender.user_id, "refusing an invite from a user without permission");
+            tracing::info!(
+                inviter = %m.sender.user_id,
+                "refusing an invite from a user without permission"
+            );
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
@@ -248,7 +251,7 @@ async fn route_membership<B: Bridge>(
 
 /// Rejects an invite with a reason. Best effort: an invite left pending does no harm.
 async fn refuse_invite(intent: &crate::intent::Intent, room_id: &RoomId, reason: &str) {
-    if let Err(e) = intent.leave(room_id, Some(reason)).await {
+    if let Err(e) = intent.leave(room_id).reason(reason).await {
         tracing::warn!(error = %e, user = %intent.user_id(), "could not reject the invite");
     }
 }
@@ -416,7 +419,7 @@ pub(crate) fn report_not_delivered(
             tracing::warn!(error = %e, "could not send the message status");
         }
         if let Some(content) = notice
-            && let Err(e) = ctx.bot().send_message(&room_id, &content, None).await
+            && let Err(e) = ctx.bot().send(&room_id, &content).await
         {
             tracing::warn!(error = %e, "could not post the notice");
         }
@@ -474,7 +477,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
     };
     if let Some(text) = reply.filter(|t| !t.is_empty()) {
         let content = RoomMessageEventContent::notice_markdown(text);
-        ctx.bot().send_message(&call.event.room_id, &content, None).await?;
+        ctx.bot().send(&call.event.room_id, &content).await?;
     }
     Ok(())
 }
@@ -573,6 +576,8 @@ mod tests {
             r#","url":"mxc://x/y""#,
             r#","body":"again""#,
         ];
+        const HEAD: &str =
+            r#"{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.room.message""#;
         let (mut direct, mut total) = (0, 0);
         for msgtype in msgtypes {
             for body in bodies {
@@ -584,9 +589,9 @@ mod tests {
                             } else {
                                 format!(r#","body":{body}"#)
                             };
-                            let json = format!(
-                                r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}}}"#
-                            );
+                            let content =
+                                format!(r#"{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}"#);
+                            let json = format!(r#"{HEAD},"content":{content}}}"#);
                             let event = Event::from_json(&json).unwrap();
                             let by_ruma = event.content::<RoomMessageEventContent>();
                             total += 1;
@@ -1047,16 +1052,13 @@ mod route_tests {
         let events = [
             edu(json!({"type": "m.typing", "room_id": "!r:localhost",
                        "content": {"user_ids": ["@alice:localhost", "@_test_ghost:localhost"]}})),
-            edu(
-                json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {"m.read": {
-                       "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}}),
-            ),
-            edu(
-                json!({"type": "m.presence", "sender": "@alice:localhost", "content": {"presence": "online"}}),
-            ),
-            edu(
-                json!({"type": "m.presence", "sender": "@_test_ghost:localhost", "content": {"presence": "online"}}),
-            ),
+            edu(json!({"type": "m.receipt", "room_id": "!r:localhost",
+                       "content": {"$e": {"m.read": {
+                           "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
+            edu(json!({"type": "m.presence", "sender": "@alice:localhost",
+                       "content": {"presence": "online"}})),
+            edu(json!({"type": "m.presence", "sender": "@_test_ghost:localhost",
+                       "content": {"presence": "online"}})),
         ];
         for e in &events {
             route_ephemeral(&ctx, &eph, e).await;
