@@ -2,9 +2,10 @@
 //!
 //! Invite the bot to a room and say `!webhook create NAME`: the bot answers with a secret URL.
 //! A POST of `{"text": ..., "username": ..., "html"?: ..., "avatar_url"?: "mxc://..."}` to it
-//! posts the message in the room from a ghost named after `username`, and answers
-//! `{"event_id": ...}`. `!webhook outgoing NAME URL` also posts the room's messages (and their
-//! edits and redactions) from real users to URL as JSON. Hooks are kept in the store.
+//! posts the message in the room from a ghost named after `username` (the framework sanitizes
+//! the `html`), and answers `{"event_id": ...}`. `!webhook outgoing NAME URL` also posts the
+//! room's messages (and their edits and redactions) from real users to URL as JSON. Hooks are
+//! kept in the store.
 //!
 //! Run with `scripts/demo.sh`, or `cargo run --example webhook -- -c config.yaml run`.
 
@@ -131,7 +132,8 @@ impl Bridge for Webhook {
                 }
                 // The room becomes the portal of its own hooks, so its messages reach
                 // `handle_message` and their edits and redactions find what they changed.
-                self.ctx.link_portal(&call.event.room_id, &portal_key(&call.event.room_id)).await?;
+                let room = &call.event.room_id;
+                self.ctx.link_portal(room, &portal_key(room), &call.event.sender).await?;
                 let token = Secret::generate(40);
                 let hook =
                     Hook { name: name.into(), room_id: call.event.room_id.clone(), outgoing: None };

@@ -28,6 +28,7 @@ use crate::{
         MatrixTyping, ToDeviceEvent,
     },
     remote::{RemoteMessageId, RemoteTxnId},
+    supervise::Task,
 };
 
 /// What a Matrix event became on the remote network: what the Matrix → remote handlers
@@ -87,7 +88,17 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called once on shutdown, after the inbox stopped handing out events.
+    /// The bridge's long-running tasks, such as the connection to the remote network and its
+    /// read loop: started after [`Bridge::start`], started again with growing pauses when one
+    /// fails or panics (shown at `/health/state`), told to stop on shutdown. Each gets an
+    /// `Arc` of the bridge through the closure that starts it, so it can call the bridge's own
+    /// methods. See [`Task`].
+    fn tasks(self: &Arc<Self>) -> Vec<Task> {
+        Vec::new()
+    }
+
+    /// Called once on shutdown, after the inbox stopped handing out events and the tasks
+    /// stopped.
     fn stop(&self) -> impl Future<Output = ()> + Send {
         async {}
     }

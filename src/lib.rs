@@ -4,17 +4,26 @@
 //! durable inbox that never loses an acknowledged event, the SQL store, and the command line.
 //!
 //! # Layout
-//! - [`bridge`]: the [`Bridge`] trait and the events it receives.
-//! - [`appservice`]: [`AppService`], which assembles everything and runs it.
-//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping, third-party).
-//! - `dispatch`: hands stored events to the bridge, in order per room, with retries.
+//! In the order an event travels, Matrix to remote and back:
+//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping,
+//!   third-party, health).
+//! - `intake`: a transaction's body parsed, committed with its neighbours', handed over.
 //! - [`store`]: SQLite or PostgreSQL: the inbox, the state cache, the bridge's mappings.
-//! - [`registration`] and [`config`]: the two YAML files.
-//! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
-//! - [`client`]: the Client-Server transport: any ruma request, as the bot or any ghost, retried.
-//! - [`intent`]: one user's actions (joins, sends, profile, media), converging cache-first.
-//! - `testing` (feature `testing`): a mock homeserver for bridge authors' tests.
-//! - [`secret`]: tokens that never print.
+//! - `dispatch`: hands stored events to the bridge, in order per room, with retries, and
+//!   records what the handlers delivered.
+//! - [`event`]: the events and their typed views ([`MatrixMessage`], [`MatrixEdit`], ...).
+//! - `route` and [`commands`]: which handler hears of an event; bot commands.
+//! - [`bridge`]: the [`Bridge`] trait and [`Delivery`], what a bridge implements.
+//! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
+//! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
+//! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
+//! - [`intent`]: one user's actions (bot or ghost): joins, sends, profile, media; cache-first.
+//! - [`client`]: the Client-Server transport: any ruma request, as the bot or a ghost, retried.
+//! - [`appservice`]: [`AppService`], which assembles everything and runs it; [`cli`]: `run`,
+//!   `generate-registration`, `example-config`, `check-config`; [`config`] and
+//!   [`registration`]: the two YAML files.
+//! - [`metrics`], [`secret`] (tokens that never print), [`error`], and `testing` (feature
+//!   `testing`): a mock homeserver for bridge authors' tests.
 //!
 //! `ARCHITECTURE.md` in the repository tells how data flows and who owns what.
 
@@ -28,7 +37,9 @@ mod context;
 mod dispatch;
 pub mod error;
 pub mod event;
+pub mod format;
 pub mod ghost;
+pub mod health;
 mod intake;
 pub mod intent;
 pub mod metrics;
@@ -39,6 +50,7 @@ mod route;
 pub mod secret;
 pub mod server;
 pub mod store;
+mod supervise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod util;
@@ -53,14 +65,15 @@ pub use event::{
     Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
     MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
 };
+pub use health::{BridgeState, Health, TaskState};
 pub use registration::Registration;
 pub use remote::{
     GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteLoginId, RemoteMessage,
     RemoteMessageId, RemoteMessageRef, RemotePartId, RemoteTxnId, RemoteUserId,
 };
 pub use secret::Secret;
-pub use server::{BridgeState, Health};
 pub use store::Store;
+pub use supervise::{Stop, Task};
 
 /// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
 /// calls it; call it yourself before building another `reqwest` client in a bridge.
