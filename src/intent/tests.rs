@@ -855,3 +855,48 @@ async fn an_alias_that_exists_is_replaced_only_when_asked() {
     assert_eq!(err.status(), Some(reqwest::StatusCode::CONFLICT));
     bot.set_alias(alias, room).replace().await.unwrap();
 }
+
+/// `m.direct` is read, the room added for the other user, and written back; a room listed
+/// already writes nothing.
+#[tokio::test]
+async fn a_direct_room_is_added_to_m_direct_once() {
+    let (hs, store) = setup().await;
+    let ghost = user_id!("@_test_alice:localhost");
+    let (human, room) = (user_id!("@bob:localhost"), room_id!("!dm:localhost"));
+    store.mark_registered(ghost.as_str()).await.unwrap();
+    let path = format!("/_matrix/client/v3/user/{ghost}/account_data/m.direct");
+    hs.mock("GET", &path)
+        .as_user(ghost)
+        .error(404, "M_NOT_FOUND", "Account data not found")
+        .up_to_n_times(1)
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock("GET", &path).ok_body(json!({ human.as_str(): [room] })).expect(1).mount().await;
+    hs.mock("PUT", &path)
+        .as_user(ghost)
+        .with_body(json!({ human.as_str(): [room] }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let alice = intent(&hs, &store, ghost);
+    alice.add_direct_room(room, human).await.unwrap();
+    alice.add_direct_room(room, human).await.unwrap();
+}
+
+#[tokio::test]
+async fn typing_starts_with_a_timeout_and_stops() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    cache_joined(&store, room, ghost).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/typing/{ghost}");
+    let typing = json!({ "typing": true, "timeout": 5000 });
+    hs.mock("PUT", &path).as_user(ghost).with_body(typing).expect(1).mount().await;
+    hs.mock("PUT", &path).with_body(json!({ "typing": false })).expect(1).mount().await;
+
+    let alice = intent(&hs, &store, ghost);
+    alice.typing(room, Duration::from_secs(5)).await.unwrap();
+    alice.stop_typing(room).await.unwrap();
+}
