@@ -187,7 +187,7 @@ impl Intent {
     /// [`Intent::ensure_room_state`]).
     ///
     /// # Errors
-    /// When joining fails even after the bot's help, or the store fails.
+    /// A refusal the bot's help does not cure: of its invite (or unban), or of the second join.
     pub async fn ensure_joined(&self, room_id: &RoomId) -> Result<bool> {
         if self.is_joined_cached(room_id).await? {
             return Ok(false);
