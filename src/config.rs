@@ -365,7 +365,8 @@ impl<T: DeserializeOwned + Default> Config<T> {
     /// Reads, parses and validates a configuration file.
     ///
     /// # Errors
-    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad value.
+    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad
+    /// value.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = fs::read_to_string(path)

@@ -233,10 +233,8 @@ async fn route_membership<B: Bridge>(
     if target_is_ours && m.membership == MembershipState::Invite {
         let intent = ctx.intent(&m.target)?;
         if m.sender.level < PermissionLevel::User {
-            tracing::info!(
-                inviter = %m.sender.user_id,
-                "refusing an invite from a user without permission"
-            );
+            let inviter = &m.sender.user_id;
+            tracing::info!(%inviter, "refusing an invite from a user without permission");
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
@@ -576,8 +574,6 @@ mod tests {
             r#","url":"mxc://x/y""#,
             r#","body":"again""#,
         ];
-        const HEAD: &str =
-            r#"{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.room.message""#;
         let (mut direct, mut total) = (0, 0);
         for msgtype in msgtypes {
             for body in bodies {
@@ -589,9 +585,14 @@ mod tests {
                             } else {
                                 format!(r#","body":{body}"#)
                             };
-                            let content =
-                                format!(r#"{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}"#);
-                            let json = format!(r#"{HEAD},"content":{content}}}"#);
+                            let json = format!(
+                                concat!(
+                                    r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","#,
+                                    r#""type":"m.room.message","content":{{"msgtype":{}"#,
+                                    r#"{}{}{}{}}}}}"#,
+                                ),
+                                msgtype, body, format, mention, extra
+                            );
                             let event = Event::from_json(&json).unwrap();
                             let by_ruma = event.content::<RoomMessageEventContent>();
                             total += 1;
@@ -1052,9 +1053,8 @@ mod route_tests {
         let events = [
             edu(json!({"type": "m.typing", "room_id": "!r:localhost",
                        "content": {"user_ids": ["@alice:localhost", "@_test_ghost:localhost"]}})),
-            edu(json!({"type": "m.receipt", "room_id": "!r:localhost",
-                       "content": {"$e": {"m.read": {
-                           "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
+            edu(json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {
+                "m.read": {"@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
             edu(json!({"type": "m.presence", "sender": "@alice:localhost",
                        "content": {"presence": "online"}})),
             edu(json!({"type": "m.presence", "sender": "@_test_ghost:localhost",

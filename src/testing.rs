@@ -395,12 +395,14 @@ impl<'a> MockEndpoint<'a> {
 
     /// Answers 429 `M_LIMIT_EXCEEDED` asking to wait `retry_after_ms`.
     pub fn rate_limited(self, retry_after_ms: u64) -> Self {
-        let body = json!({
-            "errcode": "M_LIMIT_EXCEEDED",
-            "error": "Too Many Requests",
-            "retry_after_ms": retry_after_ms,
-        });
-        self.respond(429, body)
+        self.respond(
+            429,
+            json!({
+                "errcode": "M_LIMIT_EXCEEDED",
+                "error": "Too Many Requests",
+                "retry_after_ms": retry_after_ms,
+            }),
+        )
     }
 
     /// Answers with a bare status and an empty body (e.g. 502 from a proxy).
