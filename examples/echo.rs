@@ -36,7 +36,7 @@ impl Bridge for Echo {
             if user != *self.ctx.bot_user_id()
                 && self.ctx.registration().is_user_in_namespace(&user)
             {
-                self.ctx.intent(&user)?.send_text(room, &text, None).await?;
+                self.ctx.intent(&user)?.send_text(room, &text).await?;
             }
         }
         Ok(())

@@ -195,7 +195,7 @@ async fn startup_ping(ctx: Context, health: Arc<Health>) {
     let mut delay = Duration::from_secs(1);
     loop {
         let txn = crate::client::new_txn_id();
-        match ctx.client().ping(Some(&txn)).await {
+        match ctx.client().ping(&txn).await {
             Ok(took) => {
                 tracing::info!(ms = took.as_millis(), "the homeserver reached the appservice");
                 health.set_homeserver_ok(true);

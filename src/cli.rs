@@ -196,7 +196,7 @@ async fn check_homeserver<T>(
         .await
         .map_err(|e| format!("homeserver {hs} does not answer /_matrix/client/versions: {e}"))?;
     let newest = versions.versions.last().cloned().unwrap_or_default();
-    match client.whoami(None).await {
+    match client.whoami().await {
         Ok(me) if me.user_id == config.bot_user_id() => Ok(newest),
         Ok(me) => Err(format!(
             "homeserver {hs} says our as_token belongs to {}, not {}",

@@ -17,8 +17,8 @@
 //! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
 //! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
 //! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
-//! - [`intent`]: one user's actions (bot or ghost), cache-first.
-//! - [`client`]: the Client-Server API transport, with retries.
+//! - [`intent`]: one user's actions (bot or ghost): joins, sends, profile, media; cache-first.
+//! - [`client`]: the Client-Server transport: any ruma request, as the bot or a ghost, retried.
 //! - [`appservice`]: [`AppService`], which assembles everything and runs it; [`cli`]: `run`,
 //!   `generate-registration`, `example-config`, `check-config`; [`config`] and
 //!   [`registration`]: the two YAML files.

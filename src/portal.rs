@@ -192,7 +192,10 @@ impl Context {
         match self.client().send(request, None).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == Some(&ruma::api::error::ErrorKind::Forbidden) => {
-                tracing::info!(%room_id, "the bot may not send m.bridge state here; left as is");
+                tracing::info!(
+                    %room_id,
+                    "the bot may not send m.bridge state here; left as is"
+                );
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -249,7 +249,7 @@ async fn route_membership<B: Bridge>(
 
 /// Rejects an invite with a reason. Best effort: an invite left pending does no harm.
 async fn refuse_invite(intent: &crate::intent::Intent, room_id: &RoomId, reason: &str) {
-    if let Err(e) = intent.leave(room_id, Some(reason)).await {
+    if let Err(e) = intent.leave(room_id).reason(reason).await {
         tracing::warn!(error = %e, user = %intent.user_id(), "could not reject the invite");
     }
 }
@@ -417,7 +417,7 @@ pub(crate) fn report_not_delivered(
             tracing::warn!(error = %e, "could not send the message status");
         }
         if let Some(content) = notice
-            && let Err(e) = ctx.bot().send_message(&room_id, &content, None).await
+            && let Err(e) = ctx.bot().send(&room_id, &content).await
         {
             tracing::warn!(error = %e, "could not post the notice");
         }
@@ -475,7 +475,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
     };
     if let Some(text) = reply.filter(|t| !t.is_empty()) {
         let content = RoomMessageEventContent::notice_markdown(text);
-        ctx.bot().send_message(&call.event.room_id, &content, None).await?;
+        ctx.bot().send(&call.event.room_id, &content).await?;
     }
     Ok(())
 }
