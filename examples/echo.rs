@@ -49,5 +49,5 @@ impl Bridge for Echo {
 }
 
 fn main() -> std::process::ExitCode {
-    mxbridge::cli::main::<Echo>()
+    mxbridge::cli::main::<Echo>(mxbridge::about!().with_description("An echo bridge"))
 }

@@ -1,7 +1,8 @@
 //! The command line every bridge gets: `run`, `generate-registration`, `example-config`,
 //! `check-config`.
 //!
-//! A bridge's `main` is one line:
+//! A bridge's `main` is one line; [`about!`](crate::about) takes the name, version and
+//! description that `--version` and `--help` show from the bridge's own `Cargo.toml`:
 //!
 //! ```no_run
 //! # use mxbridge::{Bridge, BridgeResult, Context, Event};
@@ -13,7 +14,7 @@
 //! #     async fn handle_event(&self, _: &Event) -> BridgeResult { Ok(()) }
 //! # }
 //! fn main() -> std::process::ExitCode {
-//!     mxbridge::cli::main::<MyBridge>()
+//!     mxbridge::cli::main::<MyBridge>(mxbridge::about!())
 //! }
 //! ```
 
@@ -22,7 +23,7 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use ruma::api::appservice::{Namespace, Namespaces};
 
 use crate::{
@@ -35,9 +36,47 @@ use crate::{
     store::Store,
 };
 
-/// Command-line arguments.
+/// What `--version` and `--help` say about the bridge: its own name, version and description,
+/// not the framework's. [`about!`](crate::about) takes them from the bridge crate's
+/// `Cargo.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct About {
+    /// The program's name.
+    pub name: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// One line on what it is; empty for none.
+    pub description: &'static str,
+}
+
+impl About {
+    /// Another description (an example, say, shares its crate's).
+    #[must_use]
+    pub const fn with_description(mut self, description: &'static str) -> Self {
+        self.description = description;
+        self
+    }
+}
+
+/// The [`About`](crate::cli::About) of the crate this is written in: its binary's name (the
+/// package's outside a binary), and the package's version and description, read when the bridge
+/// is compiled.
+#[macro_export]
+macro_rules! about {
+    () => {
+        $crate::cli::About {
+            name: match ::std::option_env!("CARGO_BIN_NAME") {
+                ::std::option::Option::Some(name) => name,
+                ::std::option::Option::None => ::std::env!("CARGO_PKG_NAME"),
+            },
+            version: ::std::env!("CARGO_PKG_VERSION"),
+            description: ::std::env!("CARGO_PKG_DESCRIPTION"),
+        }
+    };
+}
+
+/// Command-line arguments. [`Cli::command_for`] names the bridge in them.
 #[derive(Debug, Parser)]
-#[command(version, about)]
 pub struct Cli {
     /// The configuration file.
     #[arg(short, long, default_value = "config.yaml", env = "MXBRIDGE_CONFIG", global = true)]
@@ -73,9 +112,43 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure while running (database, listener, bridge).
 const EXIT_RUNTIME: u8 = 1;
 
-/// Parses the command line and runs the command for bridge `B`.
-pub fn main<B: Bridge>() -> ExitCode {
-    let cli = Cli::parse();
+impl Cli {
+    /// The command line's definition, naming the bridge as `about` says.
+    pub fn command_for(about: About) -> clap::Command {
+        let description = if about.description.trim().is_empty() {
+            format!("{}: a Matrix bridge", about.name)
+        } else {
+            about.description.to_owned()
+        };
+        Self::command().name(about.name).version(about.version).about(description)
+    }
+
+    /// Parses `args` (the program's name first), naming the bridge as `about` says.
+    ///
+    /// # Errors
+    /// On a bad command line, and for `--help` and `--version` (whose text the error holds).
+    pub fn try_parse_for<I, T>(about: About, args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command_for(about);
+        let matches = command.try_get_matches_from_mut(args)?;
+        Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+    }
+}
+
+/// Parses the command line and runs the command for bridge `B`; `--version` and `--help` show
+/// the bridge as `about` says (pass [`about!()`](crate::about)).
+pub fn main<B: Bridge>(about: About) -> ExitCode {
+    let cli = match Cli::try_parse_for(about, std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with success, errors to stderr with exit code 2.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(run_cli::<B>(cli)),
         Err(e) => {
@@ -360,5 +433,50 @@ fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ABOUT: About = About {
+        name: "mx-example",
+        version: "4.5.6",
+        description: "Bridges Example Chat to Matrix",
+    };
+
+    fn shown(about: About, flag: &str) -> String {
+        let err = Cli::try_parse_for(about, ["whatever-the-binary-is-called", flag]).unwrap_err();
+        assert!(!err.use_stderr(), "{flag} is not an error");
+        err.render().to_string()
+    }
+
+    #[test]
+    fn version_and_help_name_the_bridge_not_the_framework() {
+        assert_eq!(shown(ABOUT, "-V"), "mx-example 4.5.6\n");
+        assert_eq!(shown(ABOUT, "--version"), "mx-example 4.5.6\n");
+        let help = shown(ABOUT, "--help");
+        assert!(help.starts_with("Bridges Example Chat to Matrix\n"), "{help}");
+        assert!(help.contains("example-config") && !help.contains("framework"), "{help}");
+        let help = shown(ABOUT.with_description(""), "--help");
+        assert!(help.starts_with("mx-example: a Matrix bridge\n"), "{help}");
+    }
+
+    #[test]
+    fn about_reads_the_calling_crate() {
+        let about = crate::about!();
+        assert_eq!(about.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(about.name, option_env!("CARGO_BIN_NAME").unwrap_or(env!("CARGO_PKG_NAME")));
+    }
+
+    #[test]
+    fn commands_still_parse() {
+        let cli =
+            Cli::try_parse_for(ABOUT, ["b", "-c", "x.yaml", "generate-registration"]).unwrap();
+        assert_eq!(cli.config, PathBuf::from("x.yaml"));
+        assert!(matches!(cli.command, Some(Command::GenerateRegistration { new_tokens: false })));
+        let err = Cli::try_parse_for(ABOUT, ["b", "frobnicate"]).unwrap_err();
+        assert!(err.use_stderr());
     }
 }
