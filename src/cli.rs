@@ -373,8 +373,12 @@ pub fn generate_registration<T>(
 }
 
 /// The example configuration for bridge `B`, every key with a comment.
+///
+/// Its names come from `B::NAME` (`webhook`, say): the appservice ID `webhook`, the bot
+/// `webhookbot` ("Webhook bridge bot"), ghosts `webhook_{id}` and the SQLite file `webhook.db`.
+/// The bot lies outside the ghosts' namespace, so no remote user's ghost can be the bot.
 pub fn example_config<B: Bridge>() -> String {
-    let mut out = String::from(include_str!("example-config.yaml"));
+    let mut out = example_config_named(B::NAME);
     let bridge = B::example_config();
     if bridge.trim().is_empty() {
         out.push_str("bridge: {}\n");
@@ -386,6 +390,46 @@ pub fn example_config<B: Bridge>() -> String {
         }
     }
     out
+}
+
+/// `example-config.yaml` with the names in it (`example`) derived from a bridge's name.
+fn example_config_named(name: &str) -> String {
+    let slug = name_for_ids(name);
+    let mut chars = name.trim().chars();
+    let display = match chars.next() {
+        Some(first) => format!("{}{} bridge bot", first.to_uppercase(), chars.as_str()),
+        None => "Bridge bot".to_owned(),
+    };
+    // A JSON string is a YAML double-quoted scalar: any name stays one value.
+    let display = serde_json::to_string(&display).unwrap_or_default();
+    let mut out = String::from(include_str!("example-config.yaml"));
+    for (from, to) in [
+        ("  id: example\n", format!("  id: {slug}\n")),
+        ("    localpart: examplebot\n", format!("    localpart: {slug}bot\n")),
+        ("    displayname: Example bridge bot\n", format!("    displayname: {display}\n")),
+        (
+            "  ghost_localpart_template: \"example_{id}\"\n",
+            format!("  ghost_localpart_template: \"{slug}_{{id}}\"\n"),
+        ),
+        ("  url: sqlite://example.db\n", format!("  url: sqlite://{slug}.db\n")),
+    ] {
+        debug_assert!(out.contains(from), "example-config.yaml lost {from:?}");
+        out = out.replacen(from, &to, 1);
+    }
+    out
+}
+
+/// A bridge's name as it can stand in IDs and a file name: lower case, `a-z 0-9 . _ -` (any
+/// other character becomes `-`); `bridge` when nothing is left.
+fn name_for_ids(name: &str) -> String {
+    let mapped: String = name
+        .trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect();
+    let trimmed = mapped.trim_matches(|c| "._-".contains(c));
+    if trimmed.is_empty() { "bridge".to_owned() } else { trimmed.to_owned() }
 }
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` if set, else the config's level.
@@ -468,6 +512,58 @@ mod tests {
         let about = crate::about!();
         assert_eq!(about.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(about.name, option_env!("CARGO_BIN_NAME").unwrap_or(env!("CARGO_PKG_NAME")));
+    }
+
+    struct Webhook;
+
+    impl Bridge for Webhook {
+        type Config = crate::config::NoBridgeConfig;
+        const NAME: &'static str = "webhook";
+        async fn create(_: Self::Config, _: crate::Context) -> crate::BridgeResult<Self> {
+            Ok(Self)
+        }
+    }
+
+    #[test]
+    fn example_config_is_named_after_the_bridge_with_the_bot_outside_the_ghosts() {
+        let yaml = example_config::<Webhook>();
+        let config = Config::<crate::config::NoBridgeConfig>::from_yaml(&yaml).unwrap();
+        let appservice = &config.appservice;
+        assert_eq!(appservice.id, "webhook");
+        assert_eq!(config.bot_user_id().as_str(), "@webhookbot:localhost");
+        assert_eq!(appservice.bot.displayname.as_deref(), Some("Webhook bridge bot"));
+        assert_eq!(appservice.ghost_localpart_template, "webhook_{id}");
+        assert_eq!(config.database.url, "sqlite://webhook.db");
+        assert!(!config.appservice.bot.localpart.starts_with(config.ghost_prefix()));
+        // No remote ID gives the bot: not "bot", not the bot's own localpart, not anything long.
+        let server = config.homeserver.domain.as_str();
+        let template = &appservice.ghost_localpart_template;
+        for remote in ["bot", "webhookbot", "", "_bot", &"b".repeat(300)] {
+            let ghost = crate::remote::ghost_localpart(template, remote, server);
+            assert!(ghost.starts_with("webhook_") && ghost != appservice.bot.localpart, "{ghost}");
+        }
+        // The registration claims the ghosts and the bot.
+        let dir = tempfile::tempdir().unwrap();
+        let reg = generate_registration(&config, &dir.path().join("r.yaml"), false).unwrap();
+        let bot = config.bot_user_id();
+        assert!(reg.is_exclusive_user(&bot) && reg.file().sender_localpart == "webhookbot");
+        assert!(reg.is_exclusive_user(ruma::user_id!("@webhook_bot:localhost")));
+    }
+
+    #[test]
+    fn odd_bridge_names_still_give_a_valid_config() {
+        for (name, slug) in [("My Chat!", "my-chat"), ("IRC", "irc"), ("", "bridge"), ("ünï", "n")]
+        {
+            assert_eq!(name_for_ids(name), slug, "{name}");
+            let yaml = example_config_named(name);
+            let config = Config::<crate::config::NoBridgeConfig>::from_yaml(&format!(
+                "{yaml}bridge: {{}}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.appservice.id, slug);
+        }
+        let yaml = example_config_named("we: \"quote\"");
+        assert!(yaml.contains(r#"displayname: "We: \"quote\" bridge bot""#), "{yaml}");
     }
 
     #[test]
