@@ -19,7 +19,7 @@ use axum::{
 };
 use mxbridge::{
     Bridge, BridgeError, BridgeResult, CommandCall, CommandSpec, Context, GhostProfile, MatrixEdit,
-    MatrixMessage, MatrixRedaction, RemoteMessage, Secret, secret::sha256_hex,
+    MatrixMessage, MatrixRedaction, RemoteMessage, RemoteMessageId, Secret, secret::sha256_hex,
 };
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, events::room::message::RoomMessageEventContent,
@@ -228,7 +228,7 @@ async fn incoming(
     };
     let message = RemoteMessage {
         chat: hook.room_id.as_str().into(),
-        id: Secret::generate(24).expose().into(),
+        id: RemoteMessageId::random(),
         sender: body.username.as_str().into(),
         profile: GhostProfile { displayname: Some(body.username.clone()), avatar_url },
         timestamp: Some(MilliSecondsSinceUnixEpoch::now()),

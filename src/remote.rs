@@ -71,6 +71,14 @@ remote_id!(
     RemoteMessageId
 );
 
+impl RemoteMessageId {
+    /// A fresh random ID (24 letters and digits, from the operating system's CSPRNG), for a
+    /// network whose messages have no ID of their own.
+    pub fn random() -> Self {
+        Self(crate::secret::Secret::generate(24).expose().to_owned())
+    }
+}
+
 /// Errors of the remote → Matrix helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -470,6 +478,17 @@ mod tests {
         let user_id = UserId::parse(format!("@{localpart}:localhost")).unwrap();
         user_id.validate_strict().unwrap();
         user_id
+    }
+
+    #[test]
+    fn random_message_ids_are_fresh() {
+        let ids: std::collections::HashSet<_> =
+            (0..1000).map(|_| RemoteMessageId::random()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(
+            ids.iter().all(|id| id.as_str().len() == 24
+                && id.as_str().bytes().all(|b| b.is_ascii_alphanumeric()))
+        );
     }
 
     #[test]
