@@ -79,7 +79,7 @@ mod tests {
         let provider = rustls::crypto::CryptoProvider::get_default().expect("installed");
         let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
         assert!(groups.contains(&rustls::NamedGroup::X25519MLKEM768), "{groups:?}");
-        // TLS configs build on it without naming a provider (as reqwest's and sqlx's do).
+        // TLS configs build on it without naming a provider (as reqwest's do).
         let _ = rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();

@@ -345,8 +345,8 @@ impl Context {
     /// Bridges a message from the remote network into a portal room that already exists:
     /// ensures the ghost (and its profile) and its membership, sends the content with the remote
     /// timestamp (its HTML sanitized, see [`crate::format::sanitize_html`]), and records the
-    /// mapping. A message already bridged (same chat and ID) is not
-    /// sent again; its event ID is returned.
+    /// mapping. A message already bridged (same chat and ID) is not sent again; its event ID is
+    /// returned.
     ///
     /// # Errors
     /// When the portal has no room, or a homeserver call or the store fails.
