@@ -50,5 +50,5 @@ impl Bridge for Echo {
 }
 
 fn main() -> std::process::ExitCode {
-    mxbridge::cli::main::<Echo>()
+    mxbridge::cli::main::<Echo>(mxbridge::about!().with_description("An echo bridge"))
 }

@@ -287,5 +287,5 @@ async fn incoming(
 
 #[allow(dead_code)]
 fn main() -> std::process::ExitCode {
-    mxbridge::cli::main::<Webhook>()
+    mxbridge::cli::main::<Webhook>(mxbridge::about!().with_description("A webhooks bridge"))
 }

@@ -78,13 +78,30 @@ pub use secret::Secret;
 pub use store::Store;
 pub use supervise::{Stop, Task};
 
-/// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
-/// calls it; call it yourself before building another `reqwest` client in a bridge.
-/// A provider the application installed earlier is kept.
+/// Installs rustls' default crypto provider (*aws-lc-rs*, which has the post-quantum key
+/// exchanges) for the process, once. The framework's HTTP client calls it; call it yourself
+/// before building another `reqwest` client in a bridge. A provider the application installed
+/// earlier is kept.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // An error means a provider is installed already, which is what we want.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_crypto_provider_installs_once_and_offers_post_quantum_key_exchange() {
+        super::install_crypto_provider();
+        super::install_crypto_provider();
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert!(groups.contains(&rustls::NamedGroup::X25519MLKEM768), "{groups:?}");
+        // TLS configs build on it without naming a provider (as reqwest's do).
+        let _ = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+    }
 }

@@ -338,6 +338,17 @@ impl RemoteEvent {
 mod tests {
     use super::*;
 
+    #[test]
+    fn random_message_ids_are_fresh() {
+        let ids: std::collections::BTreeSet<_> =
+            (0..1000).map(|_| RemoteMessageId::random()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(
+            ids.iter().all(|id| id.as_str().len() == 24
+                && id.as_str().bytes().all(|b| b.is_ascii_alphanumeric()))
+        );
+    }
+
     /// Queued events are stored as JSON and read back by the pipeline: every kind survives.
     #[test]
     fn remote_events_survive_their_json() {
