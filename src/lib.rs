@@ -64,7 +64,8 @@ pub use context::Context;
 pub use error::{Error, Result};
 pub use event::{
     Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
-    MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
+    MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, MembershipChange, Sender,
+    Target,
 };
 pub use health::{BridgeState, Health, TaskState};
 pub use pipeline::Queued;

@@ -38,8 +38,8 @@ use crate::{
     config::PermissionLevel,
     event::{
         EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
-        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender,
-        Target,
+        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping,
+        MembershipChange, Sender, Target,
     },
     remote::{Portal, RemotePartId},
     store::{Membership, MessageRow, PendingRow},
@@ -174,8 +174,37 @@ pub(crate) async fn route<B: Bridge>(
             let delivery = bridge.handle_redaction(&redaction).await?;
             Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
         }
+        "m.room.tombstone" if event.state_key.as_deref() == Some("") => {
+            Box::pin(follow_tombstone(ctx, event)).await?;
+            handle_other(bridge, event).await
+        }
         _ => handle_other(bridge, event).await,
     }
+}
+
+/// A portal's room was replaced (upgraded): the bot joins the new room and the portal moves
+/// there, so the chat stays bridged. A replacement the bot cannot join leaves the portal
+/// where it was (logged): the old room still works for the users who stay.
+async fn follow_tombstone(ctx: &Context, event: &Event) -> BridgeResult {
+    #[derive(Deserialize)]
+    struct Tombstone {
+        replacement_room: ruma::OwnedRoomId,
+    }
+    let Ok(tombstone) = event.content::<Tombstone>() else { return Ok(()) };
+    let Some(mut row) = ctx.store().portal_by_room(&event.room_id).await? else { return Ok(()) };
+    let new_room = tombstone.replacement_room;
+    match Box::pin(ctx.bot().ensure_joined(&new_room)).await {
+        Ok(_) => {
+            tracing::info!(old = %event.room_id, new = %new_room, "the portal moved to its new room");
+            row.room_id = Some(new_room);
+            ctx.store().upsert_portal(&row).await?;
+        }
+        Err(e) => {
+            let old = &event.room_id;
+            tracing::warn!(%old, new = %new_room, error = %e, "cannot join the upgraded room");
+        }
+    }
+    Ok(())
 }
 
 /// One of our users joined (by whatever path): the room's members and state are fetched once,
@@ -222,11 +251,16 @@ async fn route_membership<B: Bridge>(
     };
     let target_is_ours = ctx.registration().is_user_in_namespace(&target);
     let portal = ctx.portal_for_room(&event.room_id).await?;
+    let previous = event.unsigned::<PreviousMembership>().ok().and_then(|u| u.prev_content);
+    let by_self = event.sender == target;
+    let change =
+        MembershipChange::between(previous.as_ref().map(|p| &p.membership), &membership, by_self);
     let m = MatrixMembership {
         event: event.clone(),
         sender,
         target,
         membership,
+        change,
         target_is_ours,
         portal,
     };
@@ -450,6 +484,13 @@ fn redaction_of(event: &Event) -> Option<(OwnedEventId, Option<String>)> {
 #[derive(Deserialize)]
 struct MembershipOnly {
     membership: MembershipState,
+}
+
+/// The previous membership, from a member event's `unsigned.prev_content`.
+#[derive(Deserialize)]
+struct PreviousMembership {
+    #[serde(default)]
+    prev_content: Option<MembershipOnly>,
 }
 
 /// Runs a command and posts the answer as the bot. Errors of the command itself are answered,
@@ -1119,5 +1160,69 @@ mod route_tests {
         );
         // The bridge still hears of the membership change.
         assert_eq!(tb.seen.lock().unwrap().len(), 2);
+    }
+
+    /// A leave sent by someone else is a kick; a leave after a ban an unban; the previous
+    /// membership comes from `unsigned.prev_content`.
+    #[tokio::test]
+    async fn kicks_are_told_from_leaves() {
+        #[derive(Default)]
+        struct Changes(Mutex<Vec<MembershipChange>>);
+        impl Bridge for Changes {
+            type Config = crate::config::NoBridgeConfig;
+            const NAME: &'static str = "changes";
+            async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+                Ok(Self::default())
+            }
+            async fn handle_membership(&self, m: &MatrixMembership) -> BridgeResult {
+                self.0.lock().unwrap().push(m.change);
+                Ok(())
+            }
+        }
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let bridge = Changes::default();
+        let member = |sender: &str, membership: &str, previous: Option<&str>| {
+            let unsigned =
+                previous.map_or(json!({}), |p| json!({"prev_content": {"membership": p}}));
+            event(json!({"event_id": format!("${sender}{membership}"), "room_id": "!r:localhost",
+                "sender": sender, "type": "m.room.member", "state_key": "@bob:localhost",
+                "content": {"membership": membership}, "unsigned": unsigned}))
+        };
+        for e in [
+            member("@bob:localhost", "join", None),
+            member("@bob:localhost", "join", Some("join")),
+            member("@bob:localhost", "leave", Some("join")),
+            member("@alice:localhost", "leave", Some("join")),
+            member("@alice:localhost", "ban", Some("join")),
+            member("@alice:localhost", "leave", Some("ban")),
+        ] {
+            route(&ctx, &bridge, &e).await.unwrap();
+        }
+        use MembershipChange as C;
+        assert_eq!(
+            *bridge.0.lock().unwrap(),
+            [C::Joined, C::ProfileChanged, C::Left, C::Kicked, C::Banned, C::Unbanned]
+        );
+    }
+
+    /// When a portal's room is upgraded, the bot joins the new room and the portal moves.
+    #[tokio::test]
+    async fn a_tombstoned_portal_moves_to_its_new_room() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let new_room = room_id!("!new:localhost");
+        hs.mock_join(new_room).ok_body(json!({"room_id": new_room})).expect(1).mount().await;
+        hs.mock_room_state(new_room).mount().await;
+        let tombstone = event(json!({"event_id": "$t", "room_id": "!p:localhost",
+            "sender": "@admin:localhost", "type": "m.room.tombstone", "state_key": "",
+            "content": {"body": "upgraded", "replacement_room": new_room}}));
+        let tb = Tb::default();
+        route(&ctx, &tb, &tombstone).await.unwrap();
+        let moved = ctx.portal(&PortalKey::shared("c")).await.unwrap().unwrap();
+        assert_eq!(moved.room_id, new_room);
+        assert_eq!(ctx.portal_for_room(room_id!("!p:localhost")).await.unwrap(), None);
+        assert_eq!(*tb.raw.lock().unwrap(), ["$t"], "the raw hook still hears of it");
     }
 }
