@@ -23,9 +23,9 @@ use crate::{
     commands::{CommandCall, CommandSpec},
     context::Context,
     event::{
-        DeviceData, EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage,
-        MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,
-        MatrixTyping, ToDeviceEvent,
+        DeviceData, EphemeralEvent, Event, MatrixChatInfo, MatrixEdit, MatrixMembership,
+        MatrixMessage, MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction,
+        MatrixRoomMessage, MatrixTyping, ToDeviceEvent,
     },
     remote::{PortalInfo, PortalKey, RemoteMessageId, RemoteTxnId},
     supervise::Task,
@@ -172,6 +172,16 @@ pub trait Bridge: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
         let _ = redaction;
         async { Ok(Delivery::NotSupported("deletions are not bridged".into())) }
+    }
+
+    /// A real user changed a portal's name, topic or avatar. Default: not supported (the
+    /// change gets a failed send status, and no notice).
+    fn handle_chat_info(
+        &self,
+        info: &MatrixChatInfo,
+    ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
+        let _ = info;
+        async { Ok(Delivery::NotSupported("room changes are not bridged".into())) }
     }
 
     /// A membership changed (a join, a leave, an invite of the bot or a ghost, ...). Invites of

@@ -408,6 +408,31 @@ pub struct MatrixRedaction {
     pub reason: Option<String>,
 }
 
+/// A real user changed a portal's name, topic or avatar.
+#[derive(Debug, Clone)]
+pub struct MatrixChatInfo {
+    /// The state event.
+    pub event: Event,
+    /// Who changed it.
+    pub sender: Sender,
+    /// The portal the room bridges.
+    pub portal: Portal,
+    /// What changed.
+    pub change: ChatInfoChange,
+}
+
+/// One change of a room's look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChatInfoChange {
+    /// The name (`None`: removed).
+    Name(Option<String>),
+    /// The topic (`None`: removed).
+    Topic(Option<String>),
+    /// The avatar (`None`: removed).
+    Avatar(Option<ruma::OwnedMxcUri>),
+}
+
 /// A membership change of anyone in a room (our users' own changes are not reported).
 #[derive(Debug, Clone)]
 pub struct MatrixMembership {

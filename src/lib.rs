@@ -63,9 +63,9 @@ pub use config::Config;
 pub use context::Context;
 pub use error::{Error, Result};
 pub use event::{
-    Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
-    MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, MembershipChange, Sender,
-    Target,
+    ChatInfoChange, Event, EventData, MatrixChatInfo, MatrixEdit, MatrixMembership, MatrixMessage,
+    MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,
+    MatrixTyping, MembershipChange, Sender, Target,
 };
 pub use health::{BridgeState, Health, TaskState};
 pub use pipeline::Queued;

@@ -37,9 +37,9 @@ use crate::{
     commands::{CommandCall, command_call, command_prefix, help_text},
     config::PermissionLevel,
     event::{
-        EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
-        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping,
-        MembershipChange, Sender, Target,
+        ChatInfoChange, EphemeralEvent, Event, MatrixChatInfo, MatrixEdit, MatrixMembership,
+        MatrixMessage, MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction,
+        MatrixRoomMessage, MatrixTyping, MembershipChange, Sender, Target,
     },
     remote::{Portal, RemotePartId},
     store::{Membership, MessageRow, PendingRow},
@@ -173,6 +173,19 @@ pub(crate) async fn route<B: Bridge>(
                 MatrixRedaction { event: event.clone(), sender, portal, target, reason };
             let delivery = bridge.handle_redaction(&redaction).await?;
             Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
+        }
+        "m.room.name" | "m.room.topic" | "m.room.avatar"
+            if event.state_key.as_deref() == Some("") =>
+        {
+            let Some(change) = chat_info_change(event) else {
+                return handle_other(bridge, event).await;
+            };
+            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+                return handle_other(bridge, event).await;
+            };
+            let info = MatrixChatInfo { event: event.clone(), sender, portal, change };
+            let delivery = bridge.handle_chat_info(&info).await?;
+            Ok(record(ctx, event, &info.portal, delivery, Notice::No))
         }
         "m.room.tombstone" if event.state_key.as_deref() == Some("") => {
             Box::pin(follow_tombstone(ctx, event)).await?;
@@ -478,6 +491,27 @@ fn redaction_of(event: &Event) -> Option<(OwnedEventId, Option<String>)> {
     let r: Redaction = serde_json::from_str(event.json()).ok()?;
     let target = r.content.redacts.or(r.redacts)?;
     Some((target, r.content.reason))
+}
+
+/// The change an `m.room.name`, `m.room.topic` or `m.room.avatar` event makes; `None` for a
+/// content of the wrong shape.
+fn chat_info_change(event: &Event) -> Option<ChatInfoChange> {
+    #[derive(Deserialize)]
+    struct Look {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        topic: Option<String>,
+        #[serde(default)]
+        url: Option<ruma::OwnedMxcUri>,
+    }
+    let look: Look = event.content().ok()?;
+    let present = |s: Option<String>| s.filter(|s| !s.is_empty());
+    Some(match event.kind.as_str() {
+        "m.room.name" => ChatInfoChange::Name(present(look.name)),
+        "m.room.topic" => ChatInfoChange::Topic(present(look.topic)),
+        _ => ChatInfoChange::Avatar(look.url.filter(|u| !u.as_str().is_empty())),
+    })
 }
 
 /// Only the `membership` of an `m.room.member` content.
@@ -1224,5 +1258,53 @@ mod route_tests {
         assert_eq!(moved.room_id, new_room);
         assert_eq!(ctx.portal_for_room(room_id!("!p:localhost")).await.unwrap(), None);
         assert_eq!(*tb.raw.lock().unwrap(), ["$t"], "the raw hook still hears of it");
+    }
+
+    /// Name, topic and avatar changes in a portal reach `handle_chat_info`; in another room,
+    /// the raw hook.
+    #[tokio::test]
+    async fn room_look_changes_in_portals_reach_their_handler() {
+        #[derive(Default)]
+        struct Looks(Mutex<Vec<ChatInfoChange>>, Mutex<Vec<String>>);
+        impl Bridge for Looks {
+            type Config = crate::config::NoBridgeConfig;
+            const NAME: &'static str = "looks";
+            async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+                Ok(Self::default())
+            }
+            async fn handle_chat_info(&self, info: &MatrixChatInfo) -> BridgeResult<Delivery> {
+                self.0.lock().unwrap().push(info.change.clone());
+                Ok(Delivery::Done)
+            }
+            async fn handle_other(&self, event: &Event) -> BridgeResult {
+                self.1.lock().unwrap().push(event.event_id.to_string());
+                Ok(())
+            }
+        }
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let bridge = Looks::default();
+        let state = |id: &str, room: &str, kind: &str, content: serde_json::Value| {
+            event(json!({"event_id": id, "room_id": room, "sender": "@alice:localhost",
+                         "type": kind, "state_key": "", "content": content}))
+        };
+        for e in [
+            state("$n", "!p:localhost", "m.room.name", json!({"name": "General"})),
+            state("$t", "!p:localhost", "m.room.topic", json!({"topic": ""})),
+            state("$a", "!p:localhost", "m.room.avatar", json!({"url": "mxc://x/y"})),
+            state("$elsewhere", "!r:localhost", "m.room.name", json!({"name": "Other"})),
+        ] {
+            route(&ctx, &bridge, &e).await.unwrap();
+        }
+        assert_eq!(
+            *bridge.0.lock().unwrap(),
+            [
+                ChatInfoChange::Name(Some("General".into())),
+                ChatInfoChange::Topic(None),
+                ChatInfoChange::Avatar(Some("mxc://x/y".into())),
+            ]
+        );
+        assert_eq!(*bridge.1.lock().unwrap(), ["$elsewhere"]);
     }
 }
