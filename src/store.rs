@@ -691,10 +691,11 @@ mod tests {
     /// TLS from a server that offers it.
     #[tokio::test]
     async fn loopback_postgres_connects_plain_unless_told() {
+        // Its own schema: the database's public one belongs to nobody's tests.
+        let schema = test_schema!("mxb_loopback_tls");
         let Some(url) = TestSchema::url() else { return };
-        let config = |url: String| DatabaseConfig { url, ..DatabaseConfig::default() };
         let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-        let store = Store::connect(&config(url.clone())).await.unwrap();
+        let store = schema.store().await.unwrap();
         let plain: bool =
             with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
         let offered: String = with_pool!(store, |pool| {
@@ -707,11 +708,10 @@ mod tests {
             return;
         }
         assert!(!plain, "a loopback URL without sslmode negotiated TLS");
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let store = Store::connect(&config(format!("{url}{sep}sslmode=prefer"))).await.unwrap();
+        let store = schema.store_with("sslmode=prefer").await.unwrap();
         let tls: bool =
             with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
-        store.close().await;
+        schema.remove(store).await;
         assert_eq!(tls, offered == "on", "sslmode=prefer against a server with ssl = {offered}");
     }
 
