@@ -467,6 +467,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// How many events, stored and not yet handled, fill the dispatcher's in-memory queues: a
+/// backlog larger than this is read back from the database (for tests of that path).
+pub const IN_MEMORY_BACKLOG: usize = crate::dispatch::MAX_IN_FLIGHT + crate::intake::MAX_QUEUED;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,7 +481,3 @@ mod tests {
         assert_eq!(percent_decode("/100%"), "/100%");
     }
 }
-
-/// How many events, stored and not yet handled, fill the dispatcher's in-memory queues: a
-/// backlog larger than this is read back from the database (for tests of that path).
-pub const IN_MEMORY_BACKLOG: usize = crate::dispatch::MAX_IN_FLIGHT + crate::intake::MAX_QUEUED;
