@@ -7,6 +7,7 @@ use sqlx::Row;
 use super::sql::{INSERT_CHUNK, PG_ONE_TRIP, RowsSql, SQLITE_ONE_TRIP, STATEMENT_BYTES};
 use super::sql::{chunks_by_size, rows_sql};
 use super::{AcceptOutcome, Accepted, IncomingTxn, NewEvent, StoredBatch, corrupt};
+use crate::store::writer::BeginTx;
 use crate::store::{Backend, Result, Store, now_ms, with_pool};
 use crate::util::FastSet;
 
@@ -297,153 +298,13 @@ impl Store {
     /// Stores a group in one database transaction, finding out which transactions and events
     /// are new (see [`Dedup`]).
     async fn accept_once(&self, txns: &[IncomingTxn<'_>], dedup: Dedup) -> Result<Vec<Accepted>> {
-        const TXN_CHUNK: usize = 64;
         let now = now_ms();
         let (accepted, gone) = with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
-            let mut tx = crate::store::writer::BeginTx::begin_tx(&mut conn).await?;
-            // Which (txn ID, hash) pairs are new: one multi-row INSERT … RETURNING per chunk.
-            let mut new: FastSet<(String, String)> = FastSet::default();
-            for chunk in txns.chunks(TXN_CHUNK) {
-                let mut query = sqlx::query(rows_sql(RowsSql::Transactions, chunk.len())).bind(now);
-                for t in chunk {
-                    query = query.bind(t.txn_id).bind(t.body_hash);
-                }
-                for row in query.fetch_all(&mut *tx).await? {
-                    new.insert((row.try_get("txn_id")?, row.try_get("body_hash")?));
-                }
-            }
-            // `remove`: a second copy of the same transaction in this group is a duplicate.
-            let is_new: Vec<bool> = txns
-                .iter()
-                .map(|t| new.remove(&(t.txn_id.to_owned(), t.body_hash.to_owned())))
-                .collect();
-            let candidates: Vec<&str> = txns
-                .iter()
-                .zip(&is_new)
-                .filter(|(_, new)| **new)
-                .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
-                .collect();
-            // The event IDs the database knows about: the new ones (`Insert`) or the ones seen
-            // before (`Read`).
-            let mut gone: Vec<i64> = Vec::new();
-            let (known, known_are_new): (FastSet<String>, bool) = match &dedup {
-                Dedup::Insert => {
-                    let mut new_ids: FastSet<String> =
-                        FastSet::with_capacity_and_hasher(candidates.len(), Default::default());
-                    for chunk in candidates.chunks(INSERT_CHUNK) {
-                        let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
-                        for id in chunk {
-                            query = query.bind(*id);
-                        }
-                        for row in query.fetch_all(&mut *tx).await? {
-                            new_ids.insert(row.try_get(0)?);
-                        }
-                    }
-                    (new_ids, true)
-                }
-                Dedup::Read { maybe_stored } => {
-                    // Seen before: in the stored batches the index pointed at, or in
-                    // `mx_event_seen` (a read: no index is written here).
-                    let mut seen: FastSet<String> = FastSet::default();
-                    if !candidates.is_empty() && !maybe_stored.is_empty() {
-                        let list = serde_json::to_string(maybe_stored).map_err(corrupt)?;
-                        let rows: Vec<(i64, String)> = sqlx::query_as(
-                            "SELECT seq, event_ids FROM mx_inbox_batch \
-                             WHERE seq IN (SELECT value FROM json_each($1))",
-                        )
-                        .bind(list)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        let found: FastSet<i64> = rows.iter().map(|r| r.0).collect();
-                        gone =
-                            maybe_stored.iter().copied().filter(|s| !found.contains(s)).collect();
-                        for (_, ids) in rows {
-                            seen.extend(
-                                serde_json::from_str::<Vec<String>>(&ids).map_err(corrupt)?,
-                            );
-                        }
-                    }
-                    if !candidates.is_empty() {
-                        // A join that walks the list and probes the primary key. `IN (SELECT …)`
-                        // first copied the list into a temporary index, an insert per event
-                        // (callgrind, paced load A: 1.7k instructions per event of 51k).
-                        let list = json_strings(candidates.iter().copied())?;
-                        let rows: Vec<(String,)> = sqlx::query_as(
-                            "SELECT s.event_id FROM json_each($1) AS j \
-                             CROSS JOIN mx_event_seen AS s ON s.event_id = j.value",
-                        )
-                        .bind(list)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        seen.extend(rows.into_iter().map(|r| r.0));
-                    }
-                    (seen, false)
-                }
-            };
-            // The new events of each new transaction, cut into batches.
-            struct Planned {
-                txn: usize,
-                events: Vec<usize>,
-                json: String,
-                ids: String,
-            }
-            let mut planned: Vec<Planned> = Vec::new();
-            let mut accepted = Vec::with_capacity(txns.len());
-            // An event twice in the group is stored once, the first time.
-            let mut taken: FastSet<&str> =
-                FastSet::with_capacity_and_hasher(candidates.len(), Default::default());
-            for (ti, t) in txns.iter().enumerate() {
-                if !is_new[ti] {
-                    accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
-                    continue;
-                }
-                let new_events: Vec<usize> = (0..t.events.len())
-                    .filter(|&i| {
-                        let id = t.events[i].event_id.as_ref();
-                        known.contains(id) == known_are_new && taken.insert(id)
-                    })
-                    .collect();
-                accepted.push(Accepted {
-                    outcome: AcceptOutcome::Stored { new_events: new_events.len() },
-                    batches: vec![],
-                });
-                for run in chunks_by_size(&new_events, STATEMENT_BYTES, |&i| t.events[i].json.len())
-                {
-                    let json = batch_json(t, run);
-                    let ids = batch_ids(t, run)?;
-                    planned.push(Planned { txn: ti, events: run.to_vec(), json, ids });
-                }
-            }
-            let mut seqs: Vec<i64> = Vec::with_capacity(planned.len());
-            for chunk in chunks_by_size(&planned, STATEMENT_BYTES, |b| b.json.len()) {
-                let mut query = sqlx::query(rows_sql(RowsSql::Batches, chunk.len())).bind(now);
-                for b in chunk {
-                    let n = i32::try_from(b.events.len()).map_err(corrupt)?;
-                    query = query
-                        .bind(txns[b.txn].txn_id)
-                        .bind(b.json.as_str())
-                        .bind(b.ids.as_str())
-                        .bind(n);
-                }
-                let mut got: Vec<i64> = query
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<std::result::Result<_, _>>()?;
-                if got.len() != chunk.len() {
-                    return Err(corrupt("a batch insert returned the wrong number of rows"));
-                }
-                // Rows are inserted in VALUES order, so their seqs ascend in that order.
-                got.sort_unstable();
-                seqs.extend(got);
-            }
+            let mut tx = IntakeTx::from(BeginTx::begin_tx(&mut conn).await?);
+            let stored = tx.store_group(txns, &dedup, now).await?;
             tx.commit().await?;
-            for (b, seq) in planned.into_iter().zip(seqs) {
-                accepted[b.txn].batches.push(StoredBatch { seq, events: b.events });
-            }
-            (accepted, gone)
+            stored
         });
         // Batches the index pointed at that are deleted already (a delete that raced with the
         // index's building): their IDs are in `mx_event_seen`.
@@ -456,6 +317,260 @@ impl Store {
         }
         Ok(accepted)
     }
+}
+
+/// The database transaction of [`Store::accept_once`], on either backend, so that each of its
+/// steps is a function written once.
+enum IntakeTx<'c> {
+    Sqlite(sqlx::Transaction<'c, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'c, sqlx::Postgres>),
+}
+
+impl<'c> From<sqlx::Transaction<'c, sqlx::Sqlite>> for IntakeTx<'c> {
+    fn from(tx: sqlx::Transaction<'c, sqlx::Sqlite>) -> Self {
+        Self::Sqlite(tx)
+    }
+}
+
+impl<'c> From<sqlx::Transaction<'c, sqlx::Postgres>> for IntakeTx<'c> {
+    fn from(tx: sqlx::Transaction<'c, sqlx::Postgres>) -> Self {
+        Self::Postgres(tx)
+    }
+}
+
+/// Runs `$body` with `$conn` bound to the connection of an [`IntakeTx`]. The body is compiled
+/// once per backend, as with `with_pool!`.
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match $tx {
+            IntakeTx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            IntakeTx::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// The event IDs of a group that the database knows about: the new ones ([`Dedup::Insert`])
+/// or the ones seen before ([`Dedup::Read`]).
+struct Known {
+    ids: FastSet<String>,
+    are_new: bool,
+}
+
+impl Known {
+    fn is_new(&self, event_id: &str) -> bool {
+        self.ids.contains(event_id) == self.are_new
+    }
+}
+
+/// A batch row to write: some of the new events of one transaction.
+struct Planned {
+    txn: usize,
+    events: Vec<usize>,
+    json: String,
+    ids: String,
+}
+
+impl IntakeTx<'_> {
+    /// Stores what is new of a group: the steps of [`Store::accept_once`]. Returns the outcome
+    /// per transaction, and the batches the index pointed at that are gone.
+    async fn store_group(
+        &mut self,
+        txns: &[IncomingTxn<'_>],
+        dedup: &Dedup,
+        now: i64,
+    ) -> Result<(Vec<Accepted>, Vec<i64>)> {
+        let is_new = self.new_transactions(txns, now).await?;
+        let candidates: Vec<&str> = txns
+            .iter()
+            .zip(&is_new)
+            .filter(|(_, new)| **new)
+            .flat_map(|(t, _)| t.events.iter().map(|e| e.event_id.as_ref()))
+            .collect();
+        let (known, gone) = match dedup {
+            Dedup::Insert => (self.insert_seen(&candidates, now).await?, Vec::new()),
+            Dedup::Read { maybe_stored } => self.read_seen(&candidates, maybe_stored).await?,
+        };
+        let (mut accepted, planned) = plan_batches(txns, &is_new, &known, candidates.len())?;
+        let seqs = self.insert_batches(txns, &planned, now).await?;
+        for (b, seq) in planned.into_iter().zip(seqs) {
+            accepted[b.txn].batches.push(StoredBatch { seq, events: b.events });
+        }
+        Ok((accepted, gone))
+    }
+
+    /// Records the group's (txn ID, hash) pairs, one multi-row INSERT … RETURNING per chunk, and
+    /// tells which transactions are new, in order.
+    async fn new_transactions(&mut self, txns: &[IncomingTxn<'_>], now: i64) -> Result<Vec<bool>> {
+        const TXN_CHUNK: usize = 64;
+        let mut new: FastSet<(String, String)> = FastSet::default();
+        for chunk in txns.chunks(TXN_CHUNK) {
+            on_tx!(self, |conn| {
+                let mut query = sqlx::query(rows_sql(RowsSql::Transactions, chunk.len())).bind(now);
+                for t in chunk {
+                    query = query.bind(t.txn_id).bind(t.body_hash);
+                }
+                for row in query.fetch_all(conn).await? {
+                    new.insert((row.try_get("txn_id")?, row.try_get("body_hash")?));
+                }
+            });
+        }
+        // `remove`: a second copy of the same transaction in this group is a duplicate.
+        Ok(txns
+            .iter()
+            .map(|t| new.remove(&(t.txn_id.to_owned(), t.body_hash.to_owned())))
+            .collect())
+    }
+
+    /// [`Dedup::Insert`]: inserts the candidates into `mx_event_seen`; the IDs returned are new.
+    async fn insert_seen(&mut self, candidates: &[&str], now: i64) -> Result<Known> {
+        let mut ids: FastSet<String> =
+            FastSet::with_capacity_and_hasher(candidates.len(), Default::default());
+        for chunk in candidates.chunks(INSERT_CHUNK) {
+            on_tx!(self, |conn| {
+                let mut query = sqlx::query(rows_sql(RowsSql::Seen, chunk.len())).bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(conn).await? {
+                    ids.insert(row.try_get(0)?);
+                }
+            });
+        }
+        Ok(Known { ids, are_new: true })
+    }
+
+    /// [`Dedup::Read`]: finds the candidates seen before, in the stored batches the index
+    /// pointed at or in `mx_event_seen` (a read: no index is written here). Also returns the
+    /// batches the index pointed at that are gone.
+    async fn read_seen(
+        &mut self,
+        candidates: &[&str],
+        maybe_stored: &[i64],
+    ) -> Result<(Known, Vec<i64>)> {
+        let mut seen: FastSet<String> = FastSet::default();
+        let mut gone: Vec<i64> = Vec::new();
+        if candidates.is_empty() {
+            return Ok((Known { ids: seen, are_new: false }, gone));
+        }
+        if !maybe_stored.is_empty() {
+            let list = serde_json::to_string(maybe_stored).map_err(corrupt)?;
+            let rows: Vec<(i64, String)> = on_tx!(self, |conn| {
+                sqlx::query_as(
+                    "SELECT seq, event_ids FROM mx_inbox_batch \
+                     WHERE seq IN (SELECT value FROM json_each($1))",
+                )
+                .bind(list)
+                .fetch_all(conn)
+                .await?
+            });
+            let found: FastSet<i64> = rows.iter().map(|r| r.0).collect();
+            gone = maybe_stored.iter().copied().filter(|s| !found.contains(s)).collect();
+            for (_, ids) in rows {
+                seen.extend(serde_json::from_str::<Vec<String>>(&ids).map_err(corrupt)?);
+            }
+        }
+        // A join that walks the list and probes the primary key: `IN (SELECT …)` would first
+        // copy the list into a temporary index, an insert per event.
+        let list = json_strings(candidates.iter().copied())?;
+        let rows: Vec<(String,)> = on_tx!(self, |conn| {
+            sqlx::query_as(
+                "SELECT s.event_id FROM json_each($1) AS j \
+                 CROSS JOIN mx_event_seen AS s ON s.event_id = j.value",
+            )
+            .bind(list)
+            .fetch_all(conn)
+            .await?
+        });
+        seen.extend(rows.into_iter().map(|r| r.0));
+        Ok((Known { ids: seen, are_new: false }, gone))
+    }
+
+    /// Inserts the planned batches and returns their seqs, in plan order.
+    async fn insert_batches(
+        &mut self,
+        txns: &[IncomingTxn<'_>],
+        planned: &[Planned],
+        now: i64,
+    ) -> Result<Vec<i64>> {
+        let mut seqs: Vec<i64> = Vec::with_capacity(planned.len());
+        for chunk in chunks_by_size(planned, STATEMENT_BYTES, |b| b.json.len()) {
+            let mut got: Vec<i64> = on_tx!(self, |conn| {
+                let mut query = sqlx::query(rows_sql(RowsSql::Batches, chunk.len())).bind(now);
+                for b in chunk {
+                    let n = i32::try_from(b.events.len()).map_err(corrupt)?;
+                    query = query
+                        .bind(txns[b.txn].txn_id)
+                        .bind(b.json.as_str())
+                        .bind(b.ids.as_str())
+                        .bind(n);
+                }
+                query
+                    .fetch_all(conn)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<std::result::Result<_, _>>()?
+            });
+            if got.len() != chunk.len() {
+                return Err(corrupt("a batch insert returned the wrong number of rows"));
+            }
+            // Rows are inserted in VALUES order, so their seqs ascend in that order.
+            got.sort_unstable();
+            seqs.extend(got);
+        }
+        Ok(seqs)
+    }
+
+    async fn commit(self) -> Result<()> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await?,
+            Self::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Cuts the new events of each new transaction into batches, and gives each transaction its
+/// outcome (its batches come once they are written). An event twice in the group is stored
+/// once, the first time.
+fn plan_batches(
+    txns: &[IncomingTxn<'_>],
+    is_new: &[bool],
+    known: &Known,
+    candidates: usize,
+) -> Result<(Vec<Accepted>, Vec<Planned>)> {
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut accepted = Vec::with_capacity(txns.len());
+    let mut taken: FastSet<&str> =
+        FastSet::with_capacity_and_hasher(candidates, Default::default());
+    for (ti, t) in txns.iter().enumerate() {
+        if !is_new[ti] {
+            accepted.push(Accepted { outcome: AcceptOutcome::Duplicate, batches: vec![] });
+            continue;
+        }
+        let new_events: Vec<usize> = (0..t.events.len())
+            .filter(|&i| {
+                let id = t.events[i].event_id.as_ref();
+                known.is_new(id) && taken.insert(id)
+            })
+            .collect();
+        accepted.push(Accepted {
+            outcome: AcceptOutcome::Stored { new_events: new_events.len() },
+            batches: vec![],
+        });
+        for run in chunks_by_size(&new_events, STATEMENT_BYTES, |&i| t.events[i].json.len()) {
+            let json = batch_json(t, run);
+            let ids = batch_ids(t, run)?;
+            planned.push(Planned { txn: ti, events: run.to_vec(), json, ids });
+        }
+    }
+    Ok((accepted, planned))
 }
 
 #[cfg(test)]
