@@ -30,7 +30,7 @@ pub use inbox::{
 };
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
-pub use state::{Member, Membership, RoomStateField};
+pub use state::{Member, MemberRow, Membership, RoomStateField};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

@@ -84,7 +84,7 @@ fn corrupt(column: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Reads a column holding a Matrix ID.
-fn id_column<T>(r: &impl RowLike, column: &str) -> Result<T>
+pub(super) fn id_column<T>(r: &impl RowLike, column: &str) -> Result<T>
 where
     T: TryFrom<String>,
     T::Error: std::fmt::Display,
@@ -106,7 +106,7 @@ where
 }
 
 /// Text columns of a row of either backend.
-trait RowLike {
+pub(super) trait RowLike {
     fn text(&self, column: &str) -> Result<String>;
     fn opt_text(&self, column: &str) -> Result<Option<String>>;
 }

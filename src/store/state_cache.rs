@@ -32,7 +32,9 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use super::{Member, Membership};
+use ruma::{OwnedMxcUri, UserId};
+
+use super::{Member, MemberRow, Membership};
 use crate::util::FastMap;
 
 /// Entries per generation, per map (memberships, registered users): at most twice this many
@@ -67,15 +69,16 @@ impl CachedMember {
     }
 
     fn from_member(m: &Member) -> Self {
-        Self::new(m.membership, m.displayname.as_deref(), m.avatar_url.as_deref())
+        let avatar_url = m.avatar_url.as_ref().map(|a| a.as_str());
+        Self::new(m.membership, m.displayname.as_deref(), avatar_url)
     }
 
-    pub(crate) fn to_member(&self, user_id: &str) -> Member {
+    pub(crate) fn to_member(&self, user_id: &UserId) -> Member {
         Member {
             user_id: user_id.to_owned(),
             membership: self.membership,
             displayname: self.displayname.as_deref().map(str::to_owned),
-            avatar_url: self.avatar_url.as_deref().map(str::to_owned),
+            avatar_url: self.avatar_url.as_deref().map(OwnedMxcUri::from),
         }
     }
 }
@@ -192,20 +195,14 @@ impl StateCache {
         self.member_with(room_id, user_id, |m| m.as_ref().map(|m| m.membership))
     }
 
-    /// Whether the cache holds exactly this row for the room and user. The database then holds
-    /// it too: an entry is present only while no write of its key runs.
-    pub(crate) fn holds(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        membership: Membership,
-        displayname: Option<&str>,
-        avatar_url: Option<&str>,
-    ) -> bool {
-        self.member_with(room_id, user_id, |m| {
+    /// Whether the cache holds exactly this row. The database then holds it too: an entry is
+    /// present only while no write of its key runs.
+    pub(crate) fn holds(&self, row: MemberRow<'_>) -> bool {
+        let avatar_url = row.avatar_url.map(|a| a.as_str());
+        self.member_with(row.room_id.as_str(), row.user_id.as_str(), |m| {
             m.as_ref().is_some_and(|m| {
-                m.membership == membership
-                    && m.displayname.as_deref() == displayname
+                m.membership == row.membership
+                    && m.displayname.as_deref() == row.displayname
                     && m.avatar_url.as_deref() == avatar_url
             })
         })
@@ -419,7 +416,12 @@ mod tests {
     }
 
     fn member(membership: Membership) -> Member {
-        Member { user_id: "@u".into(), membership, displayname: None, avatar_url: None }
+        Member {
+            user_id: ruma::owned_user_id!("@u:x"),
+            membership,
+            displayname: None,
+            avatar_url: None,
+        }
     }
 
     #[test]
