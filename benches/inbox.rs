@@ -29,7 +29,10 @@ use std::{
 use mxbridge::{
     Event, Store,
     config::DatabaseConfig,
-    store::{Membership, NewEvent},
+    store::{
+        Membership,
+        testing_support::{InboxInternals as _, NewEvent},
+    },
 };
 
 const MEMBERSHIP_ROWS: u64 = 1_000_000;

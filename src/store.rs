@@ -22,12 +22,14 @@ mod mappings;
 mod seen;
 mod state;
 mod state_cache;
+#[doc(hidden)]
+pub mod testing_support;
 mod writer;
 
-pub use inbox::{
-    AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, PRUNE_CHUNK, ParkedEvent,
-    PendingBatch, PendingEvent,
+pub(crate) use inbox::{
+    AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingBatch, PendingEvent,
 };
+pub use inbox::{InboxStats, ParkedEvent};
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, MemberRow, Membership, RoomStateField};

@@ -33,7 +33,7 @@ use super::{Result, StoreError};
 pub use maintenance::PRUNE_CHUNK;
 pub(super) use sql::{INSERT_CHUNK, RowsSql, rows_sql};
 
-/// A transaction to store with [`Store::accept_transactions`].
+/// A transaction to store, with its events.
 #[derive(Debug, Clone, Copy)]
 pub struct IncomingTxn<'a> {
     /// The homeserver's txn ID.
@@ -79,6 +79,8 @@ pub enum InboxPos {
         idx: i32,
     },
     /// A parked event put back in line by [`Store::retry_parked`] (`mx_parked.seq`).
+    ///
+    /// [`Store::retry_parked`]: crate::Store::retry_parked
     Requeued {
         /// The parked row.
         seq: i64,

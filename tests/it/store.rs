@@ -2,7 +2,8 @@
 //! `MXBRIDGE_TEST_POSTGRES` names a server.
 
 use mxbridge::store::{
-    AcceptOutcome, InboxPos, MemberRow, Membership, NewEvent, PendingEvent, RoomStateField, Store,
+    MemberRow, Membership, RoomStateField, Store,
+    testing_support::{AcceptOutcome, InboxInternals as _, InboxPos, NewEvent, PendingEvent},
 };
 use ruma::{UserId, mxc_uri, room_id, user_id};
 
@@ -76,7 +77,7 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
     // More event IDs than one pruning chunk.
     let ids: Vec<String> =
-        (0..mxbridge::store::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
+        (0..mxbridge::store::testing_support::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
     let many: Vec<NewEvent<'_>> = ids.iter().map(|id| ev(id, "!r", "{}")).collect();
     store.accept_transaction("3", "h", &many).await.unwrap();
     // Pending events are never pruned: their batch remembers them (on PostgreSQL by keeping

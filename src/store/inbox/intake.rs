@@ -90,7 +90,7 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails; then nothing was stored.
-    pub async fn accept_transaction(
+    pub(crate) async fn accept_transaction(
         &self,
         txn_id: &str,
         body_hash: &str,
@@ -107,7 +107,7 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails; then nothing was stored.
-    pub async fn accept_transactions(
+    pub(crate) async fn accept_transactions(
         &self,
         txns: &[IncomingTxn<'_>],
     ) -> Result<Vec<AcceptOutcome>> {

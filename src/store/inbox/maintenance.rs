@@ -144,7 +144,7 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
+    pub(crate) async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
         let cutoff = now_ms() - max_age_ms;
         // On PostgreSQL the IDs of stored batches are in `mx_event_seen` too (stored with their
         // batch's arrival time): none newer than the oldest stored batch goes.
@@ -189,5 +189,5 @@ impl Store {
     }
 }
 
-/// Event IDs forgotten per statement by [`Store::prune_dedup`].
+/// Event IDs forgotten per statement when the dedup records are pruned.
 pub const PRUNE_CHUNK: usize = 5000;

@@ -20,7 +20,11 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails or a stored batch is not valid JSON.
-    pub async fn pending_batches(&self, after: i64, limit: i64) -> Result<Vec<PendingBatch>> {
+    pub(crate) async fn pending_batches(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingBatch>> {
         let rows: Vec<(i64, String)> = with_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT seq, events FROM mx_inbox_batch WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -104,7 +108,11 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn requeued_events(&self, after: i64, limit: i64) -> Result<Vec<PendingEvent>> {
+    pub(crate) async fn requeued_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingEvent>> {
         let rows: Vec<(i64, String, String, String)> = with_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT seq, event_id, room_id, event_json FROM mx_parked \
@@ -137,7 +145,7 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails; then what was recorded before the failure stays.
-    pub async fn record_handled(
+    pub(crate) async fn record_handled(
         &self,
         progress: &[(&str, i64, i32)],
         finished_batches: &[i64],
@@ -250,7 +258,7 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn record_failure(&self, event_id: &str, error: &str) -> Result<i32> {
+    pub(crate) async fn record_failure(&self, event_id: &str, error: &str) -> Result<i32> {
         with_pool!(self, |pool| {
             let attempts: i32 = sqlx::query_scalar(
                 "INSERT INTO mx_event_attempts (event_id, attempts, last_error) VALUES ($1, 1, $2) \
@@ -269,7 +277,7 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn clear_failures(&self, event_id: &str) -> Result<()> {
+    pub(crate) async fn clear_failures(&self, event_id: &str) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query("DELETE FROM mx_event_attempts WHERE event_id = $1")
                 .bind(event_id)
@@ -285,7 +293,12 @@ impl Store {
     ///
     /// # Errors
     /// When the database fails; then nothing changed.
-    pub async fn park(&self, event: &PendingEvent, attempts: i32, error: &str) -> Result<()> {
+    pub(crate) async fn park(
+        &self,
+        event: &PendingEvent,
+        attempts: i32,
+        error: &str,
+    ) -> Result<()> {
         with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
             let mut tx = crate::store::writer::BeginTx::begin_tx(&mut conn).await?;
