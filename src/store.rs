@@ -29,7 +29,7 @@ mod writer;
 pub(crate) use inbox::{
     AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingBatch, PendingEvent,
 };
-pub use inbox::{InboxStats, ParkedEvent};
+pub use inbox::{InboxStats, InboxStatus, ParkedEvent};
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, MemberRow, Membership, RoomStateField};

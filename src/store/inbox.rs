@@ -142,6 +142,25 @@ pub struct ParkedEvent {
     pub last_error: Option<String>,
 }
 
+/// Where one event stands in the inbox ([`Store::inbox_status`]).
+///
+/// [`Store::inbox_status`]: crate::Store::inbox_status
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxStatus {
+    /// Waiting to be handled (a parked event put back in line too).
+    Pending {
+        /// Failed attempts so far.
+        attempts: i32,
+    },
+    /// Handled.
+    Handled,
+    /// Parked after failing for good.
+    Parked {
+        /// Failed attempts.
+        attempts: i32,
+    },
+}
+
 /// Counts of the inbox, for health reports and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InboxStats {

@@ -2,7 +2,7 @@
 //! `MXBRIDGE_TEST_POSTGRES` names a server.
 
 use mxbridge::store::{
-    MemberRow, Membership, RoomStateField, Store,
+    InboxStatus, MemberRow, Membership, RoomStateField, Store,
     testing_support::{AcceptOutcome, InboxInternals as _, InboxPos, NewEvent, PendingEvent},
 };
 use ruma::{UserId, mxc_uri, room_id, user_id};
@@ -68,11 +68,11 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     let event = pending(&store).await.remove(0);
     let (seq, idx) = batch_pos(&event);
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 0)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Pending { attempts: 0 }));
     store.record_handled(&[("!r", seq, idx)], &[seq], &[]).await.unwrap();
     assert!(pending(&store).await.is_empty());
     assert_eq!(store.inbox_stats().await.unwrap().pending, 0);
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((1, 0)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Handled));
     let out = store.accept_transaction("2", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
     // More event IDs than one pruning chunk.
@@ -98,7 +98,10 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     assert_eq!(gone, (1 + ids.len() + 4) as u64, "every handled event ID and txn row");
     assert_eq!(store.inbox_status("$a").await.unwrap(), None);
     assert_eq!(store.inbox_status("$p7").await.unwrap(), None);
-    assert_eq!(store.inbox_status("$kept").await.unwrap(), Some((0, 0)));
+    assert_eq!(
+        store.inbox_status("$kept").await.unwrap(),
+        Some(InboxStatus::Pending { attempts: 0 })
+    );
     let out = store.accept_transaction("5", "h", &[ev("$kept", "!k", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 }, "still deduplicated");
 }
@@ -119,8 +122,11 @@ async fn room_progress_hides_handled_events_of_a_batch(store: Store) {
     store.record_handled(&[], &[], &[]).await.unwrap();
     let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
     assert_eq!(left, ["$m3", "$m4", "$m5"]);
-    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some((1, 0)));
-    assert_eq!(store.inbox_status("$m4").await.unwrap(), Some((0, 0)));
+    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some(InboxStatus::Handled));
+    assert_eq!(
+        store.inbox_status("$m4").await.unwrap(),
+        Some(InboxStatus::Pending { attempts: 0 })
+    );
     // All handled: the batch is still there (until deleted) but has no events left.
     store.record_handled(&[("!r", seq, 4), ("!s", seq, 5)], &[], &[]).await.unwrap();
     let batches = store.pending_batches(0, 10).await.unwrap();
@@ -138,13 +144,13 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
     assert_eq!(store.record_failure("$a", "boom").await.unwrap(), 1);
     assert_eq!(store.record_failure("$a", "boom again").await.unwrap(), 2);
     assert_eq!(pending(&store).await[0].attempts, 2, "attempts survive a re-read");
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 2)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Pending { attempts: 2 }));
     store.park(&first, 2, "gave up").await.unwrap();
     let parked = store.parked_events(10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!((parked[0].event_id.as_str(), parked[0].attempts), ("$a", 2));
     assert_eq!(parked[0].last_error.as_deref(), Some("gave up"));
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((2, 2)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Parked { attempts: 2 }));
     // Parking moved the room's progress past it: only $b is pending.
     let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
     assert_eq!(left, ["$b"]);
@@ -158,7 +164,7 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
     assert_eq!(requeued.attempts, 0);
     assert_eq!(requeued.json, r#"{"event_id":"$a","room_id":"!r","content":{}}"#);
     assert!(store.parked_events(10).await.unwrap().is_empty());
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 0)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Pending { attempts: 0 }));
     // Handled now: the parked row goes.
     let InboxPos::Requeued { seq } = requeued.pos else { unreachable!() };
     store.record_handled(&[], &[], &[seq]).await.unwrap();
@@ -326,7 +332,7 @@ async fn batches_of_schema_3_get_their_event_ids(
     let (seq, idx) = batch_pos(last);
     again.record_handled(&[("!r", seq, idx), ("!s", seq, idx)], &seqs, &[]).await.unwrap();
     assert!(pending(&again).await.is_empty());
-    assert_eq!(again.inbox_status("$x").await.unwrap(), Some((1, 0)));
+    assert_eq!(again.inbox_status("$x").await.unwrap(), Some(InboxStatus::Handled));
     let out = again.accept_transaction("3", "h", &[ev("$x", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
 }

@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::progress::after_progress;
-use super::{InboxPos, InboxStats, ParkedEvent, parse_batch};
+use super::{InboxPos, InboxStats, InboxStatus, ParkedEvent, parse_batch};
 use crate::store::{Backend, Result, Store, now_ms, with_pool, with_reader};
 
 impl Store {
@@ -66,13 +66,9 @@ impl Store {
         })
     }
 
-    /// The inbox status of an event (`0` pending, `1` handled, `2` parked) and its failed
-    /// attempts, if the event ID is still remembered. A diagnostic: it may scan the pending
-    /// batches.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn inbox_status(&self, event_id: &str) -> Result<Option<(i32, i32)>> {
+    /// Where an event stands in the inbox, if its ID is still remembered. A diagnostic: it may
+    /// scan the pending batches.
+    pub async fn inbox_status(&self, event_id: &str) -> Result<Option<InboxStatus>> {
         let attempts = self.attempts_of(&[event_id]).await?.get(event_id).copied().unwrap_or(0);
         let parked: Option<(i32, bool)> = with_reader!(self, |pool| {
             sqlx::query_as("SELECT attempts, requeued FROM mx_parked WHERE event_id = $1")
@@ -81,8 +77,8 @@ impl Store {
                 .await?
         });
         match parked {
-            Some((_, true)) => return Ok(Some((0, attempts))),
-            Some((parked_attempts, false)) => return Ok(Some((2, parked_attempts))),
+            Some((_, true)) => return Ok(Some(InboxStatus::Pending { attempts })),
+            Some((attempts, false)) => return Ok(Some(InboxStatus::Parked { attempts })),
             None => {}
         }
         // A stored batch holds it: pending, or handled and the batch not deleted yet.
@@ -100,7 +96,11 @@ impl Store {
             let InboxPos::Batch { seq, idx } = event.pos else { continue };
             let progress = self.room_progress(std::iter::once(event.room_id.as_str())).await?;
             let pending = after_progress(progress.get(&event.room_id), seq, idx);
-            return Ok(Some(if pending { (0, attempts) } else { (1, 0) }));
+            return Ok(Some(if pending {
+                InboxStatus::Pending { attempts }
+            } else {
+                InboxStatus::Handled
+            }));
         }
         // Its batch was deleted once handled: the ID is remembered until pruned.
         let seen: Option<i64> = with_reader!(self, |pool| {
@@ -109,7 +109,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
-        Ok(seen.map(|_| (1, 0)))
+        Ok(seen.map(|_| InboxStatus::Handled))
     }
 
     /// Counts pending and parked events.
