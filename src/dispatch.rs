@@ -441,7 +441,9 @@ impl<B: Bridge> Shared<B> {
             Routed::Stored(pending) => match Event::from_json(&pending.json) {
                 Ok(event) => (pending.pos, pending.attempts, event),
                 Err(e) => {
-                    tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
+                    tracing::warn!(
+                        event_id = %pending.event_id, error = %e, "parking malformed event"
+                    );
                     Box::pin(self.park(&pending, pending.attempts, &e.to_string())).await;
                     return;
                 }
@@ -506,7 +508,10 @@ impl<B: Bridge> Shared<B> {
                         return;
                     }
                     Err(HandlerFailure::Retry(error)) => {
-                        attempts = match self.store.record_failure(event.event_id.as_str(), &error).await
+                        attempts = match self
+                            .store
+                            .record_failure(event.event_id.as_str(), &error)
+                            .await
                         {
                             Ok(n) => n,
                             Err(_) => attempts + 1,
@@ -518,7 +523,10 @@ impl<B: Bridge> Shared<B> {
                             return;
                         }
                         let delay = self.config.retry_delay(u32::try_from(attempts).unwrap_or(1));
-                        tracing::info!(%error, attempts, delay_ms = delay.as_millis(), "handler failed; will retry");
+                        tracing::info!(
+                            %error, attempts, delay_ms = delay.as_millis(),
+                            "handler failed; will retry"
+                        );
                         let mut shutdown = self.shutdown.clone();
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}

@@ -233,7 +233,10 @@ async fn route_membership<B: Bridge>(
     if target_is_ours && m.membership == MembershipState::Invite {
         let intent = ctx.intent(&m.target)?;
         if m.sender.level < PermissionLevel::User {
-            tracing::info!(inviter = %m.sender.user_id, "refusing an invite from a user without permission");
+            tracing::info!(
+                inviter = %m.sender.user_id,
+                "refusing an invite from a user without permission"
+            );
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
@@ -585,7 +588,16 @@ mod tests {
                                 format!(r#","body":{body}"#)
                             };
                             let json = format!(
-                                r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}}}"#
+                                concat!(
+                                    r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","#,
+                                    r#""type":"m.room.message","content":"#,
+                                    r#"{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}}}"#,
+                                ),
+                                msgtype = msgtype,
+                                body = body,
+                                format = format,
+                                mention = mention,
+                                extra = extra,
                             );
                             let event = Event::from_json(&json).unwrap();
                             let by_ruma = event.content::<RoomMessageEventContent>();
@@ -1051,16 +1063,13 @@ mod route_tests {
         let events = [
             edu(json!({"type": "m.typing", "room_id": "!r:localhost",
                        "content": {"user_ids": ["@alice:localhost", "@_test_ghost:localhost"]}})),
-            edu(
-                json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {"m.read": {
-                       "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}}),
-            ),
-            edu(
-                json!({"type": "m.presence", "sender": "@alice:localhost", "content": {"presence": "online"}}),
-            ),
-            edu(
-                json!({"type": "m.presence", "sender": "@_test_ghost:localhost", "content": {"presence": "online"}}),
-            ),
+            edu(json!({"type": "m.receipt", "room_id": "!r:localhost",
+                       "content": {"$e": {"m.read": {
+                           "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
+            edu(json!({"type": "m.presence", "sender": "@alice:localhost",
+                       "content": {"presence": "online"}})),
+            edu(json!({"type": "m.presence", "sender": "@_test_ghost:localhost",
+                       "content": {"presence": "online"}})),
         ];
         for e in &events {
             route_ephemeral(&ctx, &eph, e).await;

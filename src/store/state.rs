@@ -290,7 +290,7 @@ impl Store {
     /// make no query, and on SQLite the others are written in few statements.
     ///
     /// # Errors
-    /// When the database fails (rows written before the failure stay).
+    /// Rows written before a failure stay.
     pub async fn set_room_members(&self, room_id: &RoomId, members: &[Member]) -> Result<()> {
         use futures_util::TryStreamExt as _;
         /// Writes waiting at once: SQLite groups them into one statement, PostgreSQL runs them
@@ -303,9 +303,6 @@ impl Store {
 
     /// A user's cached membership in a room: from memory when known there, else from the
     /// database (and then remembered, also when there is no row).
-    ///
-    /// # Errors
-    /// When the database fails or holds an unknown membership.
     pub async fn member(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<Member>> {
         let (room, user) = (room_id.as_str(), user_id.as_str());
         match self.state_cache.member(room, user) {
@@ -320,9 +317,6 @@ impl Store {
 
     /// A user's cached membership in a room, if known. A hit in memory makes no query (see
     /// [`Store::member`]).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn membership(
         &self,
         room_id: &RoomId,
@@ -354,9 +348,6 @@ impl Store {
     }
 
     /// Cached members of a room with the given membership.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn members_with(
         &self,
         room_id: &RoomId,
@@ -376,9 +367,6 @@ impl Store {
     }
 
     /// Rooms the user is cached as joined to.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
         let rooms: Vec<String> = with_reader!(self, |pool| {
             sqlx::query_scalar(
@@ -400,9 +388,6 @@ impl Store {
 
     /// Stores one of the cached room state events (JSON text: the content, or the whole event
     /// for [`RoomStateField::Create`]).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn set_room_state(
         &self,
         room_id: &RoomId,
@@ -435,9 +420,6 @@ impl Store {
     }
 
     /// A cached room state event (JSON text, as [`Store::set_room_state`] took it), if known.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn room_state(
         &self,
         room_id: &RoomId,
@@ -459,9 +441,6 @@ impl Store {
     }
 
     /// Records that the full member list of a room was fetched (so the cache is complete).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn set_members_fetched(&self, room_id: &RoomId, fetched: bool) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
@@ -477,9 +456,6 @@ impl Store {
     }
 
     /// Whether the full member list of a room was fetched.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn members_fetched(&self, room_id: &RoomId) -> Result<bool> {
         with_reader!(self, |pool| {
             let v: Option<bool> =
@@ -492,9 +468,6 @@ impl Store {
     }
 
     /// Remembers that a user is registered on the homeserver (in the database, then in memory).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn mark_registered(&self, user_id: &UserId) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
@@ -512,9 +485,6 @@ impl Store {
 
     /// Whether a user is known to be registered. A user known in memory makes no query; a
     /// registered user found in the database is remembered (registrations are never removed).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn is_registered(&self, user_id: &UserId) -> Result<bool> {
         let Err(ticket) = self.state_cache.is_registered(user_id.as_str()) else {
             return Ok(true);

@@ -1,9 +1,9 @@
 //! The in-memory cache in front of `mx_membership` and `mx_registered`.
 //!
 //! `Intent::ensure_registered` and `Intent::ensure_joined` ask the store on every send; without
-//! this cache each question is one database round trip (~80 µs on SQLite, ~190 µs on
-//! PostgreSQL). Every write of those tables goes through [`Store`](super::Store), which updates
-//! the cache once the database took the write, so a hit needs no query.
+//! this cache each question is one database round trip. Every write of those tables goes
+//! through [`Store`](super::Store), which updates the cache once the database took the write,
+//! so a hit needs no query.
 //!
 //! - **Registered users** are only ever added (nothing deletes an `mx_registered` row), so the
 //!   cache keeps positive answers only, filled by `mark_registered` and by a lookup that found
@@ -39,8 +39,8 @@ use crate::util::FastMap;
 
 /// Entries per generation, per map (memberships, registered users): at most twice this many
 /// are kept. A membership entry takes ~150 bytes with its table slot (its IDs and profile), so
-/// the cache stays at a few MiB however many ghosts and rooms the bridge has (measured with
-/// 100k ghosts in BENCHMARKS.md). Rooms and ghosts in use stay in it; the rest ages out.
+/// the cache stays at a few MiB however many ghosts and rooms the bridge has. Rooms and ghosts
+/// in use stay in it; the rest ages out.
 pub(crate) const GENERATION_CAP: usize = 4_096;
 
 /// Stripes of the write epochs: a write bumps its key's stripe, so readers of other stripes

@@ -89,7 +89,7 @@ impl Store {
     /// homeserver retry or a txn ID reused after a homeserver restart never doubles an event.
     ///
     /// # Errors
-    /// When the database fails; then nothing was stored.
+    /// After a failure nothing was stored.
     pub(crate) async fn accept_transaction(
         &self,
         txn_id: &str,
@@ -106,7 +106,7 @@ impl Store {
     /// appears twice in the list is stored once.
     ///
     /// # Errors
-    /// When the database fails; then nothing was stored.
+    /// After a failure nothing was stored.
     pub(crate) async fn accept_transactions(
         &self,
         txns: &[IncomingTxn<'_>],
@@ -116,23 +116,19 @@ impl Store {
 
     /// [`Store::accept_transactions`], also telling which batches were written.
     pub(crate) async fn accept_batched(&self, txns: &[IncomingTxn<'_>]) -> Result<Vec<Accepted>> {
-        // PostgreSQL: every event ID goes to `mx_event_seen` at intake, where its unique index
-        // tells new from seen (there, an index insert costs no more than the lookup it
-        // replaces). The common case, nothing seen before, is one statement, since each
-        // statement is a round trip; a unique violation fails it whole and the group is stored
-        // the careful way.
+        // Where each backend remembers event IDs: see the module docs. On PostgreSQL the common
+        // case, nothing seen before, is one statement; a unique violation fails it whole and the
+        // group is stored the careful way.
         // The statements' futures are boxed here, where they are made: sqlx's futures are large,
-        // and unboxed they were copied at every `.await` up to the request's future (callgrind,
-        // load B on PostgreSQL: `memcpy` went from 21 % to 9 % of the instructions, BENCHMARKS.md).
+        // and unboxed they would be copied at every `.await` up to the request's future.
         if let Backend::Postgres(pool) = &self.backend {
             if let Some(accepted) = Box::pin(self.accept_pg_one_trip(pool, txns)).await? {
                 return Ok(accepted);
             }
             return Box::pin(self.accept_once(txns, Dedup::Insert)).await;
         }
-        // SQLite: every WAL commit writes each page it dirtied, and random keys (event IDs are
-        // hashes) dirty a page each, so the intake only reads `mx_event_seen`, and finds the
-        // IDs of stored batches through the index in memory (`store/seen.rs`).
+        // SQLite: the intake only reads `mx_event_seen`, and finds the IDs of stored batches
+        // through the index in memory.
         let mut built = IndexTurn { built: self.seen.accepting.lock().await, settled: true };
         if !*built.built {
             Box::pin(self.build_seen_window()).await?;

@@ -10,9 +10,6 @@ use crate::store::{Backend, Result, Store, now_ms, with_pool, with_reader};
 impl Store {
     /// Puts parked events back in line (all of them, or the one with `event_id`) and returns
     /// how many. A running dispatcher of this store picks them up at once.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn retry_parked(&self, event_id: Option<&str>) -> Result<u64> {
         let n = with_pool!(self, |pool| {
             match event_id {
@@ -40,9 +37,6 @@ impl Store {
     }
 
     /// Lists parked events, oldest first.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn parked_events(&self, limit: i64) -> Result<Vec<ParkedEvent>> {
         with_reader!(self, |pool| {
             let rows = sqlx::query(
@@ -113,9 +107,6 @@ impl Store {
     }
 
     /// Counts pending and parked events.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn inbox_stats(&self) -> Result<InboxStats> {
         with_reader!(self, |pool| {
             let (in_batches, oldest): (i64, Option<i64>) = sqlx::query_as(
@@ -141,9 +132,6 @@ impl Store {
     ///
     /// Event IDs are keyed by ID (random), not by age, so they go in chunks of 5,000, each its
     /// own short write: the intake never waits for one long scan.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub(crate) async fn prune_dedup(&self, max_age_ms: i64) -> Result<u64> {
         let cutoff = now_ms() - max_age_ms;
         // On PostgreSQL the IDs of stored batches are in `mx_event_seen` too (stored with their

@@ -17,9 +17,6 @@ impl Store {
     /// Returns up to `limit` stored batches with `seq > after`, oldest first, each with the
     /// events not handled yet (by the recorded progress of their rooms) and their failed
     /// attempts so far.
-    ///
-    /// # Errors
-    /// When the database fails or a stored batch is not valid JSON.
     pub(crate) async fn pending_batches(
         &self,
         after: i64,
@@ -105,9 +102,6 @@ impl Store {
 
     /// Parked events put back in line by [`Store::retry_parked`], with `seq > after`, oldest
     /// first.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub(crate) async fn requeued_events(
         &self,
         after: i64,
@@ -144,7 +138,7 @@ impl Store {
     /// deleted batch's event IDs first move to `mx_event_seen`.
     ///
     /// # Errors
-    /// When the database fails; then what was recorded before the failure stays.
+    /// What was recorded before a failure stays.
     pub(crate) async fn record_handled(
         &self,
         progress: &[(&str, i64, i32)],
@@ -168,25 +162,28 @@ impl Store {
         let progress: Vec<(&str, i64, i32)> =
             furthest.into_iter().map(|(room, (seq, idx))| (room, seq, idx)).collect();
         if let Backend::Postgres(pg) = &self.backend {
-            // One statement, so one round trip (each is a network round trip here): the
-            // data-modifying CTEs all run, atomically. It commits without waiting for the WAL
-            // flush (`with_relaxed!`): the commit is visible at once and survives a crash of the
-            // bridge; a crash of the database server within a fraction of a second may lose it,
-            // and then handled events are handed out again, which at-least-once allows.
+            // One statement, so one round trip: the data-modifying CTEs all run, atomically. It
+            // commits without waiting for the WAL flush (see `with_relaxed!`).
             let pool = self.relaxed_or(pg);
             let progress = serde_json::to_string(&progress).map_err(corrupt)?;
             sqlx::query(
                 "WITH p AS (INSERT INTO mx_room_progress (room_id, batch_seq, idx) \
-                 SELECT r->>0, (r->>1)::bigint, (r->>2)::integer FROM json_array_elements($1::json) r \
-                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, idx = excluded.idx \
-                 WHERE (excluded.batch_seq, excluded.idx) > (mx_room_progress.batch_seq, mx_room_progress.idx) \
+                 SELECT r->>0, (r->>1)::bigint, (r->>2)::integer \
+                 FROM json_array_elements($1::json) r \
+                 ON CONFLICT (room_id) DO UPDATE SET batch_seq = excluded.batch_seq, \
+                 idx = excluded.idx \
+                 WHERE (excluded.batch_seq, excluded.idx) > \
+                 (mx_room_progress.batch_seq, mx_room_progress.idx) \
                  RETURNING 1), \
                  b AS (DELETE FROM mx_inbox_batch \
-                 WHERE seq = ANY(ARRAY(SELECT value::bigint FROM json_array_elements_text($2::json))) \
+                 WHERE seq = ANY(ARRAY(SELECT value::bigint \
+                 FROM json_array_elements_text($2::json))) \
                  RETURNING 1), \
                  q AS (DELETE FROM mx_parked \
-                 WHERE seq = ANY(ARRAY(SELECT value::bigint FROM json_array_elements_text($3::json))) RETURNING 1) \
-                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM b) + (SELECT count(*) FROM q)",
+                 WHERE seq = ANY(ARRAY(SELECT value::bigint \
+                 FROM json_array_elements_text($3::json))) RETURNING 1) \
+                 SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM b) \
+                 + (SELECT count(*) FROM q)",
             )
             .bind(&progress)
             .bind(&batches)
@@ -212,8 +209,8 @@ impl Store {
                 // The batches' event IDs go to the dedup index first (many batches at once: the
                 // dispatcher defers these deletes), then the batches. Between the two, an ID is
                 // in both places, which changes nothing. Not sorted first: the commit writes
-                // each page it dirtied once whatever the order, and sorting cost more than the
-                // inserts in order saved (BENCHMARKS.md, 2.5k against 4k instructions per ID).
+                // each page it dirtied once whatever the order, and sorting costs more than
+                // inserting in order saves.
                 sqlx::query(
                     "INSERT INTO mx_event_seen (event_id, seen_at) \
                      SELECT i.value, ? FROM mx_inbox_batch b, json_each(b.event_ids) i \
@@ -255,9 +252,6 @@ impl Store {
     }
 
     /// Records a failed attempt and returns the number of attempts so far.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub(crate) async fn record_failure(&self, event_id: &str, error: &str) -> Result<i32> {
         with_pool!(self, |pool| {
             let attempts: i32 = sqlx::query_scalar(
@@ -274,9 +268,6 @@ impl Store {
     }
 
     /// Forgets the failed attempts of an event (it succeeded after all).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub(crate) async fn clear_failures(&self, event_id: &str) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query("DELETE FROM mx_event_attempts WHERE event_id = $1")
@@ -292,7 +283,7 @@ impl Store {
     /// it in the same database transaction.
     ///
     /// # Errors
-    /// When the database fails; then nothing changed.
+    /// After a failure nothing changed.
     pub(crate) async fn park(
         &self,
         event: &PendingEvent,

@@ -7,11 +7,8 @@ use std::collections::HashMap;
 /// backends' limits).
 pub(in crate::store) const INSERT_CHUNK: usize = 128;
 /// About how many bytes of event JSON one inbox `INSERT` carries: a transaction's events go in
-/// one statement up to this size, and each statement saved is a round trip saved. Until sqlx
-/// 0.9.1 set `TCP_NODELAY`, TLS over TCP took statements of 8 KiB: a longer one went out in
-/// several writes, and each after the first waited ~40 ms for a delayed ACK (Nagle). Whole
-/// statements there took PostgreSQL with TLS, load A, from 29–33k to 42–52k events/s
-/// (BENCHMARKS.md).
+/// one statement up to this size, and each statement saved is a round trip saved (sqlx sets
+/// `TCP_NODELAY`, so a long statement over TLS waits for no delayed ACK).
 pub(super) const STATEMENT_BYTES: usize = 1024 * 1024;
 
 /// Splits `items` into runs of at most [`INSERT_CHUNK`] items and about `budget` bytes (an item
@@ -76,9 +73,10 @@ pub(in crate::store) enum RowsSql {
 /// arrays), then one array per batch column: txn IDs, event JSON lists, event ID lists, event
 /// counts. Returns the batch seqs. Nothing resolves a conflict: a transaction or event seen
 /// before fails it whole. Its text is the same for every group size, so each connection
-/// prepares it once (with a `VALUES` row per batch, each size was a statement of its own,
+/// prepares it once (with a `VALUES` row per batch, each size would be a statement of its own,
 /// prepared again on every pooled connection and crowding sqlx's statement cache).
-pub(super) const PG_ONE_TRIP: &str = "WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
+pub(super) const PG_ONE_TRIP: &str = "\
+     WITH t AS (INSERT INTO mx_txn (txn_id, body_hash, received_at) \
      SELECT p ->> 0, p ->> 1, $1::bigint FROM json_array_elements($2::json) p), \
      s AS (INSERT INTO mx_event_seen (event_id, seen_at) \
      SELECT e, $1::bigint FROM json_array_elements_text($3::json) e) \
