@@ -127,6 +127,9 @@ pub(crate) struct Accepted {
 }
 
 /// An event whose handler failed for good.
+///
+/// Its IDs are text as stored, not ruma IDs: an event that did not parse is parked too, under a
+/// made-up ID (`malformed:…`) and with no room, and an operator still lists and retries it.
 #[derive(Debug, Clone)]
 pub struct ParkedEvent {
     /// Position among parked events.
