@@ -38,7 +38,8 @@ use mxbridge::{
 const MEMBERSHIP_ROWS: u64 = 1_000_000;
 const ROOMS: u64 = 10_000;
 
-/// A realistic `m.room.message` as a homeserver pushes it (the shape of `examples/loadgen.rs`).
+/// A realistic `m.room.message` as a homeserver pushes it (the shape `loadgen` writes, in
+/// `bench/src/bin/loadgen.rs`).
 fn message_json(run: u64, txn: u64, i: u64) -> String {
     let room = (txn * 100 + i) % 50;
     let user = (txn * 7 + i) % 200;

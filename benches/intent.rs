@@ -22,7 +22,9 @@ use mxbridge::{
     store::{MemberRow, Membership},
 };
 
-const REG: &str = "id: bench\nurl: null\nas_token: as_token_for_bench_0123456789\nhs_token: hs_token_for_bench_0123456789\nsender_localpart: _b_bot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@_b_.*:localhost'\n";
+const REG: &str = "id: bench\nurl: null\nas_token: as_token_for_bench_0123456789\n\
+    hs_token: hs_token_for_bench_0123456789\nsender_localpart: _b_bot\n\
+    namespaces:\n  users:\n    - exclusive: true\n      regex: '@_b_.*:localhost'\n";
 
 async fn stub(State(count): State<Arc<AtomicU64>>) -> Json<serde_json::Value> {
     count.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +74,7 @@ async fn bench_store(name: &str, store: Store) {
     let before = count.load(Ordering::Relaxed);
     let t = Instant::now();
     for i in 0..n {
-        intent.send_text(&room, &format!("message {i}"), None).await.unwrap();
+        intent.send_text(&room, &format!("message {i}")).await.unwrap();
     }
     let per = t.elapsed() / u32::try_from(n).unwrap();
     let requests = count.load(Ordering::Relaxed) - before;

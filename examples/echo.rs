@@ -31,7 +31,7 @@ impl Bridge for Echo {
         let text = format!("echo: {}", message.content.body());
         let room = &message.event.room_id;
         for ghost in self.ctx.ghosts_in(room).await? {
-            self.ctx.intent(&ghost)?.send_text(room, &text, None).await?;
+            self.ctx.intent(&ghost)?.send_text(room, &text).await?;
         }
         Ok(())
     }
@@ -44,5 +44,5 @@ impl Bridge for Echo {
 }
 
 fn main() -> std::process::ExitCode {
-    mxbridge::cli::main::<Echo>()
+    mxbridge::cli::main::<Echo>(mxbridge::about!().with_description("An echo bridge"))
 }

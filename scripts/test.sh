@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MXB_CACHE/target}"
 export MXBRIDGE_TEST_POSTGRES="${MXBRIDGE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
 export MXBRIDGE_TEST_SYNAPSE=1
 
-# PostgreSQL must answer; this machine kind starts it before the session.
+# PostgreSQL must answer; these machines normally run it already.
 if ! command -v psql >/dev/null || ! psql "$MXBRIDGE_TEST_POSTGRES" -qtAc 'select 1' >/dev/null 2>&1; then
     echo "test.sh: PostgreSQL does not answer at $MXBRIDGE_TEST_POSTGRES" >&2
     exit 1

@@ -10,9 +10,11 @@ use crate::{
     context::Context,
     dispatch,
     error::{Error, Result},
+    health::{BridgeState, Health},
     registration::{Registration, RegistrationError},
-    server::{self, BridgeState, Health, Limits, ServerState},
+    server::{self, Limits, ServerState},
     store::Store,
+    supervise::Supervisor,
 };
 
 /// A bridge ready to run: the store is connected and migrated, the bridge is created.
@@ -149,6 +151,9 @@ impl<B: Bridge> AppService<B> {
             return Err(Error::Bridge(e.to_string()));
         }
         let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
+        let supervisor = Supervisor::start(bridge.tasks(), health.clone());
+        let pipeline =
+            tokio::spawn(crate::pipeline::run(ctx.clone(), bridge.clone(), stop_rx.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(grace));
         let pruner =
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
@@ -168,6 +173,10 @@ impl<B: Bridge> AppService<B> {
         }
         let _ = dispatcher.await;
         pruner.abort();
+        // The remote → Matrix pipeline stops taking new events; one being bridged is cut
+        // short, and bridged again (idempotently) after the restart.
+        pipeline.abort();
+        supervisor.shutdown(grace).await;
         bridge.stop().await;
         ctx.store().close().await;
         tracing::info!("stopped");
@@ -186,7 +195,7 @@ async fn startup_ping(ctx: Context, health: Arc<Health>) {
     let mut delay = Duration::from_secs(1);
     loop {
         let txn = crate::client::new_txn_id();
-        match ctx.client().ping(Some(&txn)).await {
+        match ctx.client().ping(&txn).await {
             Ok(took) => {
                 tracing::info!(ms = took.as_millis(), "the homeserver reached the appservice");
                 health.set_homeserver_ok(true);
@@ -211,14 +220,16 @@ fn ping_advice(ctx: &Context, e: &crate::client::Error) -> String {
     let unknown_token = matches!(e.kind(), Some(ruma::api::error::ErrorKind::UnknownToken(_)));
     match (e.status().map(|s| s.as_u16()), unknown_token) {
         (_, true) | (Some(401), _) => format!(
-            "the homeserver at {hs} does not know our as_token: add the registration file to its              app_service_config_files and restart it"
+            "the homeserver at {hs} does not know our as_token: add the registration file to its \
+             app_service_config_files and restart it"
         ),
         (Some(403), _) => format!(
             "the homeserver at {hs} refused the ping: is appservice.id ({}) the registration's id?",
             ctx.appservice().id
         ),
         (Some(502 | 504), _) => format!(
-            "the homeserver cannot reach the appservice at {}: check appservice.address and              that the homeserver can connect to it",
+            "the homeserver cannot reach the appservice at {}: check appservice.address and \
+             that the homeserver can connect to it",
             ctx.appservice().address
         ),
         (Some(404), _) => format!("the homeserver at {hs} has no appservice ping (too old?)"),
@@ -272,4 +283,33 @@ pub(crate) fn check_registration_matches<T>(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn ping_advice_has_no_stray_spaces() {
+        let config = Config::from_yaml(
+            "homeserver: {address: 'http://127.0.0.1:1', domain: localhost}\n\
+             appservice: {id: test, address: 'http://127.0.0.1:2', port: 2, \
+             bot: {localpart: _test_bot}, ghost_localpart_template: '_test_{id}'}\n",
+        )
+        .unwrap();
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let ctx = Context::new(store, crate::testing::test_registration(), config).unwrap();
+        for status in [401, 403, 404, 500, 502, 504] {
+            let e = crate::client::Error::Api {
+                status: StatusCode::from_u16(status).unwrap(),
+                errcode: "M_UNKNOWN".into(),
+                message: String::new(),
+                kind: None,
+            };
+            let advice = ping_advice(&ctx, &e);
+            assert!(!advice.contains("  ") && !advice.ends_with(' '), "{status}: {advice:?}");
+        }
+    }
 }

@@ -27,7 +27,8 @@ use crate::{
         MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,
         MatrixTyping, ToDeviceEvent,
     },
-    remote::{RemoteMessageId, RemoteTxnId},
+    remote::{PortalInfo, PortalKey, RemoteMessageId, RemoteTxnId},
+    supervise::Task,
 };
 
 /// What a Matrix event became on the remote network: what the Matrix → remote handlers
@@ -40,8 +41,8 @@ pub enum Delivery {
     /// event, such as a long text cut into lines). The event is mapped to each.
     Sent(Vec<RemoteMessageId>),
     /// Delivered; its remote ID comes later with the network's echo, which carries this
-    /// transaction ID back. The bridge then calls [`Context::resolve_echo`], which maps the
-    /// event to the echoed message.
+    /// transaction ID back: the bridge queues the echo as a [`crate::RemoteEvent::Message`]
+    /// with `echo_of` set, which maps the event to the echoed message instead of sending it.
     Pending(RemoteTxnId),
     /// Delivered, and there is nothing to map (an edit or a deletion on most networks).
     Done,
@@ -87,7 +88,28 @@ pub trait Bridge: Sized + Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called once on shutdown, after the inbox stopped handing out events.
+    /// The bridge's long-running tasks, such as the connection to the remote network and its
+    /// read loop: started after [`Bridge::start`], started again with growing pauses when one
+    /// fails or panics (shown at `/health/state`), told to stop on shutdown. Each gets an
+    /// `Arc` of the bridge through the closure that starts it, so it can call the bridge's own
+    /// methods. See [`Task`].
+    fn tasks(self: &Arc<Self>) -> Vec<Task> {
+        Vec::new()
+    }
+
+    /// What the portal room of a remote chat looks like, so that the remote → Matrix pipeline
+    /// can create it when a message comes for a chat that has none
+    /// ([`Context::queue_remote`]). Default: `None`, and such messages are parked.
+    fn portal_info(
+        &self,
+        portal: &PortalKey,
+    ) -> impl Future<Output = BridgeResult<Option<PortalInfo>>> + Send {
+        let _ = portal;
+        async { Ok(None) }
+    }
+
+    /// Called once on shutdown, after the inbox stopped handing out events and the tasks
+    /// stopped.
     fn stop(&self) -> impl Future<Output = ()> + Send {
         async {}
     }

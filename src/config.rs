@@ -194,12 +194,10 @@ pub struct DatabaseConfig {
     #[serde(default)]
     pub sqlite_synchronous: SqliteSynchronous,
     /// SQLite only: the page cache of the writing connection, in MiB (SQLite's own default is
-    /// ~2 MiB), from 1 to 65536. It fills as pages are used and then stays full (a bridge that
-    /// has just started holds little; under load RSS rose from ~21 to ~36 MiB). The intake looks
-    /// up every incoming event ID in the dedup index, and real event IDs are hashes that land
-    /// anywhere in it; while that index fits in this cache, the intake does not read it back
-    /// from the file (BENCHMARKS.md: 16 MiB against SQLite's ~2 MiB took load A from 62k to 74k
-    /// events/s with hashed IDs, from 109k to 118k with rising ones).
+    /// ~2 MiB), from 1 to 65536. It fills as pages are used and then stays full, so memory grows
+    /// by up to this much under load. The intake looks up every incoming event ID in the dedup
+    /// index, and real event IDs are hashes that land anywhere in it; while that index fits in
+    /// this cache, the intake does not read it back from the file.
     #[serde(default = "default_sqlite_cache_mib")]
     pub sqlite_cache_mib: u32,
 }
@@ -367,7 +365,8 @@ impl<T: DeserializeOwned + Default> Config<T> {
     /// Reads, parses and validates a configuration file.
     ///
     /// # Errors
-    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad value.
+    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad
+    /// value.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = fs::read_to_string(path)
@@ -575,7 +574,8 @@ impl<T> Config<T> {
         self.appservice.ghost_localpart_template.split("{id}").next().unwrap_or_default()
     }
 
-    /// The regex of the exclusive user namespace: every ghost and the bot.
+    /// The regex of the exclusive user namespace of the ghosts (and of the bot, when its
+    /// localpart starts with the ghosts' prefix; else the registration claims it on its own).
     pub fn user_namespace_regex(&self) -> String {
         format!(
             "@{}.*:{}",
@@ -600,8 +600,8 @@ mod tests {
         let c = Config::<NoBridgeConfig>::from_yaml(&example()).unwrap();
         assert_eq!(c.appservice.port, 29330);
         assert_eq!(c.database.sqlite_cache_mib, DatabaseConfig::default().sqlite_cache_mib);
-        assert_eq!(c.bot_user_id().as_str(), "@_example_bot:localhost");
-        assert_eq!(c.user_namespace_regex(), "@_example_.*:localhost");
+        assert_eq!(c.bot_user_id().as_str(), "@examplebot:localhost");
+        assert_eq!(c.user_namespace_regex(), "@example_.*:localhost");
         assert_eq!(c.inbox.retry_delay(1), Duration::from_millis(500));
         assert_eq!(c.inbox.retry_delay(3), Duration::from_millis(2000));
         assert_eq!(c.inbox.retry_delay(30), Duration::from_millis(30_000));
@@ -615,7 +615,7 @@ mod tests {
         let wrong_type = example().replace("port: 29330", "port: many");
         let err = Config::<NoBridgeConfig>::from_yaml(&wrong_type).unwrap_err().to_string();
         assert!(err.contains("appservice.port"), "{err}");
-        let bad_db = example().replace("sqlite://mxbridge.db", "mysql://x");
+        let bad_db = example().replace("sqlite://example.db", "mysql://x");
         let err = Config::<NoBridgeConfig>::from_yaml(&bad_db).unwrap_err().to_string();
         assert!(err.contains("database.url"), "{err}");
         for cache in ["0", "65537"] {
@@ -624,7 +624,7 @@ mod tests {
             let err = Config::<NoBridgeConfig>::from_yaml(&bad_cache).unwrap_err().to_string();
             assert!(err.contains("database.sqlite_cache_mib"), "{err}");
         }
-        let bad_template = example().replace("\"_example_{id}\"", "\"{id}\"");
+        let bad_template = example().replace("\"example_{id}\"", "\"{id}\"");
         let err = Config::<NoBridgeConfig>::from_yaml(&bad_template).unwrap_err().to_string();
         assert!(err.contains("ghost_localpart_template"), "{err}");
         let bad_yaml = "homeserver: [\n";

@@ -33,6 +33,8 @@ struct ContextInner {
     client: Client,
     /// The metrics registry, shared by the server, the dispatcher and the client.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The remote → Matrix pipeline's wake-up and waiters.
+    remote_queue: crate::pipeline::RemoteQueue,
 }
 
 impl Context {
@@ -62,7 +64,14 @@ impl Context {
     ) -> Self {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         client.attach_metrics(metrics.clone());
-        Self { inner: Arc::new(ContextInner { store, registration, config, client, metrics }) }
+        let remote_queue = crate::pipeline::RemoteQueue::default();
+        let inner = ContextInner { store, registration, config, client, metrics, remote_queue };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The remote → Matrix pipeline's shared half.
+    pub(crate) fn remote_queue(&self) -> &crate::pipeline::RemoteQueue {
+        &self.inner.remote_queue
     }
 
     /// The metrics registry.

@@ -441,9 +441,8 @@ impl<B: Bridge> Shared<B> {
             Routed::Stored(pending) => match Event::from_json(&pending.json) {
                 Ok(event) => (pending.pos, pending.attempts, event),
                 Err(e) => {
-                    tracing::warn!(
-                        event_id = %pending.event_id, error = %e, "parking malformed event"
-                    );
+                    let event_id = &pending.event_id;
+                    tracing::warn!(%event_id, error = %e, "parking malformed event");
                     Box::pin(self.park(&pending, pending.attempts, &e.to_string())).await;
                     return;
                 }
@@ -508,14 +507,8 @@ impl<B: Bridge> Shared<B> {
                         return;
                     }
                     Err(HandlerFailure::Retry(error)) => {
-                        attempts = match self
-                            .store
-                            .record_failure(event.event_id.as_str(), &error)
-                            .await
-                        {
-                            Ok(n) => n,
-                            Err(_) => attempts + 1,
-                        };
+                        let recorded = self.store.record_failure(event.event_id.as_str(), &error);
+                        attempts = recorded.await.unwrap_or(attempts + 1);
                         if u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts {
                             tracing::warn!(%error, attempts, "handler failed; parking event");
                             Box::pin(self.park(&pending(attempts), attempts, &error)).await;
@@ -523,10 +516,8 @@ impl<B: Bridge> Shared<B> {
                             return;
                         }
                         let delay = self.config.retry_delay(u32::try_from(attempts).unwrap_or(1));
-                        tracing::info!(
-                            %error, attempts, delay_ms = delay.as_millis(),
-                            "handler failed; will retry"
-                        );
+                        let delay_ms = delay.as_millis();
+                        tracing::info!(%error, attempts, delay_ms, "handler failed; will retry");
                         let mut shutdown = self.shutdown.clone();
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}

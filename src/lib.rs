@@ -4,17 +4,26 @@
 //! durable inbox that never loses an acknowledged event, the SQL store, and the command line.
 //!
 //! # Layout
-//! - [`bridge`]: the [`Bridge`] trait and the events it receives.
-//! - [`appservice`]: [`AppService`], which assembles everything and runs it.
-//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping, third-party).
-//! - `dispatch`: hands stored events to the bridge, in order per room, with retries.
+//! In the order an event travels, Matrix to remote and back:
+//! - [`server`]: the homeserver → appservice HTTP API (transactions, queries, ping,
+//!   third-party, health).
+//! - `intake`: a transaction's body parsed, committed with its neighbours', handed over.
 //! - [`store`]: SQLite or PostgreSQL: the inbox, the state cache, the bridge's mappings.
-//! - [`registration`] and [`config`]: the two YAML files.
-//! - [`cli`]: `run`, `generate-registration`, `example-config`, `check-config`.
-//! - [`client`]: the Client-Server API client (as the bot or any ghost), with retries.
-//! - [`intent`]: one user's actions (`ensure_registered`, `ensure_joined`, sends), cache-first.
-//! - `testing` (feature `testing`): a mock homeserver for bridge authors' tests.
-//! - [`secret`]: tokens that never print.
+//! - `dispatch`: hands stored events to the bridge, in order per room, with retries, and
+//!   records what the handlers delivered.
+//! - [`event`]: the events and their typed views ([`MatrixMessage`], [`MatrixEdit`], ...).
+//! - `route` and [`commands`]: which handler hears of an event; bot commands.
+//! - [`bridge`]: the [`Bridge`] trait and [`Delivery`], what a bridge implements.
+//! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
+//! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
+//! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
+//! - [`intent`]: one user's actions (bot or ghost): joins, sends, profile, media; cache-first.
+//! - [`client`]: the Client-Server transport: any ruma request, as the bot or a ghost, retried.
+//! - [`appservice`]: [`AppService`], which assembles everything and runs it; [`cli`]: `run`,
+//!   `generate-registration`, `example-config`, `check-config`; [`config`] and
+//!   [`registration`]: the two YAML files.
+//! - [`metrics`], [`secret`] (tokens that never print), [`error`], and `testing` (feature
+//!   `testing`): a mock homeserver for bridge authors' tests.
 //!
 //! `ARCHITECTURE.md` in the repository tells how data flows and who owns what.
 
@@ -28,10 +37,13 @@ mod context;
 mod dispatch;
 pub mod error;
 pub mod event;
+pub mod format;
 pub mod ghost;
+pub mod health;
 mod intake;
 pub mod intent;
 pub mod metrics;
+mod pipeline;
 pub mod portal;
 pub mod registration;
 pub mod remote;
@@ -39,6 +51,7 @@ mod route;
 pub mod secret;
 pub mod server;
 pub mod store;
+mod supervise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod util;
@@ -53,22 +66,42 @@ pub use event::{
     Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
     MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
 };
+pub use health::{BridgeState, Health, TaskState};
+pub use pipeline::Queued;
 pub use registration::Registration;
 pub use remote::{
-    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteLoginId, RemoteMessage,
-    RemoteMessageId, RemoteMessageRef, RemotePartId, RemoteTxnId, RemoteUserId,
+    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteEvent, RemoteLoginId,
+    RemoteMessageId, RemoteMessageRef, RemotePart, RemotePartId, RemoteSender, RemoteTxnId,
+    RemoteUserId,
 };
 pub use secret::Secret;
-pub use server::{BridgeState, Health};
 pub use store::Store;
+pub use supervise::{Stop, Task};
 
-/// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
-/// calls it; call it yourself before building another `reqwest` client in a bridge.
-/// A provider the application installed earlier is kept.
+/// Installs rustls' default crypto provider (*aws-lc-rs*, which has the post-quantum key
+/// exchanges) for the process, once. The framework's HTTP client calls it; call it yourself
+/// before building another `reqwest` client in a bridge. A provider the application installed
+/// earlier is kept.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // An error means a provider is installed already, which is what we want.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_crypto_provider_installs_once_and_offers_post_quantum_key_exchange() {
+        super::install_crypto_provider();
+        super::install_crypto_provider();
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert!(groups.contains(&rustls::NamedGroup::X25519MLKEM768), "{groups:?}");
+        // TLS configs build on it without naming a provider (as reqwest's do).
+        let _ = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+    }
 }

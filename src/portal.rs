@@ -4,19 +4,17 @@
 //! Matrix events kept for later edits, replies and redactions.
 
 use ruma::{
-    EventId, OwnedEventId, RoomId, api::client::room::create_room, events::AnyInitialStateEvent,
+    EventId, RoomId, UserId, api::client::room::create_room, events::AnyInitialStateEvent,
     serde::Raw,
 };
 use serde::Serialize;
 
 use crate::{
     client,
+    config::PermissionLevel,
     context::Context,
-    remote::{
-        Portal, PortalInfo, PortalKey, RemoteMessage, RemoteMessageId, RemoteMessageRef,
-        RemotePartId, RemoteTxnId,
-    },
-    store::{MessageRow, PortalRow, StoreError},
+    remote::{Portal, PortalInfo, PortalKey, RemoteMessageRef},
+    store::{PortalRow, StoreError},
 };
 
 /// Errors of the remote → Matrix helpers.
@@ -34,6 +32,15 @@ pub enum RemoteError {
     /// The ghost's user ID would not be valid.
     #[error("remote user {0:?} gives no valid Matrix user ID")]
     InvalidGhost(String),
+    /// A queued remote event failed for good and was parked.
+    #[error("parked: {0}")]
+    Parked(String),
+    /// The bridge stopped before a queued remote event was bridged (it is after a restart).
+    #[error("the bridge stopped before the event was bridged")]
+    Stopped,
+    /// The Matrix user may not do this.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
     /// The room is the portal of another remote chat already.
     #[error("{room_id} is the portal of {other} already")]
     RoomTaken {
@@ -87,18 +94,24 @@ impl Context {
         Ok(Portal { key: key.clone(), room_id })
     }
 
-    /// Makes an existing room the portal of a remote chat: the mapping is stored, and the bot
-    /// (which must be in the room) sends the `m.bridge` state event when its power level lets
-    /// it (without, the portal works all the same; clients just show no bridge info). Linking
-    /// the same room to the same key again changes nothing.
+    /// Makes an existing room the portal of a remote chat, on the request of a Matrix user
+    /// (the sender of a command, say): they must have the `user` level in `permissions:` and be
+    /// allowed to change the room's state (its `m.bridge` event), so nobody bridges a room they
+    /// do not run. The mapping is stored, and the bot (which must be in the room) sends the
+    /// `m.bridge` state event when its own power level lets it (without, the portal works all
+    /// the same; clients just show no bridge info). Linking the same room to the same key again
+    /// changes nothing.
     ///
     /// # Errors
-    /// [`RemoteError::RoomTaken`] when the room is another chat's portal.
+    /// [`RemoteError::NotPermitted`] for a user who may not; [`RemoteError::RoomTaken`] when the
+    /// room is another chat's portal.
     pub async fn link_portal(
         &self,
         room_id: &RoomId,
         key: &PortalKey,
+        requested_by: &UserId,
     ) -> Result<Portal, RemoteError> {
+        self.check_may_change_portal(room_id, requested_by).await?;
         if let Some(existing) = self.portal_for_room(room_id).await? {
             if existing.key == *key {
                 return Ok(existing);
@@ -109,20 +122,7 @@ impl Context {
             });
         }
         let (state_key, content) = bridge_state(self, key);
-        let content = Raw::new(&content).expect("the m.bridge content serializes").cast_unchecked();
-        let request = ruma::api::client::state::send_state_event::v3::Request::new_raw(
-            room_id.to_owned(),
-            "m.bridge".into(),
-            state_key,
-            content,
-        );
-        match self.client().send(request, None).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == Some(&ruma::api::error::ErrorKind::Forbidden) => {
-                tracing::info!(%room_id, "the bot may not send m.bridge state here; linked without");
-            }
-            Err(e) => return Err(e.into()),
-        }
+        self.send_bridge_state(room_id, state_key, &content).await?;
         self.store()
             .upsert_portal(&PortalRow {
                 key: key.clone(),
@@ -136,49 +136,70 @@ impl Context {
         Ok(Portal { key: key.clone(), room_id: room_id.to_owned() })
     }
 
-    /// Bridges a message from the remote network into its portal: ensures the ghost (and its
-    /// profile) and its membership, sends the content with the remote timestamp, and records
-    /// the mapping. A message already bridged (same portal and ID) is not sent again; its
-    /// event ID is returned.
-    pub async fn bridge_message(
+    /// Makes a portal an ordinary room again, on the request of a Matrix user who may change
+    /// the room's state (as for [`Context::link_portal`]): the mapping is forgotten (its
+    /// messages' mappings too) and the `m.bridge` state emptied where the bot may. Returns
+    /// whether the room was a portal.
+    ///
+    /// # Errors
+    /// [`RemoteError::NotPermitted`] for a user who may not.
+    pub async fn unlink_portal(
         &self,
-        portal: &Portal,
-        message: &RemoteMessage,
-    ) -> Result<OwnedEventId, RemoteError> {
-        let known = self.store().message_parts(&portal.key, &message.id).await?;
-        if let Some(existing) = known.into_iter().next() {
-            return Ok(existing.event_id);
-        }
-        let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
-        let event_id =
-            intent.send_message(&portal.room_id, &message.content, message.timestamp).await?;
-        let timestamp = message.timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
-        let row = MessageRow {
-            portal: portal.key.clone(),
-            id: message.id.clone(),
-            part: RemotePartId::default(),
-            event_id: event_id.clone(),
-            room_id: portal.room_id.clone(),
-            sender: intent.user_id().to_owned(),
-            timestamp,
-        };
-        self.store().insert_messages(std::slice::from_ref(&row)).await?;
-        Ok(event_id)
+        room_id: &RoomId,
+        requested_by: &UserId,
+    ) -> Result<bool, RemoteError> {
+        self.check_may_change_portal(room_id, requested_by).await?;
+        let Some(portal) = self.portal_for_room(room_id).await? else { return Ok(false) };
+        let (state_key, _) = bridge_state(self, &portal.key);
+        self.send_bridge_state(room_id, state_key, &serde_json::json!({})).await?;
+        self.store().delete_portal(&portal.key).await?;
+        self.store().delete_messages(&portal.key).await?;
+        Ok(true)
     }
 
-    /// The network echoed a message the bridge sent for a Matrix event with
-    /// [`crate::bridge::Sent::pending`]: records the mapping of that event to the remote
-    /// message and returns the event's ID. `None` means the echo is not of a message the bridge
-    /// sent (or it was matched before): bridge it as any other remote message.
-    pub async fn resolve_echo(
+    /// Refuses users below `user`, and users who may not send `m.bridge` state in the room.
+    async fn check_may_change_portal(
         &self,
-        portal: &PortalKey,
-        txn_id: &RemoteTxnId,
-        message: &RemoteMessageId,
-    ) -> Result<Option<OwnedEventId>, RemoteError> {
-        let part = RemotePartId::default();
-        let row = self.store().resolve_pending(portal, txn_id, message, &part).await?;
-        Ok(row.map(|r| r.event_id))
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<(), RemoteError> {
+        if self.permission_level(user) < PermissionLevel::User {
+            return Err(RemoteError::NotPermitted(format!("{user} may not use this bridge")));
+        }
+        let levels = self.bot().power_levels(room_id).await?;
+        if !levels.user_can_send_state(user, "m.bridge".into()) {
+            return Err(RemoteError::NotPermitted(format!(
+                "{user} may not change the state of {room_id}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends a portal's `m.bridge` state as the bot, unless its power level does not let it.
+    async fn send_bridge_state(
+        &self,
+        room_id: &RoomId,
+        state_key: String,
+        content: &serde_json::Value,
+    ) -> Result<(), RemoteError> {
+        let content = Raw::new(content).expect("the m.bridge content serializes").cast_unchecked();
+        let request = ruma::api::client::state::send_state_event::v3::Request::new_raw(
+            room_id.to_owned(),
+            "m.bridge".into(),
+            state_key,
+            content,
+        );
+        match self.client().send(request, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == Some(&ruma::api::error::ErrorKind::Forbidden) => {
+                tracing::info!(
+                    %room_id,
+                    "the bot may not send m.bridge state here; left as is"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The remote message part a Matrix event carries (or was delivered as), if known.
@@ -226,4 +247,81 @@ fn bridge_state_event(ctx: &Context, key: &PortalKey) -> Raw<AnyInitialStateEven
     let json =
         serde_json::json!({ "type": "m.bridge", "state_key": state_key, "content": content });
     Raw::from_json(serde_json::value::to_raw_value(&json).expect("a JSON value serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{room_id, user_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        store::Store,
+        testing::{MockHomeserver, test_registration},
+    };
+
+    async fn setup(hs: &MockHomeserver) -> Context {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
+            "homeserver: {{address: '{}', domain: localhost}}\n\
+             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
+             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
+             permissions: {{localhost: user}}\n",
+            hs.url()
+        ))
+        .unwrap();
+        Context::with_client(store, test_registration(), config, hs.client())
+    }
+
+    fn state(kind: &str, state_key: &str, content: serde_json::Value) -> serde_json::Value {
+        json!({ "type": kind, "state_key": state_key, "sender": "@owner:localhost",
+                "content": content, "event_id": format!("${kind}"), "origin_server_ts": 1 })
+    }
+
+    /// Only a user who may use the bridge and change the room's state links a room; the room
+    /// then is the portal, and unlinking it forgets the mapping.
+    #[tokio::test]
+    async fn rooms_are_linked_and_unlinked_only_by_those_who_run_them() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!room:localhost");
+        hs.mock_room_state(room)
+            .ok_body(json!([
+                state("m.room.create", "", json!({ "room_version": "10" })),
+                state(
+                    "m.room.power_levels",
+                    "",
+                    json!({
+                        "users": { "@owner:localhost": 100, "@_test_bot:localhost": 50 },
+                        "state_default": 50,
+                    })
+                ),
+            ]))
+            .mount()
+            .await;
+        let state_key = "test-bridge/chat";
+        hs.mock_set_state(room, "m.bridge", state_key).as_bot().ok().expect(2).mount().await;
+        let key = PortalKey::shared("chat");
+        for (user, why) in [
+            (user_id!("@member:localhost"), "may not change the state"),
+            (user_id!("@owner:elsewhere.org"), "may not use this bridge"),
+        ] {
+            let refused = ctx.link_portal(room, &key, user).await.unwrap_err();
+            assert!(refused.to_string().contains(why), "{refused}");
+        }
+        assert_eq!(ctx.portal_for_room(room).await.unwrap(), None);
+        let owner = user_id!("@owner:localhost");
+        let portal = ctx.link_portal(room, &key, owner).await.unwrap();
+        assert_eq!((portal.key.clone(), portal.room_id.as_ref()), (key.clone(), room));
+        assert_eq!(ctx.portal_for_room(room).await.unwrap(), Some(portal));
+        let other = PortalKey::shared("other");
+        assert!(matches!(
+            ctx.link_portal(room, &other, owner).await,
+            Err(RemoteError::RoomTaken { .. })
+        ));
+        assert!(ctx.unlink_portal(room, user_id!("@member:localhost")).await.is_err());
+        assert!(ctx.unlink_portal(room, owner).await.unwrap());
+        assert_eq!(ctx.portal(&key).await.unwrap(), None);
+        assert!(!ctx.unlink_portal(room, owner).await.unwrap());
+    }
 }

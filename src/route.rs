@@ -233,10 +233,8 @@ async fn route_membership<B: Bridge>(
     if target_is_ours && m.membership == MembershipState::Invite {
         let intent = ctx.intent(&m.target)?;
         if m.sender.level < PermissionLevel::User {
-            tracing::info!(
-                inviter = %m.sender.user_id,
-                "refusing an invite from a user without permission"
-            );
+            let inviter = &m.sender.user_id;
+            tracing::info!(%inviter, "refusing an invite from a user without permission");
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
@@ -251,7 +249,7 @@ async fn route_membership<B: Bridge>(
 
 /// Rejects an invite with a reason. Best effort: an invite left pending does no harm.
 async fn refuse_invite(intent: &crate::intent::Intent, room_id: &RoomId, reason: &str) {
-    if let Err(e) = intent.leave(room_id, Some(reason)).await {
+    if let Err(e) = intent.leave(room_id).reason(reason).await {
         tracing::warn!(error = %e, user = %intent.user_id(), "could not reject the invite");
     }
 }
@@ -419,7 +417,7 @@ pub(crate) fn report_not_delivered(
             tracing::warn!(error = %e, "could not send the message status");
         }
         if let Some(content) = notice
-            && let Err(e) = ctx.bot().send_message(&room_id, &content, None).await
+            && let Err(e) = ctx.bot().send(&room_id, &content).await
         {
             tracing::warn!(error = %e, "could not post the notice");
         }
@@ -477,7 +475,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
     };
     if let Some(text) = reply.filter(|t| !t.is_empty()) {
         let content = RoomMessageEventContent::notice_markdown(text);
-        ctx.bot().send_message(&call.event.room_id, &content, None).await?;
+        ctx.bot().send(&call.event.room_id, &content).await?;
     }
     Ok(())
 }
@@ -590,14 +588,10 @@ mod tests {
                             let json = format!(
                                 concat!(
                                     r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","#,
-                                    r#""type":"m.room.message","content":"#,
-                                    r#"{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}}}"#,
+                                    r#""type":"m.room.message","content":{{"msgtype":{}"#,
+                                    r#"{}{}{}{}}}}}"#,
                                 ),
-                                msgtype = msgtype,
-                                body = body,
-                                format = format,
-                                mention = mention,
-                                extra = extra,
+                                msgtype, body, format, mention, extra
                             );
                             let event = Event::from_json(&json).unwrap();
                             let by_ruma = event.content::<RoomMessageEventContent>();
@@ -1063,9 +1057,8 @@ mod route_tests {
         let events = [
             edu(json!({"type": "m.typing", "room_id": "!r:localhost",
                        "content": {"user_ids": ["@alice:localhost", "@_test_ghost:localhost"]}})),
-            edu(json!({"type": "m.receipt", "room_id": "!r:localhost",
-                       "content": {"$e": {"m.read": {
-                           "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
+            edu(json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {
+                "m.read": {"@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
             edu(json!({"type": "m.presence", "sender": "@alice:localhost",
                        "content": {"presence": "online"}})),
             edu(json!({"type": "m.presence", "sender": "@_test_ghost:localhost",

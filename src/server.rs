@@ -3,18 +3,12 @@
 //! `router` builds the whole axum app, so tests drive it with `oneshot` and no socket; `serve`
 //! runs it on a listener until a shutdown future resolves.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     body::Body,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{MatchedPath, Request, State},
     http::{StatusCode, header::CONTENT_TYPE},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -26,11 +20,13 @@ use tracing::Instrument as _;
 use crate::{
     bridge::Bridge,
     context::Context,
+    health::Health,
     intake::{GroupCommit, Handoff},
 };
 
 mod auth;
 pub mod error;
+mod limit;
 mod ping;
 mod query;
 mod thirdparty;
@@ -74,84 +70,10 @@ pub(crate) struct ServerState<B> {
     pub(crate) group_commit: GroupCommit,
 }
 
-/// What the bridge is doing, as `/health/state` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
-pub enum BridgeState {
-    /// Starting: the store is ready, the homeserver not yet reached.
-    #[default]
-    Starting,
-    /// Running, and the homeserver answered our ping.
-    Running,
-    /// The startup ping failed; the detail says why and what to check.
-    HomeserverUnreachable(String),
-    /// Shutting down.
-    Stopping,
-}
-
 impl<B> ServerState<B> {
     pub(crate) fn new(bridge: Arc<B>, ctx: Context, handoff: Handoff, health: Arc<Health>) -> Self {
         let group_commit = GroupCommit::new(handoff.clone());
         Self { bridge, ctx, handoff, health, group_commit }
-    }
-}
-
-/// Liveness and readiness facts, shared by the server and the appservice's startup.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The state reported at `/health/state`.
-    state: Mutex<BridgeState>,
-    /// Set once the bridge started and the inbox runs.
-    running: AtomicBool,
-    /// Set when the startup ping through the homeserver succeeded.
-    homeserver_ok: AtomicBool,
-    /// The last ping the homeserver sent us, with when it came.
-    last_ping: Mutex<Option<(Instant, Option<String>)>>,
-}
-
-impl Health {
-    /// Sets the reported state.
-    pub fn set_state(&self, state: BridgeState) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = state;
-        }
-    }
-
-    /// The reported state.
-    pub fn state(&self) -> BridgeState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// Marks the bridge as running (or not).
-    pub fn set_running(&self, running: bool) {
-        self.running.store(running, Ordering::SeqCst);
-    }
-
-    /// Whether the bridge is running.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Records whether the homeserver answered the startup ping.
-    pub fn set_homeserver_ok(&self, ok: bool) {
-        self.homeserver_ok.store(ok, Ordering::SeqCst);
-    }
-
-    /// Whether the homeserver answered the startup ping.
-    pub fn homeserver_ok(&self) -> bool {
-        self.homeserver_ok.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn record_homeserver_ping(&self, transaction_id: Option<String>) {
-        if let Ok(mut last) = self.last_ping.lock() {
-            *last = Some((Instant::now(), transaction_id));
-        }
-    }
-
-    /// The `transaction_id` of the last ping the homeserver sent, and how long ago it came.
-    pub fn last_homeserver_ping(&self) -> Option<(Duration, Option<String>)> {
-        let last = self.last_ping.lock().ok()?;
-        last.as_ref().map(|(at, id)| (at.elapsed(), id.clone()))
     }
 }
 
@@ -213,7 +135,10 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> A
         // Without `HsAuthed`: scrapers do not hold the hs_token.
         app = app.route("/metrics", get(metrics::<B>));
     }
-    let app = app.layer(DefaultBodyLimit::max(limits.max_body_bytes)).with_state(state);
+    let app = app
+        // `DefaultBodyLimit`, and a body declared too large is refused before it is awaited.
+        .layer(limit::BodyLimitLayer::new(limits.max_body_bytes))
+        .with_state(state);
     let router = app
         .merge(bridge_routes)
         .fallback(unrecognized)
@@ -236,8 +161,7 @@ async fn method_not_allowed() -> ApiError {
 /// of their own (a body over the limit, a timeout) the Matrix error shape.
 ///
 /// The span is made here rather than by tower-http's `TraceLayer` around this: each layer moves
-/// the request and the futures inside it once more (callgrind, load B: 24 `memcpy` calls and
-/// ~18k instructions per request in the layer stack, BENCHMARKS.md).
+/// the request and the futures inside it once more.
 async fn framed(request: Request, next: Next) -> Response {
     // The matched route, never the raw URI: its query may hold `access_token`.
     let path = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
@@ -300,6 +224,7 @@ async fn state_report<B: Bridge>(
     Json(serde_json::json!({
         "bridge": state.health.state(),
         "homeserver": state.health.homeserver_ok(),
+        "tasks": state.health.tasks(),
         "inbox": inbox.map(|i| serde_json::json!({"pending": i.pending, "parked": i.parked})),
     }))
 }

@@ -25,6 +25,7 @@ use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 mod checkpoint;
 mod inbox;
 mod mappings;
+mod remote_queue;
 mod seen;
 mod state;
 mod state_cache;
@@ -38,6 +39,7 @@ pub(crate) use inbox::{
 pub use inbox::{InboxStats, InboxStatus, ParkedEvent};
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
+pub(crate) use remote_queue::{QueuedRow, ReactionRow};
 pub use state::{Member, MemberRow, Membership, RoomStateField};
 
 /// Errors from the store.
@@ -263,6 +265,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0005_portal_keys.sql",
         sqlite: include_str!("../migrations/sqlite/0005_portal_keys.sql"),
         postgres: include_str!("../migrations/postgres/0005_portal_keys.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_remote_queue.sql",
+        sqlite: include_str!("../migrations/sqlite/0007_remote_queue.sql"),
+        postgres: include_str!("../migrations/postgres/0007_remote_queue.sql"),
     },
 ];
 

@@ -1,6 +1,6 @@
 // A matrix-appservice 3.0 (Node) appservice whose event handler only counts events.
 //
-// The peer side of scripts/bench-peers.sh: `node matrix_appservice_counter.js --port P --hs-token T`
+// The peer side of bench/scripts/intake.sh: `node matrix_appservice_counter.js --port P --hs-token T`
 // (NODE_PATH pointing at the node_modules the script installed). It prints `pid=... port=...` once
 // listening and the number of events handled on SIGTERM.
 "use strict";

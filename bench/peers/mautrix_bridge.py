@@ -1,10 +1,10 @@
 """A mautrix-python 0.21 appservice that bridges every message with one ghost send.
 
-The peer side of scripts/bench-bridging.sh:
+The peer side of bench/scripts/bridging.sh:
 `python mautrix_bridge.py --port P --hs-token T --hs-port S [--rooms N]`.
 
 Every m.room.message is sent on by the ghost @_bench_ghost:localhost with
-`IntentAPI.send_text` to the stub homeserver on 127.0.0.1:S (examples/bridge_bench.rs
+`IntentAPI.send_text` to the stub homeserver on 127.0.0.1:S (bench/src/bin/bridge_bench.rs
 --mode stub). The ghost is marked registered and joined to the load's rooms in the state store
 first, with power levels and a create event, so each send is one request. mautrix runs every event's handler as its own task, so a
 per-room asyncio.Lock (FIFO, taken before the first await) keeps the sends of a room in order.

@@ -1,6 +1,6 @@
 """A mautrix-python 0.21 appservice whose event handler only counts events.
 
-The peer side of scripts/bench-peers.sh: `python mautrix_counter.py --port P --hs-token T`.
+The peer side of bench/scripts/intake.sh: `python mautrix_counter.py --port P --hs-token T`.
 It prints `pid=... port=...` once listening and the number of events handled on SIGTERM.
 """
 

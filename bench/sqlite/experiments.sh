@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sqlite3-shell experiments of BENCHMARKS.md (session 8), under valgrind's callgrind:
+# SQLite experiments in the sqlite3 shell (bench/HISTORY.md), under valgrind's callgrind:
 #   1. moving 25,600 event IDs from 256 batch rows into mx_event_seen, with and without
 #      ORDER BY, into an empty table and into one of 500,000 rows;
 #   2. 1,000 rounds of a 2-row membership upsert and a 15-row progress upsert, as 2,000

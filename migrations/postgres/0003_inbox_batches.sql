@@ -1,4 +1,4 @@
--- The inbox, reworked for fewer writes per event (issue 5).
+-- The inbox, reworked for fewer writes per event.
 --
 -- A stored transaction's new events are kept as one JSON array per batch (a transaction is cut
 -- into batches of bounded size) instead of one row per event: one row written per batch at

@@ -1,4 +1,4 @@
--- Event dedup without one random index insert per event at intake (issue 5).
+-- Event dedup without one random index insert per event at intake.
 --
 -- Each batch row now carries the IDs of its events as a JSON array. While a batch is stored, the
 -- process finds its IDs through an index in memory built from this column; when a handled batch

@@ -9,7 +9,12 @@
 //! (`mx_room_state.members_fetched`), and nothing is fetched for it again.
 
 use ruma::{
-    OwnedMxcUri, RoomId, UserId, api::error::ErrorKind, events::StateEventType,
+    OwnedMxcUri, RoomId, UserId,
+    api::{
+        client::state::{get_state_event_for_key, get_state_events},
+        error::ErrorKind,
+    },
+    events::StateEventType,
     profile::DisplayName,
 };
 use serde::Deserialize;
@@ -35,7 +40,7 @@ impl Intent {
     /// Joins and room creation through an intent do this by themselves.
     ///
     /// # Errors
-    /// On a failed request (this user not in the room) or store.
+    /// The homeserver's refusal when this user is not in the room.
     pub async fn ensure_room_state(&self, room_id: &RoomId) -> Result<bool> {
         if self.store.members_fetched(room_id).await? {
             return Ok(false);
@@ -67,11 +72,9 @@ impl Intent {
 
     /// Fetches the room's current state as this user into the state cache (members, power
     /// levels, create event, join rules, encryption) and marks the room fetched.
-    ///
-    /// # Errors
-    /// On a failed request or store.
     pub async fn fetch_room_state(&self, room_id: &RoomId) -> Result<()> {
-        let events = self.client.get_state(self.as_user(), room_id).await?;
+        let request = get_state_events::v3::Request::new(room_id.to_owned());
+        let events = self.client.send(request, self.as_user()).await?.room_state;
         let mut members = Vec::new();
         for raw in &events {
             let json = raw.json().get();
@@ -98,13 +101,13 @@ impl Intent {
         room_id: &RoomId,
         user_id: &UserId,
     ) -> Result<Option<Member>> {
-        let kind = StateEventType::RoomMember;
-        let content = match self
-            .client
-            .get_state_event(self.as_user(), room_id, kind, user_id.as_str())
-            .await
-        {
-            Ok(content) => content,
+        let request = get_state_event_for_key::v3::Request::new(
+            room_id.to_owned(),
+            StateEventType::RoomMember,
+            user_id.to_string(),
+        );
+        let content = match self.client.send(request, self.as_user()).await {
+            Ok(response) => response.event_or_content,
             Err(err) if err.kind() == Some(&ErrorKind::NotFound) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
@@ -118,9 +121,6 @@ impl Intent {
     /// Members of the room with the given membership, from the state cache. A room not fetched
     /// yet is fetched first when this user is in it; otherwise, or when the homeserver refuses,
     /// the cache answers as it is.
-    ///
-    /// # Errors
-    /// When the homeserver cannot be reached or the store fails.
     pub async fn members_with(
         &self,
         room_id: &RoomId,
@@ -133,9 +133,6 @@ impl Intent {
     /// A user's display name as the room shows it: the per-room name from the state cache
     /// (fetching the room's state first, as in [`Intent::members_with`], when the user is not
     /// cached), else the global profile's. `None` when the user has neither.
-    ///
-    /// # Errors
-    /// When the homeserver cannot be reached or the store fails.
     pub async fn display_name(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
         let mut member = self.store.member(room_id, user_id).await?;
         if member.is_none() {

@@ -67,7 +67,8 @@ impl Intent {
     /// version 12 and later); its `user_can_*` methods check actions.
     ///
     /// # Errors
-    /// On a failed request or store, malformed state, or an unknown room version.
+    /// [`IntentError::MalformedState`] for a room without a readable create event or power
+    /// levels; [`IntentError::UnsupportedRoomVersion`] for a version whose rules are unknown.
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
         let mut cached = self.cached_power_state(room_id).await?;
         let fetched = self.store.members_fetched(room_id).await?;
@@ -109,7 +110,7 @@ impl Intent {
     ///
     /// # Errors
     /// [`IntentError::NotPermitted`] when the bot may not change power levels, may not change
-    /// this user's, or would give more than it has; a failed request or store.
+    /// this user's, or would give more than it has.
     pub async fn ensure_power_level(
         &self,
         room_id: &RoomId,
@@ -137,15 +138,12 @@ impl Intent {
     }
 
     /// Sends `m.room.power_levels` as this user and caches it.
-    ///
-    /// # Errors
-    /// On a failed request or store.
     pub async fn set_power_levels(
         &self,
         room_id: &RoomId,
         content: &RoomPowerLevelsEventContent,
     ) -> Result<OwnedEventId> {
-        let event_id = self.send_state(room_id, &EmptyStateKey, content, None).await?;
+        let event_id = self.send_state(room_id, &EmptyStateKey, content).await?;
         let json = serde_json::to_string(content)?;
         self.store.set_room_state(room_id, RoomStateField::PowerLevels, &json).await?;
         Ok(event_id)

@@ -13,9 +13,7 @@ use crate::{bridge::Bridge, secret::Secret};
 /// body above all).
 ///
 /// An extractor rather than a router layer: a layer wraps every route's service, and each
-/// request's future is moved once more through it and the service cloned and boxed (callgrind,
-/// load B on PostgreSQL: 6.5 % fewer instructions per 1-event transaction without the layer,
-/// BENCHMARKS.md).
+/// request's future would be moved once more through it and the service cloned and boxed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HsAuthed;
 

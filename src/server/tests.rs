@@ -23,6 +23,8 @@ const HS_TOKEN: &str = "hs_token_for_tests_0123456789";
 #[derive(Debug, Default)]
 struct Recorder {
     ephemeral: Mutex<Vec<String>>,
+    /// Notified after each ephemeral event.
+    ephemeral_seen: tokio::sync::Notify,
 }
 
 impl Bridge for Recorder {
@@ -36,6 +38,7 @@ impl Bridge for Recorder {
     }
     async fn handle_ephemeral(&self, event: &EphemeralEvent) {
         self.ephemeral.lock().unwrap().push(event.kind.clone());
+        self.ephemeral_seen.notify_one();
     }
     async fn query_user(&self, user_id: &ruma::UserId) -> BridgeResult<bool> {
         Ok(user_id.localpart() == "_t_exists")
@@ -82,7 +85,8 @@ impl Bridge for Recorder {
 fn registration() -> Registration {
     Registration::from_yaml(&format!(
         "id: test\nurl: null\nas_token: as_token_for_tests_0123456789\nhs_token: {HS_TOKEN}\n\
-         sender_localpart: _t_bot\nprotocols: [test]\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@_t_.*:localhost'\n\
+         sender_localpart: _t_bot\nprotocols: [test]\nnamespaces:\n  users:\n\
+         \x20   - exclusive: true\n      regex: '@_t_.*:localhost'\n\
          \x20 aliases:\n    - exclusive: true\n      regex: '#_t_.*:localhost'\n"
     ))
     .unwrap()
@@ -137,7 +141,10 @@ async fn call(
     (status, json)
 }
 
-const TXN: &str = r#"{"events":[{"event_id":"$e1","room_id":"!r:localhost","sender":"@a:localhost","type":"m.room.message","content":{"body":"hi","msgtype":"m.text"}}]}"#;
+const TXN: &str = concat!(
+    r#"{"events":[{"event_id":"$e1","room_id":"!r:localhost","sender":"@a:localhost","#,
+    r#""type":"m.room.message","content":{"body":"hi","msgtype":"m.text"}}]}"#,
+);
 
 #[tokio::test]
 async fn transaction_is_stored_before_the_200() {
@@ -269,6 +276,48 @@ async fn bad_bodies_get_spec_errors_and_store_nothing() {
     let (s, b) = call(&h.app, Method::PUT, uri, Some(HS_TOKEN), &huge).await;
     assert_eq!((s, b["errcode"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")));
     assert_eq!(h.store.inbox_stats().await.unwrap().pending, 0);
+}
+
+/// A body declared over the limit is refused from its headers: the answer does not wait for a
+/// body that may never come.
+#[tokio::test]
+async fn declared_length_over_the_limit_is_413_at_once() {
+    let h = harness(4096).await;
+    for (uri, token) in [
+        ("/_matrix/app/v1/transactions/big", Some(HS_TOKEN)),
+        (concat!("/transactions/big?access_token=", "hs_token_for_tests_0123456789"), None),
+    ] {
+        let mut req = Request::builder()
+            .method(Method::PUT)
+            .uri(uri)
+            .header("content-length", "4097")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        // A body that never sends a byte.
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let req = req.body(Body::from_stream(never)).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(2), h.app.clone().oneshot(req))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE"))
+        );
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("4096")), "{body}");
+    }
+    // At the limit, the body is read as usual.
+    let at_limit = format!(r#"{{"events":[],"pad":"{}"}}"#, "x".repeat(4096 - 22));
+    assert_eq!(at_limit.len(), 4096);
+    let (s, _) =
+        call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/2", Some(HS_TOKEN), &at_limit)
+            .await;
+    assert_eq!(s, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -420,12 +469,8 @@ async fn ephemeral_events_reach_the_bridge_once() {
     drop(stop_tx);
     // Run the dispatcher briefly: it drains the ephemeral queue.
     let run = tokio::spawn(dispatcher.run(Duration::from_millis(10)));
-    for _ in 0..100 {
-        if !bridge.ephemeral.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = tokio::time::timeout(Duration::from_secs(10), bridge.ephemeral_seen.notified());
+    assert!(seen.await.is_ok(), "the ephemeral event reached the bridge");
     run.abort();
     assert_eq!(*bridge.ephemeral.lock().unwrap(), ["m.typing"]);
 }
@@ -444,7 +489,7 @@ async fn slow_headers_are_cut_off_and_do_not_block_shutdown() {
     }));
     let head =
         b"PUT /_matrix/app/v1/transactions/1 HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut cut = false;
     for b in head {

@@ -1,6 +1,7 @@
 //! One integration-test binary (links once): `mod` per area.
 
 mod bad_input;
+mod bridge_error;
 mod chaos;
 mod cli;
 mod common;

@@ -176,6 +176,48 @@ async fn webhook_bridge_posts_as_ghost_relays_out_maps_edits_and_survives_restar
     );
     assert_eq!(cs(&client, reqwest::Method::GET, url, &alice, None).await["displayname"], "CI Bot");
 
+    // A remote name of 1000 characters posts too: its ghost gets a user ID within the limit,
+    // and the display name is the name cut to the homeserver's limit.
+    let long_name = format!("{}{}", "Long Name ".repeat(60), "ü".repeat(400));
+    assert_eq!(long_name.chars().count(), 1000);
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"text": "from a long name", "username": long_name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let event_id = res.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/event/{}", urlencode(&room), urlencode(&event_id));
+    let ev = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    let long_ghost = ev["sender"].as_str().unwrap().to_owned();
+    assert!(long_ghost.starts_with("@_t__long=20_name") && long_ghost.len() <= 255, "{long_ghost}");
+    assert_eq!(ev["content"]["body"], "from a long name");
+    let url = format!(
+        "{hs}/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        urlencode(&room),
+        urlencode(&long_ghost)
+    );
+    let shown: String = long_name.chars().take(256).collect();
+    assert_eq!(cs(&client, reqwest::Method::GET, url, &alice, None).await["displayname"], shown);
+
+    // HTML from the hook reaches the room sanitized.
+    let html =
+        r#"<b onclick="alert(1)">bold</b><script>alert(2)</script><a href="javascript:x()">link"#;
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"text": "bold link", "username": "CI Bot", "html": html}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let event_id = res.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/event/{}", urlencode(&room), urlencode(&event_id));
+    let ev = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    assert_eq!(ev["content"]["formatted_body"], "<b>bold</b>link", "{ev}");
+
     // Bad requests get a clear status and body, and post nothing.
     let bad = client
         .post(format!("{hook_url}x"))
