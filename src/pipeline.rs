@@ -552,3 +552,288 @@ async fn chat_info(
     ctx.store().upsert_portal(&row).await?;
     Ok(sent)
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedRoomId, room_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        commands::CommandSpec,
+        remote::RemoteSender,
+        store::{GhostRow, MemberRow, Membership, PortalRow, Store},
+        testing::{MockHomeserver, test_registration},
+    };
+
+    /// A bridge with nothing but what the pipeline asks of it.
+    #[derive(Debug, Default)]
+    struct Quiet;
+
+    impl Bridge for Quiet {
+        type Config = crate::config::NoBridgeConfig;
+        const NAME: &'static str = "quiet";
+        async fn create(_: Self::Config, _: Context) -> crate::BridgeResult<Self> {
+            Ok(Self)
+        }
+        fn commands(&self) -> Vec<CommandSpec> {
+            Vec::new()
+        }
+    }
+
+    const ROOMS: [&str; 3] = ["!a:localhost", "!b:localhost", "!c:localhost"];
+    const GHOST: &str = "@_test_alice:localhost";
+
+    /// A context whose store knows three portals (`chat-a` ... in `!a` ...) and the ghost of
+    /// remote user `alice`, joined to all three, so bridging makes only the sends.
+    async fn setup(hs: &MockHomeserver) -> Context {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
+            "homeserver: {{address: '{}', domain: localhost}}\n\
+             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
+             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
+             inbox: {{retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}}\n",
+            hs.url()
+        ))
+        .unwrap();
+        let ghost = ruma::UserId::parse(GHOST).unwrap();
+        store
+            .upsert_ghost(&GhostRow {
+                remote_id: "alice".into(),
+                user_id: ghost.clone(),
+                displayname: Some("Alice".into()),
+                avatar_url: None,
+                metadata: None,
+            })
+            .await
+            .unwrap();
+        store.mark_registered(&ghost).await.unwrap();
+        for (n, room) in ROOMS.iter().enumerate() {
+            let room_id = OwnedRoomId::try_from(*room).unwrap();
+            let joined = MemberRow::new(&room_id, &ghost, Membership::Join);
+            store.set_membership(joined).await.unwrap();
+            let key = PortalKey::shared(format!("chat-{n}"));
+            let room_id = Some(room_id);
+            let row = PortalRow {
+                key,
+                room_id,
+                name: None,
+                topic: None,
+                avatar_url: None,
+                metadata: None,
+            };
+            store.upsert_portal(&row).await.unwrap();
+        }
+        Context::with_client(store, test_registration(), config, hs.client())
+    }
+
+    fn alice() -> RemoteSender {
+        RemoteSender::named("alice", "Alice")
+    }
+
+    /// The pipeline, running until the returned sender says stop.
+    fn start(ctx: &Context) -> watch::Sender<bool> {
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(ctx.clone(), Arc::new(Quiet), stop_rx));
+        stop
+    }
+
+    /// Events queued concurrently, to three portals at once, reach each room in the order
+    /// they were queued, each sent once, with the transaction ID of its queue row.
+    #[tokio::test]
+    async fn each_portal_gets_its_events_in_queue_order() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        for room in ROOMS {
+            let room = <&RoomId>::try_from(room).unwrap();
+            hs.mock_send(room, "m.room.message")
+                .as_user(&ruma::UserId::parse(GHOST).unwrap())
+                .ok()
+                .mount()
+                .await;
+        }
+        let _stop = start(&ctx);
+        let mut writers = Vec::new();
+        for writer in 0..3 {
+            let ctx = ctx.clone();
+            writers.push(tokio::spawn(async move {
+                let mut queued = Vec::new();
+                for i in 0..10 {
+                    let n = (writer + i) % 3;
+                    let id = format!("w{writer}-{i}");
+                    let event = RemoteEvent::text(id.as_str(), alice(), id.as_str());
+                    let q = ctx
+                        .queue_remote(&PortalKey::shared(format!("chat-{n}")), &event)
+                        .await
+                        .unwrap();
+                    queued.push((n, q.seq(), q));
+                }
+                queued
+            }));
+        }
+        let mut by_portal: Vec<Vec<i64>> = vec![Vec::new(); 3];
+        for writer in writers {
+            for (n, seq, q) in writer.await.unwrap() {
+                by_portal[n].push(seq);
+                assert_eq!(q.bridged().await.unwrap().len(), 1);
+            }
+        }
+        for (n, room) in ROOMS.iter().enumerate() {
+            let room = <&RoomId>::try_from(*room).unwrap();
+            let mut expected = by_portal[n].clone();
+            expected.sort_unstable();
+            let expected: Vec<String> = expected.iter().map(|s| format!("mxb.q{s}.0")).collect();
+            assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, expected, "order in {room}");
+        }
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 0));
+    }
+
+    /// What was queued while no pipeline ran is bridged when one starts; an event handled
+    /// again (a crash after the send, before it left the queue) sends nothing more.
+    #[tokio::test]
+    async fn queued_events_survive_until_bridged_and_are_bridged_once() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message")
+            .ok_body(json!({"event_id": "$sent"}))
+            .ok()
+            .expect(2)
+            .mount()
+            .await;
+        let key = PortalKey::shared("chat-0");
+        let first = ctx.queue_remote(&key, &RemoteEvent::text("m1", alice(), "one")).await.unwrap();
+        let second =
+            ctx.queue_remote(&key, &RemoteEvent::text("m2", alice(), "two")).await.unwrap();
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (2, 0));
+        let _stop = start(&ctx);
+        assert_eq!(first.bridged().await.unwrap(), ["$sent"]);
+        assert_eq!(second.bridged().await.unwrap(), ["$sent"]);
+        // Handled again from its stored form: the part is mapped, nothing is sent.
+        let row = QueuedRow {
+            seq: 1,
+            portal: key.clone(),
+            event: serde_json::to_string(&RemoteEvent::text("m1", alice(), "one")).unwrap(),
+            attempts: 0,
+        };
+        let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
+        assert!(handle(&ctx, &Quiet, &row, &event).await.unwrap().is_empty());
+        assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q1.0", "mxb.q2.0"]);
+    }
+
+    /// Edits, reactions, their removal and deletes find their Matrix targets through the
+    /// mappings; each is sent by the remote user's ghost.
+    #[tokio::test]
+    async fn edits_reactions_and_deletes_reach_their_targets() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message")
+            .ok_body(json!({"event_id": "$msg"}))
+            .ok()
+            .mount()
+            .await;
+        hs.mock_send(room, "m.reaction")
+            .ok_body(json!({"event_id": "$react"}))
+            .ok()
+            .expect(1)
+            .mount()
+            .await;
+        hs.mock_redact(room).ok().expect(2).mount().await;
+        let key = PortalKey::shared("chat-0");
+        let _stop = start(&ctx);
+        let queue = |event: RemoteEvent| {
+            let (ctx, key) = (ctx.clone(), key.clone());
+            async move { ctx.queue_remote(&key, &event).await.unwrap().bridged().await.unwrap() }
+        };
+        queue(RemoteEvent::text("m1", alice(), "hello")).await;
+        let part = |body: &str| RemotePart {
+            id: crate::remote::RemotePartId::default(),
+            content: RoomMessageEventContent::text_plain(body),
+        };
+        queue(RemoteEvent::Edit {
+            target: "m1".into(),
+            sender: alice(),
+            timestamp: None,
+            parts: vec![part("hi")],
+        })
+        .await;
+        let reaction = |key: &str| RemoteEvent::Reaction {
+            target: "m1".into(),
+            sender: alice(),
+            key: key.into(),
+            timestamp: None,
+        };
+        assert_eq!(queue(reaction("👍")).await, ["$react"]);
+        // The same reaction again is already there.
+        assert!(queue(reaction("👍")).await.is_empty());
+        queue(RemoteEvent::ReactionRemove {
+            target: "m1".into(),
+            sender: alice(),
+            key: "👍".into(),
+        })
+        .await;
+        queue(RemoteEvent::Delete { target: "m1".into(), sender: alice() }).await;
+        // An edit of an unknown message changes nothing.
+        assert!(
+            queue(RemoteEvent::Edit {
+                target: "nope".into(),
+                sender: alice(),
+                timestamp: None,
+                parts: vec![part("x")]
+            })
+            .await
+            .is_empty()
+        );
+        let bodies: Vec<serde_json::Value> = hs
+            .received()
+            .await
+            .iter()
+            .filter(|r| r.url.path().contains("/send/"))
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect();
+        assert_eq!(bodies[0]["body"], "hello");
+        assert_eq!(bodies[1]["m.new_content"]["body"], "hi");
+        assert_eq!(bodies[1]["m.relates_to"], json!({"rel_type": "m.replace", "event_id": "$msg"}));
+        assert_eq!(
+            bodies[2]["m.relates_to"],
+            json!({"rel_type": "m.annotation", "event_id": "$msg", "key": "👍"})
+        );
+        let redacted: Vec<String> = hs
+            .received()
+            .await
+            .iter()
+            .filter_map(|r| {
+                r.url
+                    .path()
+                    .split("/redact/")
+                    .nth(1)
+                    .map(|rest| rest.split('/').next().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(redacted, ["$react", "$msg"]);
+        assert_eq!(ctx.store().message_parts(&key, &"m1".into()).await.unwrap(), []);
+    }
+
+    /// An event that keeps failing is parked after `inbox.max_attempts`, and its portal's
+    /// next events go on.
+    #[tokio::test]
+    async fn a_failing_event_is_parked_and_the_portal_goes_on() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message")
+            .error(400, "M_BAD_JSON", "nope")
+            .up_to_n_times(2)
+            .mount()
+            .await;
+        hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$ok"})).ok().mount().await;
+        let key = PortalKey::shared("chat-0");
+        let _stop = start(&ctx);
+        let bad = ctx.queue_remote(&key, &RemoteEvent::text("m1", alice(), "bad")).await.unwrap();
+        let good = ctx.queue_remote(&key, &RemoteEvent::text("m2", alice(), "good")).await.unwrap();
+        assert!(matches!(bad.bridged().await, Err(RemoteError::Parked(_))));
+        assert_eq!(good.bridged().await.unwrap(), ["$ok"]);
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 1));
+    }
+}
