@@ -15,7 +15,11 @@ use std::{
 
 use axum::{Json, Router, extract::State, routing::any};
 use mxbridge::{
-    Registration, Store, client::Client, config::DatabaseConfig, intent::Intent, store::Membership,
+    Registration, Store,
+    client::Client,
+    config::DatabaseConfig,
+    intent::Intent,
+    store::{MemberRow, Membership},
 };
 
 const REG: &str = "id: bench\nurl: null\nas_token: as_token_for_bench_0123456789\n\
@@ -38,11 +42,8 @@ async fn bench_store(name: &str, store: Store) {
         Client::new(url.parse().unwrap(), ruma::server_name!("localhost"), registration).unwrap();
     let room: ruma::OwnedRoomId = "!bench:localhost".try_into().unwrap();
     let ghost: ruma::OwnedUserId = "@_b_ghost:localhost".try_into().unwrap();
-    store.mark_registered(ghost.as_str()).await.unwrap();
-    store
-        .set_membership(room.as_str(), ghost.as_str(), Membership::Join, None, None)
-        .await
-        .unwrap();
+    store.mark_registered(&ghost).await.unwrap();
+    store.set_membership(MemberRow::new(&room, &ghost, Membership::Join)).await.unwrap();
     let intent = Intent::new(client, store, ghost).unwrap();
 
     let n = 20_000u64;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ruma::OwnedServerName;
+use ruma::{OwnedServerName, OwnedUserId, RoomId};
 
 use crate::{
     Config,
@@ -10,7 +10,7 @@ use crate::{
     config::{AppserviceConfig, HomeserverConfig, PermissionLevel},
     intent::Intent,
     registration::Registration,
-    store::Store,
+    store::{Membership, Store, StoreError},
 };
 
 /// The framework's parts a bridge uses: the store, the registration, the configuration.
@@ -135,5 +135,17 @@ impl Context {
     /// The bot's user ID.
     pub fn bot_user_id(&self) -> &ruma::UserId {
         self.inner.client.bot_user_id()
+    }
+
+    /// This bridge's ghosts that the state cache knows as joined to a room (the bot is none of
+    /// them). Fails only when the store does.
+    pub async fn ghosts_in(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>, StoreError> {
+        let joined = self.store().members_with(room_id, Membership::Join).await?;
+        let registration = self.registration();
+        Ok(joined
+            .into_iter()
+            .map(|m| m.user_id)
+            .filter(|u| u != self.bot_user_id() && registration.is_user_in_namespace(u))
+            .collect())
     }
 }

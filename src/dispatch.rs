@@ -26,6 +26,7 @@ use std::{
     time::Duration,
 };
 
+use ruma::{MxcUri, UserId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument as _;
 
@@ -36,7 +37,7 @@ use crate::{
     intake::{Handoff, HandoffReceivers, LiveBatch, LiveState, Routed},
     metrics::EventOutcome,
     route::{Bookkeeping, Notice},
-    store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
+    store::{InboxPos, MemberRow, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
     util::FastMap,
 };
 
@@ -744,19 +745,18 @@ async fn run_handler<B: Bridge>(
 async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
     let Some(state_key) = event.state_key.as_deref() else { return Ok(()) };
     if event.kind == "m.room.member" {
+        // A state key that is no user ID makes no row (the homeserver would not send one).
+        let Ok(user_id) = <&UserId>::try_from(state_key) else { return Ok(()) };
         // Lenient on purpose: a profile field of the wrong type must not lose the membership.
         let content: serde_json::Value = event.content().unwrap_or_default();
         let text = |key: &str| content.get(key).and_then(serde_json::Value::as_str);
         if let Some(membership) = text("membership").and_then(Membership::parse) {
-            store
-                .set_membership(
-                    event.room_id.as_str(),
-                    state_key,
-                    membership,
-                    text("displayname"),
-                    text("avatar_url"),
-                )
-                .await?;
+            let row = MemberRow {
+                displayname: text("displayname"),
+                avatar_url: text("avatar_url").map(<&MxcUri>::from),
+                ..MemberRow::new(&event.room_id, user_id, membership)
+            };
+            store.set_membership(row).await?;
         }
     } else if let Some(field) =
         RoomStateField::for_event_type(&event.kind).filter(|_| state_key.is_empty())
@@ -769,7 +769,7 @@ async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
             let content: serde_json::Value = event.content().unwrap_or_default();
             content.to_string()
         };
-        store.set_room_state(event.room_id.as_str(), field, &json).await?;
+        store.set_room_state(&event.room_id, field, &json).await?;
     }
     Ok(())
 }

@@ -72,7 +72,7 @@ pub use self::{
 };
 use crate::{
     client::{self, AuthInput, Client, PathInput},
-    store::{Membership, Store},
+    store::{MemberRow, Membership, Store},
 };
 #[doc(no_inline)]
 pub use ruma::events::room::power_levels::RoomPowerLevels;
@@ -160,7 +160,7 @@ impl Intent {
     /// # Errors
     /// A failed registration (`M_EXCLUSIVE` when the homeserver's namespace differs) or store.
     pub async fn ensure_registered(&self) -> Result<()> {
-        if self.is_bot || self.store.is_registered(self.user_id.as_str()).await? {
+        if self.is_bot || self.store.is_registered(&self.user_id).await? {
             return Ok(());
         }
         match self.client.register(&self.user_id).await {
@@ -168,14 +168,13 @@ impl Intent {
             Err(err) if err.kind() == Some(&ErrorKind::UserInUse) => {}
             Err(err) => return Err(err.into()),
         }
-        self.store.mark_registered(self.user_id.as_str()).await?;
+        self.store.mark_registered(&self.user_id).await?;
         Ok(())
     }
 
     /// Whether the store says the user is joined to the room.
     async fn is_joined_cached(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self.store.membership(room_id.as_str(), self.user_id.as_str()).await?
-            == Some(Membership::Join))
+        Ok(self.store.membership(room_id, &self.user_id).await? == Some(Membership::Join))
     }
 
     /// Makes sure the user is in the room. Returns `false` when the store already said so (no
@@ -208,8 +207,7 @@ impl Intent {
             Ok(()) => {}
             Err(err) if !self.is_bot && err.kind() == Some(&ErrorKind::Forbidden) => {
                 let cached_ban =
-                    self.store.membership(room_id.as_str(), self.user_id.as_str()).await?
-                        == Some(Membership::Ban);
+                    self.store.membership(room_id, &self.user_id).await? == Some(Membership::Ban);
                 self.bot_intent().invite_helping(room_id, &self.user_id, cached_ban).await?;
                 self.join_request(room_id).await?;
             }
@@ -251,24 +249,21 @@ impl Intent {
         user_id: &UserId,
         membership: Membership,
     ) -> Result<()> {
-        let old = self.store.member(room_id.as_str(), user_id.as_str()).await?;
+        let old = self.store.member(room_id, user_id).await?;
         let (name, avatar) = old.map(|m| (m.displayname, m.avatar_url)).unwrap_or_default();
-        self.store
-            .set_membership(
-                room_id.as_str(),
-                user_id.as_str(),
-                membership,
-                name.as_deref(),
-                avatar.as_deref(),
-            )
-            .await?;
+        let row = MemberRow {
+            displayname: name.as_deref(),
+            avatar_url: avatar.as_deref(),
+            ..MemberRow::new(room_id, user_id, membership)
+        };
+        self.store.set_membership(row).await?;
         Ok(())
     }
 
     /// Makes sure this intent's user (a ghost) is invited to (or already in) the room: the bot
     /// invites it unless the store says invited or joined. Returns whether an invite was sent.
     pub async fn ensure_invited(&self, room_id: &RoomId) -> Result<bool> {
-        let current = self.store.membership(room_id.as_str(), self.user_id.as_str()).await?;
+        let current = self.store.membership(room_id, &self.user_id).await?;
         if matches!(current, Some(Membership::Invite | Membership::Join)) || self.is_bot {
             return Ok(false);
         }
@@ -292,7 +287,7 @@ impl Intent {
         self.ensure_joined(room_id).await?;
         let in_room =
             |m: Option<Membership>| matches!(m, Some(Membership::Invite | Membership::Join));
-        if in_room(self.store.membership(room_id.as_str(), user_id.as_str()).await?) {
+        if in_room(self.store.membership(room_id, user_id).await?) {
             return Ok(false);
         }
         match self.invite_request(room_id, user_id).await {
@@ -330,10 +325,9 @@ impl Intent {
         avatar_url: Option<&MxcUri>,
     ) -> Result<bool> {
         self.ensure_joined(room_id).await?;
-        let cached = self.store.member(room_id.as_str(), self.user_id.as_str()).await?;
-        let avatar = avatar_url.map(MxcUri::as_str);
+        let cached = self.store.member(room_id, &self.user_id).await?;
         if cached.as_ref().is_some_and(|m| {
-            m.displayname.as_deref() == displayname && m.avatar_url.as_deref() == avatar
+            m.displayname.as_deref() == displayname && m.avatar_url.as_deref() == avatar_url
         }) {
             return Ok(false);
         }
@@ -341,15 +335,12 @@ impl Intent {
         content.displayname = displayname.map(ToOwned::to_owned);
         content.avatar_url = avatar_url.map(|a| -> OwnedMxcUri { a.to_owned() });
         self.send_state(room_id, self.user_id.as_str(), &content).await?;
-        self.store
-            .set_membership(
-                room_id.as_str(),
-                self.user_id.as_str(),
-                Membership::Join,
-                displayname,
-                avatar,
-            )
-            .await?;
+        let row = MemberRow {
+            displayname,
+            avatar_url,
+            ..MemberRow::new(room_id, &self.user_id, Membership::Join)
+        };
+        self.store.set_membership(row).await?;
         Ok(true)
     }
 }

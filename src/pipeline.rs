@@ -562,7 +562,7 @@ mod tests {
     use crate::{
         commands::CommandSpec,
         remote::RemoteSender,
-        store::{GhostRow, Membership, PortalRow, Store},
+        store::{GhostRow, MemberRow, Membership, PortalRow, Store},
         testing::{MockHomeserver, test_registration},
     };
 
@@ -607,11 +607,13 @@ mod tests {
             })
             .await
             .unwrap();
-        store.mark_registered(GHOST).await.unwrap();
+        store.mark_registered(&ghost).await.unwrap();
         for (n, room) in ROOMS.iter().enumerate() {
-            store.set_membership(room, GHOST, Membership::Join, None, None).await.unwrap();
+            let room_id = OwnedRoomId::try_from(*room).unwrap();
+            let joined = MemberRow::new(&room_id, &ghost, Membership::Join);
+            store.set_membership(joined).await.unwrap();
             let key = PortalKey::shared(format!("chat-{n}"));
-            let room_id = Some(OwnedRoomId::try_from(*room).unwrap());
+            let room_id = Some(room_id);
             let row = PortalRow {
                 key,
                 room_id,

@@ -224,7 +224,7 @@ async fn follow_tombstone(ctx: &Context, event: &Event) -> BridgeResult {
 /// so people who were there before are known. A failure is only logged.
 async fn own_member_event(ctx: &Context, event: &Event) {
     let room_id = &event.room_id;
-    let Ok(joined) = ctx.store().membership(room_id.as_str(), event.sender.as_str()).await else {
+    let Ok(joined) = ctx.store().membership(room_id, &event.sender).await else {
         return;
     };
     if joined != Some(Membership::Join) {
@@ -715,7 +715,7 @@ mod route_tests {
     use crate::{
         commands::CommandSpec,
         remote::PortalKey,
-        store::Store,
+        store::{MemberRow, Store},
         testing::{MockHomeserver, test_registration},
     };
 
@@ -786,7 +786,11 @@ mod route_tests {
         .unwrap();
         for room in [room_id!("!r:localhost"), room_id!("!p:localhost")] {
             store
-                .set_membership(room.as_str(), "@_test_bot:localhost", Membership::Join, None, None)
+                .set_membership(MemberRow::new(
+                    room,
+                    user_id!("@_test_bot:localhost"),
+                    Membership::Join,
+                ))
                 .await
                 .unwrap();
         }
@@ -1163,10 +1167,7 @@ mod route_tests {
         hs.mock_register().ok_body(json!({"user_id": ghost})).expect(1).mount().await;
         hs.mock_join(room).as_user(ghost).ok_body(json!({"room_id": room})).expect(1).mount().await;
         route(&ctx, &Tb::default(), &invite(room, "@alice:localhost", ghost)).await.unwrap();
-        assert_eq!(
-            ctx.store().membership(room.as_str(), ghost.as_str()).await.unwrap(),
-            Some(Membership::Join)
-        );
+        assert_eq!(ctx.store().membership(room, ghost).await.unwrap(), Some(Membership::Join));
     }
 
     /// Users below `user` (a relay-level user, a user of an unknown server) cannot pull the
@@ -1188,10 +1189,7 @@ mod route_tests {
         let tb = Tb::default();
         route(&ctx, &tb, &invite(room, "@mallory:evil.example", bot)).await.unwrap();
         route(&ctx, &tb, &invite(room, "@relay:other.org", bot)).await.unwrap();
-        assert_ne!(
-            ctx.store().membership(room.as_str(), bot.as_str()).await.unwrap(),
-            Some(Membership::Join)
-        );
+        assert_ne!(ctx.store().membership(room, bot).await.unwrap(), Some(Membership::Join));
         // The bridge still hears of the membership change.
         assert_eq!(tb.seen.lock().unwrap().len(), 2);
     }

@@ -71,7 +71,7 @@ impl Intent {
     /// levels; [`IntentError::UnsupportedRoomVersion`] for a version whose rules are unknown.
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
         let mut cached = self.cached_power_state(room_id).await?;
-        let fetched = self.store.members_fetched(room_id.as_str()).await?;
+        let fetched = self.store.members_fetched(room_id).await?;
         if cached.0.is_none() || (cached.1.is_none() && !fetched) {
             self.bot_intent().fetch_room_state(room_id).await?;
             cached = self.cached_power_state(room_id).await?;
@@ -91,15 +91,14 @@ impl Intent {
         &self,
         room_id: &RoomId,
     ) -> Result<(Option<CreateEvent>, Option<RoomPowerLevelsEventContent>)> {
-        let create = match self.store.room_state(room_id.as_str(), RoomStateField::Create).await? {
+        let create = match self.store.room_state(room_id, RoomStateField::Create).await? {
             Some(json) => CreateEvent::from_cached(&json)?,
             None => None,
         };
-        let levels =
-            match self.store.room_state(room_id.as_str(), RoomStateField::PowerLevels).await? {
-                Some(json) => Some(serde_json::from_str(&json)?),
-                None => None,
-            };
+        let levels = match self.store.room_state(room_id, RoomStateField::PowerLevels).await? {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        };
         Ok((create, levels))
     }
 
@@ -146,7 +145,7 @@ impl Intent {
     ) -> Result<OwnedEventId> {
         let event_id = self.send_state(room_id, &EmptyStateKey, content).await?;
         let json = serde_json::to_string(content)?;
-        self.store.set_room_state(room_id.as_str(), RoomStateField::PowerLevels, &json).await?;
+        self.store.set_room_state(room_id, RoomStateField::PowerLevels, &json).await?;
         Ok(event_id)
     }
 

@@ -14,7 +14,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::*;
 use crate::{
-    store::RoomStateField,
+    store::{MemberRow, RoomStateField},
     testing::{MockHomeserver, state_event},
 };
 
@@ -29,13 +29,13 @@ fn intent(hs: &MockHomeserver, store: &Store, user: &UserId) -> Intent {
 }
 
 async fn cache_joined(store: &Store, room: &RoomId, user: &UserId) {
-    store.mark_registered(user.as_str()).await.unwrap();
-    store.set_membership(room.as_str(), user.as_str(), Membership::Join, None, None).await.unwrap();
+    store.mark_registered(user).await.unwrap();
+    store.set_membership(MemberRow::new(room, user, Membership::Join)).await.unwrap();
 }
 
 /// Marks the room's state fetched, so a join makes no state request.
 async fn fetched(store: &Store, room: &RoomId) {
-    store.set_members_fetched(room.as_str(), true).await.unwrap();
+    store.set_members_fetched(room, true).await.unwrap();
 }
 
 #[tokio::test]
@@ -65,11 +65,8 @@ async fn new_ghost_registers_joins_and_sends() {
     let alice = intent(&hs, &store, ghost);
     alice.send_text(room, "one").await.unwrap();
     alice.send_text(room, "two").await.unwrap();
-    assert!(store.is_registered(ghost.as_str()).await.unwrap());
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert!(store.is_registered(ghost).await.unwrap());
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Join));
 }
 
 #[tokio::test]
@@ -77,7 +74,7 @@ async fn forbidden_join_makes_the_bot_invite_then_the_ghost_joins() {
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
     hs.mock_join(room)
         .as_user(ghost)
@@ -91,10 +88,7 @@ async fn forbidden_join_makes_the_bot_invite_then_the_ghost_joins() {
     hs.mock_join(room).as_user(ghost).ok().expect(1).mount().await;
 
     assert!(intent(&hs, &store, ghost).ensure_joined(room).await.unwrap());
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Join));
 }
 
 /// A ban the cache knows is lifted before the invite.
@@ -103,9 +97,9 @@ async fn banned_ghost_is_unbanned_invited_and_joined() {
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
-    store.set_membership(room.as_str(), ghost.as_str(), Membership::Ban, None, None).await.unwrap();
+    store.set_membership(MemberRow::new(room, ghost, Membership::Ban)).await.unwrap();
     hs.mock_join(room)
         .as_user(ghost)
         .forbidden("You are banned from this room")
@@ -134,7 +128,7 @@ async fn ban_learned_from_the_room_state_after_a_refused_invite_leads_to_unban()
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
     hs.mock_join(room).as_user(ghost).forbidden("no").up_to_n_times(1).expect(1).mount().await;
     hs.mock_invite(room).forbidden("no").up_to_n_times(1).expect(1).mount().await;
@@ -149,10 +143,7 @@ async fn ban_learned_from_the_room_state_after_a_refused_invite_leads_to_unban()
     hs.mock_join(room).as_user(ghost).ok().expect(1).mount().await;
 
     intent(&hs, &store, ghost).ensure_joined(room).await.unwrap();
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Join));
 }
 
 #[tokio::test]
@@ -160,7 +151,7 @@ async fn ten_concurrent_ensure_joined_make_one_join_request() {
     let (hs, store) = setup().await;
     let room = room_id!("!busy:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
     hs.mock_join(room)
         .as_user(ghost)
@@ -198,7 +189,7 @@ async fn user_in_use_counts_as_registered_and_is_remembered() {
     let alice = intent(&hs, &store, ghost);
     alice.ensure_registered().await.unwrap();
     alice.ensure_registered().await.unwrap();
-    assert!(store.is_registered(ghost.as_str()).await.unwrap());
+    assert!(store.is_registered(ghost).await.unwrap());
 }
 
 #[tokio::test]
@@ -234,7 +225,7 @@ async fn intents_outside_the_namespace_are_refused_without_requests() {
 async fn displayname_is_set_only_when_it_differs() {
     let (hs, store) = setup().await;
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock_get_profile(ghost).ok_body(json!({ "displayname": "Alice" })).expect(2).mount().await;
     hs.mock_set_profile(ghost, "displayname")
         .as_user(ghost)
@@ -285,11 +276,8 @@ async fn cache_room_with(
     levels: JsonValue,
 ) {
     let create = state_event("m.room.create", "", creator, create);
-    store.set_room_state(room.as_str(), RoomStateField::Create, &create.to_string()).await.unwrap();
-    store
-        .set_room_state(room.as_str(), RoomStateField::PowerLevels, &levels.to_string())
-        .await
-        .unwrap();
+    store.set_room_state(room, RoomStateField::Create, &create.to_string()).await.unwrap();
+    store.set_room_state(room, RoomStateField::PowerLevels, &levels.to_string()).await.unwrap();
     fetched(store, room).await;
 }
 
@@ -399,11 +387,8 @@ async fn a_create_event_cached_without_its_sender_is_fetched_again() {
     let (hs, store) = setup().await;
     let room = room_id!("!old:localhost");
     let bot = MockHomeserver::bot();
-    store
-        .set_room_state(room.as_str(), RoomStateField::Create, r#"{"room_version":"12"}"#)
-        .await
-        .unwrap();
-    store.set_room_state(room.as_str(), RoomStateField::PowerLevels, "{}").await.unwrap();
+    store.set_room_state(room, RoomStateField::Create, r#"{"room_version":"12"}"#).await.unwrap();
+    store.set_room_state(room, RoomStateField::PowerLevels, "{}").await.unwrap();
     hs.mock_room_state(room)
         .as_bot()
         .ok_body(json!([state_event("m.room.create", "", &bot, json!({ "room_version": "12" }))]))
@@ -430,10 +415,7 @@ async fn error_and_leave_sends_a_notice_then_leaves() {
     hs.mock_leave(room).as_user(ghost).expect(1).mount().await;
 
     intent(&hs, &store, ghost).error_and_leave(room, "bridge error").await.unwrap();
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Leave)
-    );
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Leave));
 }
 
 #[tokio::test]
@@ -441,7 +423,7 @@ async fn ensure_invited_is_skipped_when_the_store_knows() {
     let (hs, store) = setup().await;
     let room = room_id!("!portal:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock_invite(room).as_bot().with_body(json!({ "user_id": ghost })).expect(1).mount().await;
 
     let alice = intent(&hs, &store, ghost);
@@ -458,7 +440,7 @@ async fn a_join_fetches_the_rooms_members_and_state_once() {
     let bot = MockHomeserver::bot();
     let human = user_id!("@alice:localhost");
     let ghost = user_id!("@_test_ghost:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock_join(room).ok().expect(2).mount().await;
     hs.mock_room_state(room)
         .as_bot()
@@ -500,7 +482,7 @@ async fn a_join_fetches_the_rooms_members_and_state_once() {
 
     let bot_intent = Intent::bot(hs.client(), store.clone());
     assert!(bot_intent.ensure_joined(room).await.unwrap());
-    assert!(store.members_fetched(room.as_str()).await.unwrap());
+    assert!(store.members_fetched(room).await.unwrap());
     let joined = bot_intent.members_with(room, Membership::Join).await.unwrap();
     let names: Vec<_> =
         joined.iter().map(|m| (m.user_id.as_str(), m.displayname.as_deref())).collect();
@@ -508,7 +490,7 @@ async fn a_join_fetches_the_rooms_members_and_state_once() {
         names,
         [("@_test_bot:localhost", Some("Bridge bot")), ("@alice:localhost", Some("Alice"))]
     );
-    let left = store.member(room.as_str(), "@bob:localhost").await.unwrap().unwrap();
+    let left = store.member(room, user_id!("@bob:localhost")).await.unwrap().unwrap();
     assert_eq!((left.membership, left.displayname), (Membership::Leave, None));
     assert_eq!(
         bot_intent.power_levels(room).await.unwrap().for_user(&bot),
@@ -562,7 +544,10 @@ async fn display_names_come_from_the_room_then_the_profile() {
     let bob = user_id!("@bob:localhost");
     let carol = user_id!("@carol:localhost");
     store
-        .set_membership(room.as_str(), alice.as_str(), Membership::Join, Some("Alice here"), None)
+        .set_membership(MemberRow {
+            displayname: Some("Alice here"),
+            ..MemberRow::new(room, alice, Membership::Join)
+        })
         .await
         .unwrap();
     hs.mock_get_profile(alice).never().mount().await;
@@ -590,10 +575,7 @@ async fn inviting_a_user_already_in_the_room_succeeds() {
         user_id!("@joined:localhost"),
         user_id!("@stranger:localhost"),
     );
-    store
-        .set_membership(room.as_str(), cached.as_str(), Membership::Join, None, None)
-        .await
-        .unwrap();
+    store.set_membership(MemberRow::new(room, cached, Membership::Join)).await.unwrap();
     hs.mock_invite(room).with_body(json!({ "user_id": cached })).never().mount().await;
     hs.mock_invite(room)
         .with_body(json!({ "user_id": joined }))
@@ -647,10 +629,7 @@ async fn a_room_the_bot_creates_starts_with_its_state_cached() {
     let bot_intent = Intent::bot(hs.client(), store.clone());
     let created = bot_intent.create_room(create_room::v3::Request::new()).await.unwrap();
     assert_eq!(created, room);
-    assert_eq!(
-        store.membership(room.as_str(), bot.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(room, &bot).await.unwrap(), Some(Membership::Join));
     assert_eq!(bot_intent.power_level(room).await.unwrap(), UserPowerLevel::Infinite);
 }
 
@@ -795,7 +774,7 @@ async fn membership_changes_take_a_reason_and_update_the_cache() {
         .await;
 
     let bot_intent = Intent::bot(hs.client(), store.clone());
-    let membership = async |user: &UserId| store.membership(room.as_str(), user.as_str()).await;
+    let membership = async |user: &UserId| store.membership(room, user).await;
     bot_intent.ban(room, spammer).reason("spam").await.unwrap();
     assert_eq!(membership(spammer).await.unwrap(), Some(Membership::Ban));
     bot_intent.unban(room, spammer).await.unwrap();
@@ -812,7 +791,7 @@ async fn membership_changes_take_a_reason_and_update_the_cache() {
 async fn an_upload_carries_its_content_type_and_file_name() {
     let (hs, store) = setup().await;
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock("POST", "/_matrix/media/v3/upload")
         .as_user(ghost)
         .with_query("filename", "hello.txt")
@@ -863,7 +842,7 @@ async fn a_direct_room_is_added_to_m_direct_once() {
     let (hs, store) = setup().await;
     let ghost = user_id!("@_test_alice:localhost");
     let (human, room) = (user_id!("@bob:localhost"), room_id!("!dm:localhost"));
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     let path = format!("/_matrix/client/v3/user/{ghost}/account_data/m.direct");
     hs.mock("GET", &path)
         .as_user(ghost)

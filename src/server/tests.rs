@@ -153,7 +153,10 @@ async fn transaction_is_stored_before_the_200() {
         call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/1", Some(HS_TOKEN), TXN).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, serde_json::json!({}));
-    assert_eq!(h.store.inbox_status("$e1").await.unwrap(), Some((0, 0)));
+    assert_eq!(
+        h.store.inbox_status("$e1").await.unwrap(),
+        Some(crate::store::InboxStatus::Pending { attempts: 0 })
+    );
 }
 
 #[tokio::test]

@@ -126,7 +126,8 @@ async fn killed_after_200_is_handled_once_after_restart(backend: &str) {
     child.kill().unwrap();
     child.wait().unwrap();
     let store = mxbridge::Store::connect(&db).await.unwrap();
-    assert_eq!(store.inbox_status("$crash1").await.unwrap().map(|s| s.0), Some(1), "marked done");
+    let status = store.inbox_status("$crash1").await.unwrap();
+    assert_eq!(status, Some(mxbridge::store::InboxStatus::Handled), "marked done");
     assert_eq!(store.inbox_stats().await.unwrap().pending, 0);
 }
 
@@ -156,7 +157,7 @@ async fn sigkill_after_200_postgres() {
 async fn killed_with_remote_events_queued_bridges_each_once(backend: &str) {
     use mxbridge::{
         PortalKey, RemoteEvent, RemoteSender,
-        store::{GhostRow, Membership, PortalRow},
+        store::{GhostRow, MemberRow, Membership, PortalRow},
         testing::MockHomeserver,
     };
     use ruma::{room_id, user_id};
@@ -185,11 +186,8 @@ async fn killed_with_remote_events_queued_bridges_each_once(backend: &str) {
             metadata: None,
         };
         store.upsert_ghost(&alice).await.unwrap();
-        store.mark_registered(ghost.as_str()).await.unwrap();
-        store
-            .set_membership(room.as_str(), ghost.as_str(), Membership::Join, None, None)
-            .await
-            .unwrap();
+        store.mark_registered(ghost).await.unwrap();
+        store.set_membership(MemberRow::new(room, ghost, Membership::Join)).await.unwrap();
         store.close().await;
     }
     let client = http();

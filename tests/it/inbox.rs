@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use mxbridge::config::DatabaseConfig;
+use mxbridge::{config::DatabaseConfig, store::testing_support::InboxInternals as _};
 
 use crate::common::{Running, fresh_database, put_txn, txn_body, wait_until, wait_until_async};
 

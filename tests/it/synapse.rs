@@ -190,7 +190,10 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
     assert_eq!(app.bridge.calls.lock().unwrap()[&event_id], 1, "handled once");
     // The state cache saw the ghost's join from the transaction before the handler ran.
     assert_eq!(
-        app.store.membership(&room, ghost).await.unwrap(),
+        app.store
+            .membership(room.as_str().try_into().unwrap(), ghost.try_into().unwrap())
+            .await
+            .unwrap(),
         Some(mxbridge::store::Membership::Join)
     );
 
@@ -337,7 +340,7 @@ async fn ghost_registers_joins_invite_only_room_and_speaks_with_massaged_timesta
 /// room and a command needs no prefix. Inviting someone already there is not an error.
 #[tokio::test]
 async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its_members() {
-    use mxbridge::store::Membership;
+    use mxbridge::store::{MemberRow, Membership};
     use ruma::{
         OwnedRoomId, UserId,
         api::{client::membership::invite_user, error::ErrorKind},
@@ -351,6 +354,8 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     let hs = &synapse.url;
     let alice = synapse.register("alice");
     let alice_id = <&UserId>::try_from("@alice:localhost").unwrap();
+    let bob_id = <&UserId>::try_from("@bob:localhost").unwrap();
+    let bot_id = <&UserId>::try_from("@_t_bot:localhost").unwrap();
     let bob = synapse.register("bob");
     let put = reqwest::Method::PUT;
     let name_url =
@@ -384,15 +389,14 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     // The bot accepts the invite (pushed to the appservice) and fetches the room's members.
     let store = app.store.clone();
     let bot_joined = wait_until_async(30, async || {
-        store.membership(room.as_str(), "@_t_bot:localhost").await.unwrap()
-            == Some(Membership::Join)
-            && store.members_fetched(room.as_str()).await.unwrap()
-            && store.members_with(room.as_str(), Membership::Join).await.unwrap().len() == 3
+        store.membership(&room, bot_id).await.unwrap() == Some(Membership::Join)
+            && store.members_fetched(&room).await.unwrap()
+            && store.members_with(&room, Membership::Join).await.unwrap().len() == 3
     })
     .await;
     assert!(bot_joined, "the bot did not join the DM, or does not know its members");
-    let joined = store.members_with(room.as_str(), Membership::Join).await.unwrap();
-    let alice_row = joined.iter().find(|m| m.user_id == "@alice:localhost");
+    let joined = store.members_with(&room, Membership::Join).await.unwrap();
+    let alice_row = joined.iter().find(|m| m.user_id == alice_id);
     assert_eq!(
         alice_row.and_then(|m| m.displayname.as_deref()),
         Some("Alice Human"),
@@ -408,7 +412,7 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     let leave_url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/leave");
     cs(&client, reqwest::Method::POST, leave_url, &bob, Some(json!({}))).await;
     let bob_left = wait_until_async(30, async || {
-        store.membership(room.as_str(), "@bob:localhost").await.unwrap() == Some(Membership::Leave)
+        store.membership(&room, bob_id).await.unwrap() == Some(Membership::Leave)
     })
     .await;
     assert!(bob_left, "bob's leave was not pushed");
@@ -450,17 +454,10 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
         (refused.status().map(|s| s.as_u16()), refused.kind()),
         (Some(403), Some(&ErrorKind::Forbidden))
     );
-    store
-        .set_membership(room.as_str(), "@alice:localhost", Membership::Leave, None, None)
-        .await
-        .unwrap();
+    store.set_membership(MemberRow::new(&room, alice_id, Membership::Leave)).await.unwrap();
     assert!(!bot.invite(&room, alice_id).await.unwrap(), "already in the room: done");
-    assert_eq!(
-        store.membership(room.as_str(), "@alice:localhost").await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(&room, alice_id).await.unwrap(), Some(Membership::Join));
     // Bob, who left, is invited once.
-    let bob_id = <&UserId>::try_from("@bob:localhost").unwrap();
     assert!(bot.invite(&room, bob_id).await.unwrap());
     assert!(!bot.invite(&room, bob_id).await.unwrap());
     app.stop().await;
@@ -536,7 +533,8 @@ async fn ghosts_are_raised_in_the_bots_portals_and_in_rooms_where_a_human_gave_t
             .unwrap();
         let store = app.store.clone();
         let joined = wait_until_async(30, async || {
-            store.membership(room.as_str(), bot_id).await.unwrap() == Some(Membership::Join)
+            store.membership(&room, bot_id.try_into().unwrap()).await.unwrap()
+                == Some(Membership::Join)
         })
         .await;
         assert!(joined, "v{version}: the bot did not accept the invite");

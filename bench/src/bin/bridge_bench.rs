@@ -43,7 +43,7 @@ use axum::{
 use clap::{Parser, ValueEnum};
 use mxbridge::{
     AppService, Bridge, BridgeResult, Config, Context, MatrixRoomMessage, Registration,
-    store::Membership,
+    store::{MemberRow, Membership},
 };
 use mxbridge_bench::{
     BenchRoom, DbArgs, HS_TOKEN, config_yaml, now_ns, registration_yaml, shutdown_signal,
@@ -211,10 +211,11 @@ async fn main() -> anyhow::Result<()> {
             let service = AppService::<OneSend>::new(config, registration).await?;
             // The ghost is registered and joined everywhere: every send is a cache hit.
             let store = service.context().store();
-            store.mark_registered(GHOST).await?;
+            let ghost = <&ruma::UserId>::try_from(GHOST)?;
+            store.mark_registered(ghost).await?;
             for r in 0..args.rooms {
-                let room = BenchRoom(r.into()).to_string();
-                store.set_membership(&room, GHOST, Membership::Join, None, None).await?;
+                let room = ruma::RoomId::parse(BenchRoom(r.into()).to_string())?;
+                store.set_membership(MemberRow::new(&room, ghost, Membership::Join)).await?;
             }
             println!(
                 "pid={} port={port} mode=mxbridge db={}",
