@@ -31,7 +31,6 @@ mod error;
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, Instant},
 };
@@ -214,7 +213,7 @@ struct ClientInner {
     versions: RwLock<SupportedVersions>,
     /// Joins in flight, keyed by (room, user). Entries exist only while a join runs, so the map
     /// never grows with the number of ghosts (see `Intent::ensure_joined`).
-    joins_in_flight: Mutex<HashMap<JoinKey, Arc<tokio::sync::Mutex<()>>>>,
+    joins_in_flight: Mutex<crate::util::FastMap<JoinKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Identifies one user's join to one room.

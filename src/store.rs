@@ -125,7 +125,7 @@ pub(crate) struct SeenIndex {
 #[derive(Debug, Default)]
 pub(crate) struct PortalCache {
     pub(crate) generation: u64,
-    pub(crate) by_room: std::collections::HashMap<String, Option<PortalRow>>,
+    pub(crate) by_room: crate::util::FastMap<String, Option<PortalRow>>,
 }
 
 /// Prepared statements kept by SQLite's writing connection (see `Store::connect`).

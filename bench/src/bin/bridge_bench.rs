@@ -26,7 +26,7 @@
 //! (`bench/peers/mautrix_bridge.py`).
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -92,7 +92,7 @@ struct Stub {
     first_ns: AtomicU64,
     last_ns: AtomicU64,
     /// Per room: the last sequence number received.
-    last_seq: Mutex<HashMap<String, u64>>,
+    last_seq: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The `N` of `"body":"Message number N ..."`.

@@ -1,12 +1,10 @@
 //! Handing stored events out and recording what became of them: progress per room, failed
 //! attempts, parked events.
 
-use std::collections::{HashMap, HashSet};
-
 use super::sql::{INSERT_CHUNK, RowsSql, rows_sql};
 use super::{InboxPos, PendingBatch, PendingEvent, corrupt, parse_batch};
 use crate::store::{Backend, Result, Store, now_ms, with_pool, with_reader};
-use crate::util::FastMap;
+use crate::util::{FastMap, FastSet};
 
 /// Whether an event at `(seq, idx)` is past its room's recorded progress.
 pub(super) fn after_progress(progress: Option<&(i64, i32)>, seq: i64, idx: i32) -> bool {
@@ -35,7 +33,7 @@ impl Store {
         for (seq, json) in &rows {
             batches.push(PendingBatch { seq: *seq, events: parse_batch(*seq, json)? });
         }
-        let rooms: HashSet<&str> =
+        let rooms: FastSet<&str> =
             batches.iter().flat_map(|b| b.events.iter().map(|e| e.room_id.as_str())).collect();
         if rooms.is_empty() {
             return Ok(batches);
@@ -62,7 +60,7 @@ impl Store {
     pub(super) async fn room_progress<'a>(
         &self,
         rooms: impl Iterator<Item = &'a str>,
-    ) -> Result<HashMap<String, (i64, i32)>> {
+    ) -> Result<FastMap<String, (i64, i32)>> {
         let list = serde_json::to_string(&rooms.collect::<Vec<_>>()).map_err(corrupt)?;
         let sql = match self.backend_name() {
             "postgres" => {
@@ -80,9 +78,9 @@ impl Store {
     }
 
     /// Failed attempts recorded for the given events (only those with any).
-    pub(super) async fn attempts_of(&self, event_ids: &[&str]) -> Result<HashMap<String, i32>> {
+    pub(super) async fn attempts_of(&self, event_ids: &[&str]) -> Result<FastMap<String, i32>> {
         if event_ids.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(FastMap::default());
         }
         let list = serde_json::to_string(event_ids).map_err(corrupt)?;
         let sql = match self.backend_name() {

@@ -1,8 +1,6 @@
 //! The inbox's SQL texts: multi-row statements built once per row count, the one-trip
 //! statements of the intake, and how rows are cut into statements.
 
-use std::collections::HashMap;
-
 /// At most this many rows per multi-row INSERT (a few bound parameters each, far below both
 /// backends' limits).
 pub(in crate::store) const INSERT_CHUNK: usize = 128;
@@ -38,7 +36,7 @@ pub(super) fn chunks_by_size<T>(
 /// Placeholder-only SQL texts that depend on a row count, built once per count and kept for the
 /// process, so they are `&'static str` like every other query: the text never holds input.
 pub(in crate::store) fn rows_sql(kind: RowsSql, n: usize) -> &'static str {
-    type Texts = HashMap<(RowsSql, usize), &'static str>;
+    type Texts = crate::util::FastMap<(RowsSql, usize), &'static str>;
     static TEXTS: std::sync::OnceLock<std::sync::Mutex<Texts>> = std::sync::OnceLock::new();
     let mut texts = TEXTS
         .get_or_init(Default::default)
