@@ -562,8 +562,8 @@ mod tests {
     use crate::{
         commands::CommandSpec,
         remote::RemoteSender,
-        store::{GhostRow, MemberRow, Membership, PortalRow, Store},
-        testing::{MockHomeserver, test_registration},
+        store::{GhostRow, MemberRow, Membership, PortalRow},
+        testing::{MockHomeserver, test_context},
     };
 
     /// A bridge with nothing but what the pipeline asks of it.
@@ -587,15 +587,9 @@ mod tests {
     /// A context whose store knows three portals (`chat-a` ... in `!a` ...) and the ghost of
     /// remote user `alice`, joined to all three, so bridging makes only the sends.
     async fn setup(hs: &MockHomeserver) -> Context {
-        let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
-            "homeserver: {{address: '{}', domain: localhost}}\n\
-             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
-             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
-             inbox: {{retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}}\n",
-            hs.url()
-        ))
-        .unwrap();
+        let inbox = "inbox: {retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}\n";
+        let ctx = test_context(hs, inbox).await;
+        let store = ctx.store();
         let ghost = ruma::UserId::parse(GHOST).unwrap();
         store
             .upsert_ghost(&GhostRow {
@@ -624,7 +618,7 @@ mod tests {
             };
             store.upsert_portal(&row).await.unwrap();
         }
-        Context::with_client(store, test_registration(), config, hs.client())
+        ctx
     }
 
     fn alice() -> RemoteSender {

@@ -715,8 +715,8 @@ mod route_tests {
     use crate::{
         commands::CommandSpec,
         remote::PortalKey,
-        store::{MemberRow, Store},
-        testing::{MockHomeserver, test_registration},
+        store::MemberRow,
+        testing::{MockHomeserver, test_context},
     };
 
     /// A bridge that logs which handler saw what. Its messages' deliveries follow the body:
@@ -775,15 +775,10 @@ mod route_tests {
     }
 
     async fn setup(hs: &MockHomeserver) -> Context {
-        let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
-            "homeserver: {{address: '{}', domain: localhost}}\n\
-             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
-             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
-             permissions: {{'@admin:localhost': admin, localhost: user, other.org: relay}}\n",
-            hs.url()
-        ))
-        .unwrap();
+        let permissions =
+            "permissions: {'@admin:localhost': admin, localhost: user, other.org: relay}\n";
+        let ctx = test_context(hs, permissions).await;
+        let store = ctx.store();
         for room in [room_id!("!r:localhost"), room_id!("!p:localhost")] {
             store
                 .set_membership(MemberRow::new(
@@ -794,7 +789,7 @@ mod route_tests {
                 .await
                 .unwrap();
         }
-        Context::with_client(store, test_registration(), config, hs.client())
+        ctx
     }
 
     /// Makes `!p:localhost` the portal of chat `c`.
