@@ -1,0 +1,460 @@
+//! Matrix HTML as a tree of the constructs a network can express.
+
+use ruma::{
+    MatrixToUri, MatrixUri, OwnedUserId,
+    events::{
+        Mentions,
+        room::message::{MessageFormat, MessageType, Relation, RoomMessageEventContent},
+    },
+    html::{Html, NodeData, NodeRef},
+    matrix_uri::MatrixId,
+};
+
+/// One piece of a message. Inline pieces and blocks (paragraphs, quotes, lists, ...) share the
+/// type; a renderer separates the blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Node {
+    /// Text, with HTML whitespace already collapsed.
+    Text(String),
+    /// `<b>`, `<strong>`.
+    Bold(Vec<Node>),
+    /// `<i>`, `<em>`.
+    Italic(Vec<Node>),
+    /// `<u>`.
+    Underline(Vec<Node>),
+    /// `<del>`, `<s>`, `<strike>`.
+    Strikethrough(Vec<Node>),
+    /// Inline `<code>`.
+    Code(String),
+    /// A link that is not a mention.
+    Link {
+        /// The URL.
+        url: String,
+        /// What the link shows.
+        children: Vec<Node>,
+    },
+    /// A pill: a link to a Matrix user.
+    UserMention {
+        /// Who is mentioned.
+        user_id: OwnedUserId,
+        /// What the pill shows (usually the display name).
+        children: Vec<Node>,
+    },
+    /// A link to a room (by ID or alias) or to an event in one.
+    RoomMention {
+        /// The link as sent (`https://matrix.to/#/...` or `matrix:...`).
+        url: String,
+        /// The room ID or alias.
+        room: String,
+        /// What the link shows.
+        children: Vec<Node>,
+    },
+    /// `<span data-mx-spoiler>`.
+    Spoiler {
+        /// The reason given, if any.
+        reason: Option<String>,
+        /// The hidden content.
+        children: Vec<Node>,
+    },
+    /// `<br>`.
+    LineBreak,
+    /// `<img>`: only its alternative text and `mxc://` source are kept.
+    Image {
+        /// The `alt` (or `title`) text.
+        alt: String,
+        /// The `mxc://` URI.
+        src: Option<String>,
+    },
+    /// `<p>`, `<div>` and other blocks of text.
+    Paragraph(Vec<Node>),
+    /// `<h1>` to `<h6>`.
+    Heading {
+        /// 1 to 6.
+        level: u8,
+        /// The heading's content.
+        children: Vec<Node>,
+    },
+    /// `<blockquote>`.
+    Quote(Vec<Node>),
+    /// `<pre>`, with the language of a `<code class="language-...">` inside.
+    CodeBlock {
+        /// The language, if given.
+        language: Option<String>,
+        /// The code, verbatim.
+        code: String,
+    },
+    /// `<ul>` or `<ol>`.
+    List {
+        /// The first number of an ordered list; `None` for bullets.
+        start: Option<u64>,
+        /// The items, each a sequence of nodes.
+        items: Vec<Vec<Node>>,
+    },
+    /// `<hr>`.
+    Rule,
+    /// `<table>`: its rows, header rows first as sent.
+    Table(Vec<TableRow<Vec<Node>>>),
+}
+
+impl Node {
+    /// Whether a renderer puts this node on lines of its own.
+    pub fn is_block(&self) -> bool {
+        matches!(
+            self,
+            Node::Paragraph(_)
+                | Node::Heading { .. }
+                | Node::Quote(_)
+                | Node::CodeBlock { .. }
+                | Node::List { .. }
+                | Node::Rule
+                | Node::Table(_)
+        )
+    }
+}
+
+/// A row of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRow<T> {
+    /// Whether its cells are `<th>` (or it sits in `<thead>`).
+    pub header: bool,
+    /// The cells.
+    pub cells: Vec<T>,
+}
+
+/// A Matrix message parsed for rendering to a network: its tree, without the reply fallback, and
+/// whom it mentions.
+#[derive(Debug, Clone, Default)]
+pub struct ParsedMessage {
+    /// The content, in order.
+    pub nodes: Vec<Node>,
+    /// The message's `m.mentions`, if it had one. Only these count as mentions: a pill without
+    /// them is a link to a user, not a ping.
+    pub mentions: Option<Mentions>,
+}
+
+impl ParsedMessage {
+    /// Parses HTML (a `formatted_body`), dropping a reply fallback (`<mx-reply>`) and anything
+    /// that is not text (`<script>`, `<style>`, comments...). Unclosed tags are closed.
+    pub fn from_html(html: &str) -> Self {
+        let parsed = Html::parse(html);
+        let mut nodes = Vec::new();
+        for child in parsed.children() {
+            parse_node(&child, &mut nodes);
+        }
+        Self { nodes: trim_blocks(nodes), mentions: None }
+    }
+
+    /// A plain-text body as one run of text with its line breaks.
+    pub fn from_plain(text: &str) -> Self {
+        let mut nodes = Vec::new();
+        for (i, line) in text.split('\n').enumerate() {
+            if i > 0 {
+                nodes.push(Node::LineBreak);
+            }
+            if !line.is_empty() {
+                nodes.push(Node::Text(line.to_owned()));
+            }
+        }
+        Self { nodes, mentions: None }
+    }
+
+    /// The message a room event carries: for an edit, its new content. The HTML body is used
+    /// when there is one, else the plain body (whose reply fallback, the leading `> ` lines, is
+    /// dropped on a reply). `None` for message types without text (location, verification,
+    /// custom); the caption of media is used when present, else their body.
+    pub fn from_content(content: &RoomMessageEventContent) -> Option<Self> {
+        let (msgtype, mentions, is_reply) = match &content.relates_to {
+            Some(Relation::Replacement(r)) => {
+                (&r.new_content.msgtype, r.new_content.mentions.as_ref(), false)
+            }
+            Some(Relation::Reply { .. }) => (&content.msgtype, content.mentions.as_ref(), true),
+            Some(Relation::Thread(t)) => (
+                &content.msgtype,
+                content.mentions.as_ref(),
+                !t.is_falling_back && t.in_reply_to.is_some(),
+            ),
+            _ => (&content.msgtype, content.mentions.as_ref(), false),
+        };
+        let (body, formatted) = match msgtype {
+            MessageType::Text(m) => (m.body.as_str(), &m.formatted),
+            MessageType::Notice(m) => (m.body.as_str(), &m.formatted),
+            MessageType::Emote(m) => (m.body.as_str(), &m.formatted),
+            MessageType::Image(m) => (m.caption().unwrap_or(&m.body), &m.formatted),
+            MessageType::File(m) => (m.caption().unwrap_or(&m.body), &m.formatted),
+            MessageType::Audio(m) => (m.caption().unwrap_or(&m.body), &m.formatted),
+            MessageType::Video(m) => (m.caption().unwrap_or(&m.body), &m.formatted),
+            _ => return None,
+        };
+        let mut parsed = match formatted.as_ref().filter(|f| f.format == MessageFormat::Html) {
+            Some(f) => Self::from_html(&f.body),
+            None if is_reply => Self::from_plain(strip_plain_reply_fallback(body)),
+            None => Self::from_plain(body),
+        };
+        parsed.mentions = mentions.cloned();
+        Some(parsed)
+    }
+
+    /// The users the message mentions (its `m.mentions`), in ID order.
+    pub fn mentioned_users(&self) -> impl Iterator<Item = &OwnedUserId> {
+        self.mentions.iter().flat_map(|m| m.user_ids.iter())
+    }
+
+    /// Whether the message mentions the whole room (`@room` in its `m.mentions`).
+    pub fn mentions_room(&self) -> bool {
+        self.mentions.as_ref().is_some_and(|m| m.room)
+    }
+}
+
+/// A plain body without the leading `> ` lines of a reply fallback and the blank line after.
+fn strip_plain_reply_fallback(body: &str) -> &str {
+    if !body.starts_with("> ") {
+        return body;
+    }
+    let mut rest = body;
+    while rest.starts_with("> ") || rest.starts_with(">\n") {
+        rest = rest.split_once('\n').map_or("", |(_, r)| r);
+    }
+    rest.strip_prefix('\n').unwrap_or(rest)
+}
+
+fn attr(node: &NodeRef, name: &str) -> Option<String> {
+    let element = node.as_element()?;
+    let attrs = element.attrs.borrow();
+    attrs.iter().find(|a| &*a.name.local == name).map(|a| a.value.to_string())
+}
+
+fn children_of(node: &NodeRef) -> Vec<Node> {
+    let mut out = Vec::new();
+    for child in node.children() {
+        parse_node(&child, &mut out);
+    }
+    out
+}
+
+/// Children of a block: whitespace at its edges and next to inner blocks goes.
+fn block_children(node: &NodeRef) -> Vec<Node> {
+    trim_blocks(children_of(node))
+}
+
+/// Drops whitespace-only text at the edges of a sequence and next to blocks, and trims the
+/// spaces that touch them.
+fn trim_blocks(nodes: Vec<Node>) -> Vec<Node> {
+    let n = nodes.len();
+    let is_block_at = |nodes: &[Node], i: Option<usize>| match i {
+        None => true,
+        Some(i) => nodes.get(i).is_none_or(Node::is_block) || i >= n,
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let before_block = is_block_at(&nodes, i.checked_sub(1));
+        let after_block = is_block_at(&nodes, Some(i + 1));
+        match &nodes[i] {
+            Node::Text(t) => {
+                let mut t = t.as_str();
+                if before_block {
+                    t = t.trim_start();
+                }
+                if after_block {
+                    t = t.trim_end();
+                }
+                if !t.is_empty() {
+                    out.push(Node::Text(t.to_owned()));
+                }
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    out
+}
+
+/// Collapses whitespace runs that hold a line break to one space (HTML's rendering of source
+/// line breaks); other spaces stay.
+fn collapse(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars() {
+        if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            run.push(c);
+        } else {
+            flush_run(&mut out, &mut run);
+            out.push(c);
+        }
+    }
+    flush_run(&mut out, &mut run);
+    out
+}
+
+fn flush_run(out: &mut String, run: &mut String) {
+    if run.contains(['\n', '\r', '\t']) {
+        out.push(' ');
+    } else {
+        out.push_str(run);
+    }
+    run.clear();
+}
+
+/// All the text under a node, `<br>` as a line break.
+fn text_content(node: &NodeRef, out: &mut String) {
+    match node.data() {
+        NodeData::Text(t) => out.push_str(&t.borrow()),
+        NodeData::Element(e) if &*e.name.local == "br" => out.push('\n'),
+        NodeData::Element(_) => {
+            for child in node.children() {
+                text_content(&child, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
+    let element = match node.data() {
+        NodeData::Text(t) => {
+            let text = collapse(&t.borrow());
+            if let Some(Node::Text(prev)) = out.last_mut() {
+                prev.push_str(&text);
+            } else if !text.is_empty() {
+                out.push(Node::Text(text));
+            }
+            return;
+        }
+        NodeData::Element(e) => e,
+        _ => return,
+    };
+    let name = &*element.name.local;
+    let node = match name {
+        "mx-reply" | "script" | "style" | "iframe" | "noscript" | "template" | "object"
+        | "embed" | "title" | "head" | "textarea" | "select" => return,
+        "b" | "strong" => Node::Bold(children_of(node)),
+        "i" | "em" | "cite" | "var" => Node::Italic(children_of(node)),
+        "u" | "ins" => Node::Underline(children_of(node)),
+        "del" | "s" | "strike" => Node::Strikethrough(children_of(node)),
+        "code" | "kbd" | "samp" | "tt" => {
+            let mut code = String::new();
+            text_content(node, &mut code);
+            Node::Code(code)
+        }
+        "pre" => {
+            let mut code = String::new();
+            text_content(node, &mut code);
+            let language = node
+                .children()
+                .find(|c| c.as_element().is_some_and(|e| &*e.name.local == "code"))
+                .and_then(|c| attr(&c, "class"))
+                .and_then(|class| {
+                    class
+                        .split_whitespace()
+                        .find_map(|c| c.strip_prefix("language-").map(str::to_owned))
+                });
+            Node::CodeBlock { language, code }
+        }
+        "a" => return parse_link(node, out),
+        "span" | "font" => {
+            let children = children_of(node);
+            match attr(node, "data-mx-spoiler") {
+                Some(reason) => Node::Spoiler {
+                    reason: Some(reason).filter(|r| !r.trim().is_empty()),
+                    children,
+                },
+                None => return out.extend(children),
+            }
+        }
+        "br" => Node::LineBreak,
+        "img" => {
+            let alt = attr(node, "alt").or_else(|| attr(node, "title")).unwrap_or_default();
+            let src = attr(node, "src").filter(|s| s.starts_with("mxc://"));
+            Node::Image { alt, src }
+        }
+        "p" | "div" | "details" | "summary" | "caption" | "figure" | "figcaption" | "section"
+        | "article" | "header" | "footer" | "dl" | "dt" | "dd" | "center" | "address" => {
+            let children = block_children(node);
+            if children.is_empty() {
+                return;
+            }
+            Node::Paragraph(children)
+        }
+        "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
+            Node::Heading { level: name.as_bytes()[1] - b'0', children: block_children(node) }
+        }
+        "blockquote" => Node::Quote(block_children(node)),
+        "ul" | "ol" => {
+            let start = (name == "ol").then(|| {
+                attr(node, "start").and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1)
+            });
+            let mut items = Vec::new();
+            for child in node.children() {
+                if child.as_element().is_some_and(|e| &*e.name.local == "li") {
+                    items.push(block_children(&child));
+                } else if child.as_element().is_some() {
+                    // Stray content of a list (a nested list outside an item, say) joins the
+                    // item before it.
+                    let mut stray = Vec::new();
+                    parse_node(&child, &mut stray);
+                    match items.last_mut() {
+                        Some(last) => last.extend(stray),
+                        None => items.push(stray),
+                    }
+                }
+            }
+            Node::List { start, items }
+        }
+        "li" => Node::Paragraph(block_children(node)),
+        "hr" => Node::Rule,
+        "table" => {
+            let mut rows = Vec::new();
+            collect_rows(node, false, &mut rows);
+            Node::Table(rows)
+        }
+        _ => return out.extend(children_of(node)),
+    };
+    out.push(node);
+}
+
+fn collect_rows(node: &NodeRef, in_head: bool, rows: &mut Vec<TableRow<Vec<Node>>>) {
+    for child in node.children() {
+        let Some(element) = child.as_element() else { continue };
+        match &*element.name.local {
+            "thead" => collect_rows(&child, true, rows),
+            "tbody" | "tfoot" => collect_rows(&child, false, rows),
+            "tr" => {
+                let mut header = in_head;
+                let mut cells = Vec::new();
+                for cell in child.children() {
+                    let Some(e) = cell.as_element() else { continue };
+                    if matches!(&*e.name.local, "td" | "th") {
+                        header |= &*e.name.local == "th" && cells.is_empty();
+                        cells.push(block_children(&cell));
+                    }
+                }
+                rows.push(TableRow { header, cells });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn parse_link(node: &NodeRef, out: &mut Vec<Node>) {
+    let children = children_of(node);
+    let Some(url) = attr(node, "href") else {
+        return out.extend(children);
+    };
+    let id = if url.starts_with("https://matrix.to/") {
+        MatrixToUri::parse(&url).ok().map(|u| u.id().clone())
+    } else if url.starts_with("matrix:") {
+        MatrixUri::parse(&url).ok().map(|u| u.id().clone())
+    } else {
+        None
+    };
+    out.push(match id {
+        Some(MatrixId::User(user_id)) => Node::UserMention { user_id, children },
+        Some(MatrixId::Room(room)) => Node::RoomMention { url, room: room.to_string(), children },
+        Some(MatrixId::RoomAlias(alias)) => {
+            Node::RoomMention { url, room: alias.to_string(), children }
+        }
+        Some(MatrixId::Event(room, _)) => {
+            Node::RoomMention { url, room: room.to_string(), children }
+        }
+        _ => Node::Link { url, children },
+    });
+}
