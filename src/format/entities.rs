@@ -161,7 +161,9 @@ impl EntityRenderer<'_> {
                 text.push(c);
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        // Outer before inner: an element's entity is made after those inside it, so on equal
+        // ranges the later one is the outer.
+        found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
         let entities = found
             .into_iter()
             .filter(|(_, length, _)| *length > 0)

@@ -154,10 +154,17 @@ impl ParsedMessage {
 
 /// Renders a sequence of nodes: inline runs joined, blocks on lines of their own.
 pub fn render_nodes(nodes: &[Node], r: &mut (impl Render + ?Sized)) -> String {
+    render_seq(nodes, r, false)
+}
+
+/// `in_item`: a list item's content, where a nested list follows its text on the next line.
+fn render_seq(nodes: &[Node], r: &mut (impl Render + ?Sized), in_item: bool) -> String {
     let mut out = String::new();
     let mut last_block = false;
+    let mut last_list = false;
     for node in nodes {
         let block = node.is_block();
+        let list = matches!(node, Node::List { .. });
         let piece = render_node(node, r);
         if block && piece.is_empty() {
             continue;
@@ -167,10 +174,15 @@ pub fn render_nodes(nodes: &[Node], r: &mut (impl Render + ?Sized)) -> String {
                 // A line break right before a block is the break between them.
                 out.pop();
             }
-            out.push_str(r.block_separator());
+            if in_item && (list || last_list) {
+                out.push('\n');
+            } else {
+                out.push_str(r.block_separator());
+            }
         }
         out.push_str(&piece);
         last_block = block;
+        last_list = list;
     }
     out
 }
@@ -231,7 +243,7 @@ fn render_node(node: &Node, r: &mut (impl Render + ?Sized)) -> String {
         Node::List { start, items } => {
             let mut lines = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let inner = render_nodes(item, r);
+                let inner = render_seq(item, r, true);
                 let number = start.map(|s| s.saturating_add(i as u64));
                 lines.push(r.list_item(number, inner));
             }
@@ -266,9 +278,16 @@ pub type MentionHook<'a> = Box<dyn FnMut(&UserId, &str) -> Option<String> + Send
 /// `*italic*`, `__underline__`, `~~strike~~`, `` `code` ``, fenced code blocks, `[text](url)`,
 /// `||spoiler||`, `> ` quotes, `-` and `1.` lists, `#` headings and pipe tables. Line breaks
 /// are plain newlines. Markup characters in text are escaped with `\`.
-#[derive(Default)]
 pub struct Markdown<'a> {
     mention: Option<MentionHook<'a>>,
+    /// Whether the next text starts a line (where `#`, `>`, `-` and `1.` are markup).
+    line_start: bool,
+}
+
+impl Default for Markdown<'_> {
+    fn default() -> Self {
+        Self { mention: None, line_start: true }
+    }
 }
 
 impl std::fmt::Debug for Markdown<'_> {
@@ -281,20 +300,54 @@ impl<'a> Markdown<'a> {
     /// Markdown whose user mentions go through `hook` (for example `<@123>` for the remote user
     /// behind a ghost); `None` from it keeps the pill's text.
     pub fn with_mentions(hook: impl FnMut(&UserId, &str) -> Option<String> + Send + 'a) -> Self {
-        Self { mention: Some(Box::new(hook)) }
+        Self { mention: Some(Box::new(hook)), line_start: true }
     }
 }
 
-/// `text` with Markdown's inline markup characters escaped.
+/// `text` with Markdown's inline markup characters escaped (`&` only where it would start a
+/// character reference).
 pub fn escape_markdown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '\\' | '*' | '_' | '~' | '`' | '|' | '[' | ']' | '<' | '>' | '#') {
+    for (i, c) in text.char_indices() {
+        let escape = match c {
+            '\\' | '*' | '_' | '~' | '`' | '|' | '[' | ']' | '<' => true,
+            '&' => starts_reference(&text[i + 1..]),
+            _ => false,
+        };
+        if escape {
             out.push('\\');
         }
         out.push(c);
     }
     out
+}
+
+/// Whether `rest` (what follows a `&`) makes it a character reference such as `&amp;`.
+fn starts_reference(rest: &str) -> bool {
+    let name = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).unwrap_or(rest.len());
+    name > 0 && rest[name..].starts_with(';')
+}
+
+/// Escapes what would start a block at the beginning of a line: `#` and `>`, and the `-`, `+`
+/// or `1.` of a list item.
+fn escape_line_start(text: String) -> String {
+    let body = text.trim_start_matches(' ');
+    let indent = text.len() - body.len();
+    let followed_by_space = |at: usize| body[at..].chars().next().is_none_or(char::is_whitespace);
+    let at = match body.chars().next() {
+        Some('#' | '>') => Some(0),
+        Some('-' | '+' | '=') if followed_by_space(1) => Some(0),
+        Some(c) if c.is_ascii_digit() => {
+            let digits = body.find(|c: char| !c.is_ascii_digit()).unwrap_or(body.len());
+            (body[digits..].starts_with(['.', ')']) && followed_by_space(digits + 1))
+                .then_some(digits)
+        }
+        _ => None,
+    };
+    match at {
+        Some(at) => format!("{}\\{}", &text[..indent + at], &text[indent + at..]),
+        None => text,
+    }
 }
 
 fn fence_for(code: &str) -> String {
@@ -307,9 +360,28 @@ fn fence_for(code: &str) -> String {
     "`".repeat((longest + 1).max(3))
 }
 
+impl Markdown<'_> {
+    /// Ends a block: what comes next starts a line.
+    fn block(&mut self, block: String) -> String {
+        self.line_start = true;
+        block
+    }
+}
+
 impl Render for Markdown<'_> {
     fn text(&mut self, text: &str) -> String {
-        escape_markdown(text)
+        let escaped = escape_markdown(text);
+        if std::mem::take(&mut self.line_start) { escape_line_start(escaped) } else { escaped }
+    }
+    fn line_break(&mut self) -> String {
+        self.line_start = true;
+        "\n".to_owned()
+    }
+    fn paragraph(&mut self, inner: String) -> String {
+        self.block(inner)
+    }
+    fn quote(&mut self, inner: String) -> String {
+        self.block(prefix_lines(&inner, "> ", ">"))
     }
     fn bold(&mut self, inner: String) -> String {
         wrap("**", inner)
@@ -324,6 +396,7 @@ impl Render for Markdown<'_> {
         wrap("~~", inner)
     }
     fn code(&mut self, code: &str) -> String {
+        self.line_start = false;
         if code.is_empty() {
             return String::new();
         }
@@ -333,7 +406,7 @@ impl Render for Markdown<'_> {
     }
     fn code_block(&mut self, language: Option<&str>, code: &str) -> String {
         let fence = fence_for(code);
-        format!("{fence}{}\n{code}\n{fence}", language.unwrap_or(""))
+        self.block(format!("{fence}{}\n{code}\n{fence}", language.unwrap_or("")))
     }
     fn link(&mut self, url: &str, inner: String) -> String {
         if inner.is_empty() || inner == escape_markdown(url) {
@@ -359,13 +432,14 @@ impl Render for Markdown<'_> {
             Some(n) => format!("{n}. "),
             None => "- ".to_owned(),
         };
-        hang(&marker, &inner)
+        self.block(hang(&marker, &inner))
     }
     fn heading(&mut self, level: u8, inner: String) -> String {
-        format!("{} {}", "#".repeat(level.clamp(1, 6) as usize), inner.replace('\n', " "))
+        let hashes = "#".repeat(level.clamp(1, 6) as usize);
+        self.block(format!("{hashes} {}", inner.replace('\n', " ")))
     }
     fn rule(&mut self) -> String {
-        "---".to_owned()
+        self.block("---".to_owned())
     }
     fn table(&mut self, rows: Vec<TableRow<String>>) -> String {
         let width = rows.iter().map(|r| r.cells.len()).max().unwrap_or(0);
@@ -386,7 +460,7 @@ impl Render for Markdown<'_> {
         for row in rows {
             lines.push(line(&row.cells));
         }
-        lines.join("\n")
+        self.block(lines.join("\n"))
     }
     fn block_separator(&self) -> &str {
         "\n\n"

@@ -240,29 +240,21 @@ fn block_children(node: &NodeRef) -> Vec<Node> {
 /// Drops whitespace-only text at the edges of a sequence and next to blocks, and trims the
 /// spaces that touch them.
 fn trim_blocks(nodes: Vec<Node>) -> Vec<Node> {
-    let n = nodes.len();
-    let is_block_at = |nodes: &[Node], i: Option<usize>| match i {
-        None => true,
-        Some(i) => nodes.get(i).is_none_or(Node::is_block) || i >= n,
-    };
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let before_block = is_block_at(&nodes, i.checked_sub(1));
-        let after_block = is_block_at(&nodes, Some(i + 1));
-        match &nodes[i] {
-            Node::Text(t) => {
-                let mut t = t.as_str();
-                if before_block {
-                    t = t.trim_start();
-                }
-                if after_block {
-                    t = t.trim_end();
-                }
-                if !t.is_empty() {
-                    out.push(Node::Text(t.to_owned()));
-                }
-            }
-            other => out.push(other.clone()),
+    let blocks: Vec<bool> = nodes.iter().map(Node::is_block).collect();
+    let mut out = Vec::with_capacity(nodes.len());
+    for (i, mut node) in nodes.into_iter().enumerate() {
+        if blocks[i] {
+            out.push(node);
+            continue;
+        }
+        if i == 0 || blocks[i - 1] {
+            trim_edge(&mut node, true);
+        }
+        if blocks.get(i + 1).is_none_or(|b| *b) {
+            trim_edge(&mut node, false);
+        }
+        if !matches!(&node, Node::Text(t) if t.is_empty()) {
+            out.push(node);
         }
     }
     out
@@ -311,7 +303,11 @@ fn text_content(node: &NodeRef, out: &mut String) {
 fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
     let element = match node.data() {
         NodeData::Text(t) => {
-            let text = collapse(&t.borrow());
+            let mut text = collapse(&t.borrow());
+            if matches!(out.last(), Some(Node::LineBreak)) {
+                // A line starts with no space.
+                text = text.trim_start().to_owned();
+            }
             if let Some(Node::Text(prev)) = out.last_mut() {
                 prev.push_str(&text);
             } else if !text.is_empty() {
@@ -326,10 +322,14 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
     let node = match name {
         "mx-reply" | "script" | "style" | "iframe" | "noscript" | "template" | "object"
         | "embed" | "title" | "head" | "textarea" | "select" => return,
-        "b" | "strong" => Node::Bold(children_of(node)),
-        "i" | "em" | "cite" | "var" => Node::Italic(children_of(node)),
-        "u" | "ins" => Node::Underline(children_of(node)),
-        "del" | "s" | "strike" => Node::Strikethrough(children_of(node)),
+        "b" | "strong" => return out.extend(wrap_inline(children_of(node), &Node::Bold)),
+        "i" | "em" | "cite" | "var" => {
+            return out.extend(wrap_inline(children_of(node), &Node::Italic));
+        }
+        "u" | "ins" => return out.extend(wrap_inline(children_of(node), &Node::Underline)),
+        "del" | "s" | "strike" => {
+            return out.extend(wrap_inline(children_of(node), &Node::Strikethrough));
+        }
         "code" | "kbd" | "samp" | "tt" => {
             let mut code = String::new();
             text_content(node, &mut code);
@@ -353,14 +353,20 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
         "span" | "font" => {
             let children = children_of(node);
             match attr(node, "data-mx-spoiler") {
-                Some(reason) => Node::Spoiler {
-                    reason: Some(reason).filter(|r| !r.trim().is_empty()),
-                    children,
-                },
+                Some(reason) => {
+                    let reason = Some(reason).filter(|r| !r.trim().is_empty());
+                    let wrap = |children| Node::Spoiler { reason: reason.clone(), children };
+                    return out.extend(wrap_inline(children, &wrap));
+                }
                 None => return out.extend(children),
             }
         }
-        "br" => Node::LineBreak,
+        "br" => {
+            if let Some(Node::Text(prev)) = out.last_mut() {
+                prev.truncate(prev.trim_end().len());
+            }
+            Node::LineBreak
+        }
         "img" => {
             let alt = attr(node, "alt").or_else(|| attr(node, "title")).unwrap_or_default();
             let src = attr(node, "src").filter(|s| s.starts_with("mxc://"));
@@ -439,6 +445,12 @@ fn parse_link(node: &NodeRef, out: &mut Vec<Node>) {
     let Some(url) = attr(node, "href") else {
         return out.extend(children);
     };
+    let scheme = url.split_once(':').map(|(s, _)| s.trim().to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("https" | "http" | "ftp" | "mailto" | "magnet" | "matrix"))
+    {
+        // `javascript:`, `data:`, relative links: only their text.
+        return out.extend(children);
+    }
     let id = if url.starts_with("https://matrix.to/") {
         MatrixToUri::parse(&url).ok().map(|u| u.id().clone())
     } else if url.starts_with("matrix:") {
@@ -446,15 +458,91 @@ fn parse_link(node: &NodeRef, out: &mut Vec<Node>) {
     } else {
         None
     };
-    out.push(match id {
-        Some(MatrixId::User(user_id)) => Node::UserMention { user_id, children },
-        Some(MatrixId::Room(room)) => Node::RoomMention { url, room: room.to_string(), children },
+    let wrap = |children| match &id {
+        Some(MatrixId::User(user_id)) => Node::UserMention { user_id: user_id.clone(), children },
+        Some(MatrixId::Room(room)) => {
+            Node::RoomMention { url: url.clone(), room: room.to_string(), children }
+        }
         Some(MatrixId::RoomAlias(alias)) => {
-            Node::RoomMention { url, room: alias.to_string(), children }
+            Node::RoomMention { url: url.clone(), room: alias.to_string(), children }
         }
         Some(MatrixId::Event(room, _)) => {
-            Node::RoomMention { url, room: room.to_string(), children }
+            Node::RoomMention { url: url.clone(), room: room.to_string(), children }
         }
-        _ => Node::Link { url, children },
-    });
+        _ => Node::Link { url: url.clone(), children },
+    };
+    out.extend(wrap_inline(children, &wrap));
+}
+
+/// Wraps inline nodes in `wrap`; blocks among them (which HTML's parser lets a `<b>` or `<a>`
+/// hold) get the wrapping pushed inside them instead.
+fn wrap_inline(children: Vec<Node>, wrap: &dyn Fn(Vec<Node>) -> Node) -> Vec<Node> {
+    if !children.iter().any(Node::is_block) {
+        return vec![wrap(children)];
+    }
+    let mut out = Vec::new();
+    let mut run = Vec::new();
+    for child in trim_blocks(children) {
+        if child.is_block() {
+            if !run.is_empty() {
+                out.push(wrap(std::mem::take(&mut run)));
+            }
+            out.push(push_into(child, wrap));
+        } else {
+            run.push(child);
+        }
+    }
+    if !run.is_empty() {
+        out.push(wrap(run));
+    }
+    out
+}
+
+fn push_into(block: Node, wrap: &dyn Fn(Vec<Node>) -> Node) -> Node {
+    match block {
+        Node::Paragraph(c) => Node::Paragraph(wrap_inline(c, wrap)),
+        Node::Heading { level, children } => {
+            Node::Heading { level, children: wrap_inline(children, wrap) }
+        }
+        Node::Quote(c) => Node::Quote(wrap_inline(c, wrap)),
+        Node::List { start, items } => Node::List {
+            start,
+            items: items.into_iter().map(|item| wrap_inline(item, wrap)).collect(),
+        },
+        Node::Table(rows) => Node::Table(
+            rows.into_iter()
+                .map(|row| TableRow {
+                    header: row.header,
+                    cells: row.cells.into_iter().map(|c| wrap_inline(c, wrap)).collect(),
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Trims the whitespace at one edge of an inline node (inside its wrappers).
+fn trim_edge(node: &mut Node, start: bool) {
+    match node {
+        Node::Text(t) => {
+            let trimmed = if start { t.trim_start() } else { t.trim_end() };
+            if trimmed.len() != t.len() {
+                *t = trimmed.to_owned();
+            }
+        }
+        Node::Bold(c)
+        | Node::Italic(c)
+        | Node::Underline(c)
+        | Node::Strikethrough(c)
+        | Node::Link { children: c, .. }
+        | Node::UserMention { children: c, .. }
+        | Node::RoomMention { children: c, .. }
+        | Node::Spoiler { children: c, .. } => {
+            let edge = if start { c.first_mut() } else { c.last_mut() };
+            if let Some(edge) = edge {
+                trim_edge(edge, start);
+            }
+        }
+        _ => {}
+    }
 }
