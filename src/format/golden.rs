@@ -248,3 +248,30 @@ fn content_reads_mentions_and_drops_reply_fallbacks() {
     assert_eq!(json["body"], "just text & more");
     assert!(json.get("formatted_body").is_none(), "{json}");
 }
+
+#[test]
+fn deep_nesting_stays_within_the_stack() {
+    let deep = ["<div><b>".repeat(100), "<div><b>".repeat(10_000), "<blockquote>".repeat(20_000)];
+    for html in deep.map(|h| h + "deep") {
+        let parsed = ParsedMessage::from_html(&html);
+        assert_eq!(parsed.to_plain(), "deep");
+        assert_eq!(parsed.to_markdown().trim_matches('*'), "deep");
+        assert_eq!(parsed.to_entities(|_, _| None).text, "deep");
+        // The strict sanitizer drops elements past its depth with their content; past the
+        // parser's safe depth only the text is left.
+        let clean = sanitize_html(&html);
+        if super::tree::nesting(&html) > super::tree::MAX_HTML_NESTING {
+            assert_eq!(clean, "deep");
+        }
+    }
+    // Nesting that is only apparent (paragraphs and items close themselves) is kept.
+    let flat = "<p>a".repeat(2_000);
+    assert_eq!(ParsedMessage::from_html(&flat).nodes.len(), 2_000);
+
+    let quotes = ">".repeat(20_000) + " deep";
+    let text = MatrixText::from_markdown(&quotes, &mut ());
+    assert_eq!(text.body, "> ".repeat(32) + "deep");
+    let html = text.html.expect("quoted");
+    assert_sanitized("deep quotes", &html);
+    assert_eq!(html.matches("<blockquote>").count(), 32);
+}

@@ -6,7 +6,7 @@ use ruma::{
     events::room::message::{
         FormattedBody, MessageFormat, MessageType, Relation, RoomMessageEventContent,
     },
-    html::{Html, SanitizerConfig},
+    html::SanitizerConfig,
 };
 
 /// Elements removed with everything inside them: their content is code or a fallback, not text
@@ -20,9 +20,10 @@ const REMOVED_WITH_CONTENT: [&str; 9] =
 /// elements outside the allowed set go and their text stays; `on*`, `style` and every other
 /// attribute outside the allowed set go; links keep only `http`, `https`, `ftp`, `mailto` and
 /// `magnet` URLs and images only `mxc` ones (so no `javascript:` or `data:`); unclosed tags are
-/// closed.
+/// closed. HTML nested hundreds of levels deep keeps only its text.
 pub fn sanitize_html(html: &str) -> String {
-    let parsed = Html::parse(html);
+    // Too deep a tree would overflow the stack when dropped: its tags go first.
+    let parsed = super::tree::parse_html(html);
     parsed.sanitize_with(&SanitizerConfig::strict().remove_elements(REMOVED_WITH_CONTENT));
     parsed.to_string()
 }

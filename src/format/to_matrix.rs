@@ -252,12 +252,17 @@ fn unwrap_single_paragraph(html: String) -> String {
     html
 }
 
+/// How deep the HTML built from Markdown nests at most.
+const MAX_NESTING: usize = 32;
+
 struct Writer<'l, L: ?Sized> {
     html: String,
     /// Text not yet written.
     pending: String,
     mentions: BTreeSet<OwnedUserId>,
     lookup: &'l mut L,
+    /// For each open element of the Markdown, whether it was written.
+    open: Vec<bool>,
     /// For each open link, whether an `<a>` was written for it.
     links: Vec<bool>,
     in_code_block: bool,
@@ -272,6 +277,7 @@ impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
             pending: String::new(),
             mentions: BTreeSet::new(),
             lookup,
+            open: Vec::new(),
             links: Vec::new(),
             in_code_block: false,
             in_table_head: false,
@@ -291,8 +297,27 @@ impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
         }
         self.flush();
         match event {
-            Event::Start(tag) => self.start(tag),
-            Event::End(tag) => self.end(tag),
+            // Elements deeper than `MAX_NESTING` are left out (their text stays).
+            Event::Start(tag) if self.open.len() >= MAX_NESTING => {
+                match tag {
+                    Tag::Link { .. } => self.links.push(false),
+                    Tag::CodeBlock(_) => self.in_code_block = true,
+                    _ => {}
+                }
+                self.open.push(false);
+            }
+            Event::Start(tag) => {
+                self.start(tag);
+                self.open.push(true);
+            }
+            Event::End(tag) => match self.open.pop() {
+                Some(true) | None => self.end(tag),
+                Some(false) => match tag {
+                    TagEnd::Link => _ = self.links.pop(),
+                    TagEnd::CodeBlock => self.in_code_block = false,
+                    _ => {}
+                },
+            },
             Event::Text(text) => self.html.push_str(&escape_text(&text)),
             Event::Code(code) => {
                 self.html.push_str("<code>");

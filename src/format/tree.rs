@@ -136,11 +136,14 @@ pub struct ParsedMessage {
 impl ParsedMessage {
     /// Parses HTML (a `formatted_body`), dropping a reply fallback (`<mx-reply>`) and anything
     /// that is not text (`<script>`, `<style>`, comments...). Unclosed tags are closed.
+    ///
+    /// HTML nested deeper than a message plausibly is (hundreds of levels) is read as its text
+    /// only: the parser's tree could not even be dropped within a thread's stack.
     pub fn from_html(html: &str) -> Self {
-        let parsed = Html::parse(html);
+        let parsed = parse_html(html);
         let mut nodes = Vec::new();
         for child in parsed.children() {
-            parse_node(&child, &mut nodes);
+            parse_node(&child, &mut nodes, 0);
         }
         Self { nodes: trim_blocks(nodes), mentions: None }
     }
@@ -186,7 +189,8 @@ impl ParsedMessage {
             MessageType::Video(m) => (m.caption().unwrap_or(&m.body), &m.formatted),
             _ => return None,
         };
-        let mut parsed = match formatted.as_ref().filter(|f| f.format == MessageFormat::Html) {
+        let html = formatted.as_ref().filter(|f| f.format == MessageFormat::Html);
+        let mut parsed = match html.filter(|f| nesting(&f.body) <= MAX_HTML_NESTING) {
             Some(f) => Self::from_html(&f.body),
             None if is_reply => Self::from_plain(strip_plain_reply_fallback(body)),
             None => Self::from_plain(body),
@@ -204,6 +208,74 @@ impl ParsedMessage {
     pub fn mentions_room(&self) -> bool {
         self.mentions.as_ref().is_some_and(|m| m.room)
     }
+}
+
+/// How deep HTML may nest (by [`nesting`]) to be parsed as it is.
+pub(crate) const MAX_HTML_NESTING: usize = 256;
+
+/// Parses HTML with ruma's parser; too deeply nested HTML loses its tags first.
+pub(crate) fn parse_html(html: &str) -> Html {
+    if nesting(html) <= MAX_HTML_NESTING {
+        Html::parse(html)
+    } else {
+        Html::parse(&strip_tags(html))
+    }
+}
+
+/// Elements that never hold others, or that close themselves when a sibling opens.
+const NOT_NESTING: [&str; 22] = [
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "mx-reply",
+];
+
+/// An upper estimate of how deep `html`'s elements nest: start tags minus end tags, not
+/// counting void elements and those that close themselves.
+pub(crate) fn nesting(html: &str) -> usize {
+    let bytes = html.as_bytes();
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut i = 0;
+    while let Some(at) = bytes[i..].iter().position(|&b| b == b'<') {
+        i += at + 1;
+        match bytes.get(i) {
+            Some(b'/') => depth = depth.saturating_sub(1),
+            Some(b) if b.is_ascii_alphabetic() => {
+                let len = bytes[i..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+                    .unwrap_or(bytes.len() - i);
+                let name = html[i..i + len].to_ascii_lowercase();
+                let close = bytes[i..].iter().position(|&b| b == b'>');
+                let self_closing = close.is_some_and(|c| c > 0 && bytes[i + c - 1] == b'/');
+                if !self_closing && !NOT_NESTING.contains(&name.as_str()) {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// `html` without its tags (text and character references stay).
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        if after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '!') {
+            match after.find('>') {
+                Some(close) => rest = &after[close + 1..],
+                None => return out,
+            }
+        } else {
+            out.push_str("&lt;");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A plain body without the leading `> ` lines of a reply fallback and the blank line after.
@@ -224,17 +296,17 @@ fn attr(node: &NodeRef, name: &str) -> Option<String> {
     attrs.iter().find(|a| &*a.name.local == name).map(|a| a.value.to_string())
 }
 
-fn children_of(node: &NodeRef) -> Vec<Node> {
+fn children_of(node: &NodeRef, depth: usize) -> Vec<Node> {
     let mut out = Vec::new();
     for child in node.children() {
-        parse_node(&child, &mut out);
+        parse_node(&child, &mut out, depth + 1);
     }
     out
 }
 
 /// Children of a block: whitespace at its edges and next to inner blocks goes.
-fn block_children(node: &NodeRef) -> Vec<Node> {
-    trim_blocks(children_of(node))
+fn block_children(node: &NodeRef, depth: usize) -> Vec<Node> {
+    trim_blocks(children_of(node, depth))
 }
 
 /// Drops whitespace-only text at the edges of a sequence and next to blocks, and trims the
@@ -286,21 +358,28 @@ fn flush_run(out: &mut String, run: &mut String) {
     run.clear();
 }
 
-/// All the text under a node, `<br>` as a line break.
+/// All the text under a node, `<br>` as a line break (without recursion: nesting is the
+/// sender's to choose).
 fn text_content(node: &NodeRef, out: &mut String) {
-    match node.data() {
-        NodeData::Text(t) => out.push_str(&t.borrow()),
-        NodeData::Element(e) if &*e.name.local == "br" => out.push('\n'),
-        NodeData::Element(_) => {
-            for child in node.children() {
-                text_content(&child, out);
+    let mut stack = vec![node.clone()];
+    while let Some(node) = stack.pop() {
+        match node.data() {
+            NodeData::Text(t) => out.push_str(&t.borrow()),
+            NodeData::Element(e) if &*e.name.local == "br" => out.push('\n'),
+            NodeData::Element(_) => {
+                let children: Vec<NodeRef> = node.children().collect();
+                stack.extend(children.into_iter().rev());
             }
+            _ => {}
         }
-        _ => {}
     }
 }
 
-fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
+/// How deep elements nest in the tree; deeper ones give only their text, so that rendering
+/// (which recurses) stays within any thread's stack.
+const MAX_DEPTH: usize = 48;
+
+fn parse_node(node: &NodeRef, out: &mut Vec<Node>, depth: usize) {
     let element = match node.data() {
         NodeData::Text(t) => {
             let mut text = collapse(&t.borrow());
@@ -318,17 +397,22 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
         NodeData::Element(e) => e,
         _ => return,
     };
+    if depth >= MAX_DEPTH {
+        let mut text = String::new();
+        text_content(node, &mut text);
+        return out.push(Node::Text(text));
+    }
     let name = &*element.name.local;
     let node = match name {
         "mx-reply" | "script" | "style" | "iframe" | "noscript" | "template" | "object"
         | "embed" | "title" | "head" | "textarea" | "select" => return,
-        "b" | "strong" => return out.extend(wrap_inline(children_of(node), &Node::Bold)),
+        "b" | "strong" => return out.extend(wrap_inline(children_of(node, depth), &Node::Bold)),
         "i" | "em" | "cite" | "var" => {
-            return out.extend(wrap_inline(children_of(node), &Node::Italic));
+            return out.extend(wrap_inline(children_of(node, depth), &Node::Italic));
         }
-        "u" | "ins" => return out.extend(wrap_inline(children_of(node), &Node::Underline)),
+        "u" | "ins" => return out.extend(wrap_inline(children_of(node, depth), &Node::Underline)),
         "del" | "s" | "strike" => {
-            return out.extend(wrap_inline(children_of(node), &Node::Strikethrough));
+            return out.extend(wrap_inline(children_of(node, depth), &Node::Strikethrough));
         }
         "code" | "kbd" | "samp" | "tt" => {
             let mut code = String::new();
@@ -349,9 +433,9 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
                 });
             Node::CodeBlock { language, code }
         }
-        "a" => return parse_link(node, out),
+        "a" => return parse_link(node, out, depth),
         "span" | "font" => {
-            let children = children_of(node);
+            let children = children_of(node, depth);
             match attr(node, "data-mx-spoiler") {
                 Some(reason) => {
                     let reason = Some(reason).filter(|r| !r.trim().is_empty());
@@ -374,16 +458,17 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
         }
         "p" | "div" | "details" | "summary" | "caption" | "figure" | "figcaption" | "section"
         | "article" | "header" | "footer" | "dl" | "dt" | "dd" | "center" | "address" => {
-            let children = block_children(node);
+            let children = block_children(node, depth);
             if children.is_empty() {
                 return;
             }
             Node::Paragraph(children)
         }
-        "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
-            Node::Heading { level: name.as_bytes()[1] - b'0', children: block_children(node) }
-        }
-        "blockquote" => Node::Quote(block_children(node)),
+        "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => Node::Heading {
+            level: name.as_bytes()[1] - b'0',
+            children: block_children(node, depth),
+        },
+        "blockquote" => Node::Quote(block_children(node, depth)),
         "ul" | "ol" => {
             let start = (name == "ol").then(|| {
                 attr(node, "start").and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1)
@@ -391,12 +476,12 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
             let mut items = Vec::new();
             for child in node.children() {
                 if child.as_element().is_some_and(|e| &*e.name.local == "li") {
-                    items.push(block_children(&child));
+                    items.push(block_children(&child, depth + 1));
                 } else if child.as_element().is_some() {
                     // Stray content of a list (a nested list outside an item, say) joins the
                     // item before it.
                     let mut stray = Vec::new();
-                    parse_node(&child, &mut stray);
+                    parse_node(&child, &mut stray, depth + 1);
                     match items.last_mut() {
                         Some(last) => last.extend(stray),
                         None => items.push(stray),
@@ -405,24 +490,24 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>) {
             }
             Node::List { start, items }
         }
-        "li" => Node::Paragraph(block_children(node)),
+        "li" => Node::Paragraph(block_children(node, depth)),
         "hr" => Node::Rule,
         "table" => {
             let mut rows = Vec::new();
-            collect_rows(node, false, &mut rows);
+            collect_rows(node, false, &mut rows, depth);
             Node::Table(rows)
         }
-        _ => return out.extend(children_of(node)),
+        _ => return out.extend(children_of(node, depth)),
     };
     out.push(node);
 }
 
-fn collect_rows(node: &NodeRef, in_head: bool, rows: &mut Vec<TableRow<Vec<Node>>>) {
+fn collect_rows(node: &NodeRef, in_head: bool, rows: &mut Vec<TableRow<Vec<Node>>>, depth: usize) {
     for child in node.children() {
         let Some(element) = child.as_element() else { continue };
         match &*element.name.local {
-            "thead" => collect_rows(&child, true, rows),
-            "tbody" | "tfoot" => collect_rows(&child, false, rows),
+            "thead" => collect_rows(&child, true, rows, depth + 1),
+            "tbody" | "tfoot" => collect_rows(&child, false, rows, depth + 1),
             "tr" => {
                 let mut header = in_head;
                 let mut cells = Vec::new();
@@ -430,7 +515,7 @@ fn collect_rows(node: &NodeRef, in_head: bool, rows: &mut Vec<TableRow<Vec<Node>
                     let Some(e) = cell.as_element() else { continue };
                     if matches!(&*e.name.local, "td" | "th") {
                         header |= &*e.name.local == "th" && cells.is_empty();
-                        cells.push(block_children(&cell));
+                        cells.push(block_children(&cell, depth + 2));
                     }
                 }
                 rows.push(TableRow { header, cells });
@@ -440,8 +525,8 @@ fn collect_rows(node: &NodeRef, in_head: bool, rows: &mut Vec<TableRow<Vec<Node>
     }
 }
 
-fn parse_link(node: &NodeRef, out: &mut Vec<Node>) {
-    let children = children_of(node);
+fn parse_link(node: &NodeRef, out: &mut Vec<Node>, depth: usize) {
+    let children = children_of(node, depth);
     let Some(url) = attr(node, "href") else {
         return out.extend(children);
     };
@@ -478,14 +563,14 @@ fn parse_link(node: &NodeRef, out: &mut Vec<Node>) {
 /// hold) get the wrapping pushed inside them instead.
 fn wrap_inline(children: Vec<Node>, wrap: &dyn Fn(Vec<Node>) -> Node) -> Vec<Node> {
     if !children.iter().any(Node::is_block) {
-        return vec![wrap(children)];
+        return vec![unnest(wrap(children))];
     }
     let mut out = Vec::new();
     let mut run = Vec::new();
     for child in trim_blocks(children) {
         if child.is_block() {
             if !run.is_empty() {
-                out.push(wrap(std::mem::take(&mut run)));
+                out.push(unnest(wrap(std::mem::take(&mut run))));
             }
             out.push(push_into(child, wrap));
         } else {
@@ -493,9 +578,22 @@ fn wrap_inline(children: Vec<Node>, wrap: &dyn Fn(Vec<Node>) -> Node) -> Vec<Nod
         }
     }
     if !run.is_empty() {
-        out.push(wrap(run));
+        out.push(unnest(wrap(run)));
     }
     out
+}
+
+/// `<b><b>x</b></b>` is `<b>x</b>`.
+fn unnest(node: Node) -> Node {
+    match node {
+        Node::Bold(mut c) if matches!(c.as_slice(), [Node::Bold(_)]) => c.remove(0),
+        Node::Italic(mut c) if matches!(c.as_slice(), [Node::Italic(_)]) => c.remove(0),
+        Node::Underline(mut c) if matches!(c.as_slice(), [Node::Underline(_)]) => c.remove(0),
+        Node::Strikethrough(mut c) if matches!(c.as_slice(), [Node::Strikethrough(_)]) => {
+            c.remove(0)
+        }
+        other => other,
+    }
 }
 
 fn push_into(block: Node, wrap: &dyn Fn(Vec<Node>) -> Node) -> Node {
