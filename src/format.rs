@@ -48,6 +48,8 @@ mod tree;
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod tests;
 
 pub use entities::{Entity, EntityKind, EntityText, utf16_len};
 pub use render::{

@@ -171,11 +171,16 @@ impl MatrixText {
     }
 }
 
-/// Escapes text as the HTML serializer does, so that sanitizing the output changes nothing.
+/// Escapes text as the HTML serializer does, so that sanitizing the output changes nothing:
+/// the parser also turns `\r\n` and `\r` into `\n` and drops NUL, so they go here.
 pub(crate) fn escape_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
+            '\0' => {}
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' => out.push('\n'),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -188,10 +193,16 @@ pub(crate) fn escape_text(text: &str) -> String {
 
 fn escape_attr(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
+            '\0' => {}
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' => out.push('\n'),
             '&' => out.push_str("&amp;"),
             '"' => out.push_str("&quot;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
             '\u{a0}' => out.push_str("&nbsp;"),
             c => out.push(c),
         }
