@@ -110,19 +110,21 @@ impl MatrixText {
     /// keep only their text, and images their alternative text. Links to `matrix.to` users
     /// count as mentions.
     pub fn from_markdown(markdown: &str, lookup: &mut (impl MentionLookup + ?Sized)) -> Self {
-        let mut w = Writer::new(lookup);
+        let mut w = Writer::new(markdown, lookup);
         let options = Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TABLES;
-        for event in Parser::new_ext(markdown, options) {
-            w.event(event);
+        for (event, range) in Parser::new_ext(markdown, options).into_offset_iter() {
+            w.event(event, range);
         }
         w.flush();
+        w.close_spoiler();
         let html = unwrap_single_paragraph(w.html);
         Self::from_html_parts(html, w.mentions)
     }
 
     /// From text and entities (offsets and lengths in UTF-16 code units). Ranges past the end
     /// are clamped, ranges that split a character are widened to it, overlapping ranges are
-    /// split so that the HTML nests. Mention entities go through
+    /// split so that the HTML nests; beyond the first thousand, entities are ignored. Mention
+    /// entities go through
     /// [`MentionLookup::remote_user`]; those it does not know stay text.
     pub fn from_entities(input: &EntityText, lookup: &mut (impl MentionLookup + ?Sized)) -> Self {
         let (html, mentions) = entities_to_html(input, lookup);
@@ -272,8 +274,16 @@ struct Writer<'l, L: ?Sized> {
     pending: String,
     mentions: BTreeSet<OwnedUserId>,
     lookup: &'l mut L,
+    /// The Markdown.
+    source: &'l str,
+    /// Where the text in `pending` ends in the Markdown.
+    pending_end: usize,
     /// For each open element of the Markdown, whether it was written.
     open: Vec<bool>,
+    /// For each open element of the Markdown, where it ends there.
+    open_ends: Vec<usize>,
+    /// The depth (open elements) at which a spoiler is open.
+    spoiler_at: Option<usize>,
     /// For each open link, whether an `<a>` was written for it.
     links: Vec<bool>,
     in_code_block: bool,
@@ -282,8 +292,12 @@ struct Writer<'l, L: ?Sized> {
 }
 
 impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
-    fn new(lookup: &'l mut L) -> Self {
+    fn new(source: &'l str, lookup: &'l mut L) -> Self {
         Self {
+            source,
+            pending_end: 0,
+            open_ends: Vec::new(),
+            spoiler_at: None,
             html: String::new(),
             pending: String::new(),
             mentions: BTreeSet::new(),
@@ -296,7 +310,7 @@ impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
         }
     }
 
-    fn event(&mut self, event: Event<'_>) {
+    fn event(&mut self, event: Event<'_>, range: Range<usize>) {
         // The parser splits text at characters that might have been markup; mentions and
         // spoilers are found in the whole run.
         if let Event::Text(text) = &event
@@ -304,9 +318,26 @@ impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
             && self.links.is_empty()
         {
             self.pending.push_str(text);
+            self.pending_end = range.end;
             return;
         }
         self.flush();
+        if let Event::Start(_) = &event {
+            self.open_ends.push(range.end);
+        }
+        // A spoiler's `||` pair is on one line.
+        if matches!(event, Event::SoftBreak | Event::HardBreak)
+            && self.spoiler_at == Some(self.open.len())
+        {
+            self.close_spoiler();
+        }
+        if let Event::End(_) = &event {
+            self.open_ends.pop();
+            // A spoiler still open when the element holding it ends, ends with it.
+            if self.spoiler_at.is_some_and(|depth| depth >= self.open.len()) {
+                self.close_spoiler();
+            }
+        }
         match event {
             // Elements deeper than `MAX_NESTING` are left out (their text stays).
             Event::Start(tag) if self.open.len() >= MAX_NESTING => {
@@ -443,15 +474,35 @@ impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
         }
     }
 
-    /// Text outside code and links: spoilers, then mentions.
-    fn text(&mut self, mut rest: &str) {
-        while let Some(open) = rest.find("||") {
-            let Some(len) = rest[open + 2..].find("||").filter(|&len| len > 0) else { break };
-            self.mentions_in(&rest[..open]);
-            self.html.push_str("<span data-mx-spoiler=\"\">");
-            self.mentions_in(&rest[open + 2..open + 2 + len]);
+    fn close_spoiler(&mut self) {
+        if self.spoiler_at.take().is_some() {
             self.html.push_str("</span>");
-            rest = &rest[open + 2 + len + 2..];
+        }
+    }
+
+    /// Text outside code and links: spoilers, then mentions. A spoiler opens at a `||` that
+    /// has a partner later on its line, and closes at a `||` at its own depth (so it may hold
+    /// formatting), else at the end of the line or of the element that holds it.
+    fn text(&mut self, mut rest: &str) {
+        while let Some(at) = rest.find("||") {
+            self.mentions_in(&rest[..at]);
+            let after = &rest[at + 2..];
+            match self.spoiler_at {
+                Some(depth) if depth == self.open.len() => self.close_spoiler(),
+                Some(_) => self.html.push_str("||"),
+                None => {
+                    let element_end = self.open_ends.last().copied().unwrap_or(self.source.len());
+                    let later = self.source.get(self.pending_end..element_end).unwrap_or("");
+                    let later = later.split('\n').next().unwrap_or("");
+                    if after.contains("||") || later.contains("||") {
+                        self.html.push_str("<span data-mx-spoiler=\"\">");
+                        self.spoiler_at = Some(self.open.len());
+                    } else {
+                        self.html.push_str("||");
+                    }
+                }
+            }
+            rest = after;
         }
         self.mentions_in(rest);
     }
@@ -474,6 +525,10 @@ impl<'l, L: MentionLookup + ?Sized> Writer<'l, L> {
     }
 }
 
+/// How many entities of a message count (Telegram allows 100): the rest are ignored, which
+/// bounds the work a hostile message can cause.
+const MAX_ENTITIES: usize = 1000;
+
 struct Span<'k> {
     start: usize,
     end: usize,
@@ -490,7 +545,7 @@ fn entities_to_html(
     let text = input.text.as_str();
     let mut mentions = BTreeSet::new();
     let mut spans = Vec::new();
-    for entity in &input.entities {
+    for entity in input.entities.iter().take(MAX_ENTITIES) {
         let start = utf16_to_byte(text, entity.offset, false);
         let end = utf16_to_byte(text, entity.offset.saturating_add(entity.length), true);
         if start >= end {
