@@ -4,7 +4,7 @@
 use ruma::UserId;
 
 use super::{
-    render::{MentionHook, Render},
+    render::Render,
     tree::{ParsedMessage, TableRow},
 };
 
@@ -126,12 +126,12 @@ fn clean(text: &str) -> String {
     }
 }
 
-struct EntityRenderer<'a> {
+struct EntityRenderer<F> {
     kinds: Vec<EntityKind>,
-    mention: MentionHook<'a>,
+    mention: F,
 }
 
-impl EntityRenderer<'_> {
+impl<F> EntityRenderer<F> {
     fn mark(&mut self, kind: EntityKind, inner: String) -> String {
         let id = self.kinds.len();
         if inner.is_empty() || id >= MAX_ENTITIES {
@@ -173,7 +173,7 @@ impl EntityRenderer<'_> {
     }
 }
 
-impl Render for EntityRenderer<'_> {
+impl<F: FnMut(&UserId, &str) -> Option<String>> Render for EntityRenderer<F> {
     fn text(&mut self, text: &str) -> String {
         clean(text)
     }
@@ -242,11 +242,8 @@ impl ParsedMessage {
     /// The message as text and entities, laid out as [`to_plain`](Self::to_plain) lays it out.
     /// `mention` gets each pill's Matrix user and text and returns the remote user to mention,
     /// or `None` to leave the text unmarked (a Matrix user with no one behind it remotely).
-    pub fn to_entities(
-        &self,
-        mention: impl FnMut(&UserId, &str) -> Option<String> + Send,
-    ) -> EntityText {
-        let mut renderer = EntityRenderer { kinds: Vec::new(), mention: Box::new(mention) };
+    pub fn to_entities(&self, mention: impl FnMut(&UserId, &str) -> Option<String>) -> EntityText {
+        let mut renderer = EntityRenderer { kinds: Vec::new(), mention };
         let marked = self.render(&mut renderer);
         renderer.finish(&marked)
     }

@@ -406,7 +406,12 @@ impl Render for Markdown<'_> {
     }
     fn code_block(&mut self, language: Option<&str>, code: &str) -> String {
         let fence = fence_for(code);
-        self.block(format!("{fence}{}\n{code}\n{fence}", language.unwrap_or("")))
+        let language: String = language
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '+' | '#' | '.'))
+            .collect();
+        self.block(format!("{fence}{language}\n{code}\n{fence}"))
     }
     fn link(&mut self, url: &str, inner: String) -> String {
         if inner.is_empty() || inner == escape_markdown(url) {
@@ -426,6 +431,10 @@ impl Render for Markdown<'_> {
     }
     fn spoiler(&mut self, _reason: Option<&str>, inner: String) -> String {
         wrap("||", inner)
+    }
+    fn image(&mut self, alt: &str, _src: Option<&str>) -> String {
+        self.line_start = false;
+        escape_markdown(alt)
     }
     fn list_item(&mut self, number: Option<u64>, inner: String) -> String {
         let marker = match number {
