@@ -223,9 +223,9 @@ pub(crate) fn parse_html(html: &str) -> Html {
 }
 
 /// Elements that never hold others, or that close themselves when a sibling opens.
-const NOT_NESTING: [&str; 22] = [
+const NOT_NESTING: [&str; 21] = [
     "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
-    "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "mx-reply",
+    "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option",
 ];
 
 /// An upper estimate of how deep `html`'s elements nest: start tags minus end tags, not
