@@ -92,7 +92,7 @@ pub fn utf16_len(text: &str) -> usize {
 
 /// The byte index of UTF-16 offset `offset` in `text`, clamped to its length. An offset inside
 /// a surrogate pair moves back to the character's start, or on to its end when `up`.
-pub fn utf16_to_byte(text: &str, offset: usize, up: bool) -> usize {
+pub(super) fn utf16_to_byte(text: &str, offset: usize, up: bool) -> usize {
     let mut units = 0;
     for (byte, c) in text.char_indices() {
         if units >= offset {
