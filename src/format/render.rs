@@ -51,10 +51,10 @@ pub trait Render {
     fn user_mention(&mut self, user_id: &UserId, inner: String) -> String {
         if inner.is_empty() { user_id.to_string() } else { inner }
     }
-    /// A link to a room (`room` is its ID or alias).
+    /// A link to a room or to an event in one (`room` is the room's ID or alias): the room
+    /// when the text is just that, else as [`link`](Render::link).
     fn room_mention(&mut self, room: &str, url: &str, inner: String) -> String {
-        let _ = url;
-        if inner.is_empty() { room.to_owned() } else { inner }
+        if inner.is_empty() || inner == room { room.to_owned() } else { self.link(url, inner) }
     }
     /// A spoiler.
     fn spoiler(&mut self, reason: Option<&str>, inner: String) -> String {
@@ -417,7 +417,8 @@ impl Render for Markdown<'_> {
         if inner.is_empty() || inner == escape_markdown(url) {
             return url.to_owned();
         }
-        format!("[{inner}]({})", url.replace('(', "%28").replace(')', "%29"))
+        let url = url.replace('(', "%28").replace(')', "%29").replace(' ', "%20");
+        format!("[{inner}]({url})")
     }
     fn user_mention(&mut self, user_id: &UserId, inner: String) -> String {
         let text = if inner.is_empty() { escape_markdown(user_id.as_str()) } else { inner };
