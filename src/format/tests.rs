@@ -297,4 +297,13 @@ fn events_are_read_with_their_mentions_and_without_fallbacks() {
         ),
     ));
     assert!(ParsedMessage::from_content(&location).is_none());
+
+    // Built for Matrix and read back: the same mentions.
+    let mut text = MatrixText::from_markdown("hi <@42>, @everyone", &mut Ghosts);
+    text.mentions_room = true;
+    let parsed = ParsedMessage::from_content(&text.into_content()).expect("text");
+    assert!(parsed.mentions_room());
+    let users: Vec<_> = parsed.mentioned_users().map(|u| u.as_str()).collect();
+    assert_eq!(users, ["@_remote_42:example.org"]);
+    assert_eq!(parsed.to_plain(), "hi Alice <A&B>, @everyone");
 }

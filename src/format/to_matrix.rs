@@ -101,6 +101,9 @@ pub struct MatrixText {
     pub html: Option<String>,
     /// The users mentioned, for `m.mentions`.
     pub mentions: BTreeSet<OwnedUserId>,
+    /// Whether the whole room is mentioned (`m.mentions.room`): for the bridge to set when
+    /// its network's text pings everyone.
+    pub mentions_room: bool,
 }
 
 impl MatrixText {
@@ -135,11 +138,13 @@ impl MatrixText {
         let body = ParsedMessage::from_html(&html).to_plain();
         let plain_html = escape_text(&body).replace('\n', "<br>");
         let html = (html != plain_html).then_some(html);
-        Self { body, html, mentions }
+        Self { body, html, mentions, mentions_room: false }
     }
 
     fn mentions(&self) -> Mentions {
-        Mentions::with_user_ids(self.mentions.iter().cloned())
+        let mut mentions = Mentions::with_user_ids(self.mentions.iter().cloned());
+        mentions.room = self.mentions_room;
+        mentions
     }
 
     /// An `m.text` message, with `m.mentions` (empty when no one is mentioned).
