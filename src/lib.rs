@@ -16,7 +16,8 @@
 //! - [`bridge`]: the [`Bridge`] trait and [`Delivery`], what a bridge implements.
 //! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
 //! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
-//! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
+//! - [`format`](mod@format): formatted text both ways (Matrix HTML rendered for a network;
+//!   a network's Markdown or entities to Matrix HTML with pills), and the sanitizer.
 //! - [`intent`]: one user's actions (bot or ghost): joins, sends, profile, media; cache-first.
 //! - [`client`]: the Client-Server transport: any ruma request, as the bot or a ghost, retried.
 //! - [`appservice`]: [`AppService`], which assembles everything and runs it; [`cli`]: `run`,
