@@ -238,7 +238,7 @@ async fn route_membership<B: Bridge>(
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
-            Box::pin(intent.ensure_joined(&event.room_id)).await?;
+            intent.ensure_joined(&event.room_id).await?;
         } else {
             refuse_invite(&intent, &event.room_id, "The bridge declined the invite.").await;
         }

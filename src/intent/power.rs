@@ -21,7 +21,7 @@ use ruma::{
 };
 use serde::Deserialize;
 
-use super::{Intent, IntentError, Result};
+use super::{CacheFirst, Intent, IntentError, Result};
 use crate::store::RoomStateField;
 
 /// The parts of a cached `m.room.create` event that power levels need.
@@ -69,10 +69,20 @@ impl Intent {
     /// # Errors
     /// [`IntentError::MalformedState`] for a room without a readable create event or power
     /// levels; [`IntentError::UnsupportedRoomVersion`] for a version whose rules are unknown.
-    pub async fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
+    ///
+    /// `.ignore_cache()` fetches the room's state (one request) whatever the cache holds.
+    pub fn power_levels<'a>(&'a self, room_id: &'a RoomId) -> CacheFirst<'a, RoomPowerLevels> {
+        CacheFirst::new(move |ignore| Box::pin(self.power_levels_lookup(room_id, ignore)))
+    }
+
+    async fn power_levels_lookup(
+        &self,
+        room_id: &RoomId,
+        ignore_cache: bool,
+    ) -> Result<RoomPowerLevels> {
         let mut cached = self.cached_power_state(room_id).await?;
         let fetched = self.store.members_fetched(room_id.as_str()).await?;
-        if cached.0.is_none() || (cached.1.is_none() && !fetched) {
+        if ignore_cache || cached.0.is_none() || (cached.1.is_none() && !fetched) {
             self.bot_intent().fetch_room_state(room_id).await?;
             cached = self.cached_power_state(room_id).await?;
         }
