@@ -141,11 +141,21 @@ impl RequestOptions {
 pub trait PathInput: PathBuilder {
     /// The input `select_path` needs.
     fn input(versions: &SupportedVersions) -> Self::Input<'_>;
+
+    /// Whether the endpoint has a stable path that `versions` do not reach (it came in a
+    /// newer version than they name): then the versions are worth fetching again.
+    fn newer_than(&self, _versions: &SupportedVersions) -> bool {
+        false
+    }
 }
 
 impl PathInput for VersionHistory {
     fn input(versions: &SupportedVersions) -> Self::Input<'_> {
         Cow::Borrowed(versions)
+    }
+
+    fn newer_than(&self, versions: &SupportedVersions) -> bool {
+        self.added_in().is_some() && !self.is_supported(versions)
     }
 }
 
@@ -488,17 +498,18 @@ impl Client {
         due
     }
 
-    /// The versions to pick `R`'s path with: the cached ones, fetched first when they name no
-    /// path for `R` (an endpoint newer than what is cached) and were not fetched lately; stale
+    /// The versions to pick `R`'s path with: the cached ones, fetched first when they do not
+    /// reach `R`'s stable path (an endpoint newer than what is cached) and were not fetched
+    /// lately (an endpoint the homeserver lacks would otherwise fetch on every request); stale
     /// ones are fetched again in the background.
     async fn versions_for<R: OutgoingRequest>(&self) -> SupportedVersions
     where
         R::PathBuilder: PathInput,
     {
         let versions = self.supported_versions();
-        if R::PATH_BUILDER.select_path(R::PathBuilder::input(&versions)).is_err()
-            && self.claim_versions_fetch(VERSIONS_RETRY)
-        {
+        let unreached = R::PATH_BUILDER.newer_than(&versions)
+            || R::PATH_BUILDER.select_path(R::PathBuilder::input(&versions)).is_err();
+        if unreached && self.claim_versions_fetch(VERSIONS_RETRY) {
             return match self.refresh_boxed().await {
                 Ok(fresh) if !fresh.versions.is_empty() => fresh,
                 Ok(_) => versions,
@@ -767,11 +778,11 @@ impl Client {
     /// # async fn example(client: mxbridge::client::Client) -> mxbridge::client::Result<()> {
     /// use ruma::{
     ///     api::client::session::login::v3::{LoginInfo, Password, Request},
-    ///     api::client::uiaa::UserIdentifier,
+    ///     api::client::uiaa::{MatrixUserIdentifier, UserIdentifier},
     /// };
     ///
     /// let homeserver = mxbridge::client::Client::discover("example.org".try_into()?).await?;
-    /// let password = Password::new(UserIdentifier::UserIdOrLocalpart("alice".into()), "…".into());
+    /// let password = Password::new(UserIdentifier::Matrix(MatrixUserIdentifier::new("alice".into())), "…".into());
     /// let login = Request::new(LoginInfo::Password(password));
     /// let (alice, response) = client.login(homeserver.as_ref(), login).await?;
     /// # Ok(()) }
