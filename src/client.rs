@@ -781,8 +781,10 @@ impl Client {
     ///     api::client::uiaa::{MatrixUserIdentifier, UserIdentifier},
     /// };
     ///
-    /// let homeserver = mxbridge::client::Client::discover("example.org".try_into()?).await?;
-    /// let password = Password::new(UserIdentifier::Matrix(MatrixUserIdentifier::new("alice".into())), "…".into());
+    /// let server = ruma::server_name!("example.org");
+    /// let homeserver = mxbridge::client::Client::discover(server).await?;
+    /// let alice = UserIdentifier::Matrix(MatrixUserIdentifier::new("alice".into()));
+    /// let password = Password::new(alice, "…".into());
     /// let login = Request::new(LoginInfo::Password(password));
     /// let (alice, response) = client.login(homeserver.as_ref(), login).await?;
     /// # Ok(()) }

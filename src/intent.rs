@@ -38,6 +38,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Options follow mautrix-python's keyword arguments as builder calls: `.ignore_cache()` on
+//! lookups ([`CacheFirst`]), joins, typing and presence, `.check_cache()` on invites,
+//! `.extra_content(..)` on membership changes, `.helper(..)` on joins. [`seeds`] maps every
+//! method of its `IntentAPI` and `ClientAPI` to the equivalent here.
+//!
 //! History import: MSC2716 batch sending (`/batch_send`) is gone from Synapse, so importing old
 //! messages uses timestamp massaging instead: `.at(ts)` on a send gives the event that
 //! `origin_server_ts`. The events are still appended at the end of the room's timeline.
@@ -58,6 +63,7 @@ mod pins;
 mod power;
 mod presence;
 mod profile;
+pub mod seeds;
 mod state;
 
 use ruma::{

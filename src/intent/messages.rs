@@ -148,7 +148,9 @@ impl<'a> SendMessage<'a> {
     }
 
     /// Gives the event this timestamp (`origin_server_ts`) instead of the time it arrives:
-    /// timestamp massaging, which the homeserver allows appservice users.
+    /// timestamp massaging, which the homeserver allows appservice users. This is how history
+    /// is imported now that MSC2716's `/batch_send` is gone from Synapse; the events are
+    /// appended at the end of the timeline.
     pub fn at(mut self, ts: MilliSecondsSinceUnixEpoch) -> Self {
         self.ts = Some(ts);
         self

@@ -575,9 +575,9 @@ async fn display_names_come_from_the_room_then_the_profile() {
     assert_eq!(bot.display_name(room, carol).await.unwrap(), None);
 }
 
-/// Inviting someone the cache knows is in the room sends nothing with `check_cache`; a refusal because they are
-/// in the room already (as Synapse words it) is success once the room's state says so; a
-/// refusal for anything else stays an error.
+/// Inviting someone the cache knows is in the room sends nothing with `check_cache`; a refusal
+/// because they are in the room already (as Synapse words it) is success once the room's state
+/// says so; a refusal for anything else stays an error.
 #[tokio::test]
 async fn inviting_a_user_already_in_the_room_succeeds() {
     let (hs, store) = setup().await;

@@ -421,7 +421,12 @@ async fn error_and_leave_can_send_html() {
     let ghost = user_id!("@_test_alice:localhost");
     cache_joined(&store, room, ghost).await;
     hs.mock_send(room, "m.room.message")
-        .with_body(json!({ "msgtype": "m.notice", "body": "failed", "format": "org.matrix.custom.html", "formatted_body": "<b>failed</b>" }))
+        .with_body(json!({
+            "msgtype": "m.notice",
+            "body": "failed",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<b>failed</b>",
+        }))
         .expect(1)
         .mount()
         .await;
