@@ -132,7 +132,7 @@ impl Intent {
         if levels.for_user(&self.user_id) >= level {
             return Ok(false);
         }
-        let bot = self.client.bot_user_id();
+        let bot = self.client.appservice().bot_user_id();
         let bot_level = levels.for_user(bot);
         if !levels.user_can_change_user_power_level(bot, &self.user_id) || bot_level < level {
             return Err(IntentError::NotPermitted(format!(
