@@ -771,8 +771,8 @@ impl Client {
     /// Logs a real user in (`POST /login`, sent with no token) on `homeserver` (this client's
     /// when `None`) and returns a client that acts as them with the new access token (see
     /// [`Client::for_user`]), with the homeserver's answer (keep its `access_token` and
-    /// `device_id` to make the client again later). When the answer names a homeserver URL
-    /// (`well_known`), the client uses it.
+    /// `device_id` to make the client again later). When the login went to another homeserver
+    /// and its answer names a URL for it (`well_known`), the client uses that URL.
     ///
     /// ```no_run
     /// # async fn example(client: mxbridge::client::Client) -> mxbridge::client::Result<()> {
@@ -804,8 +804,10 @@ impl Client {
             None => self.clone(),
         };
         let response = via.send_inner(request, &RequestOptions::default(), false).await?;
-        let announced =
-            response.well_known.as_ref().and_then(|w| Url::parse(&w.homeserver.base_url).ok());
+        // Our own homeserver is reached at the configured address, whatever URL it announces
+        // to the world (often a public one in front of the internal one).
+        let announced = homeserver.and(response.well_known.as_ref());
+        let announced = announced.and_then(|w| Url::parse(&w.homeserver.base_url).ok());
         let url = announced.as_ref().or(homeserver);
         let token = Secret::new(response.access_token.clone());
         let client = self.for_user(&response.user_id, token, url)?;
