@@ -159,6 +159,7 @@ impl<B: Bridge> AppService<B> {
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
         health.set_running(true);
         let pinger = tokio::spawn(startup_ping(ctx.clone(), health.clone()));
+        let versions = tokio::spawn(versions_loop(ctx.clone()));
         tracing::info!("bridge running");
 
         shutdown.await;
@@ -166,6 +167,7 @@ impl<B: Bridge> AppService<B> {
         health.set_state(BridgeState::Stopping);
         health.set_running(false);
         pinger.abort();
+        versions.abort();
         let _ = stop_tx.send(true);
         let served = server.await;
         if let Some(m) = metrics_server {
@@ -211,6 +213,26 @@ async fn startup_ping(ctx: Context, health: Arc<Health>) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Fetches the homeserver's supported versions at startup (until it works, every minute), then
+/// every six hours, so that requests pick the newest paths the homeserver has. Best effort: a
+/// failure is logged, and requests go on with what is cached.
+async fn versions_loop(ctx: Context) {
+    loop {
+        let pause = match ctx.client().refresh_supported_versions().await {
+            Ok(supported) => {
+                let newest = supported.versions.iter().max().map(|v| format!("{v:?}"));
+                tracing::info!(newest = newest.as_deref(), "fetched the homeserver's versions");
+                Duration::from_secs(6 * 3600)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not fetch the homeserver's versions");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -51,6 +51,7 @@ use ruma::{
             appservice::request_ping,
             authenticated_media,
             discovery::get_supported_versions,
+            session::login,
         },
         path_builder::{PathBuilder, SinglePath, VersionHistory},
     },
@@ -141,11 +142,21 @@ impl RequestOptions {
 pub trait PathInput: PathBuilder {
     /// The input `select_path` needs.
     fn input(versions: &SupportedVersions) -> Self::Input<'_>;
+
+    /// Whether the endpoint has a stable path that `versions` do not reach (it came in a
+    /// newer version than they name): then the versions are worth fetching again.
+    fn newer_than(&self, _versions: &SupportedVersions) -> bool {
+        false
+    }
 }
 
 impl PathInput for VersionHistory {
     fn input(versions: &SupportedVersions) -> Self::Input<'_> {
         Cow::Borrowed(versions)
+    }
+
+    fn newer_than(&self, versions: &SupportedVersions) -> bool {
+        self.added_in().is_some() && !self.is_supported(versions)
     }
 }
 
@@ -157,6 +168,9 @@ impl PathInput for SinglePath {
 pub trait AuthInput: AuthScheme {
     /// The input `add_authentication` needs.
     fn input(token: &str) -> Self::Input<'_>;
+
+    /// The input for a request sent with no token at all (a login).
+    fn without_token() -> Self::Input<'static>;
 }
 
 macro_rules! token_auth {
@@ -166,6 +180,10 @@ macro_rules! token_auth {
                 // `Always`: an appservice authenticates every call, even optional-auth ones, so
                 // that `?user_id=` is honoured.
                 SendAccessToken::Always(token)
+            }
+
+            fn without_token() -> Self::Input<'static> {
+                SendAccessToken::None
             }
         }
     )*};
@@ -180,6 +198,8 @@ token_auth!(
 
 impl AuthInput for NoAuthentication {
     fn input(_token: &str) -> Self::Input<'_> {}
+
+    fn without_token() -> Self::Input<'static> {}
 }
 
 /// A cheap-to-clone handle to the homeserver's Client-Server API, authenticated with the
@@ -198,8 +218,11 @@ struct ClientInner {
     http: reqwest::Client,
     /// The homeserver's base URL, without a trailing slash.
     base: String,
-    /// The bearer token for every request.
+    /// The bearer token for every request: the `as_token`, or a real user's access token.
     as_token: Secret,
+    /// For a real user's client ([`Client::for_user`]): the appservice's client, which helps
+    /// (the bot invites) and may act as the bridge's users.
+    appservice: Option<Client>,
     /// The appservice's ID (for the ping endpoint).
     appservice_id: String,
     /// The bot: `@{sender_localpart}:{server_name}`.
@@ -212,13 +235,29 @@ struct ClientInner {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     /// What the homeserver supports; picks each endpoint's path. Refreshed by
     /// [`Client::refresh_supported_versions`].
-    versions: RwLock<SupportedVersions>,
+    versions: RwLock<CachedVersions>,
     /// Joins in flight, keyed by (room, user). Entries exist only while a join runs, so the map
     /// never grows with the number of ghosts (see `Intent::ensure_joined`).
     joins_in_flight: Mutex<crate::util::FastMap<JoinKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The homeserver's upload limit, once asked (`Some(None)`: it has none).
     upload_limit: RwLock<Option<Option<u64>>>,
 }
+
+/// The homeserver's supported versions, and when they were last fetched.
+#[derive(Debug, Clone)]
+struct CachedVersions {
+    supported: SupportedVersions,
+    /// When a fetch last succeeded (`None`: never, the default of spec v1.12 is assumed).
+    fetched: Option<Instant>,
+    /// When a fetch was last tried, so a failing homeserver is not asked on every request.
+    tried: Option<Instant>,
+}
+
+/// How long fetched supported versions are used before they are fetched again (in the
+/// background, by the next request).
+const VERSIONS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+/// The least time between two fetches of the supported versions that requests start.
+const VERSIONS_RETRY: Duration = Duration::from_secs(60);
 
 /// Identifies one user's join to one room.
 type JoinKey = (OwnedRoomId, OwnedUserId);
@@ -266,33 +305,23 @@ impl Client {
         registration: Registration,
         retry: RetryPolicy,
     ) -> Result<Self> {
-        crate::install_crypto_provider();
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("mxbridge/", env!("CARGO_PKG_VERSION")))
-            // The Client-Server API does not redirect; following one would also carry the
-            // as_token to wherever it points.
-            .redirect(reqwest::redirect::Policy::none());
-        if homeserver.scheme() == "http" {
-            // Every request goes to `homeserver` and no redirect is followed, so TLS is never
-            // used: skip reading and parsing the system's CA roots (time and ~1 MiB of memory).
-            // An https request, were one ever made, would fail verification, not skip it.
-            http = http.tls_certs_only([]);
-        }
-        let http = http.build()?;
+        let http = build_http(&homeserver)?;
         let bot = UserId::parse_with_server_name(registration.sender_localpart(), server_name)
             .map_err(|e| Error::InvalidResponse(format!("invalid bot user ID: {e}")))?;
-        let versions = SupportedVersions {
-            versions: [MatrixVersion::V1_12].into(),
-            features: Default::default(),
+        let versions = CachedVersions {
+            supported: SupportedVersions {
+                versions: [MatrixVersion::V1_12].into(),
+                features: Default::default(),
+            },
+            fetched: None,
+            tried: None,
         };
         Ok(Self {
             inner: Arc::new(ClientInner {
                 http,
                 base: homeserver.as_str().trim_end_matches('/').to_owned(),
                 as_token: registration.as_token().clone(),
+                appservice: None,
                 appservice_id: registration.id().to_owned(),
                 bot,
                 registration,
@@ -305,7 +334,95 @@ impl Client {
         })
     }
 
-    /// The bot's user ID.
+    /// A client for a real user (not in the registration's namespace, such as a double
+    /// puppet), authenticated with that user's own `access_token` and acting only as them: no
+    /// `?user_id=` is added. It talks to `homeserver` when given (the user's own homeserver,
+    /// from [`Client::discover`] or a login's well-known answer), else to this client's.
+    ///
+    /// It shares this client's retry policy, metrics and supported versions; joins that need
+    /// help are helped by the appservice's bot ([`Client::appservice`]).
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn for_user(
+        &self,
+        user_id: &UserId,
+        access_token: Secret,
+        homeserver: Option<&Url>,
+    ) -> Result<Self> {
+        let appservice = self.appservice().clone();
+        let (http, base) = match homeserver {
+            Some(url) => (build_http(url)?, url.as_str().trim_end_matches('/').to_owned()),
+            None => (appservice.inner.http.clone(), appservice.inner.base.clone()),
+        };
+        let versions = appservice.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
+        let versions = if homeserver.is_some() {
+            CachedVersions { fetched: None, tried: None, ..versions.clone() }
+        } else {
+            versions.clone()
+        };
+        let metrics = std::sync::OnceLock::new();
+        if let Some(m) = appservice.inner.metrics.get() {
+            let _ = metrics.set(Arc::clone(m));
+        }
+        let inner = &appservice.inner;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                http,
+                base,
+                as_token: access_token,
+                appservice_id: inner.appservice_id.clone(),
+                bot: user_id.to_owned(),
+                registration: inner.registration.clone(),
+                retry: inner.retry,
+                metrics,
+                versions: RwLock::new(versions),
+                joins_in_flight: Mutex::default(),
+                upload_limit: RwLock::default(),
+                appservice: Some(appservice.clone()),
+            }),
+        })
+    }
+
+    /// Whether this is a real user's client ([`Client::for_user`]) rather than the
+    /// appservice's.
+    pub fn is_user_client(&self) -> bool {
+        self.inner.appservice.is_some()
+    }
+
+    /// The appservice's client: this one, or the one a real user's client was made from.
+    pub fn appservice(&self) -> &Client {
+        self.inner.appservice.as_ref().unwrap_or(self)
+    }
+
+    /// The homeserver's base URL this client talks to.
+    pub fn homeserver(&self) -> &str {
+        &self.inner.base
+    }
+}
+
+/// The pooled HTTP client for `homeserver`.
+fn build_http(homeserver: &Url) -> Result<reqwest::Client> {
+    crate::install_crypto_provider();
+    let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("mxbridge/", env!("CARGO_PKG_VERSION")))
+            // The Client-Server API does not redirect; following one would also carry the
+            // as_token to wherever it points.
+            .redirect(reqwest::redirect::Policy::none());
+    if homeserver.scheme() == "http" {
+        // Every request goes to `homeserver` and no redirect is followed, so TLS is never
+        // used: skip reading and parsing the system's CA roots (time and ~1 MiB of memory).
+        // An https request, were one ever made, would fail verification, not skip it.
+        http = http.tls_certs_only([]);
+    }
+    Ok(http.build()?)
+}
+
+impl Client {
+    /// The bot's user ID (for a real user's client, that user's).
     pub fn bot_user_id(&self) -> &UserId {
         &self.inner.bot
     }
@@ -320,9 +437,11 @@ impl Client {
         self.inner.retry
     }
 
-    /// Whether the client may act as `user_id`: the bot, or a user in the namespace.
+    /// Whether the client may act as `user_id`: the bot, or a user in the namespace (a real
+    /// user's client: that user only).
     pub fn may_act_as(&self, user_id: &UserId) -> bool {
-        user_id == self.inner.bot || self.inner.registration.is_user_in_namespace(user_id)
+        user_id == self.inner.bot
+            || (!self.is_user_client() && self.inner.registration.is_user_in_namespace(user_id))
     }
 
     fn check_identity(&self, user_id: &UserId) -> Result<()> {
@@ -342,14 +461,80 @@ impl Client {
         JoinFlight { client: self.clone(), key, lock }
     }
 
+    /// Claims the one read-modify-write of the room's pinned events this process may run at a
+    /// time (a [`JoinFlight`] under a key no user has).
+    pub(crate) fn pins_flight(&self, room_id: &RoomId) -> JoinFlight {
+        static KEY: std::sync::OnceLock<OwnedUserId> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            UserId::parse("@.pinned-events:mxbridge.invalid").expect("a valid user ID")
+        });
+        self.appservice().join_flight(room_id, key)
+    }
+
     /// The number of joins in flight (for tests: it returns to zero).
     #[cfg(test)]
     pub(crate) fn joins_in_flight(&self) -> usize {
         self.inner.joins_in_flight.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    fn supported_versions(&self) -> SupportedVersions {
-        self.inner.versions.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// What the homeserver supports, as last fetched: the cached answer of
+    /// `GET /_matrix/client/versions` (spec v1.12 and no features until a fetch succeeded).
+    /// [`Client::refresh_supported_versions`] fetches it again; the appservice does at startup
+    /// and every few hours, and a request for an endpoint the cached versions do not have
+    /// fetches them first.
+    pub fn supported_versions(&self) -> SupportedVersions {
+        self.inner.versions.read().unwrap_or_else(PoisonError::into_inner).supported.clone()
+    }
+
+    /// How long ago the supported versions were fetched; `None` when they never were.
+    pub fn supported_versions_age(&self) -> Option<Duration> {
+        let versions = self.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
+        versions.fetched.map(|at| at.elapsed())
+    }
+
+    /// Whether a request should fetch the supported versions now: never tried, or the last
+    /// try was long enough ago. Marks the try, so concurrent requests fetch once.
+    fn claim_versions_fetch(&self, older_than: Duration) -> bool {
+        let mut versions = self.inner.versions.write().unwrap_or_else(PoisonError::into_inner);
+        let due = versions.tried.is_none_or(|at| at.elapsed() >= older_than);
+        if due {
+            versions.tried = Some(Instant::now());
+        }
+        due
+    }
+
+    /// The versions to pick `R`'s path with: the cached ones, fetched first when they do not
+    /// reach `R`'s stable path (an endpoint newer than what is cached) and were not fetched
+    /// lately (an endpoint the homeserver lacks would otherwise fetch on every request); stale
+    /// ones are fetched again in the background.
+    async fn versions_for<R: OutgoingRequest>(&self) -> SupportedVersions
+    where
+        R::PathBuilder: PathInput,
+    {
+        let versions = self.supported_versions();
+        let unreached = R::PATH_BUILDER.newer_than(&versions)
+            || R::PATH_BUILDER.select_path(R::PathBuilder::input(&versions)).is_err();
+        if unreached && self.claim_versions_fetch(VERSIONS_RETRY) {
+            return match self.refresh_boxed().await {
+                Ok(fresh) if !fresh.versions.is_empty() => fresh,
+                Ok(_) => versions,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not fetch the supported versions");
+                    versions
+                }
+            };
+        }
+        if self.supported_versions_age().is_some_and(|age| age >= VERSIONS_MAX_AGE)
+            && self.claim_versions_fetch(VERSIONS_MAX_AGE)
+        {
+            let client = self.clone();
+            tokio::spawn(async move {
+                if let Err(err) = client.refresh_boxed().await {
+                    tracing::warn!(error = %err, "could not refresh the supported versions");
+                }
+            });
+        }
+        versions
     }
 
     /// Sends any Client-Server request, as `as_user` (a ghost in the namespace) or as the bot
@@ -388,16 +573,33 @@ impl Client {
         R::Authentication: AuthInput,
         R::PathBuilder: PathInput,
     {
+        self.send_inner(request, options, true).await
+    }
+
+    async fn send_inner<R>(
+        &self,
+        request: R,
+        options: &RequestOptions,
+        with_token: bool,
+    ) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest,
+        R::Authentication: AuthInput,
+        R::PathBuilder: PathInput,
+    {
         if let Some(user) = &options.as_user {
             self.check_identity(user)?;
         }
-        let versions = self.supported_versions();
+        let versions = self.versions_for::<R>().await;
         let route = R::PATH_BUILDER.select_path(R::PathBuilder::input(&versions)).unwrap_or("?");
-        let mut http_request: http::Request<Vec<u8>> = request.try_into_http_request(
-            &self.inner.base,
-            R::Authentication::input(self.inner.as_token.expose()),
-            R::PathBuilder::input(&versions),
-        )?;
+        let base = &self.inner.base;
+        let path_input = R::PathBuilder::input(&versions);
+        let mut http_request: http::Request<Vec<u8>> = if with_token {
+            let token = R::Authentication::input(self.inner.as_token.expose());
+            request.try_into_http_request(base, token, path_input)?
+        } else {
+            request.try_into_http_request(base, R::Authentication::without_token(), path_input)?
+        };
         let mut identity = AppserviceUserIdentity::default();
         identity.user_id = options.as_user.as_deref().filter(|u| *u != self.inner.bot);
         identity.device_id = options.device_id.as_deref();
@@ -544,9 +746,16 @@ impl Client {
 
     // --- Server and session -------------------------------------------------------------------
 
-    /// Fetches the homeserver's supported versions (`GET /_matrix/client/versions`).
+    /// Fetches the homeserver's supported versions (`GET /_matrix/client/versions`), always
+    /// (the cached copy is [`Client::supported_versions`]).
     pub async fn versions(&self) -> Result<get_supported_versions::Response> {
         self.send(get_supported_versions::Request::new(), None).await
+    }
+
+    /// [`Client::refresh_supported_versions`] as a future of a named type: requests may start
+    /// a fetch, which is a request itself.
+    fn refresh_boxed(&self) -> futures_util::future::BoxFuture<'_, Result<SupportedVersions>> {
+        Box::pin(self.refresh_supported_versions())
     }
 
     /// Fetches the supported versions and uses them to pick endpoint paths from now on.
@@ -554,11 +763,107 @@ impl Client {
         let response = self.versions().await?;
         let supported =
             SupportedVersions::from_parts(&response.versions, &response.unstable_features);
+        let mut cached = self.inner.versions.write().unwrap_or_else(PoisonError::into_inner);
         if !supported.versions.is_empty() {
-            *self.inner.versions.write().unwrap_or_else(PoisonError::into_inner) =
-                supported.clone();
+            cached.supported = supported.clone();
         }
+        let now = Instant::now();
+        cached.fetched = Some(now);
+        cached.tried = Some(now);
         Ok(supported)
+    }
+
+    /// Logs a real user in (`POST /login`, sent with no token) on `homeserver` (this client's
+    /// when `None`) and returns a client that acts as them with the new access token (see
+    /// [`Client::for_user`]), with the homeserver's answer (keep its `access_token` and
+    /// `device_id` to make the client again later). When the login went to another homeserver
+    /// and its answer names a URL for it (`well_known`), the client uses that URL.
+    ///
+    /// ```no_run
+    /// # async fn example(client: mxbridge::client::Client) -> mxbridge::client::Result<()> {
+    /// use ruma::{
+    ///     api::client::session::login::v3::{LoginInfo, Password, Request},
+    ///     api::client::uiaa::{MatrixUserIdentifier, UserIdentifier},
+    /// };
+    ///
+    /// let server = ruma::server_name!("example.org");
+    /// let homeserver = mxbridge::client::Client::discover(server).await?;
+    /// let alice = UserIdentifier::Matrix(MatrixUserIdentifier::new("alice".into()));
+    /// let password = Password::new(alice, "…".into());
+    /// let login = Request::new(LoginInfo::Password(password));
+    /// let (alice, response) = client.login(homeserver.as_ref(), login).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The homeserver's refusal (`M_FORBIDDEN` for a wrong password).
+    pub async fn login(
+        &self,
+        homeserver: Option<&Url>,
+        request: login::v3::Request,
+    ) -> Result<(Client, login::v3::Response)> {
+        let via = match homeserver {
+            Some(url) => {
+                self.for_user(self.bot_user_id(), Secret::new(String::new()), Some(url))?
+            }
+            None => self.clone(),
+        };
+        let response = via.send_inner(request, &RequestOptions::default(), false).await?;
+        // Our own homeserver is reached at the configured address, whatever URL it announces
+        // to the world (often a public one in front of the internal one).
+        let announced = homeserver.and(response.well_known.as_ref());
+        let announced = announced.and_then(|w| Url::parse(&w.homeserver.base_url).ok());
+        let url = announced.as_ref().or(homeserver);
+        let token = Secret::new(response.access_token.clone());
+        let client = self.for_user(&response.user_id, token, url)?;
+        Ok((client, response))
+    }
+
+    /// Finds a server's client API URL from its name, as the server discovery spec says:
+    /// `GET https://{server_name}/.well-known/matrix/client`, `m.homeserver.base_url`. `None`
+    /// when the server has no such file (404); use `https://{server_name}` then.
+    ///
+    /// # Errors
+    /// [`Error::Http`] when the server cannot be reached, [`Error::InvalidResponse`] for a file
+    /// that names no valid URL.
+    pub async fn discover(server_name: &ServerName) -> Result<Option<Url>> {
+        let url = Url::parse(&format!("https://{server_name}"))
+            .map_err(|e| Error::InvalidResponse(format!("bad server name: {e}")))?;
+        Self::discover_at(&url).await
+    }
+
+    /// As [`Client::discover`], with the well-known file under `base` (for a server whose
+    /// well-known is served elsewhere, or plain HTTP in tests).
+    ///
+    /// # Errors
+    /// As [`Client::discover`].
+    pub async fn discover_at(base: &Url) -> Result<Option<Url>> {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("mxbridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let url = format!("{}/.well-known/matrix/client", base.as_str().trim_end_matches('/'));
+        let response = http.get(url).send().await.map_err(|e| Error::Http(e.without_url()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| Error::Http(e.without_url()))?;
+        if !status.is_success() {
+            return Err(Error::InvalidResponse(format!("well-known answered {status}")));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::InvalidResponse(format!("well-known is not JSON: {e}")))?;
+        let base_url = json
+            .get("m.homeserver")
+            .and_then(|h| h.get("base_url"))
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| Error::InvalidResponse("well-known names no base_url".into()))?;
+        let url = Url::parse(base_url)
+            .map_err(|e| Error::InvalidResponse(format!("well-known base_url: {e}")))?;
+        Ok(Some(url))
     }
 
     /// Asks whom the `as_token` belongs to (`GET /account/whoami`): the bot, when the

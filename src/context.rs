@@ -92,6 +92,33 @@ impl Context {
         Intent::new(self.client().clone(), self.store().clone(), user_id.to_owned())
     }
 
+    /// The intent of a real user (outside the namespace, such as a double puppet), acting with
+    /// their own `access_token` on `homeserver` (ours when `None`), with the same actions as a
+    /// ghost's (see [`Client::for_user`]). No `?user_id=` is sent, and no registration.
+    ///
+    /// ```no_run
+    /// # async fn example(ctx: mxbridge::Context, room_id: &ruma::RoomId)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// use mxbridge::Secret;
+    ///
+    /// let alice = ruma::user_id!("@alice:example.org");
+    /// let intent = ctx.user(alice, Secret::new("syt_…"), None)?;
+    /// intent.send_text(room_id, "sent from my phone").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn user(
+        &self,
+        user_id: &ruma::UserId,
+        access_token: crate::Secret,
+        homeserver: Option<&url::Url>,
+    ) -> Result<Intent, client::Error> {
+        let client = self.client().for_user(user_id, access_token, homeserver)?;
+        Intent::new(client, self.store().clone(), user_id.to_owned())
+    }
+
     /// The bot's intent.
     pub fn bot(&self) -> Intent {
         Intent::bot(self.client().clone(), self.store().clone())

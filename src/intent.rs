@@ -38,6 +38,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Options follow mautrix-python's keyword arguments as builder calls: `.ignore_cache()` on
+//! lookups ([`CacheFirst`]), joins, typing and presence, `.check_cache()` on invites,
+//! `.extra_content(..)` on membership changes, `.helper(..)` on joins. [`seeds`] maps every
+//! method of its `IntentAPI` and `ClientAPI` to the equivalent here.
+//!
 //! History import: MSC2716 batch sending (`/batch_send`) is gone from Synapse, so importing old
 //! messages uses timestamp massaging instead: `.at(ts)` on a send gives the event that
 //! `origin_server_ts`. The events are still appended at the end of the room's timeline.
@@ -47,13 +52,18 @@
 //! `err.kind() == Some(&ErrorKind::Forbidden)`), or the state store. `# Errors` sections below
 //! name only what is particular to a method.
 
+mod cached;
 mod error;
+mod join;
 mod media;
 mod members;
 mod membership;
 mod messages;
+mod pins;
 mod power;
+mod presence;
 mod profile;
+pub mod seeds;
 mod state;
 
 use ruma::{
@@ -64,10 +74,13 @@ use ruma::{
 
 use self::profile::profile_field;
 pub use self::{
+    cached::CacheFirst,
     error::{IntentError, Result},
+    join::{EnsureJoined, Invite, JoinRoom},
     media::Upload,
-    membership::ChangeMembership,
+    membership::{ChangeMembership, ErrorAndLeave},
     messages::{Redact, SendMessage},
+    presence::{SetPresence, SetTyping},
     state::{SendState, SetAlias},
 };
 use crate::{
@@ -95,11 +108,16 @@ impl Intent {
     ///
     /// # Errors
     /// [`client::Error::NotInNamespace`] for anyone else.
+    ///
+    /// With a real user's client ([`Client::for_user`]) it makes that user's intent: a real
+    /// user (a double puppet), with the same actions as a ghost's, sent with their own access
+    /// token and no `?user_id=`. A real user needs no registration; the appservice's bot helps
+    /// their joins as it helps a ghost's.
     pub fn new(client: Client, store: Store, user_id: OwnedUserId) -> Result<Self, client::Error> {
         if !client.may_act_as(&user_id) {
             return Err(client::Error::NotInNamespace { user_id });
         }
-        let is_bot = user_id == client.bot_user_id();
+        let is_bot = user_id == client.bot_user_id() && !client.is_user_client();
         Ok(Self { client, store, user_id, is_bot })
     }
 
@@ -117,6 +135,16 @@ impl Intent {
     /// Whether this is the bot's intent.
     pub fn is_bot(&self) -> bool {
         self.is_bot
+    }
+
+    /// Whether this is a real user's intent (see [`Intent::new`]).
+    pub fn is_real_user(&self) -> bool {
+        self.client.is_user_client()
+    }
+
+    /// The shared state store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The shared client.
@@ -150,17 +178,19 @@ impl Intent {
         (!self.is_bot).then_some(&*self.user_id)
     }
 
+    /// The appservice bot's intent (also for a real user's intent).
     fn bot_intent(&self) -> Intent {
-        Intent::bot(self.client.clone(), self.store.clone())
+        Intent::bot(self.client.appservice().clone(), self.store.clone())
     }
 
     /// Makes sure the user exists on the homeserver: the store first, else `POST /register`
-    /// (`M_USER_IN_USE` counts as success), then remembers it. The bot needs no registration.
+    /// (`M_USER_IN_USE` counts as success), then remembers it. The bot and real users need no
+    /// registration.
     ///
     /// # Errors
     /// A failed registration (`M_EXCLUSIVE` when the homeserver's namespace differs) or store.
     pub async fn ensure_registered(&self) -> Result<()> {
-        if self.is_bot || self.store.is_registered(&self.user_id).await? {
+        if self.is_bot || self.is_real_user() || self.store.is_registered(&self.user_id).await? {
             return Ok(());
         }
         match self.client.register(&self.user_id).await {
@@ -175,47 +205,6 @@ impl Intent {
     /// Whether the store says the user is joined to the room.
     async fn is_joined_cached(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self.store.membership(room_id, &self.user_id).await? == Some(Membership::Join))
-    }
-
-    /// Makes sure the user is in the room. Returns `false` when the store already said so (no
-    /// request), `true` when it joined now.
-    ///
-    /// A ghost that is refused is invited by the bot (unbanned first when banned) and joins
-    /// again; the bot's own join is a plain join. Concurrent calls for the same room and user
-    /// make one join request. After a join, the room's members and state are fetched once (see
-    /// [`Intent::ensure_room_state`]).
-    ///
-    /// # Errors
-    /// A refusal the bot's help does not cure: of its invite (or unban), or of the second join.
-    pub async fn ensure_joined(&self, room_id: &RoomId) -> Result<bool> {
-        if self.is_joined_cached(room_id).await? {
-            return Ok(false);
-        }
-        let flight = self.client.join_flight(room_id, &self.user_id);
-        let _turn = flight.lock.lock().await;
-        // Someone else may have joined while we waited for our turn.
-        if self.is_joined_cached(room_id).await? {
-            return Ok(false);
-        }
-        self.join_now(room_id).await?;
-        Ok(true)
-    }
-
-    async fn join_now(&self, room_id: &RoomId) -> Result<()> {
-        self.ensure_registered().await?;
-        match self.join_request(room_id).await {
-            Ok(()) => {}
-            Err(err) if !self.is_bot && err.kind() == Some(&ErrorKind::Forbidden) => {
-                let cached_ban =
-                    self.store.membership(room_id, &self.user_id).await? == Some(Membership::Ban);
-                self.bot_intent().invite_helping(room_id, &self.user_id, cached_ban).await?;
-                self.join_request(room_id).await?;
-            }
-            Err(err) => return Err(err.into()),
-        }
-        self.record_membership(room_id, &self.user_id, Membership::Join).await?;
-        self.fetch_room_state_once(room_id).await;
-        Ok(())
     }
 
     /// The bot invites `user_id` so it can join, unbanning it first when known to be banned.
@@ -271,37 +260,6 @@ impl Intent {
         self.bot_intent()
             .invite_helping(room_id, &self.user_id, current == Some(Membership::Ban))
             .await?;
-        Ok(true)
-    }
-
-    /// Invites anyone (a real user too), as this user, and records the invite. Returns whether
-    /// an invite was sent.
-    ///
-    /// Idempotent: a user the state cache knows as invited or joined gets no request, and a
-    /// refusal (Synapse answers 403 `M_FORBIDDEN`, "… is already in the room.") after which the
-    /// room's state says the user is invited or joined counts as done.
-    ///
-    /// # Errors
-    /// The refusal of an invite when the user is not in the room afterwards either.
-    pub async fn invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
-        self.ensure_joined(room_id).await?;
-        let in_room =
-            |m: Option<Membership>| matches!(m, Some(Membership::Invite | Membership::Join));
-        if in_room(self.store.membership(room_id, user_id).await?) {
-            return Ok(false);
-        }
-        match self.invite_request(room_id, user_id).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == Some(&ErrorKind::Forbidden) => {
-                let now = self.member_state(room_id, user_id).await?;
-                if in_room(now.map(|m| m.membership)) {
-                    return Ok(false);
-                }
-                return Err(err.into());
-            }
-            Err(err) => return Err(err.into()),
-        }
-        self.record_membership(room_id, user_id, Membership::Invite).await?;
         Ok(true)
     }
 

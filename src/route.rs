@@ -206,7 +206,7 @@ async fn follow_tombstone(ctx: &Context, event: &Event) -> BridgeResult {
     let Ok(tombstone) = event.content::<Tombstone>() else { return Ok(()) };
     let Some(mut row) = ctx.store().portal_by_room(&event.room_id).await? else { return Ok(()) };
     let new_room = tombstone.replacement_room;
-    match Box::pin(ctx.bot().ensure_joined(&new_room)).await {
+    match Box::pin(ctx.bot().ensure_joined(&new_room).into_future()).await {
         Ok(_) => {
             tracing::info!(old = %event.room_id, new = %new_room, "the portal moved to its new room");
             row.room_id = Some(new_room);
@@ -285,7 +285,7 @@ async fn route_membership<B: Bridge>(
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
-            Box::pin(intent.ensure_joined(&event.room_id)).await?;
+            intent.ensure_joined(&event.room_id).await?;
         } else {
             refuse_invite(&intent, &event.room_id, "The bridge declined the invite.").await;
         }

@@ -23,6 +23,7 @@ use sqlx::{
 use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 
 mod checkpoint;
+mod ephemeral;
 mod inbox;
 mod mappings;
 mod remote_queue;
@@ -105,6 +106,8 @@ pub struct Store {
     state_cache: std::sync::Arc<state_cache::StateCache>,
     /// SQLite: membership writes waiting to go to the database together (see `state.rs`).
     member_writes: std::sync::Arc<state::MemberWrites>,
+    /// Our users' typing and presence as last sent, in memory (see `store/ephemeral.rs`).
+    ephemeral: std::sync::Arc<ephemeral::EphemeralCache>,
     /// The event IDs of the stored inbox batches, indexed in memory for the intake's dedup
     /// (see `store/seen.rs`).
     seen: std::sync::Arc<SeenIndex>,
@@ -367,6 +370,7 @@ impl Store {
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
             member_writes: std::sync::Arc::default(),
+            ephemeral: std::sync::Arc::default(),
             seen: std::sync::Arc::default(),
             checkpointer,
         };

@@ -326,6 +326,25 @@ pub struct MockEndpoint<'a> {
     response: ResponseTemplate,
     expect: Option<Times>,
     up_to: Option<u64>,
+    /// The bearer token required (`None`: none at all).
+    token: Option<String>,
+    /// Answers made by the test instead of `response`.
+    responder: Option<Responder>,
+}
+
+/// A test's own way of answering (see [`MockEndpoint::respond_with`]).
+struct Responder(Box<dyn wiremock::Respond>);
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
+}
+
+impl wiremock::Respond for Responder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        self.0.respond(request)
+    }
 }
 
 impl<'a> MockEndpoint<'a> {
@@ -335,11 +354,24 @@ impl<'a> MockEndpoint<'a> {
         path: DecodedPath,
         ok_body: JsonValue,
     ) -> Self {
-        let builder = Mock::given(method(http_method))
-            .and(path)
-            .and(header("authorization", format!("Bearer {AS_TOKEN}").as_str()));
+        let builder = Mock::given(method(http_method)).and(path);
         let response = ResponseTemplate::new(200).set_body_json(&ok_body);
-        Self { hs, builder, ok_body, response, expect: None, up_to: None }
+        let token = Some(AS_TOKEN.to_owned());
+        Self { hs, builder, ok_body, response, expect: None, up_to: None, token, responder: None }
+    }
+
+    /// Requires `Authorization: Bearer <token>` instead of the `as_token` (a real user's
+    /// client).
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Requires no `Authorization` header at all (a login).
+    pub fn without_token(mut self) -> Self {
+        self.token = None;
+        self.builder = self.builder.and(NoAuthorization);
+        self
     }
 
     /// Requires the request to act as `user_id` (`?user_id=`).
@@ -390,6 +422,13 @@ impl<'a> MockEndpoint<'a> {
     /// Answers 200 with the endpoint's usual success body.
     pub fn ok(mut self) -> Self {
         self.response = ResponseTemplate::new(200).set_body_json(&self.ok_body);
+        self
+    }
+
+    /// Answers with `responder`, which sees each request (for a mock that keeps state, such
+    /// as a room's state written and read back).
+    pub fn respond_with(mut self, responder: impl wiremock::Respond + 'static) -> Self {
+        self.responder = Some(Responder(Box::new(responder)));
         self
     }
 
@@ -456,7 +495,14 @@ impl<'a> MockEndpoint<'a> {
     }
 
     fn build(self) -> (Mock, &'a MockHomeserver) {
-        let mut mock = self.builder.respond_with(self.response);
+        let mut builder = self.builder;
+        if let Some(token) = &self.token {
+            builder = builder.and(header("authorization", format!("Bearer {token}").as_str()));
+        }
+        let mut mock = match self.responder {
+            Some(responder) => builder.respond_with(responder),
+            None => builder.respond_with(self.response),
+        };
         if let Some(times) = self.expect {
             mock = mock.expect(times);
         }
@@ -476,6 +522,16 @@ impl<'a> MockEndpoint<'a> {
     pub async fn mount_as_scoped(self) -> MockGuard {
         let (mock, hs) = self.build();
         mock.mount_as_scoped(&hs.server).await
+    }
+}
+
+/// Matches a request without an `Authorization` header.
+#[derive(Debug)]
+struct NoAuthorization;
+
+impl Match for NoAuthorization {
+    fn matches(&self, request: &Request) -> bool {
+        !request.headers.contains_key("authorization")
     }
 }
 

@@ -266,3 +266,76 @@ fn backoff_doubles_up_to_the_cap() {
     let delays: Vec<_> = (1..=6).map(|n| policy.backoff(n).as_millis()).collect();
     assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
 }
+
+/// An endpoint newer than the cached versions fetches them first, once; one the cache covers
+/// fetches nothing.
+#[tokio::test]
+async fn supported_versions_are_cached_and_fetched_for_a_newer_endpoint() {
+    use ruma::api::client::room::report_room;
+
+    let hs = MockHomeserver::start().await;
+    let room = room_id!("!room:localhost");
+    hs.mock("GET", "/_matrix/client/versions")
+        .ok_body(json!({ "versions": ["v1.11", "v1.13"], "unstable_features": {} }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock("POST", format!("/_matrix/client/v3/rooms/{room}/report")).ok().expect(2).mount().await;
+    hs.mock_join(room).ok().expect(1).mount().await;
+
+    let client = hs.client();
+    assert_eq!(client.supported_versions_age(), None);
+    client.send(join(room), None).await.unwrap();
+    assert_eq!(hs.received().await.len(), 1, "v1.12 paths need no fetch");
+    let report = || report_room::v3::Request::new(room.to_owned(), "spam".into());
+    client.send(report(), None).await.unwrap();
+    client.send(report(), None).await.unwrap();
+    assert!(client.supported_versions().versions.contains(&MatrixVersion::V1_13));
+    assert!(client.supported_versions_age().is_some());
+}
+
+#[tokio::test]
+async fn a_real_user_logs_in_after_discovering_their_homeserver() {
+    use ruma::api::client::{
+        session::login::v3::{LoginInfo, Password},
+        uiaa::{MatrixUserIdentifier, UserIdentifier},
+    };
+
+    let hs = MockHomeserver::start().await;
+    let alice = user_id!("@alice:localhost");
+    let base = hs.url();
+    hs.mock("GET", "/.well-known/matrix/client")
+        .without_token()
+        .ok_body(json!({ "m.homeserver": { "base_url": base.as_str() } }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock("POST", "/_matrix/client/v3/login")
+        .without_token()
+        .with_body(json!({ "type": "m.login.password", "password": "secret" }))
+        .ok_body(json!({ "user_id": alice, "access_token": "alice_token", "device_id": "DEV" }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_whoami(alice)
+        .with_token("alice_token")
+        .without_query("user_id")
+        .expect(1)
+        .mount()
+        .await;
+
+    let found = Client::discover_at(&hs.url()).await.unwrap().unwrap();
+    assert_eq!(found, base);
+    let password = Password::new(
+        UserIdentifier::Matrix(MatrixUserIdentifier::new("alice".into())),
+        "secret".into(),
+    );
+    let login = login::v3::Request::new(LoginInfo::Password(password));
+    let (client, response) = hs.client().login(Some(&found), login).await.unwrap();
+    assert_eq!(response.access_token, "alice_token");
+    assert!(client.is_user_client());
+    assert_eq!(client.whoami().await.unwrap().user_id, alice);
+    // No well-known file: `None`.
+    let elsewhere = MockHomeserver::start().await;
+    assert_eq!(Client::discover_at(&elsewhere.url()).await.unwrap(), None);
+}

@@ -15,12 +15,12 @@ use ruma::{
         error::ErrorKind,
     },
     events::StateEventType,
-    profile::DisplayName,
+    profile::{AvatarUrl, DisplayName},
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Intent, IntentError, Result, profile_field};
+use super::{CacheFirst, Intent, IntentError, Result, profile_field};
 use crate::store::{Member, Membership, RoomStateField};
 
 /// The parts of a state event the cache keeps.
@@ -126,23 +126,122 @@ impl Intent {
         room_id: &RoomId,
         membership: Membership,
     ) -> Result<Vec<Member>> {
-        self.fetch_unless_refused(room_id).await?;
-        Ok(self.store.members_with(room_id, membership).await?)
+        self.members(room_id, &[membership]).await
     }
 
-    /// A user's display name as the room shows it: the per-room name from the state cache
-    /// (fetching the room's state first, as in [`Intent::members_with`], when the user is not
-    /// cached), else the global profile's. `None` when the user has neither.
-    pub async fn display_name(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
-        let mut member = self.store.member(room_id, user_id).await?;
-        if member.is_none() {
-            self.fetch_unless_refused(room_id).await?;
-            member = self.store.member(room_id, user_id).await?;
+    /// Members of the room with any of the given memberships (ordered by user ID), from the
+    /// state cache as [`Intent::members_with`] says; `.ignore_cache()` fetches the room's
+    /// state first (and fails when the homeserver refuses).
+    ///
+    /// ```no_run
+    /// # async fn example(bot: mxbridge::intent::Intent, room_id: &ruma::RoomId)
+    /// # -> mxbridge::intent::Result<()> {
+    /// use mxbridge::store::Membership;
+    ///
+    /// let present = bot.members(room_id, &[Membership::Join, Membership::Invite]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn members<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        memberships: &'a [Membership],
+    ) -> CacheFirst<'a, Vec<Member>> {
+        CacheFirst::new(move |ignore_cache| {
+            Box::pin(async move {
+                if ignore_cache {
+                    self.fetch_room_state(room_id).await?;
+                } else {
+                    self.fetch_unless_refused(room_id).await?;
+                }
+                let mut members = Vec::new();
+                for membership in memberships {
+                    members.extend(self.store.members_with(room_id, *membership).await?);
+                }
+                members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+                members.dedup_by(|a, b| a.user_id == b.user_id);
+                Ok(members)
+            })
+        })
+    }
+
+    /// A user's membership and per-room profile in the room: from the state cache, else from
+    /// the homeserver (the room's state when this user is in a room not fetched yet, else the
+    /// user's `m.room.member` event), which fills the cache. `None` when the user has no
+    /// membership, or the homeserver does not show it to this user. A room whose state was
+    /// fetched is kept current by pushed events, so a user it does not list has none.
+    ///
+    /// `.ignore_cache()` asks for the user's `m.room.member` event whatever the cache holds,
+    /// and fails when the homeserver refuses.
+    pub fn member<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        user_id: &'a UserId,
+    ) -> CacheFirst<'a, Option<Member>> {
+        CacheFirst::new(move |ignore| Box::pin(self.member_lookup(room_id, user_id, ignore)))
+    }
+
+    async fn member_lookup(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        ignore_cache: bool,
+    ) -> Result<Option<Member>> {
+        if ignore_cache {
+            return self.member_state(room_id, user_id).await;
         }
-        if let Some(name) = member.and_then(|m| m.displayname) {
-            return Ok(Some(name));
+        if let Some(member) = self.store.member(room_id, user_id).await? {
+            return Ok(Some(member));
         }
-        Ok(profile_field::<DisplayName>(self.global_profile(user_id).await?.as_ref()))
+        self.fetch_unless_refused(room_id).await?;
+        if let Some(member) = self.store.member(room_id, user_id).await? {
+            return Ok(Some(member));
+        }
+        if self.store.members_fetched(room_id).await? && self.is_joined_cached(room_id).await? {
+            return Ok(None);
+        }
+        match self.member_state(room_id, user_id).await {
+            Err(err) if err.status().is_some_and(|s| s.is_client_error()) => {
+                tracing::debug!(%room_id, %user_id, error = %err, "membership not shown");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// A user's display name as the room shows it: the per-room name ([`Intent::member`]),
+    /// else the global profile's. `None` when the user has neither.
+    pub fn display_name<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        user_id: &'a UserId,
+    ) -> CacheFirst<'a, Option<String>> {
+        CacheFirst::new(move |ignore_cache| {
+            Box::pin(async move {
+                let member = self.member_lookup(room_id, user_id, ignore_cache).await?;
+                if let Some(name) = member.and_then(|m| m.displayname) {
+                    return Ok(Some(name));
+                }
+                Ok(profile_field::<DisplayName>(self.global_profile(user_id).await?.as_ref()))
+            })
+        })
+    }
+
+    /// A user's avatar as the room shows it: the per-room avatar ([`Intent::member`]), else
+    /// the global profile's. `None` when the user has neither.
+    pub fn room_avatar_url<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        user_id: &'a UserId,
+    ) -> CacheFirst<'a, Option<OwnedMxcUri>> {
+        CacheFirst::new(move |ignore_cache| {
+            Box::pin(async move {
+                let member = self.member_lookup(room_id, user_id, ignore_cache).await?;
+                if let Some(avatar) = member.and_then(|m| m.avatar_url) {
+                    return Ok(Some(avatar));
+                }
+                Ok(profile_field::<AvatarUrl>(self.global_profile(user_id).await?.as_ref()))
+            })
+        })
     }
 
     /// [`Intent::ensure_room_state`] when the cache says this user is in the room; a refusal

@@ -1,14 +1,13 @@
-//! Sending to a room: message-like events, edits, replies, reactions, redactions, typing and
-//! read markers. Sends are builders ([`SendMessage`], [`Redact`]) that act when awaited.
+//! Sending to a room: message-like events, edits, replies, reactions, redactions and read
+//! markers. Sends are builders ([`SendMessage`], [`Redact`]) that act when awaited.
 
-use std::{future::IntoFuture, time::Duration};
+use std::future::IntoFuture;
 
 use futures_util::future::BoxFuture;
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedTransactionId, RoomId, UserId,
     api::client::{
         message::send_message_event, read_marker::set_read_marker, redact::redact_event,
-        typing::create_typing_event,
     },
     events::{
         AnyMessageLikeEventContent, MessageLikeEventContent, MessageLikeEventType,
@@ -95,29 +94,6 @@ impl Intent {
         Redact { intent: self, room_id, event_id, reason: None, txn_id: None, ts: None }
     }
 
-    /// Shows the user typing in the room for up to `timeout`.
-    pub async fn typing(&self, room_id: &RoomId, timeout: Duration) -> Result<()> {
-        let info = create_typing_event::v3::TypingInfo::new(timeout);
-        self.set_typing(room_id, create_typing_event::v3::Typing::Yes(info)).await
-    }
-
-    /// Stops showing the user typing in the room.
-    pub async fn stop_typing(&self, room_id: &RoomId) -> Result<()> {
-        self.set_typing(room_id, create_typing_event::v3::Typing::No).await
-    }
-
-    async fn set_typing(
-        &self,
-        room_id: &RoomId,
-        state: create_typing_event::v3::Typing,
-    ) -> Result<()> {
-        self.ensure_joined(room_id).await?;
-        let request =
-            create_typing_event::v3::Request::new(self.user_id.clone(), room_id.to_owned(), state);
-        self.client.send(request, self.as_user()).await?;
-        Ok(())
-    }
-
     /// Marks the room read up to `event_id`: the fully-read marker and a read receipt.
     pub async fn mark_read(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
         self.ensure_joined(room_id).await?;
@@ -172,7 +148,9 @@ impl<'a> SendMessage<'a> {
     }
 
     /// Gives the event this timestamp (`origin_server_ts`) instead of the time it arrives:
-    /// timestamp massaging, which the homeserver allows appservice users.
+    /// timestamp massaging, which the homeserver allows appservice users. This is how history
+    /// is imported now that MSC2716's `/batch_send` is gone from Synapse; the events are
+    /// appended at the end of the timeline.
     pub fn at(mut self, ts: MilliSecondsSinceUnixEpoch) -> Self {
         self.ts = Some(ts);
         self

@@ -21,7 +21,7 @@ use ruma::{
 };
 use serde::Deserialize;
 
-use super::{Intent, IntentError, Result};
+use super::{CacheFirst, Intent, IntentError, Result};
 use crate::store::RoomStateField;
 
 /// The parts of a cached `m.room.create` event that power levels need.
@@ -69,10 +69,20 @@ impl Intent {
     /// # Errors
     /// [`IntentError::MalformedState`] for a room without a readable create event or power
     /// levels; [`IntentError::UnsupportedRoomVersion`] for a version whose rules are unknown.
-    pub async fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
+    ///
+    /// `.ignore_cache()` fetches the room's state (one request) whatever the cache holds.
+    pub fn power_levels<'a>(&'a self, room_id: &'a RoomId) -> CacheFirst<'a, RoomPowerLevels> {
+        CacheFirst::new(move |ignore| Box::pin(self.power_levels_lookup(room_id, ignore)))
+    }
+
+    async fn power_levels_lookup(
+        &self,
+        room_id: &RoomId,
+        ignore_cache: bool,
+    ) -> Result<RoomPowerLevels> {
         let mut cached = self.cached_power_state(room_id).await?;
         let fetched = self.store.members_fetched(room_id).await?;
-        if cached.0.is_none() || (cached.1.is_none() && !fetched) {
+        if ignore_cache || cached.0.is_none() || (cached.1.is_none() && !fetched) {
             self.bot_intent().fetch_room_state(room_id).await?;
             cached = self.cached_power_state(room_id).await?;
         }
@@ -121,7 +131,7 @@ impl Intent {
         if levels.for_user(&self.user_id) >= level {
             return Ok(false);
         }
-        let bot = self.client.bot_user_id();
+        let bot = self.client.appservice().bot_user_id();
         let bot_level = levels.for_user(bot);
         if !levels.user_can_change_user_power_level(bot, &self.user_id) || bot_level < level {
             return Err(IntentError::NotPermitted(format!(
