@@ -44,6 +44,9 @@ impl<B: Bridge> AppService<B> {
             commands,
             metrics,
             permissions,
+            logins,
+            relay,
+            provisioning,
             bridge,
         } = config;
         let config = Config {
@@ -55,6 +58,9 @@ impl<B: Bridge> AppService<B> {
             commands,
             metrics,
             permissions,
+            logins,
+            relay,
+            provisioning,
             bridge: (),
         };
         let ctx = Context::new(store, registration, config)?;

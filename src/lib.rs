@@ -42,6 +42,7 @@ pub mod ghost;
 pub mod health;
 mod intake;
 pub mod intent;
+pub mod login;
 pub mod metrics;
 pub mod portal;
 pub mod registration;

@@ -22,6 +22,7 @@ mod mappings;
 mod seen;
 mod state;
 mod state_cache;
+mod users;
 mod writer;
 
 pub use inbox::{
@@ -31,6 +32,7 @@ pub use inbox::{
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub use state::{Member, Membership, RoomStateField};
+pub use users::{AddLogin, UserRow};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +259,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0005_portal_keys.sql",
         sqlite: include_str!("../migrations/sqlite/0005_portal_keys.sql"),
         postgres: include_str!("../migrations/postgres/0005_portal_keys.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_users.sql",
+        sqlite: include_str!("../migrations/sqlite/0006_users.sql"),
+        postgres: include_str!("../migrations/postgres/0006_users.sql"),
     },
 ];
 

@@ -10,6 +10,7 @@ mod hs_faults;
 mod inbox;
 mod secrets;
 mod store;
+mod store_users;
 mod synapse;
 mod synapse_restart;
 mod webhook;

@@ -526,6 +526,13 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn users_and_logins() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                crate::store_users::users_and_logins(s).await;
+            }
+
+            #[tokio::test]
             async fn membership_cache() {
                 let dir = tempfile::tempdir().unwrap();
                 let Some((s, url)) = store_and_url(&dir).await else { return };
