@@ -66,7 +66,9 @@ impl<B: Bridge> AppService<B> {
         let ctx = Context::new(store, registration, config)?;
         let bridge =
             B::create(bridge, ctx.clone()).await.map_err(|e| Error::Bridge(e.to_string()))?;
-        Ok(Self { bridge: Arc::new(bridge), ctx, health: Arc::new(Health::default()) })
+        let bridge = Arc::new(bridge);
+        ctx.attach_bridge(&bridge);
+        Ok(Self { bridge, ctx, health: Arc::new(Health::default()) })
     }
 
     /// The framework handle the bridge got.
@@ -158,6 +160,7 @@ impl<B: Bridge> AppService<B> {
         }
         let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
         let supervisor = Supervisor::start(bridge.tasks(), health.clone());
+        ctx.connect_stored_logins();
         let dispatcher = tokio::spawn(dispatcher.run(grace));
         let pruner =
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));

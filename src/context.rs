@@ -33,6 +33,8 @@ struct ContextInner {
     client: Client,
     /// The metrics registry, shared by the server, the dispatcher and the client.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Logins in progress, and the bridge's login methods.
+    logins: crate::login::Logins,
 }
 
 impl Context {
@@ -62,7 +64,15 @@ impl Context {
     ) -> Self {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         client.attach_metrics(metrics.clone());
-        Self { inner: Arc::new(ContextInner { store, registration, config, client, metrics }) }
+        let logins = crate::login::Logins::default();
+        Self {
+            inner: Arc::new(ContextInner { store, registration, config, client, metrics, logins }),
+        }
+    }
+
+    /// Logins in progress, and the bridge's login methods.
+    pub(crate) fn logins(&self) -> &crate::login::Logins {
+        &self.inner.logins
     }
 
     /// The metrics registry.

@@ -8,12 +8,22 @@
 //! fields, shows codes, stores the completed login, and calls
 //! [`crate::Bridge::connect_login`] for it, and for every stored login at start.
 
+pub(crate) mod commands;
 mod config;
+mod process;
+mod state;
 mod types;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 pub use config::{LoginsConfig, ProvisioningConfig, RelayConfig};
+pub(crate) use process::Logins;
+pub use process::{LoginError, LoginProgress, LoginStatus};
 
 pub use types::{
     AnyLoginProcess, FieldKind, LoginDisplay, LoginField, LoginFlow, LoginProcess, LoginState,
-    LoginStep, LoginValues, NewLogin, UserLogin,
+    LoginStep, LoginValues, NewLogin, SendVia, UserLogin,
 };

@@ -131,8 +131,11 @@ pub(crate) async fn route<B: Bridge>(
         }
         return Ok(Bookkeeping::default());
     }
-    let sender =
-        Sender { user_id: event.sender.clone(), level: ctx.permission_level(&event.sender) };
+    let sender = Sender {
+        user_id: event.sender.clone(),
+        level: ctx.permission_level(&event.sender),
+        via: None,
+    };
     match event.kind.as_str() {
         "m.room.member" => Box::pin(route_membership(ctx, bridge, event, sender)).await,
         "m.room.message" => route_message(ctx, bridge, event, sender).await,
@@ -276,8 +279,13 @@ async fn route_message<B: Bridge>(
         return Ok(record(ctx, event, &edit.portal, delivery, Notice::Yes));
     }
     // A bridge without commands has no command syntax: skip the lookups.
-    if !bridge.commands().is_empty() {
+    if !bridge.commands().is_empty() || ctx.logins().enabled() {
         let prefix = command_prefix(ctx, B::NAME);
+        if portal.is_none()
+            && crate::login::commands::take_answer(ctx, event, content.body(), &prefix).await?
+        {
+            return Ok(Bookkeeping::default());
+        }
         let call = command_call(ctx, &prefix, event, &content, portal.clone());
         if let Some(call) = Box::pin(call).await? {
             Box::pin(run_command(ctx, bridge, call)).await?;
@@ -455,7 +463,13 @@ struct MembershipOnly {
 /// not retried.
 async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) -> BridgeResult {
     let prefix = command_prefix(ctx, B::NAME);
-    let specs = bridge.commands();
+    let mut specs = bridge.commands();
+    let own = specs.len();
+    for builtin in crate::login::commands::specs(ctx) {
+        if !specs.iter().any(|s| s.name == builtin.name) {
+            specs.push(builtin);
+        }
+    }
     let reply = if call.level == PermissionLevel::None {
         None
     } else if call.name == "help" {
@@ -466,10 +480,18 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
             Some(spec) if spec.level > call.level => {
                 Some(format!("You don't have permission to use `{}`.", call.name))
             }
-            Some(_) => match bridge.handle_command(&call).await {
-                Ok(text) => Some(text),
-                Err(e) => Some(format!("`{}` failed: {e}", call.name)),
-            },
+            Some(_) => {
+                let outcome = if specs[..own].iter().any(|s| s.name == call.name) {
+                    bridge.handle_command(&call).await
+                } else {
+                    let builtin = crate::login::commands::run(ctx, &call);
+                    Box::pin(builtin).await.unwrap_or_else(|| Ok(String::new()))
+                };
+                match outcome {
+                    Ok(text) => Some(text),
+                    Err(e) => Some(format!("`{}` failed: {e}", call.name)),
+                }
+            }
         }
     };
     if let Some(text) = reply.filter(|t| !t.is_empty()) {

@@ -399,6 +399,30 @@ pub struct UserLogin {
     pub metadata: serde_json::Value,
 }
 
+/// The login a Matrix event goes out through (see [`crate::Sender::via`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendVia {
+    /// The sender's own login, which is in the portal.
+    Own(UserLogin),
+    /// The portal's relay login: the sender has no login here. The content of a relayed
+    /// message was rewritten by the `relay.message_formats` template already.
+    Relay(UserLogin),
+}
+
+impl SendVia {
+    /// The login, own or relay.
+    pub fn login(&self) -> &UserLogin {
+        match self {
+            Self::Own(login) | Self::Relay(login) => login,
+        }
+    }
+
+    /// Whether it is the relay.
+    pub fn is_relay(&self) -> bool {
+        matches!(self, Self::Relay(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
