@@ -46,6 +46,7 @@ pub mod login;
 pub mod metrics;
 pub mod portal;
 pub mod registration;
+mod relay;
 pub mod remote;
 mod route;
 pub mod secret;

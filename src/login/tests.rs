@@ -273,3 +273,74 @@ async fn a_display_step_through_commands_posts_the_outcome_later() {
     assert!(sent[3]["body"].as_str().unwrap().contains("cancelled"), "{}", sent[3]);
     assert!(ctx.logins_in_progress(user_id!("@alice:localhost")).is_empty());
 }
+
+fn portal_message(id: &str, sender: &str, body: &str) -> Event {
+    Event::from_json(
+        &json!({"event_id": id, "room_id": "!p:localhost", "sender": sender,
+                "type": "m.room.message", "content": {"msgtype": "m.text", "body": body}})
+        .to_string(),
+    )
+    .unwrap()
+}
+
+/// A message goes out through the sender's own login in the portal; a relay-level user
+/// without one goes through the portal's relay (set with `set-relay`), formatted by the
+/// template and mapped like any other; anyone else is told the message was not bridged.
+#[tokio::test]
+async fn messages_go_through_the_senders_login_else_the_relay_else_nowhere() {
+    use crate::{remote::PortalKey, store::Membership};
+    let hs = MockHomeserver::start().await;
+    let (ctx, net) = setup(&hs, "relay: {enabled: true, admin_only: false}\n").await;
+    let room = room_id!("!p:localhost");
+    let key = PortalKey::shared("c");
+    ctx.store()
+        .upsert_portal(&crate::store::PortalRow {
+            key: key.clone(),
+            room_id: Some(room.to_owned()),
+            name: None,
+            topic: None,
+            avatar_url: None,
+            metadata: None,
+        })
+        .await
+        .unwrap();
+    let store = ctx.store();
+    for (user, name) in [("@_test_bot:localhost", None), ("@bob:other.org", Some("Bob"))] {
+        store.set_membership(room.as_str(), user, Membership::Join, name, None).await.unwrap();
+    }
+    store.set_members_fetched(room.as_str(), true).await.unwrap();
+    let alice = user_id!("@alice:localhost");
+    let new =
+        super::NewLogin { id: "a1".into(), remote_name: "Alice".into(), metadata: json!(null) };
+    store.add_login(alice, &new, LoginState::Connected, 5).await.unwrap();
+    store.add_login_to_portal(&"a1".into(), &key).await.unwrap();
+    hs.mock_send(room, "m.room.message").as_bot().ok().mount().await;
+    hs.mock_send(room, "com.beeper.message_send_status").as_bot().ok().mount().await;
+
+    let route = |event: Event| {
+        let ctx = ctx.clone();
+        let net = net.clone();
+        async move { crate::route::route(&ctx, &*net, &event).await.unwrap() }
+    };
+    let own = route(portal_message("$1", "@alice:localhost", "hi")).await;
+    assert_eq!(own.messages.len(), 1);
+    // No relay yet: bob is told.
+    assert!(route(portal_message("$2", "@bob:other.org", "hello")).await.is_empty());
+    let status = wait_for_body(&hs, "com.beeper.message_send_status").await;
+    assert_eq!(
+        (status["reason"].as_str(), status["m.relates_to"]["event_id"].as_str()),
+        (Some("m_no_permission"), Some("$2"))
+    );
+    route(portal_message("$3", "@alice:localhost", "!fake set-relay")).await;
+    let relayed = route(portal_message("$4", "@bob:other.org", "hello")).await;
+    assert_eq!(relayed.messages.len(), 1, "a relayed message is mapped");
+    assert_eq!(relayed.messages[0].event_id, "$4");
+    // Users without a level are never relayed.
+    assert!(route(portal_message("$5", "@eve:elsewhere.org", "psst")).await.is_empty());
+    let statuses = bodies(&hs, "com.beeper.message_send_status", 2).await;
+    assert_eq!(statuses[1]["m.relates_to"]["event_id"], "$5");
+    assert_eq!(*net.sent.lock().unwrap(), ["a1: hi", "a1: Bob: hello"]);
+    assert_eq!(ctx.store().portal_relay(&key).await.unwrap().unwrap().id.as_str(), "a1");
+    route(portal_message("$6", "@alice:localhost", "!fake unset-relay")).await;
+    assert_eq!(ctx.store().portal_relay(&key).await.unwrap(), None);
+}
