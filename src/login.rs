@@ -15,7 +15,7 @@ mod state;
 mod types;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
