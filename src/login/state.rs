@@ -33,6 +33,10 @@ impl Context {
                 return;
             }
         };
+        if old != state {
+            let labels = vec![("state", state.as_str().to_owned())];
+            self.metrics().login_states.get_or_create(&labels).inc();
+        }
         let Ok(Some(login)) = self.store().login(id).await else { return };
         tracing::info!(login = %id, user = %login.user_id, from = %old, to = %state, reason, "login state");
         if old == state && state != LoginState::Connected {

@@ -344,3 +344,58 @@ async fn messages_go_through_the_senders_login_else_the_relay_else_nowhere() {
     route(portal_message("$6", "@alice:localhost", "!fake unset-relay")).await;
     assert_eq!(ctx.store().portal_relay(&key).await.unwrap(), None);
 }
+
+/// Every state change of a login is POSTed to the status endpoint in the
+/// `com.beeper.bridge_state` shape, with the as_token.
+#[tokio::test]
+async fn state_changes_are_pushed_to_the_status_endpoint() {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let sink = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/state",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::Json<serde_json::Value>| {
+                    let got = got.clone();
+                    async move {
+                        let auth = headers["authorization"].to_str().unwrap().to_owned();
+                        got.lock().unwrap().push((auth, body.0));
+                        "{}"
+                    }
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, sink).await });
+    let hs = MockHomeserver::start().await;
+    let extra = format!("logins: {{status_endpoint: 'http://{addr}/state'}}\n");
+    let (ctx, _net) = setup(&hs, &extra).await;
+    let alice = user_id!("@alice:localhost");
+    let p = ctx.start_login(alice, "password").await.unwrap();
+    let v = values(&[("username", "alice"), ("password", PASSWORD)]);
+    ctx.submit_login(alice, &p.process_id, "credentials", v).await.unwrap();
+    wait_state(&ctx, "alice", LoginState::Connected).await;
+    ctx.set_login_state(&"alice".into(), LoginState::TransientDisconnect, Some("socket closed"))
+        .await;
+    ctx.logout(alice, &"alice".into()).await.unwrap();
+    let pushed = got.lock().unwrap().clone();
+    let states: Vec<&str> =
+        pushed.iter().map(|(_, b)| b["state_event"].as_str().unwrap()).collect();
+    assert_eq!(states, ["CONNECTING", "CONNECTED", "TRANSIENT_DISCONNECT", "LOGGED_OUT"]);
+    for (auth, body) in &pushed {
+        assert_eq!(auth, &format!("Bearer {}", crate::testing::AS_TOKEN));
+        assert_eq!(
+            (body["remote_id"].as_str(), body["user_id"].as_str()),
+            (Some("alice"), Some("@alice:localhost"))
+        );
+        assert_eq!(body["source"], "bridge");
+        assert!(body["timestamp"].as_u64().unwrap() > 1_600_000_000);
+    }
+    assert_eq!(pushed[2].1["message"], "socket closed");
+    assert_eq!(pushed[2].1["error"], "transient_disconnect");
+    let text = ctx.metrics().render(ctx.store()).await;
+    assert!(text.contains("mxbridge_login_state_changes_total{state=\"CONNECTED\"} 1"), "{text}");
+}
