@@ -29,7 +29,14 @@ pub(crate) async fn via_for(
         return Ok(Ok(None));
     }
     let store = ctx.store();
-    let own = store.user_logins_in_portal(&sender.user_id, &portal.key).await?;
+    let mut own = store.user_logins_in_portal(&sender.user_id, &portal.key).await?;
+    // A portal of one login's own chat (a DM) is that login's.
+    if let Some(receiver) = &portal.key.receiver
+        && let Some(login) = store.login(receiver).await?
+        && login.user_id == sender.user_id
+    {
+        own.insert(0, login);
+    }
     // A login the user must renew cannot send; one that is reconnecting still queues.
     if let Some(login) = own.into_iter().find(|l| !l.state.needs_user()) {
         return Ok(Ok(Some(SendVia::Own(login))));

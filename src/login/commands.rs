@@ -97,8 +97,11 @@ fn err(e: LoginError) -> BridgeError {
 
 async fn login(ctx: &Context, call: &CommandCall) -> BridgeResult<String> {
     let user = &call.event.sender;
-    if call.portal.is_some() {
-        return Ok("Log in in a private chat with me, not here.".into());
+    // What a login asks for (passwords, codes) is typed in the room: only in a DM with the bot.
+    if call.portal.is_some() || !crate::commands::is_management_room(ctx, &call.event).await? {
+        return Ok(
+            "Log in in a private chat with me (a room with only you and me), not here.".into()
+        );
     }
     let flows = ctx.login_flows();
     let flow = match (call.args.first(), flows.as_slice()) {

@@ -121,6 +121,8 @@ enum Input {
 #[derive(Default)]
 pub(crate) struct Logins {
     hooks: OnceLock<Weak<dyn LoginHooks>>,
+    /// Whether the bridge declared flows, decided once at assembly (asked per message).
+    enabled: OnceLock<bool>,
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// Logins driven from a room with the bot's commands, by user.
     pub(crate) chats: Mutex<HashMap<OwnedUserId, super::commands::ChatLogin>>,
@@ -141,7 +143,7 @@ impl Logins {
 
     /// Whether the bridge offers logins (it declared flows).
     pub(crate) fn enabled(&self) -> bool {
-        self.hooks().is_some_and(|h| !h.flows().is_empty())
+        self.enabled.get().copied().unwrap_or(false)
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
@@ -178,6 +180,7 @@ impl Context {
     /// Lets the login machinery reach the bridge's login methods (once, at assembly).
     pub(crate) fn attach_bridge<B: Bridge>(&self, bridge: &Arc<B>) {
         let weak: Weak<dyn LoginHooks> = Arc::downgrade(bridge) as Weak<dyn LoginHooks>;
+        let _ = self.logins().enabled.set(!bridge.login_flows().is_empty());
         let _ = self.logins().hooks.set(weak);
     }
 

@@ -399,3 +399,29 @@ async fn state_changes_are_pushed_to_the_status_endpoint() {
     let text = ctx.metrics().render(ctx.store()).await;
     assert!(text.contains("mxbridge_login_state_changes_total{state=\"CONNECTED\"} 1"), "{text}");
 }
+
+/// Passwords are never asked for in a room others can read: `login` works only in a DM with
+/// the bot.
+#[tokio::test]
+async fn login_is_refused_outside_a_dm_with_the_bot() {
+    let hs = MockHomeserver::start().await;
+    let (ctx, _net) = setup(&hs, "").await;
+    let room = room_id!("!group:localhost");
+    for user in ["@_test_bot:localhost", "@alice:localhost", "@bob:localhost"] {
+        let joined = crate::store::Membership::Join;
+        ctx.store().set_membership(room.as_str(), user, joined, None, None).await.unwrap();
+    }
+    ctx.store().set_members_fetched(room.as_str(), true).await.unwrap();
+    hs.mock_send(room, "m.room.message").as_bot().ok().expect(1).mount().await;
+    let event = Event::from_json(
+        &json!({"event_id": "$g", "room_id": room, "sender": "@alice:localhost",
+                "type": "m.room.message", "content": {"msgtype": "m.text", "body": "!fake login password"}})
+        .to_string(),
+    )
+    .unwrap();
+    let fake = crate::login::fake::FakeNet::default();
+    crate::route::route(&ctx, &fake, &event).await.unwrap();
+    let reply = wait_for_body(&hs, "m.room.message").await;
+    assert!(reply["body"].as_str().unwrap().contains("private chat"), "{reply}");
+    assert!(ctx.logins_in_progress(user_id!("@alice:localhost")).is_empty());
+}
