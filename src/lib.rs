@@ -14,6 +14,8 @@
 //! - [`event`]: the events and their typed views ([`MatrixMessage`], [`MatrixEdit`], ...).
 //! - `route` and [`commands`]: which handler hears of an event; bot commands.
 //! - [`bridge`]: the [`Bridge`] trait and [`Delivery`], what a bridge implements.
+//! - [`login`] and `relay`: users' logins (flows driven by commands and the provisioning API,
+//!   states) and which login a Matrix event goes out through.
 //! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
 //! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
 //! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
