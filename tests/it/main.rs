@@ -12,5 +12,6 @@ mod secrets;
 mod store;
 mod store_users;
 mod synapse;
+mod synapse_logins;
 mod synapse_restart;
 mod webhook;
