@@ -113,7 +113,9 @@ struct Running {
 
 #[derive(Debug)]
 enum Input {
-    Submit(LoginValues),
+    /// Values for the step published with this number (an answer to an older step, sent
+    /// at the same time as another one, is dropped).
+    Submit(u64, LoginValues),
     Cancel,
 }
 
@@ -276,10 +278,12 @@ impl Context {
         let values = check_values(&step, values)?;
         running
             .input
-            .send(Input::Submit(values))
+            .send(Input::Submit(seq, values))
             .await
             .map_err(|_| LoginError::NotFound("the login ended".into()))?;
-        self.next_status(process_id, &running, seq, None).await
+        // Bounded: an answer that lost a race with another one is dropped by the login.
+        let bound = Duration::from_secs(self.config().logins.timeout_secs.max(1));
+        self.next_status(process_id, &running, seq, Some(bound)).await
     }
 
     /// Waits (at most `timeout`) for a display-and-wait step `step_id` to end, and returns
@@ -475,17 +479,27 @@ async fn drive(
     let mut publish = |s: LoginStatus| {
         seq += 1;
         status.send_replace((seq, s));
+        seq
     };
     // Runs a step of the process unless the user cancels first.
     macro_rules! or_cancel {
-        ($fut:expr) => {
-            tokio::select! {
-                out = $fut => Some(out),
-                // Only a cancel can come while the bridge works (answers need a step).
-                _ = input.recv() => None,
-                () = tokio::time::sleep(timeout) => None,
+        ($fut:expr) => {{
+            let work = $fut;
+            tokio::pin!(work);
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    out = &mut work => break Some(out),
+                    input = input.recv() => match input {
+                        // An answer that lost a race with the one being worked on: dropped.
+                        Some(Input::Submit(..)) => {}
+                        Some(Input::Cancel) | None => break None,
+                    },
+                    () = &mut deadline => break None,
+                }
             }
-        };
+        }};
     }
     let mut next = or_cancel!(process.start_boxed());
     let end = loop {
@@ -498,18 +512,22 @@ async fn drive(
                 next = or_cancel!(process.wait_boxed());
             }
             Ok(step) => {
-                publish(LoginStatus::Step(step));
-                let answer = tokio::select! {
-                    answer = input.recv() => answer,
-                    () = tokio::time::sleep(timeout) => None,
-                };
-                match answer {
-                    Some(Input::Submit(values)) => {
-                        publish(LoginStatus::Working);
-                        next = or_cancel!(process.submit_boxed(values));
+                let step_seq = publish(LoginStatus::Step(step));
+                let deadline = tokio::time::Instant::now() + timeout;
+                let values = loop {
+                    let answer = tokio::select! {
+                        answer = input.recv() => answer,
+                        () = tokio::time::sleep_until(deadline) => None,
+                    };
+                    match answer {
+                        Some(Input::Submit(seq, values)) if seq == step_seq => break Some(values),
+                        Some(Input::Submit(..)) => {}
+                        Some(Input::Cancel) | None => break None,
                     }
-                    Some(Input::Cancel) | None => break LoginStatus::Cancelled,
-                }
+                };
+                let Some(values) = values else { break LoginStatus::Cancelled };
+                publish(LoginStatus::Working);
+                next = or_cancel!(process.submit_boxed(values));
             }
         }
     };

@@ -425,3 +425,35 @@ async fn login_is_refused_outside_a_dm_with_the_bot() {
     assert!(reply["body"].as_str().unwrap().contains("private chat"), "{reply}");
     assert!(ctx.logins_in_progress(user_id!("@alice:localhost")).is_empty());
 }
+
+/// Two answers to one step at once: one is taken, the other dropped (never taken as the
+/// answer to a later step, never cancelling the login).
+#[tokio::test]
+async fn concurrent_answers_to_one_step_count_once() {
+    let hs = MockHomeserver::start().await;
+    let (ctx, _net) = setup(&hs, "logins: {timeout_secs: 1}\n").await;
+    let alice = user_id!("@alice:localhost");
+    let p = ctx.start_login(alice, "password").await.unwrap();
+    let answer = |name: &'static str| {
+        let (ctx, id) = (ctx.clone(), p.process_id.clone());
+        tokio::spawn(async move {
+            let v = values(&[("username", name), ("password", PASSWORD)]);
+            ctx.submit_login(alice, &id, "credentials", v).await.map(|p| p.status)
+        })
+    };
+    let (a, b) = (answer("first"), answer("second"));
+    let outcomes = [a.await.unwrap(), b.await.unwrap()];
+    let done: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(LoginStatus::Done(l)) => Some(l.id.to_string()),
+            _ => None,
+        })
+        .collect();
+    // Both callers see the one outcome.
+    assert_eq!(done.len(), 2, "{outcomes:?}");
+    assert_eq!(done[0], done[1]);
+    let stored = ctx.store().logins_of(alice).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id.as_str(), done[0]);
+}
