@@ -22,6 +22,9 @@ use crate::{
     store::{AddLogin, StoreError},
 };
 
+/// The most logins one user may have in progress at once.
+const MAX_IN_PROGRESS: usize = 3;
+
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The bridge's login methods, without its type: the login machinery and the provisioning
@@ -203,6 +206,11 @@ impl Context {
         let hooks = self.logins().hooks().ok_or_else(|| LoginError::UnknownFlow(flow_id.into()))?;
         if !hooks.flows().iter().any(|f| f.id == flow_id) {
             return Err(LoginError::UnknownFlow(flow_id.into()));
+        }
+        if self.logins_in_progress(user_id).len() >= MAX_IN_PROGRESS {
+            return Err(LoginError::Forbidden(format!(
+                "you have {MAX_IN_PROGRESS} logins in progress already: finish or cancel one"
+            )));
         }
         let process =
             hooks.create(flow_id, user_id).await.map_err(|e| LoginError::Bridge(e.to_string()))?;

@@ -152,10 +152,15 @@ async fn a_cookies_step_takes_the_named_cookies() {
     let done =
         ctx.submit_login(alice, &p.process_id, "cookies", values(&[("session", "ok")])).await;
     assert!(matches!(done.unwrap().status, LoginStatus::Done(_)));
-    // Cancelling ends a login in progress.
+    // Cancelling ends a login in progress; a user has at most three at once.
     let p = ctx.start_login(alice, "cookies").await.unwrap();
     ctx.cancel_login(alice, &p.process_id).await.unwrap();
     assert!(ctx.login_progress(alice, &p.process_id).is_err());
+    for _ in 0..3 {
+        ctx.start_login(alice, "cookies").await.unwrap();
+    }
+    let e = ctx.start_login(alice, "cookies").await.unwrap_err();
+    assert!(matches!(e, LoginError::Forbidden(_)), "{e:?}");
 }
 
 #[tokio::test]
