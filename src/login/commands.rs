@@ -204,8 +204,7 @@ pub(crate) async fn take_answer(
     let first = body.split_whitespace().next().unwrap_or_default().to_lowercase();
     if chat.room_id != event.room_id
         || body.starts_with(prefix)
-        || first == "cancel"
-        || first == "login"
+        || matches!(first.as_str(), "cancel" | "login" | "help")
     {
         return Ok(false);
     }
