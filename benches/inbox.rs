@@ -29,7 +29,10 @@ use std::{
 use mxbridge::{
     Event, Store,
     config::DatabaseConfig,
-    store::{Membership, NewEvent},
+    store::{
+        Membership,
+        testing_support::{InboxInternals as _, NewEvent},
+    },
 };
 
 const MEMBERSHIP_ROWS: u64 = 1_000_000;
@@ -196,12 +199,12 @@ async fn bench_accept(name: &str, store: &Store) {
     }
 }
 
-fn room(r: u64) -> String {
-    format!("!room{r:06}:localhost")
+fn room(r: u64) -> ruma::OwnedRoomId {
+    ruma::RoomId::parse(format!("!room{r:06}:localhost")).expect("room ID")
 }
 
-fn user(u: u64) -> String {
-    format!("@user{u:07}:localhost")
+fn user(u: u64) -> ruma::OwnedUserId {
+    ruma::UserId::parse(format!("@user{u:07}:localhost")).expect("user ID")
 }
 
 /// Loads the membership and registration rows with set-based inserts; returns the time taken.

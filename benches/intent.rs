@@ -15,10 +15,16 @@ use std::{
 
 use axum::{Json, Router, extract::State, routing::any};
 use mxbridge::{
-    Registration, Store, client::Client, config::DatabaseConfig, intent::Intent, store::Membership,
+    Registration, Store,
+    client::Client,
+    config::DatabaseConfig,
+    intent::Intent,
+    store::{MemberRow, Membership},
 };
 
-const REG: &str = "id: bench\nurl: null\nas_token: as_token_for_bench_0123456789\nhs_token: hs_token_for_bench_0123456789\nsender_localpart: _b_bot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@_b_.*:localhost'\n";
+const REG: &str = "id: bench\nurl: null\nas_token: as_token_for_bench_0123456789\n\
+    hs_token: hs_token_for_bench_0123456789\nsender_localpart: _b_bot\n\
+    namespaces:\n  users:\n    - exclusive: true\n      regex: '@_b_.*:localhost'\n";
 
 async fn stub(State(count): State<Arc<AtomicU64>>) -> Json<serde_json::Value> {
     count.fetch_add(1, Ordering::Relaxed);
@@ -36,11 +42,8 @@ async fn bench_store(name: &str, store: Store) {
         Client::new(url.parse().unwrap(), ruma::server_name!("localhost"), registration).unwrap();
     let room: ruma::OwnedRoomId = "!bench:localhost".try_into().unwrap();
     let ghost: ruma::OwnedUserId = "@_b_ghost:localhost".try_into().unwrap();
-    store.mark_registered(ghost.as_str()).await.unwrap();
-    store
-        .set_membership(room.as_str(), ghost.as_str(), Membership::Join, None, None)
-        .await
-        .unwrap();
+    store.mark_registered(&ghost).await.unwrap();
+    store.set_membership(MemberRow::new(&room, &ghost, Membership::Join)).await.unwrap();
     let intent = Intent::new(client, store, ghost).unwrap();
 
     let n = 20_000u64;
@@ -71,7 +74,7 @@ async fn bench_store(name: &str, store: Store) {
     let before = count.load(Ordering::Relaxed);
     let t = Instant::now();
     for i in 0..n {
-        intent.send_text(&room, &format!("message {i}"), None).await.unwrap();
+        intent.send_text(&room, &format!("message {i}")).await.unwrap();
     }
     let per = t.elapsed() / u32::try_from(n).unwrap();
     let requests = count.load(Ordering::Relaxed) - before;

@@ -10,8 +10,7 @@
 //! ghost comes back from that ghost as `echo: <text>`. The framework accepts the invite (the ghost
 //! joins), suppresses the ghost's own messages (no loop), and keeps the room's members cached.
 
-use mxbridge::{Bridge, BridgeResult, Context, MatrixRoomMessage, store::Membership};
-use ruma::OwnedUserId;
+use mxbridge::{Bridge, BridgeResult, Context, MatrixRoomMessage};
 
 /// The echo bridge keeps nothing but the framework's handle.
 #[derive(Debug)]
@@ -31,13 +30,8 @@ impl Bridge for Echo {
     async fn handle_room_message(&self, message: &MatrixRoomMessage) -> BridgeResult {
         let text = format!("echo: {}", message.content.body());
         let room = &message.event.room_id;
-        for member in self.ctx.store().members_with(room.as_str(), Membership::Join).await? {
-            let user: OwnedUserId = member.user_id.as_str().try_into()?;
-            if user != *self.ctx.bot_user_id()
-                && self.ctx.registration().is_user_in_namespace(&user)
-            {
-                self.ctx.intent(&user)?.send_text(room, &text, None).await?;
-            }
+        for ghost in self.ctx.ghosts_in(room).await? {
+            self.ctx.intent(&ghost)?.send_text(room, &text).await?;
         }
         Ok(())
     }
@@ -50,5 +44,5 @@ impl Bridge for Echo {
 }
 
 fn main() -> std::process::ExitCode {
-    mxbridge::cli::main::<Echo>()
+    mxbridge::cli::main::<Echo>(mxbridge::about!().with_description("An echo bridge"))
 }

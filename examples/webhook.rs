@@ -19,8 +19,8 @@ use axum::{
 };
 use mxbridge::{
     Bridge, BridgeError, BridgeResult, CommandCall, CommandSpec, Context, Delivery, GhostProfile,
-    MatrixEdit, MatrixMessage, MatrixRedaction, PortalKey, RemoteMessage, RemoteMessageId, Secret,
-    secret::sha256_hex,
+    MatrixEdit, MatrixMessage, MatrixRedaction, PortalKey, RemoteEvent, RemoteMessageId,
+    RemotePart, RemotePartId, RemoteSender, Secret, secret::sha256_hex,
 };
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, events::room::message::RoomMessageEventContent,
@@ -48,11 +48,23 @@ struct Hook {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Incoming {
-    text: String,
+    /// Who posts (the ghost's name).
     username: String,
+    #[serde(default)]
+    text: String,
     html: Option<String>,
     avatar_url: Option<String>,
+    /// The message's ID, chosen by the poster (a retry with the same ID posts once); default:
+    /// a new one, returned in the answer.
+    id: Option<String>,
+    /// Replace the text of this earlier message instead of posting a new one.
+    edits: Option<String>,
+    /// Delete this earlier message.
+    deletes: Option<String>,
 }
+
+/// How long a POST waits for its message to reach the room before it answers 202.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The webhook bridge.
 #[derive(Debug)]
@@ -219,8 +231,11 @@ async fn incoming(
         Ok(body) => body,
         Err(rejection) => return answer(rejection.status(), rejection.body_text()),
     };
-    if body.username.trim().is_empty() || body.text.is_empty() {
-        return answer(StatusCode::BAD_REQUEST, "`username` and `text` must not be empty");
+    if body.username.trim().is_empty() {
+        return answer(StatusCode::BAD_REQUEST, "`username` must not be empty");
+    }
+    if body.deletes.is_none() && body.text.is_empty() {
+        return answer(StatusCode::BAD_REQUEST, "`text` must not be empty");
     }
     let avatar_url = match body.avatar_url.map(ruma::OwnedMxcUri::from) {
         Some(mxc) if mxc.validate().is_err() => {
@@ -228,31 +243,49 @@ async fn incoming(
         }
         other => other,
     };
+    let sender = RemoteSender {
+        id: body.username.as_str().into(),
+        profile: GhostProfile { displayname: Some(body.username.clone()), avatar_url },
+    };
     let content = match body.html {
         Some(html) => RoomMessageEventContent::text_html(body.text, html),
         None => RoomMessageEventContent::text_plain(body.text),
     };
-    let portal = match ctx.portal(&portal_key(&hook.room_id)).await {
-        Ok(Some(portal)) => portal,
-        Ok(None) => {
-            return answer(StatusCode::NOT_FOUND, "the webhook's room is no longer bridged");
+    let part = RemotePart { id: RemotePartId::default(), content };
+    let timestamp = Some(MilliSecondsSinceUnixEpoch::now());
+    let id = body.id.map_or_else(RemoteMessageId::random, RemoteMessageId::from);
+    let event = match (body.edits, body.deletes) {
+        (Some(_), Some(_)) => {
+            return answer(StatusCode::BAD_REQUEST, "`edits` and `deletes` exclude each other");
         }
+        (Some(target), None) => {
+            RemoteEvent::Edit { target: target.into(), sender, timestamp, parts: vec![part] }
+        }
+        (None, Some(target)) => RemoteEvent::Delete { target: target.into(), sender },
+        (None, None) => RemoteEvent::Message {
+            id: id.clone(),
+            sender,
+            timestamp,
+            parts: vec![part],
+            reply_to: None,
+            thread_root: None,
+            echo_of: None,
+        },
+    };
+    // Committed once this returns: from here on the message is not lost.
+    let queued = match ctx.queue_remote(&portal_key(&hook.room_id), &event).await {
+        Ok(queued) => queued,
         Err(e) => return answer(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let message = RemoteMessage {
-        id: RemoteMessageId::random(),
-        sender: body.username.as_str().into(),
-        profile: GhostProfile { displayname: Some(body.username.clone()), avatar_url },
-        timestamp: Some(MilliSecondsSinceUnixEpoch::now()),
-        content,
-    };
-    match ctx.bridge_message(&portal, &message).await {
-        Ok(event_id) => (StatusCode::OK, Json(json!({ "event_id": event_id }))),
-        Err(e) => answer(StatusCode::BAD_GATEWAY, e),
+    match tokio::time::timeout(ANSWER_WITHIN, queued.bridged()).await {
+        Ok(Ok(events)) => (StatusCode::OK, Json(json!({ "id": id, "event_id": events.first() }))),
+        Ok(Err(e)) => answer(StatusCode::BAD_GATEWAY, e),
+        // Still queued: it will be posted.
+        Err(_) => (StatusCode::ACCEPTED, Json(json!({ "id": id }))),
     }
 }
 
 #[allow(dead_code)]
 fn main() -> std::process::ExitCode {
-    mxbridge::cli::main::<Webhook>()
+    mxbridge::cli::main::<Webhook>(mxbridge::about!().with_description("A webhooks bridge"))
 }

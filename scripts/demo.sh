@@ -40,7 +40,7 @@ appservice:
   port: $as_port
   registration: $dir/registration.yaml
   bot:
-    localpart: _${bridge}_bot
+    localpart: _${bridge}bot
     displayname: $bridge bridge bot
   ghost_localpart_template: "_${bridge}_{id}"
 database:
@@ -81,7 +81,7 @@ demo: In another shell, make a room with the bot and ask it for a webhook:
 
   TOKEN=$token
   ROOM=\$(curl -s -X POST '$hs/_matrix/client/v3/createRoom' -H "Authorization: Bearer \$TOKEN" \\
-      -d '{"invite":["@_webhook_bot:localhost"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["room_id"])')
+      -d '{"invite":["@_webhookbot:localhost"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["room_id"])')
   sleep 1; curl -s -X PUT "$hs/_matrix/client/v3/rooms/\$ROOM/send/m.room.message/t\$RANDOM" \\
       -H "Authorization: Bearer \$TOKEN" -d '{"msgtype":"m.text","body":"!webhook create demo"}'
   sleep 1; curl -s "$hs/_matrix/client/v3/rooms/\$ROOM/messages?dir=b&limit=1" -H "Authorization: Bearer \$TOKEN"
@@ -130,7 +130,7 @@ fail() {
     tail -n 40 "$dir/bridge.log" >&2
     exit 1
 }
-if [ "$bridge" = echo ]; then invitee="@_echo_alice:localhost"; else invitee="@_webhook_bot:localhost"; fi
+if [ "$bridge" = echo ]; then invitee="@_echo_alice:localhost"; else invitee="@_webhookbot:localhost"; fi
 room=$(curl -sf -X POST "$hs/_matrix/client/v3/createRoom" "${auth[@]}" \
     -d "{\"invite\":[\"$invitee\"]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["room_id"])')
 for _ in $(seq 1 100); do

@@ -161,6 +161,8 @@ impl<B: Bridge> AppService<B> {
         let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
         let supervisor = Supervisor::start(bridge.tasks(), health.clone());
         ctx.connect_stored_logins();
+        let pipeline =
+            tokio::spawn(crate::pipeline::run(ctx.clone(), bridge.clone(), stop_rx.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(grace));
         let pruner =
             tokio::spawn(prune_loop(ctx.store().clone(), config.inbox.dedup_retention_hours));
@@ -180,6 +182,9 @@ impl<B: Bridge> AppService<B> {
         }
         let _ = dispatcher.await;
         pruner.abort();
+        // The remote → Matrix pipeline stops taking new events; one being bridged is cut
+        // short, and bridged again (idempotently) after the restart.
+        pipeline.abort();
         supervisor.shutdown(grace).await;
         bridge.stop().await;
         ctx.store().close().await;
@@ -199,7 +204,7 @@ async fn startup_ping(ctx: Context, health: Arc<Health>) {
     let mut delay = Duration::from_secs(1);
     loop {
         let txn = crate::client::new_txn_id();
-        match ctx.client().ping(Some(&txn)).await {
+        match ctx.client().ping(&txn).await {
             Ok(took) => {
                 tracing::info!(ms = took.as_millis(), "the homeserver reached the appservice");
                 health.set_homeserver_ok(true);

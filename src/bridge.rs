@@ -23,12 +23,12 @@ use crate::{
     commands::{CommandCall, CommandSpec},
     context::Context,
     event::{
-        DeviceData, EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage,
-        MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,
-        MatrixTyping, ToDeviceEvent,
+        DeviceData, EphemeralEvent, Event, MatrixChatInfo, MatrixEdit, MatrixMembership,
+        MatrixMessage, MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction,
+        MatrixRoomMessage, MatrixTyping, ToDeviceEvent,
     },
     login::{AnyLoginProcess, LoginFlow, UserLogin},
-    remote::{RemoteMessageId, RemoteTxnId},
+    remote::{PortalInfo, PortalKey, RemoteMessageId, RemoteTxnId},
     supervise::Task,
 };
 
@@ -42,8 +42,8 @@ pub enum Delivery {
     /// event, such as a long text cut into lines). The event is mapped to each.
     Sent(Vec<RemoteMessageId>),
     /// Delivered; its remote ID comes later with the network's echo, which carries this
-    /// transaction ID back. The bridge then calls [`Context::resolve_echo`], which maps the
-    /// event to the echoed message.
+    /// transaction ID back: the bridge queues the echo as a [`crate::RemoteEvent::Message`]
+    /// with `echo_of` set, which maps the event to the echoed message instead of sending it.
     Pending(RemoteTxnId),
     /// Delivered, and there is nothing to map (an edit or a deletion on most networks).
     Done,
@@ -96,6 +96,17 @@ pub trait Bridge: Sized + Send + Sync + 'static {
     /// methods. See [`Task`].
     fn tasks(self: &Arc<Self>) -> Vec<Task> {
         Vec::new()
+    }
+
+    /// What the portal room of a remote chat looks like, so that the remote → Matrix pipeline
+    /// can create it when a message comes for a chat that has none
+    /// ([`Context::queue_remote`]). Default: `None`, and such messages are parked.
+    fn portal_info(
+        &self,
+        portal: &PortalKey,
+    ) -> impl Future<Output = BridgeResult<Option<PortalInfo>>> + Send {
+        let _ = portal;
+        async { Ok(None) }
     }
 
     /// Called once on shutdown, after the inbox stopped handing out events and the tasks
@@ -162,6 +173,16 @@ pub trait Bridge: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
         let _ = redaction;
         async { Ok(Delivery::NotSupported("deletions are not bridged".into())) }
+    }
+
+    /// A real user changed a portal's name, topic or avatar. Default: not supported (the
+    /// change gets a failed send status, and no notice).
+    fn handle_chat_info(
+        &self,
+        info: &MatrixChatInfo,
+    ) -> impl Future<Output = BridgeResult<Delivery>> + Send {
+        let _ = info;
+        async { Ok(Delivery::NotSupported("room changes are not bridged".into())) }
     }
 
     /// A membership changed (a join, a leave, an invite of the bot or a ghost, ...). Invites of

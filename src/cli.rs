@@ -1,7 +1,8 @@
 //! The command line every bridge gets: `run`, `generate-registration`, `example-config`,
 //! `check-config`.
 //!
-//! A bridge's `main` is one line:
+//! A bridge's `main` is one line; [`about!`](crate::about) takes the name, version and
+//! description that `--version` and `--help` show from the bridge's own `Cargo.toml`:
 //!
 //! ```no_run
 //! # use mxbridge::{Bridge, BridgeResult, Context, Event};
@@ -13,7 +14,7 @@
 //! #     async fn handle_other(&self, _: &Event) -> BridgeResult { Ok(()) }
 //! # }
 //! fn main() -> std::process::ExitCode {
-//!     mxbridge::cli::main::<MyBridge>()
+//!     mxbridge::cli::main::<MyBridge>(mxbridge::about!())
 //! }
 //! ```
 
@@ -22,7 +23,7 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use ruma::api::{
     appservice::{Namespace, Namespaces},
     error::ErrorKind,
@@ -38,9 +39,47 @@ use crate::{
     store::Store,
 };
 
-/// Command-line arguments.
+/// What `--version` and `--help` say about the bridge: its own name, version and description,
+/// not the framework's. [`about!`](crate::about) takes them from the bridge crate's
+/// `Cargo.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct About {
+    /// The program's name.
+    pub name: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// One line on what it is; empty for none.
+    pub description: &'static str,
+}
+
+impl About {
+    /// Another description (an example, say, shares its crate's).
+    #[must_use]
+    pub const fn with_description(mut self, description: &'static str) -> Self {
+        self.description = description;
+        self
+    }
+}
+
+/// The [`About`](crate::cli::About) of the crate this is written in: its binary's name (the
+/// package's outside a binary), and the package's version and description, read when the bridge
+/// is compiled.
+#[macro_export]
+macro_rules! about {
+    () => {
+        $crate::cli::About {
+            name: match ::std::option_env!("CARGO_BIN_NAME") {
+                ::std::option::Option::Some(name) => name,
+                ::std::option::Option::None => ::std::env!("CARGO_PKG_NAME"),
+            },
+            version: ::std::env!("CARGO_PKG_VERSION"),
+            description: ::std::env!("CARGO_PKG_DESCRIPTION"),
+        }
+    };
+}
+
+/// Command-line arguments. [`Cli::command_for`] names the bridge in them.
 #[derive(Debug, Parser)]
-#[command(version, about)]
 pub struct Cli {
     /// The configuration file.
     #[arg(short, long, default_value = "config.yaml", env = "MXBRIDGE_CONFIG", global = true)]
@@ -76,9 +115,43 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure while running (database, listener, bridge).
 const EXIT_RUNTIME: u8 = 1;
 
-/// Parses the command line and runs the command for bridge `B`.
-pub fn main<B: Bridge>() -> ExitCode {
-    let cli = Cli::parse();
+impl Cli {
+    /// The command line's definition, naming the bridge as `about` says.
+    pub fn command_for(about: About) -> clap::Command {
+        let description = if about.description.trim().is_empty() {
+            format!("{}: a Matrix bridge", about.name)
+        } else {
+            about.description.to_owned()
+        };
+        Self::command().name(about.name).version(about.version).about(description)
+    }
+
+    /// Parses `args` (the program's name first), naming the bridge as `about` says.
+    ///
+    /// # Errors
+    /// On a bad command line, and for `--help` and `--version` (whose text the error holds).
+    pub fn try_parse_for<I, T>(about: About, args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command_for(about);
+        let matches = command.try_get_matches_from_mut(args)?;
+        Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+    }
+}
+
+/// Parses the command line and runs the command for bridge `B`; `--version` and `--help` show
+/// the bridge as `about` says (pass [`about!()`](crate::about)).
+pub fn main<B: Bridge>(about: About) -> ExitCode {
+    let cli = match Cli::try_parse_for(about, std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with success, errors to stderr with exit code 2.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(run_cli::<B>(cli)),
         Err(e) => {
@@ -196,7 +269,7 @@ async fn check_homeserver<T>(
         .await
         .map_err(|e| format!("homeserver {hs} does not answer /_matrix/client/versions: {e}"))?;
     let newest = versions.versions.last().cloned().unwrap_or_default();
-    match client.whoami(None).await {
+    match client.whoami().await {
         Ok(me) if me.user_id == config.bot_user_id() => Ok(newest),
         Ok(me) => Err(format!(
             "homeserver {hs} says our as_token belongs to {}, not {}",
@@ -303,8 +376,12 @@ pub fn generate_registration<T>(
 }
 
 /// The example configuration for bridge `B`, every key with a comment.
+///
+/// Its names come from `B::NAME` (`webhook`, say): the appservice ID `webhook`, the bot
+/// `webhookbot` ("Webhook bridge bot"), ghosts `webhook_{id}` and the SQLite file `webhook.db`.
+/// The bot lies outside the ghosts' namespace, so no remote user's ghost can be the bot.
 pub fn example_config<B: Bridge>() -> String {
-    let mut out = String::from(include_str!("example-config.yaml"));
+    let mut out = example_config_named(B::NAME);
     let bridge = B::example_config();
     if bridge.trim().is_empty() {
         out.push_str("bridge: {}\n");
@@ -316,6 +393,46 @@ pub fn example_config<B: Bridge>() -> String {
         }
     }
     out
+}
+
+/// `example-config.yaml` with the names in it (`example`) derived from a bridge's name.
+fn example_config_named(name: &str) -> String {
+    let slug = name_for_ids(name);
+    let mut chars = name.trim().chars();
+    let display = match chars.next() {
+        Some(first) => format!("{}{} bridge bot", first.to_uppercase(), chars.as_str()),
+        None => "Bridge bot".to_owned(),
+    };
+    // A JSON string is a YAML double-quoted scalar: any name stays one value.
+    let display = serde_json::to_string(&display).unwrap_or_default();
+    let mut out = String::from(include_str!("example-config.yaml"));
+    for (from, to) in [
+        ("  id: example\n", format!("  id: {slug}\n")),
+        ("    localpart: examplebot\n", format!("    localpart: {slug}bot\n")),
+        ("    displayname: Example bridge bot\n", format!("    displayname: {display}\n")),
+        (
+            "  ghost_localpart_template: \"example_{id}\"\n",
+            format!("  ghost_localpart_template: \"{slug}_{{id}}\"\n"),
+        ),
+        ("  url: sqlite://example.db\n", format!("  url: sqlite://{slug}.db\n")),
+    ] {
+        debug_assert!(out.contains(from), "example-config.yaml lost {from:?}");
+        out = out.replacen(from, &to, 1);
+    }
+    out
+}
+
+/// A bridge's name as it can stand in IDs and a file name: lower case, `a-z 0-9 . _ -` (any
+/// other character becomes `-`); `bridge` when nothing is left.
+fn name_for_ids(name: &str) -> String {
+    let mapped: String = name
+        .trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect();
+    let trimmed = mapped.trim_matches(|c| "._-".contains(c));
+    if trimmed.is_empty() { "bridge".to_owned() } else { trimmed.to_owned() }
 }
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` if set, else the config's level.
@@ -363,5 +480,102 @@ fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ABOUT: About = About {
+        name: "mx-example",
+        version: "4.5.6",
+        description: "Bridges Example Chat to Matrix",
+    };
+
+    fn shown(about: About, flag: &str) -> String {
+        let err = Cli::try_parse_for(about, ["whatever-the-binary-is-called", flag]).unwrap_err();
+        assert!(!err.use_stderr(), "{flag} is not an error");
+        err.render().to_string()
+    }
+
+    #[test]
+    fn version_and_help_name_the_bridge_not_the_framework() {
+        assert_eq!(shown(ABOUT, "-V"), "mx-example 4.5.6\n");
+        assert_eq!(shown(ABOUT, "--version"), "mx-example 4.5.6\n");
+        let help = shown(ABOUT, "--help");
+        assert!(help.starts_with("Bridges Example Chat to Matrix\n"), "{help}");
+        assert!(help.contains("example-config") && !help.contains("framework"), "{help}");
+        let help = shown(ABOUT.with_description(""), "--help");
+        assert!(help.starts_with("mx-example: a Matrix bridge\n"), "{help}");
+    }
+
+    #[test]
+    fn about_reads_the_calling_crate() {
+        let about = crate::about!();
+        assert_eq!(about.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(about.name, option_env!("CARGO_BIN_NAME").unwrap_or(env!("CARGO_PKG_NAME")));
+    }
+
+    struct Webhook;
+
+    impl Bridge for Webhook {
+        type Config = crate::config::NoBridgeConfig;
+        const NAME: &'static str = "webhook";
+        async fn create(_: Self::Config, _: crate::Context) -> crate::BridgeResult<Self> {
+            Ok(Self)
+        }
+    }
+
+    #[test]
+    fn example_config_is_named_after_the_bridge_with_the_bot_outside_the_ghosts() {
+        let yaml = example_config::<Webhook>();
+        let config = Config::<crate::config::NoBridgeConfig>::from_yaml(&yaml).unwrap();
+        let appservice = &config.appservice;
+        assert_eq!(appservice.id, "webhook");
+        assert_eq!(config.bot_user_id().as_str(), "@webhookbot:localhost");
+        assert_eq!(appservice.bot.displayname.as_deref(), Some("Webhook bridge bot"));
+        assert_eq!(appservice.ghost_localpart_template, "webhook_{id}");
+        assert_eq!(config.database.url, "sqlite://webhook.db");
+        assert!(!config.appservice.bot.localpart.starts_with(config.ghost_prefix()));
+        // No remote ID gives the bot: not "bot", not the bot's own localpart, not anything long.
+        let server = config.homeserver.domain.as_str();
+        let template = &appservice.ghost_localpart_template;
+        for remote in ["bot", "webhookbot", "", "_bot", &"b".repeat(300)] {
+            let ghost = crate::ghost::ghost_localpart(template, remote, server);
+            assert!(ghost.starts_with("webhook_") && ghost != appservice.bot.localpart, "{ghost}");
+        }
+        // The registration claims the ghosts and the bot.
+        let dir = tempfile::tempdir().unwrap();
+        let reg = generate_registration(&config, &dir.path().join("r.yaml"), false).unwrap();
+        let bot = config.bot_user_id();
+        assert!(reg.is_exclusive_user(&bot) && reg.file().sender_localpart == "webhookbot");
+        assert!(reg.is_exclusive_user(ruma::user_id!("@webhook_bot:localhost")));
+    }
+
+    #[test]
+    fn odd_bridge_names_still_give_a_valid_config() {
+        for (name, slug) in [("My Chat!", "my-chat"), ("IRC", "irc"), ("", "bridge"), ("ünï", "n")]
+        {
+            assert_eq!(name_for_ids(name), slug, "{name}");
+            let yaml = example_config_named(name);
+            let config = Config::<crate::config::NoBridgeConfig>::from_yaml(&format!(
+                "{yaml}bridge: {{}}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.appservice.id, slug);
+        }
+        let yaml = example_config_named("we: \"quote\"");
+        assert!(yaml.contains(r#"displayname: "We: \"quote\" bridge bot""#), "{yaml}");
+    }
+
+    #[test]
+    fn commands_still_parse() {
+        let cli =
+            Cli::try_parse_for(ABOUT, ["b", "-c", "x.yaml", "generate-registration"]).unwrap();
+        assert_eq!(cli.config, PathBuf::from("x.yaml"));
+        assert!(matches!(cli.command, Some(Command::GenerateRegistration { new_tokens: false })));
+        let err = Cli::try_parse_for(ABOUT, ["b", "frobnicate"]).unwrap_err();
+        assert!(err.use_stderr());
     }
 }

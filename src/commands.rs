@@ -101,8 +101,8 @@ pub(crate) async fn command_call(
 pub(crate) async fn is_management_room(ctx: &Context, event: &Event) -> BridgeResult<bool> {
     let joined = ctx.bot().members_with(&event.room_id, Membership::Join).await?;
     Ok(joined.len() == 2
-        && joined.iter().any(|m| m.user_id == ctx.bot_user_id().as_str())
-        && joined.iter().any(|m| m.user_id == event.sender.as_str()))
+        && joined.iter().any(|m| m.user_id == ctx.bot_user_id())
+        && joined.iter().any(|m| m.user_id == event.sender))
 }
 
 /// The generated `help`: every command the level may use.

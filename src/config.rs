@@ -374,7 +374,8 @@ impl<T: DeserializeOwned + Default> Config<T> {
     /// Reads, parses and validates a configuration file.
     ///
     /// # Errors
-    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad value.
+    /// When the file is missing or unreadable, is not valid YAML, has an unknown key or a bad
+    /// value.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = fs::read_to_string(path)
@@ -585,7 +586,8 @@ impl<T> Config<T> {
         self.appservice.ghost_localpart_template.split("{id}").next().unwrap_or_default()
     }
 
-    /// The regex of the exclusive user namespace: every ghost and the bot.
+    /// The regex of the exclusive user namespace of the ghosts (and of the bot, when its
+    /// localpart starts with the ghosts' prefix; else the registration claims it on its own).
     pub fn user_namespace_regex(&self) -> String {
         format!(
             "@{}.*:{}",
@@ -610,8 +612,8 @@ mod tests {
         let c = Config::<NoBridgeConfig>::from_yaml(&example()).unwrap();
         assert_eq!(c.appservice.port, 29330);
         assert_eq!(c.database.sqlite_cache_mib, DatabaseConfig::default().sqlite_cache_mib);
-        assert_eq!(c.bot_user_id().as_str(), "@_example_bot:localhost");
-        assert_eq!(c.user_namespace_regex(), "@_example_.*:localhost");
+        assert_eq!(c.bot_user_id().as_str(), "@examplebot:localhost");
+        assert_eq!(c.user_namespace_regex(), "@example_.*:localhost");
         assert_eq!(c.inbox.retry_delay(1), Duration::from_millis(500));
         assert_eq!(c.inbox.retry_delay(3), Duration::from_millis(2000));
         assert_eq!(c.inbox.retry_delay(30), Duration::from_millis(30_000));
@@ -625,7 +627,7 @@ mod tests {
         let wrong_type = example().replace("port: 29330", "port: many");
         let err = Config::<NoBridgeConfig>::from_yaml(&wrong_type).unwrap_err().to_string();
         assert!(err.contains("appservice.port"), "{err}");
-        let bad_db = example().replace("sqlite://mxbridge.db", "mysql://x");
+        let bad_db = example().replace("sqlite://example.db", "mysql://x");
         let err = Config::<NoBridgeConfig>::from_yaml(&bad_db).unwrap_err().to_string();
         assert!(err.contains("database.url"), "{err}");
         for cache in ["0", "65537"] {
@@ -634,7 +636,7 @@ mod tests {
             let err = Config::<NoBridgeConfig>::from_yaml(&bad_cache).unwrap_err().to_string();
             assert!(err.contains("database.sqlite_cache_mib"), "{err}");
         }
-        let bad_template = example().replace("\"_example_{id}\"", "\"{id}\"");
+        let bad_template = example().replace("\"example_{id}\"", "\"{id}\"");
         let err = Config::<NoBridgeConfig>::from_yaml(&bad_template).unwrap_err().to_string();
         assert!(err.contains("ghost_localpart_template"), "{err}");
         let bad_yaml = "homeserver: [\n";

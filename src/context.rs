@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ruma::OwnedServerName;
+use ruma::{OwnedServerName, OwnedUserId, RoomId};
 
 use crate::{
     Config,
@@ -10,7 +10,7 @@ use crate::{
     config::{AppserviceConfig, HomeserverConfig, PermissionLevel},
     intent::Intent,
     registration::Registration,
-    store::Store,
+    store::{Membership, Store, StoreError},
 };
 
 /// The framework's parts a bridge uses: the store, the registration, the configuration.
@@ -35,6 +35,8 @@ struct ContextInner {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Logins in progress, and the bridge's login methods.
     logins: crate::login::Logins,
+    /// The remote → Matrix pipeline's wake-up and waiters.
+    remote_queue: crate::pipeline::RemoteQueue,
 }
 
 impl Context {
@@ -64,10 +66,16 @@ impl Context {
     ) -> Self {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         client.attach_metrics(metrics.clone());
+        let remote_queue = crate::pipeline::RemoteQueue::default();
         let logins = crate::login::Logins::default();
-        Self {
-            inner: Arc::new(ContextInner { store, registration, config, client, metrics, logins }),
-        }
+        let inner =
+            ContextInner { store, registration, config, client, metrics, remote_queue, logins };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The remote → Matrix pipeline's shared half.
+    pub(crate) fn remote_queue(&self) -> &crate::pipeline::RemoteQueue {
+        &self.inner.remote_queue
     }
 
     /// Logins in progress, and the bridge's login methods.
@@ -136,5 +144,17 @@ impl Context {
     /// The bot's user ID.
     pub fn bot_user_id(&self) -> &ruma::UserId {
         self.inner.client.bot_user_id()
+    }
+
+    /// This bridge's ghosts that the state cache knows as joined to a room (the bot is none of
+    /// them). Fails only when the store does.
+    pub async fn ghosts_in(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>, StoreError> {
+        let joined = self.store().members_with(room_id, Membership::Join).await?;
+        let registration = self.registration();
+        Ok(joined
+            .into_iter()
+            .map(|m| m.user_id)
+            .filter(|u| u != self.bot_user_id() && registration.is_user_in_namespace(u))
+            .collect())
     }
 }

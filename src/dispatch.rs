@@ -26,6 +26,7 @@ use std::{
     time::Duration,
 };
 
+use ruma::{MxcUri, UserId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument as _;
 
@@ -36,7 +37,7 @@ use crate::{
     intake::{Handoff, HandoffReceivers, LiveBatch, LiveState, Routed},
     metrics::EventOutcome,
     route::{Bookkeeping, Notice},
-    store::{InboxPos, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
+    store::{InboxPos, MemberRow, Membership, PendingBatch, PendingEvent, RoomStateField, Store},
     util::FastMap,
 };
 
@@ -440,7 +441,8 @@ impl<B: Bridge> Shared<B> {
             Routed::Stored(pending) => match Event::from_json(&pending.json) {
                 Ok(event) => (pending.pos, pending.attempts, event),
                 Err(e) => {
-                    tracing::warn!(event_id = %pending.event_id, error = %e, "parking malformed event");
+                    let event_id = &pending.event_id;
+                    tracing::warn!(%event_id, error = %e, "parking malformed event");
                     Box::pin(self.park(&pending, pending.attempts, &e.to_string())).await;
                     return;
                 }
@@ -505,11 +507,8 @@ impl<B: Bridge> Shared<B> {
                         return;
                     }
                     Err(HandlerFailure::Retry(error)) => {
-                        attempts = match self.store.record_failure(event.event_id.as_str(), &error).await
-                        {
-                            Ok(n) => n,
-                            Err(_) => attempts + 1,
-                        };
+                        let recorded = self.store.record_failure(event.event_id.as_str(), &error);
+                        attempts = recorded.await.unwrap_or(attempts + 1);
                         if u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts {
                             tracing::warn!(%error, attempts, "handler failed; parking event");
                             Box::pin(self.park(&pending(attempts), attempts, &error)).await;
@@ -517,7 +516,8 @@ impl<B: Bridge> Shared<B> {
                             return;
                         }
                         let delay = self.config.retry_delay(u32::try_from(attempts).unwrap_or(1));
-                        tracing::info!(%error, attempts, delay_ms = delay.as_millis(), "handler failed; will retry");
+                        let delay_ms = delay.as_millis();
+                        tracing::info!(%error, attempts, delay_ms, "handler failed; will retry");
                         let mut shutdown = self.shutdown.clone();
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
@@ -745,19 +745,18 @@ async fn run_handler<B: Bridge>(
 async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
     let Some(state_key) = event.state_key.as_deref() else { return Ok(()) };
     if event.kind == "m.room.member" {
+        // A state key that is no user ID makes no row (the homeserver would not send one).
+        let Ok(user_id) = <&UserId>::try_from(state_key) else { return Ok(()) };
         // Lenient on purpose: a profile field of the wrong type must not lose the membership.
         let content: serde_json::Value = event.content().unwrap_or_default();
         let text = |key: &str| content.get(key).and_then(serde_json::Value::as_str);
         if let Some(membership) = text("membership").and_then(Membership::parse) {
-            store
-                .set_membership(
-                    event.room_id.as_str(),
-                    state_key,
-                    membership,
-                    text("displayname"),
-                    text("avatar_url"),
-                )
-                .await?;
+            let row = MemberRow {
+                displayname: text("displayname"),
+                avatar_url: text("avatar_url").map(<&MxcUri>::from),
+                ..MemberRow::new(&event.room_id, user_id, membership)
+            };
+            store.set_membership(row).await?;
         }
     } else if let Some(field) =
         RoomStateField::for_event_type(&event.kind).filter(|_| state_key.is_empty())
@@ -770,7 +769,7 @@ async fn apply_state(store: &Store, event: &Event) -> crate::store::Result<()> {
             let content: serde_json::Value = event.content().unwrap_or_default();
             content.to_string()
         };
-        store.set_room_state(event.room_id.as_str(), field, &json).await?;
+        store.set_room_state(&event.room_id, field, &json).await?;
     }
     Ok(())
 }

@@ -91,14 +91,20 @@ impl fmt::Debug for BridgeError {
 }
 
 impl fmt::Display for BridgeError {
+    /// The error and its causes, `: `-separated; a cause whose text the message already holds
+    /// (an error that prints its source, or forwards to it) is not repeated.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)?;
+        let mut shown = self.source.to_string();
         let mut cause = self.source.source();
         while let Some(c) = cause {
-            write!(f, ": {c}")?;
+            let text = c.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
             cause = c.source();
         }
-        Ok(())
+        f.write_str(&shown)
     }
 }
 

@@ -140,6 +140,15 @@ impl Event {
         }
     }
 
+    /// Deserializes the event's `unsigned` section into `T` (`prev_content`, ...).
+    pub(crate) fn unsigned<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        #[derive(serde::Deserialize)]
+        struct WithUnsigned<T> {
+            unsigned: T,
+        }
+        serde_json::from_str::<WithUnsigned<T>>(self.json()).map(|w| w.unsigned)
+    }
+
     /// Whether this is a state event.
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
@@ -403,6 +412,31 @@ pub struct MatrixRedaction {
     pub reason: Option<String>,
 }
 
+/// A real user changed a portal's name, topic or avatar.
+#[derive(Debug, Clone)]
+pub struct MatrixChatInfo {
+    /// The state event.
+    pub event: Event,
+    /// Who changed it.
+    pub sender: Sender,
+    /// The portal the room bridges.
+    pub portal: Portal,
+    /// What changed.
+    pub change: ChatInfoChange,
+}
+
+/// One change of a room's look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChatInfoChange {
+    /// The name (`None`: removed).
+    Name(Option<String>),
+    /// The topic (`None`: removed).
+    Topic(Option<String>),
+    /// The avatar (`None`: removed).
+    Avatar(Option<ruma::OwnedMxcUri>),
+}
+
 /// A membership change of anyone in a room (our users' own changes are not reported).
 #[derive(Debug, Clone)]
 pub struct MatrixMembership {
@@ -414,10 +448,61 @@ pub struct MatrixMembership {
     pub target: OwnedUserId,
     /// The new membership.
     pub membership: MembershipState,
+    /// What changed, from the previous membership: a kick is not a leave.
+    pub change: MembershipChange,
     /// Whether the target is one of ours (the bot or a ghost).
     pub target_is_ours: bool,
     /// The portal of the room, if it is one.
     pub portal: Option<Portal>,
+}
+
+/// What a membership event changed, told from the previous membership and who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipChange {
+    /// Joined (from anything but a join).
+    Joined,
+    /// Left by themselves.
+    Left,
+    /// Made to leave by someone else.
+    Kicked,
+    /// Banned.
+    Banned,
+    /// Unbanned (from a ban to leave).
+    Unbanned,
+    /// Invited.
+    Invited,
+    /// An invite declined by the invitee, or withdrawn by someone else.
+    InviteRevoked,
+    /// Knocking.
+    Knocked,
+    /// A joined member changed their profile (or nothing changed).
+    ProfileChanged,
+    /// Anything else.
+    Other,
+}
+
+impl MembershipChange {
+    /// The change from `previous` to `now`, where `by_self` says the target sent the event.
+    pub fn between(
+        previous: Option<&MembershipState>,
+        now: &MembershipState,
+        by_self: bool,
+    ) -> Self {
+        use MembershipState as M;
+        match (previous, now) {
+            (Some(M::Join), M::Join) => Self::ProfileChanged,
+            (_, M::Join) => Self::Joined,
+            (Some(M::Ban), M::Leave) => Self::Unbanned,
+            (Some(M::Invite), M::Leave) => Self::InviteRevoked,
+            (_, M::Leave) if by_self => Self::Left,
+            (_, M::Leave) => Self::Kicked,
+            (_, M::Ban) => Self::Banned,
+            (_, M::Invite) => Self::Invited,
+            (_, M::Knock) => Self::Knocked,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// Who is typing in a room now (our own users left out).

@@ -20,35 +20,59 @@
 //! Power levels are ruma's typed [`RoomPowerLevels`], with the rules of the room's version: from
 //! room version 12 on, the room's creators outrank every level (`power.rs`).
 //!
+//! Actions are split by area: sends (`messages.rs`), state and aliases (`state.rs`), leaving,
+//! kicking and banning (`membership.rs`), the global profile (`profile.rs`) and media
+//! (`media.rs`). An action with optional parts returns a builder that acts when awaited:
+//!
+//! ```no_run
+//! # async fn example(
+//! #     ctx: mxbridge::Context,
+//! #     ghost_id: &ruma::UserId,
+//! #     room_id: &ruma::RoomId,
+//! #     ts: ruma::MilliSecondsSinceUnixEpoch,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! let ghost = ctx.intent(ghost_id)?;
+//! let event_id = ghost.send_text(room_id, "hello").at(ts).await?;
+//! ghost.redact(room_id, &event_id).reason("deleted on the remote network").await?;
+//! ctx.bot().leave(room_id).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! History import: MSC2716 batch sending (`/batch_send`) is gone from Synapse, so importing old
-//! messages uses timestamp massaging instead: every send here takes an optional `ts`
-//! ([`MilliSecondsSinceUnixEpoch`]) that becomes the event's `origin_server_ts`. The events are
-//! still appended at the end of the room's timeline.
+//! messages uses timestamp massaging instead: `.at(ts)` on a send gives the event that
+//! `origin_server_ts`. The events are still appended at the end of the room's timeline.
+//!
+//! Errors: every action fails with [`IntentError`]: a request the homeserver refused or that
+//! could not be sent ([`IntentError::kind`] has ruma's [`ErrorKind`], as in
+//! `err.kind() == Some(&ErrorKind::Forbidden)`), or the state store. `# Errors` sections below
+//! name only what is particular to a method.
 
 mod error;
+mod media;
 mod members;
+mod membership;
+mod messages;
 mod power;
-
-use std::time::Duration;
+mod profile;
+mod state;
 
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, MxcUri, OwnedEventId, OwnedMxcUri, OwnedRoomId,
-    OwnedUserId, RoomId, UserId,
-    api::{client::room::create_room, error::ErrorKind},
-    events::{
-        MessageLikeEventContent, StateEventContent,
-        room::{
-            member::{MembershipState, RoomMemberEventContent},
-            message::{RoomMessageEventContent, RoomMessageEventContentWithoutRelation},
-        },
-    },
-    profile::{AvatarUrl, DisplayName, UserProfile},
+    MxcUri, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    api::{OutgoingRequest, client::room::create_room, error::ErrorKind},
+    events::room::member::{MembershipState, RoomMemberEventContent},
 };
 
-pub use self::error::{IntentError, Result};
+use self::profile::profile_field;
+pub use self::{
+    error::{IntentError, Result},
+    media::Upload,
+    membership::ChangeMembership,
+    messages::{Redact, SendMessage},
+    state::{SendState, SetAlias},
+};
 use crate::{
-    client::{self, Client},
-    store::{Membership, Store},
+    client::{self, AuthInput, Client, PathInput},
+    store::{MemberRow, Membership, Store},
 };
 #[doc(no_inline)]
 pub use ruma::events::room::power_levels::RoomPowerLevels;
@@ -95,9 +119,30 @@ impl Intent {
         self.is_bot
     }
 
-    /// The client, for calls without an intent wrapper.
+    /// The shared client.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Sends any Client-Server request as this user, registering it first when needed: for
+    /// endpoints without a method here.
+    ///
+    /// ```no_run
+    /// # async fn example(ghost: mxbridge::intent::Intent) -> mxbridge::intent::Result<()> {
+    /// use ruma::{api::client::presence::set_presence, presence::PresenceState};
+    ///
+    /// let user_id = ghost.user_id().to_owned();
+    /// ghost.send_request(set_presence::v3::Request::new(user_id, PresenceState::Online)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_request<R>(&self, request: R) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest,
+        R::Authentication: AuthInput,
+        R::PathBuilder: PathInput,
+    {
+        self.ensure_registered().await?;
+        Ok(self.client.send(request, self.as_user()).await?)
     }
 
     /// The identity for the client: `None` for the bot.
@@ -115,7 +160,7 @@ impl Intent {
     /// # Errors
     /// A failed registration (`M_EXCLUSIVE` when the homeserver's namespace differs) or store.
     pub async fn ensure_registered(&self) -> Result<()> {
-        if self.is_bot || self.store.is_registered(self.user_id.as_str()).await? {
+        if self.is_bot || self.store.is_registered(&self.user_id).await? {
             return Ok(());
         }
         match self.client.register(&self.user_id).await {
@@ -123,14 +168,13 @@ impl Intent {
             Err(err) if err.kind() == Some(&ErrorKind::UserInUse) => {}
             Err(err) => return Err(err.into()),
         }
-        self.store.mark_registered(self.user_id.as_str()).await?;
+        self.store.mark_registered(&self.user_id).await?;
         Ok(())
     }
 
     /// Whether the store says the user is joined to the room.
     async fn is_joined_cached(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self.store.membership(room_id.as_str(), self.user_id.as_str()).await?
-            == Some(Membership::Join))
+        Ok(self.store.membership(room_id, &self.user_id).await? == Some(Membership::Join))
     }
 
     /// Makes sure the user is in the room. Returns `false` when the store already said so (no
@@ -142,7 +186,7 @@ impl Intent {
     /// [`Intent::ensure_room_state`]).
     ///
     /// # Errors
-    /// When joining fails even after the bot's help, or the store fails.
+    /// A refusal the bot's help does not cure: of its invite (or unban), or of the second join.
     pub async fn ensure_joined(&self, room_id: &RoomId) -> Result<bool> {
         if self.is_joined_cached(room_id).await? {
             return Ok(false);
@@ -159,14 +203,13 @@ impl Intent {
 
     async fn join_now(&self, room_id: &RoomId) -> Result<()> {
         self.ensure_registered().await?;
-        match self.client.join(self.as_user(), room_id).await {
-            Ok(_) => {}
+        match self.join_request(room_id).await {
+            Ok(()) => {}
             Err(err) if !self.is_bot && err.kind() == Some(&ErrorKind::Forbidden) => {
                 let cached_ban =
-                    self.store.membership(room_id.as_str(), self.user_id.as_str()).await?
-                        == Some(Membership::Ban);
+                    self.store.membership(room_id, &self.user_id).await? == Some(Membership::Ban);
                 self.bot_intent().invite_helping(room_id, &self.user_id, cached_ban).await?;
-                self.client.join(self.as_user(), room_id).await?;
+                self.join_request(room_id).await?;
             }
             Err(err) => return Err(err.into()),
         }
@@ -180,15 +223,15 @@ impl Intent {
     /// invite sent again; a user invited or joined already needs nothing more.
     async fn invite_helping(&self, room_id: &RoomId, user_id: &UserId, banned: bool) -> Result<()> {
         if banned {
-            self.client.unban(None, room_id, user_id, None).await?;
+            self.unban_request(room_id, user_id).await?;
         }
-        match self.client.invite(None, room_id, user_id, None).await {
+        match self.invite_request(room_id, user_id).await {
             Ok(()) => {}
             Err(err) if err.kind() == Some(&ErrorKind::Forbidden) => {
                 match self.member_state(room_id, user_id).await?.map(|m| m.membership) {
                     Some(Membership::Ban) if !banned => {
-                        self.client.unban(None, room_id, user_id, None).await?;
-                        self.client.invite(None, room_id, user_id, None).await?;
+                        self.unban_request(room_id, user_id).await?;
+                        self.invite_request(room_id, user_id).await?;
                     }
                     Some(Membership::Invite | Membership::Join) => return Ok(()),
                     _ => return Err(err.into()),
@@ -206,27 +249,21 @@ impl Intent {
         user_id: &UserId,
         membership: Membership,
     ) -> Result<()> {
-        let old = self.store.member(room_id.as_str(), user_id.as_str()).await?;
+        let old = self.store.member(room_id, user_id).await?;
         let (name, avatar) = old.map(|m| (m.displayname, m.avatar_url)).unwrap_or_default();
-        self.store
-            .set_membership(
-                room_id.as_str(),
-                user_id.as_str(),
-                membership,
-                name.as_deref(),
-                avatar.as_deref(),
-            )
-            .await?;
+        let row = MemberRow {
+            displayname: name.as_deref(),
+            avatar_url: avatar.as_deref(),
+            ..MemberRow::new(room_id, user_id, membership)
+        };
+        self.store.set_membership(row).await?;
         Ok(())
     }
 
     /// Makes sure this intent's user (a ghost) is invited to (or already in) the room: the bot
     /// invites it unless the store says invited or joined. Returns whether an invite was sent.
-    ///
-    /// # Errors
-    /// On a failed invite or store.
     pub async fn ensure_invited(&self, room_id: &RoomId) -> Result<bool> {
-        let current = self.store.membership(room_id.as_str(), self.user_id.as_str()).await?;
+        let current = self.store.membership(room_id, &self.user_id).await?;
         if matches!(current, Some(Membership::Invite | Membership::Join)) || self.is_bot {
             return Ok(false);
         }
@@ -245,15 +282,15 @@ impl Intent {
     /// room's state says the user is invited or joined counts as done.
     ///
     /// # Errors
-    /// On a failed join, a refused invite of a user not in the room, or the store.
+    /// The refusal of an invite when the user is not in the room afterwards either.
     pub async fn invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
         self.ensure_joined(room_id).await?;
         let in_room =
             |m: Option<Membership>| matches!(m, Some(Membership::Invite | Membership::Join));
-        if in_room(self.store.membership(room_id.as_str(), user_id.as_str()).await?) {
+        if in_room(self.store.membership(room_id, user_id).await?) {
             return Ok(false);
         }
-        match self.client.invite(self.as_user(), room_id, user_id, None).await {
+        match self.invite_request(room_id, user_id).await {
             Ok(()) => {}
             Err(err) if err.kind() == Some(&ErrorKind::Forbidden) => {
                 let now = self.member_state(room_id, user_id).await?;
@@ -268,77 +305,19 @@ impl Intent {
         Ok(true)
     }
 
-    /// Leaves the room (or rejects an invite) and records it.
-    ///
-    /// # Errors
-    /// On a failed request or store.
-    pub async fn leave(&self, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
-        self.client.leave(self.as_user(), room_id, reason).await?;
-        self.record_membership(room_id, &self.user_id, Membership::Leave).await
-    }
-
     /// Creates a room as this user (`POST /createRoom` with all of ruma's options). The user is
     /// recorded as joined and the new room's state is fetched at once, so the cache knows its
     /// creators and power levels before the homeserver pushes them.
-    ///
-    /// # Errors
-    /// On a failed registration, request or store.
     pub async fn create_room(&self, request: create_room::v3::Request) -> Result<OwnedRoomId> {
         self.ensure_registered().await?;
-        let room_id = self.client.create_room(self.as_user(), request).await?;
+        let room_id = self.client.send(request, self.as_user()).await?.room_id;
         self.record_membership(&room_id, &self.user_id, Membership::Join).await?;
         self.fetch_room_state_once(&room_id).await;
         Ok(room_id)
     }
 
-    /// Sets the global display name, only when it differs from the current one (read with one
-    /// `GET /profile`). Returns whether it was changed.
-    ///
-    /// # Errors
-    /// On a failed request.
-    pub async fn set_displayname(&self, displayname: &str) -> Result<bool> {
-        self.ensure_registered().await?;
-        let current = self.global_profile(&self.user_id).await?;
-        if profile_field::<DisplayName>(current.as_ref()).as_deref() == Some(displayname) {
-            return Ok(false);
-        }
-        self.client.set_displayname(self.as_user(), displayname).await?;
-        Ok(true)
-    }
-
-    /// Sets the global avatar, only when it differs from the current one. Returns whether it
-    /// was changed.
-    ///
-    /// # Errors
-    /// On a failed request.
-    pub async fn set_avatar_url(&self, avatar_url: &MxcUri) -> Result<bool> {
-        self.ensure_registered().await?;
-        let current = self.global_profile(&self.user_id).await?;
-        if profile_field::<AvatarUrl>(current.as_ref()).as_deref() == Some(avatar_url) {
-            return Ok(false);
-        }
-        self.client.set_avatar_url(self.as_user(), avatar_url).await?;
-        Ok(true)
-    }
-
-    /// A user's global profile; `None` when the homeserver has none to show (404, or 403 where
-    /// profiles are visible to room-mates only).
-    async fn global_profile(&self, user_id: &UserId) -> Result<Option<UserProfile>> {
-        match self.client.get_profile(user_id).await {
-            Ok(profile) => Ok(Some(profile)),
-            Err(err) if matches!(err.kind(), Some(ErrorKind::NotFound | ErrorKind::Forbidden)) => {
-                Ok(None)
-            }
-            Err(err) if err.status() == Some(reqwest::StatusCode::NOT_FOUND) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    }
-
     /// Sets the user's per-room display name and avatar (its `m.room.member` event), only when
     /// they differ from the cached membership row. Returns whether an event was sent.
-    ///
-    /// # Errors
-    /// On a failed request or store.
     pub async fn set_room_profile(
         &self,
         room_id: &RoomId,
@@ -346,199 +325,24 @@ impl Intent {
         avatar_url: Option<&MxcUri>,
     ) -> Result<bool> {
         self.ensure_joined(room_id).await?;
-        let cached = self.store.member(room_id.as_str(), self.user_id.as_str()).await?;
-        let avatar = avatar_url.map(MxcUri::as_str);
+        let cached = self.store.member(room_id, &self.user_id).await?;
         if cached.as_ref().is_some_and(|m| {
-            m.displayname.as_deref() == displayname && m.avatar_url.as_deref() == avatar
+            m.displayname.as_deref() == displayname && m.avatar_url.as_deref() == avatar_url
         }) {
             return Ok(false);
         }
         let mut content = RoomMemberEventContent::new(MembershipState::Join);
         content.displayname = displayname.map(ToOwned::to_owned);
         content.avatar_url = avatar_url.map(|a| -> OwnedMxcUri { a.to_owned() });
-        self.client
-            .send_state_event(self.as_user(), room_id, self.user_id.as_str(), &content, None)
-            .await?;
-        self.store
-            .set_membership(
-                room_id.as_str(),
-                self.user_id.as_str(),
-                Membership::Join,
-                displayname,
-                avatar,
-            )
-            .await?;
+        self.send_state(room_id, self.user_id.as_str(), &content).await?;
+        let row = MemberRow {
+            displayname,
+            avatar_url,
+            ..MemberRow::new(room_id, &self.user_id, Membership::Join)
+        };
+        self.store.set_membership(row).await?;
         Ok(true)
     }
-
-    /// Sends a message-like event, joining first if needed; `ts` massages its timestamp.
-    ///
-    /// # Errors
-    /// On a failed join or send.
-    pub async fn send_message<C: MessageLikeEventContent>(
-        &self,
-        room_id: &RoomId,
-        content: &C,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.ensure_joined(room_id).await?;
-        Ok(self.client.send_message_event(self.as_user(), room_id, content, None, ts).await?)
-    }
-
-    /// Sends plain text (`m.text`).
-    ///
-    /// # Errors
-    /// As [`Intent::send_message`].
-    pub async fn send_text(
-        &self,
-        room_id: &RoomId,
-        text: &str,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.send_message(room_id, &RoomMessageEventContent::text_plain(text), ts).await
-    }
-
-    /// Sends a notice (`m.notice`), the message type for bots.
-    ///
-    /// # Errors
-    /// As [`Intent::send_message`].
-    pub async fn send_notice(
-        &self,
-        room_id: &RoomId,
-        text: &str,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.send_message(room_id, &RoomMessageEventContent::notice_plain(text), ts).await
-    }
-
-    /// Sends a state event, joining first if needed.
-    ///
-    /// # Errors
-    /// On a failed join or send (403 below the event's power level).
-    pub async fn send_state<C, K>(
-        &self,
-        room_id: &RoomId,
-        state_key: &K,
-        content: &C,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId>
-    where
-        C: StateEventContent,
-        C::StateKey: std::borrow::Borrow<K>,
-        K: AsRef<str> + ?Sized,
-    {
-        self.ensure_joined(room_id).await?;
-        Ok(self.client.send_state_event(self.as_user(), room_id, state_key, content, ts).await?)
-    }
-
-    /// Reacts to an event.
-    ///
-    /// # Errors
-    /// On a failed join or send.
-    pub async fn react(
-        &self,
-        room_id: &RoomId,
-        event_id: &EventId,
-        key: &str,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.ensure_joined(room_id).await?;
-        Ok(self.client.react(self.as_user(), room_id, event_id, key, ts).await?)
-    }
-
-    /// Redacts an event.
-    ///
-    /// # Errors
-    /// On a failed join or request.
-    pub async fn redact(
-        &self,
-        room_id: &RoomId,
-        event_id: &EventId,
-        reason: Option<&str>,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.ensure_joined(room_id).await?;
-        Ok(self.client.redact(self.as_user(), room_id, event_id, reason, None, ts).await?)
-    }
-
-    /// Edits an earlier message with new content.
-    ///
-    /// # Errors
-    /// As [`Intent::send_message`].
-    pub async fn edit(
-        &self,
-        room_id: &RoomId,
-        original: &EventId,
-        new_content: RoomMessageEventContentWithoutRelation,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.send_message(room_id, &client::edit_content(new_content, original), ts).await
-    }
-
-    /// Replies to an event sent by `sender`.
-    ///
-    /// # Errors
-    /// As [`Intent::send_message`].
-    pub async fn reply(
-        &self,
-        room_id: &RoomId,
-        event_id: &EventId,
-        sender: &UserId,
-        content: RoomMessageEventContentWithoutRelation,
-        ts: Option<MilliSecondsSinceUnixEpoch>,
-    ) -> Result<OwnedEventId> {
-        self.send_message(room_id, &client::reply_content(content, event_id, sender), ts).await
-    }
-
-    /// Shows the user typing for `timeout`, or stops (`None`).
-    ///
-    /// # Errors
-    /// On a failed join or request.
-    pub async fn typing(&self, room_id: &RoomId, timeout: Option<Duration>) -> Result<()> {
-        self.ensure_joined(room_id).await?;
-        Ok(self.client.typing(self.as_user(), room_id, timeout).await?)
-    }
-
-    /// Marks the room read up to `event_id` (fully-read marker and read receipt).
-    ///
-    /// # Errors
-    /// On a failed join or request.
-    pub async fn mark_read(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
-        self.ensure_joined(room_id).await?;
-        Ok(self.client.set_read_markers(self.as_user(), room_id, event_id, Some(event_id)).await?)
-    }
-
-    /// Uploads media as this user.
-    ///
-    /// # Errors
-    /// On a failed registration or upload.
-    pub async fn upload(
-        &self,
-        data: Vec<u8>,
-        content_type: Option<&str>,
-        filename: Option<&str>,
-    ) -> Result<OwnedMxcUri> {
-        self.ensure_registered().await?;
-        Ok(self.client.upload(self.as_user(), data, content_type, filename).await?)
-    }
-
-    /// Sends an error notice to the room, then leaves it. A failed notice is logged, not fatal.
-    ///
-    /// # Errors
-    /// When leaving fails.
-    pub async fn error_and_leave(&self, room_id: &RoomId, message: &str) -> Result<()> {
-        if let Err(err) = self.send_notice(room_id, message, None).await {
-            tracing::warn!(%room_id, error = %err, "could not send the error notice before leaving");
-        }
-        self.leave(room_id, Some(message)).await
-    }
-}
-
-/// A typed field of a profile; a field of the wrong type counts as unset.
-fn profile_field<F: ruma::profile::StaticProfileField>(
-    profile: Option<&UserProfile>,
-) -> Option<F::Value> {
-    profile.and_then(|p| p.get_static::<F>().ok().flatten())
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@
 //! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
 //! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
 //! - [`format`](mod@format): HTML from the remote side, sanitized before it enters a room.
-//! - [`intent`]: one user's actions (bot or ghost), cache-first.
-//! - [`client`]: the Client-Server API transport, with retries.
+//! - [`intent`]: one user's actions (bot or ghost): joins, sends, profile, media; cache-first.
+//! - [`client`]: the Client-Server transport: any ruma request, as the bot or a ghost, retried.
 //! - [`appservice`]: [`AppService`], which assembles everything and runs it; [`cli`]: `run`,
 //!   `generate-registration`, `example-config`, `check-config`; [`config`] and
 //!   [`registration`]: the two YAML files.
@@ -46,6 +46,7 @@ mod intake;
 pub mod intent;
 pub mod login;
 pub mod metrics;
+mod pipeline;
 pub mod portal;
 pub mod registration;
 mod relay;
@@ -66,26 +67,46 @@ pub use config::Config;
 pub use context::Context;
 pub use error::{Error, Result};
 pub use event::{
-    Event, EventData, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence, MatrixReaction,
-    MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender, Target,
+    ChatInfoChange, Event, EventData, MatrixChatInfo, MatrixEdit, MatrixMembership, MatrixMessage,
+    MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,
+    MatrixTyping, MembershipChange, Sender, Target,
 };
 pub use health::{BridgeState, Health, TaskState};
+pub use pipeline::Queued;
 pub use registration::Registration;
 pub use remote::{
-    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteLoginId, RemoteMessage,
-    RemoteMessageId, RemoteMessageRef, RemotePartId, RemoteTxnId, RemoteUserId,
+    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteEvent, RemoteLoginId,
+    RemoteMessageId, RemoteMessageRef, RemotePart, RemotePartId, RemoteSender, RemoteTxnId,
+    RemoteUserId,
 };
 pub use secret::Secret;
 pub use store::Store;
 pub use supervise::{Stop, Task};
 
-/// Installs rustls' *ring* crypto provider for the process, once. The framework's HTTP client
-/// calls it; call it yourself before building another `reqwest` client in a bridge.
-/// A provider the application installed earlier is kept.
+/// Installs rustls' default crypto provider (*aws-lc-rs*, which has the post-quantum key
+/// exchanges) for the process, once. The framework's HTTP client calls it; call it yourself
+/// before building another `reqwest` client in a bridge. A provider the application installed
+/// earlier is kept.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // An error means a provider is installed already, which is what we want.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_crypto_provider_installs_once_and_offers_post_quantum_key_exchange() {
+        super::install_crypto_provider();
+        super::install_crypto_provider();
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert!(groups.contains(&rustls::NamedGroup::X25519MLKEM768), "{groups:?}");
+        // TLS configs build on it without naming a provider (as reqwest's do).
+        let _ = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+    }
 }

@@ -4,8 +4,8 @@
 //! Matrix events kept for later edits, replies and redactions.
 
 use ruma::{
-    EventId, OwnedEventId, RoomId, UserId, api::client::room::create_room,
-    events::AnyInitialStateEvent, serde::Raw,
+    EventId, RoomId, UserId, api::client::room::create_room, events::AnyInitialStateEvent,
+    serde::Raw,
 };
 use serde::Serialize;
 
@@ -13,11 +13,8 @@ use crate::{
     client,
     config::PermissionLevel,
     context::Context,
-    remote::{
-        Portal, PortalInfo, PortalKey, RemoteMessage, RemoteMessageId, RemoteMessageRef,
-        RemotePartId, RemoteTxnId,
-    },
-    store::{MessageRow, PortalRow, StoreError},
+    remote::{Portal, PortalInfo, PortalKey, RemoteMessageRef},
+    store::{PortalRow, StoreError},
 };
 
 /// Errors of the remote → Matrix helpers.
@@ -35,6 +32,12 @@ pub enum RemoteError {
     /// The ghost's user ID would not be valid.
     #[error("remote user {0:?} gives no valid Matrix user ID")]
     InvalidGhost(String),
+    /// A queued remote event failed for good and was parked.
+    #[error("parked: {0}")]
+    Parked(String),
+    /// The bridge stopped before a queued remote event was bridged (it is after a restart).
+    #[error("the bridge stopped before the event was bridged")]
+    Stopped,
     /// The Matrix user may not do this.
     #[error("not permitted: {0}")]
     NotPermitted(String),
@@ -189,58 +192,14 @@ impl Context {
         match self.client().send(request, None).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == Some(&ruma::api::error::ErrorKind::Forbidden) => {
-                tracing::info!(%room_id, "the bot may not send m.bridge state here; left as is");
+                tracing::info!(
+                    %room_id,
+                    "the bot may not send m.bridge state here; left as is"
+                );
                 Ok(())
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Bridges a message from the remote network into its portal: ensures the ghost (and its
-    /// profile) and its membership, sends the content with the remote timestamp (its HTML
-    /// sanitized, see [`crate::format::sanitize_html`]), and records the mapping. A message already bridged (same portal and ID) is not sent again; its
-    /// event ID is returned.
-    pub async fn bridge_message(
-        &self,
-        portal: &Portal,
-        message: &RemoteMessage,
-    ) -> Result<OwnedEventId, RemoteError> {
-        let known = self.store().message_parts(&portal.key, &message.id).await?;
-        if let Some(existing) = known.into_iter().next() {
-            return Ok(existing.event_id);
-        }
-        let intent = self.ensure_ghost(&message.sender, &message.profile).await?;
-        // Remote HTML is untrusted: only what the specification allows reaches the room.
-        let content = crate::format::sanitize_content(&message.content);
-        let event_id =
-            intent.send_message(&portal.room_id, content.as_ref(), message.timestamp).await?;
-        let timestamp = message.timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
-        let row = MessageRow {
-            portal: portal.key.clone(),
-            id: message.id.clone(),
-            part: RemotePartId::default(),
-            event_id: event_id.clone(),
-            room_id: portal.room_id.clone(),
-            sender: intent.user_id().to_owned(),
-            timestamp,
-        };
-        self.store().insert_messages(std::slice::from_ref(&row)).await?;
-        Ok(event_id)
-    }
-
-    /// The network echoed a message the bridge sent for a Matrix event with
-    /// [`Delivery::Pending`](crate::bridge::Delivery::Pending): records the mapping of that event to the remote
-    /// message and returns the event's ID. `None` means the echo is not of a message the bridge
-    /// sent (or it was matched before): bridge it as any other remote message.
-    pub async fn resolve_echo(
-        &self,
-        portal: &PortalKey,
-        txn_id: &RemoteTxnId,
-        message: &RemoteMessageId,
-    ) -> Result<Option<OwnedEventId>, RemoteError> {
-        let part = RemotePartId::default();
-        let row = self.store().resolve_pending(portal, txn_id, message, &part).await?;
-        Ok(row.map(|r| r.event_id))
     }
 
     /// The remote message part a Matrix event carries (or was delivered as), if known.

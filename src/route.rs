@@ -37,9 +37,9 @@ use crate::{
     commands::{CommandCall, command_call, command_prefix, help_text},
     config::PermissionLevel,
     event::{
-        EphemeralEvent, Event, MatrixEdit, MatrixMembership, MatrixMessage, MatrixPresence,
-        MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage, MatrixTyping, Sender,
-        Target,
+        ChatInfoChange, EphemeralEvent, Event, MatrixChatInfo, MatrixEdit, MatrixMembership,
+        MatrixMessage, MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction,
+        MatrixRoomMessage, MatrixTyping, MembershipChange, Sender, Target,
     },
     remote::{Portal, RemotePartId},
     store::{Membership, MessageRow, PendingRow},
@@ -183,15 +183,57 @@ pub(crate) async fn route<B: Bridge>(
             let delivery = bridge.handle_redaction(&redaction).await?;
             Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
         }
+        "m.room.name" | "m.room.topic" | "m.room.avatar"
+            if event.state_key.as_deref() == Some("") =>
+        {
+            let Some(change) = chat_info_change(event) else {
+                return handle_other(bridge, event).await;
+            };
+            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+                return handle_other(bridge, event).await;
+            };
+            let info = MatrixChatInfo { event: event.clone(), sender, portal, change };
+            let delivery = bridge.handle_chat_info(&info).await?;
+            Ok(record(ctx, event, &info.portal, delivery, Notice::No))
+        }
+        "m.room.tombstone" if event.state_key.as_deref() == Some("") => {
+            Box::pin(follow_tombstone(ctx, event)).await?;
+            handle_other(bridge, event).await
+        }
         _ => handle_other(bridge, event).await,
     }
+}
+
+/// A portal's room was replaced (upgraded): the bot joins the new room and the portal moves
+/// there, so the chat stays bridged. A replacement the bot cannot join leaves the portal
+/// where it was (logged): the old room still works for the users who stay.
+async fn follow_tombstone(ctx: &Context, event: &Event) -> BridgeResult {
+    #[derive(Deserialize)]
+    struct Tombstone {
+        replacement_room: ruma::OwnedRoomId,
+    }
+    let Ok(tombstone) = event.content::<Tombstone>() else { return Ok(()) };
+    let Some(mut row) = ctx.store().portal_by_room(&event.room_id).await? else { return Ok(()) };
+    let new_room = tombstone.replacement_room;
+    match Box::pin(ctx.bot().ensure_joined(&new_room)).await {
+        Ok(_) => {
+            tracing::info!(old = %event.room_id, new = %new_room, "the portal moved to its new room");
+            row.room_id = Some(new_room);
+            ctx.store().upsert_portal(&row).await?;
+        }
+        Err(e) => {
+            let old = &event.room_id;
+            tracing::warn!(%old, new = %new_room, error = %e, "cannot join the upgraded room");
+        }
+    }
+    Ok(())
 }
 
 /// One of our users joined (by whatever path): the room's members and state are fetched once,
 /// so people who were there before are known. A failure is only logged.
 async fn own_member_event(ctx: &Context, event: &Event) {
     let room_id = &event.room_id;
-    let Ok(joined) = ctx.store().membership(room_id.as_str(), event.sender.as_str()).await else {
+    let Ok(joined) = ctx.store().membership(room_id, &event.sender).await else {
         return;
     };
     if joined != Some(Membership::Join) {
@@ -231,18 +273,24 @@ async fn route_membership<B: Bridge>(
     };
     let target_is_ours = ctx.registration().is_user_in_namespace(&target);
     let portal = ctx.portal_for_room(&event.room_id).await?;
+    let previous = event.unsigned::<PreviousMembership>().ok().and_then(|u| u.prev_content);
+    let by_self = event.sender == target;
+    let change =
+        MembershipChange::between(previous.as_ref().map(|p| &p.membership), &membership, by_self);
     let m = MatrixMembership {
         event: event.clone(),
         sender,
         target,
         membership,
+        change,
         target_is_ours,
         portal,
     };
     if target_is_ours && m.membership == MembershipState::Invite {
         let intent = ctx.intent(&m.target)?;
         if m.sender.level < PermissionLevel::User {
-            tracing::info!(inviter = %m.sender.user_id, "refusing an invite from a user without permission");
+            let inviter = &m.sender.user_id;
+            tracing::info!(%inviter, "refusing an invite from a user without permission");
             refuse_invite(&intent, &event.room_id, "You are not allowed to use this bridge.").await;
         } else if bridge.accept_invite(&m).await {
             // Rare and heavy: boxed, so it does not grow every event's future.
@@ -257,7 +305,7 @@ async fn route_membership<B: Bridge>(
 
 /// Rejects an invite with a reason. Best effort: an invite left pending does no harm.
 async fn refuse_invite(intent: &crate::intent::Intent, room_id: &RoomId, reason: &str) {
-    if let Err(e) = intent.leave(room_id, Some(reason)).await {
+    if let Err(e) = intent.leave(room_id).reason(reason).await {
         tracing::warn!(error = %e, user = %intent.user_id(), "could not reject the invite");
     }
 }
@@ -467,7 +515,7 @@ pub(crate) fn report_not_delivered(
             tracing::warn!(error = %e, "could not send the message status");
         }
         if let Some(content) = notice
-            && let Err(e) = ctx.bot().send_message(&room_id, &content, None).await
+            && let Err(e) = ctx.bot().send(&room_id, &content).await
         {
             tracing::warn!(error = %e, "could not post the notice");
         }
@@ -496,10 +544,38 @@ fn redaction_of(event: &Event) -> Option<(OwnedEventId, Option<String>)> {
     Some((target, r.content.reason))
 }
 
+/// The change an `m.room.name`, `m.room.topic` or `m.room.avatar` event makes; `None` for a
+/// content of the wrong shape.
+fn chat_info_change(event: &Event) -> Option<ChatInfoChange> {
+    #[derive(Deserialize)]
+    struct Look {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        topic: Option<String>,
+        #[serde(default)]
+        url: Option<ruma::OwnedMxcUri>,
+    }
+    let look: Look = event.content().ok()?;
+    let present = |s: Option<String>| s.filter(|s| !s.is_empty());
+    Some(match event.kind.as_str() {
+        "m.room.name" => ChatInfoChange::Name(present(look.name)),
+        "m.room.topic" => ChatInfoChange::Topic(present(look.topic)),
+        _ => ChatInfoChange::Avatar(look.url.filter(|u| !u.as_str().is_empty())),
+    })
+}
+
 /// Only the `membership` of an `m.room.member` content.
 #[derive(Deserialize)]
 struct MembershipOnly {
     membership: MembershipState,
+}
+
+/// The previous membership, from a member event's `unsigned.prev_content`.
+#[derive(Deserialize)]
+struct PreviousMembership {
+    #[serde(default)]
+    prev_content: Option<MembershipOnly>,
 }
 
 /// Runs a command and posts the answer as the bot. Errors of the command itself are answered,
@@ -539,7 +615,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
     };
     if let Some(text) = reply.filter(|t| !t.is_empty()) {
         let content = RoomMessageEventContent::notice_markdown(text);
-        ctx.bot().send_message(&call.event.room_id, &content, None).await?;
+        ctx.bot().send(&call.event.room_id, &content).await?;
     }
     Ok(())
 }
@@ -650,7 +726,12 @@ mod tests {
                                 format!(r#","body":{body}"#)
                             };
                             let json = format!(
-                                r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{{"msgtype":{msgtype}{body}{format}{mention}{extra}}}}}"#
+                                concat!(
+                                    r#"{{"event_id":"$e","room_id":"!r:x","sender":"@u:x","#,
+                                    r#""type":"m.room.message","content":{{"msgtype":{}"#,
+                                    r#"{}{}{}{}}}}}"#,
+                                ),
+                                msgtype, body, format, mention, extra
                             );
                             let event = Event::from_json(&json).unwrap();
                             let by_ruma = event.content::<RoomMessageEventContent>();
@@ -699,7 +780,7 @@ mod route_tests {
     use crate::{
         commands::CommandSpec,
         remote::PortalKey,
-        store::Store,
+        store::{MemberRow, Store},
         testing::{MockHomeserver, test_registration},
     };
 
@@ -770,7 +851,11 @@ mod route_tests {
         .unwrap();
         for room in [room_id!("!r:localhost"), room_id!("!p:localhost")] {
             store
-                .set_membership(room.as_str(), "@_test_bot:localhost", Membership::Join, None, None)
+                .set_membership(MemberRow::new(
+                    room,
+                    user_id!("@_test_bot:localhost"),
+                    Membership::Join,
+                ))
                 .await
                 .unwrap();
         }
@@ -1112,16 +1197,12 @@ mod route_tests {
         let events = [
             edu(json!({"type": "m.typing", "room_id": "!r:localhost",
                        "content": {"user_ids": ["@alice:localhost", "@_test_ghost:localhost"]}})),
-            edu(
-                json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {"m.read": {
-                       "@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}}),
-            ),
-            edu(
-                json!({"type": "m.presence", "sender": "@alice:localhost", "content": {"presence": "online"}}),
-            ),
-            edu(
-                json!({"type": "m.presence", "sender": "@_test_ghost:localhost", "content": {"presence": "online"}}),
-            ),
+            edu(json!({"type": "m.receipt", "room_id": "!r:localhost", "content": {"$e": {
+                "m.read": {"@alice:localhost": {"ts": 1}, "@_test_ghost:localhost": {"ts": 2}}}}})),
+            edu(json!({"type": "m.presence", "sender": "@alice:localhost",
+                       "content": {"presence": "online"}})),
+            edu(json!({"type": "m.presence", "sender": "@_test_ghost:localhost",
+                       "content": {"presence": "online"}})),
         ];
         for e in &events {
             route_ephemeral(&ctx, &eph, e).await;
@@ -1151,10 +1232,7 @@ mod route_tests {
         hs.mock_register().ok_body(json!({"user_id": ghost})).expect(1).mount().await;
         hs.mock_join(room).as_user(ghost).ok_body(json!({"room_id": room})).expect(1).mount().await;
         route(&ctx, &Tb::default(), &invite(room, "@alice:localhost", ghost)).await.unwrap();
-        assert_eq!(
-            ctx.store().membership(room.as_str(), ghost.as_str()).await.unwrap(),
-            Some(Membership::Join)
-        );
+        assert_eq!(ctx.store().membership(room, ghost).await.unwrap(), Some(Membership::Join));
     }
 
     /// Users below `user` (a relay-level user, a user of an unknown server) cannot pull the
@@ -1176,11 +1254,120 @@ mod route_tests {
         let tb = Tb::default();
         route(&ctx, &tb, &invite(room, "@mallory:evil.example", bot)).await.unwrap();
         route(&ctx, &tb, &invite(room, "@relay:other.org", bot)).await.unwrap();
-        assert_ne!(
-            ctx.store().membership(room.as_str(), bot.as_str()).await.unwrap(),
-            Some(Membership::Join)
-        );
+        assert_ne!(ctx.store().membership(room, bot).await.unwrap(), Some(Membership::Join));
         // The bridge still hears of the membership change.
         assert_eq!(tb.seen.lock().unwrap().len(), 2);
+    }
+
+    /// A leave sent by someone else is a kick; a leave after a ban an unban; the previous
+    /// membership comes from `unsigned.prev_content`.
+    #[tokio::test]
+    async fn kicks_are_told_from_leaves() {
+        #[derive(Default)]
+        struct Changes(Mutex<Vec<MembershipChange>>);
+        impl Bridge for Changes {
+            type Config = crate::config::NoBridgeConfig;
+            const NAME: &'static str = "changes";
+            async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+                Ok(Self::default())
+            }
+            async fn handle_membership(&self, m: &MatrixMembership) -> BridgeResult {
+                self.0.lock().unwrap().push(m.change);
+                Ok(())
+            }
+        }
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let bridge = Changes::default();
+        let member = |sender: &str, membership: &str, previous: Option<&str>| {
+            let unsigned =
+                previous.map_or(json!({}), |p| json!({"prev_content": {"membership": p}}));
+            event(json!({"event_id": format!("${sender}{membership}"), "room_id": "!r:localhost",
+                "sender": sender, "type": "m.room.member", "state_key": "@bob:localhost",
+                "content": {"membership": membership}, "unsigned": unsigned}))
+        };
+        for e in [
+            member("@bob:localhost", "join", None),
+            member("@bob:localhost", "join", Some("join")),
+            member("@bob:localhost", "leave", Some("join")),
+            member("@alice:localhost", "leave", Some("join")),
+            member("@alice:localhost", "ban", Some("join")),
+            member("@alice:localhost", "leave", Some("ban")),
+        ] {
+            route(&ctx, &bridge, &e).await.unwrap();
+        }
+        use MembershipChange as C;
+        assert_eq!(
+            *bridge.0.lock().unwrap(),
+            [C::Joined, C::ProfileChanged, C::Left, C::Kicked, C::Banned, C::Unbanned]
+        );
+    }
+
+    /// When a portal's room is upgraded, the bot joins the new room and the portal moves.
+    #[tokio::test]
+    async fn a_tombstoned_portal_moves_to_its_new_room() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let new_room = room_id!("!new:localhost");
+        hs.mock_join(new_room).ok_body(json!({"room_id": new_room})).expect(1).mount().await;
+        hs.mock_room_state(new_room).mount().await;
+        let tombstone = event(json!({"event_id": "$t", "room_id": "!p:localhost",
+            "sender": "@admin:localhost", "type": "m.room.tombstone", "state_key": "",
+            "content": {"body": "upgraded", "replacement_room": new_room}}));
+        let tb = Tb::default();
+        route(&ctx, &tb, &tombstone).await.unwrap();
+        let moved = ctx.portal(&PortalKey::shared("c")).await.unwrap().unwrap();
+        assert_eq!(moved.room_id, new_room);
+        assert_eq!(ctx.portal_for_room(room_id!("!p:localhost")).await.unwrap(), None);
+        assert_eq!(*tb.raw.lock().unwrap(), ["$t"], "the raw hook still hears of it");
+    }
+
+    /// Name, topic and avatar changes in a portal reach `handle_chat_info`; in another room,
+    /// the raw hook.
+    #[tokio::test]
+    async fn room_look_changes_in_portals_reach_their_handler() {
+        #[derive(Default)]
+        struct Looks(Mutex<Vec<ChatInfoChange>>, Mutex<Vec<String>>);
+        impl Bridge for Looks {
+            type Config = crate::config::NoBridgeConfig;
+            const NAME: &'static str = "looks";
+            async fn create(_: Self::Config, _: Context) -> BridgeResult<Self> {
+                Ok(Self::default())
+            }
+            async fn handle_chat_info(&self, info: &MatrixChatInfo) -> BridgeResult<Delivery> {
+                self.0.lock().unwrap().push(info.change.clone());
+                Ok(Delivery::Done)
+            }
+            async fn handle_other(&self, event: &Event) -> BridgeResult {
+                self.1.lock().unwrap().push(event.event_id.to_string());
+                Ok(())
+            }
+        }
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let bridge = Looks::default();
+        let state = |id: &str, room: &str, kind: &str, content: serde_json::Value| {
+            event(json!({"event_id": id, "room_id": room, "sender": "@alice:localhost",
+                         "type": kind, "state_key": "", "content": content}))
+        };
+        for e in [
+            state("$n", "!p:localhost", "m.room.name", json!({"name": "General"})),
+            state("$t", "!p:localhost", "m.room.topic", json!({"topic": ""})),
+            state("$a", "!p:localhost", "m.room.avatar", json!({"url": "mxc://x/y"})),
+            state("$elsewhere", "!r:localhost", "m.room.name", json!({"name": "Other"})),
+        ] {
+            route(&ctx, &bridge, &e).await.unwrap();
+        }
+        assert_eq!(
+            *bridge.0.lock().unwrap(),
+            [
+                ChatInfoChange::Name(Some("General".into())),
+                ChatInfoChange::Topic(None),
+                ChatInfoChange::Avatar(Some("mxc://x/y".into())),
+            ]
+        );
+        assert_eq!(*bridge.1.lock().unwrap(), ["$elsewhere"]);
     }
 }

@@ -1,10 +1,16 @@
 //! The SQL store: the durable inbox, the Matrix state cache and the bridge's own mappings.
 //!
-//! One [`Store`] serves SQLite (embedded, the default) and PostgreSQL. Every query is written once
-//! in SQL valid on both dialects (`$1` placeholders, `ON CONFLICT`, `RETURNING`) and run on the
-//! pool of whichever backend the URL named; the `with_pool!` macro expands a body once per
-//! backend. Schema changes are numbered files in `migrations/{sqlite,postgres}/`, embedded in the
-//! binary and applied at connect time.
+//! One [`Store`] serves SQLite (embedded, the default) and PostgreSQL. Most queries are written
+//! once in SQL valid on both dialects (`$1` placeholders, `ON CONFLICT`, `RETURNING`) and run on
+//! the pool of whichever backend the URL named; the `with_pool!` macro expands a body once per
+//! backend. Where the dialects differ (their JSON functions), or where a statement for one
+//! backend saves round trips or page writes (the intake, the progress records), each backend has
+//! its own text. Schema changes are numbered files in `migrations/{sqlite,postgres}/`, embedded
+//! in the binary and applied at connect time.
+//!
+//! Every call fails with [`StoreError::Database`] when the database does, and with
+//! [`StoreError::Corrupt`] when a stored value does not decode (a row not written through this
+//! API); a call's `# Errors` section says only what else to expect.
 
 use std::{str::FromStr, time::Duration};
 
@@ -19,19 +25,23 @@ use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 mod checkpoint;
 mod inbox;
 mod mappings;
+mod remote_queue;
 mod seen;
 mod state;
 mod state_cache;
+#[doc(hidden)]
+pub mod testing_support;
 mod users;
 mod writer;
 
-pub use inbox::{
-    AcceptOutcome, InboxPos, InboxStats, IncomingTxn, NewEvent, PRUNE_CHUNK, ParkedEvent,
-    PendingBatch, PendingEvent,
+pub(crate) use inbox::{
+    AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingBatch, PendingEvent,
 };
+pub use inbox::{InboxStats, InboxStatus, ParkedEvent};
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
-pub use state::{Member, Membership, RoomStateField};
+pub(crate) use remote_queue::{QueuedRow, ReactionRow};
+pub use state::{Member, MemberRow, Membership, RoomStateField};
 pub use users::{AddLogin, UserRow};
 
 /// Errors from the store.
@@ -81,10 +91,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite files only: connections for read-only queries (see `with_reader!`).
     readers: Option<SqlitePool>,
-    /// PostgreSQL only: connections with `synchronous_commit = off`, opened when first needed,
-    /// for the dispatcher's progress records and the state cache rows of incoming events (see
-    /// `with_relaxed!`). What a crash of the database server loses of them only hands events
-    /// out again; everything else, the inbox's intake above all, commits synchronously.
+    /// PostgreSQL only: connections with `synchronous_commit = off`, opened when first needed
+    /// (see `with_relaxed!`).
     relaxed: Option<PgPool>,
     /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
     /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
@@ -119,7 +127,7 @@ pub(crate) struct SeenIndex {
 #[derive(Debug, Default)]
 pub(crate) struct PortalCache {
     pub(crate) generation: u64,
-    pub(crate) by_room: std::collections::HashMap<String, Option<PortalRow>>,
+    pub(crate) by_room: crate::util::FastMap<String, Option<PortalRow>>,
 }
 
 /// Prepared statements kept by SQLite's writing connection (see `Store::connect`).
@@ -130,8 +138,8 @@ const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// A PostgreSQL connection leaving its pool is pinged (a round trip) only when it sat idle for
 /// [`PING_IDLE_AFTER`] or more: long enough for the server to have restarted meanwhile. sqlx's
-/// default pings on every checkout, one round trip more per statement, on top of the ping every
-/// connection gets when it goes back; one fewer made load B 20 % faster (BENCHMARKS.md).
+/// default pings on every checkout: one round trip more per statement, on top of the ping every
+/// connection gets when it goes back.
 fn ping_if_idle(
     conn: &mut sqlx::PgConnection,
     meta: sqlx::pool::PoolConnectionMetadata,
@@ -262,9 +270,15 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
-        name: "0006_users.sql",
-        sqlite: include_str!("../migrations/sqlite/0006_users.sql"),
-        postgres: include_str!("../migrations/postgres/0006_users.sql"),
+        name: "0006_remote_queue.sql",
+        sqlite: include_str!("../migrations/sqlite/0006_remote_queue.sql"),
+        postgres: include_str!("../migrations/postgres/0006_remote_queue.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_users.sql",
+        sqlite: include_str!("../migrations/sqlite/0007_users.sql"),
+        postgres: include_str!("../migrations/postgres/0007_users.sql"),
     },
 ];
 
@@ -275,7 +289,8 @@ impl Store {
     /// existing database.
     ///
     /// # Errors
-    /// When the database cannot be reached or a migration fails.
+    /// [`StoreError::Migration`] when a migration fails; [`StoreError::SchemaTooNew`] when the
+    /// database's schema is newer than this build.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
         let url = config.url.as_str();
         let mut readers = None;
@@ -301,7 +316,7 @@ impl Store {
             // statements and runs them back to back. Read-only queries go through up to
             // `max_connections` more, opened when needed: in WAL mode readers neither wait for
             // the writer nor hold it up. (An in-memory database exists once per connection, so
-            // it has the one.) Measured in BENCHMARKS.md.
+            // it has the one.)
             // The readers' pool does not ping a connection as it leaves the pool (sqlx's
             // default): a ping is a hop to the connection's thread and back, and a connection to
             // a local file does not go away. (sqlx still pings each one as it comes back.)
@@ -320,8 +335,7 @@ impl Store {
             // and back in around every statement, with a ping on the way back (`writer.rs`).
             // It runs multi-row statements whose text depends on the row count (up to
             // `INSERT_CHUNK` rows, for a few tables): kept prepared, they fit in 512, where
-            // sqlx's default of 100 made a 1-event-per-transaction load prepare again and again
-            // (callgrind: 7 % of the instructions, ~170k per prepare).
+            // sqlx's default of 100 would have them prepared again and again.
             // Its page cache is the one that matters: every write, and the intake's lookups in
             // the dedup index, go through it (`database.sqlite_cache_mib`; the readers keep
             // SQLite's default, one per connection).
@@ -396,9 +410,6 @@ impl Store {
     }
 
     /// Checks that the database answers.
-    ///
-    /// # Errors
-    /// When it does not.
     pub async fn ping(&self) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query("SELECT 1").execute(pool).await?;
@@ -487,7 +498,10 @@ impl Store {
             .execute(&mut *conn)
             .await?;
             let found = checked_version!(conn);
-            if found == Some(known) {
+            // Every migration recorded: nothing to do (one missing below the newest is applied).
+            let applied: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM mx_schema").fetch_one(&mut *conn).await?;
+            if found == Some(known) && usize::try_from(applied).ok() == Some(MIGRATIONS.len()) {
                 return Ok(());
             }
             for m in MIGRATIONS {
@@ -688,10 +702,11 @@ mod tests {
     /// TLS from a server that offers it.
     #[tokio::test]
     async fn loopback_postgres_connects_plain_unless_told() {
+        // Its own schema: the database's public one belongs to nobody's tests.
+        let schema = test_schema!("mxb_loopback_tls");
         let Some(url) = TestSchema::url() else { return };
-        let config = |url: String| DatabaseConfig { url, ..DatabaseConfig::default() };
         let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-        let store = Store::connect(&config(url.clone())).await.unwrap();
+        let store = schema.store().await.unwrap();
         let plain: bool =
             with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
         let offered: String = with_pool!(store, |pool| {
@@ -704,11 +719,10 @@ mod tests {
             return;
         }
         assert!(!plain, "a loopback URL without sslmode negotiated TLS");
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let store = Store::connect(&config(format!("{url}{sep}sslmode=prefer"))).await.unwrap();
+        let store = schema.store_with("sslmode=prefer").await.unwrap();
         let tls: bool =
             with_pool!(store, |pool| sqlx::query_scalar(ssl).fetch_one(pool).await.unwrap());
-        store.close().await;
+        schema.remove(store).await;
         assert_eq!(tls, offered == "on", "sslmode=prefer against a server with ssl = {offered}");
     }
 
@@ -733,7 +747,7 @@ mod tests {
     }
 
     /// A transaction far larger than a TLS record is still one statement and one batch row
-    /// over TLS (with 8 KiB statements, as before sqlx set `TCP_NODELAY`, it was six).
+    /// over TLS.
     #[tokio::test]
     async fn a_large_transaction_is_one_batch_over_tls() {
         let schema = test_schema!("t_tls_batch");

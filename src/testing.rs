@@ -15,7 +15,7 @@
 //! ```
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use mxbridge::testing::MockHomeserver;
-//! use ruma::{room_id, user_id};
+//! use ruma::{api::client::membership::join_room_by_id, room_id, user_id};
 //!
 //! let hs = MockHomeserver::start().await;
 //! let room = room_id!("!portal:localhost");
@@ -26,7 +26,7 @@
 //! hs.mock_invite(room).never().mount().await;
 //!
 //! let client = hs.client();
-//! client.join(Some(ghost), room).await?;
+//! client.send(join_room_by_id::v3::Request::new(room.to_owned()), Some(ghost)).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -130,6 +130,21 @@ impl MockHomeserver {
             .iter()
             .filter_map(|r| {
                 percent_decode(r.url.path()).strip_prefix(&prefix).map(ToOwned::to_owned)
+            })
+            .collect()
+    }
+
+    /// The transaction IDs of every `PUT /rooms/{room}/redact/{eventId}/{txnId}` received, in
+    /// order.
+    pub async fn redaction_txn_ids(&self, room_id: &RoomId) -> Vec<String> {
+        let prefix = format!("/_matrix/client/v3/rooms/{room_id}/redact/");
+        self.received()
+            .await
+            .iter()
+            .filter_map(|r| {
+                let path = percent_decode(r.url.path());
+                let rest = path.strip_prefix(&prefix)?;
+                rest.rsplit_once('/').map(|(_, txn_id)| txn_id.to_owned())
             })
             .collect()
     }
@@ -324,6 +339,12 @@ impl<'a> MockEndpoint<'a> {
         self
     }
 
+    /// Requires a query parameter to be absent (`ts` on a send that keeps the arrival time).
+    pub fn without_query(mut self, key: &str) -> Self {
+        self.builder = self.builder.and(query_param_is_missing(key));
+        self
+    }
+
     /// Requires the JSON body to contain `body` (a partial match).
     pub fn with_body(mut self, body: JsonValue) -> Self {
         self.builder = self.builder.and(body_partial_json(body));
@@ -376,7 +397,11 @@ impl<'a> MockEndpoint<'a> {
     pub fn rate_limited(self, retry_after_ms: u64) -> Self {
         self.respond(
             429,
-            json!({ "errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests", "retry_after_ms": retry_after_ms }),
+            json!({
+                "errcode": "M_LIMIT_EXCEEDED",
+                "error": "Too Many Requests",
+                "retry_after_ms": retry_after_ms,
+            }),
         )
     }
 

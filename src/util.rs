@@ -4,8 +4,10 @@ use std::{fs, io, path::Path};
 
 /// A hash map with foldhash's seeded hasher: the maps of the hot paths, keyed by IDs a
 /// homeserver sends or by fingerprints, where SipHash showed up in profiles.
+#[allow(clippy::disallowed_types)] // The one place the standard map is named.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 /// The set of [`FastMap`].
+#[allow(clippy::disallowed_types)]
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Where `part` lies inside `whole`, if it is a slice of it (found by address: the parsers

@@ -375,7 +375,11 @@ mod tests {
             tokio::spawn(async move {
                 // An escaped room ID makes the parser copy it: both kinds of text are queued.
                 let body = Arc::new(format!(
-                    r#"{{"events":[{{"event_id":"$e{n}","room_id":"!r{}\u003ax","sender":"@u:x","type":"t"}}]}}"#,
+                    concat!(
+                        r#"{{"events":[{{"event_id":"$e{}","room_id":"!r{}\u003ax","#,
+                        r#""sender":"@u:x","type":"t"}}]}}"#,
+                    ),
+                    n,
                     n % 3
                 ));
                 let parsed = crate::intake::parse_text(&body).unwrap();

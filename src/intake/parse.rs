@@ -429,7 +429,8 @@ mod tests {
         let body = format!(
             r#"{{"events":[],"ephemeral":[{edu}],"de.sorunome.msc2409.ephemeral":[{edu}],
                "de.sorunome.msc2409.to_device":[{{"type":"m.x","sender":"@a:x","content":{{}}}}],
-               "org.matrix.msc3202.device_one_time_key_counts":{{"@g:x":{{"DEV":{{"signed_curve25519":3}}}}}},
+               "org.matrix.msc3202.device_one_time_key_counts":
+                   {{"@g:x":{{"DEV":{{"signed_curve25519":3}}}}}},
                "org.matrix.msc3202.device_unused_fallback_key_types":{{"@g:x":{{"DEV":[]}}}}}}"#
         );
         let p = parse(body.as_bytes()).unwrap();
@@ -442,8 +443,16 @@ mod tests {
 
     #[test]
     fn hash_ignores_event_age_but_not_event_ids_or_ephemeral_data() {
-        let a = br#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","unsigned":{"age":1}}]}"#;
-        let b = br#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","unsigned":{"age":9}}]}"#;
+        let a = concat!(
+            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","ty"#,
+            r#"pe":"t","unsigned":{"age":1}}]}"#,
+        )
+        .as_bytes();
+        let b = concat!(
+            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","ty"#,
+            r#"pe":"t","unsigned":{"age":9}}]}"#,
+        )
+        .as_bytes();
         let c = br#"{"events":[{"event_id":"$c","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#;
         let d = br#"{"events":[],"ephemeral":[{"type":"m.typing","room_id":"!r:x","content":{}}]}"#;
         let e = br#"{"events":[]}"#;
@@ -498,7 +507,10 @@ mod tests {
         // stack overflow, in the dispatcher and in the bridge.
         for depth in [200, 100_000] {
             let body = format!(
-                r#"{{"events":[{{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"m.room.member","state_key":"@u:x","content":{}1{}}}]}}"#,
+                concat!(
+                    r#"{{"events":[{{"event_id":"$a","room_id":"!r:x","sender":"@u:x",""#,
+                    r#"type":"m.room.member","state_key":"@u:x","content":{}1{}}}]}}"#,
+                ),
                 "[".repeat(depth),
                 "]".repeat(depth)
             );
@@ -560,11 +572,25 @@ mod tests {
     #[test]
     fn the_one_pass_reads_the_common_form_as_the_general_way_does() {
         let common = [
-            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"m.room.message","content":{"body":"\"hi\" \u00e9"},"origin_server_ts":1,"unsigned":{"age":3}}]}"#,
+            concat!(
+                r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","ty"#,
+                r#"pe":"m.room.message","content":{"body":"\"hi\" \u00e9"},"origin_"#,
+                r#"server_ts":1,"unsigned":{"age":3}}]}"#,
+            ),
             // Whitespace everywhere, the envelope last, a state event, null content.
-            "{ \"events\" : [ { \"content\" : null ,\n\t\"state_key\" : \"@u:x\" , \"type\":\"m.room.member\",\r\n \"sender\" : \"@u:x\", \"room_id\":\"!r:x\" , \"event_id\" : \"$b\" } , {\"event_id\":\"$c\",\"room_id\":\"!r:x\",\"sender\":\"@u:x\",\"type\":\"t\",\"state_key\":null,\"origin_server_ts\": 17 } ] , \"ephemeral\": [] }",
+            concat!(
+                "{ \"events\" : [ { \"content\" : null ,\n\t\"state_key\" : \"@u:x\" , ",
+                "\"type\":\"m.room.member\",\r\n \"sender\" : \"@u:x\", \"room_id\":\"!r:x\" ",
+                ", \"event_id\" : \"$b\" } , {\"event_id\":\"$c\",\"room_id\":\"!r:x\",",
+                "\"sender\":\"@u:x\",\"type\":\"t\",\"state_key\":null,",
+                "\"origin_server_ts\": 17 } ] , \"ephemeral\": [] }",
+            ),
             // Events refused by validation still take the one pass.
-            r#"{"events":[{"event_id":"$a","room_id":"not-a-room","sender":"@u:x","type":"t"},{"event_id":"$b","room_id":"!r:x","sender":"@u:x","type":""}]}"#,
+            concat!(
+                r#"{"events":[{"event_id":"$a","room_id":"not-a-room","sender":"@u:"#,
+                r#"x","type":"t"},{"event_id":"$b","room_id":"!r:x","sender":"@u:x""#,
+                r#","type":""}]}"#,
+            ),
             r#"{"events":[]}"#,
         ];
         for body in common {
@@ -575,11 +601,20 @@ mod tests {
             // event, an array where an event should be.
             r#"{"events":[{"event_id":"\u0024a","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
             r#"{"events":[{"\u0065vent_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
-            r#"{"events":[{"event_id":"$a","event_id":"$b","room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
-            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","content":{},"content":{}}]}"#,
+            concat!(
+                r#"{"events":[{"event_id":"$a","event_id":"$b","room_id":"!r:x","se"#,
+                r#"nder":"@u:x","type":"t"}]}"#,
+            ),
+            concat!(
+                r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","ty"#,
+                r#"pe":"t","content":{},"content":{}}]}"#,
+            ),
             r#"{"events":[{"room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
             r#"{"events":[{"event_id":5,"room_id":"!r:x","sender":"@u:x","type":"t"}]}"#,
-            r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","type":"t","state_key":5}]}"#,
+            concat!(
+                r#"{"events":[{"event_id":"$a","room_id":"!r:x","sender":"@u:x","ty"#,
+                r#"pe":"t","state_key":5}]}"#,
+            ),
             r#"{"events":[{}]}"#,
             r#"{"events":[["$a","!r:x","@u:x","t"]]}"#,
         ];
@@ -711,7 +746,9 @@ mod tests {
             /// The one pass and the general way agree on every body the one pass reads, and the
             /// one pass reads every body whose events all have the common form.
             #[test]
-            fn the_one_pass_agrees_with_the_general_way(events in prop::collection::vec(event_text(), 0..8)) {
+            fn the_one_pass_agrees_with_the_general_way(
+                events in prop::collection::vec(event_text(), 0..8),
+            ) {
                 let texts: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
                 let body = format!("{{\"events\": [{}]}}", texts.join(","));
                 let read = super::same_as_general(&body);
@@ -737,7 +774,9 @@ mod tests {
             /// Every event is either accepted with a storable envelope or rejected; order is
             /// kept; the hash depends only on the accepted event IDs (and ephemeral data).
             #[test]
-            fn events_are_accepted_or_rejected_never_lost(events in prop::collection::vec(event(), 0..12)) {
+            fn events_are_accepted_or_rejected_never_lost(
+                events in prop::collection::vec(event(), 0..12),
+            ) {
                 let body = serde_json::json!({ "events": events }).to_string();
                 let p = parse(body.as_bytes()).unwrap();
                 prop_assert_eq!(p.events.len() + p.rejected.len(), events.len());

@@ -8,7 +8,15 @@
 //! levels, the create event, join rules and encryption. The room is then marked fetched
 //! (`mx_room_state.members_fetched`), and nothing is fetched for it again.
 
-use ruma::{RoomId, UserId, api::error::ErrorKind, events::StateEventType, profile::DisplayName};
+use ruma::{
+    OwnedMxcUri, RoomId, UserId,
+    api::{
+        client::state::{get_state_event_for_key, get_state_events},
+        error::ErrorKind,
+    },
+    events::StateEventType,
+    profile::DisplayName,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -32,14 +40,14 @@ impl Intent {
     /// Joins and room creation through an intent do this by themselves.
     ///
     /// # Errors
-    /// On a failed request (this user not in the room) or store.
+    /// The homeserver's refusal when this user is not in the room.
     pub async fn ensure_room_state(&self, room_id: &RoomId) -> Result<bool> {
-        if self.store.members_fetched(room_id.as_str()).await? {
+        if self.store.members_fetched(room_id).await? {
             return Ok(false);
         }
         let flight = self.client.join_flight(room_id, &self.user_id);
         let _turn = flight.lock.lock().await;
-        if self.store.members_fetched(room_id.as_str()).await? {
+        if self.store.members_fetched(room_id).await? {
             return Ok(false);
         }
         self.fetch_room_state(room_id).await?;
@@ -51,7 +59,7 @@ impl Intent {
     /// member lookup fetches again.
     pub(super) async fn fetch_room_state_once(&self, room_id: &RoomId) {
         let fetched = async {
-            if !self.store.members_fetched(room_id.as_str()).await? {
+            if !self.store.members_fetched(room_id).await? {
                 self.fetch_room_state(room_id).await?;
             }
             Ok::<_, IntentError>(())
@@ -64,11 +72,9 @@ impl Intent {
 
     /// Fetches the room's current state as this user into the state cache (members, power
     /// levels, create event, join rules, encryption) and marks the room fetched.
-    ///
-    /// # Errors
-    /// On a failed request or store.
     pub async fn fetch_room_state(&self, room_id: &RoomId) -> Result<()> {
-        let events = self.client.get_state(self.as_user(), room_id).await?;
+        let request = get_state_events::v3::Request::new(room_id.to_owned());
+        let events = self.client.send(request, self.as_user()).await?.room_state;
         let mut members = Vec::new();
         for raw in &events {
             let json = raw.json().get();
@@ -80,11 +86,11 @@ impl Intent {
                 RoomStateField::for_event_type(&event.kind).filter(|_| event.state_key.is_empty())
             {
                 let json = if field == RoomStateField::Create { json } else { event.content.get() };
-                self.store.set_room_state(room_id.as_str(), field, json).await?;
+                self.store.set_room_state(room_id, field, json).await?;
             }
         }
-        self.store.set_room_members(room_id.as_str(), &members).await?;
-        self.store.set_members_fetched(room_id.as_str(), true).await?;
+        self.store.set_room_members(room_id, &members).await?;
+        self.store.set_members_fetched(room_id, true).await?;
         Ok(())
     }
 
@@ -95,57 +101,43 @@ impl Intent {
         room_id: &RoomId,
         user_id: &UserId,
     ) -> Result<Option<Member>> {
-        let kind = StateEventType::RoomMember;
-        let content = match self
-            .client
-            .get_state_event(self.as_user(), room_id, kind, user_id.as_str())
-            .await
-        {
-            Ok(content) => content,
+        let request = get_state_event_for_key::v3::Request::new(
+            room_id.to_owned(),
+            StateEventType::RoomMember,
+            user_id.to_string(),
+        );
+        let content = match self.client.send(request, self.as_user()).await {
+            Ok(response) => response.event_or_content,
             Err(err) if err.kind() == Some(&ErrorKind::NotFound) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
         let Some(member) = member_from_content(user_id.as_str(), content.get()) else {
             return Ok(None);
         };
-        self.store
-            .set_membership(
-                room_id.as_str(),
-                user_id.as_str(),
-                member.membership,
-                member.displayname.as_deref(),
-                member.avatar_url.as_deref(),
-            )
-            .await?;
+        self.store.set_membership(member.row(room_id)).await?;
         Ok(Some(member))
     }
 
     /// Members of the room with the given membership, from the state cache. A room not fetched
     /// yet is fetched first when this user is in it; otherwise, or when the homeserver refuses,
     /// the cache answers as it is.
-    ///
-    /// # Errors
-    /// When the homeserver cannot be reached or the store fails.
     pub async fn members_with(
         &self,
         room_id: &RoomId,
         membership: Membership,
     ) -> Result<Vec<Member>> {
         self.fetch_unless_refused(room_id).await?;
-        Ok(self.store.members_with(room_id.as_str(), membership).await?)
+        Ok(self.store.members_with(room_id, membership).await?)
     }
 
     /// A user's display name as the room shows it: the per-room name from the state cache
     /// (fetching the room's state first, as in [`Intent::members_with`], when the user is not
     /// cached), else the global profile's. `None` when the user has neither.
-    ///
-    /// # Errors
-    /// When the homeserver cannot be reached or the store fails.
     pub async fn display_name(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
-        let mut member = self.store.member(room_id.as_str(), user_id.as_str()).await?;
+        let mut member = self.store.member(room_id, user_id).await?;
         if member.is_none() {
             self.fetch_unless_refused(room_id).await?;
-            member = self.store.member(room_id.as_str(), user_id.as_str()).await?;
+            member = self.store.member(room_id, user_id).await?;
         }
         if let Some(name) = member.and_then(|m| m.displayname) {
             return Ok(Some(name));
@@ -171,15 +163,17 @@ impl Intent {
     }
 }
 
-/// A membership from `m.room.member` content. Lenient, as for pushed events: a profile field of
-/// the wrong type is left out rather than losing the membership.
+/// A membership from `m.room.member` content (`None` when its state key is no user ID). Lenient,
+/// as for pushed events: a profile field of the wrong type is left out rather than losing the
+/// membership.
 fn member_from_content(user_id: &str, content: &str) -> Option<Member> {
+    let user_id = UserId::parse(user_id).ok()?;
     let content: serde_json::Value = serde_json::from_str(content).ok()?;
     let text = |key: &str| content.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
     Some(Member {
-        user_id: user_id.to_owned(),
+        user_id,
         membership: Membership::parse(content.get("membership")?.as_str()?)?,
         displayname: text("displayname"),
-        avatar_url: text("avatar_url"),
+        avatar_url: text("avatar_url").map(OwnedMxcUri::from),
     })
 }

@@ -67,10 +67,11 @@ impl Intent {
     /// version 12 and later); its `user_can_*` methods check actions.
     ///
     /// # Errors
-    /// On a failed request or store, malformed state, or an unknown room version.
+    /// [`IntentError::MalformedState`] for a room without a readable create event or power
+    /// levels; [`IntentError::UnsupportedRoomVersion`] for a version whose rules are unknown.
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
         let mut cached = self.cached_power_state(room_id).await?;
-        let fetched = self.store.members_fetched(room_id.as_str()).await?;
+        let fetched = self.store.members_fetched(room_id).await?;
         if cached.0.is_none() || (cached.1.is_none() && !fetched) {
             self.bot_intent().fetch_room_state(room_id).await?;
             cached = self.cached_power_state(room_id).await?;
@@ -90,15 +91,14 @@ impl Intent {
         &self,
         room_id: &RoomId,
     ) -> Result<(Option<CreateEvent>, Option<RoomPowerLevelsEventContent>)> {
-        let create = match self.store.room_state(room_id.as_str(), RoomStateField::Create).await? {
+        let create = match self.store.room_state(room_id, RoomStateField::Create).await? {
             Some(json) => CreateEvent::from_cached(&json)?,
             None => None,
         };
-        let levels =
-            match self.store.room_state(room_id.as_str(), RoomStateField::PowerLevels).await? {
-                Some(json) => Some(serde_json::from_str(&json)?),
-                None => None,
-            };
+        let levels = match self.store.room_state(room_id, RoomStateField::PowerLevels).await? {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        };
         Ok((create, levels))
     }
 
@@ -110,7 +110,7 @@ impl Intent {
     ///
     /// # Errors
     /// [`IntentError::NotPermitted`] when the bot may not change power levels, may not change
-    /// this user's, or would give more than it has; a failed request or store.
+    /// this user's, or would give more than it has.
     pub async fn ensure_power_level(
         &self,
         room_id: &RoomId,
@@ -138,17 +138,14 @@ impl Intent {
     }
 
     /// Sends `m.room.power_levels` as this user and caches it.
-    ///
-    /// # Errors
-    /// On a failed request or store.
     pub async fn set_power_levels(
         &self,
         room_id: &RoomId,
         content: &RoomPowerLevelsEventContent,
     ) -> Result<OwnedEventId> {
-        let event_id = self.send_state(room_id, &EmptyStateKey, content, None).await?;
+        let event_id = self.send_state(room_id, &EmptyStateKey, content).await?;
         let json = serde_json::to_string(content)?;
-        self.store.set_room_state(room_id.as_str(), RoomStateField::PowerLevels, &json).await?;
+        self.store.set_room_state(room_id, RoomStateField::PowerLevels, &json).await?;
         Ok(event_id)
     }
 

@@ -3,13 +3,18 @@
 use std::time::Duration;
 
 use ruma::{
-    OwnedUserId, RoomId, UserId, events::room::power_levels::UserPowerLevel, room_id, user_id,
+    OwnedUserId, RoomId, UserId,
+    events::room::{
+        message::{RoomMessageEventContent, RoomMessageEventContentWithoutRelation},
+        power_levels::UserPowerLevel,
+    },
+    room_id, user_id,
 };
 use serde_json::{Value as JsonValue, json};
 
 use super::*;
 use crate::{
-    store::RoomStateField,
+    store::{MemberRow, RoomStateField},
     testing::{MockHomeserver, state_event},
 };
 
@@ -24,13 +29,13 @@ fn intent(hs: &MockHomeserver, store: &Store, user: &UserId) -> Intent {
 }
 
 async fn cache_joined(store: &Store, room: &RoomId, user: &UserId) {
-    store.mark_registered(user.as_str()).await.unwrap();
-    store.set_membership(room.as_str(), user.as_str(), Membership::Join, None, None).await.unwrap();
+    store.mark_registered(user).await.unwrap();
+    store.set_membership(MemberRow::new(room, user, Membership::Join)).await.unwrap();
 }
 
 /// Marks the room's state fetched, so a join makes no state request.
 async fn fetched(store: &Store, room: &RoomId) {
-    store.set_members_fetched(room.as_str(), true).await.unwrap();
+    store.set_members_fetched(room, true).await.unwrap();
 }
 
 #[tokio::test]
@@ -43,7 +48,7 @@ async fn cached_ghost_send_is_exactly_one_request() {
     hs.mock_join(room).never().mount().await;
     hs.mock_send(room, "m.room.message").as_user(ghost).ok().expect(1).mount().await;
 
-    intent(&hs, &store, ghost).send_text(room, "hello", None).await.unwrap();
+    intent(&hs, &store, ghost).send_text(room, "hello").await.unwrap();
     assert_eq!(hs.received().await.len(), 1);
 }
 
@@ -58,13 +63,10 @@ async fn new_ghost_registers_joins_and_sends() {
     hs.mock_send(room, "m.room.message").as_user(ghost).ok().expect(2).mount().await;
 
     let alice = intent(&hs, &store, ghost);
-    alice.send_text(room, "one", None).await.unwrap();
-    alice.send_text(room, "two", None).await.unwrap();
-    assert!(store.is_registered(ghost.as_str()).await.unwrap());
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    alice.send_text(room, "one").await.unwrap();
+    alice.send_text(room, "two").await.unwrap();
+    assert!(store.is_registered(ghost).await.unwrap());
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Join));
 }
 
 #[tokio::test]
@@ -72,7 +74,7 @@ async fn forbidden_join_makes_the_bot_invite_then_the_ghost_joins() {
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
     hs.mock_join(room)
         .as_user(ghost)
@@ -86,10 +88,7 @@ async fn forbidden_join_makes_the_bot_invite_then_the_ghost_joins() {
     hs.mock_join(room).as_user(ghost).ok().expect(1).mount().await;
 
     assert!(intent(&hs, &store, ghost).ensure_joined(room).await.unwrap());
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Join));
 }
 
 /// A ban the cache knows is lifted before the invite.
@@ -98,9 +97,9 @@ async fn banned_ghost_is_unbanned_invited_and_joined() {
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
-    store.set_membership(room.as_str(), ghost.as_str(), Membership::Ban, None, None).await.unwrap();
+    store.set_membership(MemberRow::new(room, ghost, Membership::Ban)).await.unwrap();
     hs.mock_join(room)
         .as_user(ghost)
         .forbidden("You are banned from this room")
@@ -129,7 +128,7 @@ async fn ban_learned_from_the_room_state_after_a_refused_invite_leads_to_unban()
     let (hs, store) = setup().await;
     let room = room_id!("!private:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
     hs.mock_join(room).as_user(ghost).forbidden("no").up_to_n_times(1).expect(1).mount().await;
     hs.mock_invite(room).forbidden("no").up_to_n_times(1).expect(1).mount().await;
@@ -144,10 +143,7 @@ async fn ban_learned_from_the_room_state_after_a_refused_invite_leads_to_unban()
     hs.mock_join(room).as_user(ghost).ok().expect(1).mount().await;
 
     intent(&hs, &store, ghost).ensure_joined(room).await.unwrap();
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Join));
 }
 
 #[tokio::test]
@@ -155,7 +151,7 @@ async fn ten_concurrent_ensure_joined_make_one_join_request() {
     let (hs, store) = setup().await;
     let room = room_id!("!busy:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     fetched(&store, room).await;
     hs.mock_join(room)
         .as_user(ghost)
@@ -193,7 +189,7 @@ async fn user_in_use_counts_as_registered_and_is_remembered() {
     let alice = intent(&hs, &store, ghost);
     alice.ensure_registered().await.unwrap();
     alice.ensure_registered().await.unwrap();
-    assert!(store.is_registered(ghost.as_str()).await.unwrap());
+    assert!(store.is_registered(ghost).await.unwrap());
 }
 
 #[tokio::test]
@@ -229,7 +225,7 @@ async fn intents_outside_the_namespace_are_refused_without_requests() {
 async fn displayname_is_set_only_when_it_differs() {
     let (hs, store) = setup().await;
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock_get_profile(ghost).ok_body(json!({ "displayname": "Alice" })).expect(2).mount().await;
     hs.mock_set_profile(ghost, "displayname")
         .as_user(ghost)
@@ -280,11 +276,8 @@ async fn cache_room_with(
     levels: JsonValue,
 ) {
     let create = state_event("m.room.create", "", creator, create);
-    store.set_room_state(room.as_str(), RoomStateField::Create, &create.to_string()).await.unwrap();
-    store
-        .set_room_state(room.as_str(), RoomStateField::PowerLevels, &levels.to_string())
-        .await
-        .unwrap();
+    store.set_room_state(room, RoomStateField::Create, &create.to_string()).await.unwrap();
+    store.set_room_state(room, RoomStateField::PowerLevels, &levels.to_string()).await.unwrap();
     fetched(store, room).await;
 }
 
@@ -394,11 +387,8 @@ async fn a_create_event_cached_without_its_sender_is_fetched_again() {
     let (hs, store) = setup().await;
     let room = room_id!("!old:localhost");
     let bot = MockHomeserver::bot();
-    store
-        .set_room_state(room.as_str(), RoomStateField::Create, r#"{"room_version":"12"}"#)
-        .await
-        .unwrap();
-    store.set_room_state(room.as_str(), RoomStateField::PowerLevels, "{}").await.unwrap();
+    store.set_room_state(room, RoomStateField::Create, r#"{"room_version":"12"}"#).await.unwrap();
+    store.set_room_state(room, RoomStateField::PowerLevels, "{}").await.unwrap();
     hs.mock_room_state(room)
         .as_bot()
         .ok_body(json!([state_event("m.room.create", "", &bot, json!({ "room_version": "12" }))]))
@@ -425,10 +415,7 @@ async fn error_and_leave_sends_a_notice_then_leaves() {
     hs.mock_leave(room).as_user(ghost).expect(1).mount().await;
 
     intent(&hs, &store, ghost).error_and_leave(room, "bridge error").await.unwrap();
-    assert_eq!(
-        store.membership(room.as_str(), ghost.as_str()).await.unwrap(),
-        Some(Membership::Leave)
-    );
+    assert_eq!(store.membership(room, ghost).await.unwrap(), Some(Membership::Leave));
 }
 
 #[tokio::test]
@@ -436,7 +423,7 @@ async fn ensure_invited_is_skipped_when_the_store_knows() {
     let (hs, store) = setup().await;
     let room = room_id!("!portal:localhost");
     let ghost = user_id!("@_test_alice:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock_invite(room).as_bot().with_body(json!({ "user_id": ghost })).expect(1).mount().await;
 
     let alice = intent(&hs, &store, ghost);
@@ -453,7 +440,7 @@ async fn a_join_fetches_the_rooms_members_and_state_once() {
     let bot = MockHomeserver::bot();
     let human = user_id!("@alice:localhost");
     let ghost = user_id!("@_test_ghost:localhost");
-    store.mark_registered(ghost.as_str()).await.unwrap();
+    store.mark_registered(ghost).await.unwrap();
     hs.mock_join(room).ok().expect(2).mount().await;
     hs.mock_room_state(room)
         .as_bot()
@@ -495,7 +482,7 @@ async fn a_join_fetches_the_rooms_members_and_state_once() {
 
     let bot_intent = Intent::bot(hs.client(), store.clone());
     assert!(bot_intent.ensure_joined(room).await.unwrap());
-    assert!(store.members_fetched(room.as_str()).await.unwrap());
+    assert!(store.members_fetched(room).await.unwrap());
     let joined = bot_intent.members_with(room, Membership::Join).await.unwrap();
     let names: Vec<_> =
         joined.iter().map(|m| (m.user_id.as_str(), m.displayname.as_deref())).collect();
@@ -503,7 +490,7 @@ async fn a_join_fetches_the_rooms_members_and_state_once() {
         names,
         [("@_test_bot:localhost", Some("Bridge bot")), ("@alice:localhost", Some("Alice"))]
     );
-    let left = store.member(room.as_str(), "@bob:localhost").await.unwrap().unwrap();
+    let left = store.member(room, user_id!("@bob:localhost")).await.unwrap().unwrap();
     assert_eq!((left.membership, left.displayname), (Membership::Leave, None));
     assert_eq!(
         bot_intent.power_levels(room).await.unwrap().for_user(&bot),
@@ -557,7 +544,10 @@ async fn display_names_come_from_the_room_then_the_profile() {
     let bob = user_id!("@bob:localhost");
     let carol = user_id!("@carol:localhost");
     store
-        .set_membership(room.as_str(), alice.as_str(), Membership::Join, Some("Alice here"), None)
+        .set_membership(MemberRow {
+            displayname: Some("Alice here"),
+            ..MemberRow::new(room, alice, Membership::Join)
+        })
         .await
         .unwrap();
     hs.mock_get_profile(alice).never().mount().await;
@@ -585,10 +575,7 @@ async fn inviting_a_user_already_in_the_room_succeeds() {
         user_id!("@joined:localhost"),
         user_id!("@stranger:localhost"),
     );
-    store
-        .set_membership(room.as_str(), cached.as_str(), Membership::Join, None, None)
-        .await
-        .unwrap();
+    store.set_membership(MemberRow::new(room, cached, Membership::Join)).await.unwrap();
     hs.mock_invite(room).with_body(json!({ "user_id": cached })).never().mount().await;
     hs.mock_invite(room)
         .with_body(json!({ "user_id": joined }))
@@ -642,9 +629,253 @@ async fn a_room_the_bot_creates_starts_with_its_state_cached() {
     let bot_intent = Intent::bot(hs.client(), store.clone());
     let created = bot_intent.create_room(create_room::v3::Request::new()).await.unwrap();
     assert_eq!(created, room);
-    assert_eq!(
-        store.membership(room.as_str(), bot.as_str()).await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(room, &bot).await.unwrap(), Some(Membership::Join));
     assert_eq!(bot_intent.power_level(room).await.unwrap(), UserPowerLevel::Infinite);
+}
+
+fn ts(ms: u64) -> ruma::MilliSecondsSinceUnixEpoch {
+    ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new(ms).unwrap())
+}
+
+/// `.at(ts)` reaches the request as `?ts=` and `.txn_id(id)` as the path's transaction ID; a
+/// plain send has no `ts` and a fresh transaction ID each time.
+#[tokio::test]
+async fn a_send_carries_its_timestamp_and_transaction_id() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    cache_joined(&store, room, ghost).await;
+    hs.mock_send(room, "m.room.message")
+        .as_user(ghost)
+        .with_query("ts", "1600000000000")
+        .with_body(json!({ "body": "old" }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_send(room, "m.room.message").as_user(ghost).without_query("ts").expect(2).mount().await;
+
+    let alice = intent(&hs, &store, ghost);
+    let sent = alice.send_text(room, "old").at(ts(1_600_000_000_000)).txn_id("remote-17").await;
+    assert_eq!(sent.unwrap(), "$sent:localhost");
+    alice.send_text(room, "now").await.unwrap();
+    alice.send(room, &RoomMessageEventContent::text_plain("again")).await.unwrap();
+    let txn_ids = hs.sent_txn_ids(room, "m.room.message").await;
+    assert_eq!(txn_ids[0], "remote-17");
+    assert!(txn_ids[1] != txn_ids[2] && !txn_ids[1..].contains(&txn_ids[0]), "{txn_ids:?}");
+}
+
+/// Edits, replies and reactions are sends too: the builder's options reach them alike.
+#[tokio::test]
+async fn edits_replies_and_reactions_take_the_send_options() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    let (original, human) = (ruma::event_id!("$original:localhost"), user_id!("@bob:localhost"));
+    cache_joined(&store, room, ghost).await;
+    hs.mock_send(room, "m.room.message")
+        .with_query("ts", "1600000000100")
+        .with_body(json!({ "m.relates_to": { "rel_type": "m.replace", "event_id": original } }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_send(room, "m.room.message")
+        .with_body(json!({ "m.relates_to": { "m.in_reply_to": { "event_id": original } } }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_send(room, "m.reaction")
+        .with_query("ts", "1600000000200")
+        .with_body(json!({ "m.relates_to": { "rel_type": "m.annotation", "key": "👍" } }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let alice = intent(&hs, &store, ghost);
+    let new_content = RoomMessageEventContentWithoutRelation::text_plain("edited");
+    alice.edit(room, original, new_content).at(ts(1_600_000_000_100)).await.unwrap();
+    let reply = RoomMessageEventContentWithoutRelation::text_plain("a reply");
+    alice.reply(room, original, human, reply).txn_id("reply-1").await.unwrap();
+    alice.react(room, original, "👍").at(ts(1_600_000_000_200)).txn_id("react-1").await.unwrap();
+    assert_eq!(hs.sent_txn_ids(room, "m.reaction").await, ["react-1"]);
+    assert_eq!(hs.sent_txn_ids(room, "m.room.message").await[1], "reply-1");
+}
+
+/// A redaction's reason goes in its body, its timestamp in `?ts=`, its transaction ID in the
+/// path; without a reason the body has none.
+#[tokio::test]
+async fn a_redaction_carries_its_reason_timestamp_and_transaction_id() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    let event = ruma::event_id!("$spam:localhost");
+    cache_joined(&store, room, ghost).await;
+    hs.mock_redact(room)
+        .as_user(ghost)
+        .with_query("ts", "1600000000300")
+        .with_body(json!({ "reason": "spam" }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_redact(room).as_user(ghost).without_query("ts").expect(1).mount().await;
+
+    let alice = intent(&hs, &store, ghost);
+    let redaction =
+        alice.redact(room, event).reason("spam").at(ts(1_600_000_000_300)).txn_id("redact-1");
+    assert_eq!(redaction.await.unwrap(), "$redaction:localhost");
+    alice.redact(room, event).await.unwrap();
+    let txn_ids = hs.redaction_txn_ids(room).await;
+    assert_eq!(txn_ids[0], "redact-1");
+    assert_ne!(txn_ids[1], "redact-1");
+    let second: JsonValue = serde_json::from_slice(&hs.received().await[1].body).unwrap();
+    assert!(second.get("reason").is_none(), "{second}");
+}
+
+#[tokio::test]
+async fn a_state_event_carries_its_timestamp() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let bot = MockHomeserver::bot();
+    cache_joined(&store, room, &bot).await;
+    hs.mock_set_state(room, "m.room.topic", "")
+        .as_bot()
+        .with_query("ts", "1600000000400")
+        .with_body(json!({ "topic": "Remote chat" }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let content = ruma::events::room::topic::RoomTopicEventContent::new("Remote chat".to_owned());
+    let bot_intent = Intent::bot(hs.client(), store.clone());
+    let sent = bot_intent.send_state(room, &ruma::events::EmptyStateKey, &content);
+    assert_eq!(sent.at(ts(1_600_000_000_400)).await.unwrap(), "$state:localhost");
+}
+
+/// Leave, kick, ban and unban send their reason when given one and record the new membership.
+#[tokio::test]
+async fn membership_changes_take_a_reason_and_update_the_cache() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let bot = MockHomeserver::bot();
+    let spammer = user_id!("@spammer:localhost");
+    cache_joined(&store, room, &bot).await;
+    hs.mock_ban(room)
+        .as_bot()
+        .with_body(json!({ "user_id": spammer, "reason": "spam" }))
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock_unban(room).as_bot().with_body(json!({ "user_id": spammer })).expect(1).mount().await;
+    hs.mock_kick(room).as_bot().with_body(json!({ "user_id": spammer })).expect(1).mount().await;
+    hs.mock_leave(room)
+        .as_bot()
+        .with_body(json!({ "reason": "done here" }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let bot_intent = Intent::bot(hs.client(), store.clone());
+    let membership = async |user: &UserId| store.membership(room, user).await;
+    bot_intent.ban(room, spammer).reason("spam").await.unwrap();
+    assert_eq!(membership(spammer).await.unwrap(), Some(Membership::Ban));
+    bot_intent.unban(room, spammer).await.unwrap();
+    assert_eq!(membership(spammer).await.unwrap(), Some(Membership::Leave));
+    bot_intent.kick(room, spammer).await.unwrap();
+    bot_intent.leave(room).reason("done here").await.unwrap();
+    assert_eq!(membership(&bot).await.unwrap(), Some(Membership::Leave));
+    let bodies: Vec<JsonValue> =
+        hs.received().await.iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert!(bodies[1].get("reason").is_none() && bodies[2].get("reason").is_none(), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn an_upload_carries_its_content_type_and_file_name() {
+    let (hs, store) = setup().await;
+    let ghost = user_id!("@_test_alice:localhost");
+    store.mark_registered(ghost).await.unwrap();
+    hs.mock("POST", "/_matrix/media/v3/upload")
+        .as_user(ghost)
+        .with_query("filename", "hello.txt")
+        .ok_body(json!({ "content_uri": "mxc://localhost/hello" }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let alice = intent(&hs, &store, ghost);
+    let upload = alice.upload(b"hello".to_vec()).content_type("text/plain").filename("hello.txt");
+    assert_eq!(upload.await.unwrap(), "mxc://localhost/hello");
+    let request = &hs.received().await[0];
+    assert_eq!(request.headers.get("content-type").unwrap(), "text/plain");
+    assert_eq!(request.body, b"hello");
+}
+
+/// Without `.replace()` an alias that exists is an error; with it, the alias is deleted and
+/// created again for the room.
+#[tokio::test]
+async fn an_alias_that_exists_is_replaced_only_when_asked() {
+    let (hs, store) = setup().await;
+    let alias_path = "/_matrix/client/v3/directory/room/#_test_portal:localhost";
+    hs.mock("PUT", alias_path)
+        .error(409, "M_UNKNOWN", "Room alias already exists")
+        .up_to_n_times(2)
+        .expect(2)
+        .mount()
+        .await;
+    hs.mock("DELETE", alias_path).expect(1).mount().await;
+    hs.mock("PUT", alias_path)
+        .with_body(json!({ "room_id": "!new:localhost" }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let bot = Intent::bot(hs.client(), store.clone());
+    let (alias, room) =
+        (ruma::room_alias_id!("#_test_portal:localhost"), room_id!("!new:localhost"));
+    let err = bot.set_alias(alias, room).await.unwrap_err();
+    assert_eq!(err.status(), Some(reqwest::StatusCode::CONFLICT));
+    bot.set_alias(alias, room).replace().await.unwrap();
+}
+
+/// `m.direct` is read, the room added for the other user, and written back; a room listed
+/// already writes nothing.
+#[tokio::test]
+async fn a_direct_room_is_added_to_m_direct_once() {
+    let (hs, store) = setup().await;
+    let ghost = user_id!("@_test_alice:localhost");
+    let (human, room) = (user_id!("@bob:localhost"), room_id!("!dm:localhost"));
+    store.mark_registered(ghost).await.unwrap();
+    let path = format!("/_matrix/client/v3/user/{ghost}/account_data/m.direct");
+    hs.mock("GET", &path)
+        .as_user(ghost)
+        .error(404, "M_NOT_FOUND", "Account data not found")
+        .up_to_n_times(1)
+        .expect(1)
+        .mount()
+        .await;
+    hs.mock("GET", &path).ok_body(json!({ human.as_str(): [room] })).expect(1).mount().await;
+    hs.mock("PUT", &path)
+        .as_user(ghost)
+        .with_body(json!({ human.as_str(): [room] }))
+        .expect(1)
+        .mount()
+        .await;
+
+    let alice = intent(&hs, &store, ghost);
+    alice.add_direct_room(room, human).await.unwrap();
+    alice.add_direct_room(room, human).await.unwrap();
+}
+
+#[tokio::test]
+async fn typing_starts_with_a_timeout_and_stops() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    cache_joined(&store, room, ghost).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/typing/{ghost}");
+    let typing = json!({ "typing": true, "timeout": 5000 });
+    hs.mock("PUT", &path).as_user(ghost).with_body(typing).expect(1).mount().await;
+    hs.mock("PUT", &path).with_body(json!({ "typing": false })).expect(1).mount().await;
+
+    let alice = intent(&hs, &store, ghost);
+    alice.typing(room, Duration::from_secs(5)).await.unwrap();
+    alice.stop_typing(room).await.unwrap();
 }

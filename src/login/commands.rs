@@ -216,8 +216,7 @@ pub(crate) async fn take_answer(
             };
             if field.kind == super::FieldKind::Password {
                 let bot = ctx.bot();
-                if let Err(e) =
-                    bot.redact(&event.room_id, &event.event_id, Some("password"), None).await
+                if let Err(e) = bot.redact(&event.room_id, &event.event_id).reason("password").await
                 {
                     tracing::warn!(error = %e, "could not redact a password message");
                 }
@@ -247,7 +246,7 @@ pub(crate) async fn take_answer(
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                 .collect();
             if let Err(e) =
-                ctx.bot().redact(&event.room_id, &event.event_id, Some("cookies"), None).await
+                ctx.bot().redact(&event.room_id, &event.event_id).reason("cookies").await
             {
                 tracing::warn!(error = %e, "could not redact a cookies message");
             }
@@ -387,7 +386,7 @@ async fn narrate(
 
 async fn say(ctx: &Context, room: &RoomId, markdown: &str) {
     let content = RoomMessageEventContent::notice_markdown(markdown);
-    if let Err(e) = ctx.bot().send_message(room, &content, None).await {
+    if let Err(e) = ctx.bot().send(room, &content).await {
         tracing::warn!(error = %e, "could not post a login message");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use ruma::{UserId, room_id};
+use ruma::{UserId, room_id, user_id};
 use tokio::sync::Notify;
 
 use super::{
@@ -15,7 +15,7 @@ use crate::{
     Context,
     bridge::{Bridge, BridgeError, BridgeResult, Delivery},
     event::MatrixMessage,
-    store::{Membership, Store},
+    store::{MemberRow, Membership, Store},
     testing::{MockHomeserver, test_registration},
 };
 
@@ -152,10 +152,10 @@ pub(crate) async fn setup(hs: &MockHomeserver, extra: &str) -> (Context, Arc<Fak
     ))
     .unwrap();
     let dm = room_id!("!dm:localhost");
-    for user in ["@_test_bot:localhost", "@alice:localhost"] {
-        store.set_membership(dm.as_str(), user, Membership::Join, None, None).await.unwrap();
+    for user in [user_id!("@_test_bot:localhost"), user_id!("@alice:localhost")] {
+        store.set_membership(MemberRow::new(dm, user, Membership::Join)).await.unwrap();
     }
-    store.set_members_fetched(dm.as_str(), true).await.unwrap();
+    store.set_members_fetched(dm, true).await.unwrap();
     let ctx = Context::with_client(store, test_registration(), config, hs.client());
     let net = Arc::new(FakeNet::default());
     ctx.attach_bridge(&net);

@@ -3,7 +3,6 @@
 //! drive the same task, so a flow reaches the same state whichever way it is driven.
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, OnceLock, PoisonError, Weak},
@@ -128,9 +127,9 @@ pub(crate) struct Logins {
     hooks: OnceLock<Weak<dyn LoginHooks>>,
     /// Whether the bridge declared flows, decided once at assembly (asked per message).
     enabled: OnceLock<bool>,
-    running: Mutex<HashMap<String, Arc<Running>>>,
+    running: Mutex<crate::util::FastMap<String, Arc<Running>>>,
     /// Logins driven from a room with the bot's commands, by user.
-    pub(crate) chats: Mutex<HashMap<OwnedUserId, super::commands::ChatLogin>>,
+    pub(crate) chats: Mutex<crate::util::FastMap<OwnedUserId, super::commands::ChatLogin>>,
     /// For the status pushes and the provisioning API's `whoami`.
     http: OnceLock<reqwest::Client>,
 }

@@ -72,7 +72,7 @@ impl Context {
             return;
         };
         let content = RoomMessageEventContent::notice_markdown(markdown);
-        if let Err(e) = self.bot().send_message(&room, &content, None).await {
+        if let Err(e) = self.bot().send(&room, &content).await {
             tracing::warn!(user = %user_id, error = %e, "could not tell the user");
         }
     }

@@ -310,10 +310,16 @@ async fn messages_go_through_the_senders_login_else_the_relay_else_nowhere() {
         .await
         .unwrap();
     let store = ctx.store();
-    for (user, name) in [("@_test_bot:localhost", None), ("@bob:other.org", Some("Bob"))] {
-        store.set_membership(room.as_str(), user, Membership::Join, name, None).await.unwrap();
+    for (user, name) in
+        [(user_id!("@_test_bot:localhost"), None), (user_id!("@bob:other.org"), Some("Bob"))]
+    {
+        let row = crate::store::MemberRow {
+            displayname: name,
+            ..crate::store::MemberRow::new(room, user, Membership::Join)
+        };
+        store.set_membership(row).await.unwrap();
     }
-    store.set_members_fetched(room.as_str(), true).await.unwrap();
+    store.set_members_fetched(room, true).await.unwrap();
     let alice = user_id!("@alice:localhost");
     let new =
         super::NewLogin { id: "a1".into(), remote_name: "Alice".into(), metadata: json!(null) };
@@ -413,10 +419,12 @@ async fn login_is_refused_outside_a_dm_with_the_bot() {
     let (ctx, _net) = setup(&hs, "").await;
     let room = room_id!("!group:localhost");
     for user in ["@_test_bot:localhost", "@alice:localhost", "@bob:localhost"] {
+        let user: ruma::OwnedUserId = user.try_into().unwrap();
         let joined = crate::store::Membership::Join;
-        ctx.store().set_membership(room.as_str(), user, joined, None, None).await.unwrap();
+        let row = crate::store::MemberRow::new(room, &user, joined);
+        ctx.store().set_membership(row).await.unwrap();
     }
-    ctx.store().set_members_fetched(room.as_str(), true).await.unwrap();
+    ctx.store().set_members_fetched(room, true).await.unwrap();
     hs.mock_send(room, "m.room.message").as_bot().ok().expect(1).mount().await;
     let event = Event::from_json(
         &json!({"event_id": "$g", "room_id": room, "sender": "@alice:localhost",

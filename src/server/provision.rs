@@ -9,7 +9,6 @@
 //! rate limited per user; failed authentications share one budget.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -56,7 +55,7 @@ const RATE_KEYS_MAX: usize = 10_000;
 pub(crate) struct Provision {
     ctx: Context,
     /// Requests in the current window, by acting user ("" for failed authentications).
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    windows: Mutex<crate::util::FastMap<String, (Instant, u32)>>,
 }
 
 /// The API's routes, when `provisioning.shared_secret` is set.

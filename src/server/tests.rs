@@ -85,7 +85,8 @@ impl Bridge for Recorder {
 fn registration() -> Registration {
     Registration::from_yaml(&format!(
         "id: test\nurl: null\nas_token: as_token_for_tests_0123456789\nhs_token: {HS_TOKEN}\n\
-         sender_localpart: _t_bot\nprotocols: [test]\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@_t_.*:localhost'\n\
+         sender_localpart: _t_bot\nprotocols: [test]\nnamespaces:\n  users:\n\
+         \x20   - exclusive: true\n      regex: '@_t_.*:localhost'\n\
          \x20 aliases:\n    - exclusive: true\n      regex: '#_t_.*:localhost'\n"
     ))
     .unwrap()
@@ -140,7 +141,10 @@ async fn call(
     (status, json)
 }
 
-const TXN: &str = r#"{"events":[{"event_id":"$e1","room_id":"!r:localhost","sender":"@a:localhost","type":"m.room.message","content":{"body":"hi","msgtype":"m.text"}}]}"#;
+const TXN: &str = concat!(
+    r#"{"events":[{"event_id":"$e1","room_id":"!r:localhost","sender":"@a:localhost","#,
+    r#""type":"m.room.message","content":{"body":"hi","msgtype":"m.text"}}]}"#,
+);
 
 #[tokio::test]
 async fn transaction_is_stored_before_the_200() {
@@ -149,7 +153,10 @@ async fn transaction_is_stored_before_the_200() {
         call(&h.app, Method::PUT, "/_matrix/app/v1/transactions/1", Some(HS_TOKEN), TXN).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, serde_json::json!({}));
-    assert_eq!(h.store.inbox_status("$e1").await.unwrap(), Some((0, 0)));
+    assert_eq!(
+        h.store.inbox_status("$e1").await.unwrap(),
+        Some(crate::store::InboxStatus::Pending { attempts: 0 })
+    );
 }
 
 #[tokio::test]

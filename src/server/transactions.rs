@@ -45,7 +45,8 @@ pub(crate) async fn push_events<B: Bridge>(
     let mut parsed = parse_text(&body)?;
     span.record("events", parsed.events.len());
     for (event_id, reason) in &parsed.rejected {
-        tracing::warn!(event_id = event_id.as_deref().unwrap_or("?"), %reason, "skipping malformed event");
+        let event_id = event_id.as_deref().unwrap_or("?");
+        tracing::warn!(event_id, %reason, "skipping malformed event");
     }
     drop(_enter);
     let outcome = state

@@ -4,8 +4,7 @@
 //! the database file: it syncs the WAL, writes the pages and syncs the database. SQLite runs one
 //! inside the commit that takes the WAL past `wal_autocheckpoint` pages, on the committing
 //! connection, which is the store's only writer: every statement queued behind it waits, the
-//! intake's among them, so a homeserver's transaction waited for two `fsync`s (~210 ms on this
-//! project's benchmark machines, BENCHMARKS.md).
+//! intake's among them, so a homeserver's transaction waited for two `fsync`s.
 //!
 //! So a task checkpoints from a reader connection while the store writes: a *passive*
 //! checkpoint takes no lock a writer needs, and copies what is committed so far. The writer's
@@ -93,7 +92,10 @@ async fn run(readers: SqlitePool, shared: Arc<Shared>) {
                 }
                 Err(e) => {
                     if !closed() {
-                        tracing::warn!(error = %e, "background WAL checkpoint failed; SQLite's own will run");
+                        tracing::warn!(
+                            error = %e,
+                            "background WAL checkpoint failed; SQLite's own will run"
+                        );
                     }
                     break;
                 }

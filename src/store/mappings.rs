@@ -84,7 +84,7 @@ fn corrupt(column: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Reads a column holding a Matrix ID.
-fn id_column<T>(r: &impl RowLike, column: &str) -> Result<T>
+pub(super) fn id_column<T>(r: &impl RowLike, column: &str) -> Result<T>
 where
     T: TryFrom<String>,
     T::Error: std::fmt::Display,
@@ -106,7 +106,7 @@ where
 }
 
 /// Text columns of a row of either backend.
-trait RowLike {
+pub(super) trait RowLike {
     fn text(&self, column: &str) -> Result<String>;
     fn opt_text(&self, column: &str) -> Result<Option<String>>;
 }
@@ -503,9 +503,6 @@ impl Store {
     }
 
     /// Stores a value (JSON text) under a namespace and key, replacing any previous one.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn kv_put(&self, namespace: &str, key: &str, value: &str) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
@@ -524,9 +521,6 @@ impl Store {
     }
 
     /// The value under a namespace and key.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>> {
         with_reader!(self, |pool| {
             Ok(sqlx::query_scalar("SELECT value FROM mx_kv WHERE namespace = $1 AND key = $2")
@@ -538,9 +532,6 @@ impl Store {
     }
 
     /// Every (key, value) of a namespace, by key.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn kv_list(&self, namespace: &str) -> Result<Vec<(String, String)>> {
         with_reader!(self, |pool| {
             let rows =
@@ -555,7 +546,7 @@ impl Store {
     /// Stores a value serialized as JSON.
     ///
     /// # Errors
-    /// When the database fails or the value does not serialize.
+    /// [`StoreError::Corrupt`] when the value does not serialize.
     pub async fn kv_put_json<T: serde::Serialize>(
         &self,
         namespace: &str,
@@ -569,7 +560,7 @@ impl Store {
     /// The value under a namespace and key, deserialized from JSON.
     ///
     /// # Errors
-    /// When the database fails or the stored JSON does not match `T`.
+    /// [`StoreError::Corrupt`] when the stored JSON does not match `T`.
     pub async fn kv_get_json<T: serde::de::DeserializeOwned>(
         &self,
         namespace: &str,
@@ -586,7 +577,7 @@ impl Store {
     /// Every (key, value) of a namespace deserialized from JSON, by key.
     ///
     /// # Errors
-    /// When the database fails or a stored value does not match `T`.
+    /// [`StoreError::Corrupt`] when a stored value does not match `T`.
     pub async fn kv_list_json<T: serde::de::DeserializeOwned>(
         &self,
         namespace: &str,
@@ -602,9 +593,6 @@ impl Store {
     }
 
     /// Deletes a key; returns whether it existed.
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool> {
         with_pool!(self, |pool| {
             let n = sqlx::query("DELETE FROM mx_kv WHERE namespace = $1 AND key = $2")

@@ -7,12 +7,13 @@
 
 use std::{fmt, sync::PoisonError};
 
+use ruma::{MxcUri, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sqlx::Row;
 use tokio::sync::oneshot;
 
 use super::{
-    Backend, Result, Store, StoreError, inbox::RowsSql, now_ms, state_cache::CachedMember,
-    with_pool, with_reader, with_relaxed,
+    Backend, Result, Store, StoreError, inbox::RowsSql, mappings::id_column, now_ms,
+    state_cache::CachedMember, with_pool, with_reader, with_relaxed,
 };
 
 /// A membership state, as in `m.room.member`'s `membership`.
@@ -65,13 +66,55 @@ impl fmt::Display for Membership {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// The user.
-    pub user_id: String,
+    pub user_id: OwnedUserId,
     /// Their membership.
     pub membership: Membership,
     /// Their per-room display name.
     pub displayname: Option<String>,
     /// Their per-room avatar.
-    pub avatar_url: Option<String>,
+    pub avatar_url: Option<OwnedMxcUri>,
+}
+
+impl Member {
+    /// This member as a row of `room_id`, for [`Store::set_membership`].
+    pub fn row<'a>(&'a self, room_id: &'a RoomId) -> MemberRow<'a> {
+        MemberRow {
+            room_id,
+            user_id: &self.user_id,
+            membership: self.membership,
+            displayname: self.displayname.as_deref(),
+            avatar_url: self.avatar_url.as_deref(),
+        }
+    }
+}
+
+/// A user's membership in a room, with their per-room profile: what
+/// [`Store::set_membership`] records.
+///
+/// ```
+/// # use mxbridge::store::{MemberRow, Membership};
+/// # let (room, user) = (ruma::room_id!("!r:x"), ruma::user_id!("@u:x"));
+/// let row = MemberRow { displayname: Some("U"), ..MemberRow::new(room, user, Membership::Join) };
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRow<'a> {
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// The user.
+    pub user_id: &'a UserId,
+    /// Their membership.
+    pub membership: Membership,
+    /// Their per-room display name.
+    pub displayname: Option<&'a str>,
+    /// Their per-room avatar.
+    pub avatar_url: Option<&'a MxcUri>,
+}
+
+impl<'a> MemberRow<'a> {
+    /// A membership without a per-room profile.
+    pub fn new(room_id: &'a RoomId, user_id: &'a UserId, membership: Membership) -> Self {
+        Self { room_id, user_id, membership, displayname: None, avatar_url: None }
+    }
 }
 
 /// Columns of `mx_room_state` that hold a JSON state event: its content, except for
@@ -102,9 +145,9 @@ impl RoomStateField {
     }
 }
 
-/// One `mx_membership` row to write.
-#[derive(Debug)]
-struct MemberRow {
+/// A [`MemberRow`] that a write owns: it outlives its caller (see [`Store::set_membership`]).
+#[derive(Debug, Clone)]
+struct OwnedRow {
     room_id: String,
     user_id: String,
     membership: Membership,
@@ -112,8 +155,20 @@ struct MemberRow {
     avatar_url: Option<String>,
 }
 
+impl From<MemberRow<'_>> for OwnedRow {
+    fn from(row: MemberRow<'_>) -> Self {
+        Self {
+            room_id: row.room_id.as_str().to_owned(),
+            user_id: row.user_id.as_str().to_owned(),
+            membership: row.membership,
+            displayname: row.displayname.map(str::to_owned),
+            avatar_url: row.avatar_url.map(|a| a.as_str().to_owned()),
+        }
+    }
+}
+
 /// A queued row and where its outcome goes.
-type QueuedMember = (MemberRow, oneshot::Sender<Result<(), String>>);
+type QueuedMember = (OwnedRow, oneshot::Sender<Result<(), String>>);
 
 /// SQLite's membership writes, grouped: rows that arrive while another group is being written go
 /// to the database together, in one statement, written by whichever writer takes the turn next
@@ -129,7 +184,7 @@ pub(crate) struct MemberWrites {
 
 impl MemberWrites {
     /// Writes `row`, possibly with others, and returns once it is committed.
-    async fn write(&self, pool: &super::writer::SqliteWriter, row: MemberRow) -> Result<()> {
+    async fn write(&self, pool: &super::writer::SqliteWriter, row: OwnedRow) -> Result<()> {
         let (done, mut outcome) = oneshot::channel();
         self.queue.lock().unwrap_or_else(PoisonError::into_inner).push((row, done));
         let turn = self.turn.lock().await;
@@ -181,37 +236,15 @@ impl Store {
     /// A write that changes nothing the cache knows (the same membership and profile) makes no
     /// query: the homeserver echoes every join and profile change a ghost makes, and the
     /// intent layer recorded it already.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn set_membership(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        membership: Membership,
-        displayname: Option<&str>,
-        avatar_url: Option<&str>,
-    ) -> Result<()> {
-        if self.state_cache.holds(room_id, user_id, membership, displayname, avatar_url) {
+    pub async fn set_membership(&self, row: MemberRow<'_>) -> Result<()> {
+        if self.state_cache.holds(row) {
             return Ok(());
         }
         let store = self.clone();
-        let row = (room_id.to_owned(), user_id.to_owned(), displayname.map(str::to_owned));
-        let avatar_url = avatar_url.map(str::to_owned);
+        let row = OwnedRow::from(row);
         // A write dropped half-way could still commit after the cache forgot it (SQLite's worker
         // thread runs a query to its end), so it is never dropped half-way.
-        let task = tokio::spawn(async move {
-            let (room_id, user_id, displayname) = row;
-            store
-                .write_membership(
-                    &room_id,
-                    &user_id,
-                    membership,
-                    displayname.as_deref(),
-                    avatar_url.as_deref(),
-                )
-                .await
-        });
+        let task = tokio::spawn(async move { store.write_membership(&row).await });
         match task.await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
@@ -221,26 +254,13 @@ impl Store {
         }
     }
 
-    async fn write_membership(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        membership: Membership,
-        displayname: Option<&str>,
-        avatar_url: Option<&str>,
-    ) -> Result<()> {
+    async fn write_membership(&self, row: &OwnedRow) -> Result<()> {
         // Dropped on an error: the entry stays empty.
-        let write = self.state_cache.begin_member_write(room_id, user_id);
+        let write = self.state_cache.begin_member_write(&row.room_id, &row.user_id);
+        let (displayname, avatar_url) = (row.displayname.as_deref(), row.avatar_url.as_deref());
         if let Backend::Sqlite(pool) = &self.backend {
-            let row = MemberRow {
-                room_id: room_id.to_owned(),
-                user_id: user_id.to_owned(),
-                membership,
-                displayname: displayname.map(str::to_owned),
-                avatar_url: avatar_url.map(str::to_owned),
-            };
-            self.member_writes.write(pool, row).await?;
-            write.stored(CachedMember::new(membership, displayname, avatar_url));
+            self.member_writes.write(pool, row.clone()).await?;
+            write.stored(CachedMember::new(row.membership, displayname, avatar_url));
             return Ok(());
         }
         with_relaxed!(self, |pool| {
@@ -249,18 +269,19 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, user_id) DO UPDATE SET \
                  membership = excluded.membership, displayname = excluded.displayname, \
                  avatar_url = excluded.avatar_url \
-                 WHERE (mx_membership.membership, mx_membership.displayname, mx_membership.avatar_url) \
+                 WHERE (mx_membership.membership, mx_membership.displayname, \
+                 mx_membership.avatar_url) \
                  IS DISTINCT FROM (excluded.membership, excluded.displayname, excluded.avatar_url)",
             )
-            .bind(room_id)
-            .bind(user_id)
-            .bind(membership.as_str())
+            .bind(row.room_id.as_str())
+            .bind(row.user_id.as_str())
+            .bind(row.membership.as_str())
             .bind(displayname)
             .bind(avatar_url)
             .execute(pool)
             .await?;
         });
-        write.stored(CachedMember::new(membership, displayname, avatar_url));
+        write.stored(CachedMember::new(row.membership, displayname, avatar_url));
         Ok(())
     }
 
@@ -269,36 +290,26 @@ impl Store {
     /// make no query, and on SQLite the others are written in few statements.
     ///
     /// # Errors
-    /// When the database fails (rows written before the failure stay).
-    pub async fn set_room_members(&self, room_id: &str, members: &[Member]) -> Result<()> {
+    /// Rows written before a failure stay.
+    pub async fn set_room_members(&self, room_id: &RoomId, members: &[Member]) -> Result<()> {
         use futures_util::TryStreamExt as _;
         /// Writes waiting at once: SQLite groups them into one statement, PostgreSQL runs them
         /// on that many connections at most.
         const AT_ONCE: usize = 32;
         futures_util::stream::iter(members.iter().map(Ok))
-            .try_for_each_concurrent(AT_ONCE, |m| {
-                self.set_membership(
-                    room_id,
-                    &m.user_id,
-                    m.membership,
-                    m.displayname.as_deref(),
-                    m.avatar_url.as_deref(),
-                )
-            })
+            .try_for_each_concurrent(AT_ONCE, |m| self.set_membership(m.row(room_id)))
             .await
     }
 
     /// A user's cached membership in a room: from memory when known there, else from the
     /// database (and then remembered, also when there is no row).
-    ///
-    /// # Errors
-    /// When the database fails or holds an unknown membership.
-    pub async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<Member>> {
-        match self.state_cache.member(room_id, user_id) {
+    pub async fn member(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<Member>> {
+        let (room, user) = (room_id.as_str(), user_id.as_str());
+        match self.state_cache.member(room, user) {
             Ok(hit) => Ok(hit.map(|m| m.to_member(user_id))),
             Err(ticket) => {
                 let member = self.member_from_db(room_id, user_id).await?;
-                self.state_cache.fill_member(ticket, room_id, user_id, member.as_ref());
+                self.state_cache.fill_member(ticket, room, user, member.as_ref());
                 Ok(member)
             }
         }
@@ -306,28 +317,30 @@ impl Store {
 
     /// A user's cached membership in a room, if known. A hit in memory makes no query (see
     /// [`Store::member`]).
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<Membership>> {
-        match self.state_cache.membership(room_id, user_id) {
+    pub async fn membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<Membership>> {
+        let (room, user) = (room_id.as_str(), user_id.as_str());
+        match self.state_cache.membership(room, user) {
             Ok(hit) => Ok(hit),
             Err(ticket) => {
                 let member = self.member_from_db(room_id, user_id).await?;
-                self.state_cache.fill_member(ticket, room_id, user_id, member.as_ref());
+                self.state_cache.fill_member(ticket, room, user, member.as_ref());
                 Ok(member.map(|m| m.membership))
             }
         }
     }
 
-    async fn member_from_db(&self, room_id: &str, user_id: &str) -> Result<Option<Member>> {
+    async fn member_from_db(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<Member>> {
         with_reader!(self, |pool| {
             let row = sqlx::query(
                 "SELECT user_id, membership, displayname, avatar_url FROM mx_membership \
                  WHERE room_id = $1 AND user_id = $2",
             )
-            .bind(room_id)
-            .bind(user_id)
+            .bind(room_id.as_str())
+            .bind(user_id.as_str())
             .fetch_optional(pool)
             .await?;
             row.map(|r| member_from_row(&r)).transpose()
@@ -335,16 +348,17 @@ impl Store {
     }
 
     /// Cached members of a room with the given membership.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn members_with(&self, room_id: &str, membership: Membership) -> Result<Vec<Member>> {
+    pub async fn members_with(
+        &self,
+        room_id: &RoomId,
+        membership: Membership,
+    ) -> Result<Vec<Member>> {
         with_reader!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT user_id, membership, displayname, avatar_url FROM mx_membership \
                  WHERE room_id = $1 AND membership = $2 ORDER BY user_id",
             )
-            .bind(room_id)
+            .bind(room_id.as_str())
             .bind(membership.as_str())
             .fetch_all(pool)
             .await?;
@@ -353,29 +367,30 @@ impl Store {
     }
 
     /// Rooms the user is cached as joined to.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>> {
-        with_reader!(self, |pool| {
-            Ok(sqlx::query_scalar(
+    pub async fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
+        let rooms: Vec<String> = with_reader!(self, |pool| {
+            sqlx::query_scalar(
                 "SELECT room_id FROM mx_membership WHERE user_id = $1 AND membership = 'join' \
                  ORDER BY room_id",
             )
-            .bind(user_id)
+            .bind(user_id.as_str())
             .fetch_all(pool)
-            .await?)
-        })
+            .await?
+        });
+        rooms
+            .into_iter()
+            .map(|r| {
+                OwnedRoomId::try_from(r)
+                    .map_err(|e| StoreError::Corrupt(format!("mx_membership.room_id: {e}")))
+            })
+            .collect()
     }
 
     /// Stores one of the cached room state events (JSON text: the content, or the whole event
     /// for [`RoomStateField::Create`]).
-    ///
-    /// # Errors
-    /// When the database fails.
     pub async fn set_room_state(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         field: RoomStateField,
         json: &str,
     ) -> Result<()> {
@@ -399,16 +414,17 @@ impl Store {
             }
         };
         with_relaxed!(self, |pool| {
-            sqlx::query(sql).bind(room_id).bind(json).execute(pool).await?;
+            sqlx::query(sql).bind(room_id.as_str()).bind(json).execute(pool).await?;
         });
         Ok(())
     }
 
     /// A cached room state event (JSON text, as [`Store::set_room_state`] took it), if known.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn room_state(&self, room_id: &str, field: RoomStateField) -> Result<Option<String>> {
+    pub async fn room_state(
+        &self,
+        room_id: &RoomId,
+        field: RoomStateField,
+    ) -> Result<Option<String>> {
         let sql = match field {
             RoomStateField::PowerLevels => {
                 "SELECT power_levels FROM mx_room_state WHERE room_id = $1"
@@ -419,22 +435,19 @@ impl Store {
         };
         with_reader!(self, |pool| {
             let v: Option<Option<String>> =
-                sqlx::query_scalar(sql).bind(room_id).fetch_optional(pool).await?;
+                sqlx::query_scalar(sql).bind(room_id.as_str()).fetch_optional(pool).await?;
             Ok(v.flatten())
         })
     }
 
     /// Records that the full member list of a room was fetched (so the cache is complete).
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn set_members_fetched(&self, room_id: &str, fetched: bool) -> Result<()> {
+    pub async fn set_members_fetched(&self, room_id: &RoomId, fetched: bool) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO mx_room_state (room_id, members_fetched) VALUES ($1, $2) \
                  ON CONFLICT (room_id) DO UPDATE SET members_fetched = excluded.members_fetched",
             )
-            .bind(room_id)
+            .bind(room_id.as_str())
             .bind(fetched)
             .execute(pool)
             .await?;
@@ -443,14 +456,11 @@ impl Store {
     }
 
     /// Whether the full member list of a room was fetched.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn members_fetched(&self, room_id: &str) -> Result<bool> {
+    pub async fn members_fetched(&self, room_id: &RoomId) -> Result<bool> {
         with_reader!(self, |pool| {
             let v: Option<bool> =
                 sqlx::query_scalar("SELECT members_fetched FROM mx_room_state WHERE room_id = $1")
-                    .bind(room_id)
+                    .bind(room_id.as_str())
                     .fetch_optional(pool)
                     .await?;
             Ok(v.unwrap_or(false))
@@ -458,43 +468,37 @@ impl Store {
     }
 
     /// Remembers that a user is registered on the homeserver (in the database, then in memory).
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn mark_registered(&self, user_id: &str) -> Result<()> {
+    pub async fn mark_registered(&self, user_id: &UserId) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO mx_registered (user_id, registered_at) VALUES ($1, $2) \
                  ON CONFLICT (user_id) DO NOTHING",
             )
-            .bind(user_id)
+            .bind(user_id.as_str())
             .bind(now_ms())
             .execute(pool)
             .await?;
         });
-        self.state_cache.note_registered(user_id);
+        self.state_cache.note_registered(user_id.as_str());
         Ok(())
     }
 
     /// Whether a user is known to be registered. A user known in memory makes no query; a
     /// registered user found in the database is remembered (registrations are never removed).
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn is_registered(&self, user_id: &str) -> Result<bool> {
-        let Err(ticket) = self.state_cache.is_registered(user_id) else {
+    pub async fn is_registered(&self, user_id: &UserId) -> Result<bool> {
+        let Err(ticket) = self.state_cache.is_registered(user_id.as_str()) else {
             return Ok(true);
         };
         let registered = with_reader!(self, |pool| {
             let v: Option<i64> =
                 sqlx::query_scalar("SELECT registered_at FROM mx_registered WHERE user_id = $1")
-                    .bind(user_id)
+                    .bind(user_id.as_str())
                     .fetch_optional(pool)
                     .await?;
             v.is_some()
         });
         if registered {
-            self.state_cache.fill_registered(ticket, user_id);
+            self.state_cache.fill_registered(ticket, user_id.as_str());
         }
         Ok(registered)
     }
@@ -509,17 +513,19 @@ where
 {
     let raw: String = r.try_get("membership")?;
     Ok(Member {
-        user_id: r.try_get("user_id")?,
+        user_id: id_column(r, "user_id")?,
         membership: Membership::parse(&raw)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown membership {raw:?}")))?,
         displayname: r.try_get("displayname")?,
-        avatar_url: r.try_get("avatar_url")?,
+        avatar_url: r.try_get::<Option<String>, _>("avatar_url")?.map(OwnedMxcUri::from),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use ruma::{room_id, user_id};
 
     use super::*;
 
@@ -529,41 +535,48 @@ mod tests {
         });
     }
 
+    fn room(name: &str) -> OwnedRoomId {
+        RoomId::parse(format!("!{name}:x")).unwrap()
+    }
+
     #[tokio::test]
     async fn cached_answers_need_no_query() {
         let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        store.set_membership("!r", "@g", Membership::Join, Some("G"), None).await.unwrap();
-        store.mark_registered("@g").await.unwrap();
+        let (r, g, nobody) = (room_id!("!r:x"), user_id!("@g:x"), user_id!("@nobody:x"));
+        let row = MemberRow { displayname: Some("G"), ..MemberRow::new(r, g, Membership::Join) };
+        store.set_membership(row).await.unwrap();
+        store.mark_registered(g).await.unwrap();
         // Filled by reads too, absent rows included.
-        assert_eq!(store.membership("!r", "@nobody").await.unwrap(), None);
+        assert_eq!(store.membership(r, nobody).await.unwrap(), None);
         sql(&store, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
         sql(&store, "ALTER TABLE mx_registered RENAME TO mx_registered_away").await;
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Join));
-        let member = store.member("!r", "@g").await.unwrap().unwrap();
-        assert_eq!((member.user_id.as_str(), member.displayname.as_deref()), ("@g", Some("G")));
-        assert!(store.is_registered("@g").await.unwrap());
-        assert_eq!(store.membership("!r", "@nobody").await.unwrap(), None);
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Join));
+        let member = store.member(r, g).await.unwrap().unwrap();
+        assert_eq!((&*member.user_id, member.displayname.as_deref()), (g, Some("G")));
+        assert!(store.is_registered(g).await.unwrap());
+        assert_eq!(store.membership(r, nobody).await.unwrap(), None);
         // Anything not cached goes to the (missing) table.
-        assert!(store.membership("!r", "@h").await.is_err());
-        assert!(store.is_registered("@h").await.is_err());
+        assert!(store.membership(r, user_id!("@h:x")).await.is_err());
+        assert!(store.is_registered(user_id!("@h:x")).await.is_err());
     }
 
     #[tokio::test]
     async fn a_failed_write_leaves_the_database_answer() {
         let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        store.set_membership("!r", "@g", Membership::Join, None, None).await.unwrap();
+        let (r, g) = (room_id!("!r:x"), user_id!("@g:x"));
+        store.set_membership(MemberRow::new(r, g, Membership::Join)).await.unwrap();
         sql(
             &store,
             "CREATE TRIGGER refuse BEFORE UPDATE ON mx_membership \
              BEGIN SELECT RAISE(ABORT, 'refused'); END",
         )
         .await;
-        assert!(store.set_membership("!r", "@g", Membership::Leave, None, None).await.is_err());
+        assert!(store.set_membership(MemberRow::new(r, g, Membership::Leave)).await.is_err());
         assert_eq!(store.state_cache.len().0, 0, "the entry is gone, not claiming leave");
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Join));
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Join));
         sql(&store, "DROP TRIGGER refuse").await;
-        store.set_membership("!r", "@g", Membership::Leave, None, None).await.unwrap();
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Leave));
+        store.set_membership(MemberRow::new(r, g, Membership::Leave)).await.unwrap();
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Leave));
     }
 
     #[tokio::test]
@@ -571,14 +584,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/s.db", dir.path().display());
         let store = Store::connect_url(&url).await.unwrap();
-        store.set_membership("!r", "@g", Membership::Join, None, None).await.unwrap();
+        let (r, g) = (room_id!("!r:x"), user_id!("@g:x"));
+        store.set_membership(MemberRow::new(r, g, Membership::Join)).await.unwrap();
         // Another connection holds the write lock, so the next write waits (busy timeout).
         let other = sqlx::SqlitePool::connect(&url).await.unwrap();
         let mut locker = other.acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *locker).await.unwrap();
         let gave_up = tokio::time::timeout(
             Duration::from_millis(200),
-            store.set_membership("!r", "@g", Membership::Ban, None, None),
+            store.set_membership(MemberRow::new(r, g, Membership::Ban)),
         )
         .await;
         assert!(gave_up.is_err(), "the write waited for the lock");
@@ -586,10 +600,10 @@ mod tests {
         // nor the new membership. A read through the store does not wait for the stuck write:
         // it runs on a reader connection.
         assert_eq!(store.state_cache.len().0, 0, "the cache claims nothing during the write");
-        let read = tokio::time::timeout(Duration::from_secs(2), store.membership("!r", "@g"));
+        let read = tokio::time::timeout(Duration::from_secs(2), store.membership(r, g));
         assert_eq!(read.await.expect("the read waited").unwrap(), Some(Membership::Join));
         let row: (String,) = sqlx::query_as(
-            "SELECT membership FROM mx_membership WHERE room_id = '!r' AND user_id = '@g'",
+            "SELECT membership FROM mx_membership WHERE room_id = '!r:x' AND user_id = '@g:x'",
         )
         .fetch_one(&mut *locker)
         .await
@@ -599,14 +613,11 @@ mod tests {
         drop(locker);
         // The write finishes on its own, and the cache follows.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.membership("!r", "@g").await.unwrap() != Some(Membership::Ban) {
+        while store.membership(r, g).await.unwrap() != Some(Membership::Ban) {
             assert!(std::time::Instant::now() < deadline, "the cache kept the old membership");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(
-            store.member_from_db("!r", "@g").await.unwrap().unwrap().membership,
-            Membership::Ban
-        );
+        assert_eq!(store.member_from_db(r, g).await.unwrap().unwrap().membership, Membership::Ban);
     }
 
     /// Membership writes that meet wait as one group, go to SQLite together, and keep their
@@ -617,27 +628,28 @@ mod tests {
         let url = format!("sqlite://{}/s.db", dir.path().display());
         let store = Store::connect_url(&url).await.unwrap();
         let queued = |store: &Store| store.member_writes.queue.lock().unwrap().len();
+        let (g, same) = (user_id!("@g:x"), user_id!("@same:x"));
         // Another connection holds the write lock: the first write takes the turn and waits.
         let other = sqlx::SqlitePool::connect(&url).await.unwrap();
         let mut locker = other.acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *locker).await.unwrap();
-        let spawn = |room: String, user: &'static str, m: Membership| {
+        let spawn = |room: OwnedRoomId, user: &'static UserId, m: Membership| {
             let store = store.clone();
-            tokio::spawn(async move { store.set_membership(&room, user, m, None, None).await })
+            tokio::spawn(async move { store.set_membership(MemberRow::new(&room, user, m)).await })
         };
-        let mut writes = vec![spawn("!first".into(), "@g", Membership::Join)];
+        let mut writes = vec![spawn(room("first"), g, Membership::Join)];
         while store.member_writes.turn.try_lock().is_ok() {
             tokio::task::yield_now().await;
         }
         // These queue behind it, in this order.
         for (i, m) in [Membership::Join, Membership::Leave].into_iter().enumerate() {
-            writes.push(spawn("!r".into(), "@same", m));
+            writes.push(spawn(room("r"), same, m));
             while queued(&store) < i + 1 {
                 tokio::task::yield_now().await;
             }
         }
         for i in 0..40 {
-            writes.push(spawn(format!("!r{i}"), "@g", Membership::Invite));
+            writes.push(spawn(room(&format!("r{i}")), g, Membership::Invite));
         }
         while queued(&store) < 42 {
             tokio::task::yield_now().await;
@@ -648,16 +660,16 @@ mod tests {
             w.await.unwrap().unwrap();
         }
         assert_eq!(queued(&store), 0);
-        let db = |room: &'static str, user: &'static str| {
+        let db = |room: OwnedRoomId, user: &'static UserId| {
             let store = store.clone();
-            async move { store.member_from_db(room, user).await.unwrap().map(|m| m.membership) }
+            async move { store.member_from_db(&room, user).await.unwrap().map(|m| m.membership) }
         };
-        assert_eq!(db("!first", "@g").await, Some(Membership::Join));
-        assert_eq!(db("!r", "@same").await, Some(Membership::Leave));
-        assert_eq!(store.membership("!r", "@same").await.unwrap(), Some(Membership::Leave));
+        assert_eq!(db(room("first"), g).await, Some(Membership::Join));
+        assert_eq!(db(room("r"), same).await, Some(Membership::Leave));
+        assert_eq!(store.membership(&room("r"), same).await.unwrap(), Some(Membership::Leave));
         for i in 0..40 {
-            let m = store.member_from_db(&format!("!r{i}"), "@g").await.unwrap();
-            assert_eq!(m.map(|m| m.membership), Some(Membership::Invite), "!r{i}");
+            let m = db(room(&format!("r{i}")), g).await;
+            assert_eq!(m, Some(Membership::Invite), "!r{i}");
         }
     }
 
@@ -665,15 +677,16 @@ mod tests {
     async fn writes_through_clones_and_outside_writes_need_forget_caches() {
         let store = Store::connect_url("sqlite::memory:").await.unwrap();
         let other = store.clone();
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), None);
-        other.set_membership("!r", "@g", Membership::Invite, None, None).await.unwrap();
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Invite));
-        other.set_membership("!r", "@g", Membership::Leave, None, None).await.unwrap();
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Leave));
+        let (r, g) = (room_id!("!r:x"), user_id!("@g:x"));
+        assert_eq!(store.membership(r, g).await.unwrap(), None);
+        other.set_membership(MemberRow::new(r, g, Membership::Invite)).await.unwrap();
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Invite));
+        other.set_membership(MemberRow::new(r, g, Membership::Leave)).await.unwrap();
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Leave));
         // SQL run past the store is not seen until the caches are forgotten.
         sql(&store, "UPDATE mx_membership SET membership = 'ban'").await;
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Leave));
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Leave));
         store.forget_caches();
-        assert_eq!(store.membership("!r", "@g").await.unwrap(), Some(Membership::Ban));
+        assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Ban));
     }
 }

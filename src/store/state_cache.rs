@@ -1,9 +1,9 @@
 //! The in-memory cache in front of `mx_membership` and `mx_registered`.
 //!
 //! `Intent::ensure_registered` and `Intent::ensure_joined` ask the store on every send; without
-//! this cache each question is one database round trip (~80 µs on SQLite, ~190 µs on
-//! PostgreSQL). Every write of those tables goes through [`Store`](super::Store), which updates
-//! the cache once the database took the write, so a hit needs no query.
+//! this cache each question is one database round trip. Every write of those tables goes
+//! through [`Store`](super::Store), which updates the cache once the database took the write,
+//! so a hit needs no query.
 //!
 //! - **Registered users** are only ever added (nothing deletes an `mx_registered` row), so the
 //!   cache keeps positive answers only, filled by `mark_registered` and by a lookup that found
@@ -32,13 +32,15 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use super::{Member, Membership};
+use ruma::{OwnedMxcUri, UserId};
+
+use super::{Member, MemberRow, Membership};
 use crate::util::FastMap;
 
 /// Entries per generation, per map (memberships, registered users): at most twice this many
 /// are kept. A membership entry takes ~150 bytes with its table slot (its IDs and profile), so
-/// the cache stays at a few MiB however many ghosts and rooms the bridge has (measured with
-/// 100k ghosts in BENCHMARKS.md). Rooms and ghosts in use stay in it; the rest ages out.
+/// the cache stays at a few MiB however many ghosts and rooms the bridge has. Rooms and ghosts
+/// in use stay in it; the rest ages out.
 pub(crate) const GENERATION_CAP: usize = 4_096;
 
 /// Stripes of the write epochs: a write bumps its key's stripe, so readers of other stripes
@@ -67,15 +69,16 @@ impl CachedMember {
     }
 
     fn from_member(m: &Member) -> Self {
-        Self::new(m.membership, m.displayname.as_deref(), m.avatar_url.as_deref())
+        let avatar_url = m.avatar_url.as_ref().map(|a| a.as_str());
+        Self::new(m.membership, m.displayname.as_deref(), avatar_url)
     }
 
-    pub(crate) fn to_member(&self, user_id: &str) -> Member {
+    pub(crate) fn to_member(&self, user_id: &UserId) -> Member {
         Member {
             user_id: user_id.to_owned(),
             membership: self.membership,
             displayname: self.displayname.as_deref().map(str::to_owned),
-            avatar_url: self.avatar_url.as_deref().map(str::to_owned),
+            avatar_url: self.avatar_url.as_deref().map(OwnedMxcUri::from),
         }
     }
 }
@@ -192,20 +195,14 @@ impl StateCache {
         self.member_with(room_id, user_id, |m| m.as_ref().map(|m| m.membership))
     }
 
-    /// Whether the cache holds exactly this row for the room and user. The database then holds
-    /// it too: an entry is present only while no write of its key runs.
-    pub(crate) fn holds(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        membership: Membership,
-        displayname: Option<&str>,
-        avatar_url: Option<&str>,
-    ) -> bool {
-        self.member_with(room_id, user_id, |m| {
+    /// Whether the cache holds exactly this row. The database then holds it too: an entry is
+    /// present only while no write of its key runs.
+    pub(crate) fn holds(&self, row: MemberRow<'_>) -> bool {
+        let avatar_url = row.avatar_url.map(|a| a.as_str());
+        self.member_with(row.room_id.as_str(), row.user_id.as_str(), |m| {
             m.as_ref().is_some_and(|m| {
-                m.membership == membership
-                    && m.displayname.as_deref() == displayname
+                m.membership == row.membership
+                    && m.displayname.as_deref() == row.displayname
                     && m.avatar_url.as_deref() == avatar_url
             })
         })
@@ -419,7 +416,12 @@ mod tests {
     }
 
     fn member(membership: Membership) -> Member {
-        Member { user_id: "@u".into(), membership, displayname: None, avatar_url: None }
+        Member {
+            user_id: ruma::owned_user_id!("@u:x"),
+            membership,
+            displayname: None,
+            avatar_url: None,
+        }
     }
 
     #[test]

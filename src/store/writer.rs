@@ -4,8 +4,7 @@
 //! connection did that too, but a pool checks a connection in and out around every statement
 //! that is not in a transaction, and pings it (a hop to the connection's thread and back) every
 //! time it comes back, and the next statement waits for that ping. Holding the connection behind
-//! an async lock instead: one statement, one hop. On one core, `SELECT 1` took 23–28 µs through
-//! the pool and 9 µs on the held connection (`benches/inbox.rs`, BENCHMARKS.md).
+//! an async lock instead: one statement, one hop.
 //!
 //! [`SqliteWriter`] is an [`Executor`] by shared reference, like `&Pool`, so the queries written
 //! once for both backends (`with_pool!`) run on it unchanged; `acquire` gives the connection

@@ -153,6 +153,30 @@ impl Bridge for Recorder {
     async fn handle_command(&self, call: &mxbridge::CommandCall) -> BridgeResult<String> {
         Ok(format!("pong to {}", call.event.sender))
     }
+
+    /// `POST /remote/{chat}` with a remote event queues it for the chat's portal and answers
+    /// once it is committed, as a remote network's listener would acknowledge it.
+    fn routes(self: &Arc<Self>) -> axum::Router {
+        use axum::{
+            Json,
+            extract::{Path, State},
+            http::StatusCode,
+        };
+        async fn queue(
+            State(bridge): State<Arc<Recorder>>,
+            Path(chat): Path<String>,
+            Json(event): Json<mxbridge::RemoteEvent>,
+        ) -> (StatusCode, String) {
+            let portal = mxbridge::PortalKey::shared(chat);
+            match bridge.ctx.queue_remote(&portal, &event).await {
+                Ok(queued) => (StatusCode::OK, queued.seq().to_string()),
+                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            }
+        }
+        axum::Router::new()
+            .route("/remote/{chat}", axum::routing::post(queue))
+            .with_state(self.clone())
+    }
 }
 
 impl Recorder {

@@ -21,6 +21,13 @@ struct ChildSpec {
     port: u16,
     record_file: String,
     delay_ms: u64,
+    /// The homeserver the child talks to.
+    #[serde(default = "unreachable_homeserver")]
+    hs_url: String,
+}
+
+fn unreachable_homeserver() -> String {
+    "http://127.0.0.1:1".to_owned()
 }
 
 /// Not a test of its own: the body of the child process (see the module docs).
@@ -33,7 +40,7 @@ async fn child_process_entry_point() {
     let bridge = format!("{{record_file: '{}', delay_ms: {}}}", spec.record_file, spec.delay_ms);
     let _app = Running::start_on(
         listener,
-        "http://127.0.0.1:1",
+        &spec.hs_url,
         &db,
         &bridge,
         &crate::common::registration_yaml("null"),
@@ -48,7 +55,10 @@ fn spawn_child(spec: &ChildSpec) -> Child {
         .args(["crash::child_process_entry_point", "--exact", "--nocapture", "--test-threads=1"])
         .env("MXB_CRASH_CHILD", serde_json::to_string(spec).unwrap())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var("MXB_CHILD_LOG") {
+            Ok(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            Err(_) => Stdio::null(),
+        })
         .spawn()
         .unwrap()
 }
@@ -79,8 +89,13 @@ async fn killed_after_200_is_handled_once_after_restart(backend: &str) {
     let record = dir.path().join("handled.txt").display().to_string();
     let client = http();
     let port = free_port();
-    let mut spec =
-        ChildSpec { db_url: db.url.clone(), port, record_file: record.clone(), delay_ms: 60_000 };
+    let mut spec = ChildSpec {
+        db_url: db.url.clone(),
+        port,
+        record_file: record.clone(),
+        delay_ms: 60_000,
+        hs_url: unreachable_homeserver(),
+    };
 
     // First life: the handler hangs, so the event is acknowledged but not handled.
     let mut child = spawn_child(&spec);
@@ -111,7 +126,8 @@ async fn killed_after_200_is_handled_once_after_restart(backend: &str) {
     child.kill().unwrap();
     child.wait().unwrap();
     let store = mxbridge::Store::connect(&db).await.unwrap();
-    assert_eq!(store.inbox_status("$crash1").await.unwrap().map(|s| s.0), Some(1), "marked done");
+    let status = store.inbox_status("$crash1").await.unwrap();
+    assert_eq!(status, Some(mxbridge::store::InboxStatus::Handled), "marked done");
     assert_eq!(store.inbox_stats().await.unwrap().pending, 0);
 }
 
@@ -133,4 +149,144 @@ async fn sigkill_after_200_postgres() {
         return;
     }
     killed_after_200_is_handled_once_after_restart("postgres").await;
+}
+
+/// The remote side is as durable: events a bridge queued (and so could acknowledge to the
+/// remote network) are bridged after a SIGKILL, in order, and a send the first life had in
+/// flight is repeated with the same transaction ID, which the homeserver deduplicates.
+async fn killed_with_remote_events_queued_bridges_each_once(backend: &str) {
+    use mxbridge::{
+        PortalKey, RemoteEvent, RemoteSender,
+        store::{GhostRow, MemberRow, Membership, PortalRow},
+        testing::MockHomeserver,
+    };
+    use ruma::{room_id, user_id};
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(backend, dir.path()).await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_t_alice:localhost");
+    {
+        // A portal with the remote user's ghost in it: bridging makes only the sends.
+        let store = mxbridge::Store::connect(&db).await.unwrap();
+        let key = PortalKey::shared("chat");
+        let row = PortalRow {
+            key,
+            room_id: Some(room.to_owned()),
+            name: None,
+            topic: None,
+            avatar_url: None,
+            metadata: None,
+        };
+        store.upsert_portal(&row).await.unwrap();
+        let alice = GhostRow {
+            remote_id: "alice".into(),
+            user_id: ghost.to_owned(),
+            displayname: Some("Alice".into()),
+            avatar_url: None,
+            metadata: None,
+        };
+        store.upsert_ghost(&alice).await.unwrap();
+        store.mark_registered(ghost).await.unwrap();
+        store.set_membership(MemberRow::new(room, ghost, Membership::Join)).await.unwrap();
+        store.close().await;
+    }
+    let client = http();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let record = dir.path().join("handled.txt").display().to_string();
+
+    // First life: the homeserver takes a minute to answer a send.
+    let slow = MockHomeserver::start().await;
+    accept_sends(&slow, Duration::from_secs(60)).await;
+    let spec = |hs_url: String| ChildSpec {
+        db_url: db.url.clone(),
+        port,
+        record_file: record.clone(),
+        delay_ms: 0,
+        hs_url,
+    };
+    let mut child = spawn_child(&spec(slow.url().to_string()));
+    wait_live(&client, port).await;
+    let sender = RemoteSender::named("alice", "Alice");
+    for n in 1..=5 {
+        let event = RemoteEvent::text(format!("m{n}"), sender.clone(), format!("message {n}"));
+        let queued = client.post(format!("{base}/remote/chat")).json(&event).send().await.unwrap();
+        assert_eq!(queued.status(), 200, "queued and committed");
+    }
+    // The first send is in flight when the process dies.
+    let mut in_flight = false;
+    for _ in 0..200 {
+        if !slow.sent_txn_ids(room, "m.room.message").await.is_empty() {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(in_flight, "the first life started sending");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Second life: every queued event reaches the room, the interrupted one with the same
+    // transaction ID as before.
+    let fast = MockHomeserver::start().await;
+    accept_sends(&fast, Duration::ZERO).await;
+    let mut child = spawn_child(&spec(fast.url().to_string()));
+    wait_live(&client, port).await;
+    let done = async {
+        for _ in 0..300 {
+            if fast.sent_txn_ids(room, "m.room.message").await.len() >= 5 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(done.await, "bridged after the restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_life = slow.sent_txn_ids(room, "m.room.message").await;
+    let second_life = fast.sent_txn_ids(room, "m.room.message").await;
+    assert_eq!(
+        second_life,
+        (1..=5).map(|n| format!("mxb.q{n}.0")).collect::<Vec<_>>(),
+        "in order, once each"
+    );
+    assert_eq!(first_life, ["mxb.q1.0"], "the interrupted send is repeated with its own ID");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = mxbridge::Store::connect(&db).await.unwrap();
+    assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
+}
+
+/// Answers every message send (with the child's own token) after `delay`.
+async fn accept_sends(hs: &mxbridge::testing::MockHomeserver, delay: Duration) {
+    use wiremock::{Mock, ResponseTemplate, matchers};
+    Mock::given(matchers::method("PUT"))
+        .and(matchers::path_regex("^/_matrix/client/v3/rooms/[^/]+/send/m.room.message/"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"event_id": "$sent:localhost"}))
+                .set_delay(delay),
+        )
+        .mount(hs.server())
+        .await;
+}
+
+#[tokio::test]
+async fn sigkill_with_remote_events_queued_sqlite() {
+    if std::env::var("MXB_CRASH_CHILD").is_ok() {
+        return;
+    }
+    killed_with_remote_events_queued_bridges_each_once("sqlite").await;
+}
+
+#[tokio::test]
+async fn sigkill_with_remote_events_queued_postgres() {
+    if std::env::var("MXB_CRASH_CHILD").is_ok() {
+        return;
+    }
+    if postgres_url().is_none() {
+        eprintln!("skipped: set MXBRIDGE_TEST_POSTGRES to run the PostgreSQL suite");
+        return;
+    }
+    killed_with_remote_events_queued_bridges_each_once("postgres").await;
 }

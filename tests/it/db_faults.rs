@@ -331,9 +331,9 @@ fn is_done_blocking(db: &mxbridge::config::DatabaseConfig, event_id: &str) -> bo
                 })
                 .await
                 .unwrap();
-                let status = store.inbox_status(&id).await.unwrap().map(|s| s.0);
+                let status = store.inbox_status(&id).await.unwrap();
                 store.close().await;
-                status == Some(1)
+                status == Some(mxbridge::store::InboxStatus::Handled)
             },
         )
     })

@@ -18,8 +18,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::put,
 };
-use mxbridge::client::{Client, RetryPolicy};
-use ruma::{events::room::message::RoomMessageEventContent, room_id};
+use mxbridge::client::{Client, RetryPolicy, new_txn_id};
+use ruma::{
+    api::client::message::send_message_event, events::room::message::RoomMessageEventContent,
+    room_id,
+};
 
 use crate::common::{
     AS_TOKEN, Running, fresh_database, http, put_txn, registration_yaml, txn_body, wait_until,
@@ -165,17 +168,19 @@ fn client(hs: &StubHs) -> Client {
     .unwrap()
 }
 
+/// A text message to `!room:localhost`, with a fresh transaction ID.
+fn text_request(text: &str) -> send_message_event::v3::Request {
+    let content = RoomMessageEventContent::text_plain(text);
+    let room = room_id!("!room:localhost").to_owned();
+    send_message_event::v3::Request::new(room, new_txn_id(), &content).unwrap()
+}
+
 async fn send_text(c: &Client, text: &str) -> (Result<ruma::OwnedEventId, String>, Duration) {
     let t = Instant::now();
     let r = c
-        .send_message_event(
-            None,
-            room_id!("!room:localhost"),
-            &RoomMessageEventContent::text_plain(text),
-            None,
-            None,
-        )
+        .send(text_request(text), None)
         .await
+        .map(|response| response.event_id)
         .map_err(|e| e.to_string());
     (r, t.elapsed())
 }
@@ -302,17 +307,7 @@ async fn inbox_accepts_while_outgoing_sends_fail() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Running::start_on(listener, &hs.url(), &db, "{}", &registration_yaml("null")).await;
     let ctx = app.bridge.ctx.clone();
-    let sending = tokio::spawn(async move {
-        ctx.client()
-            .send_message_event(
-                None,
-                room_id!("!room:localhost"),
-                &RoomMessageEventContent::text_plain("stuck"),
-                None,
-                None,
-            )
-            .await
-    });
+    let sending = tokio::spawn(async move { ctx.client().send(text_request("stuck"), None).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client = http();
     let t = Instant::now();

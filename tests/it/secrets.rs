@@ -81,8 +81,17 @@ async fn full_flow() {
     let room: ruma::OwnedRoomId = "!r:localhost".try_into().unwrap();
     let ghost: ruma::OwnedUserId = "@_t_ghost:localhost".try_into().unwrap();
     let content = ruma::events::room::message::RoomMessageEventContent::text_plain("hi");
-    ctx.client().send_message_event(Some(&ghost), &room, &content, None, None).await.unwrap();
-    ctx.client().send_message_event(None, &room, &content, None, None).await.unwrap();
+    let send = || {
+        let txn_id = mxbridge::client::new_txn_id();
+        ruma::api::client::message::send_message_event::v3::Request::new(
+            room.clone(),
+            txn_id,
+            &content,
+        )
+        .unwrap()
+    };
+    ctx.client().send(send(), Some(&ghost)).await.unwrap();
+    ctx.client().send(send(), None).await.unwrap();
     assert!(crate::common::wait_until(5, || app.bridge.handled_ids().len() == 2).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.stop().await;

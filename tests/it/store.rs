@@ -2,8 +2,10 @@
 //! `MXBRIDGE_TEST_POSTGRES` names a server.
 
 use mxbridge::store::{
-    AcceptOutcome, InboxPos, Membership, NewEvent, PendingEvent, RoomStateField, Store,
+    InboxStatus, MemberRow, Membership, RoomStateField, Store,
+    testing_support::{AcceptOutcome, InboxInternals as _, InboxPos, NewEvent, PendingEvent},
 };
+use ruma::{UserId, mxc_uri, room_id, user_id};
 
 use crate::common::{fresh_store, postgres_url};
 
@@ -66,16 +68,16 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     store.accept_transaction("1", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     let event = pending(&store).await.remove(0);
     let (seq, idx) = batch_pos(&event);
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 0)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Pending { attempts: 0 }));
     store.record_handled(&[("!r", seq, idx)], &[seq], &[]).await.unwrap();
     assert!(pending(&store).await.is_empty());
     assert_eq!(store.inbox_stats().await.unwrap().pending, 0);
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((1, 0)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Handled));
     let out = store.accept_transaction("2", "h", &[ev("$a", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
     // More event IDs than one pruning chunk.
     let ids: Vec<String> =
-        (0..mxbridge::store::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
+        (0..mxbridge::store::testing_support::PRUNE_CHUNK + 10).map(|i| format!("$p{i}")).collect();
     let many: Vec<NewEvent<'_>> = ids.iter().map(|id| ev(id, "!r", "{}")).collect();
     store.accept_transaction("3", "h", &many).await.unwrap();
     // Pending events are never pruned: their batch remembers them (on PostgreSQL by keeping
@@ -96,7 +98,10 @@ async fn handled_events_stay_deduplicated_until_pruned(store: Store) {
     assert_eq!(gone, (1 + ids.len() + 4) as u64, "every handled event ID and txn row");
     assert_eq!(store.inbox_status("$a").await.unwrap(), None);
     assert_eq!(store.inbox_status("$p7").await.unwrap(), None);
-    assert_eq!(store.inbox_status("$kept").await.unwrap(), Some((0, 0)));
+    assert_eq!(
+        store.inbox_status("$kept").await.unwrap(),
+        Some(InboxStatus::Pending { attempts: 0 })
+    );
     let out = store.accept_transaction("5", "h", &[ev("$kept", "!k", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 }, "still deduplicated");
 }
@@ -117,8 +122,11 @@ async fn room_progress_hides_handled_events_of_a_batch(store: Store) {
     store.record_handled(&[], &[], &[]).await.unwrap();
     let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
     assert_eq!(left, ["$m3", "$m4", "$m5"]);
-    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some((1, 0)));
-    assert_eq!(store.inbox_status("$m4").await.unwrap(), Some((0, 0)));
+    assert_eq!(store.inbox_status("$m2").await.unwrap(), Some(InboxStatus::Handled));
+    assert_eq!(
+        store.inbox_status("$m4").await.unwrap(),
+        Some(InboxStatus::Pending { attempts: 0 })
+    );
     // All handled: the batch is still there (until deleted) but has no events left.
     store.record_handled(&[("!r", seq, 4), ("!s", seq, 5)], &[], &[]).await.unwrap();
     let batches = store.pending_batches(0, 10).await.unwrap();
@@ -136,13 +144,13 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
     assert_eq!(store.record_failure("$a", "boom").await.unwrap(), 1);
     assert_eq!(store.record_failure("$a", "boom again").await.unwrap(), 2);
     assert_eq!(pending(&store).await[0].attempts, 2, "attempts survive a re-read");
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 2)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Pending { attempts: 2 }));
     store.park(&first, 2, "gave up").await.unwrap();
     let parked = store.parked_events(10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!((parked[0].event_id.as_str(), parked[0].attempts), ("$a", 2));
     assert_eq!(parked[0].last_error.as_deref(), Some("gave up"));
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((2, 2)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Parked { attempts: 2 }));
     // Parking moved the room's progress past it: only $b is pending.
     let left: Vec<_> = pending(&store).await.into_iter().map(|p| p.event_id).collect();
     assert_eq!(left, ["$b"]);
@@ -156,7 +164,7 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
     assert_eq!(requeued.attempts, 0);
     assert_eq!(requeued.json, r#"{"event_id":"$a","room_id":"!r","content":{}}"#);
     assert!(store.parked_events(10).await.unwrap().is_empty());
-    assert_eq!(store.inbox_status("$a").await.unwrap(), Some((0, 0)));
+    assert_eq!(store.inbox_status("$a").await.unwrap(), Some(InboxStatus::Pending { attempts: 0 }));
     // Handled now: the parked row goes.
     let InboxPos::Requeued { seq } = requeued.pos else { unreachable!() };
     store.record_handled(&[], &[], &[seq]).await.unwrap();
@@ -167,47 +175,53 @@ async fn failures_count_and_parked_events_can_be_retried(store: Store) {
 }
 
 async fn membership_and_room_state_cache(store: Store) {
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), None);
-    store.set_membership("!r", "@g:x", Membership::Invite, None, None).await.unwrap();
-    store
-        .set_membership("!r", "@g:x", Membership::Join, Some("Ghost"), Some("mxc://x/y"))
-        .await
-        .unwrap();
-    store.set_membership("!r", "@h:x", Membership::Ban, None, None).await.unwrap();
-    let m = store.member("!r", "@g:x").await.unwrap().unwrap();
+    let (r, g, h) = (room_id!("!r:x"), user_id!("@g:x"), user_id!("@h:x"));
+    assert_eq!(store.membership(r, g).await.unwrap(), None);
+    store.set_membership(MemberRow::new(r, g, Membership::Invite)).await.unwrap();
+    let row = MemberRow {
+        displayname: Some("Ghost"),
+        avatar_url: Some(mxc_uri!("mxc://x/y")),
+        ..MemberRow::new(r, g, Membership::Join)
+    };
+    store.set_membership(row).await.unwrap();
+    store.set_membership(MemberRow::new(r, h, Membership::Ban)).await.unwrap();
+    let m = store.member(r, g).await.unwrap().unwrap();
     assert_eq!(m.membership, Membership::Join);
     assert_eq!(m.displayname.as_deref(), Some("Ghost"));
-    assert_eq!(store.members_with("!r", Membership::Join).await.unwrap().len(), 1);
-    assert_eq!(store.joined_rooms("@g:x").await.unwrap(), ["!r"]);
-    assert_eq!(store.room_state("!r", RoomStateField::PowerLevels).await.unwrap(), None);
-    store.set_room_state("!r", RoomStateField::PowerLevels, "{\"users\":{}}").await.unwrap();
-    store.set_room_state("!r", RoomStateField::Encryption, "{}").await.unwrap();
+    assert_eq!(m.avatar_url.as_deref(), Some(mxc_uri!("mxc://x/y")));
+    assert_eq!(store.members_with(r, Membership::Join).await.unwrap().len(), 1);
+    assert_eq!(store.joined_rooms(g).await.unwrap(), [r]);
+    assert_eq!(store.room_state(r, RoomStateField::PowerLevels).await.unwrap(), None);
+    store.set_room_state(r, RoomStateField::PowerLevels, "{\"users\":{}}").await.unwrap();
+    store.set_room_state(r, RoomStateField::Encryption, "{}").await.unwrap();
     assert_eq!(
-        store.room_state("!r", RoomStateField::PowerLevels).await.unwrap().as_deref(),
+        store.room_state(r, RoomStateField::PowerLevels).await.unwrap().as_deref(),
         Some("{\"users\":{}}")
     );
-    assert!(!store.members_fetched("!r").await.unwrap());
-    store.set_members_fetched("!r", true).await.unwrap();
-    assert!(store.members_fetched("!r").await.unwrap());
+    assert!(!store.members_fetched(r).await.unwrap());
+    store.set_members_fetched(r, true).await.unwrap();
+    assert!(store.members_fetched(r).await.unwrap());
     // Setting one field keeps the others.
-    assert!(store.room_state("!r", RoomStateField::PowerLevels).await.unwrap().is_some());
-    assert!(!store.is_registered("@g:x").await.unwrap());
-    store.mark_registered("@g:x").await.unwrap();
-    store.mark_registered("@g:x").await.unwrap();
-    assert!(store.is_registered("@g:x").await.unwrap());
+    assert!(store.room_state(r, RoomStateField::PowerLevels).await.unwrap().is_some());
+    assert!(!store.is_registered(g).await.unwrap());
+    store.mark_registered(g).await.unwrap();
+    store.mark_registered(g).await.unwrap();
+    assert!(store.is_registered(g).await.unwrap());
 }
 
 /// A fetched member list is written in one call: every row lands, later rows replace the
 /// cached ones, and the room's create event is kept whole.
 async fn a_fetched_member_list_fills_the_cache(store: Store) {
     use mxbridge::store::Member;
+    let big = room_id!("!big:x");
     let member = |i: usize, membership: Membership, name: Option<&str>| Member {
-        user_id: format!("@u{i:03}:x"),
+        user_id: UserId::parse(format!("@u{i:03}:x")).unwrap(),
         membership,
         displayname: name.map(str::to_owned),
         avatar_url: None,
     };
-    store.set_membership("!big", "@u000:x", Membership::Invite, None, None).await.unwrap();
+    let first = user_id!("@u000:x");
+    store.set_membership(MemberRow::new(big, first, Membership::Invite)).await.unwrap();
     let members: Vec<_> = (0..150)
         .map(|i| match i % 3 {
             0 => member(i, Membership::Join, Some("Named")),
@@ -215,18 +229,18 @@ async fn a_fetched_member_list_fills_the_cache(store: Store) {
             _ => member(i, Membership::Leave, None),
         })
         .collect();
-    store.set_room_members("!big", &members).await.unwrap();
-    store.set_room_members("!big", &members).await.unwrap();
-    let joined = store.members_with("!big", Membership::Join).await.unwrap();
+    store.set_room_members(big, &members).await.unwrap();
+    store.set_room_members(big, &members).await.unwrap();
+    let joined = store.members_with(big, Membership::Join).await.unwrap();
     assert_eq!(joined.len(), 100);
     assert_eq!(joined[0], member(0, Membership::Join, Some("Named")));
-    assert_eq!(store.members_with("!big", Membership::Leave).await.unwrap().len(), 50);
-    assert!(store.members_with("!big", Membership::Invite).await.unwrap().is_empty());
-    store.set_room_members("!empty", &[]).await.unwrap();
+    assert_eq!(store.members_with(big, Membership::Leave).await.unwrap().len(), 50);
+    assert!(store.members_with(big, Membership::Invite).await.unwrap().is_empty());
+    store.set_room_members(room_id!("!empty:x"), &[]).await.unwrap();
     let create = r#"{"type":"m.room.create","sender":"@c:x","content":{"room_version":"12"}}"#;
-    store.set_room_state("!big", RoomStateField::Create, create).await.unwrap();
+    store.set_room_state(big, RoomStateField::Create, create).await.unwrap();
     assert_eq!(
-        store.room_state("!big", RoomStateField::Create).await.unwrap().as_deref(),
+        store.room_state(big, RoomStateField::Create).await.unwrap().as_deref(),
         Some(create)
     );
 }
@@ -301,7 +315,7 @@ async fn batches_of_schema_3_get_their_event_ids(
         "INSERT INTO mx_message VALUES ('old-chat', 'm', '', '$old', '!old:x', '@u:x', 1)",
     )
     .await;
-    raw_sql(url, "DELETE FROM mx_schema WHERE version >= 4").await;
+    raw_sql(url, "DELETE FROM mx_schema WHERE version IN (4, 5)").await;
     let again = reopen().await;
     // Portals and messages of before are shared chats' now.
     let key = mxbridge::PortalKey::shared("old-chat");
@@ -323,7 +337,7 @@ async fn batches_of_schema_3_get_their_event_ids(
     let (seq, idx) = batch_pos(last);
     again.record_handled(&[("!r", seq, idx), ("!s", seq, idx)], &seqs, &[]).await.unwrap();
     assert!(pending(&again).await.is_empty());
-    assert_eq!(again.inbox_status("$x").await.unwrap(), Some((1, 0)));
+    assert_eq!(again.inbox_status("$x").await.unwrap(), Some(InboxStatus::Handled));
     let out = again.accept_transaction("3", "h", &[ev("$x", "!r", "{}")]).await.unwrap();
     assert_eq!(out, AcceptOutcome::Stored { new_events: 0 });
 }
@@ -359,12 +373,15 @@ async fn raw_count(url: &str, sql: &'static str) -> i64 {
 /// nothing in the database updates no row: an update rewrites its page even with every value
 /// the same. One that changes the name, the avatar or the membership does.
 async fn unchanged_membership_rows_are_not_rewritten(store: Store, url: &str) {
-    store.set_membership("!r", "@u:x", Membership::Join, Some("U"), None).await.unwrap();
+    let (r, u) = (room_id!("!r:x"), user_id!("@u:x"));
+    let named = MemberRow { displayname: Some("U"), ..MemberRow::new(r, u, Membership::Join) };
+    store.set_membership(named).await.unwrap();
     if url.starts_with("sqlite:") {
         raw_sql(
             url,
             "CREATE TABLE mx_t (n INTEGER); \
-             CREATE TRIGGER mx_t_up AFTER UPDATE ON mx_membership BEGIN INSERT INTO mx_t VALUES (1); END;",
+             CREATE TRIGGER mx_t_up AFTER UPDATE ON mx_membership \
+             BEGIN INSERT INTO mx_t VALUES (1); END;",
         )
         .await;
     } else {
@@ -381,73 +398,75 @@ async fn unchanged_membership_rows_are_not_rewritten(store: Store, url: &str) {
     let updates = || raw_count(url, "SELECT count(*) FROM mx_t");
     for _ in 0..2 {
         store.forget_caches();
-        store.set_membership("!r", "@u:x", Membership::Join, Some("U"), None).await.unwrap();
+        store.set_membership(named).await.unwrap();
     }
     assert_eq!(updates().await, 0, "the same row twice: not rewritten");
+    let avatar = Some(mxc_uri!("mxc://x/a"));
     let changes = [
         (Membership::Join, Some("V"), None),
-        (Membership::Join, Some("V"), Some("mxc://x/a")),
-        (Membership::Leave, Some("V"), Some("mxc://x/a")),
-        (Membership::Leave, None, Some("mxc://x/a")),
+        (Membership::Join, Some("V"), avatar),
+        (Membership::Leave, Some("V"), avatar),
+        (Membership::Leave, None, avatar),
     ];
-    for (i, (membership, name, avatar)) in changes.into_iter().enumerate() {
+    for (i, (membership, displayname, avatar_url)) in changes.into_iter().enumerate() {
         store.forget_caches();
-        store.set_membership("!r", "@u:x", membership, name, avatar).await.unwrap();
+        let row = MemberRow { displayname, avatar_url, ..MemberRow::new(r, u, membership) };
+        store.set_membership(row).await.unwrap();
         assert_eq!(updates().await, i as i64 + 1, "change {i} is written");
         store.forget_caches();
-        let member = store.member("!r", "@u:x").await.unwrap().unwrap();
-        assert_eq!(member.membership, membership);
-        assert_eq!(member.displayname.as_deref(), name);
-        assert_eq!(member.avatar_url.as_deref(), avatar);
+        let member = store.member(r, u).await.unwrap().unwrap();
+        assert_eq!(member.row(r), row);
     }
 }
 
 /// Memberships and registrations are answered from memory once known; writes go to the
 /// database first and to memory only when it took them.
 async fn membership_cache_answers_without_queries(store: Store, url: &str) {
-    store.set_membership("!r", "@g:x", Membership::Join, Some("G"), None).await.unwrap();
-    store.mark_registered("@g:x").await.unwrap();
+    let (r, g) = (room_id!("!r:x"), user_id!("@g:x"));
+    let joined = MemberRow { displayname: Some("G"), ..MemberRow::new(r, g, Membership::Join) };
+    store.set_membership(joined).await.unwrap();
+    store.mark_registered(g).await.unwrap();
     raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
     raw_sql(url, "ALTER TABLE mx_registered RENAME TO mx_registered_away").await;
     // No table, yet the answers come: they make no query.
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
-    assert_eq!(
-        store.member("!r", "@g:x").await.unwrap().unwrap().displayname.as_deref(),
-        Some("G")
-    );
-    assert!(store.is_registered("@g:x").await.unwrap());
-    assert!(store.membership("!r", "@h:x").await.is_err(), "not cached: a query");
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Join));
+    assert_eq!(store.member(r, g).await.unwrap().unwrap().displayname.as_deref(), Some("G"));
+    assert!(store.is_registered(g).await.unwrap());
+    assert!(store.membership(r, user_id!("@h:x")).await.is_err(), "not cached: a query");
     // A failed write does not leave the cache claiming it.
-    assert!(store.set_membership("!r", "@g:x", Membership::Leave, None, None).await.is_err());
+    let left = MemberRow::new(r, g, Membership::Leave);
+    assert!(store.set_membership(left).await.is_err());
     raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
     raw_sql(url, "ALTER TABLE mx_registered_away RENAME TO mx_registered").await;
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Join));
     // A write that succeeds is answered from memory at once.
-    store.set_membership("!r", "@g:x", Membership::Leave, None, None).await.unwrap();
+    store.set_membership(left).await.unwrap();
     raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Leave));
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Leave));
     raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
     // Writes past the store are seen after `forget_caches`.
     raw_sql(url, "UPDATE mx_membership SET membership = 'ban'").await;
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Leave));
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Leave));
     store.forget_caches();
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Ban));
-    assert!(store.is_registered("@g:x").await.unwrap());
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Ban));
+    assert!(store.is_registered(g).await.unwrap());
     // A write that changes nothing (a ghost's own join, echoed back) makes no query; one that
     // changes the membership, the name or the avatar does.
-    store.set_membership("!r", "@g:x", Membership::Join, Some("G"), None).await.unwrap();
+    store.set_membership(joined).await.unwrap();
     raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
-    store.set_membership("!r", "@g:x", Membership::Join, Some("G"), None).await.unwrap();
-    let avatar = Some("mxc://x/a");
-    assert!(store.set_membership("!r", "@g:x", Membership::Join, Some("G"), avatar).await.is_err());
+    store.set_membership(joined).await.unwrap();
+    let avatar = MemberRow { avatar_url: Some(mxc_uri!("mxc://x/a")), ..joined };
+    assert!(store.set_membership(avatar).await.is_err());
     raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Join));
     raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
-    assert!(store.set_membership("!r", "@g:x", Membership::Join, Some("H"), None).await.is_err());
+    let renamed = MemberRow { displayname: Some("H"), ..joined };
+    assert!(store.set_membership(renamed).await.is_err());
     raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
-    assert_eq!(store.membership("!r", "@g:x").await.unwrap(), Some(Membership::Join));
+    assert_eq!(store.membership(r, g).await.unwrap(), Some(Membership::Join));
     raw_sql(url, "ALTER TABLE mx_membership RENAME TO mx_membership_away").await;
-    assert!(store.set_membership("!r", "@g:x", Membership::Leave, Some("G"), None).await.is_err());
+    let left_named = MemberRow { membership: Membership::Leave, ..joined };
+    assert!(store.set_membership(left_named).await.is_err());
     raw_sql(url, "ALTER TABLE mx_membership_away RENAME TO mx_membership").await;
 }
 

@@ -143,7 +143,11 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
         reqwest::Method::POST,
         format!("{hs}/_matrix/client/v3/register"),
         AS_TOKEN,
-        Some(json!({"type": "m.login.application_service", "username": "_t_ghost", "inhibit_login": true})),
+        Some(json!({
+            "type": "m.login.application_service",
+            "username": "_t_ghost",
+            "inhibit_login": true,
+        })),
     )
     .await;
     let room = cs(
@@ -186,7 +190,10 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
     assert_eq!(app.bridge.calls.lock().unwrap()[&event_id], 1, "handled once");
     // The state cache saw the ghost's join from the transaction before the handler ran.
     assert_eq!(
-        app.store.membership(&room, ghost).await.unwrap(),
+        app.store
+            .membership(room.as_str().try_into().unwrap(), ghost.try_into().unwrap())
+            .await
+            .unwrap(),
         Some(mxbridge::store::Membership::Join)
     );
 
@@ -207,10 +214,9 @@ async fn synapse_pings_us_and_a_human_message_reaches_the_handler_once() {
     };
     assert!(value("mxbridge_transactions_total{outcome=\"stored\"}") >= 1.0);
     assert_eq!(value("mxbridge_events_total{type=\"m.room.message\",outcome=\"ok\"}"), 1.0);
+    let ping_route = "/_matrix/client/v1/appservice/{appservice_id}/ping";
     assert!(
-        value(
-            "mxbridge_requests_total{route=\"/_matrix/client/v1/appservice/{appservice_id}/ping\",status=\"200\"}"
-        ) >= 1.0
+        value(&format!("mxbridge_requests_total{{route=\"{ping_route}\",status=\"200\"}}")) >= 1.0
     );
     assert_eq!(value("mxbridge_inbox_pending"), 0.0);
     app.stop().await;
@@ -275,23 +281,17 @@ async fn ghost_registers_joins_invite_only_room_and_speaks_with_massaged_timesta
     assert!(ghost.ensure_joined(&room).await.unwrap());
     assert!(!ghost.ensure_joined(&room).await.unwrap(), "second call is a cache hit");
 
-    let ts = |ms: u64| Some(MilliSecondsSinceUnixEpoch(UInt::new(ms).unwrap()));
+    let ts = |ms: u64| MilliSecondsSinceUnixEpoch(UInt::new(ms).unwrap());
     let text =
-        ghost.send_text(&room, "from the remote network", ts(1_600_000_000_000)).await.unwrap();
-    let edit = ghost
-        .edit(
-            &room,
-            &text,
-            RoomMessageEventContentWithoutRelation::text_plain("edited on the remote network"),
-            ts(1_600_000_000_100),
-        )
-        .await
-        .unwrap();
-    let reaction = ghost.react(&room, &text, "👍", ts(1_600_000_000_200)).await.unwrap();
+        ghost.send_text(&room, "from the remote network").at(ts(1_600_000_000_000)).await.unwrap();
+    let new_content =
+        RoomMessageEventContentWithoutRelation::text_plain("edited on the remote network");
+    let edit = ghost.edit(&room, &text, new_content).at(ts(1_600_000_000_100)).await.unwrap();
+    let reaction = ghost.react(&room, &text, "👍").at(ts(1_600_000_000_200)).await.unwrap();
     let redaction =
-        ghost.redact(&room, &reaction, Some("unreacted"), ts(1_600_000_000_300)).await.unwrap();
-    let mxc =
-        ghost.upload(b"hello media".to_vec(), Some("text/plain"), Some("hello.txt")).await.unwrap();
+        ghost.redact(&room, &reaction).reason("unreacted").at(ts(1_600_000_000_300)).await.unwrap();
+    let upload = ghost.upload(b"hello media".to_vec()).content_type("text/plain");
+    let mxc = upload.filename("hello.txt").await.unwrap();
     let (bytes, _) = ctx.client().download(&mxc).await.unwrap();
     assert_eq!(bytes, b"hello media");
 
@@ -340,8 +340,11 @@ async fn ghost_registers_joins_invite_only_room_and_speaks_with_massaged_timesta
 /// room and a command needs no prefix. Inviting someone already there is not an error.
 #[tokio::test]
 async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its_members() {
-    use mxbridge::store::Membership;
-    use ruma::{OwnedRoomId, UserId, api::error::ErrorKind};
+    use mxbridge::store::{MemberRow, Membership};
+    use ruma::{
+        OwnedRoomId, UserId,
+        api::{client::membership::invite_user, error::ErrorKind},
+    };
     if !enabled() {
         return;
     }
@@ -351,6 +354,8 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     let hs = &synapse.url;
     let alice = synapse.register("alice");
     let alice_id = <&UserId>::try_from("@alice:localhost").unwrap();
+    let bob_id = <&UserId>::try_from("@bob:localhost").unwrap();
+    let bot_id = <&UserId>::try_from("@_t_bot:localhost").unwrap();
     let bob = synapse.register("bob");
     let put = reqwest::Method::PUT;
     let name_url =
@@ -384,15 +389,14 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     // The bot accepts the invite (pushed to the appservice) and fetches the room's members.
     let store = app.store.clone();
     let bot_joined = wait_until_async(30, async || {
-        store.membership(room.as_str(), "@_t_bot:localhost").await.unwrap()
-            == Some(Membership::Join)
-            && store.members_fetched(room.as_str()).await.unwrap()
-            && store.members_with(room.as_str(), Membership::Join).await.unwrap().len() == 3
+        store.membership(&room, bot_id).await.unwrap() == Some(Membership::Join)
+            && store.members_fetched(&room).await.unwrap()
+            && store.members_with(&room, Membership::Join).await.unwrap().len() == 3
     })
     .await;
     assert!(bot_joined, "the bot did not join the DM, or does not know its members");
-    let joined = store.members_with(room.as_str(), Membership::Join).await.unwrap();
-    let alice_row = joined.iter().find(|m| m.user_id == "@alice:localhost");
+    let joined = store.members_with(&room, Membership::Join).await.unwrap();
+    let alice_row = joined.iter().find(|m| m.user_id == alice_id);
     assert_eq!(
         alice_row.and_then(|m| m.displayname.as_deref()),
         Some("Alice Human"),
@@ -408,7 +412,7 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     let leave_url = format!("{hs}/_matrix/client/v3/rooms/{room_enc}/leave");
     cs(&client, reqwest::Method::POST, leave_url, &bob, Some(json!({}))).await;
     let bob_left = wait_until_async(30, async || {
-        store.membership(room.as_str(), "@bob:localhost").await.unwrap() == Some(Membership::Leave)
+        store.membership(&room, bob_id).await.unwrap() == Some(Membership::Leave)
     })
     .await;
     assert!(bob_left, "bob's leave was not pushed");
@@ -441,22 +445,19 @@ async fn a_dm_a_human_opened_with_the_bot_takes_commands_and_the_cache_knows_its
     // refusal when it does not is understood.
     let bot = ctx.bot();
     assert!(!bot.invite(&room, alice_id).await.unwrap());
-    let refused = ctx.client().invite(None, &room, alice_id, None).await.unwrap_err();
+    let invite = invite_user::v3::Request::new(
+        room.clone(),
+        invite_user::v3::InviteUserId::new(alice_id.to_owned()).into(),
+    );
+    let refused = ctx.client().send(invite, None).await.unwrap_err();
     assert_eq!(
         (refused.status().map(|s| s.as_u16()), refused.kind()),
         (Some(403), Some(&ErrorKind::Forbidden))
     );
-    store
-        .set_membership(room.as_str(), "@alice:localhost", Membership::Leave, None, None)
-        .await
-        .unwrap();
+    store.set_membership(MemberRow::new(&room, alice_id, Membership::Leave)).await.unwrap();
     assert!(!bot.invite(&room, alice_id).await.unwrap(), "already in the room: done");
-    assert_eq!(
-        store.membership(room.as_str(), "@alice:localhost").await.unwrap(),
-        Some(Membership::Join)
-    );
+    assert_eq!(store.membership(&room, alice_id).await.unwrap(), Some(Membership::Join));
     // Bob, who left, is invited once.
-    let bob_id = <&UserId>::try_from("@bob:localhost").unwrap();
     assert!(bot.invite(&room, bob_id).await.unwrap());
     assert!(!bot.invite(&room, bob_id).await.unwrap());
     app.stop().await;
@@ -470,6 +471,7 @@ async fn ghosts_are_raised_in_the_bots_portals_and_in_rooms_where_a_human_gave_t
     use mxbridge::{PortalInfo, store::Membership};
     use ruma::{
         OwnedRoomId, RoomId,
+        api::client::state::get_state_event_for_key,
         events::{StateEventType, room::power_levels::UserPowerLevel},
     };
     if !enabled() {
@@ -482,11 +484,12 @@ async fn ghosts_are_raised_in_the_bots_portals_and_in_rooms_where_a_human_gave_t
     let alice = synapse.register("alice");
     let bot_id = "@_t_bot:localhost";
     let level_of = async |room: &RoomId, user: &str| -> Option<i64> {
-        let levels = ctx
-            .client()
-            .get_state_event(None, room, StateEventType::RoomPowerLevels, "")
-            .await
-            .unwrap();
+        let request = get_state_event_for_key::v3::Request::new(
+            room.to_owned(),
+            StateEventType::RoomPowerLevels,
+            String::new(),
+        );
+        let levels = ctx.client().send(request, None).await.unwrap().event_or_content;
         let levels: Value = serde_json::from_str(levels.get()).unwrap();
         levels["users"][user].as_i64()
     };
@@ -498,11 +501,12 @@ async fn ghosts_are_raised_in_the_bots_portals_and_in_rooms_where_a_human_gave_t
         )
         .await
         .unwrap();
-    let create = ctx
-        .client()
-        .get_state_event(None, &portal.room_id, StateEventType::RoomCreate, "")
-        .await
-        .unwrap();
+    let request = get_state_event_for_key::v3::Request::new(
+        portal.room_id.clone(),
+        StateEventType::RoomCreate,
+        String::new(),
+    );
+    let create = ctx.client().send(request, None).await.unwrap().event_or_content;
     let version: Value = serde_json::from_str(create.get()).unwrap();
     assert_eq!(version["room_version"], "12", "Synapse's default room version");
     assert_eq!(ctx.bot().power_level(&portal.room_id).await.unwrap(), UserPowerLevel::Infinite);
@@ -529,7 +533,8 @@ async fn ghosts_are_raised_in_the_bots_portals_and_in_rooms_where_a_human_gave_t
             .unwrap();
         let store = app.store.clone();
         let joined = wait_until_async(30, async || {
-            store.membership(room.as_str(), bot_id).await.unwrap() == Some(Membership::Join)
+            store.membership(&room, bot_id.try_into().unwrap()).await.unwrap()
+                == Some(Membership::Join)
         })
         .await;
         assert!(joined, "v{version}: the bot did not accept the invite");

@@ -220,7 +220,8 @@ async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
     let store = app.ctx.store().clone();
     assert!(
         wait_until_async(30, async || {
-            store.membership(&dm, "@_t_bot:localhost").await.unwrap()
+            let dm: &ruma::RoomId = dm.as_str().try_into().unwrap();
+            store.membership(dm, ruma::user_id!("@_t_bot:localhost")).await.unwrap()
                 == Some(mxbridge::store::Membership::Join)
         })
         .await,

@@ -176,6 +176,66 @@ async fn webhook_bridge_posts_as_ghost_relays_out_maps_edits_and_survives_restar
     );
     assert_eq!(cs(&client, reqwest::Method::GET, url, &alice, None).await["displayname"], "CI Bot");
 
+    // The poster can edit and delete what it posted, by the ID the answer gave.
+    let posted = client
+        .post(&hook_url)
+        .json(&json!({"text": "deploy started", "username": "CI Bot", "id": "deploy-7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let posted: Value = posted.json().await.unwrap();
+    assert_eq!(posted["id"], "deploy-7");
+    let original = posted["event_id"].as_str().unwrap().to_owned();
+    // The same ID again is the same message: nothing new is posted.
+    let again = client
+        .post(&hook_url)
+        .json(&json!({"text": "deploy started", "username": "CI Bot", "id": "deploy-7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let edited = client
+        .post(&hook_url)
+        .json(&json!({"edits": "deploy-7", "text": "deploy finished", "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edited.status(), 200);
+    let edit_id = edited.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/event/{}", urlencode(&room), urlencode(&edit_id));
+    let edit = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    assert_eq!(edit["sender"], ghost);
+    assert_eq!(edit["content"]["m.new_content"]["body"], "deploy finished");
+    assert_eq!(
+        edit["content"]["m.relates_to"],
+        json!({"rel_type": "m.replace", "event_id": original})
+    );
+    let deleted = client
+        .post(&hook_url)
+        .json(&json!({"deletes": "deploy-7", "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/event/{}", urlencode(&room), urlencode(&original));
+    let gone = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    assert_eq!(gone["content"], json!({}), "redacted: {gone}");
+    let posts =
+        wait_for_message(&client, &hs, &room, &alice, |e| e["event_id"] == original.as_str()).await;
+    assert_eq!(posts["event_id"], original.as_str());
+    let url = format!("{hs}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", urlencode(&room));
+    let page = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    let copies = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["content"]["body"] == "deploy started")
+        .count();
+    assert_eq!(copies, 0, "the one post was redacted, and the repeat posted nothing");
+
     // A remote name of 1000 characters posts too: its ghost gets a user ID within the limit,
     // and the display name is the name cut to the homeserver's limit.
     let long_name = format!("{}{}", "Long Name ".repeat(60), "ü".repeat(400));

@@ -219,10 +219,15 @@ fn bare_push(authorized: bool, _txn_id: Path<String>, body: Bytes) -> (StatusCod
 /// room has power levels and its members-fetched flag. Writes and reads go through the public
 /// `Store` methods, 64 at a time.
 async fn populate(store: &Store, ghosts: u32, rooms: u32) -> anyhow::Result<()> {
-    use mxbridge::store::{Membership, RoomStateField};
+    use mxbridge::store::{MemberRow, Membership, RoomStateField};
+    use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
     let rooms = rooms.max(1);
-    let room_id = |r: u32| format!("!room{r:06}AbCdEfGhIjKl:localhost");
-    let ghost_id = |g: u32| format!("@_bench_ghost{g:07}:localhost");
+    let room_id = |r: u32| -> OwnedRoomId {
+        RoomId::parse(format!("!room{r:06}AbCdEfGhIjKl:localhost")).expect("room ID")
+    };
+    let ghost_id = |g: u32| -> OwnedUserId {
+        UserId::parse(format!("@_bench_ghost{g:07}:localhost")).expect("user ID")
+    };
     let rss0 = rss_mib();
     let t = Instant::now();
     for start in (0..rooms).step_by(64) {
@@ -245,9 +250,9 @@ async fn populate(store: &Store, ghosts: u32, rooms: u32) -> anyhow::Result<()> 
         let batch = (start..(start + 64).min(ghosts)).map(|g| async move {
             let user = ghost_id(g);
             store.mark_registered(&user).await?;
-            store
-                .set_membership(&room_id(g % rooms), &user, Membership::Join, Some("Ghost"), None)
-                .await
+            let room = room_id(g % rooms);
+            let row = MemberRow::new(&room, &user, Membership::Join);
+            store.set_membership(MemberRow { displayname: Some("Ghost"), ..row }).await
         });
         for r in futures_join(batch).await {
             r?;

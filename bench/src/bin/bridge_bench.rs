@@ -4,17 +4,19 @@
 //!
 //! - `--mode stub`: a fast stub homeserver. It answers
 //!   `PUT /_matrix/client/v3/rooms/{room}/send/{type}/{txn}` with an event ID and records, per
-//!   room, the sequence number in each body (`Message number N ...`, as `loadgen` writes them): a number not greater than the room's previous one is an order violation.
+//!   room, the sequence number in each body (`Message number N ...`, as `loadgen` writes them):
+//!   a number not greater than the room's previous one is an order violation.
 //!   Any other request is answered `{}` and counted (a cached ghost send should make none).
 //!   `GET /_bench/stats` returns the counts and the times of the first and last send.
 //! - `--mode mxbridge`: mxbridge's `AppService` (durable inbox, SQLite or PostgreSQL) with a
 //!   bridge whose `handle_room_message` makes one send by a ghost
-//!   (`ctx.intent(ghost)?.send_text(room, body, None)`). The ghost is marked registered and
+//!   (`ctx.intent(ghost)?.send_text(room, body)`). The ghost is marked registered and
 //!   joined to every room of the load in the store before serving, so each send is one request.
 //!
 //! ```text
 //! cargo run --release -p mxbridge-bench --bin bridge_bench -- --mode stub --port 29700
-//! cargo run --release -p mxbridge-bench --bin bridge_bench -- --mode mxbridge --port 29701 --hs-port 29700
+//! cargo run --release -p mxbridge-bench --bin bridge_bench -- \
+//!     --mode mxbridge --port 29701 --hs-port 29700
 //! cargo run --release -p mxbridge-bench --bin loadgen -- --port 29701 \
 //!     --hs-token hs_token_bench_0123456789abcdef -k 100 --conns 1 --txns 100 --secs 30
 //! curl -s http://127.0.0.1:29700/_bench/stats
@@ -24,7 +26,7 @@
 //! (`bench/peers/mautrix_bridge.py`).
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -41,7 +43,7 @@ use axum::{
 use clap::{Parser, ValueEnum};
 use mxbridge::{
     AppService, Bridge, BridgeResult, Config, Context, MatrixRoomMessage, Registration,
-    store::Membership,
+    store::{MemberRow, Membership},
 };
 use mxbridge_bench::{
     BenchRoom, DbArgs, HS_TOKEN, config_yaml, now_ns, registration_yaml, shutdown_signal,
@@ -90,7 +92,7 @@ struct Stub {
     first_ns: AtomicU64,
     last_ns: AtomicU64,
     /// Per room: the last sequence number received.
-    last_seq: Mutex<HashMap<String, u64>>,
+    last_seq: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The `N` of `"body":"Message number N ..."`.
@@ -152,7 +154,7 @@ async fn stub_stats(State(stub): State<Arc<Stub>>) -> Json<serde_json::Value> {
     }))
 }
 
-// --- the bridge ------------------------------------------------------------------------------------
+// --- the bridge ---------------------------------------------------------------------------------
 
 /// Sends every message on, once, as the ghost.
 #[derive(Debug)]
@@ -172,7 +174,7 @@ impl Bridge for OneSend {
     async fn handle_room_message(&self, message: &MatrixRoomMessage) -> BridgeResult {
         self.ctx
             .intent(&self.ghost)?
-            .send_text(&message.event.room_id, message.content.body(), None)
+            .send_text(&message.event.room_id, message.content.body())
             .await?;
         Ok(())
     }
@@ -209,10 +211,11 @@ async fn main() -> anyhow::Result<()> {
             let service = AppService::<OneSend>::new(config, registration).await?;
             // The ghost is registered and joined everywhere: every send is a cache hit.
             let store = service.context().store();
-            store.mark_registered(GHOST).await?;
+            let ghost = <&ruma::UserId>::try_from(GHOST)?;
+            store.mark_registered(ghost).await?;
             for r in 0..args.rooms {
-                let room = BenchRoom(r.into()).to_string();
-                store.set_membership(&room, GHOST, Membership::Join, None, None).await?;
+                let room = ruma::RoomId::parse(BenchRoom(r.into()).to_string())?;
+                store.set_membership(MemberRow::new(&room, ghost, Membership::Join)).await?;
             }
             println!(
                 "pid={} port={port} mode=mxbridge db={}",

@@ -1,0 +1,66 @@
+//! Media: uploading as this user. Downloading needs no user: [`Client::download`].
+//!
+//! [`Client::download`]: crate::client::Client::download
+
+use std::future::IntoFuture;
+
+use futures_util::future::BoxFuture;
+use ruma::{OwnedMxcUri, api::client::media::create_content};
+
+use super::{Intent, Result};
+
+impl Intent {
+    /// Uploads media as this user: await the returned [`Upload`] for its `mxc://` URI. The
+    /// homeserver refuses a file over its limit with 413 `M_TOO_LARGE`.
+    pub fn upload(&self, data: Vec<u8>) -> Upload<'_> {
+        Upload { intent: self, data, content_type: None, filename: None }
+    }
+}
+
+/// An upload on its way to the media repository, done when awaited; resolves to the `mxc://`
+/// URI. The content type and file name are optional calls on it.
+///
+/// ```no_run
+/// # async fn example(ghost: mxbridge::intent::Intent) -> mxbridge::intent::Result<()> {
+/// let upload = ghost.upload(b"hello".to_vec()).content_type("text/plain");
+/// let mxc = upload.filename("hello.txt").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "nothing is uploaded until the upload is awaited"]
+pub struct Upload<'a> {
+    intent: &'a Intent,
+    data: Vec<u8>,
+    content_type: Option<String>,
+    filename: Option<String>,
+}
+
+impl Upload<'_> {
+    /// The media's MIME type (`Content-Type`).
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// The file name the media repository keeps with it.
+    pub fn filename(mut self, filename: impl Into<String>) -> Self {
+        self.filename = Some(filename.into());
+        self
+    }
+}
+
+impl<'a> IntoFuture for Upload<'a> {
+    type Output = Result<OwnedMxcUri>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Self { intent, data, content_type, filename } = self;
+        Box::pin(async move {
+            intent.ensure_registered().await?;
+            let mut request = create_content::v3::Request::new(data);
+            request.content_type = content_type;
+            request.filename = filename;
+            Ok(intent.client.send(request, intent.as_user()).await?.content_uri)
+        })
+    }
+}

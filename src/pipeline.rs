@@ -1,0 +1,839 @@
+//! The remote → Matrix pipeline: what [`Context::queue_remote`] feeds.
+//!
+//! A remote event is committed to the store's queue before `queue_remote` returns, so a bridge
+//! may acknowledge it to the remote network then: a crash afterwards loses nothing. A fetch
+//! loop reads the queue in order and hands each event to its portal's worker: one portal's
+//! events are bridged one at a time, in the order they were queued; portals run in parallel.
+//! A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
+//! `inbox.max_attempts`; the portal's next events wait meanwhile, so order holds.
+//!
+//! Handling is idempotent: a message part already mapped is not sent again, and every send
+//! takes its transaction ID from the queue row and the part (`mxb.q<seq>.<n>`), never from the
+//! message it targets, so a send repeated after a crash (the event sent, the bookkeeping not
+//! written) is answered by the homeserver with the event it already has. Synapse keeps
+//! transaction IDs in memory for about half an hour and forgets them when it restarts; past
+//! that, the mapping check is what prevents a second send, so a crash exactly between a send
+//! and its mapping, followed by a Synapse restart, can show one message twice.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{
+    EventId, OwnedEventId, RoomId, UserId,
+    api::client::{
+        message::send_message_event, receipt::create_receipt, redact::redact_event,
+        typing::create_typing_event,
+    },
+    events::{
+        AnyMessageLikeEventContent, MessageLikeEventContent,
+        reaction::ReactionEventContent,
+        receipt::ReceiptThread,
+        relation::{Annotation, InReplyTo, Reply, Thread},
+        room::message::{
+            Relation, ReplacementMetadata, RoomMessageEventContent,
+            RoomMessageEventContentWithoutRelation,
+        },
+    },
+    serde::Raw,
+};
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
+
+use crate::{
+    bridge::Bridge,
+    context::Context,
+    error::BridgeError,
+    portal::RemoteError,
+    remote::{Portal, PortalKey, RemoteEvent, RemoteMessageId, RemotePart},
+    store::{MessageRow, QueuedRow, ReactionRow},
+    util::FastMap,
+};
+
+/// Rows read from the queue at a time.
+const READ_AT_ONCE: i64 = 256;
+/// Results kept for waiters that have not asked yet (see [`RemoteQueue::finished`]).
+const UNCLAIMED_MAX: usize = 4096;
+
+/// What a queued event became: the Matrix events it sent, or why it was parked.
+type Outcome = Result<Vec<OwnedEventId>, String>;
+
+/// The pipeline's shared half, held by [`Context`]: wakes the fetch loop, and tells those who
+/// wait on a queued event how it went.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteQueue {
+    wake: Notify,
+    results: std::sync::Mutex<Results>,
+}
+
+#[derive(Debug, Default)]
+struct Results {
+    waiting: FastMap<i64, oneshot::Sender<Outcome>>,
+    /// Outcomes of events nobody waited for yet: the worker may finish an event before its
+    /// `queue_remote` registered to wait. Bounded; cleared when full (such events were queued
+    /// by an earlier process, or nobody waits on them).
+    unclaimed: FastMap<i64, Outcome>,
+}
+
+impl RemoteQueue {
+    /// The receiver of `seq`'s outcome.
+    fn watch(&self, seq: i64) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        let mut results = self.results.lock().expect("lock poisoned");
+        match results.unclaimed.remove(&seq) {
+            Some(done) => {
+                let _ = tx.send(done);
+            }
+            None => {
+                results.waiting.insert(seq, tx);
+            }
+        }
+        rx
+    }
+
+    /// Tells whoever waits on `seq` how it went.
+    fn finished(&self, seq: i64, outcome: Outcome) {
+        let mut results = self.results.lock().expect("lock poisoned");
+        match results.waiting.remove(&seq) {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+            }
+            None => {
+                if results.unclaimed.len() >= UNCLAIMED_MAX {
+                    results.unclaimed.clear();
+                }
+                results.unclaimed.insert(seq, outcome);
+            }
+        }
+    }
+}
+
+/// A remote event in the queue. Dropping it is fine: the event is bridged all the same.
+#[derive(Debug)]
+#[must_use = "the event is queued either way; `bridged` waits for it to reach Matrix"]
+pub struct Queued {
+    seq: i64,
+    outcome: oneshot::Receiver<Outcome>,
+}
+
+impl Queued {
+    /// Its place in the queue.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// Waits until the event was bridged; returns the Matrix events it sent (none for a
+    /// typing notice or a repeated event).
+    ///
+    /// # Errors
+    /// [`RemoteError::Parked`] when it failed for good; [`RemoteError::Stopped`] when the
+    /// bridge stopped first (it is bridged after the restart).
+    pub async fn bridged(self) -> Result<Vec<OwnedEventId>, RemoteError> {
+        match self.outcome.await {
+            Ok(Ok(events)) => Ok(events),
+            Ok(Err(error)) => Err(RemoteError::Parked(error)),
+            Err(_) => Err(RemoteError::Stopped),
+        }
+    }
+}
+
+impl Context {
+    /// Queues a remote event for its portal, and returns once it is committed: from then on a
+    /// crash loses nothing, so the remote network may be told it was received. The portal's
+    /// events are bridged in the order they were queued (see the `pipeline` module).
+    pub async fn queue_remote(
+        &self,
+        portal: &PortalKey,
+        event: &RemoteEvent,
+    ) -> Result<Queued, RemoteError> {
+        let json = serde_json::to_string(event).expect("a remote event serializes");
+        let seq = self.store().enqueue_remote(portal, &json).await?;
+        let queue = self.remote_queue();
+        let outcome = queue.watch(seq);
+        queue.wake.notify_one();
+        Ok(Queued { seq, outcome })
+    }
+}
+
+/// A failure to bridge a queued event.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    permanent: bool,
+}
+
+impl<E: Into<RemoteError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self { message: e.into().to_string(), permanent: false }
+    }
+}
+
+impl Failure {
+    fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: true }
+    }
+}
+
+/// Runs the pipeline until `stop`: the fetch loop, and a worker per portal with work.
+pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch::Receiver<bool>) {
+    let workers: Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<QueuedRow>>>> =
+        Arc::default();
+    let mut cursor = 0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let wake = ctx.remote_queue().wake.notified();
+        let rows = match ctx.store().queued_remote(cursor, READ_AT_ONCE).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the remote queue; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        if rows.is_empty() {
+            tokio::select! {
+                () = wake => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let mut map = workers.lock().await;
+        for row in rows {
+            cursor = cursor.max(row.seq);
+            let row = match map.get(&row.portal) {
+                None => row,
+                Some(tx) => match tx.send(row) {
+                    Ok(()) => continue,
+                    // The worker left: a new one takes over.
+                    Err(mpsc::error::SendError(row)) => row,
+                },
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let portal = row.portal.clone();
+            tx.send(row).expect("the receiver is here");
+            map.insert(portal.clone(), tx);
+            let worker = portal_worker(ctx.clone(), bridge.clone(), portal, rx, workers.clone());
+            tokio::spawn(worker);
+        }
+    }
+}
+
+/// Bridges one portal's events in order until its queue is empty.
+async fn portal_worker<B: Bridge>(
+    ctx: Context,
+    bridge: Arc<B>,
+    portal: PortalKey,
+    mut rx: mpsc::UnboundedReceiver<QueuedRow>,
+    workers: Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<QueuedRow>>>>,
+) {
+    loop {
+        let row = match rx.try_recv() {
+            Ok(row) => row,
+            Err(_) => {
+                // Leave only with the map locked and nothing queued: the fetch loop sends
+                // under the same lock, so no event is left in a channel nobody reads.
+                let mut map = workers.lock().await;
+                match rx.try_recv() {
+                    Ok(row) => row,
+                    Err(_) => {
+                        map.remove(&portal);
+                        return;
+                    }
+                }
+            }
+        };
+        process(&ctx, &*bridge, row).await;
+    }
+}
+
+/// Bridges one queued event, with retries; parks it after the last attempt.
+async fn process<B: Bridge>(ctx: &Context, bridge: &B, row: QueuedRow) {
+    let config = &ctx.config().inbox;
+    let mut attempts = row.attempts;
+    let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
+    let _enter = span.enter();
+    loop {
+        let result = match serde_json::from_str::<RemoteEvent>(&row.event) {
+            Ok(event) => handle(ctx, bridge, &row, &event).await,
+            Err(e) => Err(Failure::permanent(format!("not a remote event: {e}"))),
+        };
+        let failure = match result {
+            Ok(events) => {
+                if let Err(e) = ctx.store().finish_remote(row.seq).await {
+                    // Handled again after a restart, which changes nothing.
+                    tracing::warn!(error = %e, "could not take a bridged event off the queue");
+                }
+                ctx.remote_queue().finished(row.seq, Ok(events));
+                return;
+            }
+            Err(failure) => failure,
+        };
+        attempts += 1;
+        let park =
+            failure.permanent || u32::try_from(attempts).unwrap_or(u32::MAX) >= config.max_attempts;
+        let error = failure.message;
+        if let Err(e) = ctx.store().fail_remote(row.seq, &error, park).await {
+            tracing::warn!(error = %e, "could not record a failure of a remote event");
+        }
+        if park {
+            tracing::warn!(%error, attempts, "bridging a remote event failed; parking it");
+            ctx.remote_queue().finished(row.seq, Err(error));
+            return;
+        }
+        let delay = config.retry_delay(u32::try_from(attempts).unwrap_or(1));
+        let delay_ms = delay.as_millis();
+        tracing::info!(%error, attempts, delay_ms, "bridging a remote event failed; will retry");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Bridges one remote event into its portal; returns the Matrix events it sent.
+async fn handle<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    row: &QueuedRow,
+    event: &RemoteEvent,
+) -> Result<Vec<OwnedEventId>, Failure> {
+    let key = &row.portal;
+    let portal = match ctx.portal(key).await? {
+        Some(portal) => portal,
+        None if matches!(event, RemoteEvent::Message { .. }) => {
+            let info = bridge.portal_info(key).await.map_err(failure_of)?;
+            let Some(info) = info else {
+                return Err(Failure::permanent(format!("no portal for {key}, and none is made")));
+            };
+            ctx.ensure_portal(key, &info).await?
+        }
+        // Anything but a message, for a chat without a room, has nothing to act on.
+        None => return Ok(Vec::new()),
+    };
+    let txn = |n: usize| format!("mxb.q{}.{n}", row.seq);
+    let mut sent = Vec::new();
+    match event {
+        RemoteEvent::Message { id, sender, timestamp, parts, reply_to, thread_root, echo_of } => {
+            if let Some(txn_id) = echo_of {
+                let part = parts.first().map(|p| p.id.clone()).unwrap_or_default();
+                let ours = ctx.store().resolve_pending(key, txn_id, id, &part).await?;
+                if let Some(mapped) = ours {
+                    // The echo of what the bridge sent for a Matrix event: now mapped.
+                    return Ok(vec![mapped.event_id]);
+                }
+            }
+            let known = ctx.store().message_parts(key, id).await?;
+            let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
+            let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
+            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let user = ghost.user_id().to_owned();
+            for (n, part) in parts.iter().enumerate() {
+                if known.iter().any(|m| m.part == part.id) {
+                    continue;
+                }
+                let mut content = crate::format::sanitize_content(&part.content).into_owned();
+                content.relates_to = match (&thread_root, &reply_to) {
+                    (Some(root), _) => Some(Relation::Thread(Thread::plain(
+                        root.clone(),
+                        reply_to.clone().unwrap_or_else(|| root.clone()),
+                    ))),
+                    (None, Some(reply)) => {
+                        Some(Relation::Reply(Reply::new(InReplyTo::new(reply.clone()))))
+                    }
+                    (None, None) => None,
+                };
+                ghost.ensure_joined(&portal.room_id).await?;
+                let content = AnyMessageLikeEventContent::RoomMessage(content);
+                let event_id =
+                    send(ctx, &user, &portal.room_id, &content, txn(n), *timestamp).await?;
+                let timestamp = timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
+                let row = MessageRow {
+                    portal: key.clone(),
+                    id: id.clone(),
+                    part: part.id.clone(),
+                    event_id: event_id.clone(),
+                    room_id: portal.room_id.clone(),
+                    sender: user.clone(),
+                    timestamp,
+                };
+                ctx.store().insert_messages(std::slice::from_ref(&row)).await?;
+                sent.push(event_id);
+            }
+        }
+        RemoteEvent::Edit { target, sender, timestamp, parts } => {
+            let known = ctx.store().message_parts(key, target).await?;
+            if known.is_empty() {
+                tracing::debug!(%target, "an edit of a message that was never bridged");
+                return Ok(Vec::new());
+            }
+            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            ghost.ensure_joined(&portal.room_id).await?;
+            for (n, RemotePart { id, content }) in parts.iter().enumerate() {
+                let Some(original) = known.iter().find(|m| m.part == *id) else { continue };
+                let sanitized = crate::format::sanitize_content(content).into_owned();
+                let new = RoomMessageEventContentWithoutRelation::from(sanitized);
+                let metadata = ReplacementMetadata::new(original.event_id.clone(), None);
+                let edit = AnyMessageLikeEventContent::RoomMessage(new.make_replacement(metadata));
+                let user = ghost.user_id();
+                sent.push(send(ctx, user, &portal.room_id, &edit, txn(n), *timestamp).await?);
+            }
+        }
+        RemoteEvent::Reaction { target, sender, key: reaction, timestamp } => {
+            let Some(target_event) = first_event(ctx, key, Some(target)).await? else {
+                return Ok(Vec::new());
+            };
+            if ctx.store().reaction(key, target, &sender.id, reaction).await?.is_some() {
+                return Ok(Vec::new());
+            }
+            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            ghost.ensure_joined(&portal.room_id).await?;
+            let content = AnyMessageLikeEventContent::Reaction(ReactionEventContent::new(
+                Annotation::new(target_event, reaction.clone()),
+            ));
+            let user = ghost.user_id();
+            let event_id = send(ctx, user, &portal.room_id, &content, txn(0), *timestamp).await?;
+            ctx.store()
+                .insert_reaction(&ReactionRow {
+                    portal: key.clone(),
+                    message: target.clone(),
+                    sender: sender.id.clone(),
+                    key: reaction.clone(),
+                    event_id: event_id.clone(),
+                    room_id: portal.room_id.clone(),
+                })
+                .await?;
+            sent.push(event_id);
+        }
+        RemoteEvent::ReactionRemove { target, sender, key: reaction } => {
+            let Some(event_id) = ctx.store().reaction(key, target, &sender.id, reaction).await?
+            else {
+                return Ok(Vec::new());
+            };
+            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            sent.push(redact(ctx, ghost.user_id(), &portal, &event_id, txn(0)).await?);
+            ctx.store().delete_reaction(key, target, &sender.id, reaction).await?;
+        }
+        RemoteEvent::Delete { target, sender } => {
+            let known = ctx.store().message_parts(key, target).await?;
+            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            for (n, part) in known.iter().enumerate() {
+                sent.push(redact(ctx, ghost.user_id(), &portal, &part.event_id, txn(n)).await?);
+            }
+            ctx.store().delete_message(key, target).await?;
+        }
+        RemoteEvent::ReadReceipt { sender, up_to } => {
+            if let Some(event_id) = first_event(ctx, key, Some(up_to)).await? {
+                let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+                ghost.ensure_joined(&portal.room_id).await?;
+                let mut request = create_receipt::v3::Request::new(
+                    portal.room_id.clone(),
+                    create_receipt::v3::ReceiptType::Read,
+                    event_id,
+                );
+                request.thread = ReceiptThread::Unthreaded;
+                ctx.client().send(request, Some(ghost.user_id())).await?;
+            }
+        }
+        RemoteEvent::Typing { sender, typing } => {
+            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            ghost.ensure_joined(&portal.room_id).await?;
+            let state = if *typing {
+                ruma::api::client::typing::create_typing_event::v3::Typing::Yes(
+                    ruma::api::client::typing::create_typing_event::v3::TypingInfo::new(
+                        Duration::from_secs(30),
+                    ),
+                )
+            } else {
+                ruma::api::client::typing::create_typing_event::v3::Typing::No
+            };
+            let user = ghost.user_id().to_owned();
+            let request =
+                create_typing_event::v3::Request::new(user.clone(), portal.room_id.clone(), state);
+            ctx.client().send(request, Some(&user)).await?;
+        }
+        RemoteEvent::ChatInfo { name, topic } => {
+            sent.extend(chat_info(ctx, &portal, name.as_deref(), topic.as_deref()).await?);
+        }
+        RemoteEvent::ChatDelete => {
+            let notice =
+                AnyMessageLikeEventContent::RoomMessage(RoomMessageEventContent::notice_plain(
+                    "This chat was deleted on the remote network.",
+                ));
+            let bot = ctx.bot_user_id().to_owned();
+            sent.push(send(ctx, &bot, &portal.room_id, &notice, txn(0), None).await?);
+            ctx.store().delete_portal(key).await?;
+            ctx.store().delete_messages(key).await?;
+        }
+    }
+    Ok(sent)
+}
+
+/// A bridge error as a pipeline failure, keeping whether it is permanent.
+fn failure_of(e: BridgeError) -> Failure {
+    Failure { permanent: e.is_permanent(), message: e.to_string() }
+}
+
+/// The first Matrix event of a remote message, when it was bridged.
+async fn first_event(
+    ctx: &Context,
+    key: &PortalKey,
+    message: Option<&RemoteMessageId>,
+) -> Result<Option<OwnedEventId>, Failure> {
+    let Some(message) = message else { return Ok(None) };
+    let parts = ctx.store().message_parts(key, message).await?;
+    Ok(parts.into_iter().next().map(|m| m.event_id))
+}
+
+/// Sends a message-like event as `user` (a ghost, or the bot) with a given transaction ID.
+async fn send(
+    ctx: &Context,
+    user: &UserId,
+    room_id: &RoomId,
+    content: &AnyMessageLikeEventContent,
+    txn_id: String,
+    timestamp: Option<ruma::MilliSecondsSinceUnixEpoch>,
+) -> Result<OwnedEventId, Failure> {
+    let event_type = content.event_type().to_string();
+    let raw = Raw::new(content).map_err(|e| Failure::permanent(e.to_string()))?.cast_unchecked();
+    let mut request = send_message_event::v3::Request::new_raw(
+        room_id.to_owned(),
+        txn_id.into(),
+        event_type.into(),
+        raw,
+    );
+    request.timestamp = timestamp;
+    let as_user = (user != ctx.bot_user_id()).then_some(user);
+    Ok(ctx.client().send(request, as_user).await.map_err(RemoteError::from)?.event_id)
+}
+
+/// Redacts an event as `user`.
+async fn redact(
+    ctx: &Context,
+    user: &UserId,
+    portal: &Portal,
+    event_id: &EventId,
+    txn_id: String,
+) -> Result<OwnedEventId, Failure> {
+    let request =
+        redact_event::v3::Request::new(portal.room_id.clone(), event_id.to_owned(), txn_id.into());
+    let as_user = (user != ctx.bot_user_id()).then_some(user);
+    Ok(ctx.client().send(request, as_user).await.map_err(RemoteError::from)?.event_id)
+}
+
+/// Sets a portal's name and topic as the bot where they changed.
+async fn chat_info(
+    ctx: &Context,
+    portal: &Portal,
+    name: Option<&str>,
+    topic: Option<&str>,
+) -> Result<Vec<OwnedEventId>, Failure> {
+    use ruma::events::room::{name::RoomNameEventContent, topic::RoomTopicEventContent};
+    let Some(mut row) = ctx.store().portal(&portal.key).await? else { return Ok(Vec::new()) };
+    let mut sent = Vec::new();
+    let state = |event_type: &str, content: serde_json::Value| {
+        let raw = Raw::new(&content).expect("state content serializes").cast_unchecked();
+        ruma::api::client::state::send_state_event::v3::Request::new_raw(
+            portal.room_id.clone(),
+            event_type.into(),
+            String::new(),
+            raw,
+        )
+    };
+    if let Some(name) = name.filter(|n| row.name.as_deref() != Some(n)) {
+        let content = serde_json::to_value(RoomNameEventContent::new(name.to_owned()))
+            .expect("a room name serializes");
+        sent.push(ctx.client().send(state("m.room.name", content), None).await?.event_id);
+        row.name = Some(name.to_owned());
+    }
+    if let Some(topic) = topic.filter(|t| row.topic.as_deref() != Some(t)) {
+        let content = serde_json::to_value(RoomTopicEventContent::new(topic.to_owned()))
+            .expect("a topic serializes");
+        sent.push(ctx.client().send(state("m.room.topic", content), None).await?.event_id);
+        row.topic = Some(topic.to_owned());
+    }
+    ctx.store().upsert_portal(&row).await?;
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedRoomId, room_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        commands::CommandSpec,
+        remote::RemoteSender,
+        store::{GhostRow, MemberRow, Membership, PortalRow, Store},
+        testing::{MockHomeserver, test_registration},
+    };
+
+    /// A bridge with nothing but what the pipeline asks of it.
+    #[derive(Debug, Default)]
+    struct Quiet;
+
+    impl Bridge for Quiet {
+        type Config = crate::config::NoBridgeConfig;
+        const NAME: &'static str = "quiet";
+        async fn create(_: Self::Config, _: Context) -> crate::BridgeResult<Self> {
+            Ok(Self)
+        }
+        fn commands(&self) -> Vec<CommandSpec> {
+            Vec::new()
+        }
+    }
+
+    const ROOMS: [&str; 3] = ["!a:localhost", "!b:localhost", "!c:localhost"];
+    const GHOST: &str = "@_test_alice:localhost";
+
+    /// A context whose store knows three portals (`chat-a` ... in `!a` ...) and the ghost of
+    /// remote user `alice`, joined to all three, so bridging makes only the sends.
+    async fn setup(hs: &MockHomeserver) -> Context {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
+            "homeserver: {{address: '{}', domain: localhost}}\n\
+             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
+             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
+             inbox: {{retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}}\n",
+            hs.url()
+        ))
+        .unwrap();
+        let ghost = ruma::UserId::parse(GHOST).unwrap();
+        store
+            .upsert_ghost(&GhostRow {
+                remote_id: "alice".into(),
+                user_id: ghost.clone(),
+                displayname: Some("Alice".into()),
+                avatar_url: None,
+                metadata: None,
+            })
+            .await
+            .unwrap();
+        store.mark_registered(&ghost).await.unwrap();
+        for (n, room) in ROOMS.iter().enumerate() {
+            let room_id = OwnedRoomId::try_from(*room).unwrap();
+            let joined = MemberRow::new(&room_id, &ghost, Membership::Join);
+            store.set_membership(joined).await.unwrap();
+            let key = PortalKey::shared(format!("chat-{n}"));
+            let room_id = Some(room_id);
+            let row = PortalRow {
+                key,
+                room_id,
+                name: None,
+                topic: None,
+                avatar_url: None,
+                metadata: None,
+            };
+            store.upsert_portal(&row).await.unwrap();
+        }
+        Context::with_client(store, test_registration(), config, hs.client())
+    }
+
+    fn alice() -> RemoteSender {
+        RemoteSender::named("alice", "Alice")
+    }
+
+    /// The pipeline, running until the returned sender says stop.
+    fn start(ctx: &Context) -> watch::Sender<bool> {
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(ctx.clone(), Arc::new(Quiet), stop_rx));
+        stop
+    }
+
+    /// Events queued concurrently, to three portals at once, reach each room in the order
+    /// they were queued, each sent once, with the transaction ID of its queue row.
+    #[tokio::test]
+    async fn each_portal_gets_its_events_in_queue_order() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        for room in ROOMS {
+            let room = <&RoomId>::try_from(room).unwrap();
+            hs.mock_send(room, "m.room.message")
+                .as_user(&ruma::UserId::parse(GHOST).unwrap())
+                .ok()
+                .mount()
+                .await;
+        }
+        let _stop = start(&ctx);
+        let mut writers = Vec::new();
+        for writer in 0..3 {
+            let ctx = ctx.clone();
+            writers.push(tokio::spawn(async move {
+                let mut queued = Vec::new();
+                for i in 0..10 {
+                    let n = (writer + i) % 3;
+                    let id = format!("w{writer}-{i}");
+                    let event = RemoteEvent::text(id.as_str(), alice(), id.as_str());
+                    let q = ctx
+                        .queue_remote(&PortalKey::shared(format!("chat-{n}")), &event)
+                        .await
+                        .unwrap();
+                    queued.push((n, q.seq(), q));
+                }
+                queued
+            }));
+        }
+        let mut by_portal: Vec<Vec<i64>> = vec![Vec::new(); 3];
+        for writer in writers {
+            for (n, seq, q) in writer.await.unwrap() {
+                by_portal[n].push(seq);
+                assert_eq!(q.bridged().await.unwrap().len(), 1);
+            }
+        }
+        for (n, room) in ROOMS.iter().enumerate() {
+            let room = <&RoomId>::try_from(*room).unwrap();
+            let mut expected = by_portal[n].clone();
+            expected.sort_unstable();
+            let expected: Vec<String> = expected.iter().map(|s| format!("mxb.q{s}.0")).collect();
+            assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, expected, "order in {room}");
+        }
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 0));
+    }
+
+    /// What was queued while no pipeline ran is bridged when one starts; an event handled
+    /// again (a crash after the send, before it left the queue) sends nothing more.
+    #[tokio::test]
+    async fn queued_events_survive_until_bridged_and_are_bridged_once() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message")
+            .ok_body(json!({"event_id": "$sent"}))
+            .ok()
+            .expect(2)
+            .mount()
+            .await;
+        let key = PortalKey::shared("chat-0");
+        let first = ctx.queue_remote(&key, &RemoteEvent::text("m1", alice(), "one")).await.unwrap();
+        let second =
+            ctx.queue_remote(&key, &RemoteEvent::text("m2", alice(), "two")).await.unwrap();
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (2, 0));
+        let _stop = start(&ctx);
+        assert_eq!(first.bridged().await.unwrap(), ["$sent"]);
+        assert_eq!(second.bridged().await.unwrap(), ["$sent"]);
+        // Handled again from its stored form: the part is mapped, nothing is sent.
+        let row = QueuedRow {
+            seq: 1,
+            portal: key.clone(),
+            event: serde_json::to_string(&RemoteEvent::text("m1", alice(), "one")).unwrap(),
+            attempts: 0,
+        };
+        let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
+        assert!(handle(&ctx, &Quiet, &row, &event).await.unwrap().is_empty());
+        assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q1.0", "mxb.q2.0"]);
+    }
+
+    /// Edits, reactions, their removal and deletes find their Matrix targets through the
+    /// mappings; each is sent by the remote user's ghost.
+    #[tokio::test]
+    async fn edits_reactions_and_deletes_reach_their_targets() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message")
+            .ok_body(json!({"event_id": "$msg"}))
+            .ok()
+            .mount()
+            .await;
+        hs.mock_send(room, "m.reaction")
+            .ok_body(json!({"event_id": "$react"}))
+            .ok()
+            .expect(1)
+            .mount()
+            .await;
+        hs.mock_redact(room).ok().expect(2).mount().await;
+        let key = PortalKey::shared("chat-0");
+        let _stop = start(&ctx);
+        let queue = |event: RemoteEvent| {
+            let (ctx, key) = (ctx.clone(), key.clone());
+            async move { ctx.queue_remote(&key, &event).await.unwrap().bridged().await.unwrap() }
+        };
+        queue(RemoteEvent::text("m1", alice(), "hello")).await;
+        let part = |body: &str| RemotePart {
+            id: crate::remote::RemotePartId::default(),
+            content: RoomMessageEventContent::text_plain(body),
+        };
+        queue(RemoteEvent::Edit {
+            target: "m1".into(),
+            sender: alice(),
+            timestamp: None,
+            parts: vec![part("hi")],
+        })
+        .await;
+        let reaction = |key: &str| RemoteEvent::Reaction {
+            target: "m1".into(),
+            sender: alice(),
+            key: key.into(),
+            timestamp: None,
+        };
+        assert_eq!(queue(reaction("👍")).await, ["$react"]);
+        // The same reaction again is already there.
+        assert!(queue(reaction("👍")).await.is_empty());
+        queue(RemoteEvent::ReactionRemove {
+            target: "m1".into(),
+            sender: alice(),
+            key: "👍".into(),
+        })
+        .await;
+        queue(RemoteEvent::Delete { target: "m1".into(), sender: alice() }).await;
+        // An edit of an unknown message changes nothing.
+        assert!(
+            queue(RemoteEvent::Edit {
+                target: "nope".into(),
+                sender: alice(),
+                timestamp: None,
+                parts: vec![part("x")]
+            })
+            .await
+            .is_empty()
+        );
+        let bodies: Vec<serde_json::Value> = hs
+            .received()
+            .await
+            .iter()
+            .filter(|r| r.url.path().contains("/send/"))
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect();
+        assert_eq!(bodies[0]["body"], "hello");
+        assert_eq!(bodies[1]["m.new_content"]["body"], "hi");
+        assert_eq!(bodies[1]["m.relates_to"], json!({"rel_type": "m.replace", "event_id": "$msg"}));
+        assert_eq!(
+            bodies[2]["m.relates_to"],
+            json!({"rel_type": "m.annotation", "event_id": "$msg", "key": "👍"})
+        );
+        let redacted: Vec<String> = hs
+            .received()
+            .await
+            .iter()
+            .filter_map(|r| {
+                r.url
+                    .path()
+                    .split("/redact/")
+                    .nth(1)
+                    .map(|rest| rest.split('/').next().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(redacted, ["$react", "$msg"]);
+        assert_eq!(ctx.store().message_parts(&key, &"m1".into()).await.unwrap(), []);
+    }
+
+    /// An event that keeps failing is parked after `inbox.max_attempts`, and its portal's
+    /// next events go on.
+    #[tokio::test]
+    async fn a_failing_event_is_parked_and_the_portal_goes_on() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message")
+            .error(400, "M_BAD_JSON", "nope")
+            .up_to_n_times(2)
+            .mount()
+            .await;
+        hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$ok"})).ok().mount().await;
+        let key = PortalKey::shared("chat-0");
+        let _stop = start(&ctx);
+        let bad = ctx.queue_remote(&key, &RemoteEvent::text("m1", alice(), "bad")).await.unwrap();
+        let good = ctx.queue_remote(&key, &RemoteEvent::text("m2", alice(), "good")).await.unwrap();
+        assert!(matches!(bad.bridged().await, Err(RemoteError::Parked(_))));
+        assert_eq!(good.bridged().await.unwrap(), ["$ok"]);
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 1));
+    }
+}
