@@ -164,16 +164,20 @@ async fn set_relay(ctx: &Context, call: &CommandCall) -> BridgeResult<String> {
         return Ok("Use this in a bridged room.".into());
     };
     let user = &call.event.sender;
-    let mine = ctx.store().logins_of(user).await?;
+    // Only a login that is in this chat can speak in it.
+    let mut in_portal = ctx.store().user_logins_in_portal(user, &portal.key).await?;
+    if let Some(receiver) = &portal.key.receiver
+        && let Some(login) = ctx.store().login(receiver).await?
+        && login.user_id == *user
+    {
+        in_portal.insert(0, login);
+    }
     let login = match call.args.first() {
-        Some(id) => mine.into_iter().find(|l| l.id.as_str() == id),
-        None => {
-            let mut in_portal = ctx.store().user_logins_in_portal(user, &portal.key).await?;
-            if in_portal.is_empty() { mine.into_iter().next() } else { Some(in_portal.remove(0)) }
-        }
+        Some(id) => in_portal.into_iter().find(|l| l.id.as_str() == id),
+        None => in_portal.into_iter().next(),
     };
     let Some(login) = login else {
-        return Ok("You have no such login; see `list-logins`.".into());
+        return Ok("None of your logins is in this chat; see `list-logins`.".into());
     };
     ctx.store().set_portal_relay(&portal.key, Some(&login.id)).await?;
     Ok(format!(

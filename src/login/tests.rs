@@ -470,3 +470,43 @@ async fn concurrent_answers_to_one_step_count_once() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id.as_str(), done[0]);
 }
+
+/// A relay must be a login that is in the chat.
+#[tokio::test]
+async fn only_a_login_in_the_chat_can_be_its_relay() {
+    use crate::remote::PortalKey;
+    let hs = MockHomeserver::start().await;
+    let (ctx, net) = setup(&hs, "relay: {enabled: true, admin_only: false}\n").await;
+    let room = room_id!("!p:localhost");
+    let key = PortalKey::shared("c");
+    let row = crate::store::PortalRow {
+        key: key.clone(),
+        room_id: Some(room.to_owned()),
+        name: None,
+        topic: None,
+        avatar_url: None,
+        metadata: None,
+    };
+    ctx.store().upsert_portal(&row).await.unwrap();
+    let bot = user_id!("@_test_bot:localhost");
+    let joined = crate::store::MemberRow::new(room, bot, crate::store::Membership::Join);
+    ctx.store().set_membership(joined).await.unwrap();
+    let alice = user_id!("@alice:localhost");
+    let new = super::NewLogin { id: "a1".into(), remote_name: "A".into(), metadata: json!(null) };
+    ctx.store().add_login(alice, &new, LoginState::Connected, 5).await.unwrap();
+    hs.mock_send(room, "m.room.message").as_bot().ok().mount().await;
+    let set = portal_message("$1", "@alice:localhost", "!fake set-relay");
+    crate::route::route(&ctx, &*net, &set).await.unwrap();
+    let reply = wait_for_body(&hs, "m.room.message").await;
+    assert!(reply["body"].as_str().unwrap().contains("None of your logins"), "{reply}");
+    assert_eq!(ctx.store().portal_relay(&key).await.unwrap(), None);
+    ctx.store().add_login_to_portal(&"a1".into(), &key).await.unwrap();
+    crate::route::route(
+        &ctx,
+        &*net,
+        &portal_message("$2", "@alice:localhost", "!fake set-relay a1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ctx.store().portal_relay(&key).await.unwrap().unwrap().id.as_str(), "a1");
+}
