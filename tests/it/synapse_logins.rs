@@ -1,7 +1,7 @@
 //! Logins and relays against a real Synapse: a human logs in through the bot's commands in a
-//! DM, the login is connected again after a restart (and its refusal told to the human), a
-//! second human with the `relay` level is relayed through the first one's login, and a third
-//! with no level is told the message was not bridged.
+//! DM, the login is connected again after a SIGKILL and a restart (and its refusal told to the
+//! human), a second human with the `relay` level is relayed through the first one's login, and
+//! a third with no level is told the message was not bridged.
 
 use std::sync::{Arc, Mutex};
 
@@ -103,7 +103,7 @@ struct App {
 
 async fn start(
     listener: tokio::net::TcpListener,
-    synapse: &Synapse,
+    hs_url: &str,
     db_url: &str,
     bridge: &str,
     registration: &str,
@@ -112,7 +112,7 @@ async fn start(
     let yaml = format!(
         "{}permissions: {{'@alice:localhost': user, '@bob:localhost': relay}}\n\
          relay: {{enabled: true, admin_only: false}}\n",
-        config_yaml(&synapse.url, port, db_url, bridge)
+        config_yaml(hs_url, port, db_url, bridge)
     );
     let config: Config<ScriptedConfig> = Config::from_yaml(&yaml).unwrap();
     let service =
@@ -188,19 +188,61 @@ async fn notice_containing(
     .await
 }
 
+/// What the child process runs: the bridge's first life, until it is SIGKILLed.
+#[derive(Serialize, Deserialize)]
+struct ChildSpec {
+    hs_url: String,
+    db_url: String,
+    port: u16,
+    registration: String,
+}
+
+/// Not a test of its own: the body of the child process (see `crash.rs`).
+#[tokio::test]
+async fn logins_child_process_entry_point() {
+    let Ok(spec) = std::env::var("MXB_LOGINS_CHILD") else { return };
+    let spec: ChildSpec = serde_json::from_str(&spec).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", spec.port)).await.unwrap();
+    let _app = start(listener, &spec.hs_url, &spec.db_url, "{}", &spec.registration).await;
+    // Run until killed.
+    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+}
+
+fn spawn_child(spec: &ChildSpec) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "synapse_logins::logins_child_process_entry_point",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MXB_LOGINS_CHILD", serde_json::to_string(spec).unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
     if !enabled() {
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let registration = registration_yaml(&format!("http://{addr}"));
+    let port = crate::crash::free_port();
+    let registration = registration_yaml(&format!("http://127.0.0.1:{port}"));
     let synapse = Synapse::start(&registration);
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database("sqlite", dir.path()).await;
-    let app = start(listener, &synapse, &db.url, "{}", &registration).await;
+    // First life in a child process, which is SIGKILLed after the login.
+    let spec = ChildSpec {
+        hs_url: synapse.url.clone(),
+        db_url: db.url.clone(),
+        port,
+        registration: registration.clone(),
+    };
+    let mut child = spawn_child(&spec);
     let client = http();
+    crate::crash::wait_live(&client, port).await;
     let hs = synapse.url.clone();
     let (alice, bob, carol) =
         (synapse.register("alice"), synapse.register("bob"), synapse.register("carol"));
@@ -217,12 +259,11 @@ async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
         .as_str()
         .unwrap()
         .to_owned();
-    let store = app.ctx.store().clone();
+    let members = format!("{hs}/_matrix/client/v3/rooms/{}/joined_members", urlencode(&dm));
     assert!(
         wait_until_async(30, async || {
-            let dm: &ruma::RoomId = dm.as_str().try_into().unwrap();
-            store.membership(dm, ruma::user_id!("@_t_bot:localhost")).await.unwrap()
-                == Some(mxbridge::store::Membership::Join)
+            let joined = cs(&client, reqwest::Method::GET, members.clone(), &alice, None).await;
+            joined["joined"].get("@_t_bot:localhost").is_some()
         })
         .await,
         "the bot never joined the DM"
@@ -235,6 +276,14 @@ async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
     assert!(notice_containing(&client, &synapse, &dm, &alice, "Password").await);
     say(&client, &synapse, &dm, &alice, "hunter2").await;
     assert!(notice_containing(&client, &synapse, &dm, &alice, "Logged in as").await);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Second life: the stored login is connected again.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let app = start(listener, &synapse.url, &db.url, "{}", &registration).await;
+    let store = app.ctx.store().clone();
     let connected = async || {
         store
             .login(&"alice".into())
@@ -242,7 +291,8 @@ async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
             .unwrap()
             .is_some_and(|l| l.state == mxbridge::login::LoginState::Connected)
     };
-    assert!(wait_until_async(30, connected).await, "the login never connected");
+    assert!(wait_until_async(30, connected).await, "the login never connected again");
+    assert_eq!(*app.bridge.connects.lock().unwrap(), ["alice"]);
 
     // A portal with all three; Alice's login is in it and she makes it the relay.
     let key = PortalKey::shared("general");
@@ -277,12 +327,12 @@ async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
         ["alice: hello from alice", "relay alice: bob: hi from bob"]
     );
 
-    // A restart: the stored login is connected again; this time the network refuses it, and
-    // Alice is told in her DM.
+    // Third life: this time the network refuses the stored login, and Alice is told in her DM.
     let _ = app.stop.send(());
     app.task.await.unwrap().unwrap();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let again = start(listener, &synapse, &db.url, "{reject_stored: true}", &registration).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let again =
+        start(listener, &synapse.url, &db.url, "{reject_stored: true}", &registration).await;
     assert!(notice_containing(&client, &synapse, &dm, &alice, "refused your login").await);
     assert_eq!(*again.bridge.connects.lock().unwrap(), ["alice"]);
     let login = again.ctx.store().login(&"alice".into()).await.unwrap().unwrap();
