@@ -18,7 +18,7 @@ fn values(pairs: &[(&str, &str)]) -> LoginValues {
 
 /// Polls (bounded) until the login has the state.
 async fn wait_state(ctx: &crate::Context, id: &str, state: LoginState) {
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if ctx.store().login(&id.into()).await.unwrap().is_some_and(|l| l.state == state) {
             return;
         }
@@ -192,7 +192,7 @@ pub(crate) async fn wait_for_body(hs: &MockHomeserver, part: &str) -> serde_json
 
 /// The bodies of `n` requests whose path contains `part` (bounded wait).
 pub(crate) async fn bodies(hs: &MockHomeserver, part: &str, n: usize) -> Vec<serde_json::Value> {
-    for _ in 0..300 {
+    for _ in 0..1000 {
         let found: Vec<serde_json::Value> = hs
             .received()
             .await

@@ -291,6 +291,8 @@ async fn a_human_logs_in_through_commands_and_others_are_relayed_or_told() {
             .unwrap()
             .is_some_and(|l| l.state == mxbridge::login::LoginState::Connected)
     };
+    // (The state read before the reconnect may be the first life's.)
+    assert!(wait_until(30, || !app.bridge.connects.lock().unwrap().is_empty()).await);
     assert!(wait_until_async(30, connected).await, "the login never connected again");
     assert_eq!(*app.bridge.connects.lock().unwrap(), ["alice"]);
 

@@ -218,7 +218,7 @@ async fn a_password_login_over_http() {
         (body["type"].as_str(), body["complete"]["user_login_id"].as_str()),
         (Some("complete"), Some("alice"))
     );
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if !h.net.connected.lock().unwrap().is_empty() {
             break;
         }
