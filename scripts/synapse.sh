@@ -218,6 +218,8 @@ pid_file: $(yq "$dir/homeserver.pid")
 log_config: $(yq "$dir/log.config")
 signing_key_path: $(yq "$dir/localhost.signing.key")
 media_store_path: $(yq "$dir/media")
+# Large enough for the media tests' streamed files.
+max_upload_size: 256M
 listeners:
   - port: $port
     bind_addresses: ["127.0.0.1"]
@@ -225,7 +227,7 @@ listeners:
     tls: false
     x_forwarded: false
     resources:
-      - names: [client]
+      - names: [client, media]
         compress: false
 database:
   name: sqlite3

@@ -182,9 +182,9 @@ impl<B: Bridge> AppService<B> {
         }
         let _ = dispatcher.await;
         pruner.abort();
-        // The remote → Matrix pipeline stops taking new events; one being bridged is cut
-        // short, and bridged again (idempotently) after the restart.
-        pipeline.abort();
+        // The remote → Matrix pipeline takes no new events once stopped; what is left stays
+        // queued in the database for the next start.
+        let _ = pipeline.await;
         supervisor.shutdown(grace).await;
         bridge.stop().await;
         ctx.store().close().await;

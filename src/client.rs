@@ -28,6 +28,7 @@
 //! [`Intent`]: crate::intent::Intent
 
 mod error;
+mod media;
 
 use std::{
     borrow::Cow,
@@ -59,6 +60,7 @@ use tracing::{Instrument as _, field};
 use url::Url;
 
 pub use self::error::{Error, Result};
+pub use self::media::{MediaStream, UploadBody};
 use crate::{registration::Registration, secret::Secret};
 
 /// How failed requests are retried.
@@ -214,6 +216,8 @@ struct ClientInner {
     /// Joins in flight, keyed by (room, user). Entries exist only while a join runs, so the map
     /// never grows with the number of ghosts (see `Intent::ensure_joined`).
     joins_in_flight: Mutex<crate::util::FastMap<JoinKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The homeserver's upload limit, once asked (`Some(None)`: it has none).
+    upload_limit: RwLock<Option<Option<u64>>>,
 }
 
 /// Identifies one user's join to one room.
@@ -296,6 +300,7 @@ impl Client {
                 metrics: std::sync::OnceLock::new(),
                 versions: RwLock::new(versions),
                 joins_in_flight: Mutex::default(),
+                upload_limit: RwLock::default(),
             }),
         })
     }

@@ -4,7 +4,7 @@
 //! After committing a transaction the server hands its stored batches to the dispatcher in
 //! memory ([`Handoff::hand_off`]), in commit order, so the common path never reads the events
 //! back. The dispatcher reads batches from the database instead at startup (what a previous run
-//! left), and whenever the in-memory queue overflowed (more than [`MAX_QUEUED`] events waiting):
+//! left), and whenever the in-memory queue overflowed (more than the hand-off's `MAX_QUEUED` events waiting):
 //! then it drops the queue and reads everything after the last batch it routed. Each event goes
 //! to its room's queue. A room queue has one worker task, which exists only while the room has
 //! work, and holds one of `room_concurrency` permits while it processes events (not while it

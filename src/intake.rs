@@ -10,7 +10,9 @@ mod handoff;
 mod parse;
 
 pub(crate) use group_commit::GroupCommit;
-pub(crate) use handoff::{Handoff, HandoffReceivers, LiveBatch, LiveState, MAX_QUEUED, Routed};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use handoff::MAX_QUEUED;
+pub(crate) use handoff::{Handoff, HandoffReceivers, LiveBatch, LiveState, Routed};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use parse::parse;
 pub(crate) use parse::{BadTransaction, not_utf8, parse_text};

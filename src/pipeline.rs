@@ -173,8 +173,7 @@ impl Failure {
 
 /// Runs the pipeline until `stop`: the fetch loop, and a worker per portal with work.
 pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch::Receiver<bool>) {
-    let workers: Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<QueuedRow>>>> =
-        Arc::default();
+    let workers: Workers = Arc::default();
     let mut cursor = 0;
     loop {
         if *stop.borrow() {
@@ -213,42 +212,61 @@ pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch
             let portal = row.portal.clone();
             tx.send(row).expect("the receiver is here");
             map.insert(portal.clone(), tx);
-            let worker = portal_worker(ctx.clone(), bridge.clone(), portal, rx, workers.clone());
-            tokio::spawn(worker);
+            let worker = Worker { portal, rx, workers: workers.clone(), stop: stop.clone() };
+            tokio::spawn(worker.run(ctx.clone(), bridge.clone()));
         }
     }
 }
 
-/// Bridges one portal's events in order until its queue is empty.
-async fn portal_worker<B: Bridge>(
-    ctx: Context,
-    bridge: Arc<B>,
+/// The workers of the portals with work, by portal.
+type Workers = Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<QueuedRow>>>>;
+
+/// One portal's worker.
+struct Worker {
     portal: PortalKey,
-    mut rx: mpsc::UnboundedReceiver<QueuedRow>,
-    workers: Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<QueuedRow>>>>,
-) {
-    loop {
-        let row = match rx.try_recv() {
-            Ok(row) => row,
-            Err(_) => {
-                // Leave only with the map locked and nothing queued: the fetch loop sends
-                // under the same lock, so no event is left in a channel nobody reads.
-                let mut map = workers.lock().await;
-                match rx.try_recv() {
-                    Ok(row) => row,
-                    Err(_) => {
-                        map.remove(&portal);
-                        return;
+    rx: mpsc::UnboundedReceiver<QueuedRow>,
+    workers: Workers,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Bridges the portal's events in order until its queue is empty, or the bridge stops
+    /// (what is left stays in the database for the next start).
+    async fn run<B: Bridge>(self, ctx: Context, bridge: Arc<B>) {
+        let Self { portal, mut rx, workers, mut stop } = self;
+        loop {
+            if *stop.borrow() {
+                workers.lock().await.remove(&portal);
+                return;
+            }
+            let row = match rx.try_recv() {
+                Ok(row) => row,
+                Err(_) => {
+                    // Leave only with the map locked and nothing queued: the fetch loop sends
+                    // under the same lock, so no event is left in a channel nobody reads.
+                    let mut map = workers.lock().await;
+                    match rx.try_recv() {
+                        Ok(row) => row,
+                        Err(_) => {
+                            map.remove(&portal);
+                            return;
+                        }
                     }
                 }
-            }
-        };
-        process(&ctx, &*bridge, row).await;
+            };
+            process(&ctx, &*bridge, row, &mut stop).await;
+        }
     }
 }
 
-/// Bridges one queued event, with retries; parks it after the last attempt.
-async fn process<B: Bridge>(ctx: &Context, bridge: &B, row: QueuedRow) {
+/// Bridges one queued event, with retries; parks it after the last attempt. A retry pending
+/// at shutdown waits for the next start.
+async fn process<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    row: QueuedRow,
+    stop: &mut watch::Receiver<bool>,
+) {
     let config = &ctx.config().inbox;
     let mut attempts = row.attempts;
     let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
@@ -284,7 +302,10 @@ async fn process<B: Bridge>(ctx: &Context, bridge: &B, row: QueuedRow) {
         let delay = config.retry_delay(u32::try_from(attempts).unwrap_or(1));
         let delay_ms = delay.as_millis();
         tracing::info!(%error, attempts, delay_ms, "bridging a remote event failed; will retry");
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
@@ -562,8 +583,8 @@ mod tests {
     use crate::{
         commands::CommandSpec,
         remote::RemoteSender,
-        store::{GhostRow, MemberRow, Membership, PortalRow, Store},
-        testing::{MockHomeserver, test_registration},
+        store::{GhostRow, MemberRow, Membership, PortalRow},
+        testing::{MockHomeserver, test_context},
     };
 
     /// A bridge with nothing but what the pipeline asks of it.
@@ -587,15 +608,9 @@ mod tests {
     /// A context whose store knows three portals (`chat-a` ... in `!a` ...) and the ghost of
     /// remote user `alice`, joined to all three, so bridging makes only the sends.
     async fn setup(hs: &MockHomeserver) -> Context {
-        let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
-            "homeserver: {{address: '{}', domain: localhost}}\n\
-             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
-             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
-             inbox: {{retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}}\n",
-            hs.url()
-        ))
-        .unwrap();
+        let inbox = "inbox: {retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}\n";
+        let ctx = test_context(hs, inbox).await;
+        let store = ctx.store();
         let ghost = ruma::UserId::parse(GHOST).unwrap();
         store
             .upsert_ghost(&GhostRow {
@@ -624,7 +639,7 @@ mod tests {
             };
             store.upsert_portal(&row).await.unwrap();
         }
-        Context::with_client(store, test_registration(), config, hs.client())
+        ctx
     }
 
     fn alice() -> RemoteSender {

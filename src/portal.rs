@@ -255,22 +255,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{
-        store::Store,
-        testing::{MockHomeserver, test_registration},
-    };
+    use crate::testing::{MockHomeserver, test_context};
 
     async fn setup(hs: &MockHomeserver) -> Context {
-        let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
-            "homeserver: {{address: '{}', domain: localhost}}\n\
-             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
-             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
-             permissions: {{localhost: user}}\n",
-            hs.url()
-        ))
-        .unwrap();
-        Context::with_client(store, test_registration(), config, hs.client())
+        test_context(hs, "permissions: {localhost: user}\n").await
     }
 
     fn state(kind: &str, state_key: &str, content: serde_json::Value) -> serde_json::Value {

@@ -780,8 +780,8 @@ mod route_tests {
     use crate::{
         commands::CommandSpec,
         remote::PortalKey,
-        store::{MemberRow, Store},
-        testing::{MockHomeserver, test_registration},
+        store::MemberRow,
+        testing::{MockHomeserver, test_context},
     };
 
     /// A bridge that logs which handler saw what. Its messages' deliveries follow the body:
@@ -840,15 +840,10 @@ mod route_tests {
     }
 
     async fn setup(hs: &MockHomeserver) -> Context {
-        let store = Store::connect_url("sqlite::memory:").await.unwrap();
-        let config: crate::Config<()> = crate::Config::from_yaml(&format!(
-            "homeserver: {{address: '{}', domain: localhost}}\n\
-             appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
-             bot: {{localpart: _test_bot}}, ghost_localpart_template: '_test_{{id}}'}}\n\
-             permissions: {{'@admin:localhost': admin, localhost: user, other.org: relay}}\n",
-            hs.url()
-        ))
-        .unwrap();
+        let permissions =
+            "permissions: {'@admin:localhost': admin, localhost: user, other.org: relay}\n";
+        let ctx = test_context(hs, permissions).await;
+        let store = ctx.store();
         for room in [room_id!("!r:localhost"), room_id!("!p:localhost")] {
             store
                 .set_membership(MemberRow::new(
@@ -859,7 +854,7 @@ mod route_tests {
                 .await
                 .unwrap();
         }
-        Context::with_client(store, test_registration(), config, hs.client())
+        ctx
     }
 
     /// Makes `!p:localhost` the portal of chat `c`.
@@ -900,26 +895,11 @@ mod route_tests {
                      "m.relates_to": {"rel_type": "m.replace", "event_id": target}}}))
     }
 
-    /// Waits (bounded) until the mock homeserver got `n` requests whose path contains `part`.
-    async fn wait_for_requests(
-        hs: &MockHomeserver,
-        part: &str,
-        n: usize,
-    ) -> Vec<serde_json::Value> {
-        for _ in 0..200 {
-            let found: Vec<_> = hs
-                .received()
-                .await
-                .into_iter()
-                .filter(|r| r.url.path().contains(part))
-                .map(|r| serde_json::from_slice(&r.body).unwrap_or_default())
-                .collect();
-            if found.len() >= n {
-                return found;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("fewer than {n} requests to {part}");
+    /// The JSON bodies of the requests the mock homeserver got whose path contains `part`.
+    async fn bodies_to(hs: &MockHomeserver, part: &str) -> Vec<serde_json::Value> {
+        let received = hs.received().await;
+        let to_part = received.into_iter().filter(|r| r.url.path().contains(part));
+        to_part.map(|r| serde_json::from_slice(&r.body).unwrap_or_default()).collect()
     }
 
     #[tokio::test]
@@ -1063,8 +1043,10 @@ mod route_tests {
         portal(&ctx).await;
         let room = room_id!("!p:localhost");
         let tb = Tb::default();
-        hs.mock_send(room, "com.beeper.message_send_status").as_bot().ok().expect(2).mount().await;
-        hs.mock_send(room, "m.room.message").as_bot().ok().expect(2).mount().await;
+        let status = "com.beeper.message_send_status";
+        let statuses = hs.mock_send(room, status).as_bot().ok().expect(2).mount_as_scoped().await;
+        let notices = hs.mock_send(room, "m.room.message").as_bot().ok().expect(2);
+        let notices = notices.mount_as_scoped().await;
         let original = message_in("!p:localhost", "$orig", "@alice:localhost", "hello");
         let recorded = route(&ctx, &tb, &original).await.unwrap();
         ctx.store().record_delivery(&recorded.messages, None).await.unwrap();
@@ -1072,7 +1054,14 @@ mod route_tests {
         route(&ctx, &tb, &edit_of("$edit", &original.event_id)).await.unwrap();
         // An event that maps to nothing: unknown target.
         route(&ctx, &tb, &edit_of("$edit2", event_id!("$unknown"))).await.unwrap();
-        let statuses = wait_for_requests(&hs, "com.beeper.message_send_status", 2).await;
+        // The reports go out in the background: wait (bounded) until both kinds arrived.
+        let arrived = async {
+            statuses.wait_until_satisfied().await;
+            notices.wait_until_satisfied().await;
+        };
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), arrived).await;
+        assert!(waited.is_ok(), "the status events and notices arrived");
+        let statuses = bodies_to(&hs, status).await;
         let mut targets: Vec<_> =
             statuses.iter().map(|s| s["m.relates_to"]["event_id"].as_str().unwrap()).collect();
         targets.sort_unstable();
@@ -1084,7 +1073,7 @@ mod route_tests {
             );
             assert_eq!(s["m.relates_to"]["rel_type"], "m.reference");
         }
-        let notices = wait_for_requests(&hs, "m.room.message", 2).await;
+        let notices = bodies_to(&hs, "m.room.message").await;
         for n in &notices {
             assert_eq!(n["msgtype"], "m.notice");
             assert!(

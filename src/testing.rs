@@ -67,6 +67,27 @@ pub fn test_registration() -> Registration {
     Registration::from_yaml(&yaml).expect("the test registration is valid")
 }
 
+/// A [`Context`](crate::Context) for a bridge's unit tests: an in-memory SQLite store, the
+/// [`test_registration`], and a config for this mock homeserver (appservice `test-bridge`, bot
+/// `@_test_bot:localhost`, ghosts `@_test_{id}:localhost`), with `extra` YAML keys added
+/// (`permissions: {localhost: user}`, say).
+///
+/// # Panics
+/// When `extra` is not valid config YAML.
+pub async fn test_context(hs: &MockHomeserver, extra: &str) -> crate::Context {
+    let store = crate::Store::connect_url("sqlite::memory:")
+        .await
+        .expect("an in-memory SQLite store opens");
+    let config: crate::Config<()> = crate::Config::from_yaml(&format!(
+        "homeserver: {{address: '{}', domain: localhost}}\n\
+         appservice: {{id: test-bridge, address: 'http://127.0.0.1:2', port: 2, \
+         bot: {{localpart: {BOT_LOCALPART}}}, ghost_localpart_template: '_test_{{id}}'}}\n{extra}",
+        hs.url()
+    ))
+    .expect("the test config is valid");
+    crate::Context::with_client(store, test_registration(), config, hs.client())
+}
+
 /// A retry policy with millisecond delays, for tests.
 pub fn fast_retry_policy() -> RetryPolicy {
     RetryPolicy {

@@ -48,6 +48,14 @@ pub enum Error {
     /// A successful response did not have the shape the endpoint defines.
     #[error("unexpected response from the homeserver: {0}")]
     InvalidResponse(String),
+    /// An upload is larger than the homeserver takes; nothing was sent.
+    #[error("the file is {size} bytes, over the homeserver's upload limit of {limit} bytes")]
+    MediaTooLarge {
+        /// The upload's size.
+        size: u64,
+        /// The homeserver's limit.
+        limit: u64,
+    },
     /// Content could not be serialized to JSON.
     #[error("could not serialize content: {0}")]
     Json(#[from] serde_json::Error),

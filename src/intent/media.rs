@@ -1,6 +1,8 @@
-//! Media: uploading as this user. Downloading needs no user: [`Client::download`].
+//! Media: uploading as this user, whole or streamed. Downloading needs no user:
+//! [`Client::download`], or [`Client::download_stream`] chunk by chunk.
 //!
 //! [`Client::download`]: crate::client::Client::download
+//! [`Client::download_stream`]: crate::client::Client::download_stream
 
 use std::future::IntoFuture;
 
@@ -8,6 +10,7 @@ use futures_util::future::BoxFuture;
 use ruma::{OwnedMxcUri, api::client::media::create_content};
 
 use super::{Intent, Result};
+use crate::client::UploadBody;
 
 impl Intent {
     /// Uploads media as this user: await the returned [`Upload`] for its `mxc://` URI. The
@@ -62,5 +65,20 @@ impl<'a> IntoFuture for Upload<'a> {
             request.filename = filename;
             Ok(intent.client.send(request, intent.as_user()).await?.content_uri)
         })
+    }
+}
+
+impl Intent {
+    /// Uploads media whose bytes are read as they are sent (see [`UploadBody`]), so a large file
+    /// never sits in memory whole. Over the homeserver's upload limit it fails at once with
+    /// [`crate::client::Error::MediaTooLarge`], which a bridge can show the sender.
+    pub async fn upload_stream(
+        &self,
+        body: UploadBody,
+        content_type: &str,
+        filename: Option<&str>,
+    ) -> Result<OwnedMxcUri> {
+        self.ensure_registered().await?;
+        Ok(self.client.upload_stream(self.as_user(), body, content_type, filename).await?)
     }
 }

@@ -83,9 +83,8 @@ pub(crate) async fn push_events<B: Bridge>(
 
 impl From<BadTransaction> for ApiError {
     fn from(e: BadTransaction) -> Self {
-        match e {
-            BadTransaction::NotJson(message) => Self::not_json(message),
-            BadTransaction::BadJson(message) => Self::bad_json(message),
-        }
+        let errcode = e.errcode();
+        let (BadTransaction::NotJson(message) | BadTransaction::BadJson(message)) = e;
+        Self::new(axum::http::StatusCode::BAD_REQUEST, errcode, message)
     }
 }

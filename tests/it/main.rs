@@ -11,6 +11,7 @@ mod crash;
 mod db_faults;
 mod hs_faults;
 mod inbox;
+mod media;
 mod secrets;
 mod store;
 mod store_users;

@@ -24,6 +24,12 @@
 //!
 //! `bench/scripts/bridging.sh` runs this side by side with mautrix-python
 //! (`bench/peers/mautrix_bridge.py`).
+//!
+//! - `--mode pipeline`: the remote → Matrix pipeline. It queues `--events` remote events (nine
+//!   messages to one reaction) over `--rooms` portals with `Context::queue_remote`, each
+//!   committed to the database first, waits until all are bridged to the stub, and prints the
+//!   rate. `bench/scripts/pipeline.sh` runs it beside `bench/peers/mautrix_pipeline.py`, which
+//!   sends the same events with mautrix-python's IntentAPI from one asyncio queue per portal.
 
 use std::{
     collections::BTreeMap,
@@ -56,6 +62,9 @@ enum Mode {
     Stub,
     /// mxbridge's AppService with the one-send bridge.
     Mxbridge,
+    /// The remote → Matrix pipeline: queue `--events` remote events over `--rooms` portals,
+    /// wait until every one is bridged, print the rate as JSON.
+    Pipeline,
 }
 
 #[derive(Parser, Debug)]
@@ -76,6 +85,9 @@ struct Args {
     /// Rooms of the load (`loadgen --rooms`): the ghost is joined to each.
     #[arg(long, default_value_t = 50)]
     rooms: u32,
+    /// Pipeline mode: how many remote events to queue (one in ten a reaction).
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
 }
 
 /// The ghost that sends every bridged message.
@@ -226,6 +238,108 @@ async fn main() -> anyhow::Result<()> {
             args.db.drop_fresh(db).await;
             served?;
         }
+        Mode::Pipeline => {
+            anyhow::ensure!(args.hs_port != 0, "--hs-port is required");
+            let db = args.db.fresh("pipeline", false).await?;
+            let config: Config =
+                Config::from_yaml(&config_yaml(port, args.hs_port, &db.url, None))?;
+            let registration = Registration::from_yaml(&registration_yaml(port, &args.hs_token))?;
+            let service = AppService::<OneSend>::new(config, registration).await?;
+            let ctx = service.context().clone();
+            prepare_portals(&ctx, args.rooms).await?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let running = tokio::spawn(service.run(listener, async move {
+                let _ = stop_rx.await;
+            }));
+            let result = queue_and_wait(&ctx, args.rooms, args.events).await;
+            let _ = stop_tx.send(());
+            running.await??;
+            args.db.drop_fresh(db).await;
+            println!("{}", result?);
+        }
     }
     Ok(())
+}
+
+/// The remote user whose ghost is `GHOST` (template `_bench_{id}`).
+const REMOTE_USER: &str = "ghost";
+
+/// Portals `chat-N` in the load's rooms, the ghost registered, joined and named in the store:
+/// every bridged event is one request, as in the mautrix-python peer.
+async fn prepare_portals(ctx: &Context, rooms: u32) -> anyhow::Result<()> {
+    use mxbridge::{
+        PortalKey,
+        store::{GhostRow, PortalRow},
+    };
+    let store = ctx.store();
+    let ghost = <&ruma::UserId>::try_from(GHOST)?;
+    store.mark_registered(ghost).await?;
+    store
+        .upsert_ghost(&GhostRow {
+            remote_id: REMOTE_USER.into(),
+            user_id: ghost.to_owned(),
+            displayname: Some("Ghost".into()),
+            avatar_url: None,
+            metadata: None,
+        })
+        .await?;
+    for r in 0..rooms {
+        let room = ruma::RoomId::parse(BenchRoom(r.into()).to_string())?;
+        store.set_membership(MemberRow::new(&room, ghost, Membership::Join)).await?;
+        let row = PortalRow {
+            key: PortalKey::shared(format!("chat-{r}")),
+            room_id: Some(room),
+            name: None,
+            topic: None,
+            avatar_url: None,
+            metadata: None,
+        };
+        store.upsert_portal(&row).await?;
+    }
+    Ok(())
+}
+
+/// Queues `events` remote events round-robin over the portals (nine messages, numbered per
+/// room for the stub's order check, then a reaction to the last one) and waits until all are
+/// bridged; returns the figures as JSON.
+async fn queue_and_wait(ctx: &Context, rooms: u32, events: u64) -> anyhow::Result<String> {
+    use mxbridge::{PortalKey, RemoteEvent, RemoteSender};
+    let sender = RemoteSender::named(REMOTE_USER, "Ghost");
+    let started = std::time::Instant::now();
+    let mut waiting = Vec::with_capacity(usize::try_from(events)?);
+    let mut next_in_room = vec![0u64; usize::try_from(rooms)?];
+    for n in 0..events {
+        let r = usize::try_from(n % u64::from(rooms))?;
+        let portal = PortalKey::shared(format!("chat-{r}"));
+        let seq = next_in_room[r];
+        let event = if seq % 10 == 9 {
+            RemoteEvent::Reaction {
+                target: format!("m{r}-{}", seq - 1).into(),
+                sender: sender.clone(),
+                key: "👍".into(),
+                timestamp: None,
+            }
+        } else {
+            let body = format!("Message number {seq} in chat {r}");
+            RemoteEvent::text(format!("m{r}-{seq}"), sender.clone(), body)
+        };
+        next_in_room[r] += 1;
+        waiting.push(ctx.queue_remote(&portal, &event).await?);
+    }
+    let queued_s = started.elapsed().as_secs_f64();
+    for queued in waiting {
+        queued.bridged().await?;
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = events as f64 / total_s;
+    Ok(serde_json::json!({
+        "side": "mxbridge",
+        "events": events,
+        "queued_s": queued_s,
+        "total_s": total_s,
+        "events_per_s": rate,
+        "durable": ctx.store().backend_name(),
+    })
+    .to_string())
 }
