@@ -44,6 +44,9 @@ impl<B: Bridge> AppService<B> {
             commands,
             metrics,
             permissions,
+            logins,
+            relay,
+            provisioning,
             bridge,
         } = config;
         let config = Config {
@@ -55,12 +58,17 @@ impl<B: Bridge> AppService<B> {
             commands,
             metrics,
             permissions,
+            logins,
+            relay,
+            provisioning,
             bridge: (),
         };
         let ctx = Context::new(store, registration, config)?;
         let bridge =
             B::create(bridge, ctx.clone()).await.map_err(|e| Error::Bridge(e.to_string()))?;
-        Ok(Self { bridge: Arc::new(bridge), ctx, health: Arc::new(Health::default()) })
+        let bridge = Arc::new(bridge);
+        ctx.attach_bridge(&bridge);
+        Ok(Self { bridge, ctx, health: Arc::new(Health::default()) })
     }
 
     /// The framework handle the bridge got.
@@ -152,6 +160,7 @@ impl<B: Bridge> AppService<B> {
         }
         let grace = Duration::from_secs(config.inbox.shutdown_grace_secs);
         let supervisor = Supervisor::start(bridge.tasks(), health.clone());
+        ctx.connect_stored_logins();
         let pipeline =
             tokio::spawn(crate::pipeline::run(ctx.clone(), bridge.clone(), stop_rx.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(grace));

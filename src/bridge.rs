@@ -27,6 +27,7 @@ use crate::{
         MatrixMessage, MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction,
         MatrixRoomMessage, MatrixTyping, ToDeviceEvent,
     },
+    login::{AnyLoginProcess, LoginFlow, UserLogin},
     remote::{PortalInfo, PortalKey, RemoteMessageId, RemoteTxnId},
     supervise::Task,
 };
@@ -331,5 +332,45 @@ pub trait Bridge: Sized + Send + Sync + 'static {
     /// not behind the homeserver's token: authenticate them yourself.
     fn routes(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
+    }
+
+    /// The ways users can log in to the remote network. None (the default): the bridge has
+    /// no per-user logins, and offers no login commands and no provisioning API. See
+    /// [`crate::login`].
+    fn login_flows(&self) -> Vec<LoginFlow> {
+        Vec::new()
+    }
+
+    /// Starts a login of `user_id` with one of [`Bridge::login_flows`]:
+    /// `Ok(Box::new(MyLogin { .. }))`, where `MyLogin` implements [`LoginProcess`]. The
+    /// framework drives it (bot commands or the provisioning API), stores the completed login
+    /// and calls [`Bridge::connect_login`] for it.
+    ///
+    /// [`LoginProcess`]: crate::login::LoginProcess
+    fn create_login(
+        &self,
+        flow_id: &str,
+        user_id: &UserId,
+    ) -> impl Future<Output = BridgeResult<Box<dyn AnyLoginProcess>>> + Send {
+        let _ = (flow_id, user_id);
+        async { Err(BridgeError::permanent("this bridge has no logins")) }
+    }
+
+    /// Connects a stored login to the network: after it completed, and at every start for
+    /// each login that is not logged out or refused (a login survives restarts). `Ok` means
+    /// connected; an `Err` is reported as the login's state (`BAD_CREDENTIALS` when
+    /// [permanent](BridgeError::permanent), else `UNKNOWN_ERROR`). Later changes are reported
+    /// with [`Context::set_login_state`]. Keep it short: start the connection's own task and
+    /// return.
+    fn connect_login(&self, login: &UserLogin) -> impl Future<Output = BridgeResult> + Send {
+        let _ = login;
+        async { Ok(()) }
+    }
+
+    /// The user logs out of a login: disconnect it and end the remote session. The framework
+    /// forgets the login afterwards (also when this fails).
+    fn logout(&self, login: &UserLogin) -> impl Future<Output = BridgeResult> + Send {
+        let _ = login;
+        async { Ok(()) }
     }
 }

@@ -98,7 +98,7 @@ pub(crate) async fn command_call(
 }
 
 /// A DM with the bot: the bot and the sender are the only joined members.
-async fn is_management_room(ctx: &Context, event: &Event) -> BridgeResult<bool> {
+pub(crate) async fn is_management_room(ctx: &Context, event: &Event) -> BridgeResult<bool> {
     let joined = ctx.bot().members_with(&event.room_id, Membership::Join).await?;
     Ok(joined.len() == 2
         && joined.iter().any(|m| m.user_id == ctx.bot_user_id())

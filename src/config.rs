@@ -67,6 +67,15 @@ pub struct Config<T = NoBridgeConfig> {
     /// users of the homeserver's own domain are `user`s and nobody else may use it.
     #[serde(default)]
     pub permissions: BTreeMap<String, PermissionLevel>,
+    /// Users' logins to the remote network.
+    #[serde(default)]
+    pub logins: crate::login::LoginsConfig,
+    /// Relaying messages of users without a login.
+    #[serde(default)]
+    pub relay: crate::login::RelayConfig,
+    /// The provisioning API (off without a shared secret).
+    #[serde(default)]
+    pub provisioning: crate::login::ProvisioningConfig,
     /// The bridge's own settings.
     #[serde(default)]
     pub bridge: T,
@@ -535,6 +544,9 @@ impl<T> Config<T> {
         }
         if self.appservice.max_body_bytes < 1024 {
             return invalid("appservice.max_body_bytes", "must be at least 1024".into());
+        }
+        if self.logins.max_per_user == 0 {
+            return invalid("logins.max_per_user", "must be at least 1".into());
         }
         if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
             return invalid("logging.level", e.to_string());

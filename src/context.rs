@@ -33,6 +33,8 @@ struct ContextInner {
     client: Client,
     /// The metrics registry, shared by the server, the dispatcher and the client.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Logins in progress, and the bridge's login methods.
+    logins: crate::login::Logins,
     /// The remote → Matrix pipeline's wake-up and waiters.
     remote_queue: crate::pipeline::RemoteQueue,
 }
@@ -65,13 +67,20 @@ impl Context {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         client.attach_metrics(metrics.clone());
         let remote_queue = crate::pipeline::RemoteQueue::default();
-        let inner = ContextInner { store, registration, config, client, metrics, remote_queue };
+        let logins = crate::login::Logins::default();
+        let inner =
+            ContextInner { store, registration, config, client, metrics, remote_queue, logins };
         Self { inner: Arc::new(inner) }
     }
 
     /// The remote → Matrix pipeline's shared half.
     pub(crate) fn remote_queue(&self) -> &crate::pipeline::RemoteQueue {
         &self.inner.remote_queue
+    }
+
+    /// Logins in progress, and the bridge's login methods.
+    pub(crate) fn logins(&self) -> &crate::login::Logins {
+        &self.inner.logins
     }
 
     /// The metrics registry.

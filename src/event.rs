@@ -324,6 +324,10 @@ pub struct Sender {
     pub user_id: OwnedUserId,
     /// Their level, computed from the config when the event is handled.
     pub level: PermissionLevel,
+    /// For an event in a portal of a bridge with logins: the login it goes out through (the
+    /// sender's own in this portal, else the portal's relay). `None` in other rooms and for
+    /// bridges without logins; an event that no login can carry never reaches a handler.
+    pub via: Option<crate::login::SendVia>,
 }
 
 /// A message a real user sent in a portal (not an edit, not a command).

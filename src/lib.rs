@@ -14,6 +14,8 @@
 //! - [`event`]: the events and their typed views ([`MatrixMessage`], [`MatrixEdit`], ...).
 //! - `route` and [`commands`]: which handler hears of an event; bot commands.
 //! - [`bridge`]: the [`Bridge`] trait and [`Delivery`], what a bridge implements.
+//! - [`login`] and `relay`: users' logins (flows driven by commands and the provisioning API,
+//!   states) and which login a Matrix event goes out through.
 //! - [`remote`]: the remote side's names ([`PortalKey`], [`RemoteMessageId`], ...).
 //! - [`portal`] and [`ghost`]: remote → Matrix (portals, messages, ghosts), on [`Context`].
 //! - [`format`](mod@format): formatted text both ways (Matrix HTML rendered for a network;
@@ -43,10 +45,12 @@ pub mod ghost;
 pub mod health;
 mod intake;
 pub mod intent;
+pub mod login;
 pub mod metrics;
 mod pipeline;
 pub mod portal;
 pub mod registration;
+mod relay;
 pub mod remote;
 mod route;
 pub mod secret;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// Retries of outgoing requests, by cause (`rate_limited`, `unavailable`).
     pub retries: Family<Labels, Counter>,
+    /// Changes of users' logins' connection states, by new state (`CONNECTED`, ...).
+    pub login_states: Family<Labels, Counter>,
     inbox_pending: Gauge,
     /// Times the in-memory hand-off queue overflowed, so the dispatcher read stored batches
     /// back from the database: the bridge is handling events slower than they arrive.
@@ -118,6 +120,7 @@ impl Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
+            login_states: Family::default(),
             inbox_pending: Gauge::default(),
             inbox_handoff_overflows: Counter::default(),
             inbox_oldest_age_seconds: Gauge::default(),
@@ -163,6 +166,11 @@ impl Metrics {
             "retries",
             "Retried requests to the homeserver, by cause",
             m.retries.clone(),
+        );
+        registry.register(
+            "login_state_changes",
+            "Changes of logins' connection states, by new state",
+            m.login_states.clone(),
         );
         registry.register(
             "inbox_pending",

@@ -131,8 +131,11 @@ pub(crate) async fn route<B: Bridge>(
         }
         return Ok(Bookkeeping::default());
     }
-    let sender =
-        Sender { user_id: event.sender.clone(), level: ctx.permission_level(&event.sender) };
+    let mut sender = Sender {
+        user_id: event.sender.clone(),
+        level: ctx.permission_level(&event.sender),
+        via: None,
+    };
     match event.kind.as_str() {
         "m.room.member" => Box::pin(route_membership(ctx, bridge, event, sender)).await,
         "m.room.message" => route_message(ctx, bridge, event, sender).await,
@@ -148,6 +151,9 @@ pub(crate) async fn route<B: Bridge>(
                 tracing::debug!(target = %annotation.event_id, "reaction to an unbridged event");
                 return Ok(Bookkeeping::default());
             };
+            if !assign_via(ctx, event, &mut sender, &portal, Notice::No).await? {
+                return Ok(Bookkeeping::default());
+            }
             let reaction = MatrixReaction {
                 event: event.clone(),
                 sender,
@@ -169,6 +175,9 @@ pub(crate) async fn route<B: Bridge>(
                 tracing::debug!(%target, "redaction of an unbridged event");
                 return Ok(Bookkeeping::default());
             };
+            if !assign_via(ctx, event, &mut sender, &portal, Notice::No).await? {
+                return Ok(Bookkeeping::default());
+            }
             let redaction =
                 MatrixRedaction { event: event.clone(), sender, portal, target, reason };
             let delivery = bridge.handle_redaction(&redaction).await?;
@@ -306,7 +315,7 @@ async fn route_message<B: Bridge>(
     ctx: &Context,
     bridge: &B,
     event: &Event,
-    sender: Sender,
+    mut sender: Sender,
 ) -> BridgeResult<Bookkeeping> {
     let content = message_content(event).map_err(BridgeError::permanent)?;
     let portal = ctx.portal_for_room(&event.room_id).await?;
@@ -318,14 +327,25 @@ async fn route_message<B: Bridge>(
             report_not_delivered(ctx, event, StatusReason::Unsupported, text, Notice::Yes);
             return Ok(Bookkeeping::default());
         };
-        let new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+        if !assign_via(ctx, event, &mut sender, &portal, Notice::Yes).await? {
+            return Ok(Bookkeeping::default());
+        }
+        let mut new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+        if sender.via.as_ref().is_some_and(crate::login::SendVia::is_relay) {
+            crate::relay::format_relayed(ctx, event, &mut new_content).await;
+        }
         let edit = MatrixEdit { event: event.clone(), sender, portal, target, new_content };
         let delivery = bridge.handle_edit(&edit).await?;
         return Ok(record(ctx, event, &edit.portal, delivery, Notice::Yes));
     }
     // A bridge without commands has no command syntax: skip the lookups.
-    if !bridge.commands().is_empty() {
+    if !bridge.commands().is_empty() || ctx.logins().enabled() {
         let prefix = command_prefix(ctx, B::NAME);
+        if portal.is_none()
+            && crate::login::commands::take_answer(ctx, event, content.body(), &prefix).await?
+        {
+            return Ok(Bookkeeping::default());
+        }
         let call = command_call(ctx, &prefix, event, &content, portal.clone());
         if let Some(call) = Box::pin(call).await? {
             Box::pin(run_command(ctx, bridge, call)).await?;
@@ -337,6 +357,13 @@ async fn route_message<B: Bridge>(
         bridge.handle_room_message(&message).await?;
         return Ok(Bookkeeping::default());
     };
+    if !assign_via(ctx, event, &mut sender, &portal, Notice::Yes).await? {
+        return Ok(Bookkeeping::default());
+    }
+    let mut content = content;
+    if sender.via.as_ref().is_some_and(crate::login::SendVia::is_relay) {
+        crate::relay::format_relayed(ctx, event, &mut content).await;
+    }
     let reply_to = match &content.relates_to {
         Some(Relation::Reply(reply)) => {
             target_in(ctx, &portal, &reply.in_reply_to.event_id).await?.map(|t| t.remote)
@@ -346,6 +373,27 @@ async fn route_message<B: Bridge>(
     let message = MatrixMessage { event: event.clone(), sender, portal, content, reply_to };
     let delivery = bridge.handle_message(&message).await?;
     Ok(record(ctx, event, &message.portal, delivery, Notice::Yes))
+}
+
+/// Sets the login an event in a portal goes out through (see `relay.rs`); when no login may
+/// carry it, tells the sender and returns `false`.
+async fn assign_via(
+    ctx: &Context,
+    event: &Event,
+    sender: &mut Sender,
+    portal: &Portal,
+    notice: Notice,
+) -> BridgeResult<bool> {
+    match crate::relay::via_for(ctx, sender, portal).await? {
+        Ok(via) => {
+            sender.via = via;
+            Ok(true)
+        }
+        Err(why) => {
+            report_not_delivered(ctx, event, StatusReason::NoLogin, &why, notice);
+            Ok(false)
+        }
+    }
 }
 
 /// The bridged message an event refers to, when it is in this portal (an event of another
@@ -420,6 +468,8 @@ pub(crate) enum StatusReason {
     Unsupported,
     /// The bridge failed for good (the event was parked).
     Failed,
+    /// No login may carry the event (the sender has none in the portal, and no relay).
+    NoLogin,
 }
 
 /// Tells the sender that an event did not reach the remote network: a failed
@@ -440,6 +490,7 @@ pub(crate) fn report_not_delivered(
         "reason": match reason {
             StatusReason::Unsupported => "m_event_unsupported",
             StatusReason::Failed => "m_foreign_network_error",
+            StatusReason::NoLogin => "m_no_permission",
         },
         "message": message,
     });
@@ -531,7 +582,13 @@ struct PreviousMembership {
 /// not retried.
 async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) -> BridgeResult {
     let prefix = command_prefix(ctx, B::NAME);
-    let specs = bridge.commands();
+    let mut specs = bridge.commands();
+    let own = specs.len();
+    for builtin in crate::login::commands::specs(ctx) {
+        if !specs.iter().any(|s| s.name == builtin.name) {
+            specs.push(builtin);
+        }
+    }
     let reply = if call.level == PermissionLevel::None {
         None
     } else if call.name == "help" {
@@ -542,10 +599,18 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
             Some(spec) if spec.level > call.level => {
                 Some(format!("You don't have permission to use `{}`.", call.name))
             }
-            Some(_) => match bridge.handle_command(&call).await {
-                Ok(text) => Some(text),
-                Err(e) => Some(format!("`{}` failed: {e}", call.name)),
-            },
+            Some(_) => {
+                let outcome = if specs[..own].iter().any(|s| s.name == call.name) {
+                    bridge.handle_command(&call).await
+                } else {
+                    let builtin = crate::login::commands::run(ctx, &call);
+                    Box::pin(builtin).await.unwrap_or_else(|| Ok(String::new()))
+                };
+                match outcome {
+                    Ok(text) => Some(text),
+                    Err(e) => Some(format!("`{}` failed: {e}", call.name)),
+                }
+            }
         }
     };
     if let Some(text) = reply.filter(|t| !t.is_empty()) {

@@ -28,6 +28,7 @@ mod auth;
 pub mod error;
 mod limit;
 mod ping;
+mod provision;
 mod query;
 mod thirdparty;
 mod transactions;
@@ -88,6 +89,7 @@ pub(crate) struct Limits {
 /// [`auth::HsAuthed`] first: no token, no answer), health routes, and the bridge's own routes.
 pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> App {
     let bridge_routes = state.bridge.routes();
+    let state_ctx = state.ctx.clone();
     let mut app = Router::new();
     // The spec's `/_matrix/app/v1` routes and the legacy unprefixed ones (pre-r0 homeservers).
     for prefix in ["/_matrix/app/v1", ""] {
@@ -139,8 +141,11 @@ pub(crate) fn router<B: Bridge>(state: Arc<ServerState<B>>, limits: Limits) -> A
         // `DefaultBodyLimit`, and a body declared too large is refused before it is awaited.
         .layer(limit::BodyLimitLayer::new(limits.max_body_bytes))
         .with_state(state);
+    let mut app = app.merge(bridge_routes);
+    if let Some(provisioning) = provision::router(&state_ctx) {
+        app = app.merge(provisioning);
+    }
     let router = app
-        .merge(bridge_routes)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside `framed`, so that a timeout's answer gets the Matrix error shape too.

@@ -32,6 +32,7 @@ mod state;
 mod state_cache;
 #[doc(hidden)]
 pub mod testing_support;
+mod users;
 mod writer;
 
 pub(crate) use inbox::{
@@ -42,6 +43,7 @@ pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
 pub(crate) use remote_queue::{QueuedRow, ReactionRow};
 pub use state::{Member, MemberRow, Membership, RoomStateField};
+pub use users::{AddLogin, UserRow};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +276,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0006_remote_queue.sql",
         sqlite: include_str!("../migrations/sqlite/0006_remote_queue.sql"),
         postgres: include_str!("../migrations/postgres/0006_remote_queue.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_users.sql",
+        sqlite: include_str!("../migrations/sqlite/0007_users.sql"),
+        postgres: include_str!("../migrations/postgres/0007_users.sql"),
     },
 ];
 

@@ -14,6 +14,8 @@ mod inbox;
 mod media;
 mod secrets;
 mod store;
+mod store_users;
 mod synapse;
+mod synapse_logins;
 mod synapse_restart;
 mod webhook;

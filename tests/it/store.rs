@@ -290,6 +290,11 @@ async fn batches_of_schema_3_get_their_event_ids(
     raw_sql(url, "DROP TABLE mx_portal").await;
     raw_sql(url, "DROP TABLE mx_message").await;
     raw_sql(url, "DROP TABLE mx_pending_message").await;
+    // And without the users' tables of schema 6.
+    raw_sql(url, "DROP TABLE mx_portal_relay").await;
+    raw_sql(url, "DROP TABLE mx_user_portal").await;
+    raw_sql(url, "DROP TABLE mx_user_login").await;
+    raw_sql(url, "DROP TABLE mx_user").await;
     raw_sql(
         url,
         "CREATE TABLE mx_portal (remote_id TEXT PRIMARY KEY, room_id TEXT UNIQUE, name TEXT, \
@@ -542,6 +547,13 @@ macro_rules! suite {
                 let dir = tempfile::tempdir().unwrap();
                 let Some(s) = store(&dir).await else { return };
                 bridge_mappings(s).await;
+            }
+
+            #[tokio::test]
+            async fn users_and_logins() {
+                let dir = tempfile::tempdir().unwrap();
+                let Some(s) = store(&dir).await else { return };
+                crate::store_users::users_and_logins(s).await;
             }
 
             #[tokio::test]
