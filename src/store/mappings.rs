@@ -326,31 +326,39 @@ impl Store {
     /// remote messages); this is public for the store's conformance tests.
     #[doc(hidden)]
     pub async fn insert_messages(&self, rows: &[MessageRow]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+        const INSERT: &str = "INSERT INTO mx_message \
+             (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+        // A macro: each backend's query is its own type.
+        macro_rules! bound {
+            ($m:expr) => {
+                sqlx::query(INSERT)
+                    .bind($m.portal.chat.as_str())
+                    .bind($m.portal.receiver_str())
+                    .bind($m.id.as_str())
+                    .bind($m.part.as_str())
+                    .bind($m.event_id.as_str())
+                    .bind($m.room_id.as_str())
+                    .bind($m.sender.as_str())
+                    .bind($m.timestamp)
+            };
         }
-        with_pool!(self, |pool| {
-            let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin_tx().await?;
-            for m in rows {
-                sqlx::query(
-                    "INSERT INTO mx_message \
-                     (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                )
-                .bind(m.portal.chat.as_str())
-                .bind(m.portal.receiver_str())
-                .bind(m.id.as_str())
-                .bind(m.part.as_str())
-                .bind(m.event_id.as_str())
-                .bind(m.room_id.as_str())
-                .bind(m.sender.as_str())
-                .bind(m.timestamp)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        });
+        match rows {
+            [] => {}
+            // One statement is atomic by itself: no transaction around it (each statement of
+            // one is a trip to the database).
+            [m] => with_pool!(self, |pool| {
+                bound!(m).execute(pool).await?;
+            }),
+            _ => with_pool!(self, |pool| {
+                let mut conn = pool.acquire().await?;
+                let mut tx = conn.begin_tx().await?;
+                for m in rows {
+                    bound!(m).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }),
+        }
         Ok(())
     }
 
