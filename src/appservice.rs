@@ -9,7 +9,6 @@ use crate::{
     bridge::Bridge,
     context::Context,
     dispatch,
-    error::{Error, Result},
     health::{BridgeState, Health},
     registration::{Registration, RegistrationError},
     server::{self, Limits, ServerState},
@@ -315,6 +314,38 @@ pub(crate) fn check_registration_matches<T>(
     }
     Ok(())
 }
+
+/// Everything that can stop a bridge from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The registration file is missing or wrong, or does not match the config.
+    #[error(transparent)]
+    Registration(#[from] crate::registration::RegistrationError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The Client-Server API client failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    /// The listener could not be bound or failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bridge failed to start.
+    #[error("the bridge failed to start: {0}")]
+    Bridge(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! One [`Client`] per process holds the connection pool, the `as_token` and the retry policy; it
 //! is an `Arc` inside, so clones are free. Every Client-Server endpoint ruma knows is callable
 //! through [`Client::send`] with ruma's request type. Acting in rooms (joining first, sending with
-//! a transaction ID, keeping the state cache current) is the job of an [`Intent`]; the few named
+//! a transaction ID, keeping the state cache current) is the job of an `Intent`; the few named
 //! methods here are requests whose behaviour the client adds: the supported-versions cache, the
 //! appservice's own registration, whoami and ping, and media download with its fallback.
 //!
@@ -25,7 +25,6 @@
 //! `status`, `attempts` and `duration_ms`. Tokens never reach a log line.
 //!
 //! [identity assertion]: https://spec.matrix.org/v1.13/application-service-api/#identity-assertion
-//! [`Intent`]: crate::intent::Intent
 
 mod error;
 mod media;

@@ -4,6 +4,10 @@
 //! `inbox`, `logging`, and `bridge` — the bridge author's own typed settings. Unknown keys are an
 //! error that names the key; so is every value that does not validate.
 
+mod logins;
+
+pub use logins::{LoginsConfig, ProvisioningConfig, RelayConfig};
+
 use std::{collections::BTreeMap, fs, net::IpAddr, path::Path, time::Duration};
 
 use ruma::{OwnedServerName, OwnedUserId, UserId};
@@ -69,13 +73,13 @@ pub struct Config<T = NoBridgeConfig> {
     pub permissions: BTreeMap<String, PermissionLevel>,
     /// Users' logins to the remote network.
     #[serde(default)]
-    pub logins: crate::login::LoginsConfig,
+    pub logins: LoginsConfig,
     /// Relaying messages of users without a login.
     #[serde(default)]
-    pub relay: crate::login::RelayConfig,
+    pub relay: RelayConfig,
     /// The provisioning API (off without a shared secret).
     #[serde(default)]
-    pub provisioning: crate::login::ProvisioningConfig,
+    pub provisioning: ProvisioningConfig,
     /// The bridge's own settings.
     #[serde(default)]
     pub bridge: T,

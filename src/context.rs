@@ -33,10 +33,31 @@ struct ContextInner {
     client: Client,
     /// The metrics registry, shared by the server, the dispatcher and the client.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// Logins in progress, and the bridge's login methods.
-    logins: crate::login::Logins,
-    /// The remote → Matrix pipeline's wake-up and waiters.
-    remote_queue: crate::pipeline::RemoteQueue,
+    /// Logins in progress and the bridge's login methods (the `accounts` module's), and the
+    /// remote → Matrix pipeline's wake-up and waiters (the `pipeline` module's).
+    logins: Part,
+    remote_queue: Part,
+}
+
+/// Shared state that a module of the framework keeps in the context, made on first use. Its
+/// type is that module's own: the context names no module that works with it.
+#[derive(Debug, Default)]
+pub(crate) struct Part(std::sync::OnceLock<Box<dyn PartState>>);
+
+/// What a [`Part`] holds.
+pub(crate) trait PartState: std::any::Any + Send + Sync + std::fmt::Debug {}
+
+impl<T: std::any::Any + Send + Sync + std::fmt::Debug> PartState for T {}
+
+impl Part {
+    /// The state, made with `T::default()` on first use.
+    ///
+    /// # Panics
+    /// When the part was made with another type (one part holds one module's state).
+    pub(crate) fn get<T: PartState + Default>(&self) -> &T {
+        let state: &dyn std::any::Any = self.0.get_or_init(|| Box::new(T::default())).as_ref();
+        state.downcast_ref().expect("a context part holds one module's state")
+    }
 }
 
 impl Context {
@@ -66,20 +87,19 @@ impl Context {
     ) -> Self {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         client.attach_metrics(metrics.clone());
-        let remote_queue = crate::pipeline::RemoteQueue::default();
-        let logins = crate::login::Logins::default();
+        let (remote_queue, logins) = (Part::default(), Part::default());
         let inner =
             ContextInner { store, registration, config, client, metrics, remote_queue, logins };
         Self { inner: Arc::new(inner) }
     }
 
-    /// The remote → Matrix pipeline's shared half.
-    pub(crate) fn remote_queue(&self) -> &crate::pipeline::RemoteQueue {
+    /// The remote → Matrix pipeline's part.
+    pub(crate) fn remote_queue_part(&self) -> &Part {
         &self.inner.remote_queue
     }
 
-    /// Logins in progress, and the bridge's login methods.
-    pub(crate) fn logins(&self) -> &crate::login::Logins {
+    /// The logins' part.
+    pub(crate) fn logins_part(&self) -> &Part {
         &self.inner.logins
     }
 

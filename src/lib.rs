@@ -30,6 +30,7 @@
 //!
 //! `ARCHITECTURE.md` in the repository tells how data flows and who owns what.
 
+pub mod accounts;
 pub mod appservice;
 pub mod bridge;
 pub mod cli;
@@ -62,11 +63,11 @@ pub mod testing;
 mod util;
 
 pub use appservice::AppService;
+pub use appservice::{Error, Result};
 pub use bridge::{Bridge, BridgeError, BridgeResult, Delivery};
 pub use commands::{CommandCall, CommandSpec};
 pub use config::Config;
 pub use context::Context;
-pub use error::{Error, Result};
 pub use event::{
     ChatInfoChange, Event, EventData, MatrixChatInfo, MatrixEdit, MatrixMembership, MatrixMessage,
     MatrixPresence, MatrixReaction, MatrixReceipt, MatrixRedaction, MatrixRoomMessage,

@@ -135,6 +135,11 @@ impl Queued {
 }
 
 impl Context {
+    /// The pipeline's shared half.
+    pub(crate) fn remote_queue(&self) -> &RemoteQueue {
+        self.remote_queue_part().get()
+    }
+
     /// Queues a remote event for its portal, and returns once it is committed: from then on a
     /// crash loses nothing, so the remote network may be told it was received. The portal's
     /// events are bridged in the order they were queued (see the `pipeline` module).

@@ -342,7 +342,7 @@ async fn route_message<B: Bridge>(
     if !bridge.commands().is_empty() || ctx.logins().enabled() {
         let prefix = command_prefix(ctx, B::NAME);
         if portal.is_none()
-            && crate::login::commands::take_answer(ctx, event, content.body(), &prefix).await?
+            && crate::accounts::commands::take_answer(ctx, event, content.body(), &prefix).await?
         {
             return Ok(Bookkeeping::default());
         }
@@ -584,7 +584,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
     let prefix = command_prefix(ctx, B::NAME);
     let mut specs = bridge.commands();
     let own = specs.len();
-    for builtin in crate::login::commands::specs(ctx) {
+    for builtin in crate::accounts::commands::specs(ctx) {
         if !specs.iter().any(|s| s.name == builtin.name) {
             specs.push(builtin);
         }
@@ -603,7 +603,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
                 let outcome = if specs[..own].iter().any(|s| s.name == call.name) {
                     bridge.handle_command(&call).await
                 } else {
-                    let builtin = crate::login::commands::run(ctx, &call);
+                    let builtin = crate::accounts::commands::run(ctx, &call);
                     Box::pin(builtin).await.unwrap_or_else(|| Ok(String::new()))
                 };
                 match outcome {

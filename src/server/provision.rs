@@ -25,11 +25,10 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, json_error};
 use crate::{
+    accounts::{LoginError, LoginProgress, LoginStatus},
     config::PermissionLevel,
     context::Context,
-    login::{
-        LoginDisplay, LoginError, LoginProgress, LoginStatus, LoginStep, LoginValues, UserLogin,
-    },
+    login::{LoginDisplay, LoginStep, LoginValues, UserLogin},
 };
 
 /// The API's prefix.

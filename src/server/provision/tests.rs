@@ -15,9 +15,9 @@ use wiremock::{Mock, ResponseTemplate, matchers};
 
 use super::{PREFIX, ROUTES};
 use crate::{
+    accounts::fake::{FakeNet, PASSWORD, setup},
     config::InboxConfig,
     health::Health,
-    login::fake::{FakeNet, PASSWORD, setup},
     server::{Limits, ServerState, router},
     testing::MockHomeserver,
 };

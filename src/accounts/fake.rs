@@ -8,9 +8,10 @@ use ruma::{UserId, room_id, user_id};
 use tokio::sync::Notify;
 
 use super::{
-    AnyLoginProcess, FieldKind, LoginDisplay, LoginField, LoginFlow, LoginProcess, LoginStep,
-    LoginValues, UserLogin,
+    AnyLoginProcess, FieldKind, LoginDisplay, LoginField, LoginFlow, LoginStep, LoginValues,
+    UserLogin,
 };
+use crate::login::LoginProcess;
 use crate::{
     Context,
     bridge::{Bridge, BridgeError, BridgeResult, Delivery},

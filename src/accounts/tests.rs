@@ -226,7 +226,7 @@ async fn a_login_through_commands_asks_field_by_field() {
     let dm = room_id!("!dm:localhost");
     hs.mock_send(dm, "m.room.message").as_bot().ok().mount().await;
     hs.mock_redact(dm).as_bot().ok_body(json!({"event_id": "$red"})).expect(1).mount().await;
-    let fake = crate::login::fake::FakeNet::default();
+    let fake = crate::accounts::fake::FakeNet::default();
     let say = |id: &'static str, body: &'static str| {
         let (ctx, fake) = (ctx.clone(), &fake);
         async move { crate::route::route(&ctx, fake, &dm_message(id, body)).await.unwrap() }
@@ -265,7 +265,7 @@ async fn a_display_step_through_commands_posts_the_outcome_later() {
     let (ctx, net) = setup(&hs, "").await;
     let dm = room_id!("!dm:localhost");
     hs.mock_send(dm, "m.room.message").as_bot().ok().mount().await;
-    let fake = crate::login::fake::FakeNet::default();
+    let fake = crate::accounts::fake::FakeNet::default();
     crate::route::route(&ctx, &fake, &dm_message("$1", "login qr")).await.unwrap();
     let shown = wait_for_body(&hs, "m.room.message").await;
     assert!(shown["body"].as_str().unwrap().contains("fakenet://link/42"), "{shown}");
@@ -432,7 +432,7 @@ async fn login_is_refused_outside_a_dm_with_the_bot() {
         .to_string(),
     )
     .unwrap();
-    let fake = crate::login::fake::FakeNet::default();
+    let fake = crate::accounts::fake::FakeNet::default();
     crate::route::route(&ctx, &fake, &event).await.unwrap();
     let reply = wait_for_body(&hs, "m.room.message").await;
     assert!(reply["body"].as_str().unwrap().contains("private chat"), "{reply}");

@@ -134,6 +134,13 @@ pub(crate) struct Logins {
     http: OnceLock<reqwest::Client>,
 }
 
+impl Context {
+    /// Logins in progress, and the bridge's login methods.
+    pub(crate) fn logins(&self) -> &Logins {
+        self.logins_part().get()
+    }
+}
+
 impl std::fmt::Debug for Logins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Logins").finish_non_exhaustive()
