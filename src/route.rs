@@ -24,7 +24,8 @@ use ruma::{
         room::member::MembershipState,
         room::message::{
             EmoteMessageEventContent, MessageType, NoticeMessageEventContent, Relation,
-            RoomMessageEventContent, TextMessageEventContent,
+            RoomMessageEventContent, RoomMessageEventContentWithoutRelation,
+            TextMessageEventContent,
         },
     },
     serde::Raw,
@@ -131,7 +132,7 @@ pub(crate) async fn route<B: Bridge>(
         }
         return Ok(Bookkeeping::default());
     }
-    let mut sender = Sender {
+    let sender = Sender {
         user_id: event.sender.clone(),
         level: ctx.permission_level(&event.sender),
         via: None,
@@ -139,62 +140,12 @@ pub(crate) async fn route<B: Bridge>(
     match event.kind.as_str() {
         "m.room.member" => Box::pin(route_membership(ctx, bridge, event, sender)).await,
         "m.room.message" => route_message(ctx, bridge, event, sender).await,
-        "m.reaction" => {
-            let Ok(content) = event.content::<ReactionEventContent>() else {
-                return handle_other(bridge, event).await;
-            };
-            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
-                return Ok(Bookkeeping::default());
-            };
-            let annotation = content.relates_to;
-            let Some(target) = target_in(ctx, &portal, &annotation.event_id).await? else {
-                tracing::debug!(target = %annotation.event_id, "reaction to an unbridged event");
-                return Ok(Bookkeeping::default());
-            };
-            if !assign_via(ctx, event, &mut sender, &portal, Notice::No).await? {
-                return Ok(Bookkeeping::default());
-            }
-            let reaction = MatrixReaction {
-                event: event.clone(),
-                sender,
-                portal,
-                target,
-                key: annotation.key,
-            };
-            let delivery = bridge.handle_reaction(&reaction).await?;
-            Ok(record(ctx, event, &reaction.portal, delivery, Notice::No))
-        }
-        "m.room.redaction" => {
-            let Some((target, reason)) = redaction_of(event) else {
-                return handle_other(bridge, event).await;
-            };
-            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
-                return Ok(Bookkeeping::default());
-            };
-            let Some(target) = target_in(ctx, &portal, &target).await? else {
-                tracing::debug!(%target, "redaction of an unbridged event");
-                return Ok(Bookkeeping::default());
-            };
-            if !assign_via(ctx, event, &mut sender, &portal, Notice::No).await? {
-                return Ok(Bookkeeping::default());
-            }
-            let redaction =
-                MatrixRedaction { event: event.clone(), sender, portal, target, reason };
-            let delivery = bridge.handle_redaction(&redaction).await?;
-            Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
-        }
+        "m.reaction" => Box::pin(route_reaction(ctx, bridge, event, sender)).await,
+        "m.room.redaction" => Box::pin(route_redaction(ctx, bridge, event, sender)).await,
         "m.room.name" | "m.room.topic" | "m.room.avatar"
             if event.state_key.as_deref() == Some("") =>
         {
-            let Some(change) = chat_info_change(event) else {
-                return handle_other(bridge, event).await;
-            };
-            let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
-                return handle_other(bridge, event).await;
-            };
-            let info = MatrixChatInfo { event: event.clone(), sender, portal, change };
-            let delivery = bridge.handle_chat_info(&info).await?;
-            Ok(record(ctx, event, &info.portal, delivery, Notice::No))
+            Box::pin(route_chat_info(ctx, bridge, event, sender)).await
         }
         "m.room.tombstone" if event.state_key.as_deref() == Some("") => {
             Box::pin(follow_tombstone(ctx, event)).await?;
@@ -244,6 +195,104 @@ async fn own_member_event(ctx: &Context, event: &Event) {
     {
         tracing::warn!(%room_id, error = %err, "could not fetch the room's members and state");
     }
+}
+
+/// A reaction to a bridged message (rare next to messages: boxed by the caller).
+async fn route_reaction<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+    mut sender: Sender,
+) -> BridgeResult<Bookkeeping> {
+    let Ok(content) = event.content::<ReactionEventContent>() else {
+        return handle_other(bridge, event).await;
+    };
+    let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+        return Ok(Bookkeeping::default());
+    };
+    let annotation = content.relates_to;
+    let Some(target) = target_in(ctx, &portal, &annotation.event_id).await? else {
+        tracing::debug!(target = %annotation.event_id, "reaction to an unbridged event");
+        return Ok(Bookkeeping::default());
+    };
+    if !assign_via(ctx, event, &mut sender, &portal, Notice::No).await? {
+        return Ok(Bookkeeping::default());
+    }
+    let reaction =
+        MatrixReaction { event: event.clone(), sender, portal, target, key: annotation.key };
+    let delivery = bridge.handle_reaction(&reaction).await?;
+    Ok(record(ctx, event, &reaction.portal, delivery, Notice::No))
+}
+
+/// A redaction of a bridged message (boxed by the caller).
+async fn route_redaction<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+    mut sender: Sender,
+) -> BridgeResult<Bookkeeping> {
+    let Some((target, reason)) = redaction_of(event) else {
+        return handle_other(bridge, event).await;
+    };
+    let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+        return Ok(Bookkeeping::default());
+    };
+    let Some(target) = target_in(ctx, &portal, &target).await? else {
+        tracing::debug!(%target, "redaction of an unbridged event");
+        return Ok(Bookkeeping::default());
+    };
+    if !assign_via(ctx, event, &mut sender, &portal, Notice::No).await? {
+        return Ok(Bookkeeping::default());
+    }
+    let redaction = MatrixRedaction { event: event.clone(), sender, portal, target, reason };
+    let delivery = bridge.handle_redaction(&redaction).await?;
+    Ok(record(ctx, event, &redaction.portal, delivery, Notice::No))
+}
+
+/// A name, topic or avatar change (boxed by the caller).
+async fn route_chat_info<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+    sender: Sender,
+) -> BridgeResult<Bookkeeping> {
+    let Some(change) = chat_info_change(event) else {
+        return handle_other(bridge, event).await;
+    };
+    let Some(portal) = ctx.portal_for_room(&event.room_id).await? else {
+        return handle_other(bridge, event).await;
+    };
+    let info = MatrixChatInfo { event: event.clone(), sender, portal, change };
+    let delivery = bridge.handle_chat_info(&info).await?;
+    Ok(record(ctx, event, &info.portal, delivery, Notice::No))
+}
+
+/// An edit: to its handler when its target was bridged, else a report to its sender.
+async fn route_edit<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    event: &Event,
+    mut sender: Sender,
+    portal: Option<Portal>,
+    replacement: &ruma::events::relation::Replacement<RoomMessageEventContentWithoutRelation>,
+) -> BridgeResult<Bookkeeping> {
+    // Edits in a room without a remote side go nowhere.
+    let Some(portal) = portal else { return Ok(Bookkeeping::default()) };
+    let Some(target) = target_in(ctx, &portal, &replacement.event_id).await? else {
+        let text = "The edited message was not bridged, so the edit was not either.";
+        report_not_delivered(ctx, event, StatusReason::Unsupported, text, Notice::Yes);
+        return Ok(Bookkeeping::default());
+    };
+    if !assign_via(ctx, event, &mut sender, &portal, Notice::Yes).await? {
+        return Ok(Bookkeeping::default());
+    }
+    let mut new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+    if sender.via.as_ref().is_some_and(crate::login::SendVia::is_relay) {
+        crate::relay::format_relayed(ctx, event, &mut new_content).await;
+    }
+    let edit = MatrixEdit { event: event.clone(), sender, portal, target, new_content };
+    let delivery = bridge.handle_edit(&edit).await?;
+    Ok(record(ctx, event, &edit.portal, delivery, Notice::Yes))
 }
 
 async fn handle_other<B: Bridge>(bridge: &B, event: &Event) -> BridgeResult<Bookkeeping> {
@@ -320,29 +369,15 @@ async fn route_message<B: Bridge>(
     let content = message_content(event).map_err(BridgeError::permanent)?;
     let portal = ctx.portal_for_room(&event.room_id).await?;
     if let Some(Relation::Replacement(replacement)) = &content.relates_to {
-        // Edits in a room without a remote side go nowhere.
-        let Some(portal) = portal else { return Ok(Bookkeeping::default()) };
-        let Some(target) = target_in(ctx, &portal, &replacement.event_id).await? else {
-            let text = "The edited message was not bridged, so the edit was not either.";
-            report_not_delivered(ctx, event, StatusReason::Unsupported, text, Notice::Yes);
-            return Ok(Bookkeeping::default());
-        };
-        if !assign_via(ctx, event, &mut sender, &portal, Notice::Yes).await? {
-            return Ok(Bookkeeping::default());
-        }
-        let mut new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
-        if sender.via.as_ref().is_some_and(crate::login::SendVia::is_relay) {
-            crate::relay::format_relayed(ctx, event, &mut new_content).await;
-        }
-        let edit = MatrixEdit { event: event.clone(), sender, portal, target, new_content };
-        let delivery = bridge.handle_edit(&edit).await?;
-        return Ok(record(ctx, event, &edit.portal, delivery, Notice::Yes));
+        // Rare next to new messages: boxed, so it does not grow every message's future.
+        return Box::pin(route_edit(ctx, bridge, event, sender, portal, replacement)).await;
     }
     // A bridge without commands has no command syntax: skip the lookups.
     if !bridge.commands().is_empty() || ctx.logins().enabled() {
         let prefix = command_prefix(ctx, B::NAME);
         if portal.is_none()
-            && crate::accounts::commands::take_answer(ctx, event, content.body(), &prefix).await?
+            && Box::pin(crate::accounts::commands::take_answer(ctx, event, content.body(), &prefix))
+                .await?
         {
             return Ok(Bookkeeping::default());
         }
