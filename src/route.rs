@@ -392,16 +392,18 @@ async fn route_message<B: Bridge>(
         bridge.handle_room_message(&message).await?;
         return Ok(Bookkeeping::default());
     };
-    if !assign_via(ctx, event, &mut sender, &portal, Notice::Yes).await? {
+    // Boxed, as every await in a message's path that not every message takes: the future of
+    // every event is as large as its largest path.
+    if !Box::pin(assign_via(ctx, event, &mut sender, &portal, Notice::Yes)).await? {
         return Ok(Bookkeeping::default());
     }
     let mut content = content;
     if sender.via.as_ref().is_some_and(crate::login::SendVia::is_relay) {
-        crate::relay::format_relayed(ctx, event, &mut content).await;
+        Box::pin(crate::relay::format_relayed(ctx, event, &mut content)).await;
     }
     let reply_to = match &content.relates_to {
         Some(Relation::Reply(reply)) => {
-            target_in(ctx, &portal, &reply.in_reply_to.event_id).await?.map(|t| t.remote)
+            Box::pin(target_in(ctx, &portal, &reply.in_reply_to.event_id)).await?.map(|t| t.remote)
         }
         _ => None,
     };
