@@ -18,22 +18,13 @@
 use std::{sync::Arc, time::Duration};
 
 use ruma::{
-    EventId, OwnedEventId, RoomId, UserId,
-    api::client::{
-        message::send_message_event, receipt::create_receipt, redact::redact_event,
-        typing::create_typing_event,
-    },
+    OwnedEventId,
+    api::client::receipt::create_receipt,
     events::{
-        AnyMessageLikeEventContent, MessageLikeEventContent,
-        reaction::ReactionEventContent,
         receipt::ReceiptThread,
-        relation::{Annotation, InReplyTo, Reply, Thread},
-        room::message::{
-            Relation, ReplacementMetadata, RoomMessageEventContent,
-            RoomMessageEventContentWithoutRelation,
-        },
+        relation::{InReplyTo, Reply, Thread},
+        room::message::{Relation, RoomMessageEventContentWithoutRelation},
     },
-    serde::Raw,
 };
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 
@@ -350,7 +341,6 @@ async fn handle<B: Bridge>(
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
             let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
-            let user = ghost.user_id().to_owned();
             for (n, part) in parts.iter().enumerate() {
                 if known.iter().any(|m| m.part == part.id) {
                     continue;
@@ -366,10 +356,8 @@ async fn handle<B: Bridge>(
                     }
                     (None, None) => None,
                 };
-                ghost.ensure_joined(&portal.room_id).await?;
-                let content = AnyMessageLikeEventContent::RoomMessage(content);
                 let event_id =
-                    send(ctx, &user, &portal.room_id, &content, txn(n), *timestamp).await?;
+                    at(ghost.send(&portal.room_id, &content).txn_id(txn(n)), *timestamp).await?;
                 let timestamp = timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
                 let row = MessageRow {
                     portal: key.clone(),
@@ -377,7 +365,7 @@ async fn handle<B: Bridge>(
                     part: part.id.clone(),
                     event_id: event_id.clone(),
                     room_id: portal.room_id.clone(),
-                    sender: user.clone(),
+                    sender: ghost.user_id().to_owned(),
                     timestamp,
                 };
                 ctx.store().insert_messages(std::slice::from_ref(&row)).await?;
@@ -391,15 +379,12 @@ async fn handle<B: Bridge>(
                 return Ok(Vec::new());
             }
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
-            ghost.ensure_joined(&portal.room_id).await?;
             for (n, RemotePart { id, content }) in parts.iter().enumerate() {
                 let Some(original) = known.iter().find(|m| m.part == *id) else { continue };
                 let sanitized = crate::format::sanitize_content(content).into_owned();
                 let new = RoomMessageEventContentWithoutRelation::from(sanitized);
-                let metadata = ReplacementMetadata::new(original.event_id.clone(), None);
-                let edit = AnyMessageLikeEventContent::RoomMessage(new.make_replacement(metadata));
-                let user = ghost.user_id();
-                sent.push(send(ctx, user, &portal.room_id, &edit, txn(n), *timestamp).await?);
+                let edit = ghost.edit(&portal.room_id, &original.event_id, new).txn_id(txn(n));
+                sent.push(at(edit, *timestamp).await?);
             }
         }
         RemoteEvent::Reaction { target, sender, key: reaction, timestamp } => {
@@ -410,12 +395,8 @@ async fn handle<B: Bridge>(
                 return Ok(Vec::new());
             }
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
-            ghost.ensure_joined(&portal.room_id).await?;
-            let content = AnyMessageLikeEventContent::Reaction(ReactionEventContent::new(
-                Annotation::new(target_event, reaction.clone()),
-            ));
-            let user = ghost.user_id();
-            let event_id = send(ctx, user, &portal.room_id, &content, txn(0), *timestamp).await?;
+            let react = ghost.react(&portal.room_id, &target_event, reaction).txn_id(txn(0));
+            let event_id = at(react, *timestamp).await?;
             ctx.store()
                 .insert_reaction(&ReactionRow {
                     portal: key.clone(),
@@ -434,14 +415,14 @@ async fn handle<B: Bridge>(
                 return Ok(Vec::new());
             };
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
-            sent.push(redact(ctx, ghost.user_id(), &portal, &event_id, txn(0)).await?);
+            sent.push(ghost.redact(&portal.room_id, &event_id).txn_id(txn(0)).await?);
             ctx.store().delete_reaction(key, target, &sender.id, reaction).await?;
         }
         RemoteEvent::Delete { target, sender } => {
             let known = ctx.store().message_parts(key, target).await?;
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
             for (n, part) in known.iter().enumerate() {
-                sent.push(redact(ctx, ghost.user_id(), &portal, &part.event_id, txn(n)).await?);
+                sent.push(ghost.redact(&portal.room_id, &part.event_id).txn_id(txn(n)).await?);
             }
             ctx.store().delete_message(key, target).await?;
         }
@@ -455,36 +436,24 @@ async fn handle<B: Bridge>(
                     event_id,
                 );
                 request.thread = ReceiptThread::Unthreaded;
-                ctx.client().send(request, Some(ghost.user_id())).await?;
+                ghost.send_request(request).await?;
             }
         }
         RemoteEvent::Typing { sender, typing } => {
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
-            ghost.ensure_joined(&portal.room_id).await?;
-            let state = if *typing {
-                ruma::api::client::typing::create_typing_event::v3::Typing::Yes(
-                    ruma::api::client::typing::create_typing_event::v3::TypingInfo::new(
-                        Duration::from_secs(30),
-                    ),
-                )
+            // Repeats of what the homeserver was told last send nothing.
+            if *typing {
+                ghost.typing(&portal.room_id, Duration::from_secs(30)).await?;
             } else {
-                ruma::api::client::typing::create_typing_event::v3::Typing::No
-            };
-            let user = ghost.user_id().to_owned();
-            let request =
-                create_typing_event::v3::Request::new(user.clone(), portal.room_id.clone(), state);
-            ctx.client().send(request, Some(&user)).await?;
+                ghost.stop_typing(&portal.room_id).await?;
+            }
         }
         RemoteEvent::ChatInfo { name, topic } => {
             sent.extend(chat_info(ctx, &portal, name.as_deref(), topic.as_deref()).await?);
         }
         RemoteEvent::ChatDelete => {
-            let notice =
-                AnyMessageLikeEventContent::RoomMessage(RoomMessageEventContent::notice_plain(
-                    "This chat was deleted on the remote network.",
-                ));
-            let bot = ctx.bot_user_id().to_owned();
-            sent.push(send(ctx, &bot, &portal.room_id, &notice, txn(0), None).await?);
+            let text = "This chat was deleted on the remote network.";
+            sent.push(ctx.bot().send_notice(&portal.room_id, text).txn_id(txn(0)).await?);
             ctx.store().delete_portal(key).await?;
             ctx.store().delete_messages(key).await?;
         }
@@ -508,40 +477,15 @@ async fn first_event(
     Ok(parts.into_iter().next().map(|m| m.event_id))
 }
 
-/// Sends a message-like event as `user` (a ghost, or the bot) with a given transaction ID.
-async fn send(
-    ctx: &Context,
-    user: &UserId,
-    room_id: &RoomId,
-    content: &AnyMessageLikeEventContent,
-    txn_id: String,
+/// A send with the remote timestamp, when there is one.
+fn at(
+    send: crate::intent::SendMessage<'_>,
     timestamp: Option<ruma::MilliSecondsSinceUnixEpoch>,
-) -> Result<OwnedEventId, Failure> {
-    let event_type = content.event_type().to_string();
-    let raw = Raw::new(content).map_err(|e| Failure::permanent(e.to_string()))?.cast_unchecked();
-    let mut request = send_message_event::v3::Request::new_raw(
-        room_id.to_owned(),
-        txn_id.into(),
-        event_type.into(),
-        raw,
-    );
-    request.timestamp = timestamp;
-    let as_user = (user != ctx.bot_user_id()).then_some(user);
-    Ok(ctx.client().send(request, as_user).await.map_err(RemoteError::from)?.event_id)
-}
-
-/// Redacts an event as `user`.
-async fn redact(
-    ctx: &Context,
-    user: &UserId,
-    portal: &Portal,
-    event_id: &EventId,
-    txn_id: String,
-) -> Result<OwnedEventId, Failure> {
-    let request =
-        redact_event::v3::Request::new(portal.room_id.clone(), event_id.to_owned(), txn_id.into());
-    let as_user = (user != ctx.bot_user_id()).then_some(user);
-    Ok(ctx.client().send(request, as_user).await.map_err(RemoteError::from)?.event_id)
+) -> crate::intent::SendMessage<'_> {
+    match timestamp {
+        Some(ts) => send.at(ts),
+        None => send,
+    }
 }
 
 /// Sets a portal's name and topic as the bot where they changed.
@@ -554,25 +498,15 @@ async fn chat_info(
     use ruma::events::room::{name::RoomNameEventContent, topic::RoomTopicEventContent};
     let Some(mut row) = ctx.store().portal(&portal.key).await? else { return Ok(Vec::new()) };
     let mut sent = Vec::new();
-    let state = |event_type: &str, content: serde_json::Value| {
-        let raw = Raw::new(&content).expect("state content serializes").cast_unchecked();
-        ruma::api::client::state::send_state_event::v3::Request::new_raw(
-            portal.room_id.clone(),
-            event_type.into(),
-            String::new(),
-            raw,
-        )
-    };
+    let (bot, room) = (ctx.bot(), &portal.room_id);
     if let Some(name) = name.filter(|n| row.name.as_deref() != Some(n)) {
-        let content = serde_json::to_value(RoomNameEventContent::new(name.to_owned()))
-            .expect("a room name serializes");
-        sent.push(ctx.client().send(state("m.room.name", content), None).await?.event_id);
+        let content = RoomNameEventContent::new(name.to_owned());
+        sent.push(bot.send_state(room, &ruma::events::EmptyStateKey, &content).await?);
         row.name = Some(name.to_owned());
     }
     if let Some(topic) = topic.filter(|t| row.topic.as_deref() != Some(t)) {
-        let content = serde_json::to_value(RoomTopicEventContent::new(topic.to_owned()))
-            .expect("a topic serializes");
-        sent.push(ctx.client().send(state("m.room.topic", content), None).await?.event_id);
+        let content = RoomTopicEventContent::new(topic.to_owned());
+        sent.push(bot.send_state(room, &ruma::events::EmptyStateKey, &content).await?);
         row.topic = Some(topic.to_owned());
     }
     ctx.store().upsert_portal(&row).await?;
@@ -581,7 +515,7 @@ async fn chat_info(
 
 #[cfg(test)]
 mod tests {
-    use ruma::{OwnedRoomId, room_id};
+    use ruma::{OwnedRoomId, RoomId, events::room::message::RoomMessageEventContent, room_id};
     use serde_json::json;
 
     use super::*;
