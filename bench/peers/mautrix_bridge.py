@@ -16,13 +16,10 @@ import asyncio
 import os
 import signal
 import sys
-import tempfile
 
-from mautrix.appservice import AppService
-from mautrix.appservice.state_store.file import FileASStateStore
-from mautrix.types import EventType, Membership
+from mautrix.types import EventType
 
-GHOST = "@_bench_ghost:localhost"
+from mautrix_bench_common import GHOST, prepared_appservice
 
 
 async def main() -> None:
@@ -33,34 +30,7 @@ async def main() -> None:
     parser.add_argument("--rooms", type=int, default=50)
     args = parser.parse_args()
 
-    state_dir = tempfile.mkdtemp(prefix="mautrix-bridge-bench-")
-    appservice = AppService(
-        server=f"http://127.0.0.1:{args.hs_port}",
-        domain="localhost",
-        as_token="as_token_bench_0123456789abcdef",
-        hs_token=args.hs_token,
-        bot_localpart="_bench_bot",
-        id="bench",
-        state_store=FileASStateStore(path=os.path.join(state_dir, "state.json"), binary=False),
-    )
-    store = appservice.state_store
-    await store.registered(GHOST)
-    for r in range(args.rooms):
-        room = f"!bench{r:06}qzXHbLcFoMiWdNrT:localhost"
-        await store.set_membership(room, GHOST, Membership.JOIN)
-        # The intent checks the ghost's power level (and the create event) before sending.
-        await store.set_power_levels(room, {"users": {GHOST: 100}})
-        await store.set_create(
-            {
-                "type": "m.room.create",
-                "room_id": room,
-                "event_id": f"$create{r}",
-                "sender": "@admin:localhost",
-                "state_key": "",
-                "origin_server_ts": 0,
-                "content": {"room_version": "10", "creator": "@admin:localhost"},
-            }
-        )
+    appservice = await prepared_appservice(args.hs_port, args.hs_token, args.rooms)
 
     locks: dict[str, asyncio.Lock] = {}
     sent = 0

@@ -13,19 +13,9 @@ unlike mxbridge's, nothing survives a crash. Prints one JSON line with the rate.
 import argparse
 import asyncio
 import json
-import os
-import tempfile
 import time
 
-from mautrix.appservice import AppService
-from mautrix.appservice.state_store.file import FileASStateStore
-from mautrix.types import Membership
-
-GHOST = "@_bench_ghost:localhost"
-
-
-def room_id(r: int) -> str:
-    return f"!bench{r:06}qzXHbLcFoMiWdNrT:localhost"
+from mautrix_bench_common import GHOST, prepared_appservice, room_id
 
 
 async def main() -> None:
@@ -36,33 +26,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     args = parser.parse_args()
 
-    state_dir = tempfile.mkdtemp(prefix="mautrix-pipeline-bench-")
-    appservice = AppService(
-        server=f"http://127.0.0.1:{args.hs_port}",
-        domain="localhost",
-        as_token="as_token_bench_0123456789abcdef",
-        hs_token="hs_token_unused",
-        bot_localpart="_bench_bot",
-        id="bench",
-        state_store=FileASStateStore(path=os.path.join(state_dir, "state.json"), binary=False),
-    )
-    store = appservice.state_store
-    await store.registered(GHOST)
-    for r in range(args.rooms):
-        room = room_id(r)
-        await store.set_membership(room, GHOST, Membership.JOIN)
-        await store.set_power_levels(room, {"users": {GHOST: 100}})
-        await store.set_create(
-            {
-                "type": "m.room.create",
-                "room_id": room,
-                "event_id": f"$create{r}",
-                "sender": "@admin:localhost",
-                "state_key": "",
-                "origin_server_ts": 0,
-                "content": {"room_version": "10", "creator": "@admin:localhost"},
-            }
-        )
+    appservice = await prepared_appservice(args.hs_port, "hs_token_unused", args.rooms)
     await appservice.start(host="127.0.0.1", port=args.port)
     ghost = appservice.intent.user(GHOST)
 
