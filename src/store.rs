@@ -283,6 +283,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_users.sql"),
         postgres: include_str!("../migrations/postgres/0007_users.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_login_spaces.sql",
+        sqlite: include_str!("../migrations/sqlite/0008_login_spaces.sql"),
+        postgres: include_str!("../migrations/postgres/0008_login_spaces.sql"),
+    },
 ];
 
 impl Store {

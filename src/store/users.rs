@@ -415,6 +415,71 @@ impl Store {
         })
     }
 
+    /// A login's space, once created.
+    pub async fn login_space(&self, id: &RemoteLoginId) -> Result<Option<OwnedRoomId>> {
+        with_reader!(self, |pool| {
+            let room: Option<Option<String>> =
+                sqlx::query_scalar("SELECT space_room FROM mx_user_login WHERE login_id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(pool)
+                    .await?;
+            room.flatten()
+                .map(OwnedRoomId::try_from)
+                .transpose()
+                .map_err(|e| corrupt("space_room", e))
+        })
+    }
+
+    /// Records a login's space. Returns whether there was such a login.
+    pub async fn set_login_space(&self, id: &RemoteLoginId, room: &RoomId) -> Result<bool> {
+        let n = with_pool!(self, |pool| {
+            sqlx::query("UPDATE mx_user_login SET space_room = $2 WHERE login_id = $1")
+                .bind(id.as_str())
+                .bind(room.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Forgets which logins are in a portal, and its relay (the portal is gone).
+    pub async fn forget_portal_logins(&self, portal: &PortalKey) -> Result<()> {
+        with_pool!(self, |pool| {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin_tx().await?;
+            for sql in [
+                "DELETE FROM mx_user_portal WHERE chat = $1 AND receiver = $2",
+                "DELETE FROM mx_portal_relay WHERE chat = $1 AND receiver = $2",
+            ] {
+                sqlx::query(sql)
+                    .bind(portal.chat.as_str())
+                    .bind(portal.receiver_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The portals with a room that no login is in, and whose receiver (for per-login
+    /// portals) is no stored login.
+    pub async fn portals_without_logins(&self) -> Result<Vec<PortalKey>> {
+        with_reader!(self, |pool| {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT p.chat, p.receiver FROM mx_portal p WHERE p.room_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM mx_user_portal u \
+                     WHERE u.chat = p.chat AND u.receiver = p.receiver) \
+                 AND NOT EXISTS (SELECT 1 FROM mx_user_login l WHERE l.login_id = p.receiver) \
+                 ORDER BY p.chat, p.receiver",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|(c, r)| PortalKey::from_stored(c, r)).collect())
+        })
+    }
+
     /// Sets (or with `None` clears) a portal's relay login.
     pub async fn set_portal_relay(
         &self,

@@ -93,6 +93,36 @@ pub async fn users_and_logins(store: Store) {
     assert!(store.remove_login_from_portal(&"b1".into(), &chat).await.unwrap());
     assert!(!store.remove_login_from_portal(&"b1".into(), &chat).await.unwrap());
 
+    // A login's space, and the portals that no login is in.
+    assert_eq!(store.login_space(&"a1".into()).await.unwrap(), None);
+    let space = ruma::room_id!("!space:localhost");
+    assert!(store.set_login_space(&"a1".into(), space).await.unwrap());
+    assert!(!store.set_login_space(&"zz".into(), space).await.unwrap());
+    assert_eq!(store.login_space(&"a1".into()).await.unwrap().as_deref(), Some(space));
+    let orphan = PortalKey::shared("orphan");
+    let lost_dm = PortalKey::for_login("dm2", RemoteLoginId::from("gone"));
+    let roomless = PortalKey::shared("roomless");
+    for (n, key) in [&chat, &dm, &orphan, &lost_dm, &roomless].into_iter().enumerate() {
+        let room_id = (key != &roomless)
+            .then(|| ruma::OwnedRoomId::try_from(format!("!p{n}:localhost")).unwrap());
+        let row = mxbridge::store::PortalRow {
+            key: key.clone(),
+            room_id,
+            name: None,
+            topic: None,
+            avatar_url: None,
+            metadata: None,
+        };
+        store.upsert_portal(&row).await.unwrap();
+    }
+    assert_eq!(store.portals_without_logins().await.unwrap(), [lost_dm.clone(), orphan.clone()]);
+    store.forget_portal_logins(&dm).await.unwrap();
+    assert!(store.logins_in_portal(&dm).await.unwrap().is_empty());
+    assert_eq!(store.portal_relay(&dm).await.unwrap(), None);
+    // Its receiver is a stored login: still not without logins.
+    assert_eq!(store.portals_without_logins().await.unwrap(), [lost_dm, orphan]);
+    store.set_portal_relay(&dm, Some(&"a1".into())).await.unwrap();
+
     // Deleting a login forgets its portals and the relays it was.
     assert!(store.delete_login(&"a1".into()).await.unwrap());
     assert!(!store.delete_login(&"a1".into()).await.unwrap());
