@@ -16,4 +16,6 @@ pub(crate) use crate::login::{
     AnyLoginProcess, FieldKind, LoginDisplay, LoginField, LoginFlow, LoginState, LoginStep,
     LoginValues, NewLogin, UserLogin,
 };
+pub(crate) use process::LoginHooks;
 pub use process::{LoginError, LoginProgress, LoginStatus};
+pub(crate) use state::login_name;

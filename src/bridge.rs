@@ -28,7 +28,9 @@ use crate::{
         MatrixRoomMessage, MatrixTyping, ToDeviceEvent,
     },
     login::{AnyLoginProcess, LoginFlow, UserLogin},
-    remote::{PortalInfo, PortalKey, RemoteMessageId, RemoteTxnId},
+    remote::{
+        NewChat, NewGroup, PortalInfo, PortalKey, RemoteMessageId, RemoteTxnId, ResolvedIdentifier,
+    },
     supervise::Task,
 };
 
@@ -100,13 +102,44 @@ pub trait Bridge: Sized + Send + Sync + 'static {
 
     /// What the portal room of a remote chat looks like, so that the remote → Matrix pipeline
     /// can create it when a message comes for a chat that has none
-    /// ([`Context::queue_remote`]). Default: `None`, and such messages are parked.
+    /// ([`Context::queue_remote`]), and bring it in line on a resync
+    /// ([`crate::RemoteEvent::ChatResync`], [`Context::resync_portal`]). Default: `None`, and
+    /// such messages are parked (a resync changes nothing).
     fn portal_info(
         &self,
         portal: &PortalKey,
     ) -> impl Future<Output = BridgeResult<Option<PortalInfo>>> + Send {
         let _ = portal;
         async { Ok(None) }
+    }
+
+    /// Resolves an identifier a user typed (a phone number, a user name, ...) to a remote user,
+    /// through one of the user's logins, for the provisioning API's `resolve_identifier` and
+    /// `create_dm`. With `create_dm`, the DM chat with that user is wanted too: return it in
+    /// [`ResolvedIdentifier::dm`], creating it on the network when it does not exist; the
+    /// framework then makes its portal (DMs are usually keyed with
+    /// [`PortalKey::for_login`]). `Ok(None)`: nobody has that identifier. Default:
+    /// [unsupported](BridgeError::unsupported).
+    fn resolve_identifier(
+        &self,
+        login: &UserLogin,
+        identifier: &str,
+        create_dm: bool,
+    ) -> impl Future<Output = BridgeResult<Option<ResolvedIdentifier>>> + Send {
+        let _ = (login, identifier, create_dm);
+        async { Err(BridgeError::unsupported("this bridge cannot resolve identifiers")) }
+    }
+
+    /// Creates a group chat on the network through one of the user's logins, for the
+    /// provisioning API's `create_group`; returns its key and looks, and the framework makes
+    /// its portal. Default: [unsupported](BridgeError::unsupported).
+    fn create_group(
+        &self,
+        login: &UserLogin,
+        group: &NewGroup,
+    ) -> impl Future<Output = BridgeResult<NewChat>> + Send {
+        let _ = (login, group);
+        async { Err(BridgeError::unsupported("this bridge cannot create group chats")) }
     }
 
     /// Called once on shutdown, after the inbox stopped handing out events and the tasks

@@ -10,17 +10,29 @@ use std::fmt;
 pub struct BridgeError {
     source: Box<dyn std::error::Error + Send + Sync + 'static>,
     permanent: bool,
+    unsupported: bool,
 }
 
 impl BridgeError {
     /// An error worth retrying.
     pub fn new(message: impl fmt::Display) -> Self {
-        Self { source: message.to_string().into(), permanent: false }
+        Self { source: message.to_string().into(), permanent: false, unsupported: false }
     }
 
     /// An error that a retry cannot fix: the event is parked at once.
     pub fn permanent(message: impl fmt::Display) -> Self {
-        Self { source: message.to_string().into(), permanent: true }
+        Self { source: message.to_string().into(), permanent: true, unsupported: false }
+    }
+
+    /// The bridge does not offer this at all (an optional hook left as is): permanent, and
+    /// answered by the provisioning API with 501.
+    pub fn unsupported(message: impl fmt::Display) -> Self {
+        Self { source: message.to_string().into(), permanent: true, unsupported: true }
+    }
+
+    /// Whether this is [`BridgeError::unsupported`].
+    pub fn is_unsupported(&self) -> bool {
+        self.unsupported
     }
 
     /// Marks this error as one a retry cannot fix.
@@ -43,7 +55,7 @@ impl BridgeError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for BridgeError {
     fn from(e: E) -> Self {
-        Self { source: Box::new(e), permanent: false }
+        Self { source: Box::new(e), permanent: false, unsupported: false }
     }
 }
 

@@ -77,9 +77,9 @@ pub use health::{BridgeState, Health, TaskState};
 pub use pipeline::Queued;
 pub use registration::Registration;
 pub use remote::{
-    GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteEvent, RemoteLoginId,
-    RemoteMessageId, RemoteMessageRef, RemotePart, RemotePartId, RemoteSender, RemoteTxnId,
-    RemoteUserId,
+    ChatMember, ChatPowerLevels, GhostProfile, NewChat, NewGroup, Portal, PortalInfo, PortalKey,
+    RemoteChatId, RemoteEvent, RemoteLoginId, RemoteMembership, RemoteMessageId, RemoteMessageRef,
+    RemotePart, RemotePartId, RemoteSender, RemoteTxnId, RemoteUserId, ResolvedIdentifier,
 };
 pub use secret::Secret;
 pub use store::Store;

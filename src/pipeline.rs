@@ -33,7 +33,7 @@ use crate::{
     context::Context,
     error::BridgeError,
     portal::RemoteError,
-    remote::{Portal, PortalKey, RemoteEvent, RemoteMessageId, RemotePart},
+    remote::{PortalKey, RemoteEvent, RemoteMessageId, RemotePart},
     store::{MessageRow, QueuedRow, ReactionRow},
     util::FastMap,
 };
@@ -322,6 +322,16 @@ async fn handle<B: Bridge>(
             };
             ctx.ensure_portal(key, &info).await?
         }
+        // A resync of a chat without a room makes one, when the bridge describes it.
+        None if matches!(event, RemoteEvent::ChatResync) => {
+            match bridge.portal_info(key).await.map_err(failure_of)? {
+                Some(info) => {
+                    ctx.ensure_portal(key, &info).await?;
+                }
+                None => tracing::debug!("a resync of a chat the bridge does not describe"),
+            }
+            return Ok(Vec::new());
+        }
         // Anything but a message, for a chat without a room, has nothing to act on.
         None => return Ok(Vec::new()),
     };
@@ -448,14 +458,28 @@ async fn handle<B: Bridge>(
                 ghost.stop_typing(&portal.room_id).await?;
             }
         }
-        RemoteEvent::ChatInfo { name, topic } => {
-            sent.extend(chat_info(ctx, &portal, name.as_deref(), topic.as_deref()).await?);
+        RemoteEvent::ChatInfo { name, topic, avatar, members, power_levels } => {
+            let change = crate::portal::ChatChange {
+                name: name.as_deref(),
+                topic: topic.as_deref(),
+                avatar: avatar.as_deref(),
+                members,
+                complete: false,
+                power_levels: power_levels.as_ref(),
+            };
+            sent.extend(ctx.apply_chat_change(&portal, &change).await?);
+        }
+        RemoteEvent::ChatResync => {
+            if let Some(info) = bridge.portal_info(key).await.map_err(failure_of)? {
+                let change = crate::portal::ChatChange::resync(&info);
+                sent.extend(ctx.apply_chat_change(&portal, &change).await?);
+                ctx.add_portal_to_spaces(&portal).await;
+            }
         }
         RemoteEvent::ChatDelete => {
             let text = "This chat was deleted on the remote network.";
             sent.push(ctx.bot().send_notice(&portal.room_id, text).txn_id(txn(0)).await?);
-            ctx.store().delete_portal(key).await?;
-            ctx.store().delete_messages(key).await?;
+            ctx.delete_portal(key, "The chat was deleted on the remote network").await?;
         }
     }
     Ok(sent)
@@ -486,31 +510,6 @@ fn at(
         Some(ts) => send.at(ts),
         None => send,
     }
-}
-
-/// Sets a portal's name and topic as the bot where they changed.
-async fn chat_info(
-    ctx: &Context,
-    portal: &Portal,
-    name: Option<&str>,
-    topic: Option<&str>,
-) -> Result<Vec<OwnedEventId>, Failure> {
-    use ruma::events::room::{name::RoomNameEventContent, topic::RoomTopicEventContent};
-    let Some(mut row) = ctx.store().portal(&portal.key).await? else { return Ok(Vec::new()) };
-    let mut sent = Vec::new();
-    let (bot, room) = (ctx.bot(), &portal.room_id);
-    if let Some(name) = name.filter(|n| row.name.as_deref() != Some(n)) {
-        let content = RoomNameEventContent::new(name.to_owned());
-        sent.push(bot.send_state(room, &ruma::events::EmptyStateKey, &content).await?);
-        row.name = Some(name.to_owned());
-    }
-    if let Some(topic) = topic.filter(|t| row.topic.as_deref() != Some(t)) {
-        let content = RoomTopicEventContent::new(topic.to_owned());
-        sent.push(bot.send_state(room, &ruma::events::EmptyStateKey, &content).await?);
-        row.topic = Some(topic.to_owned());
-    }
-    ctx.store().upsert_portal(&row).await?;
-    Ok(sent)
 }
 
 #[cfg(test)]

@@ -1,7 +1,16 @@
 //! Portals and messages, remote → Matrix: the portal room of a remote chat (created by the bot
 //! with an `m.bridge` state event, real users invited, or an existing room linked), messages
 //! sent into it by ghosts with the remote timestamp, and the mapping of remote messages to
-//! Matrix events kept for later edits, replies and redactions.
+//! Matrix events kept for later edits, replies and redactions. A portal's looks, members and
+//! power levels follow the remote chat (`members`), its logins' spaces hold it (`space`), and
+//! it can be deleted (`delete`, and the bot's commands in `commands`).
+
+pub(crate) mod commands;
+mod delete;
+mod members;
+mod space;
+
+pub(crate) use members::ChatChange;
 
 use ruma::{
     EventId, RoomId, UserId, api::client::room::create_room, events::AnyInitialStateEvent,
@@ -63,8 +72,9 @@ impl Context {
     }
 
     /// The portal with a key, creating its room when there is none: the bot creates a private
-    /// room with the name and topic, an `m.bridge` state event naming the bridge and the remote
-    /// chat, and invites the given real users.
+    /// room with the name, topic and avatar, an `m.bridge` state event naming the bridge and the
+    /// remote chat, invites the given real users and the receiving login's user, applies the
+    /// members and power levels, and adds the room to its logins' spaces.
     pub async fn ensure_portal(
         &self,
         key: &PortalKey,
@@ -73,13 +83,30 @@ impl Context {
         if let Some(portal) = self.portal(key).await? {
             return Ok(portal);
         }
+        let receiver = match &key.receiver {
+            Some(id) => self.store().login(id).await?,
+            None => None,
+        };
         let mut request = create_room::v3::Request::new();
         request.name.clone_from(&info.name);
         request.topic.clone_from(&info.topic);
         request.invite.clone_from(&info.invite);
+        if let Some(login) = &receiver
+            && !request.invite.contains(&login.user_id)
+        {
+            request.invite.push(login.user_id.clone());
+        }
         request.is_direct = info.is_direct;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.initial_state = vec![bridge_state_event(self, key)];
+        if let Some(avatar) = &info.avatar {
+            let json = serde_json::json!({
+                "type": "m.room.avatar", "state_key": "", "content": { "url": avatar },
+            });
+            request.initial_state.push(Raw::from_json(
+                serde_json::value::to_raw_value(&json).expect("a JSON value serializes"),
+            ));
+        }
         let room_id = self.bot().create_room(request).await?;
         self.store()
             .upsert_portal(&PortalRow {
@@ -87,11 +114,29 @@ impl Context {
                 room_id: Some(room_id.clone()),
                 name: info.name.clone(),
                 topic: info.topic.clone(),
-                avatar_url: None,
+                avatar_url: info.avatar.clone(),
                 metadata: None,
             })
             .await?;
-        Ok(Portal { key: key.clone(), room_id })
+        let portal = Portal { key: key.clone(), room_id };
+        if let Some(login) = &receiver {
+            self.store().add_login_to_portal(&login.id, key).await?;
+        }
+        self.add_portal_to_spaces(&portal).await;
+        let change = ChatChange {
+            members: &info.members,
+            power_levels: info.power_levels.as_ref(),
+            ..ChatChange::default()
+        };
+        self.apply_chat_change(&portal, &change).await?;
+        Ok(portal)
+    }
+
+    /// Queues a resync of a portal ([`crate::RemoteEvent::ChatResync`]): the pipeline asks
+    /// [`crate::Bridge::portal_info`] and brings the room in line, in order with the chat's
+    /// other events.
+    pub async fn resync_portal(&self, key: &PortalKey) -> Result<crate::Queued, RemoteError> {
+        self.queue_remote(key, &crate::RemoteEvent::ChatResync).await
     }
 
     /// Makes an existing room the portal of a remote chat, on the request of a Matrix user
@@ -133,13 +178,15 @@ impl Context {
                 metadata: None,
             })
             .await?;
-        Ok(Portal { key: key.clone(), room_id: room_id.to_owned() })
+        let portal = Portal { key: key.clone(), room_id: room_id.to_owned() };
+        self.add_portal_to_spaces(&portal).await;
+        Ok(portal)
     }
 
     /// Makes a portal an ordinary room again, on the request of a Matrix user who may change
-    /// the room's state (as for [`Context::link_portal`]): the mapping is forgotten (its
-    /// messages' mappings too) and the `m.bridge` state emptied where the bot may. Returns
-    /// whether the room was a portal.
+    /// the room's state (as for [`Context::link_portal`]): the room leaves its logins' spaces,
+    /// the mapping is forgotten (its messages' mappings too) and the `m.bridge` state emptied
+    /// where the bot may. Returns whether the room was a portal.
     ///
     /// # Errors
     /// [`RemoteError::NotPermitted`] for a user who may not.
@@ -150,6 +197,7 @@ impl Context {
     ) -> Result<bool, RemoteError> {
         self.check_may_change_portal(room_id, requested_by).await?;
         let Some(portal) = self.portal_for_room(room_id).await? else { return Ok(false) };
+        self.remove_portal_from_spaces(&portal).await;
         let (state_key, _) = bridge_state(self, &portal.key);
         self.send_bridge_state(room_id, state_key, &serde_json::json!({})).await?;
         self.store().delete_portal(&portal.key).await?;

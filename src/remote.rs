@@ -147,17 +147,150 @@ pub struct GhostProfile {
     pub avatar_url: Option<OwnedMxcUri>,
 }
 
-/// What a new portal room looks like.
+/// What a portal room looks like: what a new portal is created with, and what a resync
+/// ([`RemoteEvent::ChatResync`]) makes it look like again.
 #[derive(Debug, Clone, Default)]
 pub struct PortalInfo {
     /// The room name.
     pub name: Option<String>,
     /// The topic.
     pub topic: Option<String>,
-    /// Real Matrix users to invite when the room is created.
+    /// The room avatar (already uploaded).
+    pub avatar: Option<OwnedMxcUri>,
+    /// Real Matrix users to invite when the room is created (the users of the portal's logins
+    /// are invited anyway).
     pub invite: Vec<OwnedUserId>,
     /// Whether the room is a DM (`is_direct`).
     pub is_direct: bool,
+    /// The chat's members: ghosts join, the users of the bridge's logins are invited (or join
+    /// through their double puppets). On a resync the list is taken as the whole membership:
+    /// ghosts not in it leave, logins not in it are no longer in the portal. Empty: unknown,
+    /// nothing changes.
+    pub members: Vec<ChatMember>,
+    /// The room's default power levels, when the chat has such rules.
+    pub power_levels: Option<ChatPowerLevels>,
+}
+
+/// A membership on the remote network, as a portal's member list says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteMembership {
+    /// In the chat: the ghost joins; a login's user is invited (their double puppet joins).
+    Join,
+    /// Invited to the chat.
+    Invite,
+    /// Left by themselves: the ghost leaves (a login's user is removed, by their double puppet
+    /// when they have one).
+    Leave,
+    /// Removed by someone else (`by`, else the bridge): shown as a kick, not a leave.
+    Kick,
+    /// Banned (by `by`, else the bridge).
+    Ban,
+}
+
+/// One member of a remote chat and what changed for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMember {
+    /// The remote user.
+    pub user: RemoteSender,
+    /// The bridge's login this user is, when it is one: then the member is the login's Matrix
+    /// user (or their double puppet), not a ghost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<RemoteLoginId>,
+    /// Their membership now.
+    pub membership: RemoteMembership,
+    /// Who made the change, for kicks, bans and invites by another member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<RemoteSender>,
+    /// Why (a kick's or ban's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Their power level in the room, when the chat gives them one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_level: Option<i64>,
+}
+
+impl ChatMember {
+    /// A member with a membership and nothing more.
+    pub fn new(user: RemoteSender, membership: RemoteMembership) -> Self {
+        Self { user, login: None, membership, by: None, reason: None, power_level: None }
+    }
+
+    /// A member who is in the chat.
+    pub fn joined(user: RemoteSender) -> Self {
+        Self::new(user, RemoteMembership::Join)
+    }
+
+    /// A member who left by themselves.
+    pub fn left(user: RemoteSender) -> Self {
+        Self::new(user, RemoteMembership::Leave)
+    }
+
+    /// A member removed by `by` (the bridge when `None`), for `reason`.
+    pub fn kicked(user: RemoteSender, by: Option<RemoteSender>, reason: Option<String>) -> Self {
+        Self { by, reason, ..Self::new(user, RemoteMembership::Kick) }
+    }
+
+    /// The same member, as the bridge's login `login`.
+    #[must_use]
+    pub fn as_login(mut self, login: impl Into<RemoteLoginId>) -> Self {
+        self.login = Some(login.into());
+        self
+    }
+
+    /// The same member, with a power level.
+    #[must_use]
+    pub fn power_level(mut self, level: i64) -> Self {
+        self.power_level = Some(level);
+        self
+    }
+}
+
+/// A chat's default power levels (`None`: left as they are).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatPowerLevels {
+    /// The level of members not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_default: Option<i64>,
+    /// The level needed to send messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_default: Option<i64>,
+    /// The level needed to change the room's state (name, topic, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_default: Option<i64>,
+}
+
+/// A remote user an identifier (a phone number, a user name) resolves to: what
+/// [`crate::Bridge::resolve_identifier`] answers.
+#[derive(Debug, Clone)]
+pub struct ResolvedIdentifier {
+    /// The remote user, with the profile their ghost shows.
+    pub user: RemoteSender,
+    /// Their DM chat with the login, when one exists or was asked for: its key and looks.
+    pub dm: Option<NewChat>,
+}
+
+/// A remote chat the bridge found or created, and how its portal looks.
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    /// The chat's portal key.
+    pub key: PortalKey,
+    /// What its portal room looks like when it is created.
+    pub info: PortalInfo,
+}
+
+/// A group chat to create on the remote network (the provisioning API's `create_group`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewGroup {
+    /// Its name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its topic.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// The remote users to add.
+    #[serde(default)]
+    pub participants: Vec<RemoteUserId>,
 }
 
 /// A bridged portal: a remote chat and its Matrix room.
@@ -284,7 +417,8 @@ pub enum RemoteEvent {
         /// Typing now, or stopped.
         typing: bool,
     },
-    /// The chat's name or topic changed (`None`: unchanged).
+    /// The chat's looks or members changed (`None` and empty: unchanged). Members are applied
+    /// in order, then power levels.
     ChatInfo {
         /// The new name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,8 +426,22 @@ pub enum RemoteEvent {
         /// The new topic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         topic: Option<String>,
+        /// The new avatar (already uploaded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar: Option<OwnedMxcUri>,
+        /// Members whose membership or power level changed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        members: Vec<ChatMember>,
+        /// New default power levels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        power_levels: Option<ChatPowerLevels>,
     },
-    /// The chat was deleted: the portal is unlinked and the bot says so in the room.
+    /// Bring the portal in line with the chat: the pipeline asks [`crate::Bridge::portal_info`]
+    /// and applies all of it (the member list as the whole membership). Creates the portal
+    /// when it has no room yet.
+    ChatResync,
+    /// The chat was deleted: the bot says so in the room, then the portal is deleted (see
+    /// [`crate::Context::delete_portal`]).
     ChatDelete,
 }
 
@@ -329,6 +477,7 @@ impl RemoteEvent {
             Self::ReadReceipt { .. } => "read_receipt",
             Self::Typing { .. } => "typing",
             Self::ChatInfo { .. } => "chat_info",
+            Self::ChatResync => "chat_resync",
             Self::ChatDelete => "chat_delete",
         }
     }
@@ -394,7 +543,25 @@ mod tests {
             RemoteEvent::Delete { target: "m1".into(), sender: sender.clone() },
             RemoteEvent::ReadReceipt { sender: sender.clone(), up_to: "m1".into() },
             RemoteEvent::Typing { sender, typing: true },
-            RemoteEvent::ChatInfo { name: Some("n".into()), topic: None },
+            RemoteEvent::ChatInfo {
+                name: Some("n".into()),
+                topic: None,
+                avatar: None,
+                members: vec![
+                    ChatMember::joined(RemoteSender::named("bob", "Bob")).power_level(50),
+                    ChatMember::kicked(
+                        RemoteSender::named("eve", "Eve"),
+                        Some(RemoteSender::named("bob", "Bob")),
+                        Some("spam".into()),
+                    ),
+                    ChatMember::left(RemoteSender::named("me", "Me")).as_login("login"),
+                ],
+                power_levels: Some(ChatPowerLevels {
+                    events_default: Some(10),
+                    ..ChatPowerLevels::default()
+                }),
+            },
+            RemoteEvent::ChatResync,
             RemoteEvent::ChatDelete,
         ];
         for event in events {

@@ -621,7 +621,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
     let prefix = command_prefix(ctx, B::NAME);
     let mut specs = bridge.commands();
     let own = specs.len();
-    for builtin in crate::accounts::commands::specs(ctx) {
+    for builtin in crate::commands::builtin_specs(ctx) {
         if !specs.iter().any(|s| s.name == builtin.name) {
             specs.push(builtin);
         }
@@ -640,7 +640,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
                 let outcome = if specs[..own].iter().any(|s| s.name == call.name) {
                     bridge.handle_command(&call).await
                 } else {
-                    let builtin = crate::accounts::commands::run(ctx, &call);
+                    let builtin = crate::commands::run_builtin(ctx, &call);
                     Box::pin(builtin).await.unwrap_or_else(|| Ok(String::new()))
                 };
                 match outcome {

@@ -17,7 +17,7 @@ use crate::{
     bridge::Bridge,
     context::Context,
     error::BridgeResult,
-    remote::RemoteLoginId,
+    remote::{NewChat, NewGroup, RemoteLoginId, ResolvedIdentifier},
     store::{AddLogin, StoreError},
 };
 
@@ -37,6 +37,17 @@ pub(crate) trait LoginHooks: Send + Sync + 'static {
     ) -> BoxFuture<'a, BridgeResult<Box<dyn AnyLoginProcess>>>;
     fn connect<'a>(&'a self, login: &'a UserLogin) -> BoxFuture<'a, BridgeResult>;
     fn logout<'a>(&'a self, login: &'a UserLogin) -> BoxFuture<'a, BridgeResult>;
+    fn resolve_identifier<'a>(
+        &'a self,
+        login: &'a UserLogin,
+        identifier: &'a str,
+        create_dm: bool,
+    ) -> BoxFuture<'a, BridgeResult<Option<ResolvedIdentifier>>>;
+    fn create_group<'a>(
+        &'a self,
+        login: &'a UserLogin,
+        group: &'a NewGroup,
+    ) -> BoxFuture<'a, BridgeResult<NewChat>>;
 }
 
 impl<B: Bridge> LoginHooks for B {
@@ -55,6 +66,21 @@ impl<B: Bridge> LoginHooks for B {
     }
     fn logout<'a>(&'a self, login: &'a UserLogin) -> BoxFuture<'a, BridgeResult> {
         Box::pin(self.logout(login))
+    }
+    fn resolve_identifier<'a>(
+        &'a self,
+        login: &'a UserLogin,
+        identifier: &'a str,
+        create_dm: bool,
+    ) -> BoxFuture<'a, BridgeResult<Option<ResolvedIdentifier>>> {
+        Box::pin(Bridge::resolve_identifier(self, login, identifier, create_dm))
+    }
+    fn create_group<'a>(
+        &'a self,
+        login: &'a UserLogin,
+        group: &'a NewGroup,
+    ) -> BoxFuture<'a, BridgeResult<NewChat>> {
+        Box::pin(Bridge::create_group(self, login, group))
     }
 }
 

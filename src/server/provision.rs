@@ -1,5 +1,6 @@
 //! The provisioning API under `/_matrix/provision/v3/`: login flows, logins in progress and
-//! stored logins, over HTTP, for clients and integration managers. Described in
+//! stored logins, and starting chats through a login (resolving an identifier, a DM, a
+//! group), over HTTP, for clients and integration managers. Described in
 //! `docs/provisioning.yaml` (a test keeps the two in step).
 //!
 //! Served only when `provisioning.shared_secret` is set. A request authenticates with
@@ -16,7 +17,7 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRequestParts, Path, State},
+    extract::{FromRequestParts, Path, Query, State},
     http::{StatusCode, header::AUTHORIZATION, request::Parts},
     routing::{get, post},
 };
@@ -28,7 +29,9 @@ use crate::{
     accounts::{LoginError, LoginProgress, LoginStatus},
     config::PermissionLevel,
     context::Context,
+    error::BridgeError,
     login::{LoginDisplay, LoginStep, LoginValues, UserLogin},
+    remote::{NewChat, NewGroup, Portal},
 };
 
 /// The API's prefix.
@@ -43,6 +46,9 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("post", "/logout/{login_id}"),
     ("get", "/logins"),
     ("get", "/whoami"),
+    ("get", "/resolve_identifier/{identifier}"),
+    ("post", "/create_dm/{identifier}"),
+    ("post", "/create_group"),
 ];
 
 /// The window of the rate limit.
@@ -76,6 +82,9 @@ pub(crate) fn router(ctx: &Context) -> Option<Router> {
             ("post", "/logout/{login_id}") => app.route(&full, post(logout)),
             ("get", "/logins") => app.route(&full, get(logins)),
             ("get", "/whoami") => app.route(&full, get(whoami_route)),
+            ("get", "/resolve_identifier/{identifier}") => app.route(&full, get(resolve)),
+            ("post", "/create_dm/{identifier}") => app.route(&full, post(create_dm)),
+            ("post", "/create_group") => app.route(&full, post(create_group)),
             _ => unreachable!("every route has a handler"),
         };
     }
@@ -374,6 +383,146 @@ async fn whoami_route(
             .map(|(id, flow)| json!({"login_id": id, "flow_id": flow}))
             .collect::<Vec<_>>(),
     })))
+}
+
+/// The `?login_id=` of the chat routes.
+#[derive(Debug, serde::Deserialize)]
+struct LoginQuery {
+    login_id: Option<String>,
+}
+
+/// The acting user's login named by `?login_id=`, else their first.
+async fn acting_login(
+    ctx: &Context,
+    acting: &Acting,
+    query: &LoginQuery,
+) -> Result<UserLogin, ApiError> {
+    let logins = ctx.store().logins_of(&acting.user_id).await.map_err(|e| login_error(e.into()))?;
+    let found = match &query.login_id {
+        Some(id) => logins.into_iter().find(|l| l.id.as_str() == id),
+        None => logins.into_iter().next(),
+    };
+    found.ok_or_else(|| ApiError::not_found("You have no such login"))
+}
+
+/// A bridge hook's error: 501 for a hook the bridge does not offer.
+fn hook_error(e: &BridgeError) -> ApiError {
+    if e.is_unsupported() {
+        return ApiError::new(StatusCode::NOT_IMPLEMENTED, "M_UNRECOGNIZED", e.to_string());
+    }
+    tracing::info!(error = %e, "provisioning: the bridge failed");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", e.to_string())
+}
+
+fn remote_error(e: &crate::portal::RemoteError) -> ApiError {
+    tracing::warn!(error = %e, "provisioning: making a portal failed");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", e.to_string())
+}
+
+/// The hooks of the bridge, which outlives the API.
+fn hooks(ctx: &Context) -> Result<Arc<dyn crate::accounts::LoginHooks>, ApiError> {
+    ctx.logins().hooks().ok_or_else(ApiError::internal)
+}
+
+/// The portal of a chat opened through a login, made when missing; the acting user is invited
+/// and the login recorded in it.
+async fn open_chat(
+    ctx: &Context,
+    acting: &Acting,
+    login: &UserLogin,
+    chat: &NewChat,
+) -> Result<Portal, ApiError> {
+    let mut info = chat.info.clone();
+    if !info.invite.contains(&acting.user_id) {
+        info.invite.push(acting.user_id.clone());
+    }
+    let portal = ctx.ensure_portal(&chat.key, &info).await.map_err(|e| remote_error(&e))?;
+    ctx.bot()
+        .invite(&portal.room_id, &acting.user_id)
+        .check_cache()
+        .await
+        .map_err(|e| remote_error(&e.into()))?;
+    ctx.add_login_to_portal(&login.id, &chat.key).await.map_err(|e| remote_error(&e))?;
+    Ok(portal)
+}
+
+/// Resolves an identifier (and with `create_dm`, opens the DM); the answer of both routes.
+async fn resolve_or_open(
+    state: &Provision,
+    acting: &Acting,
+    query: &LoginQuery,
+    identifier: &str,
+    create_dm: bool,
+) -> Result<Json<Value>, ApiError> {
+    let ctx = &state.ctx;
+    let login = acting_login(ctx, acting, query).await?;
+    let resolved = hooks(ctx)?
+        .resolve_identifier(&login, identifier, create_dm)
+        .await
+        .map_err(|e| hook_error(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("Nobody has the identifier {identifier:?}")))?;
+    let user = &resolved.user;
+    let ghost = ctx.ensure_ghost(&user.id, &user.profile).await.map_err(|e| remote_error(&e))?;
+    let dm_room = match (&resolved.dm, create_dm) {
+        (Some(dm), true) => Some(open_chat(ctx, acting, &login, dm).await?.room_id),
+        (Some(dm), false) => {
+            ctx.portal(&dm.key).await.map_err(|e| remote_error(&e))?.map(|p| p.room_id)
+        }
+        (None, true) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "The bridge found the user but gave no DM chat",
+            ));
+        }
+        (None, false) => None,
+    };
+    Ok(Json(json!({
+        "id": user.id,
+        "name": user.profile.displayname,
+        "avatar_url": user.profile.avatar_url,
+        "mxid": ghost.user_id(),
+        "dm_room_mxid": dm_room,
+    })))
+}
+
+/// # `GET /resolve_identifier/{identifier}`
+async fn resolve(
+    State(state): State<Arc<Provision>>,
+    acting: Acting,
+    Path(identifier): Path<String>,
+    Query(query): Query<LoginQuery>,
+) -> Result<Json<Value>, ApiError> {
+    resolve_or_open(&state, &acting, &query, &identifier, false).await
+}
+
+/// # `POST /create_dm/{identifier}`
+async fn create_dm(
+    State(state): State<Arc<Provision>>,
+    acting: Acting,
+    Path(identifier): Path<String>,
+    Query(query): Query<LoginQuery>,
+) -> Result<Json<Value>, ApiError> {
+    resolve_or_open(&state, &acting, &query, &identifier, true).await
+}
+
+/// # `POST /create_group`
+async fn create_group(
+    State(state): State<Arc<Provision>>,
+    acting: Acting,
+    Query(query): Query<LoginQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let ctx = &state.ctx;
+    let group: NewGroup = if body.is_empty() {
+        NewGroup::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| json_error(&e))?
+    };
+    let login = acting_login(ctx, &acting, &query).await?;
+    let chat = hooks(ctx)?.create_group(&login, &group).await.map_err(|e| hook_error(&e))?;
+    let portal = open_chat(ctx, &acting, &login, &chat).await?;
+    Ok(Json(json!({ "id": chat.key.chat, "mxid": portal.room_id })))
 }
 
 #[cfg(test)]

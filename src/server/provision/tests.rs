@@ -96,7 +96,8 @@ async fn every_route_refuses_missing_and_wrong_auth_and_low_levels() {
             .replace("{process_id}", "p")
             .replace("{step_id}", "s")
             .replace("{step_type}", "user_input")
-            .replace("{login_id}", "l");
+            .replace("{login_id}", "l")
+            .replace("{identifier}", "i");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (status, body) = call(&h.app, method.clone(), &path, None, Value::Null).await;
         assert_eq!(
@@ -226,6 +227,29 @@ async fn a_password_login_over_http() {
     }
     let (_, logins) = as_alice(&h.app, Method::GET, "/logins", Value::Null).await;
     assert_eq!(logins["logins"][0]["id"], "alice");
+    // The chat routes: this bridge offers none of them, which is said as such; without a
+    // login of the user's, there is nothing to act through.
+    for (method, path) in [
+        (Method::GET, "/resolve_identifier/bob"),
+        (Method::POST, "/create_dm/bob"),
+        (Method::POST, "/create_group"),
+    ] {
+        let (status, body) = as_alice(&h.app, method.clone(), path, Value::Null).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_IMPLEMENTED, Some("M_UNRECOGNIZED")),
+            "{path}: {body}"
+        );
+        let (status, body) =
+            as_alice(&h.app, method.clone(), &format!("{path}?login_id=other"), Value::Null).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+        let bob = format!("{path}?user_id=%40bob%3Alocalhost");
+        let (status, _) = call(&h.app, method, &bob, Some(SECRET), Value::Null).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
     // Another user cannot log alice out; she can.
     let bob = "/logout/alice?user_id=%40bob%3Alocalhost";
     assert_eq!(
