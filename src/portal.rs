@@ -73,8 +73,9 @@ impl Context {
 
     /// The portal with a key, creating its room when there is none: the bot creates a private
     /// room with the name, topic and avatar, an `m.bridge` state event naming the bridge and the
-    /// remote chat, invites the given real users and the receiving login's user, applies the
-    /// members and power levels, and adds the room to its logins' spaces.
+    /// remote chat, invites the given real users and the receiving login's user (who joins
+    /// through their double puppet when they have one), applies the members and power levels,
+    /// and adds the room to its logins' spaces.
     pub async fn ensure_portal(
         &self,
         key: &PortalKey,
@@ -123,6 +124,11 @@ impl Context {
             self.store().add_login_to_portal(&login.id, key).await?;
         }
         self.add_portal_to_spaces(&portal).await;
+        for login in self.portal_logins(key).await? {
+            if let Some(puppet) = self.double_puppet(&login.user_id).await? {
+                puppet.ensure_joined(&portal.room_id).await?;
+            }
+        }
         let change = ChatChange {
             members: &info.members,
             power_levels: info.power_levels.as_ref(),

@@ -140,7 +140,10 @@ impl Context {
     }
 
     /// A user's double puppet: their intent with the token they gave, if any.
-    async fn double_puppet(&self, user_id: &UserId) -> Result<Option<Intent>, RemoteError> {
+    pub(super) async fn double_puppet(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Option<Intent>, RemoteError> {
         let Some(token) = self.store().user(user_id).await?.and_then(|u| u.double_puppet_token)
         else {
             return Ok(None);

@@ -421,6 +421,35 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     let left = format!("{ALICE} Left");
     assert!(wait_until(30, || bridge.memberships.lock().unwrap().contains(&left)).await);
 
+    // With a double puppet, Alice joins a new DM herself, and leaves it herself when her
+    // login leaves the chat.
+    store
+        .set_double_puppet_token(&alice_id, Some(&mxbridge::Secret::new(alice.clone())))
+        .await
+        .unwrap();
+    let (status, dm) = provision(&client, port, Method::POST, "/create_dm/dave", None).await;
+    assert_eq!(status, 200, "{dm}");
+    let dave_room = dm["dm_room_mxid"].as_str().unwrap().to_owned();
+    let mine = &members(&client, &synapse, &dave_room, &alice).await[ALICE];
+    assert_eq!(
+        (mine["content"]["membership"].as_str(), mine["sender"].as_str()),
+        (Some("join"), Some(ALICE))
+    );
+    let dave_key = PortalKey::for_login("dm-dave", "alice".into());
+    let leave = info(vec![ChatMember::left(person("alice")).as_login("alice")]);
+    ctx.queue_remote(&dave_key, &leave).await.unwrap().bridged().await.unwrap();
+    let dave_room_id: OwnedRoomId = dave_room.as_str().try_into().unwrap();
+    assert_eq!(
+        store.membership(&dave_room_id, &alice_id).await.unwrap(),
+        Some(mxbridge::store::Membership::Leave)
+    );
+    let mine = &members(&client, &synapse, &dave_room, &alice).await[ALICE];
+    assert_eq!(
+        (mine["content"]["membership"].as_str(), mine["sender"].as_str()),
+        (Some("leave"), Some(ALICE))
+    );
+    assert!(store.logins_in_portal(&dave_key).await.unwrap().is_empty());
+
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
