@@ -487,6 +487,18 @@ impl RemoteEvent {
 mod tests {
     use super::*;
 
+    /// A chat-info event queued before members and power levels existed still reads.
+    #[test]
+    fn older_chat_info_rows_still_read() {
+        let old: RemoteEvent = serde_json::from_str(r#"{"chat_info":{"name":"n"}}"#).unwrap();
+        let RemoteEvent::ChatInfo { name, members, power_levels, .. } = old else {
+            panic!("not chat info")
+        };
+        assert_eq!((name.as_deref(), members.len(), power_levels), (Some("n"), 0, None));
+        let resync: RemoteEvent = serde_json::from_str(r#""chat_resync""#).unwrap();
+        assert_eq!(resync.kind(), "chat_resync");
+    }
+
     #[test]
     fn random_message_ids_are_fresh() {
         let ids: std::collections::BTreeSet<_> =

@@ -349,6 +349,14 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         ..PortalInfo::default()
     };
     bridge.infos.lock().unwrap().insert(key.chat.to_string(), resynced);
+    say(&client, &synapse, &group_room, &alice, "!chats resync").await;
+    let gina_left = async || {
+        let now = members(&client, &synapse, &group_room, &alice).await;
+        now[&ghost("gina")]["content"]["membership"] == "leave"
+            && now.get(&ghost("frank")).is_some_and(|f| f["content"]["membership"] == "join")
+    };
+    assert!(wait_until_async(30, gina_left).await, "the resync command did nothing");
+    // The same through the context: nothing is left to change.
     ctx.resync_portal(&key).await.unwrap().bridged().await.unwrap();
     let now = members(&client, &synapse, &group_room, &alice).await;
     let membership =
