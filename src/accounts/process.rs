@@ -423,7 +423,11 @@ impl Context {
         {
             tracing::warn!(login = %login.id, error = %e, "the bridge failed to log out; forgetting the login anyway");
         }
+        let space = self.store().login_space(login_id).await?;
         self.store().delete_login(login_id).await?;
+        if let Some(space) = space {
+            self.delete_login_space(&space, &login).await;
+        }
         let labels = vec![("state", super::LoginState::LoggedOut.as_str().to_owned())];
         self.metrics().login_states.get_or_create(&labels).inc();
         self.push_login_state(&login, super::LoginState::LoggedOut, None).await;

@@ -2,6 +2,7 @@
 //! creates the first time one of the login's portals needs it and the login's user is invited
 //! to. A portal is a child of the space (`m.space.child`, with `via`) and names it as its parent
 //! (`m.space.parent`); a portal deleted or unlinked, or left by the login, is taken out again.
+//! A login that logs out takes its space down.
 
 use ruma::{
     OwnedRoomId, RoomId,
@@ -72,6 +73,19 @@ impl Context {
             }
         }
         Ok(Some((room, true)))
+    }
+
+    /// Takes down the space of a login that logged out: its user is removed and the bot
+    /// leaves. Best effort.
+    pub(crate) async fn delete_login_space(&self, space: &RoomId, login: &UserLogin) {
+        let bot = self.bot();
+        let reason = format!("Logged out of {}", crate::accounts::login_name(login));
+        if let Err(e) = bot.kick(space, &login.user_id).reason(reason.as_str()).await {
+            tracing::info!(%space, error = %e, "cannot remove the user from the login's space");
+        }
+        if let Err(e) = bot.leave(space).reason(reason).await {
+            tracing::warn!(%space, error = %e, "the bot cannot leave the login's space");
+        }
     }
 
     /// The logins a portal belongs to: those in it, and its receiver.

@@ -458,6 +458,22 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     );
     assert!(store.logins_in_portal(&dave_key).await.unwrap().is_empty());
 
+    // Logging out takes the login's space down; its DMs are then without logins and cleaned up.
+    let (status, body) = provision(&client, port, Method::POST, "/logout/alice", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until_async(30, async || {
+            store.membership(&space, &alice_id).await.unwrap()
+                == Some(mxbridge::store::Membership::Leave)
+        })
+        .await,
+        "Alice is still in the space of her login"
+    );
+    let mut cleaned = ctx.cleanup_portals().await.unwrap();
+    cleaned.sort();
+    let bob_key = PortalKey::for_login("dm-bob", "alice".into());
+    assert_eq!(cleaned, [bob_key, dave_key]);
+
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
