@@ -1,13 +1,21 @@
 //! Deleting portals: the room emptied of the bridge's users (ghosts leave, real users are
-//! removed), the bot leaves, and every mapping of the portal is forgotten.
+//! removed from rooms the bot made), the bot leaves, and every mapping of the portal is
+//! forgotten.
+
+use ruma::RoomId;
 
 use super::RemoteError;
-use crate::{context::Context, remote::PortalKey, store::Membership};
+use crate::{
+    context::Context,
+    remote::PortalKey,
+    store::{Membership, RoomStateField},
+};
 
 impl Context {
-    /// Deletes a portal: takes it out of its logins' spaces, has every ghost leave and removes
-    /// the real users (with `reason`), has the bot leave, and forgets the portal, its messages,
-    /// which logins were in it and its relay. The remote chat is not touched; a later message
+    /// Deletes a portal: takes it out of its logins' spaces, has every ghost leave and, in a
+    /// room the bot created, removes the real users (with `reason`; a linked room keeps its
+    /// people), has the bot leave, and forgets the portal, its messages, which logins were in
+    /// it and its relay. The remote chat is not touched; a later message
     /// from it makes a new portal. Returns whether there was a portal. Failures to remove a
     /// member are logged and do not stop the deletion.
     pub async fn delete_portal(&self, key: &PortalKey, reason: &str) -> Result<bool, RemoteError> {
@@ -23,6 +31,7 @@ impl Context {
                 tracing::warn!(%room, error = %e, "cannot read the members of a deleted portal");
                 Vec::new()
             });
+        let ours = self.created_by_bot(room).await;
         let registration = self.registration();
         for member in members {
             let user = &member.user_id;
@@ -34,8 +43,10 @@ impl Context {
                     Ok(ghost) => ghost.leave(room).reason(reason).await,
                     Err(e) => Err(e.into()),
                 }
-            } else {
+            } else if ours {
                 bot.kick(room, user).reason(reason).await
+            } else {
+                continue;
             };
             if let Err(e) = done {
                 tracing::warn!(%room, %user, error = %e, "cannot remove a member of a deleted portal");
@@ -49,6 +60,15 @@ impl Context {
         self.store().forget_portal_logins(key).await?;
         tracing::info!(portal = %key, %room, "deleted the portal");
         Ok(true)
+    }
+
+    /// Whether the cached `m.room.create` event was sent by the bot (false when unknown).
+    async fn created_by_bot(&self, room: &RoomId) -> bool {
+        let Ok(Some(json)) = self.store().room_state(room, RoomStateField::Create).await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&json)
+            .is_ok_and(|create| create["sender"] == self.bot_user_id().as_str())
     }
 
     /// Deletes every portal that no login is in any more (see [`Context::delete_portal`]);

@@ -8,9 +8,9 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use mxbridge::{
-    AppService, Bridge, BridgeError, BridgeResult, ChatMember, Config, Context, MatrixMembership,
-    NewChat, NewGroup, PortalInfo, PortalKey, Registration, RemoteEvent, RemoteSender,
-    ResolvedIdentifier,
+    AppService, Bridge, BridgeError, BridgeResult, ChatMember, ChatPowerLevels, Config, Context,
+    MatrixMembership, NewChat, NewGroup, PortalInfo, PortalKey, Registration, RemoteEvent,
+    RemoteSender, ResolvedIdentifier,
     login::{
         AnyLoginProcess, FieldKind, LoginField, LoginFlow, LoginProcess, LoginStep, LoginValues,
         UserLogin,
@@ -306,12 +306,18 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         members,
         power_levels: None,
     };
-    queue(info(vec![
-        ChatMember::joined(person("dave")).power_level(50),
-        ChatMember::joined(person("alice")).as_login("alice").power_level(100),
-        ChatMember::joined(person("gina")),
-        ChatMember::joined(person("erin")),
-    ]))
+    queue(RemoteEvent::ChatInfo {
+        name: None,
+        topic: Some("Moderated".into()),
+        avatar: None,
+        members: vec![
+            ChatMember::joined(person("dave")).power_level(50),
+            ChatMember::joined(person("alice")).as_login("alice").power_level(100),
+            ChatMember::joined(person("gina")),
+            ChatMember::joined(person("erin")),
+        ],
+        power_levels: Some(ChatPowerLevels { events_default: Some(10), ..Default::default() }),
+    })
     .await;
     queue(info(vec![
         ChatMember::kicked(person("carol"), Some(person("dave")), Some("spam".into())),
@@ -337,6 +343,9 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         (levels["users"][ghost("dave")].as_i64(), levels["users"][ALICE].as_i64()),
         (Some(50), Some(100))
     );
+    assert_eq!(levels["events_default"].as_i64(), Some(10));
+    let topic = state(&client, &synapse, &group_room, &alice, "m.room.topic", "").await;
+    assert_eq!(topic["topic"], "Moderated");
 
     // A resync: the chat is now Alice, Dave and Frank, renamed. Gina leaves, Frank joins.
     let resynced = PortalInfo {
@@ -422,6 +431,31 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     );
     assert!(store.logins_in_portal(&key).await.unwrap().is_empty());
     assert_eq!(space_rooms(&client, &synapse, space.as_str(), &alice).await, [dm_room.as_str()]);
+
+    // A linked room that is deleted keeps its people; the bot leaves.
+    let url = format!("{}/_matrix/client/v3/createRoom", synapse.url);
+    let body = json!({"preset": "private_chat", "invite": ["@_t_bot:localhost"]});
+    let linked = cs(&client, Method::POST, url, &alice, Some(body)).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let linked_id: OwnedRoomId = linked.as_str().try_into().unwrap();
+    assert!(
+        wait_until_async(30, async || {
+            store.membership(&linked_id, &bot).await.unwrap()
+                == Some(mxbridge::store::Membership::Join)
+        })
+        .await,
+        "the bot never joined the room to link"
+    );
+    let linked_key = PortalKey::shared("linked");
+    ctx.link_portal(&linked_id, &linked_key, &alice_id).await.unwrap();
+    assert!(ctx.delete_portal(&linked_key, "unbridged").await.unwrap());
+    let url =
+        format!("{}/_matrix/client/v3/rooms/{}/joined_members", synapse.url, urlencode(&linked));
+    let joined = cs(&client, Method::GET, url, &alice, None).await;
+    let joined: Vec<&String> = joined["joined"].as_object().unwrap().keys().collect();
+    assert_eq!(joined, [ALICE]);
 
     // From Matrix: Alice leaves the DM; the bridge is told a leave.
     let url = format!("{}/_matrix/client/v3/rooms/{}/leave", synapse.url, urlencode(&dm_room));
