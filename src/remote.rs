@@ -280,16 +280,19 @@ pub struct NewChat {
 }
 
 /// A group chat to create on the remote network (the provisioning API's `create_group`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewGroup {
+    /// The kind of group, as the client named it (`group`, `channel`, ...: the bridge's own
+    /// words).
+    pub kind: String,
     /// Its name.
-    #[serde(default)]
     pub name: Option<String>,
     /// Its topic.
-    #[serde(default)]
     pub topic: Option<String>,
-    /// The remote users to add.
-    #[serde(default)]
+    /// A public user name for it, on networks that have them.
+    pub username: Option<String>,
+    /// The remote users to add (a ghost's Matrix ID given by the client is turned into its
+    /// remote user).
     pub participants: Vec<RemoteUserId>,
 }
 

@@ -48,7 +48,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", "/whoami"),
     ("get", "/resolve_identifier/{identifier}"),
     ("post", "/create_dm/{identifier}"),
-    ("post", "/create_group"),
+    ("post", "/create_group/{type}"),
 ];
 
 /// The window of the rate limit.
@@ -84,7 +84,7 @@ pub(crate) fn router(ctx: &Context) -> Option<Router> {
             ("get", "/whoami") => app.route(&full, get(whoami_route)),
             ("get", "/resolve_identifier/{identifier}") => app.route(&full, get(resolve)),
             ("post", "/create_dm/{identifier}") => app.route(&full, post(create_dm)),
-            ("post", "/create_group") => app.route(&full, post(create_group)),
+            ("post", "/create_group/{type}") => app.route(&full, post(create_group)),
             _ => unreachable!("every route has a handler"),
         };
     }
@@ -477,13 +477,17 @@ async fn resolve_or_open(
         }
         (None, false) => None,
     };
-    Ok(Json(json!({
-        "id": user.id,
-        "name": user.profile.displayname,
-        "avatar_url": user.profile.avatar_url,
-        "mxid": ghost.user_id(),
-        "dm_room_mxid": dm_room,
-    })))
+    let mut out = json!({ "id": user.id, "mxid": ghost.user_id() });
+    if let Some(name) = &user.profile.displayname {
+        out["name"] = name.as_str().into();
+    }
+    if let Some(avatar) = &user.profile.avatar_url {
+        out["avatar_url"] = avatar.as_str().into();
+    }
+    if let Some(room) = dm_room {
+        out["dm_room_mxid"] = room.as_str().into();
+    }
+    Ok(Json(out))
 }
 
 /// # `GET /resolve_identifier/{identifier}`
@@ -506,18 +510,60 @@ async fn create_dm(
     resolve_or_open(&state, &acting, &query, &identifier, true).await
 }
 
-/// # `POST /create_group`
+/// The body of `create_group`: name and topic as the contents of their state events.
+#[derive(Debug, Default, serde::Deserialize)]
+struct GroupBody {
+    #[serde(default)]
+    name: Option<NameContent>,
+    #[serde(default)]
+    topic: Option<TopicContent>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    participants: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NameContent {
+    name: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TopicContent {
+    topic: String,
+}
+
+/// # `POST /create_group/{type}`
 async fn create_group(
     State(state): State<Arc<Provision>>,
     acting: Acting,
+    Path(kind): Path<String>,
     Query(query): Query<LoginQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let ctx = &state.ctx;
-    let group: NewGroup = if body.is_empty() {
-        NewGroup::default()
+    let body: GroupBody = if body.is_empty() {
+        GroupBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| json_error(&e))?
+    };
+    let mut participants = Vec::with_capacity(body.participants.len());
+    for participant in body.participants {
+        // A ghost's Matrix ID stands for its remote user.
+        let ghost = match UserId::parse(participant.as_str()) {
+            Ok(user_id) => {
+                ctx.store().ghost_by_user(&user_id).await.map_err(|e| login_error(e.into()))?
+            }
+            Err(_) => None,
+        };
+        participants.push(ghost.map_or_else(|| participant.into(), |g| g.remote_id));
+    }
+    let group = NewGroup {
+        kind,
+        name: body.name.map(|n| n.name),
+        topic: body.topic.map(|t| t.topic),
+        username: body.username,
+        participants,
     };
     let login = acting_login(ctx, &acting, &query).await?;
     let chat = hooks(ctx)?.create_group(&login, &group).await.map_err(|e| hook_error(&e))?;

@@ -97,7 +97,8 @@ async fn every_route_refuses_missing_and_wrong_auth_and_low_levels() {
             .replace("{step_id}", "s")
             .replace("{step_type}", "user_input")
             .replace("{login_id}", "l")
-            .replace("{identifier}", "i");
+            .replace("{identifier}", "i")
+            .replace("{type}", "group");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (status, body) = call(&h.app, method.clone(), &path, None, Value::Null).await;
         assert_eq!(
@@ -232,7 +233,7 @@ async fn a_password_login_over_http() {
     for (method, path) in [
         (Method::GET, "/resolve_identifier/bob"),
         (Method::POST, "/create_dm/bob"),
-        (Method::POST, "/create_group"),
+        (Method::POST, "/create_group/group"),
     ] {
         let (status, body) = as_alice(&h.app, method.clone(), path, Value::Null).await;
         assert_eq!(
