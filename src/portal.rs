@@ -73,9 +73,10 @@ impl Context {
 
     /// The portal with a key, creating its room when there is none: the bot creates a private
     /// room with the name, topic and avatar, an `m.bridge` state event naming the bridge and the
-    /// remote chat, invites the given real users and the receiving login's user (who joins
-    /// through their double puppet when they have one), applies the members and power levels,
-    /// and adds the room to its logins' spaces.
+    /// remote chat, invites the given real users and the users of the chat's logins known so
+    /// far (those in it, and the receiver of a per-login chat; each joins through their double
+    /// puppet when they have one), applies the members and power levels, and adds the room to
+    /// its logins' spaces.
     pub async fn ensure_portal(
         &self,
         key: &PortalKey,
@@ -84,18 +85,16 @@ impl Context {
         if let Some(portal) = self.portal(key).await? {
             return Ok(portal);
         }
-        let receiver = match &key.receiver {
-            Some(id) => self.store().login(id).await?,
-            None => None,
-        };
+        // The logins already known in the chat, and the receiver of a per-login chat.
+        let logins = self.portal_logins(key).await?;
         let mut request = create_room::v3::Request::new();
         request.name.clone_from(&info.name);
         request.topic.clone_from(&info.topic);
         request.invite.clone_from(&info.invite);
-        if let Some(login) = &receiver
-            && !request.invite.contains(&login.user_id)
-        {
-            request.invite.push(login.user_id.clone());
+        for login in &logins {
+            if !request.invite.contains(&login.user_id) {
+                request.invite.push(login.user_id.clone());
+            }
         }
         request.is_direct = info.is_direct;
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
@@ -120,11 +119,11 @@ impl Context {
             })
             .await?;
         let portal = Portal { key: key.clone(), room_id };
-        if let Some(login) = &receiver {
-            self.store().add_login_to_portal(&login.id, key).await?;
+        if let Some(receiver) = logins.iter().find(|l| key.receiver.as_ref() == Some(&l.id)) {
+            self.store().add_login_to_portal(&receiver.id, key).await?;
         }
         self.add_portal_to_spaces(&portal).await;
-        for login in self.portal_logins(key).await? {
+        for login in &logins {
             if let Some(puppet) = self.double_puppet(&login.user_id).await? {
                 puppet.ensure_joined(&portal.room_id).await?;
             }

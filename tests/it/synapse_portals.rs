@@ -301,6 +301,21 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     let parent = state(&client, &synapse, &dm_room, &alice, "m.space.parent", space.as_str()).await;
     assert_eq!(parent["via"], json!(["localhost"]));
 
+    // A chat the login is known to be in gets its portal with the first message: Alice is
+    // invited, and the space holds it too.
+    let known = PortalKey::shared("known");
+    ctx.add_login_to_portal(&"alice".into(), &known).await.unwrap();
+    let known_info = PortalInfo { name: Some("Known".into()), ..PortalInfo::default() };
+    bridge.infos.lock().unwrap().insert("known".into(), known_info);
+    let first = RemoteEvent::text("m1", person("carol"), "hello");
+    ctx.queue_remote(&known, &first).await.unwrap().bridged().await.unwrap();
+    let known_room = ctx.portal(&known).await.unwrap().unwrap().room_id.to_string();
+    // Only an invited user may join this private room.
+    join(&client, &synapse, &known_room, &alice).await;
+    let mut expected = vec![dm_room.clone(), group_room.clone(), known_room.clone()];
+    expected.sort();
+    assert_eq!(space_rooms(&client, &synapse, space.as_str(), &alice).await, expected);
+
     // Members from the remote chat, in order: Dave becomes a moderator (and Alice an admin),
     // Gina and Erin join, Dave kicks Carol for spam, Erin leaves.
     let queue = async |event: RemoteEvent| {
@@ -437,7 +452,9 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         "members are still in the deleted portal"
     );
     assert!(store.logins_in_portal(&key).await.unwrap().is_empty());
-    assert_eq!(space_rooms(&client, &synapse, space.as_str(), &alice).await, [dm_room.as_str()]);
+    let mut expected = vec![dm_room.clone(), known_room.clone()];
+    expected.sort();
+    assert_eq!(space_rooms(&client, &synapse, space.as_str(), &alice).await, expected);
 
     // A linked room that is deleted keeps its people; the bot leaves.
     let url = format!("{}/_matrix/client/v3/createRoom", synapse.url);
@@ -513,7 +530,7 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     let mut cleaned = ctx.cleanup_portals().await.unwrap();
     cleaned.sort();
     let bob_key = PortalKey::for_login("dm-bob", "alice".into());
-    assert_eq!(cleaned, [bob_key, dave_key]);
+    assert_eq!(cleaned, [bob_key, dave_key, known]);
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
