@@ -317,3 +317,67 @@ impl Context {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{room_id, user_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        remote::PortalKey,
+        testing::{MockHomeserver, test_context},
+    };
+
+    fn state(kind: &str, key: &str, content: serde_json::Value) -> serde_json::Value {
+        json!({ "type": kind, "state_key": key, "sender": "@owner:localhost",
+                "content": content, "event_id": format!("${kind}{key}"), "origin_server_ts": 1 })
+    }
+
+    /// In a room where the bot has 50, nobody is given more than 50; levels already right and
+    /// the bot's own are left alone; one power levels event carries the changes.
+    #[tokio::test]
+    async fn power_levels_never_exceed_the_bots_and_change_in_one_event() {
+        let hs = MockHomeserver::start().await;
+        let ctx = test_context(&hs, "").await;
+        let room = room_id!("!linked:localhost");
+        hs.mock_room_state(room)
+            .ok_body(json!([
+                state("m.room.create", "", json!({ "room_version": "10" })),
+                state("m.room.member", "@_test_bot:localhost", json!({ "membership": "join" })),
+                state(
+                    "m.room.power_levels",
+                    "",
+                    json!({ "users": { "@owner:localhost": 100, "@_test_bot:localhost": 50,
+                                       "@mod:localhost": 50 } }),
+                ),
+            ]))
+            .mount()
+            .await;
+        hs.mock_set_state(room, "m.room.power_levels", "").as_bot().ok().expect(1).mount().await;
+        let portal = Portal { key: PortalKey::shared("chat"), room_id: room.to_owned() };
+        let users = [
+            (user_id!("@boss:localhost").to_owned(), 100),
+            (user_id!("@mod:localhost").to_owned(), 50),
+            (ctx.bot_user_id().to_owned(), 0),
+        ];
+        let defaults = ChatPowerLevels { events_default: Some(75), ..ChatPowerLevels::default() };
+        ctx.apply_power_levels(&portal, &users, Some(&defaults)).await.unwrap();
+        let sent: Vec<serde_json::Value> = hs
+            .received()
+            .await
+            .iter()
+            .filter(|r| r.method.as_str() == "PUT" && r.url.path().contains("m.room.power_levels"))
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0]["users"],
+            json!({ "@owner:localhost": 100, "@_test_bot:localhost": 50, "@mod:localhost": 50,
+                    "@boss:localhost": 50 })
+        );
+        assert_eq!(sent[0]["events_default"], 50);
+        // Nothing to change: nothing is sent (the mock expects one event in all).
+        ctx.apply_power_levels(&portal, &users[1..2], None).await.unwrap();
+    }
+}

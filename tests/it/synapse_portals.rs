@@ -337,6 +337,7 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
             ChatMember::joined(person("alice")).as_login("alice").power_level(100),
             ChatMember::joined(person("gina")),
             ChatMember::joined(person("erin")),
+            ChatMember::joined(person("hank")),
         ],
         power_levels: Some(ChatPowerLevels { events_default: Some(10), ..Default::default() }),
     })
@@ -344,6 +345,8 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     queue(info(vec![
         ChatMember::kicked(person("carol"), Some(person("dave")), Some("spam".into())),
         ChatMember::left(person("erin")),
+        // Gina may not kick: the bot does it for her.
+        ChatMember::kicked(person("hank"), Some(person("gina")), None),
     ]))
     .await;
     let now = members(&client, &synapse, &group_room, &alice).await;
@@ -359,6 +362,12 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         (erin["content"]["membership"].as_str(), erin["sender"].as_str()),
         (Some("leave"), Some(ghost("erin").as_str())),
         "a leave of her own: {erin}"
+    );
+    let hank = &now[&ghost("hank")];
+    assert_eq!(
+        (hank["content"]["membership"].as_str(), hank["sender"].as_str()),
+        (Some("leave"), Some("@_t_bot:localhost")),
+        "a kick by the bot: {hank}"
     );
     let levels = state(&client, &synapse, &group_room, &alice, "m.room.power_levels", "").await;
     assert_eq!(
