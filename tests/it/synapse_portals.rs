@@ -483,6 +483,12 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     );
     let linked_key = PortalKey::shared("linked");
     ctx.link_portal(&linked_id, &linked_key, &alice_id).await.unwrap();
+    // With Alice's login in it, it is in her space until it is unlinked.
+    ctx.add_login_to_portal(&"alice".into(), &linked_key).await.unwrap();
+    assert!(space_rooms(&client, &synapse, space.as_str(), &alice).await.contains(&linked));
+    assert!(ctx.unlink_portal(&linked_id, &alice_id).await.unwrap());
+    assert!(!space_rooms(&client, &synapse, space.as_str(), &alice).await.contains(&linked));
+    ctx.link_portal(&linked_id, &linked_key, &alice_id).await.unwrap();
     assert!(ctx.delete_portal(&linked_key, "unbridged").await.unwrap());
     let url =
         format!("{}/_matrix/client/v3/rooms/{}/joined_members", synapse.url, urlencode(&linked));
