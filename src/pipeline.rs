@@ -340,7 +340,7 @@ async fn handle<B: Bridge>(
             let known = ctx.store().message_parts(key, id).await?;
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
             let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             for (n, part) in parts.iter().enumerate() {
                 if known.iter().any(|m| m.part == part.id) {
                     continue;
@@ -378,7 +378,7 @@ async fn handle<B: Bridge>(
                 tracing::debug!(%target, "an edit of a message that was never bridged");
                 return Ok(Vec::new());
             }
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             for (n, RemotePart { id, content }) in parts.iter().enumerate() {
                 let Some(original) = known.iter().find(|m| m.part == *id) else { continue };
                 let sanitized = crate::format::sanitize_content(content).into_owned();
@@ -394,7 +394,7 @@ async fn handle<B: Bridge>(
             if ctx.store().reaction(key, target, &sender.id, reaction).await?.is_some() {
                 return Ok(Vec::new());
             }
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             let react = ghost.react(&portal.room_id, &target_event, reaction).txn_id(txn(0));
             let event_id = at(react, *timestamp).await?;
             ctx.store()
@@ -414,13 +414,13 @@ async fn handle<B: Bridge>(
             else {
                 return Ok(Vec::new());
             };
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             sent.push(ghost.redact(&portal.room_id, &event_id).txn_id(txn(0)).await?);
             ctx.store().delete_reaction(key, target, &sender.id, reaction).await?;
         }
         RemoteEvent::Delete { target, sender } => {
             let known = ctx.store().message_parts(key, target).await?;
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             for (n, part) in known.iter().enumerate() {
                 sent.push(ghost.redact(&portal.room_id, &part.event_id).txn_id(txn(n)).await?);
             }
@@ -428,7 +428,7 @@ async fn handle<B: Bridge>(
         }
         RemoteEvent::ReadReceipt { sender, up_to } => {
             if let Some(event_id) = first_event(ctx, key, Some(up_to)).await? {
-                let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+                let ghost = ctx.sender_intent(sender).await?;
                 ghost.ensure_joined(&portal.room_id).await?;
                 let mut request = create_receipt::v3::Request::new(
                     portal.room_id.clone(),
@@ -440,7 +440,7 @@ async fn handle<B: Bridge>(
             }
         }
         RemoteEvent::Typing { sender, typing } => {
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             // Repeats of what the homeserver was told last send nothing.
             if *typing {
                 ghost.typing(&portal.room_id, Duration::from_secs(30)).await?;

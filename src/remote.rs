@@ -177,13 +177,27 @@ pub struct RemoteSender {
     /// Their profile, applied to the ghost when it changed.
     #[serde(default)]
     pub profile: GhostProfile,
+    /// The login whose own remote account this is, when the bridge saw the event come from
+    /// one of its logins (the user wrote from their phone, say). The event then appears from
+    /// that login's Matrix user through their double puppet, when the bridge may act as them
+    /// (see [`crate::Context::double_puppet`]); else from the ghost. Set it only for what the
+    /// login's own account did: it decides who speaks in Matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<RemoteLoginId>,
 }
 
 impl RemoteSender {
     /// A sender known by ID and display name.
     pub fn named(id: impl Into<RemoteUserId>, displayname: impl Into<String>) -> Self {
         let profile = GhostProfile { displayname: Some(displayname.into()), avatar_url: None };
-        Self { id: id.into(), profile }
+        Self { id: id.into(), profile, login: None }
+    }
+
+    /// The same sender, as the own account of `login` (see [`RemoteSender::login`]).
+    #[must_use]
+    pub fn from_login(mut self, login: RemoteLoginId) -> Self {
+        self.login = Some(login);
+        self
     }
 }
 
