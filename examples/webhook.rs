@@ -101,8 +101,6 @@ impl Webhook {
         found.ok_or_else(|| BridgeError::new(format!("no webhook `{name}` here")))
     }
 
-    /// Sends a room's event to every outgoing URL of the room; a failed POST is retried by the
-    /// inbox (the handler returns the error).
     /// The login standing for a user's own hooks: a hook made with `as-me` names it as its
     /// sender's login, and the framework posts through that user's double puppet.
     async fn creator_login(&self, user: &ruma::UserId) -> BridgeResult<RemoteLoginId> {
@@ -119,6 +117,8 @@ impl Webhook {
         }
     }
 
+    /// Sends a room's event to every outgoing URL of the room; a failed POST is retried by the
+    /// inbox (the handler returns the error).
     async fn post_out(&self, room: &ruma::RoomId, payload: Value) -> BridgeResult {
         for (_, hook) in self.hooks_in(room).await? {
             if let Some(url) = &hook.outgoing {

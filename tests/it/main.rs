@@ -17,5 +17,6 @@ mod store;
 mod store_users;
 mod synapse;
 mod synapse_logins;
+mod synapse_puppet;
 mod synapse_restart;
 mod webhook;
