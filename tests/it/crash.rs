@@ -16,14 +16,14 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Running, fresh_database, http, postgres_url, put_txn, txn_body, wait_until};
 
 #[derive(Serialize, Deserialize)]
-struct ChildSpec {
-    db_url: String,
-    port: u16,
-    record_file: String,
-    delay_ms: u64,
+pub(crate) struct ChildSpec {
+    pub(crate) db_url: String,
+    pub(crate) port: u16,
+    pub(crate) record_file: String,
+    pub(crate) delay_ms: u64,
     /// The homeserver the child talks to.
     #[serde(default = "unreachable_homeserver")]
-    hs_url: String,
+    pub(crate) hs_url: String,
 }
 
 fn unreachable_homeserver() -> String {
@@ -50,7 +50,7 @@ async fn child_process_entry_point() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
-fn spawn_child(spec: &ChildSpec) -> Child {
+pub(crate) fn spawn_child(spec: &ChildSpec) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["crash::child_process_entry_point", "--exact", "--nocapture", "--test-threads=1"])
         .env("MXB_CRASH_CHILD", serde_json::to_string(spec).unwrap())

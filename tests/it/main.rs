@@ -16,6 +16,7 @@ mod secrets;
 mod store;
 mod store_users;
 mod synapse;
+mod synapse_crash;
 mod synapse_logins;
 mod synapse_puppet;
 mod synapse_restart;
