@@ -1,6 +1,8 @@
 //! A remote message the homeserver accepted, with the bridge killed (SIGKILL) before it
 //! recorded the mapping, against a real Synapse: after the restart the room holds the message
 //! once, the remote network's redelivery of it posts nothing, and its edit arrives as an edit.
+//! Synapse restarts too in between, so it has forgotten the transaction IDs it saw: the bridge
+//! finds its own send in the room.
 //!
 //! The bridge runs in a child process (see `crash.rs`); a proxy between it and Synapse passes
 //! the first message send through, takes Synapse's answer, signals, and never answers the
@@ -146,6 +148,7 @@ async fn killed_between_a_send_and_its_mapping_the_room_holds_the_message_once()
     let before = messages(&client, &hs, &room, &alice).await;
     assert_eq!(before.len(), 1, "Synapse has the message: {before:?}");
     let original = before[0]["event_id"].as_str().unwrap().to_owned();
+    synapse.restart();
 
     // Second life: the queued event is bridged again; the remote network also redelivers the
     // message (it never heard back), then edits it.
