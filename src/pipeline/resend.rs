@@ -83,7 +83,12 @@ pub(super) async fn sent_before(
     let mut filter = RoomEventFilter::default();
     filter.senders = Some(vec![intent.user_id().to_owned()]);
     request.filter = filter;
-    let page = intent.send_request(request).await?;
+    let page = match intent.send_request(request).await {
+        Ok(page) => page,
+        // Not in the room (so it sent nothing there), or no such room any more.
+        Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(403 | 404)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     Ok(page
         .chunk
         .iter()
@@ -121,14 +126,15 @@ mod tests {
         }
     }
 
-    /// An earlier life queued two messages and sent the first without recording it: this life
-    /// finds that send in the room, maps it, and sends only the second. The check is made once.
-    #[tokio::test]
-    async fn the_first_event_an_earlier_life_left_is_looked_for_in_the_room() {
-        let hs = MockHomeserver::start().await;
-        let ctx = test_context(&hs, "").await;
-        let room = room_id!("!a:localhost");
-        let ghost = user_id!("@_test_alice:localhost");
+    const ROOM: &str = "!a:localhost";
+    const GHOST: &str = "@_test_alice:localhost";
+
+    /// A portal `chat` in `!a`, with remote user alice's ghost in it, and two messages queued
+    /// by an earlier life of the bridge.
+    async fn left_by_an_earlier_life(hs: &MockHomeserver) -> Context {
+        let ctx = test_context(hs, "").await;
+        let room = <&ruma::RoomId>::try_from(ROOM).unwrap();
+        let ghost = <&ruma::UserId>::try_from(GHOST).unwrap();
         let store = ctx.store();
         let profile = GhostRow {
             remote_id: "alice".into(),
@@ -156,6 +162,31 @@ mod tests {
             let json = serde_json::to_string(&RemoteEvent::text(id, alice.clone(), body)).unwrap();
             store.enqueue_remote(&key, &json).await.unwrap();
         }
+        ctx
+    }
+
+    /// Runs the pipeline until the queue is empty.
+    async fn drain(ctx: &Context) {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(super::super::run(ctx.clone(), Arc::new(Quiet), stop_rx));
+        for _ in 0..200 {
+            if ctx.store().remote_queue_counts().await.unwrap() == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(true);
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 0));
+    }
+
+    /// An earlier life queued two messages and sent the first without recording it: this life
+    /// finds that send in the room, maps it, and sends only the second. The check is made once.
+    #[tokio::test]
+    async fn the_first_event_an_earlier_life_left_is_looked_for_in_the_room() {
+        let hs = MockHomeserver::start().await;
+        let ctx = left_by_an_earlier_life(&hs).await;
+        let (room, ghost) = (room_id!("!a:localhost"), user_id!("@_test_alice:localhost"));
+        let (store, key) = (ctx.store(), PortalKey::shared("chat"));
         let earlier_send = json!({
             "event_id": "$one", "sender": ghost, "type": "m.room.message", "room_id": room,
             "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "one"},
@@ -174,20 +205,27 @@ mod tests {
             .await;
         hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$two"})).mount().await;
 
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(super::super::run(ctx.clone(), Arc::new(Quiet), stop_rx));
-        for _ in 0..200 {
-            if store.remote_queue_counts().await.unwrap() == (0, 0) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let _ = stop.send(true);
-        assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
+        drain(&ctx).await;
         assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q2.0"], "m1 not again");
         let m1 = store.message_parts(&key, &"m1".into()).await.unwrap();
         assert_eq!(m1[0].event_id, "$one", "mapped to the send the room had");
         let m2 = store.message_parts(&key, &"m2".into()).await.unwrap();
         assert_eq!(m2[0].event_id, "$two");
+    }
+
+    /// A ghost that is not in the room sent nothing there: the refused check sends.
+    #[tokio::test]
+    async fn a_room_the_sender_cannot_read_holds_nothing_it_sent() {
+        let hs = MockHomeserver::start().await;
+        let ctx = left_by_an_earlier_life(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock("GET", format!("/_matrix/client/v3/rooms/{room}/messages"))
+            .respond(403, json!({"errcode": "M_FORBIDDEN", "error": "not in room"}))
+            .expect(1)
+            .mount()
+            .await;
+        hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$x"})).mount().await;
+        drain(&ctx).await;
+        assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q1.0", "mxb.q2.0"]);
     }
 }

@@ -257,9 +257,18 @@ async fn killed_with_remote_events_queued_bridges_each_once(backend: &str) {
     assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
 }
 
-/// Answers every message send (with the child's own token) after `delay`.
+/// Answers every message send (with the child's own token) after `delay`, and shows rooms
+/// without any of those sends (a mock homeserver keeps nothing).
 async fn accept_sends(hs: &mxbridge::testing::MockHomeserver, delay: Duration) {
     use wiremock::{Mock, ResponseTemplate, matchers};
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path_regex("^/_matrix/client/v3/rooms/[^/]+/messages$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"chunk": [], "start": "s"})),
+        )
+        .mount(hs.server())
+        .await;
     Mock::given(matchers::method("PUT"))
         .and(matchers::path_regex("^/_matrix/client/v3/rooms/[^/]+/send/m.room.message/"))
         .respond_with(
