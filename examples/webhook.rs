@@ -5,7 +5,9 @@
 //! posts the message in the room from a ghost named after `username` (the framework sanitizes
 //! the `html`), and answers `{"event_id": ...}`. `!webhook outgoing NAME URL` also posts the
 //! room's messages (and their edits and redactions) from real users to URL as JSON. Hooks are
-//! kept in the store.
+//! kept in the store. `!webhook create NAME as-me` makes a hook that posts as its creator's own
+//! Matrix account when the bridge may act as them (double puppeting, see the guide), else as
+//! the ghost; a hook never posts as anyone else.
 //!
 //! Run with `scripts/demo.sh`, or `cargo run --example webhook -- -c config.yaml run`.
 
@@ -19,8 +21,10 @@ use axum::{
 };
 use mxbridge::{
     Bridge, BridgeError, BridgeResult, CommandCall, CommandSpec, Context, Delivery, GhostProfile,
-    MatrixEdit, MatrixMessage, MatrixRedaction, PortalKey, RemoteEvent, RemoteMessageId,
-    RemotePart, RemotePartId, RemoteSender, Secret, secret::sha256_hex,
+    MatrixEdit, MatrixMessage, MatrixRedaction, PortalKey, RemoteEvent, RemoteLoginId,
+    RemoteMessageId, RemotePart, RemotePartId, RemoteSender, Secret,
+    login::{LoginState, NewLogin},
+    secret::sha256_hex,
 };
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, events::room::message::RoomMessageEventContent,
@@ -43,6 +47,9 @@ struct Hook {
     name: String,
     room_id: OwnedRoomId,
     outgoing: Option<String>,
+    /// The creator's login that the hook posts as, when they asked for it (`as-me`).
+    #[serde(default)]
+    as_creator: Option<RemoteLoginId>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +101,22 @@ impl Webhook {
         found.ok_or_else(|| BridgeError::new(format!("no webhook `{name}` here")))
     }
 
+    /// The login standing for a user's own hooks: a hook made with `as-me` names it as its
+    /// sender's login, and the framework posts through that user's double puppet.
+    async fn creator_login(&self, user: &ruma::UserId) -> BridgeResult<RemoteLoginId> {
+        let id = RemoteLoginId::from(format!("hooks-of:{user}"));
+        let login = NewLogin {
+            id: id.clone(),
+            remote_name: format!("webhooks of {user}"),
+            metadata: Value::Null,
+        };
+        let max = self.ctx.config().logins.max_per_user.max(1);
+        match self.ctx.store().add_login(user, &login, LoginState::Connected, max).await? {
+            mxbridge::store::AddLogin::Added | mxbridge::store::AddLogin::Replaced => Ok(id),
+            other => Err(BridgeError::permanent(format!("cannot record your hooks: {other:?}"))),
+        }
+    }
+
     /// Sends a room's event to every outgoing URL of the room; a failed POST is retried by the
     /// inbox (the handler returns the error).
     async fn post_out(&self, room: &ruma::RoomId, payload: Value) -> BridgeResult {
@@ -127,7 +150,11 @@ impl Bridge for Webhook {
 
     fn commands(&self) -> Vec<CommandSpec> {
         vec![
-            CommandSpec::new("create", "NAME", "create a webhook posting to this room"),
+            CommandSpec::new(
+                "create",
+                "NAME [as-me]",
+                "create a webhook posting to this room (as-me: as your own account)",
+            ),
             CommandSpec::new("list", "", "list this room's webhooks"),
             CommandSpec::new("delete", "NAME", "revoke a webhook"),
             CommandSpec::new("outgoing", "NAME URL", "also POST this room's messages to URL"),
@@ -146,9 +173,18 @@ impl Bridge for Webhook {
                 // `handle_message` and their edits and redactions find what they changed.
                 let room = &call.event.room_id;
                 self.ctx.link_portal(room, &portal_key(room), &call.event.sender).await?;
+                let as_creator = match call.args.get(1).map(String::as_str) {
+                    None => None,
+                    Some("as-me") => Some(self.creator_login(&call.event.sender).await?),
+                    Some(other) => return Ok(format!("Unknown option `{other}`: only `as-me`.")),
+                };
                 let token = Secret::generate(40);
-                let hook =
-                    Hook { name: name.into(), room_id: call.event.room_id.clone(), outgoing: None };
+                let hook = Hook {
+                    name: name.into(),
+                    room_id: call.event.room_id.clone(),
+                    outgoing: None,
+                    as_creator,
+                };
                 store.kv_put_json(HOOKS, &sha256_hex(token.expose().as_bytes()), &hook).await?;
                 Ok(format!(
                     "Webhook `{name}` created. POST JSON to {}/webhook/{}",
@@ -246,6 +282,8 @@ async fn incoming(
     let sender = RemoteSender {
         id: body.username.as_str().into(),
         profile: GhostProfile { displayname: Some(body.username.clone()), avatar_url },
+        // Only the hook's creator, and only when they asked for it.
+        login: hook.as_creator.clone(),
     };
     let content = match body.html {
         Some(html) => RoomMessageEventContent::text_html(body.text, html),

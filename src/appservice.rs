@@ -46,6 +46,7 @@ impl<B: Bridge> AppService<B> {
             logins,
             relay,
             provisioning,
+            double_puppet,
             bridge,
         } = config;
         let config = Config {
@@ -60,6 +61,7 @@ impl<B: Bridge> AppService<B> {
             logins,
             relay,
             provisioning,
+            double_puppet,
             bridge: (),
         };
         let ctx = Context::new(store, registration, config)?;
@@ -168,6 +170,7 @@ impl<B: Bridge> AppService<B> {
         health.set_running(true);
         let pinger = tokio::spawn(startup_ping(ctx.clone(), health.clone()));
         let versions = tokio::spawn(versions_loop(ctx.clone()));
+        let puppet_check = tokio::spawn(crate::puppet::check_secrets(ctx.clone()));
         tracing::info!("bridge running");
 
         shutdown.await;
@@ -176,6 +179,7 @@ impl<B: Bridge> AppService<B> {
         health.set_running(false);
         pinger.abort();
         versions.abort();
+        puppet_check.abort();
         let _ = stop_tx.send(true);
         let served = server.await;
         if let Some(m) = metrics_server {

@@ -103,6 +103,11 @@ pub enum Command {
         /// Makes fresh tokens even if the file exists.
         #[arg(long)]
         new_tokens: bool,
+        /// Also writes `doublepuppet.yaml` beside it: a second registration that lets the
+        /// bridge act as any user of the homeserver (double puppeting), and prints the
+        /// `double_puppet.secrets` line for the config.
+        #[arg(long)]
+        double_puppet: bool,
     },
     /// Prints an example configuration with every key explained.
     ExampleConfig,
@@ -168,7 +173,7 @@ pub async fn run_cli<B: Bridge>(cli: Cli) -> ExitCode {
             print!("{}", example_config::<B>());
             ExitCode::SUCCESS
         }
-        Command::GenerateRegistration { new_tokens } => {
+        Command::GenerateRegistration { new_tokens, double_puppet } => {
             let config = match load_config::<B>(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -189,7 +194,26 @@ pub async fn run_cli<B: Bridge>(cli: Cli) -> ExitCode {
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
-                    ExitCode::SUCCESS
+                    if !*double_puppet {
+                        return ExitCode::SUCCESS;
+                    }
+                    let path = path.with_file_name("doublepuppet.yaml");
+                    match generate_double_puppet_registration(&config, &path, *new_tokens) {
+                        Ok(reg) => {
+                            println!(
+                                "wrote {}; add it to app_service_config_files too, and to the \
+                                 config:\ndouble_puppet:\n  secrets:\n    {}: \"as_token:{}\"",
+                                path.display(),
+                                config.homeserver.domain,
+                                reg.as_token().expose()
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::from(EXIT_CONFIG)
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -369,6 +393,51 @@ pub fn generate_registration<T>(
         msc3202: existing.as_ref().is_some_and(|r| r.file().msc3202),
         msc4190: existing.as_ref().is_some_and(|r| r.file().msc4190),
         ip_range_whitelist: existing.as_ref().and_then(|r| r.file().ip_range_whitelist.clone()),
+    };
+    let registration = Registration::new(file)?;
+    registration.save(path)?;
+    Ok(registration)
+}
+
+/// Builds the double-puppet registration and writes it to `path` (mode 0600): a user namespace
+/// of every user of the homeserver, not exclusive, and `url: null`, so that the homeserver
+/// pushes nothing to it. Its `as_token` goes in `double_puppet.secrets` as `as_token:TOKEN`.
+/// The tokens of an existing file are kept unless `new_tokens` is set.
+///
+/// # Errors
+/// When the existing file cannot be read or the new one cannot be written.
+pub fn generate_double_puppet_registration<T>(
+    config: &Config<T>,
+    path: &Path,
+    new_tokens: bool,
+) -> Result<Registration, crate::registration::RegistrationError> {
+    let existing =
+        if !new_tokens && path.exists() { Some(Registration::load(path)?) } else { None };
+    let (as_token, hs_token, sender) = match &existing {
+        Some(r) => (r.as_token().clone(), r.hs_token().clone(), r.sender_localpart().to_owned()),
+        None => (
+            Secret::generate(64),
+            Secret::generate(64),
+            format!("doublepuppet_{}", Secret::generate(12).expose().to_ascii_lowercase()),
+        ),
+    };
+    let domain = regex::escape(config.homeserver.domain.as_str());
+    let mut namespaces = Namespaces::new();
+    namespaces.users = vec![Namespace::new(false, format!("@.*:{domain}"))];
+    let file = RegistrationFile {
+        id: format!("{}-doublepuppet", config.appservice.id),
+        url: None,
+        as_token,
+        hs_token,
+        sender_localpart: sender,
+        namespaces,
+        rate_limited: Some(false),
+        protocols: None,
+        receive_ephemeral: false,
+        push_ephemeral_unstable: false,
+        msc3202: false,
+        msc4190: false,
+        ip_range_whitelist: None,
     };
     let registration = Registration::new(file)?;
     registration.save(path)?;
@@ -574,7 +643,10 @@ mod tests {
         let cli =
             Cli::try_parse_for(ABOUT, ["b", "-c", "x.yaml", "generate-registration"]).unwrap();
         assert_eq!(cli.config, PathBuf::from("x.yaml"));
-        assert!(matches!(cli.command, Some(Command::GenerateRegistration { new_tokens: false })));
+        assert!(matches!(
+            cli.command,
+            Some(Command::GenerateRegistration { new_tokens: false, double_puppet: false })
+        ));
         let err = Cli::try_parse_for(ABOUT, ["b", "frobnicate"]).unwrap_err();
         assert!(err.use_stderr());
     }

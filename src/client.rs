@@ -222,6 +222,9 @@ struct ClientInner {
     /// For a real user's client ([`Client::for_user`]): the appservice's client, which helps
     /// (the bot invites) and may act as the bridge's users.
     appservice: Option<Client>,
+    /// A real user's client made with another registration's `as_token`
+    /// ([`Client::for_user_via_appservice`]): every request asserts the user (`?user_id=`).
+    assert_user: bool,
     /// The appservice's ID (for the ping endpoint).
     appservice_id: String,
     /// The bot: `@{sender_localpart}:{server_name}`.
@@ -321,6 +324,7 @@ impl Client {
                 base: homeserver.as_str().trim_end_matches('/').to_owned(),
                 as_token: registration.as_token().clone(),
                 appservice: None,
+                assert_user: false,
                 appservice_id: registration.id().to_owned(),
                 bot,
                 registration,
@@ -349,6 +353,33 @@ impl Client {
         access_token: Secret,
         homeserver: Option<&Url>,
     ) -> Result<Self> {
+        self.real_user(user_id, access_token, homeserver, false)
+    }
+
+    /// A client for a real user of a homeserver where a second appservice registration may act
+    /// as anyone (`as_token` of a registration with a non-exclusive `@.*:server` user
+    /// namespace and `url: null`): every request carries `?user_id=` for `user_id`, as a ghost's
+    /// does. This is how a bridge acts as its users' own accounts (double puppeting) without
+    /// asking each of them for a token; see [`crate::Context::double_puppet`].
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn for_user_via_appservice(
+        &self,
+        user_id: &UserId,
+        as_token: Secret,
+        homeserver: Option<&Url>,
+    ) -> Result<Self> {
+        self.real_user(user_id, as_token, homeserver, true)
+    }
+
+    fn real_user(
+        &self,
+        user_id: &UserId,
+        token: Secret,
+        homeserver: Option<&Url>,
+        assert_user: bool,
+    ) -> Result<Self> {
         let appservice = self.appservice().clone();
         let (http, base) = match homeserver {
             Some(url) => (build_http(url)?, url.as_str().trim_end_matches('/').to_owned()),
@@ -369,7 +400,7 @@ impl Client {
             inner: Arc::new(ClientInner {
                 http,
                 base,
-                as_token: access_token,
+                as_token: token,
                 appservice_id: inner.appservice_id.clone(),
                 bot: user_id.to_owned(),
                 registration: inner.registration.clone(),
@@ -379,6 +410,7 @@ impl Client {
                 joins_in_flight: Mutex::default(),
                 upload_limit: RwLock::default(),
                 appservice: Some(appservice.clone()),
+                assert_user,
             }),
         })
     }
@@ -600,7 +632,11 @@ impl Client {
             request.try_into_http_request(base, R::Authentication::without_token(), path_input)?
         };
         let mut identity = AppserviceUserIdentity::default();
-        identity.user_id = options.as_user.as_deref().filter(|u| *u != self.inner.bot);
+        identity.user_id = if self.inner.assert_user {
+            Some(&*self.inner.bot)
+        } else {
+            options.as_user.as_deref().filter(|u| *u != self.inner.bot)
+        };
         identity.device_id = options.device_id.as_deref();
         identity.maybe_add_to_uri(http_request.uri_mut())?;
         let mut extra = Vec::new();

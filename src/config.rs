@@ -6,7 +6,9 @@
 
 mod logins;
 
-pub use logins::{LoginsConfig, ProvisioningConfig, RelayConfig};
+pub use logins::{
+    DoublePuppetConfig, DoublePuppetSecret, LoginsConfig, ProvisioningConfig, RelayConfig,
+};
 
 use std::{collections::BTreeMap, fs, net::IpAddr, path::Path, time::Duration};
 
@@ -80,6 +82,9 @@ pub struct Config<T = NoBridgeConfig> {
     /// The provisioning API (off without a shared secret).
     #[serde(default)]
     pub provisioning: ProvisioningConfig,
+    /// Acting as users' own Matrix accounts (double puppeting).
+    #[serde(default)]
+    pub double_puppet: DoublePuppetConfig,
     /// The bridge's own settings.
     #[serde(default)]
     pub bridge: T,

@@ -37,6 +37,8 @@ struct ContextInner {
     /// remote → Matrix pipeline's wake-up and waiters (the `pipeline` module's).
     logins: Part,
     remote_queue: Part,
+    /// What the double-puppeting module found of its secrets.
+    puppets: Part,
 }
 
 /// Shared state that a module of the framework keeps in the context, made on first use. Its
@@ -87,9 +89,17 @@ impl Context {
     ) -> Self {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         client.attach_metrics(metrics.clone());
-        let (remote_queue, logins) = (Part::default(), Part::default());
-        let inner =
-            ContextInner { store, registration, config, client, metrics, remote_queue, logins };
+        let (remote_queue, logins, puppets) = (Part::default(), Part::default(), Part::default());
+        let inner = ContextInner {
+            store,
+            registration,
+            config,
+            client,
+            metrics,
+            remote_queue,
+            logins,
+            puppets,
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -101,6 +111,11 @@ impl Context {
     /// The logins' part.
     pub(crate) fn logins_part(&self) -> &Part {
         &self.inner.logins
+    }
+
+    /// The double puppets' part.
+    pub(crate) fn puppets_part(&self) -> &Part {
+        &self.inner.puppets
     }
 
     /// The metrics registry.

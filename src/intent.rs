@@ -101,7 +101,16 @@ pub struct Intent {
     user_id: OwnedUserId,
     /// Whether `user_id` is the bot (always registered; requests carry no `user_id`).
     is_bot: bool,
+    /// For a double puppet: the value of [`DOUBLE_PUPPET_SOURCE`] put in the content of every
+    /// event it sends, by which the bridge knows its own events when they come back.
+    puppet_source: Option<std::sync::Arc<str>>,
 }
+
+/// The content key that marks an event a bridge sent as a user's own account (a double
+/// puppet); its value names the bridge. Events carrying the bridge's own value are never
+/// bridged back to the remote network. The key is the one mautrix bridges use, so that
+/// clients and other bridges recognise it.
+pub const DOUBLE_PUPPET_SOURCE: &str = "fi.mau.double_puppet_source";
 
 impl Intent {
     /// Creates an intent for `user_id`, which must be the bot or in the user namespace.
@@ -118,13 +127,13 @@ impl Intent {
             return Err(client::Error::NotInNamespace { user_id });
         }
         let is_bot = user_id == client.bot_user_id() && !client.is_user_client();
-        Ok(Self { client, store, user_id, is_bot })
+        Ok(Self { client, store, user_id, is_bot, puppet_source: None })
     }
 
     /// Creates the bot's intent.
     pub fn bot(client: Client, store: Store) -> Self {
         let user_id = client.bot_user_id().to_owned();
-        Self { client, store, user_id, is_bot: true }
+        Self { client, store, user_id, is_bot: true, puppet_source: None }
     }
 
     /// The user this intent acts as.
@@ -140,6 +149,28 @@ impl Intent {
     /// Whether this is a real user's intent (see [`Intent::new`]).
     pub fn is_real_user(&self) -> bool {
         self.client.is_user_client()
+    }
+
+    /// Marks this real user's intent as the bridge's double puppet of them: everything it
+    /// sends carries [`DOUBLE_PUPPET_SOURCE`] with `source`.
+    pub(crate) fn double_puppet(mut self, source: std::sync::Arc<str>) -> Self {
+        debug_assert!(self.is_real_user());
+        self.puppet_source = Some(source);
+        self
+    }
+
+    /// Whether this is the bridge's double puppet of a real user (its events are marked).
+    pub fn is_double_puppet(&self) -> bool {
+        self.puppet_source.is_some()
+    }
+
+    /// Adds the double-puppet mark to an event's content, for a double puppet's intent.
+    fn mark<T>(&self, content: ruma::serde::Raw<T>) -> serde_json::Result<ruma::serde::Raw<T>> {
+        let Some(source) = &self.puppet_source else { return Ok(content) };
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(content.json().get())?;
+        object.insert(DOUBLE_PUPPET_SOURCE.to_owned(), serde_json::Value::from(&**source));
+        Ok(ruma::serde::Raw::from_json(serde_json::value::to_raw_value(&object)?))
     }
 
     /// The shared state store.

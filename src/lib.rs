@@ -50,6 +50,7 @@ pub mod login;
 pub mod metrics;
 mod pipeline;
 pub mod portal;
+mod puppet;
 pub mod registration;
 mod relay;
 pub mod remote;

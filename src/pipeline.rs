@@ -11,9 +11,12 @@
 //! takes its transaction ID from the queue row and the part (`mxb.q<seq>.<n>`), never from the
 //! message it targets, so a send repeated after a crash (the event sent, the bookkeeping not
 //! written) is answered by the homeserver with the event it already has. Synapse keeps
-//! transaction IDs in memory for about half an hour and forgets them when it restarts; past
-//! that, the mapping check is what prevents a second send, so a crash exactly between a send
-//! and its mapping, followed by a Synapse restart, can show one message twice.
+//! transaction IDs in memory for about half an hour and forgets them when it restarts, so the
+//! first event of each portal that a new life of the bridge handles (the only one that can have
+//! been in flight at a crash) is first looked for in the room by its transaction ID
+//! (`resend`): a crash exactly between a send and its mapping shows the message once, however
+//! long the bridge was down and whether or not Synapse restarted.
+mod resend;
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,6 +55,7 @@ type Outcome = Result<Vec<OwnedEventId>, String>;
 pub(crate) struct RemoteQueue {
     wake: Notify,
     results: std::sync::Mutex<Results>,
+    resends: resend::Resends,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +146,7 @@ impl Context {
         let json = serde_json::to_string(event).expect("a remote event serializes");
         let seq = self.store().enqueue_remote(portal, &json).await?;
         let queue = self.remote_queue();
+        queue.resends.queued(seq);
         let outcome = queue.watch(seq);
         queue.wake.notify_one();
         Ok(Queued { seq, outcome })
@@ -336,6 +341,12 @@ async fn handle<B: Bridge>(
         None => return Ok(Vec::new()),
     };
     let txn = |n: usize| format!("mxb.q{}.{n}", row.seq);
+    // An earlier life may have sent this event and died before recording it; past Synapse's
+    // memory of transaction IDs, only the room can tell (see `resend`).
+    let recheck = ctx.remote_queue().resends.may_have_been_sent(row);
+    let sent_before = async |intent: &crate::intent::Intent, room, txn_id: &str| {
+        if recheck { resend::sent_before(intent, room, txn_id).await } else { Ok(None) }
+    };
     let mut sent = Vec::new();
     match event {
         RemoteEvent::Message { id, sender, timestamp, parts, reply_to, thread_root, echo_of } => {
@@ -350,7 +361,7 @@ async fn handle<B: Bridge>(
             let known = ctx.store().message_parts(key, id).await?;
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
             let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             for (n, part) in parts.iter().enumerate() {
                 if known.iter().any(|m| m.part == part.id) {
                     continue;
@@ -366,8 +377,13 @@ async fn handle<B: Bridge>(
                     }
                     (None, None) => None,
                 };
-                let event_id =
-                    at(ghost.send(&portal.room_id, &content).txn_id(txn(n)), *timestamp).await?;
+                let event_id = match sent_before(&ghost, &portal.room_id, &txn(n)).await? {
+                    Some(event_id) => event_id,
+                    None => {
+                        let send = ghost.send(&portal.room_id, &content).txn_id(txn(n));
+                        at(send, *timestamp).await?
+                    }
+                };
                 let timestamp = timestamp.map_or_else(crate::util::now_ms, |t| i64::from(t.0));
                 let row = MessageRow {
                     portal: key.clone(),
@@ -388,11 +404,15 @@ async fn handle<B: Bridge>(
                 tracing::debug!(%target, "an edit of a message that was never bridged");
                 return Ok(Vec::new());
             }
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             for (n, RemotePart { id, content }) in parts.iter().enumerate() {
                 let Some(original) = known.iter().find(|m| m.part == *id) else { continue };
                 let sanitized = crate::format::sanitize_content(content).into_owned();
                 let new = RoomMessageEventContentWithoutRelation::from(sanitized);
+                if let Some(event_id) = sent_before(&ghost, &portal.room_id, &txn(n)).await? {
+                    sent.push(event_id);
+                    continue;
+                }
                 let edit = ghost.edit(&portal.room_id, &original.event_id, new).txn_id(txn(n));
                 sent.push(at(edit, *timestamp).await?);
             }
@@ -404,9 +424,15 @@ async fn handle<B: Bridge>(
             if ctx.store().reaction(key, target, &sender.id, reaction).await?.is_some() {
                 return Ok(Vec::new());
             }
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
-            let react = ghost.react(&portal.room_id, &target_event, reaction).txn_id(txn(0));
-            let event_id = at(react, *timestamp).await?;
+            let ghost = ctx.sender_intent(sender).await?;
+            let event_id = match sent_before(&ghost, &portal.room_id, &txn(0)).await? {
+                Some(event_id) => event_id,
+                None => {
+                    let react =
+                        ghost.react(&portal.room_id, &target_event, reaction).txn_id(txn(0));
+                    at(react, *timestamp).await?
+                }
+            };
             ctx.store()
                 .insert_reaction(&ReactionRow {
                     portal: key.clone(),
@@ -424,13 +450,13 @@ async fn handle<B: Bridge>(
             else {
                 return Ok(Vec::new());
             };
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             sent.push(ghost.redact(&portal.room_id, &event_id).txn_id(txn(0)).await?);
             ctx.store().delete_reaction(key, target, &sender.id, reaction).await?;
         }
         RemoteEvent::Delete { target, sender } => {
             let known = ctx.store().message_parts(key, target).await?;
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             for (n, part) in known.iter().enumerate() {
                 sent.push(ghost.redact(&portal.room_id, &part.event_id).txn_id(txn(n)).await?);
             }
@@ -438,7 +464,7 @@ async fn handle<B: Bridge>(
         }
         RemoteEvent::ReadReceipt { sender, up_to } => {
             if let Some(event_id) = first_event(ctx, key, Some(up_to)).await? {
-                let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+                let ghost = ctx.sender_intent(sender).await?;
                 ghost.ensure_joined(&portal.room_id).await?;
                 let mut request = create_receipt::v3::Request::new(
                     portal.room_id.clone(),
@@ -450,7 +476,7 @@ async fn handle<B: Bridge>(
             }
         }
         RemoteEvent::Typing { sender, typing } => {
-            let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+            let ghost = ctx.sender_intent(sender).await?;
             // Repeats of what the homeserver was told last send nothing.
             if *typing {
                 ghost.typing(&portal.room_id, Duration::from_secs(30)).await?;

@@ -191,15 +191,14 @@ pub enum RemoteMembership {
 /// One member of a remote chat and what changed for them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMember {
-    /// The remote user.
+    /// The remote user. When it names one of the bridge's logins
+    /// ([`RemoteSender::from_login`]), the member is that login's Matrix user (acting through
+    /// their double puppet when there is one), not a ghost.
     pub user: RemoteSender,
-    /// The bridge's login this user is, when it is one: then the member is the login's Matrix
-    /// user (or their double puppet), not a ghost.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub login: Option<RemoteLoginId>,
     /// Their membership now.
     pub membership: RemoteMembership,
-    /// Who made the change, for kicks, bans and invites by another member.
+    /// Who made the change, for kicks and bans by another member (a login's own account kicks
+    /// through its double puppet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<RemoteSender>,
     /// Why (a kick's or ban's reason).
@@ -213,7 +212,7 @@ pub struct ChatMember {
 impl ChatMember {
     /// A member with a membership and nothing more.
     pub fn new(user: RemoteSender, membership: RemoteMembership) -> Self {
-        Self { user, login: None, membership, by: None, reason: None, power_level: None }
+        Self { user, membership, by: None, reason: None, power_level: None }
     }
 
     /// A member who is in the chat.
@@ -229,13 +228,6 @@ impl ChatMember {
     /// A member removed by `by` (the bridge when `None`), for `reason`.
     pub fn kicked(user: RemoteSender, by: Option<RemoteSender>, reason: Option<String>) -> Self {
         Self { by, reason, ..Self::new(user, RemoteMembership::Kick) }
-    }
-
-    /// The same member, as the bridge's login `login`.
-    #[must_use]
-    pub fn as_login(mut self, login: impl Into<RemoteLoginId>) -> Self {
-        self.login = Some(login.into());
-        self
     }
 
     /// The same member, with a power level.
@@ -313,13 +305,27 @@ pub struct RemoteSender {
     /// Their profile, applied to the ghost when it changed.
     #[serde(default)]
     pub profile: GhostProfile,
+    /// The login whose own remote account this is, when the bridge saw the event come from
+    /// one of its logins (the user wrote from their phone, say). The event then appears from
+    /// that login's Matrix user through their double puppet, when the bridge may act as them
+    /// (see [`crate::Context::double_puppet`]); else from the ghost. Set it only for what the
+    /// login's own account did: it decides who speaks in Matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<RemoteLoginId>,
 }
 
 impl RemoteSender {
     /// A sender known by ID and display name.
     pub fn named(id: impl Into<RemoteUserId>, displayname: impl Into<String>) -> Self {
         let profile = GhostProfile { displayname: Some(displayname.into()), avatar_url: None };
-        Self { id: id.into(), profile }
+        Self { id: id.into(), profile, login: None }
+    }
+
+    /// The same sender, as the own account of `login` (see [`RemoteSender::login`]).
+    #[must_use]
+    pub fn from_login(mut self, login: RemoteLoginId) -> Self {
+        self.login = Some(login);
+        self
     }
 }
 
@@ -569,7 +575,7 @@ mod tests {
                         Some(RemoteSender::named("bob", "Bob")),
                         Some("spam".into()),
                     ),
-                    ChatMember::left(RemoteSender::named("me", "Me")).as_login("login"),
+                    ChatMember::left(RemoteSender::named("me", "Me").from_login("login".into())),
                 ],
                 power_levels: Some(ChatPowerLevels {
                     events_default: Some(10),

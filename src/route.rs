@@ -132,6 +132,10 @@ pub(crate) async fn route<B: Bridge>(
         }
         return Ok(Bookkeeping::default());
     }
+    if crate::puppet::is_our_echo(ctx, event) {
+        // What the bridge sent as a user's own account (double puppeting).
+        return Ok(Bookkeeping::default());
+    }
     let sender = Sender {
         user_id: event.sender.clone(),
         level: ctx.permission_level(&event.sender),

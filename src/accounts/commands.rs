@@ -30,15 +30,16 @@ pub(crate) struct ChatLogin {
 
 /// The built-in commands, when the bridge offers logins.
 pub(crate) fn specs(ctx: &Context) -> Vec<CommandSpec> {
+    let mut specs = crate::puppet::specs(ctx);
     if !ctx.logins().enabled() {
-        return Vec::new();
+        return specs;
     }
-    let mut specs = vec![
+    specs.extend([
         CommandSpec::new("login", "[FLOW]", "log in to the remote network"),
         CommandSpec::new("cancel", "", "cancel the login in progress"),
         CommandSpec::new("logout", "LOGIN", "log out of one of your logins"),
         CommandSpec::new("list-logins", "", "list your logins and their states"),
-    ];
+    ]);
     let relay = &ctx.config().relay;
     if relay.enabled {
         let level = if relay.admin_only { PermissionLevel::Admin } else { PermissionLevel::User };
@@ -75,7 +76,7 @@ pub(crate) async fn run(ctx: &Context, call: &CommandCall) -> Option<BridgeResul
         "list-logins" => list(ctx, user).await,
         "set-relay" => set_relay(ctx, call).await,
         "unset-relay" => unset_relay(ctx, call).await,
-        _ => return None,
+        _ => return crate::puppet::run(ctx, call).await,
     })
 }
 

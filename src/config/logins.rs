@@ -1,4 +1,5 @@
-//! The config sections of users and logins: `logins:`, `relay:` and `provisioning:`.
+//! The config sections of users and logins: `logins:`, `relay:`, `provisioning:` and
+//! `double_puppet:`.
 
 use std::collections::BTreeMap;
 
@@ -146,9 +147,92 @@ fn default_rate() -> u32 {
     60
 }
 
+/// `double_puppet:`: how the bridge acts as its users' own Matrix accounts, so that what they
+/// write on the remote network (from their phone, say) appears from them, not from a ghost.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoublePuppetConfig {
+    /// Per homeserver (server name): `as_token:TOKEN`, the `as_token` of a second appservice
+    /// registration whose user namespace is `@.*:server`, not exclusive, with `url: null`
+    /// (`generate-registration --double-puppet` writes one). With it the bridge acts as any
+    /// user of that server who logged in to the remote network, without asking for a token.
+    #[serde(default)]
+    pub secrets: BTreeMap<ruma::OwnedServerName, DoublePuppetSecret>,
+    /// Homeservers other than ours, by server name: their Client-Server API's URL (default:
+    /// found through `.well-known`).
+    #[serde(default)]
+    pub servers: BTreeMap<ruma::OwnedServerName, url::Url>,
+    /// Let users give an access token of their own with the `login-matrix` command.
+    #[serde(default = "yes")]
+    pub allow_manual: bool,
+}
+
+impl Default for DoublePuppetConfig {
+    fn default() -> Self {
+        Self { secrets: BTreeMap::new(), servers: BTreeMap::new(), allow_manual: true }
+    }
+}
+
+/// A `double_puppet.secrets` value: how to act as that server's users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DoublePuppetSecret {
+    /// `as_token:TOKEN`: another registration's `as_token`, used with `?user_id=`.
+    AsToken(Secret),
+}
+
+impl std::str::FromStr for DoublePuppetSecret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("as_token", token)) if !token.trim().is_empty() => {
+                Ok(Self::AsToken(Secret::new(token.trim())))
+            }
+            _ => Err("must be `as_token:` followed by the token of a double-puppet \
+                      registration (generate-registration --double-puppet writes one)"
+                .into()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DoublePuppetSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for DoublePuppetSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::AsToken(token) => {
+                serializer.serialize_str(&format!("as_token:{}", token.expose()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn double_puppet_secrets_name_their_method() {
+        let secret: DoublePuppetSecret = "as_token:abc123".parse().unwrap();
+        assert_eq!(secret, DoublePuppetSecret::AsToken(Secret::new("abc123")));
+        for bad in ["abc123", "as_token:", "shared_secret:xyz", "as_token:   "] {
+            let err = bad.parse::<DoublePuppetSecret>().unwrap_err();
+            assert!(err.contains("as_token:"), "{bad}: {err}");
+        }
+        let config: DoublePuppetConfig =
+            serde_saphyr::from_str("secrets:\n  example.org: \"as_token:t0k\"\n").unwrap();
+        let server = ruma::server_name!("example.org");
+        assert!(
+            matches!(&config.secrets[server], DoublePuppetSecret::AsToken(t) if t.expose() == "t0k")
+        );
+        assert!(config.allow_manual);
+        assert!(serde_saphyr::from_str::<DoublePuppetConfig>("secrets:\n  x.org: nope\n").is_err());
+    }
 
     #[test]
     fn relay_templates_fill_each_placeholder_once() {

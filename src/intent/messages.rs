@@ -172,6 +172,7 @@ impl<'a> IntoFuture for SendMessage<'a> {
         let Self { intent, room_id, content, txn_id, ts } = self;
         Box::pin(async move {
             let (event_type, content) = content.map_err(client::Error::Json)?;
+            let content = intent.mark(content).map_err(client::Error::Json)?;
             intent.ensure_joined(room_id).await?;
             let txn_id = txn_id.unwrap_or_else(client::new_txn_id);
             let mut request = send_message_event::v3::Request::new_raw(
@@ -227,13 +228,91 @@ impl<'a> IntoFuture for Redact<'a> {
         Box::pin(async move {
             intent.ensure_joined(room_id).await?;
             let txn_id = txn_id.unwrap_or_else(client::new_txn_id);
-            let mut request =
-                redact_event::v3::Request::new(room_id.to_owned(), event_id.to_owned(), txn_id);
-            request.reason = reason;
             // ruma's redaction request has no timestamp field: the client adds `?ts=`.
             let mut options = RequestOptions::as_user(intent.as_user());
             options.ts = ts;
+            let (room_id, event_id) = (room_id.to_owned(), event_id.to_owned());
+            if let Some(source) = &intent.puppet_source {
+                // A double puppet's redaction carries the mark in its content too.
+                let mut redaction = redact_event::v3::Request::new(room_id, event_id, txn_id);
+                redaction.reason = reason;
+                let request = marked_redaction::Request { redaction, source: source.to_string() };
+                return Ok(intent.client.send_with(request, &options).await?.event_id);
+            }
+            let mut request = redact_event::v3::Request::new(room_id, event_id, txn_id);
+            request.reason = reason;
             Ok(intent.client.send_with(request, &options).await?.event_id)
         })
+    }
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` with the double-puppet mark in the body:
+/// ruma's request, whose body has only `reason`, with one more key.
+mod marked_redaction {
+    use ruma::{
+        api::{
+            Metadata, OutgoingRequest, client::redact::redact_event::v3::Request as Redaction,
+            error::IntoHttpError, path_builder::PathBuilder,
+        },
+        exports::http,
+    };
+
+    use crate::intent::DOUBLE_PUPPET_SOURCE;
+
+    /// A redaction whose content carries the mark.
+    #[derive(Clone, Debug)]
+    pub(super) struct Request {
+        pub(super) redaction: Redaction,
+        pub(super) source: String,
+    }
+
+    impl Metadata for Request {
+        const METHOD: http::Method = Redaction::METHOD;
+        const RATE_LIMITED: bool = Redaction::RATE_LIMITED;
+        type Authentication = <Redaction as Metadata>::Authentication;
+        type PathBuilder = <Redaction as Metadata>::PathBuilder;
+        const PATH_BUILDER: Self::PathBuilder = Redaction::PATH_BUILDER;
+    }
+
+    /// A JSON body already serialized.
+    pub(super) struct Json(Vec<u8>);
+
+    impl ruma::api::OutgoingBody for Json {
+        type Error = std::convert::Infallible;
+
+        fn content_type(&self) -> Option<http::HeaderValue> {
+            Some(http::HeaderValue::from_static("application/json"))
+        }
+
+        fn try_into_buf<T: Default + bytes::BufMut + AsRef<[u8]>>(self) -> Result<T, Self::Error> {
+            let mut buf = T::default();
+            buf.put_slice(&self.0);
+            Ok(buf)
+        }
+    }
+
+    impl OutgoingRequest for Request {
+        type Body = Json;
+        type EndpointError = <Redaction as OutgoingRequest>::EndpointError;
+        type IncomingResponse = <Redaction as OutgoingRequest>::IncomingResponse;
+
+        fn try_into_http_request_inner(
+            self,
+            base_url: &str,
+            path_builder_input: <Self::PathBuilder as PathBuilder>::Input<'_>,
+        ) -> Result<http::Request<Json>, IntoHttpError> {
+            use ruma::api::OutgoingBody as _;
+            let request =
+                self.redaction.try_into_http_request_inner(base_url, path_builder_input)?;
+            let (parts, body) = request.into_parts();
+            let body: Vec<u8> = body.try_into_buf().map_err(Into::<IntoHttpError>::into)?;
+            let mut content: serde_json::Map<String, serde_json::Value> = if body.is_empty() {
+                serde_json::Map::new()
+            } else {
+                serde_json::from_slice(&body)?
+            };
+            content.insert(DOUBLE_PUPPET_SOURCE.to_owned(), self.source.into());
+            Ok(http::Request::from_parts(parts, Json(serde_json::to_vec(&content)?)))
+        }
     }
 }

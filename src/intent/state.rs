@@ -97,6 +97,7 @@ impl<'a> IntoFuture for SendState<'a> {
         let Self { intent, room_id, content, state_key, ts } = self;
         Box::pin(async move {
             let (event_type, content) = content.map_err(client::Error::Json)?;
+            let content = intent.mark(content).map_err(client::Error::Json)?;
             intent.ensure_joined(room_id).await?;
             let mut request = send_state_event::v3::Request::new_raw(
                 room_id.to_owned(),

@@ -130,7 +130,7 @@ impl Context {
 
     /// The Matrix side of a member: the login's user when it is a stored login, else the ghost.
     async fn member_target(&self, member: &ChatMember) -> Result<Target, RemoteError> {
-        if let Some(id) = &member.login
+        if let Some(id) = &member.user.login
             && let Some(login) = self.store().login(id).await?
         {
             let puppet = self.double_puppet(&login.user_id).await?;
@@ -139,19 +139,8 @@ impl Context {
         Ok(Target::Ghost(self.ensure_ghost(&member.user.id, &member.user.profile).await?))
     }
 
-    /// A user's double puppet: their intent with the token they gave, if any.
-    pub(super) async fn double_puppet(
-        &self,
-        user_id: &UserId,
-    ) -> Result<Option<Intent>, RemoteError> {
-        let Some(token) = self.store().user(user_id).await?.and_then(|u| u.double_puppet_token)
-        else {
-            return Ok(None);
-        };
-        Ok(Some(self.user(user_id, token, None)?))
-    }
-
-    /// The intent that kicks or bans for `by`: their ghost when it may, else the bot.
+    /// The intent that kicks or bans for `by`: theirs (a ghost, or a login's double puppet)
+    /// when it may, else the bot.
     async fn enforcer(
         &self,
         portal: &Portal,
@@ -161,18 +150,18 @@ impl Context {
     ) -> Result<Intent, RemoteError> {
         let bot = self.bot();
         let Some(by) = by else { return Ok(bot) };
-        let ghost = self.ensure_ghost(&by.id, &by.profile).await?;
+        let kicker = self.sender_intent(by).await?;
         let levels = bot.power_levels(&portal.room_id).await?;
         let may = if ban {
-            levels.user_can_ban_user(ghost.user_id(), target)
+            levels.user_can_ban_user(kicker.user_id(), target)
         } else {
-            levels.user_can_kick_user(ghost.user_id(), target)
+            levels.user_can_kick_user(kicker.user_id(), target)
         };
         if !may {
             return Ok(bot);
         }
-        ghost.ensure_joined(&portal.room_id).await?;
-        Ok(ghost)
+        kicker.ensure_joined(&portal.room_id).await?;
+        Ok(kicker)
     }
 
     /// Whether the state cache has the user joined or invited.

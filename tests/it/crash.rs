@@ -16,14 +16,14 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Running, fresh_database, http, postgres_url, put_txn, txn_body, wait_until};
 
 #[derive(Serialize, Deserialize)]
-struct ChildSpec {
-    db_url: String,
-    port: u16,
-    record_file: String,
-    delay_ms: u64,
+pub(crate) struct ChildSpec {
+    pub(crate) db_url: String,
+    pub(crate) port: u16,
+    pub(crate) record_file: String,
+    pub(crate) delay_ms: u64,
     /// The homeserver the child talks to.
     #[serde(default = "unreachable_homeserver")]
-    hs_url: String,
+    pub(crate) hs_url: String,
 }
 
 fn unreachable_homeserver() -> String {
@@ -50,7 +50,7 @@ async fn child_process_entry_point() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
-fn spawn_child(spec: &ChildSpec) -> Child {
+pub(crate) fn spawn_child(spec: &ChildSpec) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["crash::child_process_entry_point", "--exact", "--nocapture", "--test-threads=1"])
         .env("MXB_CRASH_CHILD", serde_json::to_string(spec).unwrap())
@@ -257,9 +257,18 @@ async fn killed_with_remote_events_queued_bridges_each_once(backend: &str) {
     assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
 }
 
-/// Answers every message send (with the child's own token) after `delay`.
+/// Answers every message send (with the child's own token) after `delay`, and shows rooms
+/// without any of those sends (a mock homeserver keeps nothing).
 async fn accept_sends(hs: &mxbridge::testing::MockHomeserver, delay: Duration) {
     use wiremock::{Mock, ResponseTemplate, matchers};
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path_regex("^/_matrix/client/v3/rooms/[^/]+/messages$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"chunk": [], "start": "s"})),
+        )
+        .mount(hs.server())
+        .await;
     Mock::given(matchers::method("PUT"))
         .and(matchers::path_regex("^/_matrix/client/v3/rooms/[^/]+/send/m.room.message/"))
         .respond_with(

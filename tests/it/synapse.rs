@@ -24,16 +24,26 @@ fn script() -> PathBuf {
 impl Synapse {
     /// Starts Synapse with the given registration YAML.
     pub fn start(registration: &str) -> Self {
+        Self::start_with(&[registration])
+    }
+
+    /// Starts Synapse with several registrations (the bridge's first).
+    pub fn start_with(registrations: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let reg = dir.path().join("registration.yaml");
-        std::fs::write(&reg, registration).unwrap();
+        let mut files = Vec::new();
+        for (n, registration) in registrations.iter().enumerate() {
+            let name = if n == 0 { "registration.yaml".to_owned() } else { format!("reg{n}.yaml") };
+            let reg = dir.path().join(name);
+            std::fs::write(&reg, registration).unwrap();
+            files.push(reg);
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let out = Command::new("bash")
             .arg(script())
             .arg("start")
             .arg(dir.path().join("hs"))
             .arg(port.to_string())
-            .arg(&reg)
+            .args(&files)
             .output()
             .unwrap();
         assert!(

@@ -112,7 +112,7 @@ impl Bridge for Chats {
             *groups += 1;
             *groups
         };
-        let mut members = vec![ChatMember::joined(person("alice")).as_login(login.id.clone())];
+        let mut members = vec![ChatMember::joined(person("alice").from_login(login.id.clone()))];
         members.extend(group.participants.iter().map(|p| ChatMember::joined(person(p.as_str()))));
         let info = PortalInfo { name: group.name.clone(), members, ..PortalInfo::default() };
         Ok(NewChat { key: PortalKey::shared(format!("group-{n}")), info })
@@ -334,7 +334,7 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         avatar: None,
         members: vec![
             ChatMember::joined(person("dave")).power_level(50),
-            ChatMember::joined(person("alice")).as_login("alice").power_level(100),
+            ChatMember::joined(person("alice").from_login("alice".into())).power_level(100),
             ChatMember::joined(person("gina")),
             ChatMember::joined(person("erin")),
             ChatMember::joined(person("hank")),
@@ -382,7 +382,7 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     let resynced = PortalInfo {
         name: Some("Team renamed".into()),
         members: vec![
-            ChatMember::joined(person("alice")).as_login("alice"),
+            ChatMember::joined(person("alice").from_login("alice".into())),
             ChatMember::joined(person("dave")),
             ChatMember::joined(person("frank")),
         ],
@@ -517,7 +517,7 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
         (Some("join"), Some(ALICE))
     );
     let dave_key = PortalKey::for_login("dm-dave", "alice".into());
-    let leave = info(vec![ChatMember::left(person("alice")).as_login("alice")]);
+    let leave = info(vec![ChatMember::left(person("alice").from_login("alice".into()))]);
     ctx.queue_remote(&dave_key, &leave).await.unwrap().bridged().await.unwrap();
     let dave_room_id: OwnedRoomId = dave_room.as_str().try_into().unwrap();
     assert_eq!(

@@ -15,17 +15,28 @@ use crate::{
 };
 
 #[path = "../../examples/webhook.rs"]
-mod example;
+pub(crate) mod example;
 
-struct Bridge {
+pub(crate) struct Bridge {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<mxbridge::Result<()>>,
 }
 
 async fn start_bridge(port: u16, hs: &str, db_url: &str, registration: &str) -> Bridge {
+    start_bridge_with(port, hs, db_url, registration, "").await
+}
+
+/// Starts the webhook bridge with more top-level config (`double_puppet: ...`).
+pub(crate) async fn start_bridge_with(
+    port: u16,
+    hs: &str,
+    db_url: &str,
+    registration: &str,
+    extra: &str,
+) -> Bridge {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let config: Config<example::WebhookConfig> =
-        Config::from_yaml(&config_yaml(hs, port, db_url, "{}")).unwrap();
+    let yaml = format!("{}{extra}", config_yaml(hs, port, db_url, "{}"));
+    let config: Config<example::WebhookConfig> = Config::from_yaml(&yaml).unwrap();
     let service =
         AppService::<example::Webhook>::new(config, Registration::from_yaml(registration).unwrap())
             .await
@@ -38,14 +49,14 @@ async fn start_bridge(port: u16, hs: &str, db_url: &str, registration: &str) -> 
 }
 
 impl Bridge {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
 }
 
 /// Polls the room's recent messages until one matches.
-async fn wait_for_message(
+pub(crate) async fn wait_for_message(
     client: &reqwest::Client,
     hs: &str,
     room: &str,
@@ -64,7 +75,13 @@ async fn wait_for_message(
     panic!("no matching message in {room}");
 }
 
-async fn say(client: &reqwest::Client, hs: &str, room: &str, token: &str, body: &str) -> String {
+pub(crate) async fn say(
+    client: &reqwest::Client,
+    hs: &str,
+    room: &str,
+    token: &str,
+    body: &str,
+) -> String {
     let url = format!(
         "{hs}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
         urlencode(room),
