@@ -531,6 +531,30 @@ async fn portals_live_in_spaces_follow_their_members_and_are_deleted_by_command(
     );
     assert!(store.logins_in_portal(&dave_key).await.unwrap().is_empty());
 
+    // A chat deleted on the network: the bot says so, and the portal is deleted.
+    let gone_key = PortalKey::shared("gone");
+    let gone_info = PortalInfo { invite: vec![alice_id.clone()], ..PortalInfo::default() };
+    let gone = ctx.ensure_portal(&gone_key, &gone_info).await.unwrap();
+    join(&client, &synapse, gone.room_id.as_str(), &alice).await;
+    let sent = ctx.queue_remote(&gone_key, &RemoteEvent::ChatDelete).await.unwrap();
+    assert_eq!(sent.bridged().await.unwrap().len(), 1, "the notice");
+    assert!(store.portal(&gone_key).await.unwrap().is_none());
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20",
+        synapse.url,
+        urlencode(gone.room_id.as_str())
+    );
+    let page = cs(&client, Method::GET, url, &alice, None).await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(chunk.iter().any(|e| {
+        e["content"]["body"].as_str().is_some_and(|b| b.contains("deleted on the remote network"))
+    }));
+    // Alice is removed by the bot (the last she sees of the room).
+    assert!(chunk.iter().any(|e| e["type"] == "m.room.member"
+        && e["state_key"] == ALICE
+        && e["sender"] == "@_t_bot:localhost"
+        && e["content"]["membership"] == "leave"));
+
     // Logging out takes the login's space down; its DMs are then without logins and cleaned up.
     let (status, body) = provision(&client, port, Method::POST, "/logout/alice", None).await;
     assert_eq!(status, 200, "{body}");
