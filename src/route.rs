@@ -160,27 +160,46 @@ pub(crate) async fn route<B: Bridge>(
 }
 
 /// A portal's room was replaced (upgraded): the bot joins the new room and the portal moves
-/// there, so the chat stays bridged. A replacement the bot cannot join leaves the portal
-/// where it was (logged): the old room still works for the users who stay.
+/// there, so the chat stays bridged. When the bot may not join yet (an invite-only room), the
+/// move waits for its invite: it is stored, and made when the bot joins the new room
+/// ([`own_member_event`]). Until then the old room still works for the users who stay.
 async fn follow_tombstone(ctx: &Context, event: &Event) -> BridgeResult {
     #[derive(Deserialize)]
     struct Tombstone {
         replacement_room: ruma::OwnedRoomId,
     }
     let Ok(tombstone) = event.content::<Tombstone>() else { return Ok(()) };
-    let Some(mut row) = ctx.store().portal_by_room(&event.room_id).await? else { return Ok(()) };
+    if ctx.store().portal_by_room(&event.room_id).await?.is_none() {
+        return Ok(());
+    }
     let new_room = tombstone.replacement_room;
     match Box::pin(ctx.bot().ensure_joined(&new_room).into_future()).await {
-        Ok(_) => {
-            tracing::info!(old = %event.room_id, new = %new_room, "the portal moved to its new room");
-            row.room_id = Some(new_room);
-            ctx.store().upsert_portal(&row).await?;
-        }
+        Ok(_) => move_portal(ctx, &event.room_id, &new_room).await?,
         Err(e) => {
             let old = &event.room_id;
-            tracing::warn!(%old, new = %new_room, error = %e, "cannot join the upgraded room");
+            tracing::warn!(%old, new = %new_room, error = %e, "cannot join the upgraded room yet; \
+                the portal moves when the bot is invited there");
+            ctx.store().kv_put_json(MOVES, new_room.as_str(), old).await?;
+            // The invite may have come, and the bot joined, while it tried.
+            if ctx.store().membership(&new_room, ctx.bot_user_id()).await? == Some(Membership::Join)
+            {
+                move_portal(ctx, old, &new_room).await?;
+            }
         }
     }
+    Ok(())
+}
+
+/// Portal moves waiting for the bot to join the replacement room: old room by new room.
+const MOVES: &str = "mx.portal_moves";
+
+/// Moves the portal of `old` to `new`.
+async fn move_portal(ctx: &Context, old: &RoomId, new: &RoomId) -> BridgeResult {
+    let Some(mut row) = ctx.store().portal_by_room(old).await? else { return Ok(()) };
+    tracing::info!(%old, %new, "the portal moved to its new room");
+    row.room_id = Some(new.to_owned());
+    ctx.store().upsert_portal(&row).await?;
+    ctx.store().kv_delete(MOVES, new.as_str()).await?;
     Ok(())
 }
 
@@ -193,6 +212,18 @@ async fn own_member_event(ctx: &Context, event: &Event) {
     };
     if joined != Some(Membership::Join) {
         return;
+    }
+    if event.sender == ctx.bot_user_id() {
+        // The replacement of an upgraded portal room, which the bot could not join before.
+        match ctx.store().kv_get_json::<ruma::OwnedRoomId>(MOVES, room_id.as_str()).await {
+            Ok(Some(old)) => {
+                if let Err(e) = move_portal(ctx, &old, room_id).await {
+                    tracing::warn!(%old, new = %room_id, error = %e, "could not move the portal");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the portal moves"),
+        }
     }
     if let Ok(intent) = ctx.intent(&event.sender)
         && let Err(err) = intent.ensure_room_state(room_id).await

@@ -18,6 +18,7 @@ mod store_users;
 mod synapse;
 mod synapse_crash;
 mod synapse_logins;
+mod synapse_mappings;
 mod synapse_portals;
 mod synapse_puppet;
 mod synapse_restart;
