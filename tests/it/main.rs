@@ -17,6 +17,7 @@ mod store;
 mod store_users;
 mod synapse;
 mod synapse_crash;
+mod synapse_dms;
 mod synapse_logins;
 mod synapse_mappings;
 mod synapse_portals;
