@@ -197,11 +197,12 @@ pub struct ChatMember {
     pub user: RemoteSender,
     /// Their membership now.
     pub membership: RemoteMembership,
-    /// Who made the change, for kicks and bans by another member (a login's own account kicks
-    /// through its double puppet).
+    /// Who made the change, for invites, kicks and bans by another member (a login's own
+    /// account acts through its double puppet). The change comes from them on Matrix when
+    /// they may make it there, else from the bot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<RemoteSender>,
-    /// Why (a kick's or ban's reason).
+    /// Why (an invite's, kick's or ban's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Their power level in the room, when the chat gives them one.
@@ -228,6 +229,11 @@ impl ChatMember {
     /// A member removed by `by` (the bridge when `None`), for `reason`.
     pub fn kicked(user: RemoteSender, by: Option<RemoteSender>, reason: Option<String>) -> Self {
         Self { by, reason, ..Self::new(user, RemoteMembership::Kick) }
+    }
+
+    /// A member invited by `by` (the bridge when `None`).
+    pub fn invited(user: RemoteSender, by: Option<RemoteSender>) -> Self {
+        Self { by, ..Self::new(user, RemoteMembership::Invite) }
     }
 
     /// The same member, with a power level.

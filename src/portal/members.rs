@@ -1,7 +1,8 @@
 //! A remote chat's looks, members and power levels applied to its portal: by
 //! [`RemoteEvent::ChatInfo`](crate::RemoteEvent::ChatInfo) changes, by a resync, and when a
 //! portal is created. Members are applied in order; a kick is made by the kicker (or the bot)
-//! so Matrix shows it as a kick, a leave by the member themselves.
+//! so Matrix shows it as a kick, an invite by the inviter (or the bot), a leave by the member
+//! themselves.
 
 use ruma::{
     Int, MxcUri, OwnedEventId, OwnedUserId, UserId,
@@ -49,6 +50,14 @@ impl<'a> ChatChange<'a> {
             power_levels: info.power_levels.as_ref(),
         }
     }
+}
+
+/// What a member does to another.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Invite,
+    Kick,
+    Ban,
 }
 
 /// Who a member is on Matrix.
@@ -139,29 +148,32 @@ impl Context {
         Ok(Target::Ghost(self.ensure_ghost(&member.user.id, &member.user.profile).await?))
     }
 
-    /// The intent that kicks or bans for `by`: theirs (a ghost, or a login's double puppet)
-    /// when it may, else the bot.
+    /// The intent that invites, kicks or bans for `by`: theirs (a ghost, or a login's double
+    /// puppet) when it may, else the bot.
     async fn enforcer(
         &self,
         portal: &Portal,
         by: Option<&RemoteSender>,
         target: &UserId,
-        ban: bool,
+        action: Action,
     ) -> Result<Intent, RemoteError> {
         let bot = self.bot();
         let Some(by) = by else { return Ok(bot) };
-        let kicker = self.sender_intent(by).await?;
+        let actor = self.sender_intent(by).await?;
+        if actor.user_id() == target {
+            return Ok(bot);
+        }
         let levels = bot.power_levels(&portal.room_id).await?;
-        let may = if ban {
-            levels.user_can_ban_user(kicker.user_id(), target)
-        } else {
-            levels.user_can_kick_user(kicker.user_id(), target)
+        let may = match action {
+            Action::Invite => levels.user_can_invite(actor.user_id()),
+            Action::Kick => levels.user_can_kick_user(actor.user_id(), target),
+            Action::Ban => levels.user_can_ban_user(actor.user_id(), target),
         };
         if !may {
             return Ok(bot);
         }
-        kicker.ensure_joined(&portal.room_id).await?;
-        Ok(kicker)
+        actor.ensure_joined(&portal.room_id).await?;
+        Ok(actor)
     }
 
     /// Whether the state cache has the user joined or invited.
@@ -194,7 +206,15 @@ impl Context {
                 }
             },
             RemoteMembership::Invite => {
-                bot.invite(room, user_id).check_cache().await?;
+                if !self.is_in(portal, user_id).await? {
+                    let by =
+                        self.enforcer(portal, member.by.as_ref(), user_id, Action::Invite).await?;
+                    let invite = by.invite(room, user_id).check_cache();
+                    match reason {
+                        Some(reason) => invite.reason(reason).await?,
+                        None => invite.await?,
+                    };
+                }
             }
             RemoteMembership::Leave => match target {
                 Target::Ghost(ghost) => {
@@ -219,7 +239,8 @@ impl Context {
             RemoteMembership::Kick | RemoteMembership::Ban => {
                 let ban = member.membership == RemoteMembership::Ban;
                 if ban || self.is_in(portal, user_id).await? {
-                    let by = self.enforcer(portal, member.by.as_ref(), user_id, ban).await?;
+                    let action = if ban { Action::Ban } else { Action::Kick };
+                    let by = self.enforcer(portal, member.by.as_ref(), user_id, action).await?;
                     let change = if ban { by.ban(room, user_id) } else { by.kick(room, user_id) };
                     match reason {
                         Some(reason) => change.reason(reason).await?,

@@ -1,6 +1,8 @@
-//! Per-login chats against a real Synapse. Two humans, each logged in, are written to by the
-//! same remote contact: each gets a portal of their own, with only them and the contact's
-//! ghost in it, and each reply reaches the bridge through the login of the human who wrote it.
+//! Per-login chats and remote invites against a real Synapse. Two humans, each logged in, are
+//! written to by the same remote contact: each gets a portal of their own, with only them and
+//! the contact's ghost in it, and each reply reaches the bridge through the login of the
+//! human who wrote it. A remote invite comes from the member who made it when they may invite
+//! (a ghost, or a human's double puppet), else from the bot.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
@@ -12,7 +14,9 @@ use mxbridge::{
     },
 };
 use reqwest::Method;
-use ruma::UserId;
+use ruma::{
+    Int, OwnedRoomId, OwnedUserId, UserId, events::room::power_levels::RoomPowerLevelsEventContent,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -261,5 +265,77 @@ async fn one_contact_writing_to_two_logins_makes_two_portals_each_with_its_own_u
         "{:?}",
         app.bridge.sent.lock().unwrap()
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_remote_invite_comes_from_the_inviter_when_they_may_invite_else_from_the_bot() {
+    if !enabled() {
+        return;
+    }
+    let app = start().await;
+    let alice = app.synapse.register("alice");
+    let alice_id: OwnedUserId = "@alice:localhost".try_into().unwrap();
+    app.log_in("alice").await;
+    // Alice's login acts as her own account.
+    let token = mxbridge::Secret::new(alice.clone());
+    app.ctx.store().set_double_puppet_token(&alice_id, Some(&token)).await.unwrap();
+
+    // A group of Alice, Dave (a moderator) and Erin; inviting takes a moderator.
+    let key = PortalKey::shared("team");
+    let info = PortalInfo {
+        name: Some("Team".into()),
+        members: vec![
+            ChatMember::joined(person("alice").from_login("alice".into())).power_level(50),
+            ChatMember::joined(person("dave")).power_level(50),
+            ChatMember::joined(person("erin")),
+        ],
+        ..PortalInfo::default()
+    };
+    app.bridge.infos.lock().unwrap().insert("team".into(), info);
+    let first = RemoteEvent::text("m1", person("dave"), "welcome");
+    app.ctx.queue_remote(&key, &first).await.unwrap().bridged().await.unwrap();
+    let room: OwnedRoomId = app.ctx.portal(&key).await.unwrap().unwrap().room_id;
+    let bot = app.ctx.bot();
+    let mut levels = bot.power_levels(&room).await.unwrap();
+    levels.invite = Int::from(50);
+    bot.set_power_levels(&room, &RoomPowerLevelsEventContent::try_from(levels).unwrap())
+        .await
+        .unwrap();
+
+    // Dave invites Frank, Erin (who may not) invites Gina, Alice's login invites Hank, and
+    // an invite nobody is named for brings Ivan.
+    let invite = |user: &str, by: Option<RemoteSender>| ChatMember::invited(person(user), by);
+    let change = RemoteEvent::ChatInfo {
+        name: None,
+        topic: None,
+        avatar: None,
+        members: vec![
+            invite("frank", Some(person("dave"))),
+            invite("gina", Some(person("erin"))),
+            invite("hank", Some(person("alice").from_login("alice".into()))),
+            invite("ivan", None),
+        ],
+        power_levels: None,
+    };
+    app.ctx.queue_remote(&key, &change).await.unwrap().bridged().await.unwrap();
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100",
+        app.synapse.url,
+        urlencode(room.as_str())
+    );
+    let page = cs(&app.client, Method::GET, url, &alice, None).await;
+    let invites: BTreeMap<String, String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite")
+        .map(|e| (e["state_key"].as_str().unwrap().into(), e["sender"].as_str().unwrap().into()))
+        .collect();
+    let invited_by = |user: &str| invites.get(&ghost(user)).cloned().unwrap_or_default();
+    assert_eq!(invited_by("frank"), ghost("dave"), "an invite by Dave");
+    assert_eq!(invited_by("gina"), BOT, "Erin may not invite: the bot does");
+    assert_eq!(invited_by("hank"), "@alice:localhost", "an invite by Alice's own account");
+    assert_eq!(invited_by("ivan"), BOT, "an invite by nobody named");
     app.stop().await;
 }
