@@ -15,8 +15,9 @@
 //! event is sent as a Matrix user only when its [`crate::RemoteSender`] names a login (the
 //! bridge saw it come from that login's own account) and the login is that user's. Users below
 //! the `user` permission level are never puppeted. Everything a double puppet sends carries
-//! [`DOUBLE_PUPPET_SOURCE`] with the registration's ID, and events carrying it come back to
-//! no handler.
+//! [`DOUBLE_PUPPET_SOURCE`] with the registration's ID (its leaves, kicks, bans and invites
+//! are sent as member events for that), and events carrying it come back to no handler. Its
+//! joins use `/join`, which works across servers but carries no mark: a handler sees them.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -17,7 +17,7 @@ use ruma::{
     serde::JsonObject,
 };
 
-use super::{Intent, Result, profile_field};
+use super::{DOUBLE_PUPPET_SOURCE, Intent, Result, profile_field};
 use crate::{client, store::Membership};
 
 impl Intent {
@@ -149,6 +149,9 @@ impl Intent {
         extra: &JsonObject,
     ) -> Result<ruma::OwnedEventId> {
         let mut content = extra.clone();
+        if let Some(source) = &self.puppet_source {
+            content.insert(DOUBLE_PUPPET_SOURCE.to_owned(), (&**source).into());
+        }
         if membership == MembershipState::Join
             && !(content.contains_key("displayname") && content.contains_key("avatar_url"))
         {
@@ -395,6 +398,8 @@ impl<'a> IntoFuture for Invite<'a> {
 
     fn into_future(self) -> Self::IntoFuture {
         let Self { intent, room_id, user_id, check_cache, reason, extra } = self;
+        // A double puppet's invite is a member event, so that it carries the mark.
+        let extra = extra.or_else(|| intent.is_double_puppet().then(JsonObject::new));
         Box::pin(async move {
             intent
                 .invite_now(room_id, user_id, check_cache, reason.as_deref(), extra.as_ref())

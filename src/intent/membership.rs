@@ -172,6 +172,8 @@ impl<'a> IntoFuture for ChangeMembership<'a> {
 
     fn into_future(self) -> Self::IntoFuture {
         let Self { intent, room_id, change, reason, extra, raise_not_in_room } = self;
+        // A double puppet's change is a member event, so that it carries the mark.
+        let extra = extra.or_else(|| intent.is_double_puppet().then(JsonObject::new));
         Box::pin(async move {
             let (as_user, room) = (intent.as_user(), room_id.to_owned());
             let (user_id, membership, state) = match change {

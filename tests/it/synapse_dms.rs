@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use mxbridge::{
-    AppService, Bridge, BridgeResult, ChatMember, Config, Context, Delivery, MatrixMessage,
-    PortalInfo, PortalKey, Registration, RemoteEvent, RemoteMessageId, RemoteSender,
+    AppService, Bridge, BridgeResult, ChatMember, Config, Context, Delivery, MatrixMembership,
+    MatrixMessage, PortalInfo, PortalKey, Registration, RemoteEvent, RemoteMessageId, RemoteSender,
     login::{
         AnyLoginProcess, FieldKind, LoginField, LoginFlow, LoginProcess, LoginStep, LoginValues,
     },
@@ -33,6 +33,8 @@ struct Network {
     infos: Mutex<BTreeMap<String, PortalInfo>>,
     /// `chat receiver via: body` of each message from Matrix.
     sent: Mutex<Vec<String>>,
+    /// `sender target change` of each membership change from Matrix.
+    memberships: Mutex<Vec<String>>,
 }
 
 fn person(id: &str) -> RemoteSender {
@@ -88,6 +90,12 @@ impl Bridge for Network {
         let line = format!("{} {receiver} {via}: {}", m.portal.key.chat, m.content.body());
         self.sent.lock().unwrap().push(line);
         Ok(Delivery::sent(RemoteMessageId::random()))
+    }
+
+    async fn handle_membership(&self, m: &MatrixMembership) -> BridgeResult {
+        let line = format!("{} {} {:?}", m.sender.user_id, m.target, m.change);
+        self.memberships.lock().unwrap().push(line);
+        Ok(())
     }
 }
 
@@ -337,5 +345,16 @@ async fn a_remote_invite_comes_from_the_inviter_when_they_may_invite_else_from_t
     assert_eq!(invited_by("gina"), BOT, "Erin may not invite: the bot does");
     assert_eq!(invited_by("hank"), "@alice:localhost", "an invite by Alice's own account");
     assert_eq!(invited_by("ivan"), BOT, "an invite by nobody named");
+
+    // What Alice's own account did for her login is the network's news, not Matrix's: the
+    // bridge is not told of it, and Hank's ghost is not made to accept it.
+    app.say(room.as_str(), &alice, "after the invites").await;
+    let arrived =
+        || app.bridge.sent.lock().unwrap().iter().any(|l| l.ends_with("after the invites"));
+    assert!(wait_until(30, arrived).await, "{:?}", app.bridge.sent.lock().unwrap());
+    let told = app.bridge.memberships.lock().unwrap().clone();
+    assert!(!told.iter().any(|l| l.starts_with("@alice:localhost @_t_")), "{told:?}");
+    let members = app.members(room.as_str(), &alice).await;
+    assert_eq!(members[&ghost("hank")]["content"]["membership"], "invite");
     app.stop().await;
 }
