@@ -1,7 +1,7 @@
 //! Which login a Matrix event in a portal goes out through, and relay mode.
 //!
 //! For a bridge with logins, an event in a portal goes out through the sender's own login in
-//! that portal; else, when `relay.enabled` and the sender's `permissions:` level is at least
+//! that portal when their `permissions:` level is at least `user`; else, when `relay.enabled` and the sender's `permissions:` level is at least
 //! `relay`, through the portal's relay login (set with `set-relay`), its message rewritten by
 //! the `relay.message_formats` template of its type; else it is not bridged, and the sender
 //! gets a notice and a failed send status. Relayed messages are mapped like any other, so
@@ -29,9 +29,16 @@ pub(crate) async fn via_for(
         return Ok(Ok(None));
     }
     let store = ctx.store();
-    let mut own = store.user_logins_in_portal(&sender.user_id, &portal.key).await?;
+    // A user below `user` sends through no login of their own, even one stored before their
+    // permission was taken away.
+    let mut own = if sender.level >= PermissionLevel::User {
+        store.user_logins_in_portal(&sender.user_id, &portal.key).await?
+    } else {
+        Vec::new()
+    };
     // A portal of one login's own chat (a DM) is that login's.
     if let Some(receiver) = &portal.key.receiver
+        && sender.level >= PermissionLevel::User
         && let Some(login) = store.login(receiver).await?
         && login.user_id == sender.user_id
     {

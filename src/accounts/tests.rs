@@ -356,6 +356,46 @@ async fn messages_go_through_the_senders_login_else_the_relay_else_nowhere() {
     assert_eq!(ctx.store().portal_relay(&key).await.unwrap(), None);
 }
 
+/// A user whose permission was taken away after logging in (their login is still stored)
+/// sends nothing through it, and is told.
+#[tokio::test]
+async fn a_login_of_a_user_no_longer_allowed_sends_nothing() {
+    use crate::{remote::PortalKey, store::Membership};
+    let hs = MockHomeserver::start().await;
+    let (ctx, net) = setup(&hs, "").await;
+    let room = room_id!("!p:localhost");
+    let key = PortalKey::shared("c");
+    let store = ctx.store();
+    store
+        .upsert_portal(&crate::store::PortalRow {
+            key: key.clone(),
+            room_id: Some(room.to_owned()),
+            name: None,
+            topic: None,
+            avatar_url: None,
+            metadata: None,
+        })
+        .await
+        .unwrap();
+    let bot = user_id!("@_test_bot:localhost");
+    store.set_membership(crate::store::MemberRow::new(room, bot, Membership::Join)).await.unwrap();
+    store.set_members_fetched(room, true).await.unwrap();
+    let eve = user_id!("@eve:elsewhere.org");
+    let new = super::NewLogin { id: "e1".into(), remote_name: "Eve".into(), metadata: json!(null) };
+    store.add_login(eve, &new, LoginState::Connected, 5).await.unwrap();
+    store.add_login_to_portal(&"e1".into(), &key).await.unwrap();
+    hs.mock_send(room, "com.beeper.message_send_status").as_bot().ok().mount().await;
+
+    let done = crate::route::route(&ctx, &*net, &portal_message("$1", eve.as_str(), "hi")).await;
+    assert!(done.unwrap().is_empty());
+    assert!(net.sent.lock().unwrap().is_empty(), "{:?}", net.sent.lock().unwrap());
+    let status = wait_for_body(&hs, "com.beeper.message_send_status").await;
+    assert_eq!(
+        (status["reason"].as_str(), status["m.relates_to"]["event_id"].as_str()),
+        (Some("m_no_permission"), Some("$1"))
+    );
+}
+
 /// Every state change of a login is POSTed to the status endpoint in the
 /// `com.beeper.bridge_state` shape, with the as_token.
 #[tokio::test]
