@@ -320,3 +320,19 @@ async fn without_a_secret_the_api_is_not_served() {
     let (ctx, _net) = setup(&hs, "").await;
     assert!(super::router(&ctx).is_none());
 }
+
+/// Malformed paths and queries of the chat routes are answered in the Matrix error format.
+#[tokio::test]
+async fn malformed_chat_requests_get_matrix_errors() {
+    let h = harness("").await;
+    for path in [
+        "/resolve_identifier/%FF",
+        "/resolve_identifier/bob?login_id=a&login_id=b",
+        "/create_group/%FF%FE",
+    ] {
+        let method = if path.starts_with("/resolve") { Method::GET } else { Method::POST };
+        let (status, body) = as_alice(&h.app, method, path, Value::Null).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body["errcode"].is_string() && body["error"].is_string(), "{path}: {body}");
+    }
+}
