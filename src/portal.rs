@@ -12,6 +12,8 @@ mod space;
 
 pub(crate) use members::ChatChange;
 
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, PoisonError};
+
 use ruma::{
     EventId, RoomId, UserId, api::client::room::create_room, events::AnyInitialStateEvent,
     serde::Raw,
@@ -25,6 +27,44 @@ use crate::{
     remote::{Portal, PortalInfo, PortalKey, RemoteMessageRef},
     store::{PortalRow, StoreError},
 };
+
+/// The portals being created, by key: [`Context::ensure_portal`] makes one room per key even
+/// when called twice at once (a first message and a provisioning request, say).
+struct Creating {
+    key: PortalKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+type CreatingMap = crate::util::FastMap<PortalKey, Arc<tokio::sync::Mutex<()>>>;
+
+static CREATING: LazyLock<StdMutex<CreatingMap>> = LazyLock::new(StdMutex::default);
+
+impl Creating {
+    /// The creation lock of `key` (to lock), shared with everyone creating it now.
+    fn lock(key: &PortalKey) -> Self {
+        let mut map = CREATING.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = map.entry(key.clone()).or_default().clone();
+        Self { key: key.clone(), lock }
+    }
+}
+
+impl std::ops::Deref for Creating {
+    type Target = tokio::sync::Mutex<()>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.lock
+    }
+}
+
+impl Drop for Creating {
+    /// The last one out removes the key's lock.
+    fn drop(&mut self) {
+        let mut map = CREATING.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&self.lock) <= 2 {
+            map.remove(&self.key);
+        }
+    }
+}
 
 /// Errors of the remote → Matrix helpers.
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +116,18 @@ impl Context {
     /// remote chat, invites the given real users and the users of the chat's logins known so
     /// far (those in it, and the receiver of a per-login chat; each joins through their double
     /// puppet when they have one), applies the members and power levels, and adds the room to
-    /// its logins' spaces.
+    /// its logins' spaces. Callers making the same portal at once get one room.
     pub async fn ensure_portal(
         &self,
         key: &PortalKey,
         info: &PortalInfo,
     ) -> Result<Portal, RemoteError> {
+        if let Some(portal) = self.portal(key).await? {
+            return Ok(portal);
+        }
+        // One creation per key at a time: the second caller finds the first one's room.
+        let lock = Creating::lock(key);
+        let _creating = lock.lock().await;
         if let Some(portal) = self.portal(key).await? {
             return Ok(portal);
         }
@@ -364,5 +410,27 @@ mod tests {
         assert!(ctx.unlink_portal(room, owner).await.unwrap());
         assert_eq!(ctx.portal(&key).await.unwrap(), None);
         assert!(!ctx.unlink_portal(room, owner).await.unwrap());
+    }
+
+    /// Two callers making the same portal at once (a first message and a provisioning request,
+    /// or a request sent twice) make one room, and both get it.
+    #[tokio::test]
+    async fn a_portal_made_twice_at_once_has_one_room() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!new:localhost");
+        let slow = std::time::Duration::from_millis(200);
+        hs.mock_create_room(room).as_bot().ok().delay(slow).mount().await;
+        let key = PortalKey::shared("chat");
+        let info = PortalInfo::default();
+        let (a, b) = tokio::join!(ctx.ensure_portal(&key, &info), ctx.ensure_portal(&key, &info));
+        assert_eq!(a.unwrap(), b.unwrap());
+        let created = hs
+            .received()
+            .await
+            .iter()
+            .filter(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/createRoom"))
+            .count();
+        assert_eq!(created, 1, "rooms created");
     }
 }
