@@ -239,9 +239,16 @@ impl Intent {
     }
 
     /// The bot invites `user_id` so it can join, unbanning it first when known to be banned.
-    /// A refused invite makes the bot look the user's membership up: a ban is lifted and the
-    /// invite sent again; a user invited or joined already needs nothing more.
-    async fn invite_helping(&self, room_id: &RoomId, user_id: &UserId, banned: bool) -> Result<()> {
+    /// A refused invite makes the bot look the user's membership up: a ban is lifted (when
+    /// `may_unban`) and the invite sent again; a user invited or joined already needs nothing
+    /// more.
+    async fn invite_helping(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        banned: bool,
+        may_unban: bool,
+    ) -> Result<()> {
         if banned {
             self.unban_request(room_id, user_id).await?;
         }
@@ -249,7 +256,7 @@ impl Intent {
             Ok(()) => {}
             Err(err) if err.kind() == Some(&ErrorKind::Forbidden) => {
                 match self.member_state(room_id, user_id).await?.map(|m| m.membership) {
-                    Some(Membership::Ban) if !banned => {
+                    Some(Membership::Ban) if !banned && may_unban => {
                         self.unban_request(room_id, user_id).await?;
                         self.invite_request(room_id, user_id).await?;
                     }
@@ -289,7 +296,12 @@ impl Intent {
         }
         self.ensure_registered().await?;
         self.bot_intent()
-            .invite_helping(room_id, &self.user_id, current == Some(Membership::Ban))
+            .invite_helping(
+                room_id,
+                &self.user_id,
+                current == Some(Membership::Ban),
+                !self.is_real_user(),
+            )
             .await?;
         Ok(true)
     }

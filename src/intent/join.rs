@@ -24,8 +24,8 @@ impl Intent {
     /// Makes sure the user is in the room: await the returned [`EnsureJoined`]. It resolves to
     /// `false` when the store already said so (no request), `true` when the user joined now.
     ///
-    /// A user that is refused is invited by the bot (unbanned first when banned) and joins
-    /// again; `.helper(..)` names another account to do that, for rooms where a ghost, not the
+    /// A user that is refused is invited by the bot (a ghost unbanned first when banned; a
+    /// real user's ban is never lifted, and the join fails) and joins again; `.helper(..)` names another account to do that, for rooms where a ghost, not the
     /// bot, is admin. The bot's own join is a plain join. Concurrent calls for the same room
     /// and user make one join request. After a join, the room's members and state are fetched
     /// once (see [`Intent::ensure_room_state`]).
@@ -89,6 +89,11 @@ impl Intent {
             Err(err) if !self.is_bot && err.kind() == Some(&ErrorKind::Forbidden) => {
                 let cached_ban =
                     self.store.membership(room_id, &self.user_id).await? == Some(Membership::Ban);
+                // The bot lifts bans of its ghosts, never a ban of a person (a double puppet).
+                let may_unban = !self.is_real_user();
+                if cached_ban && !may_unban {
+                    return Err(err);
+                }
                 let bot;
                 let helper = match helper {
                     Some(helper) => helper,
@@ -97,7 +102,7 @@ impl Intent {
                         &bot
                     }
                 };
-                helper.invite_helping(room_id, &self.user_id, cached_ban).await?;
+                helper.invite_helping(room_id, &self.user_id, cached_ban, may_unban).await?;
                 self.join_retrying(room_id, extra, retries).await?;
             }
             Err(err) => return Err(err),

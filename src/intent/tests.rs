@@ -882,3 +882,32 @@ async fn typing_starts_with_a_timeout_and_stops() {
 
 #[path = "tests_options.rs"]
 mod options;
+
+/// A real user (a double puppet) banned from a room stays banned: the bot lifts bans of its
+/// ghosts only, not of people, whether the cache knew of the ban or the room's state told.
+#[tokio::test]
+async fn a_banned_real_user_is_not_unbanned_to_join() {
+    let (hs, store) = setup().await;
+    let alice = user_id!("@alice:localhost");
+    let known = room_id!("!known:localhost");
+    let learned = room_id!("!learned:localhost");
+    for room in [known, learned] {
+        fetched(&store, room).await;
+        hs.mock_join(room).with_token("alice-token").forbidden("You are banned").mount().await;
+        hs.mock_unban(room).never().mount().await;
+    }
+    store.set_membership(MemberRow::new(known, alice, Membership::Ban)).await.unwrap();
+    hs.mock_invite(known).never().mount().await;
+    hs.mock_invite(learned).as_bot().forbidden("banned").expect(1).mount().await;
+    hs.mock_get_state(learned, "m.room.member", alice.as_str())
+        .as_bot()
+        .ok_body(json!({ "membership": "ban" }))
+        .mount()
+        .await;
+    let client = hs.client().for_user(alice, crate::Secret::new(String::from("alice-token")), None);
+    let intent = Intent::new(client.unwrap(), store.clone(), alice.to_owned()).unwrap();
+    for room in [known, learned] {
+        assert!(intent.ensure_joined(room).await.is_err(), "{room}");
+        assert_ne!(store.membership(room, alice).await.unwrap(), Some(Membership::Join));
+    }
+}
