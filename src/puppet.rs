@@ -223,17 +223,18 @@ async fn login_matrix(ctx: &Context, call: &CommandCall) -> BridgeResult<String>
     if !ctx.config().double_puppet.allow_manual {
         return Err(BridgeError::permanent("this bridge does not take access tokens"));
     }
-    // A token is a password: only in a DM with the bot, and the message is redacted.
-    if call.portal.is_some() || !crate::commands::is_management_room(ctx, &call.event).await? {
-        return Ok("Send `login-matrix` in a private chat with me (a room with only you and me), \
-                   not here, and get a new token: this one was seen by the room."
-            .into());
-    }
+    // A token is a password: the message is redacted wherever it was sent, and the token is
+    // taken only in a DM with the bot.
     let token = crate::Secret::new(call.arg(0, "ACCESS_TOKEN")?);
     if let Err(e) =
         ctx.bot().redact(&call.event.room_id, &call.event.event_id).reason("access token").await
     {
         tracing::warn!(error = %e, "could not redact the message with the access token");
+    }
+    if call.portal.is_some() || !crate::commands::is_management_room(ctx, &call.event).await? {
+        return Ok("Send `login-matrix` in a private chat with me (a room with only you and me), \
+                   not here, and get a new token: this one was seen by the room."
+            .into());
     }
     let server = user.server_name();
     let homeserver = ctx.homeserver_of(server);

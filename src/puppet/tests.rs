@@ -173,3 +173,36 @@ async fn echoes_are_known_by_our_mark_only() {
     let quoted = json!({"msgtype": "m.text", "body": "fi.mau.double_puppet_source test-bridge"});
     assert!(!is_our_echo(&ctx, &event(quoted)));
 }
+
+/// A token sent where others can read it is not taken, and the message carrying it is
+/// redacted all the same, so it does not stay in the room's history.
+#[tokio::test]
+async fn a_token_sent_in_a_shared_room_is_redacted_and_not_stored() {
+    let hs = MockHomeserver::start().await;
+    let ctx =
+        context(&hs, "double_puppet: {allow_manual: true}\npermissions: {localhost: user}\n").await;
+    let room = room_id!("!shared:localhost");
+    let alice = user_id!("@alice:localhost");
+    for user in [ctx.bot_user_id(), alice, user_id!("@bob:localhost")] {
+        joined(&ctx, room, user).await;
+    }
+    hs.mock_redact(room).as_bot().ok_body(json!({"event_id": "$r"})).expect(1).mount().await;
+    let event = Event::from_json(
+        &json!({"event_id": "$t", "room_id": room, "sender": alice, "type": "m.room.message",
+                "content": {"msgtype": "m.text", "body": "login-matrix secret_token"}})
+        .to_string(),
+    )
+    .unwrap();
+    let call = crate::CommandCall {
+        event,
+        name: "login-matrix".into(),
+        args: vec!["secret_token".into()],
+        level: crate::config::PermissionLevel::User,
+        portal: None,
+    };
+    let answer = super::run(&ctx, &call).await.unwrap().unwrap();
+    assert!(answer.contains("private chat"), "{answer}");
+    assert!(!answer.contains("secret_token"), "{answer}");
+    let row = ctx.store().user(alice).await.unwrap();
+    assert!(row.and_then(|r| r.double_puppet_token).is_none());
+}
