@@ -255,16 +255,26 @@ impl Context {
         Ok(())
     }
 
-    /// After a complete member list: ghosts not in it leave, logins not in it are no longer in
-    /// the portal (its receiver stays).
+    /// After a complete member list: ghosts not in it leave (an invited one rejects the
+    /// invite), logins not in it are no longer in the portal (its receiver stays).
     async fn drop_absent(
         &self,
         portal: &Portal,
         present: &[OwnedUserId],
     ) -> Result<(), RemoteError> {
-        for ghost in self.ghosts_in(&portal.room_id).await? {
+        let room = &portal.room_id;
+        let mut ghosts = self.ghosts_in(room).await?;
+        let registration = self.registration();
+        let invited = self.store().members_with(room, Membership::Invite).await?;
+        ghosts.extend(
+            invited
+                .into_iter()
+                .map(|m| m.user_id)
+                .filter(|u| u != self.bot_user_id() && registration.is_user_in_namespace(u)),
+        );
+        for ghost in ghosts {
             if !present.contains(&ghost) {
-                self.intent(&ghost)?.leave(&portal.room_id).await?;
+                self.intent(&ghost)?.leave(room).await?;
             }
         }
         for login in self.store().logins_in_portal(&portal.key).await? {

@@ -2,7 +2,8 @@
 //! written to by the same remote contact: each gets a portal of their own, with only them and
 //! the contact's ghost in it, and each reply reaches the bridge through the login of the
 //! human who wrote it. A remote invite comes from the member who made it when they may invite
-//! (a ghost, or a human's double puppet), else from the bot.
+//! (a ghost, or a human's double puppet), else from the bot; a resync takes back an invite
+//! the chat no longer has.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
@@ -356,5 +357,26 @@ async fn a_remote_invite_comes_from_the_inviter_when_they_may_invite_else_from_t
     assert!(!told.iter().any(|l| l.starts_with("@alice:localhost @_t_")), "{told:?}");
     let members = app.members(room.as_str(), &alice).await;
     assert_eq!(members[&ghost("hank")]["content"]["membership"], "invite");
+
+    // A resync whose member list no longer has Ivan takes his invite back; the others stay.
+    let resynced = PortalInfo {
+        members: vec![
+            ChatMember::joined(person("alice").from_login("alice".into())),
+            ChatMember::joined(person("dave")),
+            ChatMember::joined(person("erin")),
+            invite("frank", None),
+            invite("gina", None),
+            invite("hank", None),
+        ],
+        ..PortalInfo::default()
+    };
+    app.bridge.infos.lock().unwrap().insert("team".into(), resynced);
+    app.ctx.resync_portal(&key).await.unwrap().bridged().await.unwrap();
+    let members = app.members(room.as_str(), &alice).await;
+    let membership = |user: &str| members[&ghost(user)]["content"]["membership"].clone();
+    assert_eq!(
+        [membership("ivan"), membership("frank"), membership("gina"), membership("hank")],
+        ["leave", "invite", "invite", "invite"]
+    );
     app.stop().await;
 }
