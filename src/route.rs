@@ -152,7 +152,10 @@ pub(crate) async fn route<B: Bridge>(
             Box::pin(route_chat_info(ctx, bridge, event, sender)).await
         }
         "m.room.tombstone" if event.state_key.as_deref() == Some("") => {
-            Box::pin(follow_tombstone(ctx, event)).await?;
+            // The portal moves only for someone the bridge acts for.
+            if sender.level >= PermissionLevel::User {
+                Box::pin(follow_tombstone(ctx, event)).await?;
+            }
             handle_other(bridge, event).await
         }
         _ => handle_other(bridge, event).await,
@@ -1382,6 +1385,22 @@ mod route_tests {
         assert_eq!(moved.room_id, new_room);
         assert_eq!(ctx.portal_for_room(room_id!("!p:localhost")).await.unwrap(), None);
         assert_eq!(*tb.raw.lock().unwrap(), ["$t"], "the raw hook still hears of it");
+    }
+
+    /// A room upgraded by someone the bridge does not act for keeps its portal where it was.
+    #[tokio::test]
+    async fn a_tombstone_from_a_stranger_moves_nothing() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        portal(&ctx).await;
+        let new_room = room_id!("!elsewhere:other.org");
+        hs.mock_join(new_room).never().mount().await;
+        let tombstone = event(json!({"event_id": "$t", "room_id": "!p:localhost",
+            "sender": "@stranger:other.org", "type": "m.room.tombstone", "state_key": "",
+            "content": {"body": "moved", "replacement_room": new_room}}));
+        route(&ctx, &Tb::default(), &tombstone).await.unwrap();
+        let kept = ctx.portal(&PortalKey::shared("c")).await.unwrap().unwrap();
+        assert_eq!(kept.room_id, room_id!("!p:localhost"));
     }
 
     /// Name, topic and avatar changes in a portal reach `handle_chat_info`; in another room,

@@ -449,6 +449,12 @@ impl Context {
                 if login.state.needs_user() {
                     continue;
                 }
+                // The bridge acts only for users `permissions:` allows now.
+                if ctx.permission_level(&login.user_id) < crate::config::PermissionLevel::User {
+                    tracing::info!(login = %login.id, user = %login.user_id,
+                        "not connecting the login of a user no longer allowed to use the bridge");
+                    continue;
+                }
                 ctx.set_login_state(&login.id, super::LoginState::Starting, None).await;
                 let ctx = ctx.clone();
                 tokio::spawn(async move { ctx.connect_login_now(login).await });

@@ -185,6 +185,22 @@ async fn a_refused_reconnect_is_bad_credentials_and_the_user_is_told() {
     assert!(notice["body"].as_str().unwrap().contains("refused your login"), "{notice}");
 }
 
+#[tokio::test]
+async fn logins_of_users_no_longer_allowed_are_not_connected_at_start() {
+    let hs = MockHomeserver::start().await;
+    let (ctx, net) = setup(&hs, "").await;
+    for (id, user) in
+        [("good", user_id!("@alice:localhost")), ("gone", user_id!("@mallory:other.org"))]
+    {
+        let new = super::NewLogin { id: id.into(), remote_name: id.into(), metadata: json!(null) };
+        ctx.store().add_login(user, &new, LoginState::Connected, 5).await.unwrap();
+    }
+    ctx.connect_stored_logins();
+    wait_state(&ctx, "good", LoginState::Connected).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(*net.connected.lock().unwrap(), ["good"], "mallory's login was connected");
+}
+
 /// The first request body whose path contains `part` (bounded wait).
 pub(crate) async fn wait_for_body(hs: &MockHomeserver, part: &str) -> serde_json::Value {
     bodies(hs, part, 1).await.remove(0)
