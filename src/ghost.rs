@@ -9,8 +9,8 @@ use crate::{
     context::Context,
     intent::Intent,
     portal::RemoteError,
-    remote::{GhostProfile, RemoteUserId},
-    store::GhostRow,
+    remote::{GhostProfile, Portal, RemoteMembership, RemoteSender, RemoteUserId},
+    store::{GhostRow, Membership},
 };
 
 /// Escapes a remote ID into localpart characters, reversibly: `a-z 0-9 . - /` stay, `_` becomes
@@ -150,6 +150,69 @@ impl Context {
         }
         Ok(intent)
     }
+}
+
+/// A remote user's [`RemoteEvent::Member`](crate::RemoteEvent::Member) in a portal: the ghost
+/// joins, leaves, or is kicked by the bot; nothing when it is where it should be already.
+pub(crate) async fn apply_member(
+    ctx: &Context,
+    portal: &Portal,
+    sender: &RemoteSender,
+    change: RemoteMembership,
+    reason: Option<&str>,
+) -> Result<(), RemoteError> {
+    let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
+    let room = &portal.room_id;
+    let joined = ctx.store().membership(room, ghost.user_id()).await? == Some(Membership::Join);
+    match change {
+        RemoteMembership::Join => {
+            ghost.ensure_joined(room).await?;
+        }
+        RemoteMembership::Leave if joined => {
+            let leave = ghost.leave(room);
+            match reason.filter(|r| !r.is_empty()) {
+                Some(reason) => leave.reason(reason).await?,
+                None => leave.await?,
+            }
+        }
+        RemoteMembership::Kicked if joined => {
+            let bot = ctx.bot();
+            let kick = bot.kick(room, ghost.user_id());
+            match reason.filter(|r| !r.is_empty()) {
+                Some(reason) => kick.reason(reason).await?,
+                None => kick.await?,
+            }
+        }
+        RemoteMembership::Leave | RemoteMembership::Kicked => {}
+    }
+    Ok(())
+}
+
+/// A remote user's [`RemoteEvent::PowerLevel`](crate::RemoteEvent::PowerLevel) in a portal:
+/// the bot sets the ghost's level where it differs and the bot may.
+pub(crate) async fn apply_power_level(
+    ctx: &Context,
+    portal: &Portal,
+    sender: &RemoteSender,
+    level: i64,
+) -> Result<Option<ruma::OwnedEventId>, RemoteError> {
+    use ruma::events::room::power_levels::RoomPowerLevelsEventContent;
+    let user_id = ctx.ghost_user_id(&sender.id)?;
+    let bot = ctx.bot();
+    let room = &portal.room_id;
+    let mut levels = bot.power_levels(room).await?;
+    let level = ruma::Int::new_saturating(level);
+    let current = levels.users.get(&user_id).copied().unwrap_or(levels.users_default);
+    if current == level || !levels.user_can_change_user_power_level(bot.user_id(), &user_id) {
+        return Ok(None);
+    }
+    if level == levels.users_default {
+        levels.users.remove(&user_id);
+    } else {
+        levels.users.insert(user_id, level);
+    }
+    let Ok(content) = RoomPowerLevelsEventContent::try_from(levels) else { return Ok(None) };
+    Ok(Some(bot.set_power_levels(room, &content).await?))
 }
 
 #[cfg(test)]

@@ -78,8 +78,8 @@ pub use pipeline::Queued;
 pub use registration::Registration;
 pub use remote::{
     GhostProfile, Portal, PortalInfo, PortalKey, RemoteChatId, RemoteEvent, RemoteLoginId,
-    RemoteMessageId, RemoteMessageRef, RemotePart, RemotePartId, RemoteSender, RemoteTxnId,
-    RemoteUserId,
+    RemoteMembership, RemoteMessageId, RemoteMessageRef, RemotePart, RemotePartId, RemoteSender,
+    RemoteTxnId, RemoteUserId,
 };
 pub use secret::Secret;
 pub use store::Store;

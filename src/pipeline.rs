@@ -457,6 +457,12 @@ async fn handle<B: Bridge>(
             ctx.store().delete_portal(key).await?;
             ctx.store().delete_messages(key).await?;
         }
+        RemoteEvent::Member { sender, change, reason } => {
+            crate::ghost::apply_member(ctx, &portal, sender, *change, reason.as_deref()).await?;
+        }
+        RemoteEvent::PowerLevel { sender, level } => {
+            sent.extend(crate::ghost::apply_power_level(ctx, &portal, sender, *level).await?);
+        }
     }
     Ok(sent)
 }

@@ -295,6 +295,38 @@ pub enum RemoteEvent {
     },
     /// The chat was deleted: the portal is unlinked and the bot says so in the room.
     ChatDelete,
+    /// A remote user came into the chat or left it: their ghost joins or leaves the room (a
+    /// kick is done by the bot, with the reason). Nothing happens when the ghost is already
+    /// where it should be.
+    Member {
+        /// Who.
+        sender: RemoteSender,
+        /// What changed.
+        change: RemoteMembership,
+        /// Why (a part or quit message, a kick's reason).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A remote user's rank in the chat (an operator, a moderator) as a Matrix power level,
+    /// which the bot sets when it may.
+    PowerLevel {
+        /// Whose.
+        sender: RemoteSender,
+        /// The level (0 for none).
+        level: i64,
+    },
+}
+
+/// What a [`RemoteEvent::Member`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteMembership {
+    /// Joined the chat.
+    Join,
+    /// Left the chat (or the network).
+    Leave,
+    /// Was removed by someone else.
+    Kicked,
 }
 
 impl RemoteEvent {
@@ -330,6 +362,8 @@ impl RemoteEvent {
             Self::Typing { .. } => "typing",
             Self::ChatInfo { .. } => "chat_info",
             Self::ChatDelete => "chat_delete",
+            Self::Member { .. } => "member",
+            Self::PowerLevel { .. } => "power_level",
         }
     }
 }
@@ -396,6 +430,12 @@ mod tests {
             RemoteEvent::Typing { sender, typing: true },
             RemoteEvent::ChatInfo { name: Some("n".into()), topic: None },
             RemoteEvent::ChatDelete,
+            RemoteEvent::Member {
+                sender: RemoteSender::named("bob", "bob"),
+                change: RemoteMembership::Kicked,
+                reason: Some("flood".into()),
+            },
+            RemoteEvent::PowerLevel { sender: RemoteSender::named("bob", "bob"), level: 50 },
         ];
         for event in events {
             let json = serde_json::to_string(&event).unwrap();
