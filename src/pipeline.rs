@@ -336,6 +336,14 @@ async fn handle<B: Bridge>(
                     // The echo of what the bridge sent for a Matrix event: now mapped.
                     return Ok(vec![mapped.event_id]);
                 }
+                if !ctx.store().message_parts(key, id).await?.is_empty() {
+                    // Mapped by an earlier echo.
+                    return Ok(Vec::new());
+                }
+                // The echo overtook the record of its Matrix event (the handler has returned,
+                // the dispatcher has not written yet): try again, never post our own message.
+                let message = format!("the echo of {txn_id} came before its event was recorded");
+                return Err(Failure { permanent: false, message });
             }
             let known = ctx.store().message_parts(key, id).await?;
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
