@@ -351,16 +351,13 @@ impl Shared {
             }
             "NICK" => self.on_nick(live, &m, own).await,
             "MODE" if is_channel(m.param(0)) => self.on_mode(live, &m).await,
-            "TOPIC" => {
-                if self.own_nick(m.nick()).is_none() {
-                    let channel = casefold(m.param(0));
-                    if self.is_reader(&channel, &live.id) {
-                        let event = RemoteEvent::ChatInfo {
-                            name: None,
-                            topic: Some(m.param(1).to_owned()),
-                        };
-                        self.queue(&PortalKey::shared(channel), &event).await;
-                    }
+            // A topic set from Matrix is in the room already.
+            "TOPIC" if self.own_nick(m.nick()).is_none() => {
+                let channel = casefold(m.param(0));
+                if self.is_reader(&channel, &live.id) {
+                    let event =
+                        RemoteEvent::ChatInfo { name: None, topic: Some(m.param(1).to_owned()) };
+                    self.queue(&PortalKey::shared(channel), &event).await;
                 }
             }
             // RPL_TOPIC on join.
@@ -991,13 +988,21 @@ impl Bridge for Irc {
         let Some(via) = &msg.sender.via else {
             return Ok(Delivery::NotSupported("no IRC connection carries this room".into()));
         };
+        // A reply names whom it answers, as IRC users write it.
+        let mut prefix = String::new();
+        if let Some(target) = &msg.reply_to {
+            let parts = self.ctx().store().message_parts(&target.portal, &target.id).await?;
+            if let Some(nick) = parts.first().and_then(|p| self.shared.nick_of(&p.sender)) {
+                prefix = format!("{nick}: ");
+            }
+        }
         self.shared
             .send_matrix(
                 &via.login().id,
                 &msg.portal.key,
                 msg.event.event_id.as_str(),
                 &msg.content,
-                "",
+                &prefix,
             )
             .await
     }

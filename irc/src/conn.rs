@@ -276,11 +276,9 @@ impl Connection {
                             cap_done = true;
                         }
                     }
-                    "NAK" => {
-                        if !cap_done {
-                            self.sender.urgent(&Message::new("CAP", &["END"]));
-                            cap_done = true;
-                        }
+                    "NAK" if !cap_done => {
+                        self.sender.urgent(&Message::new("CAP", &["END"]));
+                        cap_done = true;
                     }
                     _ => {}
                 },

@@ -24,6 +24,9 @@ const PALETTE: [&str; 16] = [
     "#ffff00", "#00fc00", "#009393", "#00ffff", "#0000fc", "#ff00ff", "#7f7f7f", "#d2d2d2",
 ];
 
+/// Finds the nicks to make mentions of in plain text: byte ranges and nicks.
+pub(crate) type FindMentions<'a> = dyn Fn(&str) -> Vec<(usize, usize, String)> + 'a;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Style {
     bold: bool,
@@ -48,10 +51,7 @@ struct Open {
 
 /// IRC text with its formatting codes as plain text and entities; `mention` finds the nicks
 /// to make mentions of (a byte range in the plain text and the nick).
-pub(crate) fn to_entities(
-    text: &str,
-    mention: &dyn Fn(&str) -> Vec<(usize, usize, String)>,
-) -> EntityText {
+pub(crate) fn to_entities(text: &str, mention: &FindMentions<'_>) -> EntityText {
     let mut out = EntityText::default();
     let mut style = Style::default();
     let mut open = Open::default();
@@ -211,7 +211,7 @@ fn nearest_code(hex: &str) -> Option<u8> {
 /// the users their pills name.
 pub(crate) fn to_matrix(
     text: &str,
-    mention: &dyn Fn(&str) -> Vec<(usize, usize, String)>,
+    mention: &FindMentions<'_>,
     lookup: &mut impl MentionLookup,
 ) -> MatrixText {
     MatrixText::from_entities(&to_entities(text, mention), lookup)

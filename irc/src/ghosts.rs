@@ -32,6 +32,8 @@ struct Holder {
 #[derive(Debug, Default)]
 pub(crate) struct Ghosts {
     holders: Mutex<BTreeMap<String, Holder>>,
+    /// The nick each ghost goes by now.
+    current: Mutex<BTreeMap<String, String>>,
 }
 
 impl Ghosts {
@@ -97,6 +99,7 @@ impl Ghosts {
     }
 
     async fn remember(&self, store: &Store, key: &str, holder: Holder) -> BridgeResult {
+        self.current.lock().expect("lock").insert(holder.ghost.clone(), holder.nick.clone());
         let changed = self.holders.lock().expect("lock").insert(key.to_owned(), holder.clone());
         if changed.as_ref() != Some(&holder) {
             store.kv_put_json(NAMESPACE, key, &holder).await?;
@@ -111,8 +114,8 @@ impl Ghosts {
 
     /// The nick of the first known holder for which `is_ghost` says yes (a ghost's user ID).
     pub(crate) fn find_nick(&self, is_ghost: impl Fn(&str) -> bool) -> Option<String> {
-        let holders = self.holders.lock().expect("lock");
-        holders.values().find(|h| is_ghost(&h.ghost)).map(|h| h.nick.clone())
+        let current = self.current.lock().expect("lock");
+        current.iter().find(|(ghost, _)| is_ghost(ghost)).map(|(_, nick)| nick.clone())
     }
 }
 
@@ -151,6 +154,7 @@ mod tests {
 
         let renamed = ghosts.rename(&store, "Dave", "Dave2", Some("~dave@host")).await.unwrap();
         assert_eq!(renamed.id, dave.id);
+        assert_eq!(ghosts.find_nick(|g| g == "dave").as_deref(), Some("Dave2"));
         assert_eq!(renamed.profile.displayname.as_deref(), Some("Dave2"));
         assert_eq!(ghosts.sender(&store, "dave2", Some("~dave@host")).await.unwrap().id, dave.id);
 

@@ -246,8 +246,19 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
     .await;
     assert!(renamed.is_some(), "the ghost was not renamed");
     dave.send("PRIVMSG #test :still me").await;
-    alice
+    let still = alice
         .wait_event(&room, "dave2's line", |e| body(e) == "still me" && from(e, &dave_ghost))
+        .await;
+    // A reply names whom it answers.
+    let reply_to = still["event_id"].as_str().unwrap();
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "indeed",
+                   "m.relates_to": {"m.in_reply_to": {"event_id": reply_to}}}),
+        )
+        .await;
+    dave.wait(10, |l| l.starts_with(":alice!") && l.ends_with("PRIVMSG #test :dave2: indeed"))
         .await;
     let mut eve = IrcHuman::connect(ircd.port, "dave", "eve").await;
     eve.send("JOIN #test").await;

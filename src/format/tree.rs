@@ -452,13 +452,10 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>, depth: usize) {
         "a" => return parse_link(node, out, depth),
         "span" | "font" => {
             let children = children_of(node, depth);
-            match attr(node, "data-mx-spoiler") {
-                Some(reason) => {
-                    let reason = Some(reason).filter(|r| !r.trim().is_empty());
-                    let wrap = |children| Node::Spoiler { reason: reason.clone(), children };
-                    return out.extend(wrap_inline(children, &wrap));
-                }
-                None => {}
+            if let Some(reason) = attr(node, "data-mx-spoiler") {
+                let reason = Some(reason).filter(|r| !r.trim().is_empty());
+                let wrap = |children| Node::Spoiler { reason: reason.clone(), children };
+                return out.extend(wrap_inline(children, &wrap));
             }
             let fg =
                 attr(node, "data-mx-color").or_else(|| attr(node, "color")).and_then(hex_color);
