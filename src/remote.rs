@@ -226,7 +226,9 @@ pub enum RemoteEvent {
         thread_root: Option<RemoteMessageId>,
         /// The transaction ID it carries when it is the network's echo of a message the bridge
         /// sent for a Matrix event (see [`crate::Delivery::Pending`]): then nothing is sent,
-        /// and the Matrix event is mapped to this message instead.
+        /// and the Matrix event is mapped to this message instead. An echo that comes before
+        /// the framework recorded its Matrix event is retried (and parked after the last
+        /// attempt), never posted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         echo_of: Option<RemoteTxnId>,
     },
