@@ -59,6 +59,8 @@ permissions:
 relay:
   enabled: true
   admin_only: false
+  message_formats:
+    m.text: "<{sender_name}> {body}"
 bridge:
   server: 127.0.0.1:$irc_port
 YAML

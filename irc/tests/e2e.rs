@@ -232,7 +232,7 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
         .await;
     carol.say(&room, "relayed hello").await;
     dave.wait(10, |l| {
-        l.starts_with(":alice!") && l.ends_with("PRIVMSG #test :carol: relayed hello")
+        l.starts_with(":alice!") && l.ends_with("PRIVMSG #test :<carol> relayed hello")
     })
     .await;
 

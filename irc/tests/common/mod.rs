@@ -167,7 +167,7 @@ impl BridgeFiles {
              database: {{url: 'sqlite://{dir}/irc.db'}}\n\
              inbox: {{retry_base_ms: 100, retry_max_ms: 1000, max_attempts: 8, shutdown_grace_secs: 2}}\n\
              permissions: {{'@alice:localhost': user, '@bob:localhost': user, '@carol:localhost': relay}}\n\
-             relay: {{enabled: true, admin_only: false}}\n\
+             relay: {{enabled: true, admin_only: false, message_formats: {{m.text: '<{{sender_name}}> {{body}}'}}}}\n\
              provisioning: {{shared_secret: '{PROVISION_SECRET}'}}\n\
              logging: {{level: 'debug,hyper=info,h2=info,sqlx=warn,reqwest=info,hyper_util=info,html5ever=info'}}\n\
              bridge: {{server: '127.0.0.1:{irc_port}', throttle_burst: 10, throttle_interval_ms: 100, max_lines: 10}}\n",
