@@ -52,6 +52,9 @@ pub(crate) struct IrcConfig {
     pub(crate) max_lines: usize,
     /// The base URL of media links (default: the homeserver's address).
     pub(crate) media_url: Option<String>,
+    /// Lines of one sender that arrive together (a paste) become one Matrix message of
+    /// several lines, at most 20.
+    pub(crate) merge_bursts: bool,
 }
 
 impl Default for IrcConfig {
@@ -63,6 +66,7 @@ impl Default for IrcConfig {
             throttle_interval_ms: 500,
             max_lines: 10,
             media_url: None,
+            merge_bursts: true,
         }
     }
 }
@@ -133,6 +137,26 @@ impl LiveState {
         let overhead = 1 + self.nick.len() + 1 + userhost + " PRIVMSG ".len() + target.len() + 4;
         crate::proto::LINE_LIMIT.saturating_sub(overhead).max(64)
     }
+}
+
+/// The most lines one burst becomes.
+const MAX_BURST: usize = 20;
+
+/// Where the `msgid`s of lines bridged inside a burst are kept (`chat msgid` → the burst's ID).
+const MSGID_ALIASES: &str = "irc_msgid";
+
+/// Whether `next` continues the burst `first` started: the same command, sender and channel,
+/// live, no CTCP.
+fn same_burst(first: &Message, next: &Message) -> bool {
+    next.command == first.command
+        && next.source == first.source
+        && next.param(0) == first.param(0)
+        && next.tag("batch").is_none()
+        && ctcp(next.param(1)).is_none()
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// The power level of IRC channel modes: operators (and above) moderate.
@@ -269,6 +293,28 @@ impl Shared {
                     }
                     let error = loop {
                         match conn.next().await {
+                            Ok(m) if self.config.merge_bursts && self.mergeable(&live, &m) => {
+                                // Lines of one sender that came together become one message.
+                                let mut burst = vec![m];
+                                while burst.len() < MAX_BURST {
+                                    match conn.next_buffered() {
+                                        Some(next) if same_burst(&burst[0], &next) => {
+                                            burst.push(next);
+                                        }
+                                        Some(next) => {
+                                            conn.push_back(next);
+                                            break;
+                                        }
+                                        None => break,
+                                    }
+                                }
+                                if burst.len() == 1 {
+                                    let m = burst.pop().expect("one line");
+                                    self.on_message(&live, m).await;
+                                } else {
+                                    self.on_burst(&live, burst).await;
+                                }
+                            }
                             Ok(m) => self.on_message(&live, m).await,
                             Err(e) => break e,
                         }
@@ -297,6 +343,76 @@ impl Shared {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
         }
+    }
+
+    /// Whether a line may start a burst: a plain channel line of a ghost, live (not replayed
+    /// history), in a channel this login reads.
+    fn mergeable(&self, live: &Live, m: &Message) -> bool {
+        matches!(m.command.as_str(), "PRIVMSG" | "NOTICE")
+            && is_channel(m.param(0))
+            && m.tag("batch").is_none()
+            && ctcp(m.param(1)).is_none()
+            && m.source.as_deref().is_some_and(|s| s.contains('!'))
+            && self.own_nick(m.nick()).is_none()
+            && self.is_reader(&casefold(m.param(0)), &live.id)
+    }
+
+    /// Consecutive lines of one sender to one channel, read together: one Matrix message of
+    /// several lines, its ID the first line's `msgid`; the others' `msgid`s are kept as
+    /// aliases so that a replay of the history skips them.
+    async fn on_burst(&self, live: &Live, burst: Vec<Message>) {
+        let first = &burst[0];
+        let key = PortalKey::shared(casefold(first.param(0)));
+        let sender =
+            match self.ghosts.sender(self.ctx.store(), first.nick(), first.userhost()).await {
+                Ok(sender) => sender,
+                Err(e) => return tracing::warn!(error = %e, "could not name a ghost"),
+            };
+        let nicks = self.channel_nicks(live, key.chat.as_str());
+        let mention = |t: &str| find_nicks(t, &|w| nicks.contains(&casefold(w)));
+        let mut lookup = Lookup { shared: self };
+        let (mut body, mut html, mut formatted) = (Vec::new(), Vec::new(), false);
+        let mut mentions = BTreeSet::new();
+        for m in &burst {
+            let text = to_matrix(m.param(1), &mention, &mut lookup);
+            formatted |= text.html.is_some();
+            html.push(text.html.clone().unwrap_or_else(|| escape_html(&text.body)));
+            body.push(text.body);
+            mentions.extend(text.mentions);
+        }
+        let text = mxbridge::format::MatrixText {
+            body: body.join("\n"),
+            html: formatted.then(|| html.join("<br>")),
+            mentions,
+            mentions_room: false,
+        };
+        let content =
+            if first.command == "NOTICE" { text.into_notice() } else { text.into_content() };
+        let id = first.tag("msgid").map_or_else(RemoteMessageId::random, RemoteMessageId::from);
+        let event = RemoteEvent::Message {
+            id: id.clone(),
+            sender,
+            timestamp: first.tag("time").and_then(parse_time),
+            parts: vec![RemotePart { id: RemotePartId::default(), content }],
+            reply_to: None,
+            thread_root: None,
+            echo_of: None,
+        };
+        self.queue(&key, &event).await;
+        for m in &burst[1..] {
+            if let Some(msgid) = m.tag("msgid") {
+                let alias = format!("{} {msgid}", key.chat);
+                if let Err(e) = self.ctx.store().kv_put(MSGID_ALIASES, &alias, id.as_str()).await {
+                    tracing::warn!(error = %e, "could not keep a line's msgid");
+                }
+            }
+        }
+    }
+
+    /// The nicks in a channel as this login sees them, case-folded.
+    fn channel_nicks(&self, live: &Live, channel: &str) -> BTreeSet<String> {
+        let state = live.state.lock().expect("lock");
+        state.channels.get(channel).map(|c| c.members.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// One line from a login's connection.
@@ -415,20 +531,21 @@ impl Shared {
             if is_channel(target) && !self.is_reader(&key.chat.0, &live.id) {
                 return;
             }
+            if m.tag("batch").is_some()
+                && let Some(msgid) = m.tag("msgid")
+            {
+                let alias = format!("{} {msgid}", key.chat);
+                if let Ok(Some(_)) = self.ctx.store().kv_get(MSGID_ALIASES, &alias).await {
+                    return; // Bridged already, inside a burst.
+                }
+            }
             None
         };
         let sender = match self.ghosts.sender(self.ctx.store(), m.nick(), m.userhost()).await {
             Ok(sender) => sender,
             Err(e) => return tracing::warn!(error = %e, "could not name a ghost"),
         };
-        let nicks: BTreeSet<String> = {
-            let state = live.state.lock().expect("lock");
-            state
-                .channels
-                .get(key.chat.as_str())
-                .map(|c| c.members.keys().cloned().collect())
-                .unwrap_or_default()
-        };
+        let nicks = self.channel_nicks(live, key.chat.as_str());
         let mention = |t: &str| find_nicks(t, &|w| nicks.contains(&casefold(w)));
         let mut lookup = Lookup { shared: self };
         let text = to_matrix(body, &mention, &mut lookup);
@@ -884,7 +1001,9 @@ impl Bridge for Irc {
          throttle_burst: 5\n  throttle_interval_ms: 500\n  \
          # Matrix messages longer than this many IRC lines are cut.\n  max_lines: 10\n  \
          # The base URL of media links sent to IRC (default: homeserver.address).\n  \
-         media_url: null\n"
+         media_url: null\n  \
+         # Lines of one sender that arrive together become one Matrix message (at most 20).\n  \
+         merge_bursts: true\n"
     }
 
     async fn create(config: IrcConfig, ctx: Context) -> BridgeResult<Self> {

@@ -340,12 +340,44 @@ impl Connection {
         }
     }
 
+    /// The next message if a whole line of it has been read already (no waiting), else
+    /// `None`. `PING` and the like are left for [`Connection::next`].
+    pub(crate) fn next_buffered(&mut self) -> Option<Message> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Some(m);
+        }
+        let buf = self.reader.buffer();
+        let end = buf.iter().position(|&b| b == b'\n')?;
+        let line = String::from_utf8_lossy(&buf[..=end]).into_owned();
+        self.reader.consume(end + 1);
+        self.last_read = Instant::now();
+        Message::parse(&line)
+    }
+
+    /// Puts a message back: [`Connection::next`] returns it first.
+    pub(crate) fn push_back(&mut self, m: Message) {
+        self.backlog.push_front(m);
+    }
+
     /// The next message from the server (`PING` is answered here). Without anything read for
     /// a minute we ping the server; without an answer in another minute the connection is
     /// taken for dead.
     pub(crate) async fn next(&mut self) -> Result<Message, ConnError> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(m);
+        }
+        // Lines read with the last one, parsed before waiting for more.
+        while let Some(m) = self.next_buffered() {
+            match m.command.as_str() {
+                "PING" => {
+                    self.sender.urgent(&Message::new("PONG", &[m.param(0)]));
+                }
+                "PONG" => {}
+                "ERROR" => {
+                    return Err(ConnError::Transient(format!("the server said: {}", m.param(0))));
+                }
+                _ => return Ok(m),
+            }
         }
         loop {
             let deadline = self.last_read + Duration::from_secs(60);

@@ -17,6 +17,19 @@ fn body(e: &Value) -> &str {
     e["content"]["body"].as_str().unwrap_or_default()
 }
 
+/// The IRC lines in the room's messages (lines said together come as one message).
+fn lines(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .flat_map(|e| body(e).split('\n'))
+        .collect()
+}
+
+fn has_line(e: &Value, line: &str) -> bool {
+    body(e).split('\n').any(|l| l == line)
+}
+
 fn from(e: &Value, sender: &str) -> bool {
     e["sender"] == sender
 }
@@ -132,6 +145,16 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
     dave.send("PRIVMSG #test :\x01ACTION waves\x01").await;
     let emote = alice.wait_event(&room, "dave's /me", |e| body(e) == "waves").await;
     assert_eq!(emote["content"]["msgtype"], "m.emote");
+
+    // Lines said together (a paste) come as one message of several lines, in order.
+    dave.send("PRIVMSG #test :paste 1\r\nPRIVMSG #test :paste 2\r\nPRIVMSG #test :paste 3").await;
+    alice.wait_event(&room, "the pasted lines", |e| has_line(e, "paste 3")).await;
+    let pasted: Vec<String> = lines(&alice.events(&room).await)
+        .into_iter()
+        .filter(|l| l.starts_with("paste "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(pasted, ["paste 1", "paste 2", "paste 3"]);
 
     // Matrix → IRC: formatting, /me, a pill, a notice.
     alice
@@ -296,7 +319,7 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
     for text in
         (0..5).map(|i| format!("while down {i}")).chain((0..5).map(|i| format!("before kill {i}")))
     {
-        alice.wait_event(&room, &text, |e| body(e) == text).await;
+        alice.wait_event(&room, &text, |e| has_line(e, &text)).await;
     }
     dave.wait(30, |l| l.starts_with(":alice!") && l.ends_with(":alice while down")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -304,16 +327,15 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
     for text in
         (0..5).map(|i| format!("while down {i}")).chain((0..5).map(|i| format!("before kill {i}")))
     {
-        let n = events.iter().filter(|e| body(e) == text).count();
+        let n = lines(&events).iter().filter(|l| **l == text).count();
         assert_eq!(n, 1, "{text:?} reached Matrix {n} times");
     }
     let before: Vec<String> = dave.texts_from("alice", "#test");
     let repeats = before.iter().filter(|t| *t == "alice before kill").count();
     assert!((1..=2).contains(&repeats), "\"alice before kill\" reached IRC {repeats} times");
     // Lines keep their order: the replayed ones by their server time.
-    let order: Vec<&str> = events
-        .iter()
-        .map(body)
+    let order: Vec<&str> = lines(&events)
+        .into_iter()
         .filter(|b| b.starts_with("while down") || b.starts_with("before kill"))
         .collect();
     let mut sorted = order.clone();
