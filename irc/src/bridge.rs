@@ -53,7 +53,7 @@ pub(crate) struct IrcConfig {
     /// The base URL of media links (default: the homeserver's address).
     pub(crate) media_url: Option<String>,
     /// Lines of one sender that arrive together (a paste) become one Matrix message of
-    /// several lines, at most 20.
+    /// several lines, at most 50.
     pub(crate) merge_bursts: bool,
 }
 
@@ -140,7 +140,7 @@ impl LiveState {
 }
 
 /// The most lines one burst becomes.
-const MAX_BURST: usize = 20;
+const MAX_BURST: usize = 50;
 
 /// Where the `msgid`s of lines bridged inside a burst are kept (`chat msgid` → the burst's ID).
 const MSGID_ALIASES: &str = "irc_msgid";
@@ -1002,7 +1002,7 @@ impl Bridge for Irc {
          # Matrix messages longer than this many IRC lines are cut.\n  max_lines: 10\n  \
          # The base URL of media links sent to IRC (default: homeserver.address).\n  \
          media_url: null\n  \
-         # Lines of one sender that arrive together become one Matrix message (at most 20).\n  \
+         # Lines of one sender that arrive together become one Matrix message (at most 50).\n  \
          merge_bursts: true\n"
     }
 
