@@ -135,6 +135,23 @@ impl Drop for Synapse {
     }
 }
 
+/// The bridge's process, SIGKILLed when dropped (also when a test fails).
+pub struct BridgeProcess(pub Child);
+
+impl BridgeProcess {
+    /// SIGKILL, and wait for the end.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The bridge's files: config and registration.
 pub struct BridgeFiles {
     pub dir: PathBuf,
@@ -178,8 +195,8 @@ impl BridgeFiles {
         std::fs::write(&self.config, yaml).unwrap();
     }
 
-    /// Starts the bridge process; its log goes to `bridge-N.log`.
-    pub fn spawn(&self, life: u32) -> Child {
+    /// Starts the bridge process; its log goes to `bridge-N.log`. Killed when dropped.
+    pub fn spawn(&self, life: u32) -> BridgeProcess {
         let log = std::fs::File::create(self.dir.join(format!("bridge-{life}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_mxbridge-irc"))
             .arg("-c")
@@ -188,6 +205,7 @@ impl BridgeFiles {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(BridgeProcess)
             .unwrap()
     }
 
