@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit, router, store (SQLite and PostgreSQL), crash, and end to end against a
-# real Synapse that scripts/synapse.sh installs into a cached venv. Needs PostgreSQL on
+# real Synapse that scripts/synapse.sh installs into a cached venv, and the IRC bridge's against
+# Synapse and InspIRCd (scripts/inspircd.sh installs Debian's package). Needs PostgreSQL on
 # 127.0.0.1:5432 (trust auth, database `test`) unless MXBRIDGE_TEST_POSTGRES names another.
 # Fails, never skips, when PostgreSQL or Synapse is missing.
 set -euo pipefail
@@ -16,7 +17,12 @@ if ! command -v psql >/dev/null || ! psql "$MXBRIDGE_TEST_POSTGRES" -qtAc 'selec
     echo "test.sh: PostgreSQL does not answer at $MXBRIDGE_TEST_POSTGRES" >&2
     exit 1
 fi
-# Synapse: install (cached) before the tests so a failure is reported once and clearly.
+# Synapse and InspIRCd: install (cached) before the tests so a failure is reported once and
+# clearly.
 bash scripts/synapse.sh install >/dev/null
+bash scripts/inspircd.sh install
 
 cargo test --all-features "$@"
+# The IRC bridge (its own crate): unit tests and the end-to-end suite against Synapse and
+# InspIRCd.
+cargo test -p mxbridge-irc "$@"

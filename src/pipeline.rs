@@ -357,6 +357,14 @@ async fn handle<B: Bridge>(
                     // The echo of what the bridge sent for a Matrix event: now mapped.
                     return Ok(vec![mapped.event_id]);
                 }
+                if !ctx.store().message_parts(key, id).await?.is_empty() {
+                    // Mapped by an earlier echo.
+                    return Ok(Vec::new());
+                }
+                // The echo overtook the record of its Matrix event (the handler has returned,
+                // the dispatcher has not written yet): try again, never post our own message.
+                let message = format!("the echo of {txn_id} came before its event was recorded");
+                return Err(Failure { permanent: false, message });
             }
             let known = ctx.store().message_parts(key, id).await?;
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
@@ -546,7 +554,7 @@ mod tests {
     use super::*;
     use crate::{
         commands::CommandSpec,
-        remote::RemoteSender,
+        remote::{RemoteMembership, RemoteSender},
         store::{GhostRow, MemberRow, Membership, PortalRow},
         testing::{MockHomeserver, test_context},
     };
@@ -698,6 +706,78 @@ mod tests {
         let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
         assert!(handle(&ctx, &Quiet, &row, &event).await.unwrap().is_empty());
         assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q1.0", "mxb.q2.0"]);
+    }
+
+    /// The echo of a Matrix event that overtook the record of that event is retried, never
+    /// posted; once the record is there it maps the event, and a second echo changes nothing.
+    #[tokio::test]
+    async fn an_early_echo_waits_for_its_record_and_is_never_posted() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message").ok().expect(0).mount().await;
+        let key = PortalKey::shared("chat-0");
+        let RemoteEvent::Message { parts, .. } = RemoteEvent::text("m1", alice(), "mine") else {
+            unreachable!()
+        };
+        let echo = RemoteEvent::Message {
+            id: "m1".into(),
+            sender: alice(),
+            timestamp: None,
+            parts,
+            reply_to: None,
+            thread_root: None,
+            echo_of: Some("txn1".into()),
+        };
+        let row = QueuedRow {
+            seq: 1,
+            portal: key.clone(),
+            event: serde_json::to_string(&echo).unwrap(),
+            attempts: 0,
+        };
+        let early = handle(&ctx, &Quiet, &row, &echo).await.unwrap_err();
+        assert!(!early.permanent, "{}", early.message);
+        let pending = crate::store::PendingRow {
+            portal: key.clone(),
+            txn_id: "txn1".into(),
+            event_id: ruma::owned_event_id!("$matrix"),
+            room_id: room.to_owned(),
+            sender: ruma::owned_user_id!("@bob:localhost"),
+        };
+        ctx.store().insert_pending(&pending).await.unwrap();
+        assert_eq!(handle(&ctx, &Quiet, &row, &echo).await.unwrap(), ["$matrix"]);
+        assert!(handle(&ctx, &Quiet, &row, &echo).await.unwrap().is_empty());
+        let mapped = ctx.store().message_parts(&key, &"m1".into()).await.unwrap();
+        assert_eq!(mapped[0].event_id, "$matrix");
+    }
+
+    /// Remote members: a join of a ghost that is in the room already sends nothing, a part
+    /// makes it leave, a kick is the bot's; a rank becomes the ghost's power level.
+    #[tokio::test]
+    async fn members_join_leave_and_are_kicked_and_ranks_become_levels() {
+        let hs = MockHomeserver::start().await;
+        let ctx = setup(&hs).await;
+        let room = room_id!("!a:localhost");
+        let key = PortalKey::shared("chat-0");
+        let ghost = ruma::UserId::parse(GHOST).unwrap();
+        hs.mock_leave(room).as_user(&ghost).ok().expect(1).mount().await;
+        hs.mock_join(room).ok().expect(0).mount().await;
+        let member =
+            |change| RemoteEvent::members(vec![crate::remote::ChatMember::new(alice(), change)]);
+        let row = |event: &RemoteEvent| QueuedRow {
+            seq: 1,
+            portal: key.clone(),
+            event: serde_json::to_string(event).unwrap(),
+            attempts: 0,
+        };
+        for event in [member(RemoteMembership::Join), member(RemoteMembership::Leave)] {
+            handle(&ctx, &Quiet, &row(&event), &event).await.unwrap();
+        }
+        // Gone already: a kick after the leave sends nothing.
+        let store = ctx.store();
+        store.set_membership(MemberRow::new(room, &ghost, Membership::Leave)).await.unwrap();
+        let kick = member(RemoteMembership::Kick);
+        handle(&ctx, &Quiet, &row(&kick), &kick).await.unwrap();
     }
 
     /// Edits, reactions, their removal and deletes find their Matrix targets through the

@@ -82,7 +82,7 @@ pub(crate) async fn format_relayed(
     let msgtype = content.msgtype().to_owned();
     let fill = |body: &str| relay.format(&msgtype, &name, id, body);
     let fill_html =
-        |html: &str| relay.format(&msgtype, &escape_html(&name), &escape_html(id), html);
+        |html: &str| relay.format_html(&msgtype, &escape_html(&name), &escape_html(id), html);
     let replaced = match &mut content.msgtype {
         MessageType::Text(t) => {
             Some((t.body.clone(), t.formatted.as_ref().map(|f| f.body.clone())))

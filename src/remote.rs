@@ -374,7 +374,9 @@ pub enum RemoteEvent {
         thread_root: Option<RemoteMessageId>,
         /// The transaction ID it carries when it is the network's echo of a message the bridge
         /// sent for a Matrix event (see [`crate::Delivery::Pending`]): then nothing is sent,
-        /// and the Matrix event is mapped to this message instead.
+        /// and the Matrix event is mapped to this message instead. An echo that comes before
+        /// the framework recorded its Matrix event is retried (and parked after the last
+        /// attempt), never posted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         echo_of: Option<RemoteTxnId>,
     },
@@ -461,6 +463,12 @@ pub enum RemoteEvent {
 }
 
 impl RemoteEvent {
+    /// A change of members only (joins, leaves, kicks, power levels): a
+    /// [`RemoteEvent::ChatInfo`] with nothing else.
+    pub fn members(members: Vec<ChatMember>) -> Self {
+        Self::ChatInfo { name: None, topic: None, avatar: None, members, power_levels: None }
+    }
+
     /// A plain-text message in one part.
     pub fn text(
         id: impl Into<RemoteMessageId>,

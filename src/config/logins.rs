@@ -89,6 +89,33 @@ impl RelayConfig {
     /// A relayed message's text: the template of its message type with the placeholders
     /// filled in (each once, left to right, so a name holding `{body}` stays as it is).
     pub fn format(&self, msgtype: &str, sender_name: &str, sender_id: &str, body: &str) -> String {
+        self.fill(msgtype, sender_name, sender_id, body, str::to_owned)
+    }
+
+    /// As [`RelayConfig::format`], for an HTML body: the template's own text is escaped (a
+    /// template `<{sender_name}> {body}` shows its brackets), the values go in as given
+    /// (escape the name and ID yourself).
+    pub fn format_html(
+        &self,
+        msgtype: &str,
+        sender_name: &str,
+        sender_id: &str,
+        body: &str,
+    ) -> String {
+        let escape = |s: &str| {
+            s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+        };
+        self.fill(msgtype, sender_name, sender_id, body, escape)
+    }
+
+    fn fill(
+        &self,
+        msgtype: &str,
+        sender_name: &str,
+        sender_id: &str,
+        body: &str,
+        literal: impl Fn(&str) -> String,
+    ) -> String {
         let template = self
             .message_formats
             .get(msgtype)
@@ -97,7 +124,7 @@ impl RelayConfig {
         let mut out = String::with_capacity(template.len() + body.len() + sender_name.len());
         let mut rest = template;
         while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
+            out.push_str(&literal(&rest[..open]));
             let after = &rest[open..];
             let value =
                 [("{sender_name}", sender_name), ("{sender_id}", sender_id), ("{body}", body)]
@@ -114,7 +141,7 @@ impl RelayConfig {
                 }
             }
         }
-        out.push_str(rest);
+        out.push_str(&literal(rest));
         out
     }
 }
@@ -248,5 +275,10 @@ mod tests {
         let mut custom = RelayConfig::default();
         custom.message_formats.insert("m.text".into(), "<{sender_id}> {body} {unknown".into());
         assert_eq!(custom.format("m.text", "Ann", "@ann:x", "hi"), "<@ann:x> hi {unknown");
+        // In HTML the template's brackets are text; the values are the caller's.
+        assert_eq!(
+            custom.format_html("m.text", "Ann", "@ann:x", "<b>hi</b>"),
+            "&lt;@ann:x&gt; <b>hi</b> {unknown"
+        );
     }
 }

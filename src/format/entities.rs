@@ -63,6 +63,13 @@ pub enum EntityKind {
     },
     /// A quoted block.
     Blockquote,
+    /// Coloured text; each colour is `#rrggbb` (others are dropped).
+    Color {
+        /// The text colour.
+        fg: Option<String>,
+        /// The background colour.
+        bg: Option<String>,
+    },
 }
 
 impl EntityText {
@@ -214,6 +221,10 @@ impl<F: FnMut(&UserId, &str) -> Option<String>> Render for EntityRenderer<F> {
     }
     fn spoiler(&mut self, _reason: Option<&str>, inner: String) -> String {
         self.mark(EntityKind::Spoiler, inner)
+    }
+    fn color(&mut self, fg: Option<&str>, bg: Option<&str>, inner: String) -> String {
+        let (fg, bg) = (fg.map(str::to_owned), bg.map(str::to_owned));
+        self.mark(EntityKind::Color { fg, bg }, inner)
     }
     fn quote(&mut self, inner: String) -> String {
         self.mark(EntityKind::Blockquote, inner)

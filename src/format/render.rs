@@ -56,6 +56,11 @@ pub trait Render {
     fn room_mention(&mut self, room: &str, url: &str, inner: String) -> String {
         if inner.is_empty() || inner == room { room.to_owned() } else { self.link(url, inner) }
     }
+    /// Coloured text (`fg` the text colour, `bg` the background, each `#rrggbb`).
+    fn color(&mut self, fg: Option<&str>, bg: Option<&str>, inner: String) -> String {
+        let _ = (fg, bg);
+        inner
+    }
     /// A spoiler.
     fn spoiler(&mut self, reason: Option<&str>, inner: String) -> String {
         let _ = reason;
@@ -222,6 +227,10 @@ fn render_node(node: &Node, r: &mut (impl Render + ?Sized)) -> String {
         Node::Spoiler { reason, children } => {
             let inner = render_nodes(children, r);
             r.spoiler(reason.as_deref(), inner)
+        }
+        Node::Color { fg, bg, children } => {
+            let inner = render_nodes(children, r);
+            r.color(fg.as_deref(), bg.as_deref(), inner)
         }
         Node::LineBreak => r.line_break(),
         Node::Image { alt, src } => r.image(alt, src.as_deref()),

@@ -307,3 +307,38 @@ fn events_are_read_with_their_mentions_and_without_fallbacks() {
     assert_eq!(users, ["@_remote_42:example.org"]);
     assert_eq!(parsed.to_plain(), "hi Alice <A&B>, @everyone");
 }
+
+/// Colours: `data-mx-color` spans (and `<font color>`) are a node whose hook a network
+/// renders; anything but `#rrggbb` is no colour; a colour entity comes back as such a span.
+#[test]
+fn colours_are_read_rendered_and_written() {
+    let message = ParsedMessage::from_html(
+        "<span data-mx-color=\"#FF0000\" data-mx-bg-color=\"#00ff00\">red</span> \
+         <font color=\"#0000ff\">blue</font> <span data-mx-color=\"red\">named</span>",
+    );
+    assert_eq!(
+        message.nodes[0],
+        Node::Color {
+            fg: Some("#ff0000".into()),
+            bg: Some("#00ff00".into()),
+            children: vec![Node::Text("red".into())]
+        }
+    );
+    assert_eq!(message.to_plain(), "red blue named");
+    struct Colours;
+    impl Render for Colours {
+        fn color(&mut self, fg: Option<&str>, bg: Option<&str>, inner: String) -> String {
+            format!("[{}/{}:{inner}]", fg.unwrap_or("-"), bg.unwrap_or("-"))
+        }
+    }
+    assert_eq!(message.render(&mut Colours), "[#ff0000/#00ff00:red] [#0000ff/-:blue] named");
+    let entities = message.to_entities(|_, _| None);
+    let back = MatrixText::from_entities(&entities, &mut ());
+    let html = back.html.unwrap();
+    assert_eq!(
+        html,
+        "<span data-mx-bg-color=\"#00ff00\" data-mx-color=\"#ff0000\">red</span> \
+         <span data-mx-color=\"#0000ff\">blue</span> named"
+    );
+    assert_eq!(crate::format::sanitize_html(&html), html);
+}

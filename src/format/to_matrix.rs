@@ -569,6 +569,20 @@ fn entities_to_html(
                 (Some(open), "</code></pre>")
             }
             EntityKind::Blockquote => (Some("<blockquote>".to_owned()), "</blockquote>"),
+            EntityKind::Color { fg, bg } => {
+                let fg = fg.clone().and_then(super::tree::hex_color);
+                let bg = bg.clone().and_then(super::tree::hex_color);
+                // As the sanitizer writes it: a span, its attributes in order.
+                let mut open = String::from("<span");
+                if let Some(bg) = &bg {
+                    open.push_str(&format!(" data-mx-bg-color=\"{bg}\""));
+                }
+                if let Some(fg) = &fg {
+                    open.push_str(&format!(" data-mx-color=\"{fg}\""));
+                }
+                open.push('>');
+                ((fg.is_some() || bg.is_some()).then_some(open), "</span>")
+            }
             EntityKind::TextLink { url } => (link_open(url, &mut mentions), "</a>"),
             EntityKind::Url => {
                 let url = &text[start..end];

@@ -57,6 +57,15 @@ pub enum Node {
         /// The hidden content.
         children: Vec<Node>,
     },
+    /// `<font>` or `<span>` with `data-mx-color` or `data-mx-bg-color` (or `<font color>`).
+    Color {
+        /// The text colour, as `#rrggbb`.
+        fg: Option<String>,
+        /// The background colour, as `#rrggbb`.
+        bg: Option<String>,
+        /// The coloured content.
+        children: Vec<Node>,
+    },
     /// `<br>`.
     LineBreak,
     /// `<img>`: only its alternative text and `mxc://` source are kept.
@@ -290,6 +299,13 @@ fn strip_plain_reply_fallback(body: &str) -> &str {
     rest.strip_prefix('\n').unwrap_or(rest)
 }
 
+/// A colour attribute as `#rrggbb` (lower case), when it is one.
+pub(crate) fn hex_color(value: String) -> Option<String> {
+    let hex = value.trim().strip_prefix('#')?;
+    (hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("#{}", hex.to_ascii_lowercase()))
+}
+
 fn attr(node: &NodeRef, name: &str) -> Option<String> {
     let element = node.as_element()?;
     let attrs = element.attrs.borrow();
@@ -436,14 +452,19 @@ fn parse_node(node: &NodeRef, out: &mut Vec<Node>, depth: usize) {
         "a" => return parse_link(node, out, depth),
         "span" | "font" => {
             let children = children_of(node, depth);
-            match attr(node, "data-mx-spoiler") {
-                Some(reason) => {
-                    let reason = Some(reason).filter(|r| !r.trim().is_empty());
-                    let wrap = |children| Node::Spoiler { reason: reason.clone(), children };
-                    return out.extend(wrap_inline(children, &wrap));
-                }
-                None => return out.extend(children),
+            if let Some(reason) = attr(node, "data-mx-spoiler") {
+                let reason = Some(reason).filter(|r| !r.trim().is_empty());
+                let wrap = |children| Node::Spoiler { reason: reason.clone(), children };
+                return out.extend(wrap_inline(children, &wrap));
             }
+            let fg =
+                attr(node, "data-mx-color").or_else(|| attr(node, "color")).and_then(hex_color);
+            let bg = attr(node, "data-mx-bg-color").and_then(hex_color);
+            if fg.is_none() && bg.is_none() {
+                return out.extend(children);
+            }
+            let wrap = |children| Node::Color { fg: fg.clone(), bg: bg.clone(), children };
+            return out.extend(wrap_inline(children, &wrap));
         }
         "br" => {
             if let Some(Node::Text(prev)) = out.last_mut() {
@@ -635,7 +656,8 @@ fn trim_edge(node: &mut Node, start: bool) {
         | Node::Link { children: c, .. }
         | Node::UserMention { children: c, .. }
         | Node::RoomMention { children: c, .. }
-        | Node::Spoiler { children: c, .. } => {
+        | Node::Spoiler { children: c, .. }
+        | Node::Color { children: c, .. } => {
             let edge = if start { c.first_mut() } else { c.last_mut() };
             if let Some(edge) = edge {
                 trim_edge(edge, start);
