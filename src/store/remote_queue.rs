@@ -4,7 +4,7 @@
 use ruma::{OwnedEventId, OwnedRoomId};
 use sqlx::Row;
 
-use super::{Result, Store, now_ms, with_pool, with_reader};
+use super::{Backend, MessageRow, Result, Store, StoreError, now_ms, with_pool, with_reader};
 use crate::remote::{PortalKey, RemoteMessageId, RemoteUserId};
 
 /// A queued remote event, as the pipeline reads it back.
@@ -31,21 +31,88 @@ pub(crate) struct ReactionRow {
     pub(crate) room_id: OwnedRoomId,
 }
 
+/// SQLite: queues events in one script (one hop to the writer's thread). `?1` the events, a
+/// JSON array of `[chat, receiver, event]`; `?2` the time. Returns their seqs.
+const SQLITE_ENQUEUE: &str = "BEGIN; \
+     INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
+     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+     json_extract(value, '$[2]'), ?2 FROM json_each(?1) ORDER BY key RETURNING seq; \
+     COMMIT";
+
+/// SQLite: takes bridged events off the queue with their records, in one script. `?1` the
+/// message parts, a JSON array of `[[chat, receiver], [remote ID, part, event ID], room ID,
+/// sender, timestamp]`; `?2` the reactions, `[[chat, receiver], [message, sender, key], event
+/// ID, room ID]`; `?3` the seqs.
+const SQLITE_FINISH: &str = "BEGIN; \
+     INSERT INTO mx_message \
+     (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+     SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
+     json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
+     json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
+     json_extract(value, '$[3]'), json_extract(value, '$[4]') \
+     FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING; \
+     INSERT INTO mx_reaction \
+     (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
+     SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
+     json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
+     json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
+     json_extract(value, '$[3]') \
+     FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING; \
+     DELETE FROM mx_remote_queue WHERE seq IN (SELECT value FROM json_each(?3)); \
+     COMMIT";
+
+/// A value that does not encode, as the store's error.
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
 impl Store {
-    /// Queues a remote event (JSON) for a portal; returns its sequence number once committed.
-    pub(crate) async fn enqueue_remote(&self, portal: &PortalKey, event: &str) -> Result<i64> {
-        with_pool!(self, |pool| {
-            Ok(sqlx::query_scalar(
-                "INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
-                 VALUES ($1, $2, $3, $4) RETURNING seq",
-            )
-            .bind(portal.chat.as_str())
-            .bind(portal.receiver_str())
-            .bind(event)
-            .bind(now_ms())
-            .fetch_one(pool)
-            .await?)
-        })
+    /// Queues remote events (JSON, each for its portal) in one database transaction; returns
+    /// their sequence numbers, in the order given, once committed. Nothing is stored when it
+    /// fails.
+    pub(crate) async fn enqueue_remote(&self, events: &[(&PortalKey, &str)]) -> Result<Vec<i64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut seqs: Vec<i64> = match &self.backend {
+            Backend::Sqlite(writer) => {
+                let rows: Vec<(&str, &str, &str)> =
+                    events.iter().map(|(p, e)| (p.chat.as_str(), p.receiver_str(), *e)).collect();
+                let rows = serde_json::to_string(&rows).map_err(corrupt)?;
+                let query = sqlx::query(SQLITE_ENQUEUE).bind(rows).bind(now);
+                let rows = writer.fetch_script(query).await?;
+                rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?
+            }
+            Backend::Postgres(pool) => {
+                let chats: Vec<&str> = events.iter().map(|(p, _)| p.chat.as_str()).collect();
+                let receivers: Vec<&str> = events.iter().map(|(p, _)| p.receiver_str()).collect();
+                let bodies: Vec<&str> = events.iter().map(|(_, e)| *e).collect();
+                sqlx::query_scalar(
+                    "INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
+                     SELECT c, r, e, $4 FROM unnest($1::text[], $2::text[], $3::text[]) \
+                     WITH ORDINALITY AS t(c, r, e, o) ORDER BY o RETURNING seq",
+                )
+                .bind(chats)
+                .bind(receivers)
+                .bind(bodies)
+                .bind(now)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        if seqs.len() != events.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} remote events queued, {} sequence numbers returned",
+                events.len(),
+                seqs.len()
+            )));
+        }
+        // Rows are numbered in the order they are inserted (one writer, one statement after the
+        // other, rows in the order given); only the order `RETURNING` lists them in is not
+        // promised.
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 
     /// Up to `limit` queued events after `after`, not parked, in queue order.
@@ -72,14 +139,94 @@ impl Store {
         })
     }
 
-    /// Forgets a queued event: it was bridged.
-    pub(crate) async fn finish_remote(&self, seq: i64) -> Result<()> {
-        with_pool!(self, |pool| {
-            sqlx::query("DELETE FROM mx_remote_queue WHERE seq = $1")
-                .bind(seq)
-                .execute(pool)
-                .await?;
-        });
+    /// Forgets queued events that were bridged, recording with them, in the same database
+    /// transaction, the message parts and reactions their bridging sent last (a part or
+    /// reaction recorded already is left as it is).
+    pub(crate) async fn finish_remote(
+        &self,
+        seqs: &[i64],
+        messages: &[MessageRow],
+        reactions: &[ReactionRow],
+    ) -> Result<()> {
+        if seqs.is_empty() && messages.is_empty() && reactions.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Sqlite(writer) => {
+                let messages: Vec<_> = messages
+                    .iter()
+                    .map(|m| {
+                        let portal = (m.portal.chat.as_str(), m.portal.receiver_str());
+                        let ids = (m.id.as_str(), m.part.as_str(), m.event_id.as_str());
+                        (portal, ids, m.room_id.as_str(), m.sender.as_str(), m.timestamp)
+                    })
+                    .collect();
+                let reactions: Vec<_> = reactions
+                    .iter()
+                    .map(|r| {
+                        let portal = (r.portal.chat.as_str(), r.portal.receiver_str());
+                        let ids = (r.message.as_str(), r.sender.as_str(), r.key.as_str());
+                        (portal, ids, r.event_id.as_str(), r.room_id.as_str())
+                    })
+                    .collect();
+                let query = sqlx::query(SQLITE_FINISH)
+                    .bind(serde_json::to_string(&messages).map_err(corrupt)?)
+                    .bind(serde_json::to_string(&reactions).map_err(corrupt)?)
+                    .bind(serde_json::to_string(seqs).map_err(corrupt)?);
+                writer.fetch_script(query).await?;
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                if !messages.is_empty() {
+                    let col = |f: fn(&MessageRow) -> &str| -> Vec<&str> {
+                        messages.iter().map(f).collect()
+                    };
+                    sqlx::query(
+                        "INSERT INTO mx_message \
+                         (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+                         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                         $5::text[], $6::text[], $7::text[], $8::int8[]) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(col(|m| m.portal.chat.as_str()))
+                    .bind(col(|m| m.portal.receiver_str()))
+                    .bind(col(|m| m.id.as_str()))
+                    .bind(col(|m| m.part.as_str()))
+                    .bind(col(|m| m.event_id.as_str()))
+                    .bind(col(|m| m.room_id.as_str()))
+                    .bind(col(|m| m.sender.as_str()))
+                    .bind(messages.iter().map(|m| m.timestamp).collect::<Vec<i64>>())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if !reactions.is_empty() {
+                    let col = |f: fn(&ReactionRow) -> &str| -> Vec<&str> {
+                        reactions.iter().map(f).collect()
+                    };
+                    sqlx::query(
+                        "INSERT INTO mx_reaction \
+                         (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
+                         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                         $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(col(|r| r.portal.chat.as_str()))
+                    .bind(col(|r| r.portal.receiver_str()))
+                    .bind(col(|r| r.message.as_str()))
+                    .bind(col(|r| r.sender.as_str()))
+                    .bind(col(|r| r.key.as_str()))
+                    .bind(col(|r| r.event_id.as_str()))
+                    .bind(col(|r| r.room_id.as_str()))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if !seqs.is_empty() {
+                    sqlx::query("DELETE FROM mx_remote_queue WHERE seq = ANY($1)")
+                        .bind(seqs)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
@@ -110,27 +257,6 @@ impl Store {
             .await?;
             Ok((row.try_get("waiting")?, row.try_get("parked")?))
         })
-    }
-
-    /// Records a reaction the bridge put in a room.
-    pub(crate) async fn insert_reaction(&self, r: &ReactionRow) -> Result<()> {
-        with_pool!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO mx_reaction \
-                 (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(r.portal.chat.as_str())
-            .bind(r.portal.receiver_str())
-            .bind(r.message.as_str())
-            .bind(r.sender.as_str())
-            .bind(&r.key)
-            .bind(r.event_id.as_str())
-            .bind(r.room_id.as_str())
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
     }
 
     /// The event of a remote user's reaction to a message, if the bridge put one in the room.
@@ -203,5 +329,102 @@ impl Store {
             .await?;
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Makes every insert into the queue of an event containing `marker` fail (SQLite).
+    pub(crate) async fn fail_remote_events_containing(&self, marker: &str) {
+        let Backend::Sqlite(writer) = &self.backend else { panic!("SQLite only") };
+        let sql = format!(
+            "CREATE TRIGGER fail_marked BEFORE INSERT ON mx_remote_queue \
+             WHEN NEW.event LIKE '%{marker}%' BEGIN SELECT RAISE(ABORT, 'marked'); END"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(writer).await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{event_id, room_id, user_id};
+
+    use super::*;
+    use crate::remote::RemoteLoginId;
+
+    #[tokio::test]
+    async fn groups_are_queued_at_their_seqs_and_finished_with_their_records_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db", dir.path().display());
+        let store = Store::connect_url(&url).await.unwrap();
+        queue_and_finish(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn groups_are_queued_at_their_seqs_and_finished_with_their_records_postgres() {
+        let schema = crate::store::test_schema!("t_remote_queue_groups");
+        let Some(store) = schema.store().await else { return };
+        queue_and_finish(&store).await;
+        schema.remove(store).await;
+    }
+
+    /// Events queued in one call get increasing seqs in the order given, each row holding the
+    /// event given at its place; a later call's seqs are greater. Finishing takes exactly the
+    /// given seqs off the queue and records the parts and reactions with them, and doing it
+    /// again changes nothing.
+    async fn queue_and_finish(store: &Store) {
+        let a = PortalKey::shared("a");
+        let b = PortalKey::for_login("b", RemoteLoginId::from("login".to_owned()));
+        // Text that JSON must escape, and more events than one statement of SQLite takes.
+        let bodies: Vec<String> =
+            (0..700).map(|i| format!(r#"{{"n":{i},"s":"\"quoted\" \\ é\n"}}"#)).collect();
+        let events: Vec<(&PortalKey, &str)> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| (if i % 3 == 0 { &b } else { &a }, body.as_str()))
+            .collect();
+        let first = store.enqueue_remote(&events[..500]).await.unwrap();
+        let second = store.enqueue_remote(&events[500..]).await.unwrap();
+        let seqs: Vec<i64> = first.iter().chain(&second).copied().collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing in the order given");
+        let rows = store.queued_remote(0, 1000).await.unwrap();
+        let stored: Vec<(i64, &PortalKey, &str)> =
+            rows.iter().map(|r| (r.seq, &r.portal, r.event.as_str())).collect();
+        let given: Vec<(i64, &PortalKey, &str)> =
+            seqs.iter().zip(&events).map(|(seq, (p, e))| (*seq, *p, *e)).collect();
+        assert_eq!(stored, given);
+
+        let message = MessageRow {
+            portal: a.clone(),
+            id: "m1".into(),
+            part: crate::remote::RemotePartId::default(),
+            event_id: event_id!("$m1").to_owned(),
+            room_id: room_id!("!r:x").to_owned(),
+            sender: user_id!("@g:x").to_owned(),
+            timestamp: 5,
+        };
+        let reaction = ReactionRow {
+            portal: b.clone(),
+            message: "m1".into(),
+            sender: "alice".into(),
+            key: "👍".into(),
+            event_id: event_id!("$r1").to_owned(),
+            room_id: room_id!("!r:x").to_owned(),
+        };
+        let (done, left) = seqs.split_at(300);
+        for _ in 0..2 {
+            let (m, r) = (std::slice::from_ref(&message), std::slice::from_ref(&reaction));
+            store.finish_remote(done, m, r).await.unwrap();
+        }
+        assert_eq!(store.remote_queue_counts().await.unwrap(), (400, 0));
+        let rest: Vec<i64> =
+            store.queued_remote(0, 1000).await.unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(rest, left);
+        assert_eq!(store.message_parts(&a, &"m1".into()).await.unwrap(), [message]);
+        let found = store.reaction(&b, &"m1".into(), &"alice".into(), "👍").await.unwrap();
+        assert_eq!(found.as_deref(), Some(event_id!("$r1")));
+        store.finish_remote(left, &[], &[]).await.unwrap();
+        assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
     }
 }
