@@ -473,7 +473,11 @@ async fn handle<B: Bridge>(
                     return Ok(vec![mapped.event_id]);
                 }
             }
-            let known = ctx.store().message_parts(key, id).await?;
+            // What the queue's read said still holds unless a mapping was written since.
+            let unmapped =
+                row.unmapped_as_of.is_some_and(|g| !ctx.store().mapped_since(key, id, g));
+            let known =
+                if unmapped { Vec::new() } else { ctx.store().message_parts(key, id).await? };
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
             let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
             let ghost = ctx.ensure_ghost(&sender.id, &sender.profile).await?;
@@ -808,6 +812,7 @@ mod tests {
             portal: key.clone(),
             event: serde_json::to_string(&RemoteEvent::text("m1", alice(), "one")).unwrap(),
             attempts: 0,
+            unmapped_as_of: None,
         };
         let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
         let mut records = Records::default();

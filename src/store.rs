@@ -100,6 +100,8 @@ pub struct Store {
     /// `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
     portal_cache: std::sync::Arc<std::sync::Mutex<PortalCache>>,
+    /// Which remote messages' mappings were written lately (see `Store::mapped_since`).
+    mapping_writes: std::sync::Arc<std::sync::Mutex<remote_queue::MappingWrites>>,
     /// Woken when events were put back in the inbox outside the server's intake
     /// ([`Store::retry_parked`]), so the dispatcher looks at once.
     inbox_wake: std::sync::Arc<tokio::sync::Notify>,
@@ -379,6 +381,7 @@ impl Store {
             readers,
             relaxed,
             portal_cache: std::sync::Arc::default(),
+            mapping_writes: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
             member_writes: std::sync::Arc::default(),

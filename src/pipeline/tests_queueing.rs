@@ -137,3 +137,23 @@ async fn a_failed_group_fails_every_producer_in_it_and_loses_nothing_committed()
     }
     assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 0));
 }
+
+/// A message queued twice (the remote network delivered it again) is sent once, though both
+/// copies were read from the queue before the first was bridged.
+#[tokio::test]
+async fn a_message_queued_twice_and_read_at_once_is_sent_once() {
+    let hs = MockHomeserver::start().await;
+    let ctx = setup(&hs).await;
+    mount_sends(&hs).await;
+    let key = PortalKey::shared("chat-0");
+    let event = RemoteEvent::text("m1", alice(), "once");
+    let both = ctx.queue_remote_batch(&[(key.clone(), event.clone()), (key, event)]).await.unwrap();
+    let _stop = start(&ctx);
+    let mut bridged = Vec::new();
+    for q in both {
+        bridged.push(q.bridged().await.unwrap().len());
+    }
+    assert_eq!(bridged, [1, 0]);
+    let room = <&RoomId>::try_from(ROOMS[0]).unwrap();
+    assert_eq!(hs.sent_txn_ids(room, "m.room.message").await.len(), 1);
+}

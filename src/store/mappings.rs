@@ -377,23 +377,29 @@ impl Store {
                     .bind($m.timestamp)
             };
         }
-        match rows {
-            [] => {}
-            // One statement is atomic by itself: no transaction around it (each statement of
-            // one is a trip to the database).
-            [m] => with_pool!(self, |pool| {
-                bound!(m).execute(pool).await?;
-            }),
-            _ => with_pool!(self, |pool| {
-                let mut conn = pool.acquire().await?;
-                let mut tx = conn.begin_tx().await?;
-                for m in rows {
-                    bound!(m).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }),
+        let written: Result<()> = async {
+            match rows {
+                [] => {}
+                // One statement is atomic by itself: no transaction around it (each statement
+                // of one is a trip to the database).
+                [m] => with_pool!(self, |pool| {
+                    bound!(m).execute(pool).await?;
+                }),
+                _ => with_pool!(self, |pool| {
+                    let mut conn = pool.acquire().await?;
+                    let mut tx = conn.begin_tx().await?;
+                    for m in rows {
+                        bound!(m).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                }),
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        // Failed or not (a failed commit may have committed).
+        self.note_mapping_writes(rows.iter().map(|m| (&m.portal, &m.id)));
+        written
     }
 
     /// The message part mapped to a Matrix event.
@@ -471,6 +477,19 @@ impl Store {
     /// the pending row, in one database transaction. Returns the mapping, or `None` when no
     /// event waits under that transaction ID (it was resolved already, or never sent by us).
     pub(crate) async fn resolve_pending(
+        &self,
+        portal: &PortalKey,
+        txn_id: &RemoteTxnId,
+        id: &RemoteMessageId,
+        part: &RemotePartId,
+    ) -> Result<Option<MessageRow>> {
+        let resolved = self.resolve_pending_once(portal, txn_id, id, part).await;
+        // Failed or not (a failed commit may have committed).
+        self.note_mapping_writes(std::iter::once((portal, id)));
+        resolved
+    }
+
+    async fn resolve_pending_once(
         &self,
         portal: &PortalKey,
         txn_id: &RemoteTxnId,

@@ -1,11 +1,16 @@
 //! The remote → Matrix queue: remote events kept from the moment `queue_remote` returns until
 //! their portal's worker has bridged them, and the reactions the bridge put in rooms.
 
+use std::sync::PoisonError;
+
 use ruma::{OwnedEventId, OwnedRoomId};
 use sqlx::Row;
 
 use super::{Backend, MessageRow, Result, Store, StoreError, now_ms, with_pool, with_reader};
-use crate::remote::{PortalKey, RemoteMessageId, RemoteUserId};
+use crate::{
+    remote::{PortalKey, RemoteMessageId, RemoteUserId},
+    util::FastMap,
+};
 
 /// A queued remote event, as the pipeline reads it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +23,28 @@ pub(crate) struct QueuedRow {
     pub(crate) event: String,
     /// Failed attempts so far.
     pub(crate) attempts: i32,
+    /// For a message, when the row was read no part of it was mapped, as of this generation
+    /// of the mapping writes (see [`Store::mapped_since`]); `None` when not known.
+    pub(crate) unmapped_as_of: Option<u64>,
 }
+
+/// Which remote messages had mappings written lately, by generation: what a read of the
+/// database said about a message (that it had none) holds as long as no mapping of that
+/// message was written since. Every write of `mx_message` goes through the store and is noted
+/// here once it is done. Bounded: past [`MAPPING_WRITES_MAX`] messages it forgets them all and
+/// answers "maybe written" for anything read before.
+#[derive(Debug, Default)]
+pub(crate) struct MappingWrites {
+    generation: u64,
+    /// By portal, then message: the generation of the last write.
+    recent: FastMap<PortalKey, FastMap<String, u64>>,
+    len: usize,
+    /// Writes up to this generation were forgotten.
+    forgotten_up_to: u64,
+}
+
+/// See [`MappingWrites`].
+const MAPPING_WRITES_MAX: usize = 65_536;
 
 /// A reaction the bridge put in a room for a remote user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,28 +141,89 @@ impl Store {
         Ok(seqs)
     }
 
-    /// Up to `limit` queued events after `after`, not parked, in queue order.
+    /// Up to `limit` queued events after `after`, not parked, in queue order. On SQLite, each
+    /// message's row also tells whether any part of it was mapped then (in the same read).
     pub(crate) async fn queued_remote(&self, after: i64, limit: i64) -> Result<Vec<QueuedRow>> {
+        // Before the read: a write noted after this is seen as newer than what it read.
+        let generation = self.mapping_generation();
+        let sql = match self.backend {
+            // A row that is not JSON is read all the same (and parked by the pipeline).
+            Backend::Sqlite(_) => {
+                "SELECT seq, chat, receiver, event, attempts, \
+                 CASE WHEN json_valid(event) THEN NOT EXISTS (SELECT 1 FROM mx_message m \
+                 WHERE m.chat = q.chat AND m.receiver = q.receiver \
+                 AND m.remote_id = json_extract(q.event, '$.message.id')) END AS unmapped \
+                 FROM mx_remote_queue q WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT $2"
+            }
+            Backend::Postgres(_) => {
+                "SELECT seq, chat, receiver, event, attempts, NULL::bool AS unmapped \
+                 FROM mx_remote_queue WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT $2"
+            }
+        };
         with_reader!(self, |pool| {
-            let rows = sqlx::query(
-                "SELECT seq, chat, receiver, event, attempts FROM mx_remote_queue \
-                 WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+            let rows = sqlx::query(sql).bind(after).bind(limit).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
+                let unmapped: Option<bool> = r.try_get("unmapped")?;
                 out.push(QueuedRow {
                     seq: r.try_get("seq")?,
                     portal: PortalKey::from_stored(r.try_get("chat")?, r.try_get("receiver")?),
                     event: r.try_get("event")?,
                     attempts: r.try_get("attempts")?,
+                    unmapped_as_of: unmapped.unwrap_or(false).then_some(generation),
                 });
             }
             Ok(out)
         })
+    }
+
+    /// The generation of the mapping writes now (see [`MappingWrites`]).
+    pub(crate) fn mapping_generation(&self) -> u64 {
+        self.mapping_writes.lock().unwrap_or_else(PoisonError::into_inner).generation
+    }
+
+    /// Whether a mapping of a remote message may have been written after `generation`.
+    pub(crate) fn mapped_since(
+        &self,
+        portal: &PortalKey,
+        message: &RemoteMessageId,
+        generation: u64,
+    ) -> bool {
+        let writes = self.mapping_writes.lock().unwrap_or_else(PoisonError::into_inner);
+        writes.forgotten_up_to > generation
+            || writes
+                .recent
+                .get(portal)
+                .and_then(|m| m.get(message.as_str()))
+                .is_some_and(|&written| written > generation)
+    }
+
+    /// Notes that mappings of these messages were written (or may have been).
+    pub(super) fn note_mapping_writes<'a>(
+        &self,
+        messages: impl Iterator<Item = (&'a PortalKey, &'a RemoteMessageId)>,
+    ) {
+        let mut writes = self.mapping_writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut messages = messages.peekable();
+        if messages.peek().is_none() {
+            return;
+        }
+        writes.generation += 1;
+        let generation = writes.generation;
+        for (portal, message) in messages {
+            if writes.len >= MAPPING_WRITES_MAX {
+                writes.recent.clear();
+                writes.len = 0;
+                writes.forgotten_up_to = generation;
+            }
+            let by_message = match writes.recent.get_mut(portal) {
+                Some(m) => m,
+                None => writes.recent.entry(portal.clone()).or_default(),
+            };
+            if by_message.insert(message.as_str().to_owned(), generation).is_none() {
+                writes.len += 1;
+            }
+        }
     }
 
     /// Forgets queued events that were bridged, recording with them, in the same database
@@ -145,15 +232,15 @@ impl Store {
     pub(crate) async fn finish_remote(
         &self,
         seqs: &[i64],
-        messages: &[MessageRow],
+        messages_written: &[MessageRow],
         reactions: &[ReactionRow],
     ) -> Result<()> {
-        if seqs.is_empty() && messages.is_empty() && reactions.is_empty() {
+        if seqs.is_empty() && messages_written.is_empty() && reactions.is_empty() {
             return Ok(());
         }
         match &self.backend {
             Backend::Sqlite(writer) => {
-                let messages: Vec<_> = messages
+                let messages: Vec<_> = messages_written
                     .iter()
                     .map(|m| {
                         let portal = (m.portal.chat.as_str(), m.portal.receiver_str());
@@ -173,60 +260,74 @@ impl Store {
                     .bind(serde_json::to_string(&messages).map_err(corrupt)?)
                     .bind(serde_json::to_string(&reactions).map_err(corrupt)?)
                     .bind(serde_json::to_string(seqs).map_err(corrupt)?);
-                writer.fetch_script(query).await?;
+                let written = writer.fetch_script(query).await;
+                self.note_mapping_writes(messages_written.iter().map(|m| (&m.portal, &m.id)));
+                written?;
             }
             Backend::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                if !messages.is_empty() {
-                    let col = |f: fn(&MessageRow) -> &str| -> Vec<&str> {
-                        messages.iter().map(f).collect()
-                    };
-                    sqlx::query(
-                        "INSERT INTO mx_message \
-                         (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
-                         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                         $5::text[], $6::text[], $7::text[], $8::int8[]) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(col(|m| m.portal.chat.as_str()))
-                    .bind(col(|m| m.portal.receiver_str()))
-                    .bind(col(|m| m.id.as_str()))
-                    .bind(col(|m| m.part.as_str()))
-                    .bind(col(|m| m.event_id.as_str()))
-                    .bind(col(|m| m.room_id.as_str()))
-                    .bind(col(|m| m.sender.as_str()))
-                    .bind(messages.iter().map(|m| m.timestamp).collect::<Vec<i64>>())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if !reactions.is_empty() {
-                    let col = |f: fn(&ReactionRow) -> &str| -> Vec<&str> {
-                        reactions.iter().map(f).collect()
-                    };
-                    sqlx::query(
-                        "INSERT INTO mx_reaction \
-                         (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
-                         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                         $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(col(|r| r.portal.chat.as_str()))
-                    .bind(col(|r| r.portal.receiver_str()))
-                    .bind(col(|r| r.message.as_str()))
-                    .bind(col(|r| r.sender.as_str()))
-                    .bind(col(|r| r.key.as_str()))
-                    .bind(col(|r| r.event_id.as_str()))
-                    .bind(col(|r| r.room_id.as_str()))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if !seqs.is_empty() {
-                    sqlx::query("DELETE FROM mx_remote_queue WHERE seq = ANY($1)")
-                        .bind(seqs)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
+                let written =
+                    self.finish_remote_postgres(pool, seqs, messages_written, reactions).await;
+                self.note_mapping_writes(messages_written.iter().map(|m| (&m.portal, &m.id)));
+                written?;
             }
         }
+        Ok(())
+    }
+
+    async fn finish_remote_postgres(
+        &self,
+        pool: &sqlx::PgPool,
+        seqs: &[i64],
+        messages: &[MessageRow],
+        reactions: &[ReactionRow],
+    ) -> Result<()> {
+        let mut tx = pool.begin().await?;
+        if !messages.is_empty() {
+            let col =
+                |f: fn(&MessageRow) -> &str| -> Vec<&str> { messages.iter().map(f).collect() };
+            sqlx::query(
+                "INSERT INTO mx_message \
+                 (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::int8[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(col(|m| m.portal.chat.as_str()))
+            .bind(col(|m| m.portal.receiver_str()))
+            .bind(col(|m| m.id.as_str()))
+            .bind(col(|m| m.part.as_str()))
+            .bind(col(|m| m.event_id.as_str()))
+            .bind(col(|m| m.room_id.as_str()))
+            .bind(col(|m| m.sender.as_str()))
+            .bind(messages.iter().map(|m| m.timestamp).collect::<Vec<i64>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !reactions.is_empty() {
+            let col =
+                |f: fn(&ReactionRow) -> &str| -> Vec<&str> { reactions.iter().map(f).collect() };
+            sqlx::query(
+                "INSERT INTO mx_reaction \
+                 (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(col(|r| r.portal.chat.as_str()))
+            .bind(col(|r| r.portal.receiver_str()))
+            .bind(col(|r| r.message.as_str()))
+            .bind(col(|r| r.sender.as_str()))
+            .bind(col(|r| r.key.as_str()))
+            .bind(col(|r| r.event_id.as_str()))
+            .bind(col(|r| r.room_id.as_str()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !seqs.is_empty() {
+            sqlx::query("DELETE FROM mx_remote_queue WHERE seq = ANY($1)")
+                .bind(seqs)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -426,5 +527,56 @@ mod tests {
         assert_eq!(found.as_deref(), Some(event_id!("$r1")));
         store.finish_remote(left, &[], &[]).await.unwrap();
         assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod prefetch_tests {
+    use ruma::{room_id, user_id};
+
+    use super::*;
+    use crate::remote::{RemoteEvent, RemoteSender};
+
+    /// The queue's read tells which messages had no mapping (SQLite), and a mapping written
+    /// after that read, by any path, makes the pipeline ask again; others are untouched.
+    #[tokio::test]
+    async fn a_mapping_written_after_the_read_invalidates_what_it_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::connect_url(&format!("sqlite://{}/q.db", dir.path().display())).await.unwrap();
+        let key = PortalKey::shared("a");
+        let sender = RemoteSender::named("alice", "Alice");
+        let json = |id: &str| serde_json::to_string(&RemoteEvent::text(id, sender.clone(), id));
+        let row = |id: &str, event: &str| MessageRow {
+            portal: key.clone(),
+            id: id.into(),
+            part: crate::remote::RemotePartId::default(),
+            event_id: OwnedEventId::try_from(event).unwrap(),
+            room_id: room_id!("!r:x").to_owned(),
+            sender: user_id!("@g:x").to_owned(),
+            timestamp: 1,
+        };
+        store.insert_messages(&[row("old", "$old")]).await.unwrap();
+        let (a, b, old) = (json("a").unwrap(), json("b").unwrap(), json("old").unwrap());
+        let bad = "not json".to_owned();
+        let events = [(&key, a.as_str()), (&key, b.as_str()), (&key, old.as_str()), (&key, &bad)];
+        store.enqueue_remote(&events).await.unwrap();
+        let rows = store.queued_remote(0, 10).await.unwrap();
+        let said: Vec<bool> = rows.iter().map(|r| r.unmapped_as_of.is_some()).collect();
+        assert_eq!(said, [true, true, false, false], "only messages without a mapping");
+        let generation = rows[0].unmapped_as_of.unwrap();
+        let (ma, mb) = (RemoteMessageId::from("a"), RemoteMessageId::from("b"));
+        assert!(!store.mapped_since(&key, &ma, generation));
+        // Written through the framework's mapping of a Matrix event, and by the pipeline.
+        store.insert_messages(&[row("a", "$a")]).await.unwrap();
+        assert!(store.mapped_since(&key, &ma, generation));
+        assert!(!store.mapped_since(&key, &mb, generation));
+        store.finish_remote(&[], &[row("b", "$b")], &[]).await.unwrap();
+        assert!(store.mapped_since(&key, &mb, generation));
+        assert!(!store.mapped_since(&PortalKey::shared("other"), &mb, generation));
+        // Read again: both are mapped now.
+        let rows = store.queued_remote(0, 10).await.unwrap();
+        assert!(rows.iter().all(|r| r.unmapped_as_of.is_none()));
+        store.close().await;
     }
 }
