@@ -1,11 +1,18 @@
 //! The remote → Matrix pipeline: what [`Context::queue_remote`] feeds.
 //!
 //! A remote event is committed to the store's queue before `queue_remote` returns, so a bridge
-//! may acknowledge it to the remote network then: a crash afterwards loses nothing. A fetch
-//! loop reads the queue in order and hands each event to its portal's worker: one portal's
-//! events are bridged one at a time, in the order they were queued; portals run in parallel.
-//! A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
+//! may acknowledge it to the remote network then: a crash afterwards loses nothing. Calls made
+//! while a commit is under way are committed together, in one transaction, in the order they
+//! were made (`group.rs`); [`Context::queue_remote_batch`] commits several events in one call.
+//! A fetch loop reads the queue in order and hands each event to its portal's worker: one
+//! portal's events are bridged one at a time, in the order they were queued; portals run in
+//! parallel. A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
 //! `inbox.max_attempts`; the portal's next events wait meanwhile, so order holds.
+//!
+//! A bridged event leaves the queue in the same transaction that records its last mapping (a
+//! message's last part, a reaction), together with the events other workers finished
+//! meanwhile; the worker waits for that commit before its portal's next event. A message's
+//! earlier parts are recorded before the next part is sent.
 //!
 //! Handling is idempotent: a message part already mapped is not sent again, and every send
 //! takes its transaction ID from the queue row and the part (`mxb.q<seq>.<n>`), never from the
@@ -42,8 +49,6 @@ mod group;
 #[cfg(test)]
 mod tests_queueing;
 
-/// Rows read from the queue at a time.
-const READ_AT_ONCE: i64 = 1024;
 /// The most events queued in one database transaction by concurrent `queue_remote` calls (one
 /// batch of [`Context::queue_remote_batch`] is never split, whatever its size).
 const QUEUE_GROUP_MAX: usize = 1024;
@@ -297,7 +302,7 @@ pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch
             return;
         }
         let wake = ctx.remote_queue().wake.notified();
-        let rows = match ctx.store().queued_remote(cursor, READ_AT_ONCE).await {
+        let rows = match ctx.store().queued_remote(cursor).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the remote queue; retrying");

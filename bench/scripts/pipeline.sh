@@ -35,6 +35,9 @@ if ! "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("ma
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q 'mautrix==0.21.*'
 fi
+# The CPU time (user + system) of the side measured, when GNU time is there: on a busy machine
+# it says more than the rate, which depends on how much of its CPU the side was given.
+if [ -x /usr/bin/time ]; then TIME=(/usr/bin/time -f "%U %S" -o); else TIME=(); fi
 if [ "${MXB_PIN:-1}" = 1 ] && command -v taskset >/dev/null; then
     STUB_PIN=(taskset -c 0); SIDE_PIN=(taskset -c 1)
 else
@@ -49,17 +52,19 @@ for round in $(seq 1 "$ROUNDS"); do
         "${STUB_PIN[@]}" "$EX/bridge_bench" --mode stub --port "$stub_port" >"$dir/stub.out" 2>"$dir/stub.err" &
         stub=$!
         for _ in $(seq 100); do grep -q '^pid=' "$dir/stub.out" 2>/dev/null && break; sleep 0.05; done
+        timed=(); [ ${#TIME[@]} -gt 0 ] && timed=("${TIME[@]}" "$dir/cpu")
         if [ "$side" = mxbridge ]; then
-            result=$("${SIDE_PIN[@]}" "$EX/bridge_bench" --mode pipeline --port "$port" \
+            result=$("${SIDE_PIN[@]}" "${timed[@]}" "$EX/bridge_bench" --mode pipeline --port "$port" \
                 --hs-port "$stub_port" --rooms "$ROOMS" --events "$EVENTS" --producers "$PRODUCERS" --batch "$BATCH" \
                 --db "${MXB_DB:-sqlite}" --dir "$dir" 2>"$dir/side.err" | tail -1)
         else
-            result=$("${SIDE_PIN[@]}" "$VENV/bin/python" "$ROOT/bench/peers/mautrix_pipeline.py" \
+            result=$("${SIDE_PIN[@]}" "${timed[@]}" "$VENV/bin/python" "$ROOT/bench/peers/mautrix_pipeline.py" \
                 --port "$port" --hs-port "$stub_port" --rooms "$ROOMS" --events "$EVENTS" 2>"$dir/side.err" | tail -1)
         fi
         stats=$(curl -s "http://127.0.0.1:$stub_port/_bench/stats")
         kill "$stub"; wait "$stub" 2>/dev/null || true
-        echo "round=$round side=$side $result stub=$stats"
+        cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$dir/cpu" 2>/dev/null || echo "?")
+        echo "round=$round side=$side cpu_s=$cpu $result stub=$stats"
         rm -rf "$dir"
     done
 done

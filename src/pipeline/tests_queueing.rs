@@ -120,7 +120,7 @@ async fn a_failed_group_fails_every_producer_in_it_and_loses_nothing_committed()
     assert!(failed.iter().any(|b| b.starts_with("ok")), "a poisoned event's group mates fail");
     assert!(!committed.is_empty());
     // Exactly what was acknowledged is in the queue, each event at its seq.
-    let rows = ctx.store().queued_remote(0, 100).await.unwrap();
+    let rows = ctx.store().queued_remote(0).await.unwrap();
     let stored: Vec<(i64, bool)> = rows
         .iter()
         .map(|r| (r.seq, failed.iter().any(|b| r.event.contains(&format!("\"{b}\"")))))

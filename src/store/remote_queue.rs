@@ -141,9 +141,11 @@ impl Store {
         Ok(seqs)
     }
 
-    /// Up to `limit` queued events after `after`, not parked, in queue order. On SQLite, each
-    /// message's row also tells whether any part of it was mapped then (in the same read).
-    pub(crate) async fn queued_remote(&self, after: i64, limit: i64) -> Result<Vec<QueuedRow>> {
+    /// Up to 1024 queued events after `after`, not parked, in queue order. On SQLite, each
+    /// message's row also tells whether any part of it was mapped then (in the same read). The
+    /// limit is written into the SQL: SQLite prepares a statement with a bound `LIMIT` again
+    /// each time it is bound.
+    pub(crate) async fn queued_remote(&self, after: i64) -> Result<Vec<QueuedRow>> {
         // Before the read: a write noted after this is seen as newer than what it read.
         let generation = self.mapping_generation();
         let sql = match self.backend {
@@ -153,15 +155,15 @@ impl Store {
                  CASE WHEN json_valid(event) THEN NOT EXISTS (SELECT 1 FROM mx_message m \
                  WHERE m.chat = q.chat AND m.receiver = q.receiver \
                  AND m.remote_id = json_extract(q.event, '$.message.id')) END AS unmapped \
-                 FROM mx_remote_queue q WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT $2"
+                 FROM mx_remote_queue q WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT 1024"
             }
             Backend::Postgres(_) => {
                 "SELECT seq, chat, receiver, event, attempts, NULL::bool AS unmapped \
-                 FROM mx_remote_queue WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT $2"
+                 FROM mx_remote_queue WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT 1024"
             }
         };
         with_reader!(self, |pool| {
-            let rows = sqlx::query(sql).bind(after).bind(limit).fetch_all(pool).await?;
+            let rows = sqlx::query(sql).bind(after).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let unmapped: Option<bool> = r.try_get("unmapped")?;
@@ -489,7 +491,7 @@ mod tests {
         let second = store.enqueue_remote(&events[500..]).await.unwrap();
         let seqs: Vec<i64> = first.iter().chain(&second).copied().collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing in the order given");
-        let rows = store.queued_remote(0, 1000).await.unwrap();
+        let rows = store.queued_remote(0).await.unwrap();
         let stored: Vec<(i64, &PortalKey, &str)> =
             rows.iter().map(|r| (r.seq, &r.portal, r.event.as_str())).collect();
         let given: Vec<(i64, &PortalKey, &str)> =
@@ -519,8 +521,7 @@ mod tests {
             store.finish_remote(done, m, r).await.unwrap();
         }
         assert_eq!(store.remote_queue_counts().await.unwrap(), (400, 0));
-        let rest: Vec<i64> =
-            store.queued_remote(0, 1000).await.unwrap().iter().map(|r| r.seq).collect();
+        let rest: Vec<i64> = store.queued_remote(0).await.unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(rest, left);
         assert_eq!(store.message_parts(&a, &"m1".into()).await.unwrap(), [message]);
         let found = store.reaction(&b, &"m1".into(), &"alice".into(), "👍").await.unwrap();
@@ -561,7 +562,7 @@ mod prefetch_tests {
         let bad = "not json".to_owned();
         let events = [(&key, a.as_str()), (&key, b.as_str()), (&key, old.as_str()), (&key, &bad)];
         store.enqueue_remote(&events).await.unwrap();
-        let rows = store.queued_remote(0, 10).await.unwrap();
+        let rows = store.queued_remote(0).await.unwrap();
         let said: Vec<bool> = rows.iter().map(|r| r.unmapped_as_of.is_some()).collect();
         assert_eq!(said, [true, true, false, false], "only messages without a mapping");
         let generation = rows[0].unmapped_as_of.unwrap();
@@ -575,7 +576,7 @@ mod prefetch_tests {
         assert!(store.mapped_since(&key, &mb, generation));
         assert!(!store.mapped_since(&PortalKey::shared("other"), &mb, generation));
         // Read again: both are mapped now.
-        let rows = store.queued_remote(0, 10).await.unwrap();
+        let rows = store.queued_remote(0).await.unwrap();
         assert!(rows.iter().all(|r| r.unmapped_as_of.is_none()));
         store.close().await;
     }
