@@ -28,7 +28,9 @@
 //! - `--mode pipeline`: the remote → Matrix pipeline. It queues `--events` remote events (nine
 //!   messages to one reaction) over `--rooms` portals with `Context::queue_remote`, each
 //!   committed to the database first, waits until all are bridged to the stub, and prints the
-//!   rate. `bench/scripts/pipeline.sh` runs it beside `bench/peers/mautrix_pipeline.py`, which
+//!   rate. `--producers N` queues from N concurrent tasks (portal `r` is producer `r % N`'s,
+//!   each waiting for a commit before its next event); `--batch B` queues B events a call
+//!   with `Context::queue_remote_batch`. `bench/scripts/pipeline.sh` runs it beside `bench/peers/mautrix_pipeline.py`, which
 //!   sends the same events with mautrix-python's IntentAPI from one asyncio queue per portal.
 
 use std::{
