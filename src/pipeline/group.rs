@@ -6,8 +6,9 @@
 //! and any that arrived meanwhile, up to a weight), writes them, and hands every caller its
 //! result; a caller finds its result ready when it gets the turn, or writes the next group
 //! itself. Nobody gets a result before its group is committed, and a failed group fails every
-//! caller in it. The write runs in a task of its own, holding the turn: a caller dropped
-//! meanwhile (its future cancelled) leaves the others of its group their answer.
+//! caller in it. The writing caller runs the write in place, holding the turn, and should it be
+//! dropped meanwhile (its future cancelled), a task of its own finishes it: the others of its
+//! group get their answer all the same.
 
 use std::{
     future::Future,
@@ -15,6 +16,8 @@ use std::{
 };
 
 use tokio::sync::oneshot;
+
+use crate::util::RunToEnd;
 
 /// Items waiting to be written together, and the writer's turn.
 #[derive(Debug)]
@@ -78,7 +81,7 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
             let (items, replies): (Vec<T>, Vec<_>) =
                 group.into_iter().map(|w| (w.item, w.reply)).unzip();
             let work = write(items);
-            let task = tokio::spawn(async move {
+            RunToEnd::new(async move {
                 match work.await {
                     Ok(results) if results.len() == replies.len() => {
                         for (reply, result) in replies.into_iter().zip(results) {
@@ -99,8 +102,8 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
                     }
                 }
                 drop(turn);
-            });
-            let _ = task.await;
+            })
+            .await;
             if let Some(result) = answered(&mut outcome) {
                 return result;
             }
