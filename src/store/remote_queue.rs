@@ -283,53 +283,38 @@ impl Store {
         messages: &[MessageRow],
         reactions: &[ReactionRow],
     ) -> Result<()> {
-        let mut tx = pool.begin().await?;
-        if !messages.is_empty() {
-            let col =
-                |f: fn(&MessageRow) -> &str| -> Vec<&str> { messages.iter().map(f).collect() };
-            sqlx::query(
-                "INSERT INTO mx_message \
-                 (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[], $8::int8[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(col(|m| m.portal.chat.as_str()))
-            .bind(col(|m| m.portal.receiver_str()))
-            .bind(col(|m| m.id.as_str()))
-            .bind(col(|m| m.part.as_str()))
-            .bind(col(|m| m.event_id.as_str()))
-            .bind(col(|m| m.room_id.as_str()))
-            .bind(col(|m| m.sender.as_str()))
-            .bind(messages.iter().map(|m| m.timestamp).collect::<Vec<i64>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !reactions.is_empty() {
-            let col =
-                |f: fn(&ReactionRow) -> &str| -> Vec<&str> { reactions.iter().map(f).collect() };
-            sqlx::query(
-                "INSERT INTO mx_reaction \
-                 (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(col(|r| r.portal.chat.as_str()))
-            .bind(col(|r| r.portal.receiver_str()))
-            .bind(col(|r| r.message.as_str()))
-            .bind(col(|r| r.sender.as_str()))
-            .bind(col(|r| r.key.as_str()))
-            .bind(col(|r| r.event_id.as_str()))
-            .bind(col(|r| r.room_id.as_str()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !seqs.is_empty() {
-            sqlx::query("DELETE FROM mx_remote_queue WHERE seq = ANY($1)")
-                .bind(seqs)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        // One statement (one round trip, atomic by itself): the inserts run as its parts.
+        let mcol = |f: fn(&MessageRow) -> &str| -> Vec<&str> { messages.iter().map(f).collect() };
+        let rcol = |f: fn(&ReactionRow) -> &str| -> Vec<&str> { reactions.iter().map(f).collect() };
+        sqlx::query(
+            "WITH m AS (INSERT INTO mx_message \
+             (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::int8[]) ON CONFLICT DO NOTHING), \
+             r AS (INSERT INTO mx_reaction \
+             (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
+             SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::text[], $14::text[], $15::text[]) ON CONFLICT DO NOTHING) \
+             DELETE FROM mx_remote_queue WHERE seq = ANY($16)",
+        )
+        .bind(mcol(|m| m.portal.chat.as_str()))
+        .bind(mcol(|m| m.portal.receiver_str()))
+        .bind(mcol(|m| m.id.as_str()))
+        .bind(mcol(|m| m.part.as_str()))
+        .bind(mcol(|m| m.event_id.as_str()))
+        .bind(mcol(|m| m.room_id.as_str()))
+        .bind(mcol(|m| m.sender.as_str()))
+        .bind(messages.iter().map(|m| m.timestamp).collect::<Vec<i64>>())
+        .bind(rcol(|r| r.portal.chat.as_str()))
+        .bind(rcol(|r| r.portal.receiver_str()))
+        .bind(rcol(|r| r.message.as_str()))
+        .bind(rcol(|r| r.sender.as_str()))
+        .bind(rcol(|r| r.key.as_str()))
+        .bind(rcol(|r| r.event_id.as_str()))
+        .bind(rcol(|r| r.room_id.as_str()))
+        .bind(seqs)
+        .execute(pool)
+        .await?;
         Ok(())
     }
 
