@@ -110,18 +110,6 @@ pub(crate) async fn poll_times<F: std::future::Future + Unpin>(
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::range_in;
-
-    #[test]
-    fn slices_are_found_and_foreign_strings_are_not() {
-        let whole = "hello world";
-        assert_eq!(range_in(whole.as_bytes(), &whole.as_bytes()[6..]), Some(6..11));
-        assert_eq!(range_in(whole.as_bytes(), b"world"), None);
-    }
-}
-
 /// A future polled in place by the one awaiting it and, should that one be dropped first,
 /// finished by a task of its own: work that must not stop halfway (a commit and the hand-over
 /// of its outcome) without the cost of a task in the common case.
@@ -157,5 +145,17 @@ impl Drop for RunToEnd {
                 runtime.spawn(work);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range_in;
+
+    #[test]
+    fn slices_are_found_and_foreign_strings_are_not() {
+        let whole = "hello world";
+        assert_eq!(range_in(whole.as_bytes(), &whole.as_bytes()[6..]), Some(6..11));
+        assert_eq!(range_in(whole.as_bytes(), b"world"), None);
     }
 }
