@@ -1,11 +1,18 @@
 //! The remote → Matrix pipeline: what [`Context::queue_remote`] feeds.
 //!
 //! A remote event is committed to the store's queue before `queue_remote` returns, so a bridge
-//! may acknowledge it to the remote network then: a crash afterwards loses nothing. A fetch
-//! loop reads the queue in order and hands each event to its portal's worker: one portal's
-//! events are bridged one at a time, in the order they were queued; portals run in parallel.
-//! A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
+//! may acknowledge it to the remote network then: a crash afterwards loses nothing. Calls made
+//! while a commit is under way are committed together, in one transaction, in the order they
+//! were made (`group.rs`); [`Context::queue_remote_batch`] commits several events in one call.
+//! A fetch loop reads the queue in order and hands each event to its portal's worker: one
+//! portal's events are bridged one at a time, in the order they were queued; portals run in
+//! parallel. A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
 //! `inbox.max_attempts`; the portal's next events wait meanwhile, so order holds.
+//!
+//! A bridged event leaves the queue in the same transaction that records its last mapping (a
+//! message's last part, a reaction), together with the events other workers finished
+//! meanwhile; the worker waits for that commit before its portal's next event. A message's
+//! earlier parts are recorded before the next part is sent.
 //!
 //! Handling is idempotent: a message part already mapped is not sent again, and every send
 //! takes its transaction ID from the queue row and the part (`mxb.q<seq>.<n>`), never from the
@@ -37,12 +44,19 @@ use crate::{
     error::BridgeError,
     portal::RemoteError,
     remote::{PortalKey, RemoteEvent, RemoteMessageId, RemotePart},
-    store::{MessageRow, QueuedRow, ReactionRow},
+    store::{MessageRow, QueuedRow, ReactionRow, StoreError},
     util::FastMap,
 };
 
-/// Rows read from the queue at a time.
-const READ_AT_ONCE: i64 = 256;
+mod group;
+#[cfg(test)]
+mod tests_queueing;
+
+/// The most events queued in one database transaction by concurrent `queue_remote` calls (one
+/// batch of [`Context::queue_remote_batch`] is never split, whatever its size).
+const QUEUE_GROUP_MAX: usize = 1024;
+/// The most bridged events taken off the queue in one database transaction.
+const FINISH_GROUP_MAX: usize = 256;
 /// Results kept for waiters that have not asked yet (see [`RemoteQueue::finished`]).
 const UNCLAIMED_MAX: usize = 4096;
 
@@ -56,6 +70,32 @@ pub(crate) struct RemoteQueue {
     wake: Notify,
     results: std::sync::Mutex<Results>,
     resends: resend::Resends,
+    /// Events being queued: those of concurrent callers are committed together.
+    queueing: group::Group<Vec<(PortalKey, String)>, Vec<i64>>,
+    /// Bridged events being taken off the queue, with what they record: those of concurrent
+    /// workers are committed together.
+    finishing: group::Group<Finished, ()>,
+}
+
+/// A bridged event, to take off the queue, and the records its bridging wrote last.
+#[derive(Debug)]
+struct Finished {
+    seq: i64,
+    records: Records,
+}
+
+/// What bridging an event records in the transaction that takes it off the queue (so a send
+/// and its record are not two commits): the mapping of a message's last part, a reaction.
+#[derive(Debug, Default)]
+struct Records {
+    messages: Vec<MessageRow>,
+    reactions: Vec<ReactionRow>,
+}
+
+impl Records {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.reactions.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +121,64 @@ impl RemoteQueue {
             }
         }
         rx
+    }
+
+    /// Commits events to the queue, together with those of concurrent callers; returns their
+    /// sequence numbers, in order, once committed.
+    async fn enqueue(
+        &self,
+        store: &crate::store::Store,
+        events: Vec<(PortalKey, String)>,
+    ) -> Result<Vec<i64>, RemoteError> {
+        let store = store.clone();
+        let seqs = self
+            .queueing
+            .submit(events, QUEUE_GROUP_MAX, Vec::len, move |groups| {
+                let store = store.clone();
+                async move {
+                    let all: Vec<(&PortalKey, &str)> =
+                        groups.iter().flatten().map(|(p, e)| (p, e.as_str())).collect();
+                    let mut seqs =
+                        store.enqueue_remote(&all).await.map_err(|e| e.to_string())?.into_iter();
+                    Ok(groups.iter().map(|g| seqs.by_ref().take(g.len()).collect()).collect())
+                }
+            })
+            .await
+            .map_err(group_failed)?;
+        if let Some(first) = seqs.iter().min() {
+            self.resends.queued(*first);
+        }
+        self.wake.notify_one();
+        Ok(seqs)
+    }
+
+    /// Takes a bridged event off the queue and writes its records, in one transaction with
+    /// those of concurrent workers.
+    async fn finish(&self, store: &crate::store::Store, done: Finished) -> Result<(), String> {
+        let store = store.clone();
+        self.finishing
+            .submit(
+                done,
+                FINISH_GROUP_MAX,
+                |_| 1,
+                move |group| {
+                    let store = store.clone();
+                    async move {
+                        let seqs: Vec<i64> = group.iter().map(|f| f.seq).collect();
+                        let (mut messages, mut reactions) = (Vec::new(), Vec::new());
+                        for f in group {
+                            messages.extend(f.records.messages);
+                            reactions.extend(f.records.reactions);
+                        }
+                        store
+                            .finish_remote(&seqs, &messages, &reactions)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(vec![(); seqs.len()])
+                    }
+                },
+            )
+            .await
     }
 
     /// Tells whoever waits on `seq` how it went.
@@ -144,13 +242,43 @@ impl Context {
         event: &RemoteEvent,
     ) -> Result<Queued, RemoteError> {
         let json = serde_json::to_string(event).expect("a remote event serializes");
-        let seq = self.store().enqueue_remote(portal, &json).await?;
         let queue = self.remote_queue();
-        queue.resends.queued(seq);
-        let outcome = queue.watch(seq);
-        queue.wake.notify_one();
-        Ok(Queued { seq, outcome })
+        let seqs = queue.enqueue(self.store(), vec![(portal.clone(), json)]).await?;
+        let seq = seqs.first().copied().ok_or_else(|| group_failed("no sequence number".into()))?;
+        Ok(Queued { seq, outcome: queue.watch(seq) })
     }
+
+    /// Queues several remote events (each for its portal) in one database transaction, and
+    /// returns once they are committed, in the order given: all of them, or (with an error)
+    /// none. Like [`Context::queue_remote`] called for each in turn, at the cost of one commit.
+    /// For a bridge that receives events in batches (a sync, a backlog, a busy connection),
+    /// and acknowledges a batch at once.
+    ///
+    /// # Errors
+    /// [`RemoteError::Store`] when the store failed; nothing was queued then.
+    pub async fn queue_remote_batch(
+        &self,
+        events: &[(PortalKey, RemoteEvent)],
+    ) -> Result<Vec<Queued>, RemoteError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = events
+            .iter()
+            .map(|(portal, event)| {
+                let json = serde_json::to_string(event).expect("a remote event serializes");
+                (portal.clone(), json)
+            })
+            .collect();
+        let queue = self.remote_queue();
+        let seqs = queue.enqueue(self.store(), rows).await?;
+        Ok(seqs.into_iter().map(|seq| Queued { seq, outcome: queue.watch(seq) }).collect())
+    }
+}
+
+/// A group commit's failure, for each of its callers.
+fn group_failed(error: String) -> RemoteError {
+    RemoteError::Store(StoreError::Database(sqlx::Error::Protocol(error)))
 }
 
 /// A failure to bridge a queued event.
@@ -181,7 +309,7 @@ pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch
             return;
         }
         let wake = ctx.remote_queue().wake.notified();
-        let rows = match ctx.store().queued_remote(cursor, READ_AT_ONCE).await {
+        let rows = match ctx.store().queued_remote(cursor).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the remote queue; retrying");
@@ -272,19 +400,32 @@ async fn process<B: Bridge>(
     let mut attempts = row.attempts;
     let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
     let _enter = span.enter();
+    let queue = ctx.remote_queue();
     loop {
+        let mut records = Records::default();
         let result = match serde_json::from_str::<RemoteEvent>(&row.event) {
-            Ok(event) => handle(ctx, bridge, &row, &event).await,
+            Ok(event) => handle(ctx, bridge, &row, &event, &mut records).await,
             Err(e) => Err(Failure::permanent(format!("not a remote event: {e}"))),
         };
         let failure = match result {
             Ok(events) => {
-                if let Err(e) = ctx.store().finish_remote(row.seq).await {
-                    // Handled again after a restart, which changes nothing.
-                    tracing::warn!(error = %e, "could not take a bridged event off the queue");
+                let recorded = !records.is_empty();
+                let done = Finished { seq: row.seq, records };
+                match queue.finish(ctx.store(), done).await {
+                    Ok(()) => {
+                        queue.finished(row.seq, Ok(events));
+                        return;
+                    }
+                    // Its records are not written: handled again, its sends are repeated with
+                    // their own transaction IDs.
+                    Err(e) if recorded => Failure::from(group_failed(e)),
+                    Err(e) => {
+                        // Handled again after a restart, which changes nothing.
+                        tracing::warn!(error = %e, "could not take a bridged event off the queue");
+                        queue.finished(row.seq, Ok(events));
+                        return;
+                    }
                 }
-                ctx.remote_queue().finished(row.seq, Ok(events));
-                return;
             }
             Err(failure) => failure,
         };
@@ -297,7 +438,7 @@ async fn process<B: Bridge>(
         }
         if park {
             tracing::warn!(%error, attempts, "bridging a remote event failed; parking it");
-            ctx.remote_queue().finished(row.seq, Err(error));
+            queue.finished(row.seq, Err(error));
             return;
         }
         let delay = config.retry_delay(u32::try_from(attempts).unwrap_or(1));
@@ -310,12 +451,14 @@ async fn process<B: Bridge>(
     }
 }
 
-/// Bridges one remote event into its portal; returns the Matrix events it sent.
+/// Bridges one remote event into its portal; returns the Matrix events it sent. What it
+/// records last goes to `records`, written with the event's removal from the queue.
 async fn handle<B: Bridge>(
     ctx: &Context,
     bridge: &B,
     row: &QueuedRow,
     event: &RemoteEvent,
+    records: &mut Records,
 ) -> Result<Vec<OwnedEventId>, Failure> {
     let key = &row.portal;
     let portal = match ctx.portal(key).await? {
@@ -366,7 +509,11 @@ async fn handle<B: Bridge>(
                 let message = format!("the echo of {txn_id} came before its event was recorded");
                 return Err(Failure { permanent: false, message });
             }
-            let known = ctx.store().message_parts(key, id).await?;
+            // What the queue's read said still holds unless a mapping was written since.
+            let unmapped =
+                row.unmapped_as_of.is_some_and(|g| !ctx.store().mapped_since(key, id, g));
+            let known =
+                if unmapped { Vec::new() } else { ctx.store().message_parts(key, id).await? };
             let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
             let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
             let ghost = ctx.sender_intent(sender).await?;
@@ -402,7 +549,12 @@ async fn handle<B: Bridge>(
                     sender: ghost.user_id().to_owned(),
                     timestamp,
                 };
-                ctx.store().insert_messages(std::slice::from_ref(&row)).await?;
+                if n + 1 == parts.len() {
+                    records.messages.push(row);
+                } else {
+                    // Before the next part's send: a crash between them repeats only the rest.
+                    ctx.store().insert_messages(std::slice::from_ref(&row)).await?;
+                }
                 sent.push(event_id);
             }
         }
@@ -441,16 +593,14 @@ async fn handle<B: Bridge>(
                     at(react, *timestamp).await?
                 }
             };
-            ctx.store()
-                .insert_reaction(&ReactionRow {
-                    portal: key.clone(),
-                    message: target.clone(),
-                    sender: sender.id.clone(),
-                    key: reaction.clone(),
-                    event_id: event_id.clone(),
-                    room_id: portal.room_id.clone(),
-                })
-                .await?;
+            records.reactions.push(ReactionRow {
+                portal: key.clone(),
+                message: target.clone(),
+                sender: sender.id.clone(),
+                key: reaction.clone(),
+                event_id: event_id.clone(),
+                room_id: portal.room_id.clone(),
+            });
             sent.push(event_id);
         }
         RemoteEvent::ReactionRemove { target, sender, key: reaction } => {
@@ -574,12 +724,12 @@ mod tests {
         }
     }
 
-    const ROOMS: [&str; 3] = ["!a:localhost", "!b:localhost", "!c:localhost"];
-    const GHOST: &str = "@_test_alice:localhost";
+    pub(super) const ROOMS: [&str; 3] = ["!a:localhost", "!b:localhost", "!c:localhost"];
+    pub(super) const GHOST: &str = "@_test_alice:localhost";
 
     /// A context whose store knows three portals (`chat-a` ... in `!a` ...) and the ghost of
     /// remote user `alice`, joined to all three, so bridging makes only the sends.
-    async fn setup(hs: &MockHomeserver) -> Context {
+    pub(super) async fn setup(hs: &MockHomeserver) -> Context {
         let inbox = "inbox: {retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}\n";
         let ctx = test_context(hs, inbox).await;
         let store = ctx.store();
@@ -614,12 +764,12 @@ mod tests {
         ctx
     }
 
-    fn alice() -> RemoteSender {
+    pub(super) fn alice() -> RemoteSender {
         RemoteSender::named("alice", "Alice")
     }
 
     /// The pipeline, running until the returned sender says stop.
-    fn start(ctx: &Context) -> watch::Sender<bool> {
+    pub(super) fn start(ctx: &Context) -> watch::Sender<bool> {
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(run(ctx.clone(), Arc::new(Quiet), stop_rx));
         stop
@@ -702,9 +852,12 @@ mod tests {
             portal: key.clone(),
             event: serde_json::to_string(&RemoteEvent::text("m1", alice(), "one")).unwrap(),
             attempts: 0,
+            unmapped_as_of: None,
         };
         let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
-        assert!(handle(&ctx, &Quiet, &row, &event).await.unwrap().is_empty());
+        let mut records = Records::default();
+        assert!(handle(&ctx, &Quiet, &row, &event, &mut records).await.unwrap().is_empty());
+        assert!(records.is_empty());
         assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q1.0", "mxb.q2.0"]);
     }
 
@@ -734,8 +887,9 @@ mod tests {
             portal: key.clone(),
             event: serde_json::to_string(&echo).unwrap(),
             attempts: 0,
+            unmapped_as_of: None,
         };
-        let early = handle(&ctx, &Quiet, &row, &echo).await.unwrap_err();
+        let early = handle(&ctx, &Quiet, &row, &echo, &mut Records::default()).await.unwrap_err();
         assert!(!early.permanent, "{}", early.message);
         let pending = crate::store::PendingRow {
             portal: key.clone(),
@@ -745,8 +899,13 @@ mod tests {
             sender: ruma::owned_user_id!("@bob:localhost"),
         };
         ctx.store().insert_pending(&pending).await.unwrap();
-        assert_eq!(handle(&ctx, &Quiet, &row, &echo).await.unwrap(), ["$matrix"]);
-        assert!(handle(&ctx, &Quiet, &row, &echo).await.unwrap().is_empty());
+        assert_eq!(
+            handle(&ctx, &Quiet, &row, &echo, &mut Records::default()).await.unwrap(),
+            ["$matrix"]
+        );
+        assert!(
+            handle(&ctx, &Quiet, &row, &echo, &mut Records::default()).await.unwrap().is_empty()
+        );
         let mapped = ctx.store().message_parts(&key, &"m1".into()).await.unwrap();
         assert_eq!(mapped[0].event_id, "$matrix");
     }
@@ -769,15 +928,16 @@ mod tests {
             portal: key.clone(),
             event: serde_json::to_string(event).unwrap(),
             attempts: 0,
+            unmapped_as_of: None,
         };
         for event in [member(RemoteMembership::Join), member(RemoteMembership::Leave)] {
-            handle(&ctx, &Quiet, &row(&event), &event).await.unwrap();
+            handle(&ctx, &Quiet, &row(&event), &event, &mut Records::default()).await.unwrap();
         }
         // Gone already: a kick after the leave sends nothing.
         let store = ctx.store();
         store.set_membership(MemberRow::new(room, &ghost, Membership::Leave)).await.unwrap();
         let kick = member(RemoteMembership::Kick);
-        handle(&ctx, &Quiet, &row(&kick), &kick).await.unwrap();
+        handle(&ctx, &Quiet, &row(&kick), &kick, &mut Records::default()).await.unwrap();
     }
 
     /// Edits, reactions, their removal and deletes find their Matrix targets through the

@@ -95,10 +95,13 @@ pub struct Store {
     /// PostgreSQL only: connections with `synchronous_commit = off`, opened when first needed
     /// (see `with_relaxed!`).
     relaxed: Option<PgPool>,
-    /// Portals by room ID (and rooms known to have none), for the per-event lookup. Every
-    /// portal write goes through this `Store` and clears it; the generation keeps a lookup that
+    /// Portals by room ID and by key (and rooms and keys known to have none), and ghosts by
+    /// remote user, for the per-event lookups. Every portal and ghost write goes through this
+    /// `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
     portal_cache: std::sync::Arc<std::sync::Mutex<PortalCache>>,
+    /// Which remote messages' mappings were written lately (see `Store::mapped_since`).
+    mapping_writes: std::sync::Arc<std::sync::Mutex<remote_queue::MappingWrites>>,
     /// Woken when events were put back in the inbox outside the server's intake
     /// ([`Store::retry_parked`]), so the dispatcher looks at once.
     inbox_wake: std::sync::Arc<tokio::sync::Notify>,
@@ -131,6 +134,9 @@ pub(crate) struct SeenIndex {
 pub(crate) struct PortalCache {
     pub(crate) generation: u64,
     pub(crate) by_room: crate::util::FastMap<String, Option<PortalRow>>,
+    pub(crate) by_key: crate::util::FastMap<crate::remote::PortalKey, Option<PortalRow>>,
+    /// Ghosts by remote user ID (written, like portals, only through the store).
+    pub(crate) ghosts: crate::util::FastMap<String, Option<GhostRow>>,
 }
 
 /// Prepared statements kept by SQLite's writing connection (see `Store::connect`).
@@ -381,6 +387,7 @@ impl Store {
             readers,
             relaxed,
             portal_cache: std::sync::Arc::default(),
+            mapping_writes: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),
             member_writes: std::sync::Arc::default(),
@@ -454,11 +461,11 @@ impl Store {
         self.inbox_wake.clone()
     }
 
-    /// Forgets what the store keeps in memory: the portal-by-room cache and the cached
+    /// Forgets what the store keeps in memory: the cached portals and ghosts, and the cached
     /// memberships and registrations.
     ///
     /// The store's own writes keep those caches right; call this after changing `mx_portal`,
-    /// `mx_membership` or `mx_registered` some other way (SQL run on the database directly, by a
+    /// `mx_ghost`, `mx_membership` or `mx_registered` some other way (SQL run on the database directly, by a
     /// tool or a test), or lookups may answer from before that change.
     pub fn forget_caches(&self) {
         self.forget_cached_portals();

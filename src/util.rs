@@ -110,6 +110,44 @@ pub(crate) async fn poll_times<F: std::future::Future + Unpin>(
     false
 }
 
+/// A future polled in place by the one awaiting it and, should that one be dropped first,
+/// finished by a task of its own: work that must not stop halfway (a commit and the hand-over
+/// of its outcome) without the cost of a task in the common case.
+pub(crate) struct RunToEnd(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl RunToEnd {
+    pub(crate) fn new(work: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self(Some(Box::pin(work)))
+    }
+}
+
+impl std::future::Future for RunToEnd {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if let Some(work) = self.0.as_mut() {
+            std::task::ready!(work.as_mut().poll(cx));
+            self.0 = None;
+        }
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for RunToEnd {
+    fn drop(&mut self) {
+        if let Some(work) = self.0.take() {
+            // Outside a runtime (it is shutting down) the work is dropped: what it committed is
+            // found in the database at the next start.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(work);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::range_in;

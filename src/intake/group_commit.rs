@@ -14,15 +14,13 @@
 //! while its commit was on the database's thread would leave the group committed and never
 //! handed over: the dispatcher follows the hand-offs, so it would route the later batches and
 //! never that one (until a restart). The request polls that work itself, so the common case
-//! costs no task; a request dropped first hands the rest to a task of its own ([`RunToEnd`]).
+//! costs no task; a request dropped first hands the rest to a task of its own
+//! ([`RunToEnd`](crate::util::RunToEnd)).
 
 use std::{
     borrow::Cow,
-    future::Future,
     ops::Range,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
 };
 
 use tokio::sync::oneshot;
@@ -31,7 +29,7 @@ use crate::{
     event::Event,
     intake::{Handoff, LiveBatch, Routed},
     store::{AcceptOutcome, InboxPos, IncomingTxn, NewEvent, PendingEvent, Store},
-    util::range_in,
+    util::{RunToEnd, range_in},
 };
 
 /// The most transactions stored in one group.
@@ -145,40 +143,12 @@ impl GroupCommit {
         // Run to its end whatever becomes of this request (see the module documentation); the
         // answer comes through `outcome`.
         let (handoff, store) = (self.handoff.clone(), store.clone());
-        RunToEnd(Some(Box::pin(async move {
+        RunToEnd::new(async move {
             write(&handoff, &store, group).await;
             drop(turn);
-        })))
+        })
         .await;
         outcome.await.map_err(|_| "the group commit was interrupted".to_owned())?
-    }
-}
-
-/// A future polled in place by the one awaiting it and, should that one be dropped first,
-/// finished by a task of its own.
-struct RunToEnd(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
-
-impl Future for RunToEnd {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(work) = self.0.as_mut() {
-            std::task::ready!(work.as_mut().poll(cx));
-            self.0 = None;
-        }
-        Poll::Ready(())
-    }
-}
-
-impl Drop for RunToEnd {
-    fn drop(&mut self) {
-        if let Some(work) = self.0.take() {
-            // Outside a runtime (it is shutting down) the work is dropped: what it committed is
-            // found in the database at the next start.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(work);
-            }
-        }
     }
 }
 

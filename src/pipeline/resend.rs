@@ -160,7 +160,7 @@ mod tests {
         let alice = RemoteSender::named("alice", "Alice");
         for (id, body) in [("m1", "one"), ("m2", "two")] {
             let json = serde_json::to_string(&RemoteEvent::text(id, alice.clone(), body)).unwrap();
-            store.enqueue_remote(&key, &json).await.unwrap();
+            store.enqueue_remote(&[(&key, json.as_str())]).await.unwrap();
         }
         ctx
     }

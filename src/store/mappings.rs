@@ -213,19 +213,34 @@ impl Store {
 
     /// The portal with a key.
     pub async fn portal(&self, key: &PortalKey) -> Result<Option<PortalRow>> {
+        let generation = {
+            let cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(hit) = cache.by_key.get(key) {
+                return Ok(hit.clone());
+            }
+            cache.generation
+        };
         let sql =
             concat!("SELECT ", portal_cols!(), " FROM mx_portal WHERE chat = $1 AND receiver = $2");
-        with_reader!(self, |pool| {
+        let found = with_reader!(self, |pool| {
             let row = sqlx::query(sql)
                 .bind(key.chat.as_str())
                 .bind(key.receiver_str())
                 .fetch_optional(pool)
                 .await?;
-            Ok(match row {
+            match row {
                 Some(r) => Some(portal_from_row!(r)),
                 None => None,
-            })
-        })
+            }
+        });
+        let mut cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.generation == generation {
+            if cache.by_key.len() >= PORTAL_CACHE_MAX {
+                cache.by_key.clear();
+            }
+            cache.by_key.insert(key.clone(), found.clone());
+        }
+        Ok(found)
     }
 
     /// The portal bridged to a Matrix room.
@@ -259,6 +274,8 @@ impl Store {
         let mut cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.generation += 1;
         cache.by_room.clear();
+        cache.by_key.clear();
+        cache.ghosts.clear();
     }
 
     /// Forgets a portal (its messages stay until deleted with [`Store::delete_messages`]).
@@ -293,19 +310,36 @@ impl Store {
             .execute(pool)
             .await?;
         });
+        // After the write, as for portals.
+        self.forget_cached_portals();
         Ok(())
     }
 
     /// The ghost of a remote user.
     pub async fn ghost(&self, remote_id: &RemoteUserId) -> Result<Option<GhostRow>> {
+        let generation = {
+            let cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(hit) = cache.ghosts.get(remote_id.as_str()) {
+                return Ok(hit.clone());
+            }
+            cache.generation
+        };
         let sql = concat!("SELECT ", ghost_cols!(), " FROM mx_ghost WHERE remote_id = $1");
-        with_reader!(self, |pool| {
+        let found = with_reader!(self, |pool| {
             let row = sqlx::query(sql).bind(remote_id.as_str()).fetch_optional(pool).await?;
-            Ok(match row {
+            match row {
                 Some(r) => Some(ghost_from_row!(r)),
                 None => None,
-            })
-        })
+            }
+        });
+        let mut cache = self.portal_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.generation == generation {
+            if cache.ghosts.len() >= PORTAL_CACHE_MAX {
+                cache.ghosts.clear();
+            }
+            cache.ghosts.insert(remote_id.as_str().to_owned(), found.clone());
+        }
+        Ok(found)
     }
 
     /// The ghost with a Matrix user ID.
@@ -343,23 +377,29 @@ impl Store {
                     .bind($m.timestamp)
             };
         }
-        match rows {
-            [] => {}
-            // One statement is atomic by itself: no transaction around it (each statement of
-            // one is a trip to the database).
-            [m] => with_pool!(self, |pool| {
-                bound!(m).execute(pool).await?;
-            }),
-            _ => with_pool!(self, |pool| {
-                let mut conn = pool.acquire().await?;
-                let mut tx = conn.begin_tx().await?;
-                for m in rows {
-                    bound!(m).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }),
+        let written: Result<()> = async {
+            match rows {
+                [] => {}
+                // One statement is atomic by itself: no transaction around it (each statement
+                // of one is a trip to the database).
+                [m] => with_pool!(self, |pool| {
+                    bound!(m).execute(pool).await?;
+                }),
+                _ => with_pool!(self, |pool| {
+                    let mut conn = pool.acquire().await?;
+                    let mut tx = conn.begin_tx().await?;
+                    for m in rows {
+                        bound!(m).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                }),
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        // Failed or not (a failed commit may have committed).
+        self.note_mapping_writes(rows.iter().map(|m| (&m.portal, &m.id)));
+        written
     }
 
     /// The message part mapped to a Matrix event.
@@ -437,6 +477,19 @@ impl Store {
     /// the pending row, in one database transaction. Returns the mapping, or `None` when no
     /// event waits under that transaction ID (it was resolved already, or never sent by us).
     pub(crate) async fn resolve_pending(
+        &self,
+        portal: &PortalKey,
+        txn_id: &RemoteTxnId,
+        id: &RemoteMessageId,
+        part: &RemotePartId,
+    ) -> Result<Option<MessageRow>> {
+        let resolved = self.resolve_pending_once(portal, txn_id, id, part).await;
+        // Failed or not (a failed commit may have committed).
+        self.note_mapping_writes(std::iter::once((portal, id)));
+        resolved
+    }
+
+    async fn resolve_pending_once(
         &self,
         portal: &PortalKey,
         txn_id: &RemoteTxnId,

@@ -28,7 +28,9 @@
 //! - `--mode pipeline`: the remote → Matrix pipeline. It queues `--events` remote events (nine
 //!   messages to one reaction) over `--rooms` portals with `Context::queue_remote`, each
 //!   committed to the database first, waits until all are bridged to the stub, and prints the
-//!   rate. `bench/scripts/pipeline.sh` runs it beside `bench/peers/mautrix_pipeline.py`, which
+//!   rate. `--producers N` queues from N concurrent tasks (portal `r` is producer `r % N`'s,
+//!   each waiting for a commit before its next event); `--batch B` queues B events a call
+//!   with `Context::queue_remote_batch`. `bench/scripts/pipeline.sh` runs it beside `bench/peers/mautrix_pipeline.py`, which
 //!   sends the same events with mautrix-python's IntentAPI from one asyncio queue per portal.
 
 use std::{
@@ -88,6 +90,14 @@ struct Args {
     /// Pipeline mode: how many remote events to queue (one in ten a reaction).
     #[arg(long, default_value_t = 20_000)]
     events: u64,
+    /// Pipeline mode: concurrent producers, each queueing the events of its share of the
+    /// portals (portal `r` is producer `r % N`'s) and waiting for each commit before its next.
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    /// Pipeline mode: events per call; above 1, each producer queues its events this many at
+    /// a time with `queue_remote_batch`.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
 }
 
 /// The ghost that sends every bridged message.
@@ -251,7 +261,13 @@ async fn main() -> anyhow::Result<()> {
             let running = tokio::spawn(service.run(listener, async move {
                 let _ = stop_rx.await;
             }));
-            let result = queue_and_wait(&ctx, args.rooms, args.events).await;
+            let load = Load {
+                rooms: args.rooms,
+                events: args.events,
+                producers: args.producers.clamp(1, args.rooms.max(1)),
+                batch: args.batch.max(1),
+            };
+            let result = queue_and_wait(&ctx, load).await;
             let _ = stop_tx.send(());
             running.await??;
             args.db.drop_fresh(db).await;
@@ -299,47 +315,93 @@ async fn prepare_portals(ctx: &Context, rooms: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Queues `events` remote events round-robin over the portals (nine messages, numbered per
-/// room for the stub's order check, then a reaction to the last one) and waits until all are
-/// bridged; returns the figures as JSON.
-async fn queue_and_wait(ctx: &Context, rooms: u32, events: u64) -> anyhow::Result<String> {
+/// The pipeline mode's load.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    rooms: u32,
+    events: u64,
+    producers: u32,
+    batch: u32,
+}
+
+/// The `n`-th event of the load, and its portal: round-robin over the portals, in each nine
+/// messages (numbered per room for the stub's order check), then a reaction to the last one.
+fn nth_event(n: u64, rooms: u32) -> (mxbridge::PortalKey, mxbridge::RemoteEvent) {
     use mxbridge::{PortalKey, RemoteEvent, RemoteSender};
+    let r = n % u64::from(rooms);
+    let seq = n / u64::from(rooms);
     let sender = RemoteSender::named(REMOTE_USER, "Ghost");
+    let event = if seq % 10 == 9 {
+        RemoteEvent::Reaction {
+            target: format!("m{r}-{}", seq - 1).into(),
+            sender,
+            key: "👍".into(),
+            timestamp: None,
+        }
+    } else {
+        let body = format!("Message number {seq} in chat {r}");
+        RemoteEvent::text(format!("m{r}-{seq}"), sender, body)
+    };
+    (PortalKey::shared(format!("chat-{r}")), event)
+}
+
+/// Queues the load's events with `load.producers` concurrent producers (portal `r` is
+/// producer `r % producers`'s, which queues that portal's events in order, `load.batch` at a
+/// time) and waits until all are bridged; returns the figures as JSON.
+async fn queue_and_wait(ctx: &Context, load: Load) -> anyhow::Result<String> {
     let started = std::time::Instant::now();
-    let mut waiting = Vec::with_capacity(usize::try_from(events)?);
-    let mut next_in_room = vec![0u64; usize::try_from(rooms)?];
-    for n in 0..events {
-        let r = usize::try_from(n % u64::from(rooms))?;
-        let portal = PortalKey::shared(format!("chat-{r}"));
-        let seq = next_in_room[r];
-        let event = if seq % 10 == 9 {
-            RemoteEvent::Reaction {
-                target: format!("m{r}-{}", seq - 1).into(),
-                sender: sender.clone(),
-                key: "👍".into(),
-                timestamp: None,
+    let mut producers = Vec::new();
+    for p in 0..load.producers {
+        let ctx = ctx.clone();
+        producers.push(tokio::spawn(async move {
+            let mine = (0..load.events)
+                .filter(|n| n % u64::from(load.rooms) % u64::from(load.producers) == u64::from(p));
+            let mut waiting = Vec::new();
+            let mut pending = Vec::new();
+            for n in mine {
+                pending.push(nth_event(n, load.rooms));
+                if pending.len() >= load.batch as usize {
+                    waiting.extend(queue(&ctx, &mut pending).await?);
+                }
             }
-        } else {
-            let body = format!("Message number {seq} in chat {r}");
-            RemoteEvent::text(format!("m{r}-{seq}"), sender.clone(), body)
-        };
-        next_in_room[r] += 1;
-        waiting.push(ctx.queue_remote(&portal, &event).await?);
+            waiting.extend(queue(&ctx, &mut pending).await?);
+            Ok::<_, anyhow::Error>(waiting)
+        }));
+    }
+    let mut waiting = Vec::new();
+    for p in producers {
+        waiting.push(p.await??);
     }
     let queued_s = started.elapsed().as_secs_f64();
-    for queued in waiting {
+    for queued in waiting.into_iter().flatten() {
         queued.bridged().await?;
     }
     let total_s = started.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
-    let rate = events as f64 / total_s;
+    let rate = load.events as f64 / total_s;
     Ok(serde_json::json!({
         "side": "mxbridge",
-        "events": events,
+        "events": load.events,
+        "producers": load.producers,
+        "batch": load.batch,
         "queued_s": queued_s,
         "total_s": total_s,
         "events_per_s": rate,
         "durable": ctx.store().backend_name(),
     })
     .to_string())
+}
+
+/// Queues `pending` (one call for one event, a batch for more) and empties it.
+async fn queue(
+    ctx: &Context,
+    pending: &mut Vec<(mxbridge::PortalKey, mxbridge::RemoteEvent)>,
+) -> anyhow::Result<Vec<mxbridge::Queued>> {
+    let queued = match pending.as_slice() {
+        [] => Vec::new(),
+        [(portal, event)] => vec![ctx.queue_remote(portal, event).await?],
+        more => ctx.queue_remote_batch(more).await?,
+    };
+    pending.clear();
+    Ok(queued)
 }
