@@ -23,6 +23,8 @@ use sqlx::{
 use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 
 mod checkpoint;
+#[cfg(feature = "encryption")]
+pub(crate) mod crypto;
 mod ephemeral;
 mod inbox;
 mod mappings;
@@ -282,6 +284,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0007_users.sql",
         sqlite: include_str!("../migrations/sqlite/0007_users.sql"),
         postgres: include_str!("../migrations/postgres/0007_users.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_crypto.sql",
+        sqlite: include_str!("../migrations/sqlite/0008_crypto.sql"),
+        postgres: include_str!("../migrations/postgres/0008_crypto.sql"),
     },
 ];
 

@@ -8,6 +8,8 @@ mod chaos;
 mod cli;
 mod common;
 mod crash;
+#[cfg(feature = "encryption-conformance")]
+mod crypto_store;
 mod db_faults;
 mod hs_faults;
 mod inbox;
