@@ -19,6 +19,8 @@ mod store;
 mod store_users;
 mod synapse;
 mod synapse_crash;
+#[cfg(feature = "encryption")]
+mod synapse_crypto;
 mod synapse_logins;
 mod synapse_puppet;
 mod synapse_restart;
