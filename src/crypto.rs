@@ -4,14 +4,17 @@
 //! - [`SqlCryptoStore`]: the machine's store on the bridge's SQL [`Store`](crate::Store).
 //! - [`BridgeDevice`]: the bot's device (made through the appservice, MSC4190) and its machine,
 //!   started with the bridge when `encryption.allow` is set ([`Context::bridge_device`]).
+//! - [`DeviceInput`]: the bridge device's part of a transaction, and handing it to the machine.
 
 use std::{sync::OnceLock, time::Duration};
 
 use crate::Context;
 
 mod device;
+mod input;
 
 pub use device::{BridgeDevice, CryptoError};
+pub use input::DeviceInput;
 /// The `OlmMachine` and the rest of matrix-sdk-crypto, as this build uses them.
 pub use matrix_sdk_crypto;
 

@@ -107,6 +107,21 @@ impl BridgeDevice {
         &self.machine
     }
 
+    /// Hands the bridge device's part of a transaction to the machine, then sends what it asks
+    /// for in return (a key upload when the one-time keys ran low, key queries for changed
+    /// devices). Returns the room keys that arrived.
+    ///
+    /// # Errors
+    /// When the machine's store or a request fails.
+    pub async fn receive(
+        &self,
+        input: super::DeviceInput,
+    ) -> Result<Vec<matrix_sdk_crypto::store::types::RoomKeyInfo>, CryptoError> {
+        let room_keys = input.feed(&self.machine).await?;
+        self.send_outgoing_requests().await?;
+        Ok(room_keys)
+    }
+
     /// Sends every request the machine has waiting (key uploads and queries, claims, to-device
     /// messages, signatures) as the bot with the bridge device asserted, and hands each
     /// response back to the machine. Returns how many went out.
