@@ -47,6 +47,7 @@ impl<B: Bridge> AppService<B> {
             relay,
             provisioning,
             double_puppet,
+            encryption,
             bridge,
         } = config;
         let config = Config {
@@ -62,6 +63,7 @@ impl<B: Bridge> AppService<B> {
             relay,
             provisioning,
             double_puppet,
+            encryption,
             bridge: (),
         };
         let ctx = Context::new(store, registration, config)?;
@@ -171,6 +173,8 @@ impl<B: Bridge> AppService<B> {
         let pinger = tokio::spawn(startup_ping(ctx.clone(), health.clone()));
         let versions = tokio::spawn(versions_loop(ctx.clone()));
         let puppet_check = tokio::spawn(crate::puppet::check_secrets(ctx.clone()));
+        #[cfg(feature = "encryption")]
+        let crypto = crate::crypto::start(&ctx);
         tracing::info!("bridge running");
 
         shutdown.await;
@@ -180,6 +184,10 @@ impl<B: Bridge> AppService<B> {
         pinger.abort();
         versions.abort();
         puppet_check.abort();
+        #[cfg(feature = "encryption")]
+        if let Some(crypto) = crypto {
+            crypto.abort();
+        }
         let _ = stop_tx.send(true);
         let served = server.await;
         if let Some(m) = metrics_server {
@@ -315,6 +323,16 @@ pub(crate) fn check_registration_matches<T>(
             &file.sender_localpart,
             &config.appservice.bot.localpart,
         ));
+    }
+    let pushes = file.receive_ephemeral || file.push_ephemeral_unstable;
+    if config.encryption.allow && !(file.msc4190 && file.msc3202 && pushes) {
+        return Err(RegistrationError::Invalid {
+            key: "io.element.msc4190",
+            message: "encryption.allow needs io.element.msc4190, org.matrix.msc3202 and the \
+                      ephemeral pushes; run generate-registration again and restart the \
+                      homeserver"
+                .into(),
+        });
     }
     Ok(())
 }

@@ -369,6 +369,7 @@ pub fn generate_registration<T>(
         Some(r) => (r.as_token().clone(), r.hs_token().clone()),
         None => (Secret::generate(64), Secret::generate(64)),
     };
+    let crypto = config.encryption.allow;
     let domain = regex::escape(config.homeserver.domain.as_str());
     let prefix = regex::escape(config.ghost_prefix());
     let mut users = vec![Namespace::new(true, config.user_namespace_regex())];
@@ -388,10 +389,12 @@ pub fn generate_registration<T>(
         namespaces,
         rate_limited: Some(false),
         protocols: existing.as_ref().and_then(|r| r.file().protocols.clone()),
-        receive_ephemeral: config.appservice.ephemeral_events,
-        push_ephemeral_unstable: config.appservice.ephemeral_events,
-        msc3202: existing.as_ref().is_some_and(|r| r.file().msc3202),
-        msc4190: existing.as_ref().is_some_and(|r| r.file().msc4190),
+        // The bridge device needs to-device messages (pushed with the ephemeral events),
+        // device lists and key counts, and to create its device.
+        receive_ephemeral: config.appservice.ephemeral_events || crypto,
+        push_ephemeral_unstable: config.appservice.ephemeral_events || crypto,
+        msc3202: crypto || existing.as_ref().is_some_and(|r| r.file().msc3202),
+        msc4190: crypto || existing.as_ref().is_some_and(|r| r.file().msc4190),
         ip_range_whitelist: existing.as_ref().and_then(|r| r.file().ip_range_whitelist.clone()),
     };
     let registration = Registration::new(file)?;
@@ -620,6 +623,33 @@ mod tests {
         let bot = config.bot_user_id();
         assert!(reg.is_exclusive_user(&bot) && reg.file().sender_localpart == "webhookbot");
         assert!(reg.is_exclusive_user(ruma::user_id!("@webhook_bot:localhost")));
+    }
+
+    /// With encryption allowed, the registration asks for what the bridge device needs (and
+    /// the start refuses a registration without it); without, it asks for none of it.
+    #[test]
+    fn encryption_puts_the_device_keys_in_the_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            Config::<crate::config::NoBridgeConfig>::from_yaml(&example_config::<Webhook>())
+                .unwrap();
+        config.appservice.ephemeral_events = false;
+        let path = dir.path().join("r.yaml");
+        let plain = generate_registration(&config, &path, false).unwrap();
+        let f = plain.file();
+        assert!(!(f.msc4190 || f.msc3202 || f.receive_ephemeral || f.push_ephemeral_unstable));
+        config.encryption.allow = true;
+        assert!(crate::appservice::check_registration_matches(&config, &plain).is_err());
+        let again = generate_registration(&config, &path, false).unwrap();
+        let f = again.file();
+        assert!(f.msc4190 && f.msc3202 && f.receive_ephemeral && f.push_ephemeral_unstable);
+        assert_eq!(again.as_token().expose(), plain.as_token().expose());
+        crate::appservice::check_registration_matches(&config, &again).unwrap();
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        for key in ["io.element.msc4190: true", "org.matrix.msc3202: true", "push_ephemeral: true"]
+        {
+            assert!(yaml.contains(key), "{key} missing in {yaml}");
+        }
     }
 
     #[test]

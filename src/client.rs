@@ -632,8 +632,12 @@ impl Client {
             request.try_into_http_request(base, R::Authentication::without_token(), path_input)?
         };
         let mut identity = AppserviceUserIdentity::default();
+        // A device is asserted with its user named, the bot too: Synapse 1.163 fails (500) on
+        // `device_id` without `user_id`.
         identity.user_id = if self.inner.assert_user {
             Some(&*self.inner.bot)
+        } else if options.device_id.is_some() {
+            Some(options.as_user.as_deref().unwrap_or(&*self.inner.bot))
         } else {
             options.as_user.as_deref().filter(|u| *u != self.inner.bot)
         };

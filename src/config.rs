@@ -4,8 +4,10 @@
 //! `inbox`, `logging`, and `bridge` — the bridge author's own typed settings. Unknown keys are an
 //! error that names the key; so is every value that does not validate.
 
+mod encryption;
 mod logins;
 
+pub use encryption::EncryptionConfig;
 pub use logins::{
     DoublePuppetConfig, DoublePuppetSecret, LoginsConfig, ProvisioningConfig, RelayConfig,
 };
@@ -85,6 +87,9 @@ pub struct Config<T = NoBridgeConfig> {
     /// Acting as users' own Matrix accounts (double puppeting).
     #[serde(default)]
     pub double_puppet: DoublePuppetConfig,
+    /// End-to-bridge encryption.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
     /// The bridge's own settings.
     #[serde(default)]
     pub bridge: T,
@@ -554,6 +559,7 @@ impl<T> Config<T> {
         if self.appservice.max_body_bytes < 1024 {
             return invalid("appservice.max_body_bytes", "must be at least 1024".into());
         }
+        self.encryption.validate()?;
         if self.logins.max_per_user == 0 {
             return invalid("logins.max_per_user", "must be at least 1".into());
         }

@@ -39,6 +39,8 @@ struct ContextInner {
     remote_queue: Part,
     /// What the double-puppeting module found of its secrets.
     puppets: Part,
+    /// The bridge device, once started (the `crypto` module's).
+    crypto: Part,
 }
 
 /// Shared state that a module of the framework keeps in the context, made on first use. Its
@@ -99,6 +101,7 @@ impl Context {
             remote_queue,
             logins,
             puppets,
+            crypto: Part::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -116,6 +119,12 @@ impl Context {
     /// The double puppets' part.
     pub(crate) fn puppets_part(&self) -> &Part {
         &self.inner.puppets
+    }
+
+    /// The encryption part.
+    #[cfg_attr(not(feature = "encryption"), allow(dead_code))]
+    pub(crate) fn crypto_part(&self) -> &Part {
+        &self.inner.crypto
     }
 
     /// The metrics registry.

@@ -285,9 +285,13 @@ impl Envelope<'_> {
                 return Err(MalformedEvent(format!("control character in {field}")));
             }
         }
-        // The spec caps IDs at 255 bytes; ruma checks that for user IDs only. A longer event
-        // ID overflows PostgreSQL's unique index (2704 bytes), failing the whole transaction.
-        for (field, value) in [("event_id", &self.event_id), ("room_id", &self.room_id)] {
+        // The spec caps IDs at 255 bytes; ruma checks that for user IDs only, and not at all
+        // when its `compat-arbitrary-length-ids` feature is on (matrix-sdk-crypto turns it on
+        // in a build with `encryption`). A longer event ID overflows PostgreSQL's unique index
+        // (2704 bytes), failing the whole transaction.
+        for (field, value) in
+            [("event_id", &self.event_id), ("room_id", &self.room_id), ("sender", &self.sender)]
+        {
             if value.len() > 255 {
                 return Err(MalformedEvent(format!("{field} longer than 255 bytes")));
             }

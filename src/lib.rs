@@ -38,6 +38,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 mod context;
+#[cfg(feature = "encryption")]
+pub mod crypto;
 mod dispatch;
 pub mod error;
 pub mod event;

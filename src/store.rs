@@ -23,6 +23,8 @@ use sqlx::{
 use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 
 mod checkpoint;
+#[cfg(feature = "encryption")]
+pub(crate) mod crypto;
 mod ephemeral;
 mod inbox;
 mod mappings;
@@ -294,6 +296,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0008_login_spaces.sql",
         sqlite: include_str!("../migrations/sqlite/0008_login_spaces.sql"),
         postgres: include_str!("../migrations/postgres/0008_login_spaces.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "0009_crypto.sql",
+        sqlite: include_str!("../migrations/sqlite/0009_crypto.sql"),
+        postgres: include_str!("../migrations/postgres/0009_crypto.sql"),
     },
 ];
 

@@ -222,6 +222,28 @@ async fn device_identity_is_asserted_with_both_parameters() {
     hs.client().send_with(upload_keys::v3::Request::new(), &options).await.unwrap();
 }
 
+/// The bot's own device is asserted with the bot named as the user too (Synapse fails on a
+/// `device_id` without `user_id`); without a device the bot is not named.
+#[tokio::test]
+async fn the_bots_device_is_asserted_with_the_bot_named() {
+    let hs = MockHomeserver::start().await;
+    let bot = hs.client().bot_user_id().to_owned();
+    hs.mock("POST", "/_matrix/client/v3/keys/upload")
+        .as_user(&bot)
+        .with_query("device_id", "BOTDEV")
+        .ok_body(json!({ "one_time_key_counts": {} }))
+        .expect(1)
+        .mount()
+        .await;
+    let options = RequestOptions::as_user(None).with_device(ruma::device_id!("BOTDEV"));
+    hs.client().send_with(upload_keys::v3::Request::new(), &options).await.unwrap();
+    // Not matched by the mock above (no device, no user): the mock server answers 404.
+    let plain = RequestOptions::default();
+    assert!(hs.client().send_with(upload_keys::v3::Request::new(), &plain).await.is_err());
+    let urls: Vec<String> = hs.received().await.iter().map(|r| r.url.to_string()).collect();
+    assert!(!urls[1].contains("user_id="), "{urls:?}");
+}
+
 #[tokio::test]
 async fn download_falls_back_to_legacy_media_on_unrecognized() {
     let hs = MockHomeserver::start().await;

@@ -8,6 +8,8 @@ mod chaos;
 mod cli;
 mod common;
 mod crash;
+#[cfg(feature = "encryption-conformance")]
+mod crypto_store;
 mod db_faults;
 mod hs_faults;
 mod inbox;
@@ -17,6 +19,8 @@ mod store;
 mod store_users;
 mod synapse;
 mod synapse_crash;
+#[cfg(feature = "encryption")]
+mod synapse_crypto;
 mod synapse_dms;
 mod synapse_logins;
 mod synapse_mappings;

@@ -1,0 +1,186 @@
+//! The bridge device: one device of the bot, created through the appservice (MSC4190), whose
+//! `OlmMachine` keeps its keys in the bridge's database.
+
+use std::sync::Arc;
+
+use matrix_sdk_crypto::{
+    OlmMachine, OlmMachineBuilder,
+    store::CryptoStoreError,
+    types::requests::{AnyOutgoingRequest, OutgoingRequest},
+};
+use ruma::{
+    DeviceId, OwnedDeviceId,
+    api::client::{
+        device::update_device, keys::get_keys, message::send_message_event,
+        to_device::send_event_to_device,
+    },
+};
+
+use super::SqlCryptoStore;
+use crate::{
+    Store,
+    client::{Client, RequestOptions},
+    secret::Secret,
+    store::StoreError,
+};
+
+/// Where the bridge device's ID is kept (`mx_kv`).
+const KV_NAMESPACE: &str = "crypto";
+const KV_DEVICE_ID: &str = "device_id";
+/// The display name of the bridge device, as the users' clients list it.
+const DEVICE_NAME: &str = "Bridge";
+
+/// Errors of the bridge device.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The bridge's database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The crypto store failed (or holds another device's account).
+    #[error("crypto store: {0}")]
+    CryptoStore(#[from] CryptoStoreError),
+    /// The machine refused a response or failed to process it.
+    #[error("crypto: {0}")]
+    Olm(#[from] matrix_sdk_crypto::OlmError),
+    /// The homeserver refused a request of the device.
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    /// A request could not be built.
+    #[error("cannot build a request: {0}")]
+    Request(String),
+}
+
+/// The bridge device and its machine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BridgeDevice {
+    machine: OlmMachine,
+    client: Client,
+    device_id: OwnedDeviceId,
+    /// The machine's requests are sent by one task at a time, so none goes out twice.
+    sending: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl BridgeDevice {
+    /// Starts the bridge device: its ID from the store (made up and stored on the first start),
+    /// the device created or kept on the homeserver (`PUT /devices/{id}` as the bot, which
+    /// MSC4190 lets an appservice do), the machine loaded from the crypto store, and its
+    /// requests sent (the device's keys uploaded on the first start).
+    ///
+    /// # Errors
+    /// When the database or the homeserver fails, or the crypto store holds the account of
+    /// another device.
+    pub async fn start(store: &Store, client: &Client) -> Result<Self, CryptoError> {
+        let device_id = match store.kv_get(KV_NAMESPACE, KV_DEVICE_ID).await? {
+            Some(id) => OwnedDeviceId::from(id),
+            None => {
+                let id = format!("MXB{}", Secret::generate(10).expose().to_ascii_uppercase());
+                store.kv_put(KV_NAMESPACE, KV_DEVICE_ID, &id).await?;
+                OwnedDeviceId::from(id)
+            }
+        };
+        let mut create = update_device::v3::Request::new(device_id.clone());
+        create.display_name = Some(DEVICE_NAME.to_owned());
+        client.send(create, None).await?;
+        let bot = client.bot_user_id().to_owned();
+        let machine = OlmMachineBuilder::new(&bot, &device_id)
+            .with_crypto_store(SqlCryptoStore::new(store.clone()))
+            .build()
+            .await?;
+        let device = Self {
+            machine,
+            client: client.clone(),
+            device_id,
+            sending: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        let sent = device.send_outgoing_requests().await?;
+        tracing::info!(device_id = %device.device_id, requests = sent, "bridge device ready");
+        Ok(device)
+    }
+
+    /// The bridge device's ID.
+    pub fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    /// The machine, for what this module does not wrap yet.
+    pub fn machine(&self) -> &OlmMachine {
+        &self.machine
+    }
+
+    /// Hands the bridge device's part of a transaction to the machine, then sends what it asks
+    /// for in return (a key upload when the one-time keys ran low, key queries for changed
+    /// devices). Returns the room keys that arrived.
+    ///
+    /// # Errors
+    /// When the machine's store or a request fails.
+    pub async fn receive(
+        &self,
+        input: super::DeviceInput,
+    ) -> Result<Vec<matrix_sdk_crypto::store::types::RoomKeyInfo>, CryptoError> {
+        let room_keys = input.feed(&self.machine).await?;
+        self.send_outgoing_requests().await?;
+        Ok(room_keys)
+    }
+
+    /// Sends every request the machine has waiting (key uploads and queries, claims, to-device
+    /// messages, signatures) as the bot with the bridge device asserted, and hands each
+    /// response back to the machine. Returns how many went out.
+    ///
+    /// # Errors
+    /// When a request fails: the machine asks for it again next time.
+    pub async fn send_outgoing_requests(&self) -> Result<usize, CryptoError> {
+        let _one_at_a_time = self.sending.lock().await;
+        let requests = self.machine.outgoing_requests().await?;
+        for request in &requests {
+            self.send_one(request).await?;
+        }
+        Ok(requests.len())
+    }
+
+    async fn send_one(&self, request: &OutgoingRequest) -> Result<(), CryptoError> {
+        let id = request.request_id();
+        let options = RequestOptions::as_user(None).with_device(&self.device_id);
+        let client = &self.client;
+        match request.request() {
+            AnyOutgoingRequest::KeysUpload(r) => {
+                let response = client.send_with(r.clone(), &options).await?;
+                self.machine.mark_request_as_sent(id, &response).await?;
+            }
+            AnyOutgoingRequest::KeysQuery(r) => {
+                let mut query = get_keys::v3::Request::new();
+                query.device_keys = r.device_keys.clone();
+                query.timeout = r.timeout;
+                let response = client.send_with(query, &options).await?;
+                self.machine.mark_request_as_sent(id, &response).await?;
+            }
+            AnyOutgoingRequest::KeysClaim(r) => {
+                let response = client.send_with(r.clone(), &options).await?;
+                self.machine.mark_request_as_sent(id, &response).await?;
+            }
+            AnyOutgoingRequest::ToDeviceRequest(r) => {
+                let send = send_event_to_device::v3::Request::new_raw(
+                    r.event_type.clone(),
+                    r.txn_id.clone(),
+                    r.messages.clone(),
+                );
+                let response = client.send_with(send, &options).await?;
+                self.machine.mark_request_as_sent(id, &response).await?;
+            }
+            AnyOutgoingRequest::SignatureUpload(r) => {
+                let response = client.send_with(r.clone(), &options).await?;
+                self.machine.mark_request_as_sent(id, &response).await?;
+            }
+            AnyOutgoingRequest::RoomMessage(r) => {
+                let send = send_message_event::v3::Request::new(
+                    r.room_id.clone(),
+                    r.txn_id.clone(),
+                    &*r.content,
+                )
+                .map_err(|e| CryptoError::Request(e.to_string()))?;
+                let response = client.send_with(send, &options).await?;
+                self.machine.mark_request_as_sent(id, &response).await?;
+            }
+        }
+        Ok(())
+    }
+}
