@@ -13,6 +13,6 @@ pub(crate) use group_commit::GroupCommit;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use handoff::MAX_QUEUED;
 pub(crate) use handoff::{Handoff, HandoffReceivers, LiveBatch, LiveState, Routed};
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(feature = "fuzzing")]
 pub(crate) use parse::parse;
 pub(crate) use parse::{BadTransaction, not_utf8, parse_text};

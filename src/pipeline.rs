@@ -711,7 +711,7 @@ mod tests {
 
     /// A bridge with nothing but what the pipeline asks of it.
     #[derive(Debug, Default)]
-    struct Quiet;
+    pub(super) struct Quiet;
 
     impl Bridge for Quiet {
         type Config = crate::config::NoBridgeConfig;

@@ -104,27 +104,13 @@ mod tests {
     use ruma::{room_id, user_id};
     use serde_json::json;
 
+    use super::super::tests::Quiet;
     use crate::{
-        Bridge, Context,
-        commands::CommandSpec,
+        Context,
         remote::{PortalKey, RemoteEvent, RemoteSender},
         store::{GhostRow, MemberRow, Membership, PortalRow},
         testing::{MockHomeserver, test_context},
     };
-
-    #[derive(Debug)]
-    struct Quiet;
-
-    impl Bridge for Quiet {
-        type Config = crate::config::NoBridgeConfig;
-        const NAME: &'static str = "quiet";
-        async fn create(_: Self::Config, _: Context) -> crate::BridgeResult<Self> {
-            Ok(Self)
-        }
-        fn commands(&self) -> Vec<CommandSpec> {
-            Vec::new()
-        }
-    }
 
     const ROOM: &str = "!a:localhost";
     const GHOST: &str = "@_test_alice:localhost";

@@ -249,6 +249,28 @@ pub async fn start_with_synapse_bridge(bridge: &str) -> (Synapse, Running, tempf
     (synapse, app, dir)
 }
 
+/// Creates a room as `token`'s user with `body` (which invites the test bot) and waits until
+/// the bot joined it; returns the room ID.
+pub async fn create_room_with_bot(
+    client: &reqwest::Client,
+    hs: &str,
+    token: &str,
+    body: Value,
+) -> String {
+    const BOT: &str = "@_t_bot:localhost";
+    let url = format!("{hs}/_matrix/client/v3/createRoom");
+    let room = cs(client, reqwest::Method::POST, url, token, Some(body)).await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    for _ in 0..100 {
+        let url = format!("{hs}/_matrix/client/v3/rooms/{}/joined_members", urlencode(&room));
+        if cs(client, reqwest::Method::GET, url, token, None).await["joined"][BOT].is_object() {
+            return room;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the bot did not join {room}");
+}
+
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -10,9 +10,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use mxbridge::{
     AppService, Bridge, BridgeResult, ChatMember, Config, Context, Delivery, MatrixMembership,
     MatrixMessage, PortalInfo, PortalKey, Registration, RemoteEvent, RemoteMessageId, RemoteSender,
-    login::{
-        AnyLoginProcess, FieldKind, LoginField, LoginFlow, LoginProcess, LoginStep, LoginValues,
-    },
+    login::{AnyLoginProcess, LoginFlow},
 };
 use reqwest::Method;
 use ruma::{
@@ -48,23 +46,6 @@ fn ghost(id: &str) -> String {
     format!("@_t_{id}:localhost")
 }
 
-struct NameLogin;
-
-impl LoginProcess for NameLogin {
-    async fn start(&mut self) -> BridgeResult<LoginStep> {
-        Ok(LoginStep::fields(
-            "credentials",
-            "Log in.",
-            vec![LoginField::new(FieldKind::Text, "username", "Username")],
-        ))
-    }
-
-    async fn submit(&mut self, values: LoginValues) -> BridgeResult<LoginStep> {
-        let name = values["username"].clone();
-        Ok(LoginStep::complete(name.as_str(), name.as_str(), json!({})))
-    }
-}
-
 impl Bridge for Network {
     type Config = mxbridge::config::NoBridgeConfig;
     const NAME: &'static str = "network";
@@ -78,7 +59,7 @@ impl Bridge for Network {
     }
 
     async fn create_login(&self, _: &str, _: &UserId) -> BridgeResult<Box<dyn AnyLoginProcess>> {
-        Ok(Box::new(NameLogin))
+        Ok(Box::new(crate::common::UsernameLogin))
     }
 
     async fn portal_info(&self, key: &PortalKey) -> BridgeResult<Option<PortalInfo>> {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{config_yaml, fresh_database, http, registration_yaml},
-    synapse::{Synapse, cs, enabled, urlencode},
+    synapse::{Synapse, create_room_with_bot, cs, enabled, urlencode},
 };
 
 const BOT: &str = "@_t_bot:localhost";
@@ -141,25 +141,8 @@ async fn edits_reactions_deletes_threads_and_receipts_map_both_ways() {
     let client = http();
     let alice = synapse.register("alice");
 
-    let url = format!("{hs}/_matrix/client/v3/createRoom");
     let body = json!({"preset": "private_chat", "invite": [BOT]});
-    let room = cs(&client, reqwest::Method::POST, url, &alice, Some(body)).await["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joined = async || {
-        let url = format!("{hs}/_matrix/client/v3/rooms/{}/joined_members", urlencode(&room));
-        cs(&client, reqwest::Method::GET, url, &alice, None).await["joined"][BOT].is_object()
-    };
-    let mut bot_in = false;
-    for _ in 0..100 {
-        if joined().await {
-            bot_in = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(bot_in, "the bot took the invite");
+    let room = create_room_with_bot(&client, &hs, &alice, body).await;
     let key = PortalKey::shared("chat");
     let room_id: ruma::OwnedRoomId = room.parse().unwrap();
     let alice_id = ruma::user_id!("@alice:localhost");

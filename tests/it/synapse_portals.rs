@@ -11,10 +11,7 @@ use mxbridge::{
     AppService, Bridge, BridgeError, BridgeResult, ChatMember, ChatPowerLevels, Config, Context,
     MatrixMembership, NewChat, NewGroup, PortalInfo, PortalKey, Registration, RemoteEvent,
     RemoteSender, ResolvedIdentifier,
-    login::{
-        AnyLoginProcess, FieldKind, LoginField, LoginFlow, LoginProcess, LoginStep, LoginValues,
-        UserLogin,
-    },
+    login::{AnyLoginProcess, LoginFlow, UserLogin},
 };
 use reqwest::Method;
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
@@ -44,23 +41,6 @@ fn person(id: &str) -> RemoteSender {
     RemoteSender::named(id, name)
 }
 
-struct PasswordLogin;
-
-impl LoginProcess for PasswordLogin {
-    async fn start(&mut self) -> BridgeResult<LoginStep> {
-        Ok(LoginStep::fields(
-            "credentials",
-            "Log in.",
-            vec![LoginField::new(FieldKind::Text, "username", "Username")],
-        ))
-    }
-
-    async fn submit(&mut self, values: LoginValues) -> BridgeResult<LoginStep> {
-        let name = values["username"].clone();
-        Ok(LoginStep::complete(name.as_str(), name.as_str(), json!({})))
-    }
-}
-
 impl Bridge for Chats {
     type Config = mxbridge::config::NoBridgeConfig;
     const NAME: &'static str = "chats";
@@ -74,7 +54,7 @@ impl Bridge for Chats {
     }
 
     async fn create_login(&self, _: &str, _: &UserId) -> BridgeResult<Box<dyn AnyLoginProcess>> {
-        Ok(Box::new(PasswordLogin))
+        Ok(Box::new(crate::common::UsernameLogin))
     }
 
     async fn portal_info(&self, key: &PortalKey) -> BridgeResult<Option<PortalInfo>> {

@@ -3,18 +3,14 @@
 //! or by a token the user gave with `login-matrix`), what a double puppet sends never comes
 //! back out of the bridge, and a hook posts as nobody who did not ask for it.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{Json, Router, extract::State, routing::post};
 use serde_json::{Value, json};
 
 use crate::{
     common::{fresh_database, http, registration_yaml},
-    synapse::{Synapse, cs, enabled, urlencode},
-    webhook::{say, start_bridge_with, wait_for_message},
+    synapse::{Synapse, create_room_with_bot, cs, enabled, urlencode},
+    webhook::{outgoing_receiver, say, start_bridge_with, wait_for_message},
 };
 
 const BOT: &str = "@_t_bot:localhost";
@@ -28,20 +24,6 @@ fn double_puppet_registration() -> String {
          namespaces:\n  users:\n    - exclusive: false\n      regex: '@.*:localhost'\n\
          rate_limited: false\n"
     )
-}
-
-async fn create_room(client: &reqwest::Client, hs: &str, token: &str, body: Value) -> String {
-    let url = format!("{hs}/_matrix/client/v3/createRoom");
-    let room = cs(client, reqwest::Method::POST, url, token, Some(body)).await;
-    let room = room["room_id"].as_str().unwrap().to_owned();
-    for _ in 0..100 {
-        let url = format!("{hs}/_matrix/client/v3/rooms/{}/joined_members", urlencode(&room));
-        if cs(client, reqwest::Method::GET, url, token, None).await["joined"][BOT].is_object() {
-            return room;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the bot did not join {room}");
 }
 
 /// Says a command and returns the bot's answer that contains `expect`.
@@ -105,21 +87,15 @@ async fn a_double_puppet_by_as_token_speaks_as_the_user_and_is_not_bridged_back(
     let alice = synapse.register("alice");
 
     // What leaves the room through the outgoing hook.
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let receiver = Router::new()
-        .route(
-            "/in",
-            post(|State(r): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
-                r.lock().unwrap().push(v);
-            }),
-        )
-        .with_state(received.clone());
-    let out_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let out_url = format!("http://{}/in", out_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(out_listener, receiver).await });
+    let (out_url, received) = outgoing_receiver().await;
 
-    let room =
-        create_room(&client, &hs, &alice, json!({"preset": "private_chat", "invite": [BOT]})).await;
+    let room = create_room_with_bot(
+        &client,
+        &hs,
+        &alice,
+        json!({"preset": "private_chat", "invite": [BOT]}),
+    )
+    .await;
     let mine = hook_url(
         &ask(&client, &hs, &room, &alice, "!webhook create mine as-me", "`mine` created").await,
     );
@@ -174,7 +150,7 @@ async fn a_double_puppet_by_a_given_token_speaks_as_the_user_until_revoked() {
     let dave = synapse.register("dave");
 
     // Carol's management room: a DM with the bot.
-    let dm = create_room(
+    let dm = create_room_with_bot(
         &client,
         &hs,
         &carol,
@@ -206,8 +182,13 @@ async fn a_double_puppet_by_a_given_token_speaks_as_the_user_until_revoked() {
     ask(&client, &hs, &dm, &carol, &format!("login-matrix {carol}"), "your Matrix account").await;
 
     // Her as-me hook now posts as her account.
-    let room =
-        create_room(&client, &hs, &carol, json!({"preset": "private_chat", "invite": [BOT]})).await;
+    let room = create_room_with_bot(
+        &client,
+        &hs,
+        &carol,
+        json!({"preset": "private_chat", "invite": [BOT]}),
+    )
+    .await;
     let mine = hook_url(
         &ask(&client, &hs, &room, &carol, "!webhook create mine as-me", "`mine` created").await,
     );

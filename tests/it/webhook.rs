@@ -55,6 +55,23 @@ impl Bridge {
     }
 }
 
+/// A receiver for outgoing webhooks on loopback: its URL, and what was POSTed to it.
+pub(crate) async fn outgoing_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let receiver = Router::new()
+        .route(
+            "/in",
+            post(|State(r): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
+                r.lock().unwrap().push(v);
+            }),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/in", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    (url, received)
+}
+
 /// Polls the room's recent messages until one matches.
 pub(crate) async fn wait_for_message(
     client: &reqwest::Client,
@@ -114,18 +131,7 @@ async fn webhook_bridge_posts_as_ghost_relays_out_maps_edits_and_survives_restar
     let alice = synapse.register("alice");
 
     // A receiver for the outgoing side.
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let receiver = Router::new()
-        .route(
-            "/in",
-            post(|State(r): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
-                r.lock().unwrap().push(v);
-            }),
-        )
-        .with_state(received.clone());
-    let out_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let out_url = format!("http://{}/in", out_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(out_listener, receiver).await });
+    let (out_url, received) = outgoing_receiver().await;
 
     // Invite the bot; it accepts by itself.
     let room = cs(
