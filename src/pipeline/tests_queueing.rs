@@ -93,7 +93,7 @@ async fn a_failed_group_fails_every_producer_in_it_and_loses_nothing_committed()
     let hs = MockHomeserver::start().await;
     let ctx = setup(&hs).await;
     mount_sends(&hs).await;
-    ctx.store().fail_remote_events_containing("poison").await;
+    ctx.store().fail_poisoned_remote_events().await;
     let key = PortalKey::shared("chat-0");
     let first = RemoteEvent::text("m-first", alice(), "ok first");
     let mut committed =

@@ -422,14 +422,16 @@ impl Store {
 
 #[cfg(test)]
 impl Store {
-    /// Makes every insert into the queue of an event containing `marker` fail (SQLite).
-    pub(crate) async fn fail_remote_events_containing(&self, marker: &str) {
+    /// Makes every insert into the queue of an event containing `poison` fail (SQLite).
+    pub(crate) async fn fail_poisoned_remote_events(&self) {
         let Backend::Sqlite(writer) = &self.backend else { panic!("SQLite only") };
-        let sql = format!(
+        sqlx::raw_sql(
             "CREATE TRIGGER fail_marked BEFORE INSERT ON mx_remote_queue \
-             WHEN NEW.event LIKE '%{marker}%' BEGIN SELECT RAISE(ABORT, 'marked'); END"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(writer).await.unwrap();
+             WHEN NEW.event LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'marked'); END",
+        )
+        .execute(writer)
+        .await
+        .unwrap();
     }
 
     /// Takes SQLite's writing connection for `held`; returns once it is taken.
