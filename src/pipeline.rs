@@ -403,10 +403,19 @@ async fn process<B: Bridge>(
     let queue = ctx.remote_queue();
     loop {
         let mut records = Records::default();
-        let result = match serde_json::from_str::<RemoteEvent>(&row.event) {
-            Ok(event) => handle(ctx, bridge, &row, &event, &mut records).await,
+        let parsed = serde_json::from_str::<RemoteEvent>(&row.event);
+        let result = match &parsed {
+            Ok(event) => handle(ctx, bridge, &row, event, &mut records).await,
             Err(e) => Err(Failure::permanent(format!("not a remote event: {e}"))),
         };
+        if result.is_err()
+            && let Ok(event) = &parsed
+            && let Some(login) = event.sender().and_then(|s| s.login.as_ref())
+        {
+            // A token the user gave may have been revoked since: then it is forgotten, and
+            // the next attempt sends as their ghost (or by the as_token method).
+            ctx.forget_revoked_puppet_token(login).await;
+        }
         let failure = match result {
             Ok(events) => {
                 let recorded = !records.is_empty();

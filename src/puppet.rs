@@ -116,6 +116,31 @@ impl Context {
         self.double_puppet(&login.user_id).await
     }
 
+    /// Checks the token a login's user gave with `login-matrix` (after a send through it
+    /// failed): one the homeserver no longer accepts is forgotten, and the user told.
+    pub(crate) async fn forget_revoked_puppet_token(&self, login: &RemoteLoginId) {
+        let Ok(Some(login)) = self.store().login(login).await else { return };
+        let user = &login.user_id;
+        let Ok(Some(row)) = self.store().user(user).await else { return };
+        let Some(token) = row.double_puppet_token else { return };
+        let homeserver = self.homeserver_of(user.server_name());
+        let Ok(client) = self.client().for_user(user, token, homeserver.as_ref()) else { return };
+        match client.whoami().await {
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 401) => {}
+            _ => return,
+        }
+        tracing::info!(%user, "forgetting a double-puppet token the homeserver no longer accepts");
+        if self.store().set_double_puppet_token(user, None).await.is_err() {
+            return;
+        }
+        if let Some(room) = row.management_room {
+            let text = "Your homeserver no longer accepts the access token you gave with \
+                        `login-matrix`, so I forgot it: what you write on the remote network \
+                        appears from your ghost until you give a new one.";
+            let _ = self.bot().send_notice(&room, text).await;
+        }
+    }
+
     /// The Client-Server API of another homeserver, from `double_puppet.servers`; `None` for
     /// ours (and for servers not listed).
     fn homeserver_of(&self, server: &ruma::ServerName) -> Option<url::Url> {

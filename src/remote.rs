@@ -463,6 +463,20 @@ pub enum RemoteEvent {
 }
 
 impl RemoteEvent {
+    /// Who did it, for the events that have a sender.
+    pub fn sender(&self) -> Option<&RemoteSender> {
+        match self {
+            Self::Message { sender, .. }
+            | Self::Edit { sender, .. }
+            | Self::Reaction { sender, .. }
+            | Self::ReactionRemove { sender, .. }
+            | Self::Delete { sender, .. }
+            | Self::ReadReceipt { sender, .. }
+            | Self::Typing { sender, .. } => Some(sender),
+            Self::ChatInfo { .. } | Self::ChatResync | Self::ChatDelete => None,
+        }
+    }
+
     /// A change of members only (joins, leaves, kicks, power levels): a
     /// [`RemoteEvent::ChatInfo`] with nothing else.
     pub fn members(members: Vec<ChatMember>) -> Self {

@@ -201,5 +201,38 @@ async fn a_double_puppet_by_a_given_token_speaks_as_the_user_until_revoked() {
     let ev = post_and_fetch(&client, &hs, &room, &carol, &mine, "after logout").await;
     assert_ne!(ev["sender"], "@carol:localhost", "{ev}");
     assert!(ev["content"].get("fi.mau.double_puppet_source").is_none(), "{ev}");
+
+    // A token revoked behind the bridge's back: the post still arrives (from the ghost), the
+    // token is forgotten, and Carol is told.
+    let url = format!("{hs}/_matrix/client/v3/login");
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user",
+        "user": "carol"}, "password": "correct-horse-battery"});
+    let second = client.post(url).json(&login).send().await.unwrap().json::<Value>().await.unwrap();
+    let second = second["access_token"].as_str().unwrap().to_owned();
+    say(&client, &hs, &dm, &carol, &format!("login-matrix {second}")).await;
+    let url = format!("{hs}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", urlencode(&dm));
+    let mut taken = false;
+    for _ in 0..100 {
+        let page = cs(&client, reqwest::Method::GET, url.clone(), &carol, None).await;
+        let done = page["chunk"].as_array().unwrap().iter().filter(|e| {
+            e["sender"] == BOT
+                && e["content"]["body"].as_str().is_some_and(|b| b.contains("your Matrix account"))
+        });
+        if done.count() == 2 {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "the second token was not taken");
+    let url = format!("{hs}/_matrix/client/v3/logout");
+    cs(&client, reqwest::Method::POST, url, &second, Some(json!({}))).await;
+    let ev = post_and_fetch(&client, &hs, &room, &carol, &mine, "after revoking").await;
+    assert_ne!(ev["sender"], "@carol:localhost", "{ev}");
+    wait_for_message(&client, &hs, &dm, &carol, |e| {
+        e["sender"] == BOT
+            && e["content"]["body"].as_str().is_some_and(|b| b.contains("no longer accepts"))
+    })
+    .await;
     bridge.stop().await;
 }
