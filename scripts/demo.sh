@@ -76,6 +76,11 @@ fi
 "$bin" -c "$dir/config.yaml" generate-registration >&2
 
 bash scripts/synapse.sh stop "$dir/synapse" >/dev/null 2>&1 || true
+if [ "$selftest" = 1 ]; then
+    # A self-test starts from nothing: no homeserver data, logins or portals of an earlier run.
+    [ "$bridge" = irc ] && { bash scripts/inspircd.sh stop "$dir/ircd" >/dev/null 2>&1 || true; }
+    rm -rf "$dir/synapse" "$dir/ircd" "$dir/$bridge.db" "$dir/$bridge.db-wal" "$dir/$bridge.db-shm"
+fi
 say "starting Synapse on $hs"
 bash scripts/synapse.sh start "$dir/synapse" "$hs_port" "$dir/registration.yaml" >/dev/null
 bridge_pid=""
