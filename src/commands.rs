@@ -105,21 +105,6 @@ pub(crate) async fn is_management_room(ctx: &Context, event: &Event) -> BridgeRe
         && joined.iter().any(|m| m.user_id == event.sender))
 }
 
-/// The framework's own commands: logins and relays, and portals.
-pub(crate) fn builtin_specs(ctx: &Context) -> Vec<CommandSpec> {
-    let mut specs = crate::accounts::commands::specs(ctx);
-    specs.extend(crate::portal::commands::specs(ctx));
-    specs
-}
-
-/// Runs a built-in command; `None` when `call` is none of them.
-pub(crate) async fn run_builtin(ctx: &Context, call: &CommandCall) -> Option<BridgeResult<String>> {
-    if let Some(done) = Box::pin(crate::accounts::commands::run(ctx, call)).await {
-        return Some(done);
-    }
-    Box::pin(crate::portal::commands::run(ctx, call)).await
-}
-
 /// The generated `help`: every command the level may use.
 pub fn help_text(prefix: &str, specs: &[CommandSpec], level: PermissionLevel) -> String {
     let mut out = String::from("Commands:\n\n");

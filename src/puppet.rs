@@ -261,6 +261,8 @@ async fn login_matrix(ctx: &Context, call: &CommandCall) -> BridgeResult<String>
                    not here, and get a new token: this one was seen by the room."
             .into());
     }
+    // Where the user is told if the token stops working.
+    ctx.store().set_management_room(user, Some(&call.event.room_id)).await?;
     let server = user.server_name();
     let homeserver = ctx.homeserver_of(server);
     if homeserver.is_none() && server != ctx.server_name() {

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use crate::{
     Context,
     bridge::{Bridge, BridgeError, BridgeResult, Delivery},
-    commands::{CommandCall, command_call, command_prefix, help_text},
+    commands::{CommandCall, CommandSpec, command_call, command_prefix, help_text},
     config::PermissionLevel,
     event::{
         ChatInfoChange, EphemeralEvent, Event, MatrixChatInfo, MatrixEdit, MatrixMembership,
@@ -653,13 +653,32 @@ struct PreviousMembership {
     prev_content: Option<MembershipOnly>,
 }
 
+/// The framework's own commands: logins and relays, double puppeting, and portals.
+fn builtin_specs(ctx: &Context) -> Vec<CommandSpec> {
+    let mut specs = crate::accounts::commands::specs(ctx);
+    specs.extend(crate::puppet::specs(ctx));
+    specs.extend(crate::portal::commands::specs(ctx));
+    specs
+}
+
+/// Runs a built-in command; `None` when `call` is none of them.
+async fn run_builtin(ctx: &Context, call: &CommandCall) -> Option<BridgeResult<String>> {
+    if let Some(done) = Box::pin(crate::accounts::commands::run(ctx, call)).await {
+        return Some(done);
+    }
+    if let Some(done) = Box::pin(crate::puppet::run(ctx, call)).await {
+        return Some(done);
+    }
+    Box::pin(crate::portal::commands::run(ctx, call)).await
+}
+
 /// Runs a command and posts the answer as the bot. Errors of the command itself are answered,
 /// not retried.
 async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) -> BridgeResult {
     let prefix = command_prefix(ctx, B::NAME);
     let mut specs = bridge.commands();
     let own = specs.len();
-    for builtin in crate::commands::builtin_specs(ctx) {
+    for builtin in builtin_specs(ctx) {
         if !specs.iter().any(|s| s.name == builtin.name) {
             specs.push(builtin);
         }
@@ -678,7 +697,7 @@ async fn run_command<B: Bridge>(ctx: &Context, bridge: &B, call: CommandCall) ->
                 let outcome = if specs[..own].iter().any(|s| s.name == call.name) {
                     bridge.handle_command(&call).await
                 } else {
-                    let builtin = crate::commands::run_builtin(ctx, &call);
+                    let builtin = run_builtin(ctx, &call);
                     Box::pin(builtin).await.unwrap_or_else(|| Ok(String::new()))
                 };
                 match outcome {

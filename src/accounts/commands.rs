@@ -30,7 +30,7 @@ pub(crate) struct ChatLogin {
 
 /// The built-in commands, when the bridge offers logins.
 pub(crate) fn specs(ctx: &Context) -> Vec<CommandSpec> {
-    let mut specs = crate::puppet::specs(ctx);
+    let mut specs = Vec::new();
     if !ctx.logins().enabled() {
         return specs;
     }
@@ -76,7 +76,7 @@ pub(crate) async fn run(ctx: &Context, call: &CommandCall) -> Option<BridgeResul
         "list-logins" => list(ctx, user).await,
         "set-relay" => set_relay(ctx, call).await,
         "unset-relay" => unset_relay(ctx, call).await,
-        _ => return crate::puppet::run(ctx, call).await,
+        _ => return None,
     })
 }
 
