@@ -152,37 +152,6 @@ impl Context {
     }
 }
 
-impl Context {
-    /// Sets a user's power level in a room as the bot (a ghost's, or a real user's whose rank
-    /// on the remote network changed): nothing when it is that already, or when the bot may
-    /// not change it. Returns the power levels event when one was sent.
-    ///
-    /// # Errors
-    /// When the room's power levels cannot be read or the event is refused.
-    pub async fn set_power_level(
-        &self,
-        room_id: &ruma::RoomId,
-        user_id: &UserId,
-        level: i64,
-    ) -> Result<Option<ruma::OwnedEventId>, RemoteError> {
-        use ruma::events::room::power_levels::RoomPowerLevelsEventContent;
-        let bot = self.bot();
-        let mut levels = bot.power_levels(room_id).await?;
-        let level = ruma::Int::new_saturating(level);
-        let current = levels.users.get(user_id).copied().unwrap_or(levels.users_default);
-        if current == level || !levels.user_can_change_user_power_level(bot.user_id(), user_id) {
-            return Ok(None);
-        }
-        if level == levels.users_default {
-            levels.users.remove(user_id);
-        } else {
-            levels.users.insert(user_id.to_owned(), level);
-        }
-        let Ok(content) = RoomPowerLevelsEventContent::try_from(levels) else { return Ok(None) };
-        Ok(Some(bot.set_power_levels(room_id, &content).await?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use mxbridge::{
     Bridge, BridgeError, BridgeResult, ChatInfoChange, ChatMember, CommandCall, CommandSpec,
     Context, Delivery, MatrixChatInfo, MatrixEdit, MatrixMembership, MatrixMessage,
     MembershipChange, PortalInfo, PortalKey, RemoteEvent, RemoteLoginId, RemoteMembership,
-    RemoteMessageId, RemotePart, RemotePartId, RemoteTxnId, RemoteUserId,
+    RemoteMessageId, RemotePart, RemotePartId, RemoteSender, RemoteTxnId, RemoteUserId,
     format::{Mention, MentionLookup, ParsedMessage},
     login::{AnyLoginProcess, LoginFlow, LoginState, UserLogin},
 };
@@ -792,13 +792,13 @@ impl Shared {
     }
 
     /// A Matrix user's rank in a channel, as their login has it: their power level in the
-    /// portal.
+    /// portal, set in the portal's order like any member's.
     async fn set_user_level(&self, channel: &str, login: &RemoteLoginId, level: i64) {
         let Some(live) = self.live(login) else { return };
-        let Ok(Some(portal)) = self.ctx.portal(&PortalKey::shared(channel)).await else { return };
-        if let Err(e) = self.ctx.set_power_level(&portal.room_id, &live.user_id, level).await {
-            tracing::warn!(%channel, error = %e, "could not set a user's power level");
-        }
+        let nick = self.nick_of(&live.user_id).unwrap_or_else(|| login.to_string());
+        let user = RemoteSender::named(nick.as_str(), nick.as_str()).from_login(login.clone());
+        let ranked = ChatMember::joined(user).power_level(level);
+        self.queue(&PortalKey::shared(channel), &RemoteEvent::members(vec![ranked])).await;
     }
 
     /// The IRC nick a Matrix user goes by: a ghost's current nick, or a logged-in user's.
