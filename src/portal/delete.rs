@@ -55,9 +55,11 @@ impl Context {
         if let Err(e) = bot.leave(room).reason(reason).await {
             tracing::warn!(%room, error = %e, "the bot cannot leave a deleted portal");
         }
-        self.store().delete_portal(key).await?;
-        self.store().delete_messages(key).await?;
+        // The portal's row goes last: once it is gone, so is everything it held, and a
+        // deletion cut short is done again in full.
         self.store().forget_portal_logins(key).await?;
+        self.store().delete_messages(key).await?;
+        self.store().delete_portal(key).await?;
         tracing::info!(portal = %key, %room, "deleted the portal");
         Ok(true)
     }
