@@ -1020,17 +1020,25 @@ impl Shared {
     }
 
     /// A Matrix user joined a channel's room by themselves (by its alias, say): their running
-    /// login joins the channel when it is not in it; without a login, they are told how to get
-    /// one (in channels whose portals are made by alias).
+    /// login joins the channel when it is not in it (now, or when it is next connected);
+    /// without a login, they are told how to get one (in channels whose portals are made by
+    /// alias).
     async fn user_joined(&self, user_id: &UserId, portal: &mxbridge::Portal) -> BridgeResult {
         let channel = portal.key.chat.as_str();
         let logins = self.ctx.store().logins_of(user_id).await?;
         if let Some(live) = logins.iter().find_map(|l| self.live(&l.id)) {
-            if live.state.lock().expect("lock").channels.contains_key(channel) {
-                return Ok(());
+            let sender = {
+                let state = live.state.lock().expect("lock");
+                if state.channels.contains_key(channel) {
+                    return Ok(());
+                }
+                state.sender.clone().filter(|s| !s.is_closed())
+            };
+            // Kept with the login, so that a connection made later joins it too.
+            self.ctx.store().add_login_to_portal(&live.id, &portal.key).await?;
+            if let Some(sender) = sender {
+                sender.send(&Message::new("JOIN", &[channel]));
             }
-            let sender = self.wait_connected(&live).await?;
-            sender.send(&Message::new("JOIN", &[channel]));
             return Ok(());
         }
         let by_alias = self.config.alias_channels.iter().any(|p| glob_match(&casefold(p), channel));
