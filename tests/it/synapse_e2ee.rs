@@ -21,6 +21,8 @@ use crate::synapse::{Synapse, cs, enabled, urlencode};
 /// How long one command may take before the test fails (a `wait_*` command's own timeout is
 /// shorter and answers first).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a `wait_*` command waits, in seconds (the whole suite may run beside it).
+const WAIT_SECS: u64 = 60;
 /// The password `Synapse::register` gives every user.
 const PASSWORD: &str = "correct-horse-battery";
 
@@ -139,13 +141,15 @@ impl Human {
 
     /// Waits for an invite to `room` and joins.
     pub async fn accept(&mut self, room: &str) {
-        self.call(json!({"cmd": "wait_invite", "room_id": room})).await;
+        self.call(json!({"cmd": "wait_invite", "room_id": room, "timeout": WAIT_SECS})).await;
         self.call(json!({"cmd": "join", "room_id": room})).await;
     }
 
     /// Waits until this client's synced view shows `user` joined to `room`.
     pub async fn wait_joined(&mut self, room: &str, user: &str) {
-        self.call(json!({"cmd": "wait_member", "room_id": room, "user_id": user})).await;
+        let wait =
+            json!({"cmd": "wait_member", "room_id": room, "user_id": user, "timeout": WAIT_SECS});
+        self.call(wait).await;
     }
 
     /// Sends an (encrypted) text; returns the event id.
@@ -168,7 +172,9 @@ impl Human {
 
     /// The next message from `sender` in `room`, decrypted (see `wait_message` in human.py).
     pub async fn next_message(&mut self, room: &str, sender: &str) -> Value {
-        self.call(json!({"cmd": "wait_message", "room_id": room, "sender": sender})).await
+        let wait =
+            json!({"cmd": "wait_message", "room_id": room, "sender": sender, "timeout": WAIT_SECS});
+        self.call(wait).await
     }
 
     /// How many to-device room keys this client has received (not forwarded ones).
