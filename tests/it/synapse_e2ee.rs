@@ -1,7 +1,6 @@
 //! End-to-end encryption with a real encrypting client: humans are matrix-nio clients with olm
 //! (tests/e2ee/human.py, installed by scripts/nio.sh), each a child process driven by one JSON
-//! command a line. First the client alone against a real Synapse, so the harness is proven
-//! real; then the webhook bridge in encrypted rooms.
+//! command a line: the client alone against a real Synapse, so the harness is proven real.
 
 use std::{
     path::{Path, PathBuf},
