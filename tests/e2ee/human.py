@@ -1,5 +1,9 @@
 """A human with an encrypting Matrix client (matrix-nio with olm), driven line by line.
 
+matrix-nio 0.26 does its cryptography with vodozemac; every message it decrypts for a
+`wait_message` is decrypted a second time with libolm (python-olm), so two implementations of
+megolm read what a bridge sends.
+
 The end-to-end encryption tests run this as a child process with the venv's python that
 `scripts/nio.sh python` prints:
 
@@ -34,6 +38,8 @@ Commands (`"cmd"` names one; the other keys are its arguments):
                                        image is downloaded and decrypted: sha256 of the
                                        plaintext. Fields: event_id, room_id, sender, msgtype,
                                        body, decrypted (arrived as m.room.encrypted),
+                                       verified (the sender's device is verified), libolm
+                                       (decrypted a second time by libolm, the same),
                                        encrypted_file (media sent as `file`), sha256, size.
                                        A timeout answers ok=false with the undecryptable
                                        events seen.
@@ -56,7 +62,9 @@ import os
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
+import olm
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -140,6 +148,8 @@ class Human:
             "msgtype": source.get("msgtype"),
             "body": source.get("body"),
             "decrypted": bool(getattr(event, "decrypted", False)),
+            # The sending device's keys were verified (never for a bridge's ghosts).
+            "verified": bool(getattr(event, "verified", False)),
             "encrypted_file": isinstance(event, RoomEncryptedMedia),
         }
         if isinstance(event, RoomEncryptedMedia):
@@ -412,7 +422,43 @@ class Human:
             stuck = [m for m in self.messages if m.get("undecryptable")]
             raise CommandError(f"{e}; undecryptable: {json.dumps(stuck)}")
         self.returned.add(m["event_id"])
-        return await self.fetch_media(dict(m))
+        entry = dict(m)
+        if entry["decrypted"]:
+            entry["libolm"] = await self.check_with_libolm(entry)
+        return await self.fetch_media(entry)
+
+    async def check_with_libolm(self, entry: dict) -> bool:
+        """Decrypts the event a second time with libolm (python-olm), from the megolm session
+        nio (vodozemac) holds, and fails unless both agree: two implementations read it."""
+        # Not room_get_event: nio decrypts what that returns.
+        path = "/_matrix/client/v3/rooms/{}/event/{}".format(
+            quote(entry["room_id"], safe=""), quote(entry["event_id"], safe="")
+        )
+        resp = await self.client.send(
+            "GET", path, headers={"Authorization": f"Bearer {self.client.access_token}"}
+        )
+        body = await resp.json()
+        raw = MegolmEvent.from_dict(body) if resp.status == 200 else None
+        if not isinstance(raw, MegolmEvent):
+            raise CommandError(f"fetching {entry['event_id']} as ciphertext: {resp.status} {body}")
+        session = self.client.olm.inbound_group_store.get(
+            entry["room_id"], raw.sender_key, raw.session_id
+        )
+        if session is None:
+            raise CommandError(f"no megolm session {raw.session_id} after decrypting with it")
+        exported = session.export_session(session.first_known_index)
+        try:
+            plaintext, _index = olm.InboundGroupSession.import_session(exported).decrypt(
+                raw.ciphertext
+            )
+        except olm.OlmGroupSessionError as e:
+            raise CommandError(f"libolm cannot decrypt {entry['event_id']}: {e}")
+        content = json.loads(plaintext).get("content", {})
+        if (content.get("body"), content.get("msgtype")) != (entry["body"], entry["msgtype"]):
+            raise CommandError(
+                f"libolm reads {entry['event_id']} as {content!r}, nio as {entry['body']!r}"
+            )
+        return True
 
     async def cmd_messages(self, _a: dict) -> dict:
         return {"messages": [{k: v for k, v in m.items() if k != "media"} for m in self.messages]}

@@ -255,6 +255,7 @@ async fn two_nio_humans_exchange_an_encrypted_text_and_image_through_synapse() {
     assert_eq!(got["body"], "the eagle lands at noon", "{got}");
     assert_eq!(got["msgtype"], "m.text", "{got}");
     assert_eq!(got["decrypted"], true, "{got}");
+    assert_eq!(got["libolm"], true, "libolm decrypts it the same: {got}");
 
     // An image: encrypted upload, the key only inside the encrypted event.
     let data = image_bytes(7, 40_000);
