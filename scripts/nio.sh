@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # nio.sh — install the encrypting Matrix client that the end-to-end encryption tests drive
 # (tests/e2ee/human.py): matrix-nio with its `e2e` extra and python-olm, in a cached venv.
+# matrix-nio 0.26 encrypts and decrypts with vodozemac (pinned here too); human.py decrypts what
+# it receives a second time with python-olm (libolm), an implementation of its own.
 #
 # Usage:
 #   scripts/nio.sh install
 #       Install the Debian packages it needs when one is missing (as root: apt-get; `apt-get
 #       update` only when the first attempt fails): libolm-dev (olm's headers and library), and
 #       g++ and make, with which python-olm 3.2.16 compiles the copy of olm its source ships and
-#       links it into its extension. Then create (once) a venv with matrix-nio[e2e]==0.26.0 and
-#       python-olm==3.2.16 (pinned) at "${MXB_CACHE:-$HOME/.cache/mxbridge}/nio-venv" and print
-#       its path on stdout. A no-op (a few ms) when all of that is already there.
+#       links it into its extension. Then create (once) a venv with matrix-nio[e2e]==0.26.0,
+#       vodozemac==0.10.0 and python-olm==3.2.16 (pinned) at
+#       "${MXB_CACHE:-$HOME/.cache/mxbridge}/nio-venv" and print its path on stdout. A no-op (a few ms) when all of that is already there.
 #
 #   scripts/nio.sh python
 #       Install if needed and print the venv's python on stdout.
@@ -23,8 +25,10 @@
 set -euo pipefail
 
 readonly NIO_VERSION="0.26.0"
+readonly VODOZEMAC_VERSION="0.10.0"
 readonly OLM_VERSION="3.2.16"
-readonly STAMP_TEXT="matrix-nio[e2e]==$NIO_VERSION python-olm==$OLM_VERSION"
+readonly PINS=("matrix-nio[e2e]==$NIO_VERSION" "vodozemac==$VODOZEMAC_VERSION" "python-olm==$OLM_VERSION")
+readonly STAMP_TEXT="${PINS[*]}"
 readonly CACHE_DIR="${MXB_CACHE:-$HOME/.cache/mxbridge}"
 readonly VENV="$CACHE_DIR/nio-venv"
 readonly STAMP="$VENV/.mxbridge-nio-version"
@@ -93,18 +97,17 @@ cmd_install() {
     rm -rf "$VENV"
     "$py" -m venv "$VENV" >&2 ||
         die "'$py -m venv' failed (on Debian: apt-get install python3-venv)"
-    "$VPY" -m pip install --disable-pip-version-check --no-input --quiet \
-        "matrix-nio[e2e]==$NIO_VERSION" "python-olm==$OLM_VERSION" >&2 ||
-        die "pip install matrix-nio[e2e]==$NIO_VERSION python-olm==$OLM_VERSION failed (is PyPI reachable?)"
+    "$VPY" -m pip install --disable-pip-version-check --no-input --quiet "${PINS[@]}" >&2 ||
+        die "pip install ${PINS[*]} failed (is PyPI reachable?)"
     local got
     got=$("$VPY" -c '
 import importlib.metadata as m, nio, olm
 from nio.crypto import ENCRYPTION_ENABLED
 assert ENCRYPTION_ENABLED, "nio imports without its encryption support"
-print(m.version("matrix-nio"), m.version("python-olm"))
-') || die "matrix-nio with encryption does not import after install"
-    [[ $got == "$NIO_VERSION $OLM_VERSION" ]] ||
-        die "installed matrix-nio/python-olm are $got, wanted $NIO_VERSION $OLM_VERSION"
+print(m.version("matrix-nio"), m.version("vodozemac"), m.version("python-olm"))
+') || die "matrix-nio with encryption, or python-olm, does not import after install"
+    [[ $got == "$NIO_VERSION $VODOZEMAC_VERSION $OLM_VERSION" ]] ||
+        die "installed matrix-nio/vodozemac/python-olm are $got, wanted $NIO_VERSION $VODOZEMAC_VERSION $OLM_VERSION"
     printf '%s' "$STAMP_TEXT" >"$STAMP"
     exec 9>&-
     info "installed $STAMP_TEXT"
