@@ -43,6 +43,8 @@ Commands (`"cmd"` names one; the other keys are its arguments):
                                        encrypted_file (media sent as `file`), sha256, size.
                                        A timeout answers ok=false with the undecryptable
                                        events seen.
+    session room_id                    this client's outbound megolm session in the room:
+                                       session_id, shared_with ([user, device] pairs)
     messages                           every message seen, in order
     undecryptable                      events that could not be decrypted (yet)
     room_keys                          to-device m.room_key events received: count,
@@ -459,6 +461,16 @@ class Human:
                 f"libolm reads {entry['event_id']} as {content!r}, nio as {entry['body']!r}"
             )
         return True
+
+    async def cmd_session(self, a: dict) -> dict:
+        room_id = need(a, "room_id")
+        session = self.client.olm.outbound_group_sessions.get(room_id)
+        if session is None:
+            raise CommandError(f"no outbound megolm session in {room_id} (nothing sent yet)")
+        return {
+            "session_id": session.id,
+            "shared_with": sorted([u, d] for u, d in session.users_shared_with),
+        }
 
     async def cmd_messages(self, _a: dict) -> dict:
         return {"messages": [{k: v for k, v in m.items() if k != "media"} for m in self.messages]}

@@ -250,6 +250,8 @@ async fn two_nio_humans_exchange_an_encrypted_text_and_image_through_synapse() {
     assert_eq!(raw["content"]["algorithm"], "m.megolm.v1.aes-sha2", "{raw}");
     assert_eq!(raw["content"]["device_id"], alice.device_id.as_str(), "{raw}");
     assert!(!raw.to_string().contains("eagle"), "plaintext on the server: {raw}");
+    let session = alice.call(json!({"cmd": "session", "room_id": room})).await;
+    assert_eq!(session["shared_with"], json!([[bob.user_id, bob.device_id]]), "{session}");
     let got = bob.next_message(&room, &alice.user_id).await;
     assert_eq!(got["event_id"], sent.as_str(), "{got}");
     assert_eq!(got["body"], "the eagle lands at noon", "{got}");
