@@ -73,7 +73,6 @@ from nio import (
     DownloadError,
     Event,
     ForwardedRoomKeyEvent,
-    InviteMemberEvent,
     JoinError,
     LoginResponse,
     MatrixRoom,
@@ -105,7 +104,7 @@ class Human:
         self.messages: list[dict[str, Any]] = []
         # Event ids already answered by `wait_message`.
         self.returned: set[str] = set()
-        # Undecryptable events by event id, retried after every sync.
+        # Undecryptable events by event id, tried again when a room key arrives.
         self.pending: dict[str, MegolmEvent] = {}
         self.room_keys: list[dict[str, Any]] = []
         # How many room keys had arrived when the pending events were last retried.
