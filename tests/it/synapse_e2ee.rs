@@ -1,6 +1,9 @@
 //! End-to-end encryption with a real encrypting client: humans are matrix-nio clients with olm
 //! (tests/e2ee/human.py, installed by scripts/nio.sh), each a child process driven by one JSON
-//! command a line: the client alone against a real Synapse, so the harness is proven real.
+//! command a line. First the client alone against a real Synapse, so the harness is proven
+//! real; then the webhook bridge in encrypted rooms: what a human sends encrypted leaves the
+//! outgoing hook in plaintext, what is POSTed reaches the human encrypted by the bridge device,
+//! and a restarted bridge sends no new room key.
 
 use std::{
     path::{Path, PathBuf},
@@ -354,4 +357,186 @@ async fn a_restarted_nio_human_keeps_its_device_and_reads_what_came_while_it_was
 
     alice.quit().await;
     bob.quit().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The webhook bridge in encrypted rooms: a nio human and the bridge device.
+
+const BOT: &str = "@_t_bot:localhost";
+/// The ghost of the webhook username "CI Bot".
+const CI_GHOST: &str = "@_t__c_i=20_bot:localhost";
+
+/// What the bridge device needs in the registration (as `generate-registration` writes it with
+/// `encryption.allow`).
+fn crypto_registration(url: &str) -> String {
+    format!(
+        "{}io.element.msc4190: true\norg.matrix.msc3202: true\n",
+        crate::common::registration_yaml(url)
+    )
+}
+
+const ENCRYPTION: &str = "encryption: {allow: true, default: true}\n";
+
+/// Waits until the bot's device keys are published (the bridge device started).
+async fn wait_for_bridge_device(synapse: &Synapse, token: &str) -> String {
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        let keys = cs(
+            &client,
+            reqwest::Method::POST,
+            format!("{}/_matrix/client/v3/keys/query", synapse.url),
+            token,
+            Some(json!({"device_keys": {BOT: []}})),
+        )
+        .await;
+        if let Some(device) = keys["device_keys"][BOT].as_object().and_then(|d| d.keys().next()) {
+            return device.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the bridge device never published its keys");
+}
+
+/// The next message from `sender` whose body contains `part` (earlier ones are skipped).
+async fn message_containing(human: &mut Human, room: &str, sender: &str, part: &str) -> Value {
+    for _ in 0..10 {
+        let got = human.next_message(room, sender).await;
+        if got["body"].as_str().is_some_and(|b| b.contains(part)) {
+            return got;
+        }
+    }
+    panic!("no message from {sender} containing {part:?}");
+}
+
+/// Waits until the outgoing receiver got a message with `body`; returns its event part.
+async fn outgoing_message(received: &std::sync::Mutex<Vec<Value>>, body: &str) -> Value {
+    for _ in 0..300 {
+        let found = received.lock().unwrap().iter().find(|p| p["event"]["body"] == body).cloned();
+        if let Some(post) = found {
+            return post["event"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the outgoing hook never got {body:?}; it got {:?}", received.lock().unwrap());
+}
+
+async fn post_hook(hook: &str, text: &str) -> String {
+    let res = reqwest::Client::new()
+        .post(hook)
+        .json(&json!({"text": text, "username": "CI Bot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    answer["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn the_webhook_bridge_reads_and_writes_an_encrypted_room(backend: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registration = crypto_registration(&format!("http://127.0.0.1:{port}"));
+    let synapse = Synapse::start(&registration);
+    let alice_token = synapse.register("alice");
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::common::fresh_database(backend, dir.path()).await;
+    let start = || {
+        crate::webhook::start_bridge_with(port, &synapse.url, &db.url, &registration, ENCRYPTION)
+    };
+    let bridge = start().await;
+    let bot_device = wait_for_bridge_device(&synapse, &alice_token).await;
+    let (out_url, received) = crate::webhook::outgoing_receiver().await;
+
+    // Alice makes an encrypted room with the bot; her commands reach it encrypted, and its
+    // answers reach her encrypted.
+    let mut alice = Human::start(&synapse, "alice", &dir.path().join("alice")).await;
+    let room = alice.create_encrypted_room(&[BOT]).await;
+    alice.wait_joined(&room, BOT).await;
+    alice.send_text(&room, "!webhook create hook1").await;
+    // Her client shared its room key with the bridge device (from here on, a failure is the
+    // bridge's).
+    let session = alice.call(json!({"cmd": "session", "room_id": room})).await;
+    let shared = session["shared_with"].as_array().unwrap();
+    assert!(shared.contains(&json!([BOT, bot_device])), "{session}");
+    let created = message_containing(&mut alice, &room, BOT, "/webhook/").await;
+    assert_eq!(created["decrypted"], true, "the bot answers encrypted: {created}");
+    let body = created["body"].as_str().unwrap();
+    let hook = body[body.find("http://").unwrap()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_owned();
+    alice.send_text(&room, &format!("!webhook outgoing hook1 {out_url}")).await;
+    message_containing(&mut alice, &room, BOT, "now go to").await;
+
+    // Matrix to remote: Alice's encrypted message leaves through the outgoing hook in plaintext.
+    let sent = alice.send_text(&room, "meet at the usual place").await;
+    let raw = raw_event(&synapse, &alice_token, &room, &sent).await;
+    assert_eq!(raw["type"], "m.room.encrypted", "{raw}");
+    let out = outgoing_message(&received, "meet at the usual place").await;
+    assert_eq!(out["event_id"], sent.as_str(), "{out}");
+    assert_eq!(out["sender"], alice.user_id.as_str(), "{out}");
+
+    // Remote to Matrix: a POST appears to Alice from the ghost, encrypted by the bridge device.
+    let posted = post_hook(&hook, "build passed").await;
+    let raw = raw_event(&synapse, &alice_token, &room, &posted).await;
+    assert_eq!(raw["type"], "m.room.encrypted", "the bridge sent plaintext: {raw}");
+    assert_eq!(raw["sender"], CI_GHOST, "{raw}");
+    assert_eq!(raw["content"]["device_id"], bot_device.as_str(), "{raw}");
+    let got = alice.next_message(&room, CI_GHOST).await;
+    assert_eq!(got["event_id"], posted.as_str(), "{got}");
+    assert_eq!(got["body"], "build passed", "{got}");
+    assert_eq!(got["decrypted"], true, "{got}");
+    assert_eq!(got["libolm"], true, "libolm decrypts it the same: {got}");
+
+    // An encrypted image from Alice: the bridge decrypts its event (the webhook posts bodies).
+    let image = alice.send_image(&room, "diagram.png", &image_bytes(3, 20_000)).await;
+    let out = outgoing_message(&received, "diagram.png").await;
+    assert_eq!(out["event_id"], image["event_id"], "{out}");
+
+    // The bridge restarts: it keeps its device and megolm sessions, so Alice gets no new room
+    // key, and both directions still work.
+    let keys = alice.room_keys().await;
+    let from_bot = keys["by_sender"][BOT].as_u64().unwrap_or(0);
+    assert!(from_bot >= 1, "the bridge shared its room key with Alice: {keys}");
+    bridge.stop().await;
+    let bridge = start().await;
+    assert_eq!(wait_for_bridge_device(&synapse, &alice_token).await, bot_device);
+    let posted = post_hook(&hook, "after restart").await;
+    let got = alice.next_message(&room, CI_GHOST).await;
+    assert_eq!(
+        (got["event_id"].as_str(), got["body"].as_str()),
+        (Some(posted.as_str()), Some("after restart")),
+        "{got}"
+    );
+    assert_eq!(got["decrypted"], true, "{got}");
+    alice.send_text(&room, "still there?").await;
+    outgoing_message(&received, "still there?").await;
+    let keys = alice.room_keys().await;
+    assert_eq!(
+        keys["by_sender"][BOT].as_u64().unwrap_or(0),
+        from_bot,
+        "no new room key after the restart: {keys}"
+    );
+    let stuck = alice.call(json!({"cmd": "undecryptable"})).await;
+    assert_eq!(stuck["events"], json!([]), "{stuck}");
+
+    alice.quit().await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn the_webhook_bridge_reads_and_writes_an_encrypted_room_on_sqlite() {
+    if !enabled() {
+        return;
+    }
+    the_webhook_bridge_reads_and_writes_an_encrypted_room("sqlite").await;
+}
+
+#[tokio::test]
+async fn the_webhook_bridge_reads_and_writes_an_encrypted_room_on_postgres() {
+    if !enabled() || crate::common::postgres_url().is_none() {
+        return;
+    }
+    the_webhook_bridge_reads_and_writes_an_encrypted_room("postgres").await;
 }
