@@ -26,12 +26,14 @@ use crate::{Context, event::EphemeralBatch, store::StoreError};
 
 mod device;
 mod input;
+mod media;
 mod room;
 
 pub use device::{BridgeDevice, CryptoError};
 pub use input::DeviceInput;
 /// The `OlmMachine` and the rest of matrix-sdk-crypto, as this build uses them.
 pub use matrix_sdk_crypto;
+pub(crate) use media::{decrypt_attachment, encrypt_attachment, encrypted_file};
 pub(crate) use room::{Decryption, room_encryption};
 
 pub use crate::store::crypto::SqlCryptoStore;

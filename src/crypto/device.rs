@@ -44,6 +44,9 @@ pub enum CryptoError {
     /// Encrypting a room event failed.
     #[error("cannot encrypt: {0}")]
     Megolm(String),
+    /// An encrypted attachment could not be decrypted (a changed file, or an unknown form).
+    #[error("attachment: {0}")]
+    Attachment(String),
     /// A request could not be built.
     #[error("cannot build a request: {0}")]
     Request(String),

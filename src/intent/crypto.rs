@@ -17,6 +17,25 @@ impl Intent {
         self
     }
 
+    /// Whether what this intent sends into `room_id` is encrypted: the room is encrypted and
+    /// the intent has the bridge device.
+    ///
+    /// # Errors
+    /// [`IntentError::Encryption`] when the room is encrypted and the device has not started.
+    pub(super) async fn encrypts_for(&self, room_id: &RoomId) -> Result<bool> {
+        let Some(slot) = &self.device else { return Ok(false) };
+        let encryption = crate::crypto::room_encryption(&self.store, room_id)
+            .await
+            .map_err(|e| IntentError::Encryption(e.to_string()))?;
+        if encryption.is_none() {
+            return Ok(false);
+        }
+        if slot.get().is_none() {
+            return Err(IntentError::Encryption("the bridge device has not started yet".into()));
+        }
+        Ok(true)
+    }
+
     /// The event as it goes into the room: encrypted (`m.room.encrypted`) when the room is
     /// encrypted and this intent has the bridge device, as it is otherwise.
     ///
