@@ -11,18 +11,23 @@
 //!
 //! A bridged event leaves the queue in the same transaction that records its last mapping (a
 //! message's last part, a reaction), together with the events other workers finished
-//! meanwhile; the worker waits for that commit before its portal's next event. A message's
-//! earlier parts are recorded before the next part is sent.
+//! meanwhile. The portal's next event does not wait for that commit when it only reads
+//! mappings (a message, an edit, a reaction, a receipt, typing): it is sent meanwhile, finding
+//! the mappings of the event before in what is being written, and its own records are written
+//! only after those of the event before. Any other event (a delete, an echo, a change of the
+//! chat) waits for the commit. A message's earlier parts are recorded before the next part is
+//! sent.
 //!
 //! Handling is idempotent: a message part already mapped is not sent again, and every send
 //! takes its transaction ID from the queue row and the part (`mxb.q<seq>.<n>`), never from the
 //! message it targets, so a send repeated after a crash (the event sent, the bookkeeping not
 //! written) is answered by the homeserver with the event it already has. Synapse keeps
 //! transaction IDs in memory for about half an hour and forgets them when it restarts, so the
-//! first event of each portal that a new life of the bridge handles (the only one that can have
-//! been in flight at a crash) is first looked for in the room by its transaction ID
-//! (`resend`): a crash exactly between a send and its mapping shows the message once, however
-//! long the bridge was down and whether or not Synapse restarted.
+//! first two events of each portal that a new life of the bridge handles (the only ones that
+//! can have been sent and not recorded at a crash: one being recorded, the next sent meanwhile)
+//! are first looked for in the room by their transaction IDs (`resend`): a crash between a send
+//! and its mapping shows the message once, however long the bridge was down and whether or not
+//! Synapse restarted.
 mod resend;
 
 use std::{sync::Arc, time::Duration};
