@@ -8,6 +8,7 @@
 # Usage: bench/scripts/pipeline-cost.sh [SMALL LARGE]   (default 1000 3000; ~5 minutes)
 #   MXB_CACHE (default ~/.cache/mxbridge): the mautrix venv (pipeline.sh installs it) and the
 #   build (target-bench, or $CARGO_TARGET_DIR); MXB_BENCH_BIN: a bridge_bench to use instead
+#   MXB_SIDES (default "mxbridge mautrix-python"): the sides to count
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SMALL=${1:-1000}; LARGE=${2:-3000}
@@ -48,7 +49,7 @@ count() {
     awk '/^summary:/ { n += $2 } END { print n }' "$dir"/cg.out*
     rm -rf "$dir"
 }
-for side in mxbridge mautrix-python; do
+for side in ${MXB_SIDES:-mxbridge mautrix-python}; do
     small=$(count "$side" "$SMALL")
     large=$(count "$side" "$LARGE")
     awk -v s="$side" -v a="$small" -v b="$large" -v n=$((LARGE - SMALL)) 'BEGIN {

@@ -7,14 +7,6 @@ use ruma::{OwnedEventId, OwnedRoomId};
 use sqlx::Row;
 
 use super::{Backend, MessageRow, Result, Store, StoreError, now_ms, with_pool, with_reader};
-
-/// SQL: field `n` of the rows of `width` fields that a flat JSON array read by `json_each`
-/// holds (each group of `width` elements is one row, grouped by `key / width`).
-macro_rules! field {
-    ($width:literal, $n:literal) => {
-        concat!("max(CASE WHEN key % ", $width, " = ", $n, " THEN atom END)")
-    };
-}
 use crate::{
     remote::{PortalKey, RemoteMessageId, RemoteUserId},
     util::FastMap,
@@ -65,71 +57,39 @@ pub(crate) struct ReactionRow {
     pub(crate) room_id: OwnedRoomId,
 }
 
-/// SQLite: queues events in one script (one hop to the writer's thread). `?1` the events, one
-/// flat JSON array of `chat, receiver, event` for each; `?2` the time. Returns their seqs.
+/// SQLite: queues events in one script (one hop to the writer's thread). `?1` the events, a
+/// JSON array of `[chat, receiver, event]`; `?2` the time. Returns their seqs.
 ///
-/// The rows are flat so that SQLite parses the array once and reads each field as a value of
-/// its own (`atom`); an array per row would be written out again as text and parsed once for
-/// each field, the event's JSON with it.
-const SQLITE_ENQUEUE: &str = concat!(
-    "BEGIN; INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) SELECT ",
-    field!(3, 0),
-    ", ",
-    field!(3, 1),
-    ", ",
-    field!(3, 2),
-    ", ?2 FROM json_each(?1) GROUP BY key / 3 ORDER BY key / 3 RETURNING seq; COMMIT"
-);
+/// `jsonb_each`, not `json_each`: it gives each row as SQLite's binary JSON, which
+/// `json_extract` reads as it is; `json_each` writes each row out as text again, which each
+/// `json_extract` parses again (the event's JSON with it).
+const SQLITE_ENQUEUE: &str = "BEGIN; \
+     INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
+     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+     json_extract(value, '$[2]'), ?2 FROM jsonb_each(?1) ORDER BY key RETURNING seq; \
+     COMMIT";
 
-/// SQLite: takes bridged events off the queue with their records, in one script, the records
-/// as flat JSON arrays (see [`SQLITE_ENQUEUE`]). `?1` the message parts, `chat, receiver,
-/// remote ID, part, event ID, room ID, sender, timestamp` for each; `?2` the reactions, `chat,
-/// receiver, message, sender, key, event ID, room ID` for each; `?3` the seqs.
-const SQLITE_FINISH: &str = concat!(
-    "BEGIN; INSERT INTO mx_message \
-     (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) SELECT ",
-    field!(8, 0),
-    ", ",
-    field!(8, 1),
-    ", ",
-    field!(8, 2),
-    ", ",
-    field!(8, 3),
-    ", ",
-    field!(8, 4),
-    ", ",
-    field!(8, 5),
-    ", ",
-    field!(8, 6),
-    ", ",
-    field!(8, 7),
-    " FROM json_each(?1) GROUP BY key / 8 ORDER BY key / 8 ON CONFLICT DO NOTHING; \
+/// SQLite: takes bridged events off the queue with their records, in one script. `?1` the
+/// message parts, a JSON array of `[[chat, receiver], [remote ID, part, event ID], room ID,
+/// sender, timestamp]`; `?2` the reactions, `[[chat, receiver], [message, sender, key], event
+/// ID, room ID]`; `?3` the seqs. Read with `jsonb_each`, as in [`SQLITE_ENQUEUE`].
+const SQLITE_FINISH: &str = "BEGIN; \
+     INSERT INTO mx_message \
+     (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+     SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
+     json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
+     json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
+     json_extract(value, '$[3]'), json_extract(value, '$[4]') \
+     FROM jsonb_each(?1) WHERE true ON CONFLICT DO NOTHING; \
      INSERT INTO mx_reaction \
-     (chat, receiver, message_id, sender, reaction_key, event_id, room_id) SELECT ",
-    field!(7, 0),
-    ", ",
-    field!(7, 1),
-    ", ",
-    field!(7, 2),
-    ", ",
-    field!(7, 3),
-    ", ",
-    field!(7, 4),
-    ", ",
-    field!(7, 5),
-    ", ",
-    field!(7, 6),
-    " FROM json_each(?2) GROUP BY key / 7 ORDER BY key / 7 ON CONFLICT DO NOTHING; \
-     DELETE FROM mx_remote_queue WHERE seq IN (SELECT value FROM json_each(?3)); COMMIT"
-);
-
-/// A field of a flat row (see [`SQLITE_FINISH`]): text, or a number.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum Field<'a> {
-    Text(&'a str),
-    Int(i64),
-}
+     (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
+     SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
+     json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
+     json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
+     json_extract(value, '$[3]') \
+     FROM jsonb_each(?2) WHERE true ON CONFLICT DO NOTHING; \
+     DELETE FROM mx_remote_queue WHERE seq IN (SELECT value FROM json_each(?3)); \
+     COMMIT";
 
 /// A value that does not encode, as the store's error.
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -147,10 +107,8 @@ impl Store {
         let now = now_ms();
         let mut seqs: Vec<i64> = match &self.backend {
             Backend::Sqlite(writer) => {
-                let rows: Vec<&str> = events
-                    .iter()
-                    .flat_map(|(p, e)| [p.chat.as_str(), p.receiver_str(), *e])
-                    .collect();
+                let rows: Vec<(&str, &str, &str)> =
+                    events.iter().map(|(p, e)| (p.chat.as_str(), p.receiver_str(), *e)).collect();
                 let rows = serde_json::to_string(&rows).map_err(corrupt)?;
                 let query = sqlx::query(SQLITE_ENQUEUE).bind(rows).bind(now);
                 let rows = writer.fetch_script(query).await?;
@@ -288,33 +246,20 @@ impl Store {
         }
         match &self.backend {
             Backend::Sqlite(writer) => {
-                let messages: Vec<Field<'_>> = messages_written
+                let messages: Vec<_> = messages_written
                     .iter()
-                    .flat_map(|m| {
-                        [
-                            Field::Text(m.portal.chat.as_str()),
-                            Field::Text(m.portal.receiver_str()),
-                            Field::Text(m.id.as_str()),
-                            Field::Text(m.part.as_str()),
-                            Field::Text(m.event_id.as_str()),
-                            Field::Text(m.room_id.as_str()),
-                            Field::Text(m.sender.as_str()),
-                            Field::Int(m.timestamp),
-                        ]
+                    .map(|m| {
+                        let portal = (m.portal.chat.as_str(), m.portal.receiver_str());
+                        let ids = (m.id.as_str(), m.part.as_str(), m.event_id.as_str());
+                        (portal, ids, m.room_id.as_str(), m.sender.as_str(), m.timestamp)
                     })
                     .collect();
-                let reactions: Vec<&str> = reactions
+                let reactions: Vec<_> = reactions
                     .iter()
-                    .flat_map(|r| {
-                        [
-                            r.portal.chat.as_str(),
-                            r.portal.receiver_str(),
-                            r.message.as_str(),
-                            r.sender.as_str(),
-                            r.key.as_str(),
-                            r.event_id.as_str(),
-                            r.room_id.as_str(),
-                        ]
+                    .map(|r| {
+                        let portal = (r.portal.chat.as_str(), r.portal.receiver_str());
+                        let ids = (r.message.as_str(), r.sender.as_str(), r.key.as_str());
+                        (portal, ids, r.event_id.as_str(), r.room_id.as_str())
                     })
                     .collect();
                 let query = sqlx::query(SQLITE_FINISH)
