@@ -217,9 +217,6 @@ struct ClientInner {
     http: reqwest::Client,
     /// The homeserver's base URL, without a trailing slash.
     base: String,
-    /// `base`, parsed: each request's URL is this one with the request's path and query, so
-    /// that the scheme and host are not parsed again for every request.
-    base_url: Url,
     /// The bearer token for every request: the `as_token`, or a real user's access token.
     as_token: Secret,
     /// For a real user's client ([`Client::for_user`]): the appservice's client, which helps
@@ -325,7 +322,6 @@ impl Client {
             inner: Arc::new(ClientInner {
                 http,
                 base: homeserver.as_str().trim_end_matches('/').to_owned(),
-                base_url: homeserver,
                 as_token: registration.as_token().clone(),
                 appservice: None,
                 assert_user: false,
@@ -385,15 +381,9 @@ impl Client {
         assert_user: bool,
     ) -> Result<Self> {
         let appservice = self.appservice().clone();
-        let (http, base, base_url) = match homeserver {
-            Some(url) => {
-                (build_http(url)?, url.as_str().trim_end_matches('/').to_owned(), url.clone())
-            }
-            None => (
-                appservice.inner.http.clone(),
-                appservice.inner.base.clone(),
-                appservice.inner.base_url.clone(),
-            ),
+        let (http, base) = match homeserver {
+            Some(url) => (build_http(url)?, url.as_str().trim_end_matches('/').to_owned()),
+            None => (appservice.inner.http.clone(), appservice.inner.base.clone()),
         };
         let versions = appservice.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
         let versions = if homeserver.is_some() {
@@ -410,7 +400,6 @@ impl Client {
             inner: Arc::new(ClientInner {
                 http,
                 base,
-                base_url,
                 as_token: token,
                 appservice_id: inner.appservice_id.clone(),
                 bot: user_id.to_owned(),
@@ -713,9 +702,6 @@ impl Client {
         let (parts, body) = request.into_parts();
         // Shared by the attempts, not copied for each.
         let body = bytes::Bytes::from(body);
-        let mut url = self.inner.base_url.clone();
-        url.set_path(parts.uri.path());
-        url.set_query(parts.uri.query());
         let policy = self.inner.retry;
         async move {
             let started = Instant::now();
@@ -737,7 +723,7 @@ impl Client {
                 let sent = self
                     .inner
                     .http
-                    .request(parts.method.clone(), url.clone())
+                    .request(parts.method.clone(), parts.uri.to_string())
                     .headers(parts.headers.clone())
                     .body(body.clone())
                     .send()

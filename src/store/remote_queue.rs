@@ -59,20 +59,16 @@ pub(crate) struct ReactionRow {
 
 /// SQLite: queues events in one script (one hop to the writer's thread). `?1` the events, a
 /// JSON array of `[chat, receiver, event]`; `?2` the time. Returns their seqs.
-///
-/// `jsonb_each`, not `json_each`: it gives each row as SQLite's binary JSON, which
-/// `json_extract` reads as it is; `json_each` writes each row out as text again, which each
-/// `json_extract` parses again (the event's JSON with it).
 const SQLITE_ENQUEUE: &str = "BEGIN; \
      INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-     json_extract(value, '$[2]'), ?2 FROM jsonb_each(?1) ORDER BY key RETURNING seq; \
+     json_extract(value, '$[2]'), ?2 FROM json_each(?1) ORDER BY key RETURNING seq; \
      COMMIT";
 
 /// SQLite: takes bridged events off the queue with their records, in one script. `?1` the
 /// message parts, a JSON array of `[[chat, receiver], [remote ID, part, event ID], room ID,
 /// sender, timestamp]`; `?2` the reactions, `[[chat, receiver], [message, sender, key], event
-/// ID, room ID]`; `?3` the seqs. Read with `jsonb_each`, as in [`SQLITE_ENQUEUE`].
+/// ID, room ID]`; `?3` the seqs.
 const SQLITE_FINISH: &str = "BEGIN; \
      INSERT INTO mx_message \
      (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
@@ -80,14 +76,14 @@ const SQLITE_FINISH: &str = "BEGIN; \
      json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
      json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
      json_extract(value, '$[3]'), json_extract(value, '$[4]') \
-     FROM jsonb_each(?1) WHERE true ON CONFLICT DO NOTHING; \
+     FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING; \
      INSERT INTO mx_reaction \
      (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
      SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
      json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
      json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
      json_extract(value, '$[3]') \
-     FROM jsonb_each(?2) WHERE true ON CONFLICT DO NOTHING; \
+     FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING; \
      DELETE FROM mx_remote_queue WHERE seq IN (SELECT value FROM json_each(?3)); \
      COMMIT";
 
