@@ -20,6 +20,7 @@ fi
 # Synapse and InspIRCd: install (cached) before the tests so a failure is reported once and
 # clearly.
 bash scripts/synapse.sh install >/dev/null
+bash scripts/nio.sh install >/dev/null
 bash scripts/inspircd.sh install
 
 # `--ignore-rust-version`: the `encryption` feature's matrix-sdk-crypto 0.19 declares Rust 1.96

@@ -121,6 +121,10 @@ impl<B: Bridge> AppService<B> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (inbox, dispatcher) =
             dispatch::inbox(bridge.clone(), ctx.clone(), config.inbox.clone(), stop_rx.clone());
+        // The bridge device's ID is known before the first transaction, so none of its input
+        // is missed while the device is starting.
+        #[cfg(feature = "encryption")]
+        crate::crypto::prepare(&ctx).await.map_err(Error::Store)?;
         let state = Arc::new(ServerState::new(bridge.clone(), ctx.clone(), inbox, health.clone()));
         let limits = Limits {
             max_body_bytes: config.appservice.max_body_bytes,

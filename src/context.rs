@@ -143,6 +143,7 @@ impl Context {
     /// `client::Error::NotInNamespace` for users the appservice may not act as.
     pub fn intent(&self, user_id: &ruma::UserId) -> Result<Intent, client::Error> {
         Intent::new(self.client().clone(), self.store().clone(), user_id.to_owned())
+            .map(|intent| self.equip(intent))
     }
 
     /// The intent of a real user (outside the namespace, such as a double puppet), acting with
@@ -169,12 +170,20 @@ impl Context {
         homeserver: Option<&url::Url>,
     ) -> Result<Intent, client::Error> {
         let client = self.client().for_user(user_id, access_token, homeserver)?;
-        Intent::new(client, self.store().clone(), user_id.to_owned())
+        Intent::new(client, self.store().clone(), user_id.to_owned()).map(|i| self.equip(i))
     }
 
     /// The bot's intent.
     pub fn bot(&self) -> Intent {
-        Intent::bot(self.client().clone(), self.store().clone())
+        self.equip(Intent::bot(self.client().clone(), self.store().clone()))
+    }
+
+    /// Gives an intent what the context adds to every intent it makes: the bridge device, which
+    /// encrypts its sends into encrypted rooms (with the `encryption` feature).
+    pub(crate) fn equip(&self, intent: Intent) -> Intent {
+        #[cfg(feature = "encryption")]
+        let intent = intent.with_device_of(self);
+        intent
     }
 
     /// The SQL store.

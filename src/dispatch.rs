@@ -464,6 +464,11 @@ impl<B: Bridge> Shared<B> {
             kind = %event.kind,
         );
         async {
+            #[cfg(feature = "encryption")]
+            let Some(event) = Box::pin(self.decrypt(event.clone(), &pending, attempts)).await
+            else {
+                return;
+            };
             let mut attempts = attempts;
             loop {
                 let started = std::time::Instant::now();
@@ -530,6 +535,106 @@ impl<B: Bridge> Shared<B> {
         }
         .instrument(span)
         .await;
+    }
+
+    /// The event as handlers see it: an `m.room.encrypted` event from outside the namespace
+    /// decrypted by the bridge device (when encryption is allowed), any other as it is. `None`
+    /// when the event was set aside or parked instead.
+    ///
+    /// An event whose room key has not arrived holds its room until the key comes or
+    /// `encryption.key_wait_secs` pass; it is then parked naming the key's session, which
+    /// puts it back in line when the key arrives, and its sender is told. Until the device
+    /// started, the room waits for it.
+    #[cfg(feature = "encryption")]
+    async fn decrypt(
+        &self,
+        event: Event,
+        pending: &impl Fn(i32) -> PendingEvent,
+        attempts: i32,
+    ) -> Option<Event> {
+        use crate::crypto::Decryption;
+        if event.kind != "m.room.encrypted"
+            || self.ctx.registration().is_user_in_namespace(&event.sender)
+        {
+            return Some(event);
+        }
+        let slot = self.ctx.device_slot()?;
+        let wait = Duration::from_secs(self.ctx.config().encryption.key_wait_secs);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = slot.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let count = |outcome: &str| {
+            let labels = vec![("outcome", outcome.to_owned())];
+            self.ctx.metrics().decryptions.get_or_create(&labels).inc();
+        };
+        loop {
+            changes.borrow_and_update();
+            let result = match slot.get() {
+                Some(device) => device.decrypt(&event).await,
+                None => {
+                    tracing::info!("waiting for the bridge device to decrypt");
+                    tokio::select! {
+                        _ = changes.changed() => continue,
+                        _ = shutdown.wait_for(|s| *s) => return None,
+                    }
+                }
+            };
+            match result {
+                Ok(Decryption::Decrypted(plain)) => {
+                    count("decrypted");
+                    return Some(plain);
+                }
+                Ok(Decryption::AwaitingKey { session_id }) => {
+                    if tokio::time::Instant::now() < deadline {
+                        tokio::select! {
+                            _ = changes.changed() => {}
+                            () = tokio::time::sleep_until(deadline) => {}
+                            _ = shutdown.wait_for(|s| *s) => return None,
+                        }
+                        continue;
+                    }
+                    count("awaiting_key");
+                    tracing::info!(%session_id, "no room key yet; setting the event aside");
+                    let why = "waiting for its room key";
+                    let parked = pending(attempts);
+                    self.persist("set an event aside", |store| {
+                        store.park_awaiting(&parked, attempts, why, Some(&session_id))
+                    })
+                    .await;
+                    // A key that arrived while the event was being parked found nothing to put
+                    // back in line: look once more.
+                    if let Some(device) = slot.get()
+                        && let Ok(Decryption::Decrypted(_)) = device.decrypt(&event).await
+                        && let Err(e) = self.store.retry_parked(Some(event.event_id.as_str())).await
+                    {
+                        tracing::warn!(error = %e, "could not put the event back in line");
+                    }
+                    crate::route::report_not_delivered(
+                        &self.ctx,
+                        &event,
+                        crate::route::StatusReason::AwaitingKey,
+                        "the bridge has not received its decryption key; it will be bridged when \
+                         the key arrives",
+                        Notice::Yes,
+                    );
+                    return None;
+                }
+                Ok(Decryption::Failed(error)) => {
+                    count("failed");
+                    tracing::warn!(%error, "cannot decrypt; parking event");
+                    Box::pin(self.park(&pending(attempts + 1), attempts + 1, &error)).await;
+                    self.failure_notice(&event, &error).await;
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "decryption failed; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait_for(|s| *s) => return None,
+                    }
+                }
+            }
+        }
     }
 
     /// Tells the sender of a real user's event that failed for good that it was not bridged

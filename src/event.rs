@@ -43,6 +43,9 @@ pub struct EventData {
     pub kind: String,
     /// The state key, for state events.
     pub state_key: Option<String>,
+    /// Whether the event arrived encrypted (`m.room.encrypted`) and is seen here as the bridge
+    /// device decrypted it: its type, content and JSON are the plaintext's.
+    pub encrypted: bool,
     /// The event JSON as received (already checked to be JSON).
     json: Box<str>,
     /// ruma's raw form of `json`, made on first use ([`Event::raw`]): making a `RawValue` checks
@@ -97,7 +100,20 @@ impl Event {
             json: json.into(),
             raw: std::sync::OnceLock::new(),
             content_at: span_in(json, envelope.content),
+            encrypted: false,
         }))
+    }
+
+    /// The plaintext form of an encrypted event, as the bridge device decrypted it (the
+    /// decrypted type and content, with the encrypted event's IDs and sender).
+    ///
+    /// # Errors
+    /// When the decrypted event has no valid envelope.
+    #[cfg(feature = "encryption")]
+    pub(crate) fn decrypted(json: &str) -> Result<Self, MalformedEvent> {
+        let mut event = Self::from_json(json)?;
+        Arc::get_mut(&mut event.0).expect("a new event has one owner").encrypted = true;
+        Ok(event)
     }
 
     /// The `content` JSON, when the envelope found it.

@@ -53,6 +53,8 @@
 //! name only what is particular to a method.
 
 mod cached;
+#[cfg(feature = "encryption")]
+mod crypto;
 mod error;
 mod join;
 mod media;
@@ -104,6 +106,10 @@ pub struct Intent {
     /// For a double puppet: the value of [`DOUBLE_PUPPET_SOURCE`] put in the content of every
     /// event it sends, by which the bridge knows its own events when they come back.
     puppet_source: Option<std::sync::Arc<str>>,
+    /// The bridge device, which encrypts what this intent sends into encrypted rooms (an
+    /// intent made by the [`Context`](crate::Context) when encryption is allowed).
+    #[cfg(feature = "encryption")]
+    device: Option<crate::crypto::DeviceSlot>,
 }
 
 /// The content key that marks an event a bridge sent as a user's own account (a double
@@ -127,13 +133,29 @@ impl Intent {
             return Err(client::Error::NotInNamespace { user_id });
         }
         let is_bot = user_id == client.bot_user_id() && !client.is_user_client();
-        Ok(Self { client, store, user_id, is_bot, puppet_source: None })
+        Ok(Self {
+            client,
+            store,
+            user_id,
+            is_bot,
+            puppet_source: None,
+            #[cfg(feature = "encryption")]
+            device: None,
+        })
     }
 
     /// Creates the bot's intent.
     pub fn bot(client: Client, store: Store) -> Self {
         let user_id = client.bot_user_id().to_owned();
-        Self { client, store, user_id, is_bot: true, puppet_source: None }
+        Self {
+            client,
+            store,
+            user_id,
+            is_bot: true,
+            puppet_source: None,
+            #[cfg(feature = "encryption")]
+            device: None,
+        }
     }
 
     /// The user this intent acts as.

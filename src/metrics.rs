@@ -54,6 +54,9 @@ pub struct Metrics {
     pub retries: Family<Labels, Counter>,
     /// Changes of users' logins' connection states, by new state (`CONNECTED`, ...).
     pub login_states: Family<Labels, Counter>,
+    /// Encrypted events the bridge device read, by outcome: `decrypted`, `awaiting_key` (set
+    /// aside until its room key arrives), `failed` (parked: the key can never open it).
+    pub decryptions: Family<Labels, Counter>,
     inbox_pending: Gauge,
     /// Times the in-memory hand-off queue overflowed, so the dispatcher read stored batches
     /// back from the database: the bridge is handling events slower than they arrive.
@@ -121,6 +124,7 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
             login_states: Family::default(),
+            decryptions: Family::default(),
             inbox_pending: Gauge::default(),
             inbox_handoff_overflows: Counter::default(),
             inbox_oldest_age_seconds: Gauge::default(),
@@ -171,6 +175,11 @@ impl Metrics {
             "login_state_changes",
             "Changes of logins' connection states, by new state",
             m.login_states.clone(),
+        );
+        registry.register(
+            "decryptions",
+            "Encrypted events read by the bridge device, by outcome",
+            m.decryptions.clone(),
         );
         registry.register(
             "inbox_pending",

@@ -153,6 +153,17 @@ impl Context {
                 serde_json::value::to_raw_value(&json).expect("a JSON value serializes"),
             ));
         }
+        if self.config().encryption.default {
+            // `encryption.default` (which needs `allow`): the bridge device encrypts what the
+            // bot and ghosts send here.
+            let json = serde_json::json!({
+                "type": "m.room.encryption", "state_key": "",
+                "content": { "algorithm": "m.megolm.v1.aes-sha2" },
+            });
+            request.initial_state.push(Raw::from_json(
+                serde_json::value::to_raw_value(&json).expect("a JSON value serializes"),
+            ));
+        }
         let room_id = self.bot().create_room(request).await?;
         self.store()
             .upsert_portal(&PortalRow {

@@ -90,6 +90,7 @@ impl Context {
         };
         let intent = client
             .and_then(|c| Intent::new(c, self.store().clone(), user_id.to_owned()))
+            .map(|intent| self.equip(intent))
             .map_err(|e| StoreError::Corrupt(format!("double puppet of {user_id}: {e}")))?;
         Ok(Some(intent.double_puppet(source)))
     }

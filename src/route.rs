@@ -430,6 +430,11 @@ async fn route_message<B: Bridge>(
         bridge.handle_room_message(&message).await?;
         return Ok(Bookkeeping::default());
     };
+    if ctx.config().encryption.require && !event.encrypted {
+        let why = "this portal bridges encrypted messages only";
+        report_not_delivered(ctx, event, StatusReason::Unsupported, why, Notice::Yes);
+        return Ok(Bookkeeping::default());
+    }
     // Boxed, as every await in a message's path that not every message takes: the future of
     // every event is as large as its largest path.
     if !Box::pin(assign_via(ctx, event, &mut sender, &portal, Notice::Yes)).await? {
@@ -545,6 +550,9 @@ pub(crate) enum StatusReason {
     Failed,
     /// No login may carry the event (the sender has none in the portal, and no relay).
     NoLogin,
+    /// The event is encrypted and its room key has not arrived: it is bridged when it does.
+    #[cfg_attr(not(feature = "encryption"), allow(dead_code))]
+    AwaitingKey,
 }
 
 /// Tells the sender that an event did not reach the remote network: a failed
@@ -561,18 +569,22 @@ pub(crate) fn report_not_delivered(
     let status = serde_json::json!({
         "network": ctx.appservice().id,
         "m.relates_to": { "rel_type": "m.reference", "event_id": event.event_id },
-        "status": "FAIL_PERMANENT",
+        "status": if reason == StatusReason::AwaitingKey { "FAIL_RETRIABLE" } else { "FAIL_PERMANENT" },
         "reason": match reason {
             StatusReason::Unsupported => "m_event_unsupported",
             StatusReason::Failed => "m_foreign_network_error",
             StatusReason::NoLogin => "m_no_permission",
+            StatusReason::AwaitingKey => "m_undecryptable",
         },
         "message": message,
     });
     let notice = (notice == Notice::Yes && ctx.config().inbox.failure_notices).then(|| {
-        let mut content = RoomMessageEventContent::notice_plain(format!(
-            "⚠️ Your message was not bridged: {message}"
-        ));
+        let mut content =
+            RoomMessageEventContent::notice_plain(if reason == StatusReason::AwaitingKey {
+                format!("⏳ Your message is not bridged yet: {message}")
+            } else {
+                format!("⚠️ Your message was not bridged: {message}")
+            });
         content.relates_to =
             Some(Relation::Reply(Reply::new(InReplyTo::new(event.event_id.clone()))));
         content

@@ -25,6 +25,8 @@ use crate::config::{DatabaseConfig, SQLITE_CACHE_MIB, SqliteSynchronous};
 mod checkpoint;
 #[cfg(feature = "encryption")]
 pub(crate) mod crypto;
+#[cfg(feature = "encryption")]
+mod crypto_inbox;
 mod ephemeral;
 mod inbox;
 mod mappings;
@@ -302,6 +304,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0009_crypto.sql",
         sqlite: include_str!("../migrations/sqlite/0009_crypto.sql"),
         postgres: include_str!("../migrations/postgres/0009_crypto.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "0010_crypto_inbox.sql",
+        sqlite: include_str!("../migrations/sqlite/0010_crypto_inbox.sql"),
+        postgres: include_str!("../migrations/postgres/0010_crypto_inbox.sql"),
     },
 ];
 

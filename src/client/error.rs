@@ -48,6 +48,10 @@ pub enum Error {
     /// A successful response did not have the shape the endpoint defines.
     #[error("unexpected response from the homeserver: {0}")]
     InvalidResponse(String),
+    /// An encrypted attachment could not be read: it was changed, or this build has no
+    /// `encryption` feature.
+    #[error("cannot decrypt the attachment: {0}")]
+    Attachment(String),
     /// An upload is larger than the homeserver takes; nothing was sent.
     #[error("the file is {size} bytes, over the homeserver's upload limit of {limit} bytes")]
     MediaTooLarge {

@@ -6,7 +6,7 @@ use super::ConfigError;
 
 /// `encryption:`: whether the bridge reads and writes encrypted rooms through a device of its
 /// own. All off by default.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptionConfig {
     /// Set up the bridge device and take part in encrypted rooms. `generate-registration` then
@@ -20,6 +20,25 @@ pub struct EncryptionConfig {
     /// Refuse to bridge unencrypted messages in portals (needs `allow` and `default`).
     #[serde(default)]
     pub require: bool,
+    /// How long an encrypted event whose room key has not arrived holds its room (default 5
+    /// seconds). Then it is set aside, the room moves on, and it is handled when the key comes.
+    #[serde(default = "default_key_wait_secs")]
+    pub key_wait_secs: u64,
+}
+
+fn default_key_wait_secs() -> u64 {
+    5
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            allow: false,
+            default: false,
+            require: false,
+            key_wait_secs: default_key_wait_secs(),
+        }
+    }
 }
 
 impl EncryptionConfig {
@@ -52,7 +71,7 @@ mod tests {
     use super::*;
 
     fn config(allow: bool, default: bool, require: bool) -> EncryptionConfig {
-        EncryptionConfig { allow, default, require }
+        EncryptionConfig { allow, default, require, ..EncryptionConfig::default() }
     }
 
     fn bad_key(c: &EncryptionConfig) -> Option<String> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use matrix_sdk_crypto::{
     OlmMachine, OlmMachineBuilder,
     store::CryptoStoreError,
-    types::requests::{AnyOutgoingRequest, OutgoingRequest},
+    types::requests::{AnyOutgoingRequest, OutgoingRequest, ToDeviceRequest},
 };
 use ruma::{
     DeviceId, OwnedDeviceId,
@@ -20,13 +20,9 @@ use super::SqlCryptoStore;
 use crate::{
     Store,
     client::{Client, RequestOptions},
-    secret::Secret,
     store::StoreError,
 };
 
-/// Where the bridge device's ID is kept (`mx_kv`).
-const KV_NAMESPACE: &str = "crypto";
-const KV_DEVICE_ID: &str = "device_id";
 /// The display name of the bridge device, as the users' clients list it.
 const DEVICE_NAME: &str = "Bridge";
 
@@ -45,6 +41,12 @@ pub enum CryptoError {
     /// The homeserver refused a request of the device.
     #[error(transparent)]
     Client(#[from] crate::client::Error),
+    /// Encrypting a room event failed.
+    #[error("cannot encrypt: {0}")]
+    Megolm(String),
+    /// An encrypted attachment could not be decrypted (a changed file, or an unknown form).
+    #[error("attachment: {0}")]
+    Attachment(String),
     /// A request could not be built.
     #[error("cannot build a request: {0}")]
     Request(String),
@@ -58,26 +60,24 @@ pub struct BridgeDevice {
     device_id: OwnedDeviceId,
     /// The machine's requests are sent by one task at a time, so none goes out twice.
     sending: Arc<tokio::sync::Mutex<()>>,
+    /// Room keys are shared by one task at a time (see `room.rs`).
+    pub(super) sharing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BridgeDevice {
-    /// Starts the bridge device: its ID from the store (made up and stored on the first start),
-    /// the device created or kept on the homeserver (`PUT /devices/{id}` as the bot, which
-    /// MSC4190 lets an appservice do), the machine loaded from the crypto store, and its
-    /// requests sent (the device's keys uploaded on the first start).
+    /// Starts the bridge device `device_id`: the device created or kept on the homeserver
+    /// (`PUT /devices/{id}` as the bot, which MSC4190 lets an appservice do), the machine
+    /// loaded from the crypto store, and its requests sent (the device's keys uploaded on the
+    /// first start).
     ///
     /// # Errors
     /// When the database or the homeserver fails, or the crypto store holds the account of
     /// another device.
-    pub async fn start(store: &Store, client: &Client) -> Result<Self, CryptoError> {
-        let device_id = match store.kv_get(KV_NAMESPACE, KV_DEVICE_ID).await? {
-            Some(id) => OwnedDeviceId::from(id),
-            None => {
-                let id = format!("MXB{}", Secret::generate(10).expose().to_ascii_uppercase());
-                store.kv_put(KV_NAMESPACE, KV_DEVICE_ID, &id).await?;
-                OwnedDeviceId::from(id)
-            }
-        };
+    pub async fn start(
+        store: &Store,
+        client: &Client,
+        device_id: OwnedDeviceId,
+    ) -> Result<Self, CryptoError> {
         let mut create = update_device::v3::Request::new(device_id.clone());
         create.display_name = Some(DEVICE_NAME.to_owned());
         client.send(create, None).await?;
@@ -91,6 +91,7 @@ impl BridgeDevice {
             client: client.clone(),
             device_id,
             sending: Arc::new(tokio::sync::Mutex::new(())),
+            sharing: Arc::new(tokio::sync::Mutex::new(())),
         };
         let sent = device.send_outgoing_requests().await?;
         tracing::info!(device_id = %device.device_id, requests = sent, "bridge device ready");
@@ -122,6 +123,11 @@ impl BridgeDevice {
         Ok(room_keys)
     }
 
+    /// The client the device's requests go through (the appservice's).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Sends every request the machine has waiting (key uploads and queries, claims, to-device
     /// messages, signatures) as the bot with the bridge device asserted, and hands each
     /// response back to the machine. Returns how many went out.
@@ -139,7 +145,7 @@ impl BridgeDevice {
 
     async fn send_one(&self, request: &OutgoingRequest) -> Result<(), CryptoError> {
         let id = request.request_id();
-        let options = RequestOptions::as_user(None).with_device(&self.device_id);
+        let options = self.options();
         let client = &self.client;
         match request.request() {
             AnyOutgoingRequest::KeysUpload(r) => {
@@ -153,19 +159,8 @@ impl BridgeDevice {
                 let response = client.send_with(query, &options).await?;
                 self.machine.mark_request_as_sent(id, &response).await?;
             }
-            AnyOutgoingRequest::KeysClaim(r) => {
-                let response = client.send_with(r.clone(), &options).await?;
-                self.machine.mark_request_as_sent(id, &response).await?;
-            }
-            AnyOutgoingRequest::ToDeviceRequest(r) => {
-                let send = send_event_to_device::v3::Request::new_raw(
-                    r.event_type.clone(),
-                    r.txn_id.clone(),
-                    r.messages.clone(),
-                );
-                let response = client.send_with(send, &options).await?;
-                self.machine.mark_request_as_sent(id, &response).await?;
-            }
+            AnyOutgoingRequest::KeysClaim(r) => self.send_claim(id, r).await?,
+            AnyOutgoingRequest::ToDeviceRequest(r) => self.send_to_device(r).await?,
             AnyOutgoingRequest::SignatureUpload(r) => {
                 let response = client.send_with(r.clone(), &options).await?;
                 self.machine.mark_request_as_sent(id, &response).await?;
@@ -181,6 +176,34 @@ impl BridgeDevice {
                 self.machine.mark_request_as_sent(id, &response).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The options of the device's requests: as the bot, with the bridge device asserted.
+    pub(super) fn options(&self) -> RequestOptions {
+        RequestOptions::as_user(None).with_device(&self.device_id)
+    }
+
+    /// Claims one-time keys (`/keys/claim`) and hands the answer to the machine.
+    pub(super) async fn send_claim(
+        &self,
+        id: &ruma::TransactionId,
+        claim: &ruma::api::client::keys::claim_keys::v3::Request,
+    ) -> Result<(), CryptoError> {
+        let response = self.client.send_with(claim.clone(), &self.options()).await?;
+        self.machine.mark_request_as_sent(id, &response).await?;
+        Ok(())
+    }
+
+    /// Sends a to-device request of the machine and tells the machine it went out.
+    pub(super) async fn send_to_device(&self, r: &ToDeviceRequest) -> Result<(), CryptoError> {
+        let send = send_event_to_device::v3::Request::new_raw(
+            r.event_type.clone(),
+            r.txn_id.clone(),
+            r.messages.clone(),
+        );
+        let response = self.client.send_with(send, &self.options()).await?;
+        self.machine.mark_request_as_sent(&r.txn_id, &response).await?;
         Ok(())
     }
 }

@@ -16,13 +16,17 @@ use ruma::{
     DeviceId, OneTimeKeyAlgorithm, UInt, UserId, api::client::sync::sync_events::DeviceLists,
     events::AnyToDeviceEvent, serde::Raw,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::event::{DeviceData, ToDeviceEvent};
+use super::{BridgeDevice, DevicePart};
+use crate::{
+    Context,
+    event::{DeviceData, ToDeviceEvent},
+};
 
-/// The bridge device's part of one transaction.
-#[derive(Debug, Default)]
+/// The bridge device's part of one transaction, as it is stored until the machine took it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DeviceInput {
     /// To-device messages for the bridge device, in the order received.
     pub to_device: Vec<Raw<AnyToDeviceEvent>>,
@@ -91,6 +95,12 @@ impl DeviceInput {
         }
     }
 
+    /// The key counts and fallback key types as JSON, to compare one transaction's with
+    /// another's.
+    pub(crate) fn counts_json(&self) -> String {
+        serde_json::json!([self.one_time_key_counts, self.unused_fallback_keys]).to_string()
+    }
+
     /// Whether there is nothing for the machine.
     pub fn is_empty(&self) -> bool {
         self.to_device.is_empty()
@@ -107,10 +117,10 @@ impl DeviceInput {
     ///
     /// # Errors
     /// When the machine's store fails.
-    pub async fn feed(self, machine: &OlmMachine) -> Result<Vec<RoomKeyInfo>, OlmError> {
-        let counts = self.one_time_key_counts.unwrap_or_default();
+    pub async fn feed(&self, machine: &OlmMachine) -> Result<Vec<RoomKeyInfo>, OlmError> {
+        let counts = self.one_time_key_counts.clone().unwrap_or_default();
         let changes = EncryptionSyncChanges {
-            to_device_events: self.to_device,
+            to_device_events: self.to_device.clone(),
             changed_devices: &self.device_lists,
             one_time_keys_counts: &counts,
             unused_fallback_keys: self.unused_fallback_keys.as_deref(),
@@ -121,6 +131,91 @@ impl DeviceInput {
         let (_to_device, room_keys) =
             machine.receive_sync_changes_msc4186(changes, &settings).await?;
         Ok(room_keys)
+    }
+}
+
+/// Hands the stored input to the machine in order, for as long as the bridge runs: each row is
+/// fed, deleted, and then the events set aside for the room keys it brought are put back in
+/// line. A crash between the feeding and the deletion feeds a row twice; the machine ignores
+/// to-device messages it decrypted before, and a room key it holds already.
+pub(super) async fn feed_loop(ctx: &Context, part: &DevicePart, device: &BridgeDevice) {
+    let store = ctx.store();
+    let mut after = 0i64;
+    let mut requests_owed = false;
+    loop {
+        let stored = part.input_stored.notified();
+        tokio::pin!(stored);
+        stored.as_mut().enable();
+        match store.crypto_inputs(after, 32).await {
+            Ok(rows) if !rows.is_empty() => {
+                for (seq, json) in rows {
+                    feed_row(ctx, part, device, seq, &json).await;
+                    after = seq;
+                }
+                requests_owed = send_requests(device).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the bridge device's input"),
+        }
+        if requests_owed {
+            requests_owed = send_requests(device).await;
+        }
+        tokio::select! {
+            () = stored => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Sends the machine's waiting requests; returns whether some are still owed.
+async fn send_requests(device: &BridgeDevice) -> bool {
+    match device.send_outgoing_requests().await {
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not send the bridge device's requests");
+            true
+        }
+    }
+}
+
+async fn feed_row(ctx: &Context, part: &DevicePart, device: &BridgeDevice, seq: i64, json: &str) {
+    let store = ctx.store();
+    let room_keys = match serde_json::from_str::<DeviceInput>(json) {
+        Ok(input) => {
+            let mut delay = std::time::Duration::from_millis(200);
+            loop {
+                match input.feed(device.machine()).await {
+                    Ok(keys) => break keys,
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq, "the machine could not take its input");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, seq, "dropping unreadable bridge device input");
+            Vec::new()
+        }
+    };
+    let mut delay = std::time::Duration::from_millis(200);
+    while let Err(e) = store.delete_crypto_input(seq).await {
+        tracing::warn!(error = %e, seq, "cannot delete the bridge device's input");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+    for key in &room_keys {
+        match store.requeue_awaiting_key(key.room_id.as_str(), &key.session_id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(room_id = %key.room_id, events = n,
+                "a room key arrived; the events set aside for it are back in line"),
+            Err(e) => tracing::warn!(error = %e, "cannot put events awaiting a key back in line"),
+        }
+    }
+    if !room_keys.is_empty() {
+        part.slot.bump();
     }
 }
 

@@ -28,6 +28,10 @@ pub enum IntentError {
     /// worked out.
     #[error("room version {0} is not supported")]
     UnsupportedRoomVersion(RoomVersionId),
+    /// The room is encrypted and the event could not be encrypted: the bridge device has not
+    /// started yet, or sharing the room key failed. Nothing was sent in plaintext.
+    #[error("cannot encrypt for the room: {0}")]
+    Encryption(String),
 }
 
 impl IntentError {

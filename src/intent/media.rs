@@ -69,6 +69,50 @@ impl<'a> IntoFuture for Upload<'a> {
 }
 
 impl Intent {
+    /// Uploads a file for a message in `room_id`, and returns the source the message names it
+    /// by: in an encrypted room (with the bridge device of an intent made by the
+    /// [`Context`](crate::Context)) the file is encrypted first and the source is the
+    /// encrypted `file`; elsewhere it is the plain `url`. The whole file is in memory.
+    ///
+    /// ```no_run
+    /// # async fn example(ghost: mxbridge::intent::Intent, room_id: &ruma::RoomId, png: Vec<u8>)
+    /// # -> mxbridge::intent::Result<()> {
+    /// use ruma::events::room::message::{ImageMessageEventContent, RoomMessageEventContent};
+    ///
+    /// let source = ghost.upload_media(room_id, png, "image/png", Some("cat.png")).await?;
+    /// let image = ImageMessageEventContent::new("cat.png".into(), source);
+    /// ghost.send(room_id, &RoomMessageEventContent::new(image.into())).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Intent::upload`]; [`IntentError::Encryption`](super::IntentError::Encryption) when
+    /// the room is encrypted and the bridge device has not started.
+    pub async fn upload_media(
+        &self,
+        room_id: &ruma::RoomId,
+        data: Vec<u8>,
+        content_type: &str,
+        filename: Option<&str>,
+    ) -> Result<ruma::events::room::MediaSource> {
+        use ruma::events::room::MediaSource;
+        #[cfg(not(feature = "encryption"))]
+        let _ = room_id;
+        #[cfg(feature = "encryption")]
+        if self.encrypts_for(room_id).await? {
+            let (ciphertext, info) = crate::crypto::encrypt_attachment(&data);
+            drop(data);
+            let mxc = self.upload(ciphertext).content_type("application/octet-stream").await?;
+            return Ok(MediaSource::Encrypted(Box::new(crate::crypto::encrypted_file(mxc, info))));
+        }
+        let upload = self.upload(data).content_type(content_type);
+        let upload = match filename {
+            Some(name) => upload.filename(name),
+            None => upload,
+        };
+        Ok(MediaSource::Plain(upload.await?))
+    }
+
     /// Uploads media whose bytes are read as they are sent (see [`UploadBody`]), so a large file
     /// never sits in memory whole. Over the homeserver's upload limit it fails at once with
     /// [`crate::client::Error::MediaTooLarge`], which a bridge can show the sender.

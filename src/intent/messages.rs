@@ -174,6 +174,8 @@ impl<'a> IntoFuture for SendMessage<'a> {
             let (event_type, content) = content.map_err(client::Error::Json)?;
             let content = intent.mark(content).map_err(client::Error::Json)?;
             intent.ensure_joined(room_id).await?;
+            #[cfg(feature = "encryption")]
+            let (event_type, content) = intent.encrypt_for(room_id, event_type, content).await?;
             let txn_id = txn_id.unwrap_or_else(client::new_txn_id);
             let mut request = send_message_event::v3::Request::new_raw(
                 room_id.to_owned(),

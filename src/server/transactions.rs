@@ -3,7 +3,8 @@
 //! The homeserver pushes events in transactions ([spec]). A transaction is answered 200 only after
 //! its events are committed to the inbox in one database transaction; the bridge handles them
 //! afterwards. Ephemeral data (typing, receipts, presence, to-device, MSC3202 device data) is not
-//! stored: it is queued in memory for the bridge once the commit succeeded.
+//! stored: it is queued in memory for the bridge once the commit succeeded. The exception is
+//! the bridge device's part (with the `encryption` feature), committed before the events.
 //!
 //! [spec]: https://spec.matrix.org/v1.19/application-service-api/#put_matrixappv1transactionstxnid
 
@@ -49,6 +50,13 @@ pub(crate) async fn push_events<B: Bridge>(
         tracing::warn!(event_id, %reason, "skipping malformed event");
     }
     drop(_enter);
+    // The bridge device's part is committed first: a transaction is answered only once both
+    // are stored, and one the homeserver sends again stores its part once.
+    #[cfg(feature = "encryption")]
+    crate::crypto::stash_input(&state.ctx, &txn_id, &parsed.batch).await.map_err(|e| {
+        tracing::error!(parent: &span, error = %e, "could not store the bridge device's input");
+        ApiError::internal()
+    })?;
     let outcome = state
         .group_commit
         .store(

@@ -22,6 +22,8 @@ mod synapse_crash;
 #[cfg(feature = "encryption")]
 mod synapse_crypto;
 mod synapse_dms;
+#[cfg(feature = "encryption")]
+mod synapse_e2ee;
 mod synapse_logins;
 mod synapse_mappings;
 mod synapse_portals;

@@ -36,6 +36,26 @@ impl Store {
         Ok(n)
     }
 
+    /// Puts back in line the events of `room_id` set aside until the room key of `session_id`
+    /// arrived, and returns how many.
+    pub async fn requeue_awaiting_key(&self, room_id: &str, session_id: &str) -> Result<u64> {
+        let n = with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE mx_parked SET requeued = TRUE \
+                 WHERE requeued = FALSE AND room_id = $1 AND awaiting_key = $2",
+            )
+            .bind(room_id)
+            .bind(session_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if n > 0 {
+            self.inbox_wake.notify_one();
+        }
+        Ok(n)
+    }
+
     /// Lists parked events, oldest first.
     pub async fn parked_events(&self, limit: i64) -> Result<Vec<ParkedEvent>> {
         with_reader!(self, |pool| {

@@ -288,6 +288,18 @@ impl Store {
         attempts: i32,
         error: &str,
     ) -> Result<()> {
+        self.park_awaiting(event, attempts, error, None).await
+    }
+
+    /// [`Store::park`], naming what the event waits for: the session of the room key that
+    /// decrypts it (see [`Store::requeue_awaiting_key`]).
+    pub(crate) async fn park_awaiting(
+        &self,
+        event: &PendingEvent,
+        attempts: i32,
+        error: &str,
+        awaiting_key: Option<&str>,
+    ) -> Result<()> {
         with_pool!(self, |pool| {
             let mut conn = pool.acquire().await?;
             let mut tx = crate::store::writer::BeginTx::begin_tx(&mut conn).await?;
@@ -300,8 +312,8 @@ impl Store {
                 .await?;
             sqlx::query(
                 "INSERT INTO mx_parked \
-                 (event_id, room_id, event_json, attempts, last_error, parked_at, requeued) \
-                 VALUES ($1, $2, $3, $4, $5, $6, FALSE)",
+                 (event_id, room_id, event_json, attempts, last_error, parked_at, requeued, \
+                 awaiting_key) VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7)",
             )
             .bind(&event.event_id)
             .bind(&event.room_id)
@@ -309,6 +321,7 @@ impl Store {
             .bind(attempts)
             .bind(error)
             .bind(now_ms())
+            .bind(awaiting_key)
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM mx_event_attempts WHERE event_id = $1")
