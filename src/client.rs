@@ -534,30 +534,29 @@ impl Client {
         due
     }
 
-    /// The versions to pick `R`'s path with: the cached ones, fetched first when they do not
+    /// Makes the cached versions fit to pick `R`'s path with: fetched first when they do not
     /// reach `R`'s stable path (an endpoint newer than what is cached) and were not fetched
     /// lately (an endpoint the homeserver lacks would otherwise fetch on every request); stale
-    /// ones are fetched again in the background.
-    async fn versions_for<R: OutgoingRequest>(&self) -> SupportedVersions
+    /// ones are fetched again in the background. Then the cache holds the versions to use (a
+    /// fetch that failed or named none leaves them as they were).
+    async fn prepare_versions_for<R: OutgoingRequest>(&self)
     where
         R::PathBuilder: PathInput,
     {
-        let versions = self.supported_versions();
-        let unreached = R::PATH_BUILDER.newer_than(&versions)
-            || R::PATH_BUILDER.select_path(R::PathBuilder::input(&versions)).is_err();
+        let (unreached, stale) = {
+            let cached = self.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
+            let versions = &cached.supported;
+            let unreached = R::PATH_BUILDER.newer_than(versions)
+                || R::PATH_BUILDER.select_path(R::PathBuilder::input(versions)).is_err();
+            (unreached, cached.fetched.is_some_and(|at| at.elapsed() >= VERSIONS_MAX_AGE))
+        };
         if unreached && self.claim_versions_fetch(VERSIONS_RETRY) {
-            return match self.refresh_boxed().await {
-                Ok(fresh) if !fresh.versions.is_empty() => fresh,
-                Ok(_) => versions,
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not fetch the supported versions");
-                    versions
-                }
-            };
+            if let Err(err) = self.refresh_boxed().await {
+                tracing::warn!(error = %err, "could not fetch the supported versions");
+            }
+            return;
         }
-        if self.supported_versions_age().is_some_and(|age| age >= VERSIONS_MAX_AGE)
-            && self.claim_versions_fetch(VERSIONS_MAX_AGE)
-        {
+        if stale && self.claim_versions_fetch(VERSIONS_MAX_AGE) {
             let client = self.clone();
             tokio::spawn(async move {
                 if let Err(err) = client.refresh_boxed().await {
@@ -565,7 +564,6 @@ impl Client {
                 }
             });
         }
-        versions
     }
 
     /// Sends any Client-Server request, as `as_user` (a ghost in the namespace) or as the bot
@@ -621,15 +619,22 @@ impl Client {
         if let Some(user) = &options.as_user {
             self.check_identity(user)?;
         }
-        let versions = self.versions_for::<R>().await;
-        let route = R::PATH_BUILDER.select_path(R::PathBuilder::input(&versions)).unwrap_or("?");
+        self.prepare_versions_for::<R>().await;
         let base = &self.inner.base;
-        let path_input = R::PathBuilder::input(&versions);
-        let mut http_request: http::Request<Vec<u8>> = if with_token {
-            let token = R::Authentication::input(self.inner.as_token.expose());
-            request.try_into_http_request(base, token, path_input)?
-        } else {
-            request.try_into_http_request(base, R::Authentication::without_token(), path_input)?
+        // Built with the cached versions borrowed, not copied (no await while they are).
+        let (route, mut http_request): (_, http::Request<Vec<u8>>) = {
+            let cached = self.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
+            let versions = &cached.supported;
+            let route = R::PATH_BUILDER.select_path(R::PathBuilder::input(versions)).unwrap_or("?");
+            let path_input = R::PathBuilder::input(versions);
+            let http_request = if with_token {
+                let token = R::Authentication::input(self.inner.as_token.expose());
+                request.try_into_http_request(base, token, path_input)?
+            } else {
+                let token = R::Authentication::without_token();
+                request.try_into_http_request(base, token, path_input)?
+            };
+            (route, http_request)
         };
         let mut identity = AppserviceUserIdentity::default();
         // A device is asserted with its user named, the bot too: Synapse 1.163 fails (500) on
@@ -658,12 +663,12 @@ impl Client {
         append_query(http_request.uri_mut(), &extra)?;
 
         let as_user = options.as_user.as_deref().filter(|u| *u != self.inner.bot);
-        let response = self.execute(http_request, route, as_user).await?;
-        let borrowed = borrow_response(&response);
+        let (parts, body) = self.execute(http_request, route, as_user).await?.into_parts();
+        let response = http::Response::from_parts(parts, body.as_slice());
         if response.status().as_u16() >= 400 {
-            return Err(Error::from_ruma(ruma::api::error::Error::from_http_response(borrowed)));
+            return Err(Error::from_ruma(ruma::api::error::Error::from_http_response(response)));
         }
-        R::IncomingResponse::try_from_http_response(borrowed)
+        R::IncomingResponse::try_from_http_response(response)
             .map_err(|e| Error::InvalidResponse(e.to_string()))
     }
 
@@ -695,6 +700,8 @@ impl Client {
             duration_ms = field::Empty,
         );
         let (parts, body) = request.into_parts();
+        // Shared by the attempts, not copied for each.
+        let body = bytes::Bytes::from(body);
         let policy = self.inner.retry;
         async move {
             let started = Instant::now();
@@ -741,8 +748,9 @@ impl Client {
                         return Err(Error::Http(err.without_url()));
                     }
                 };
+                let mut response = response;
                 let status = response.status();
-                let headers = response.headers().clone();
+                let headers = std::mem::take(response.headers_mut());
                 let bytes = response.bytes().await.map_err(|e| Error::Http(e.without_url()))?;
                 let delay = match status.as_u16() {
                     429 => {
@@ -773,7 +781,7 @@ impl Client {
                     continue;
                 }
                 finish(Some(status.as_u16()), attempt);
-                let mut out = http::Response::new(bytes.to_vec());
+                let mut out = http::Response::new(Vec::from(bytes));
                 *out.status_mut() = status;
                 *out.headers_mut() = headers;
                 return Ok(out);
@@ -1013,10 +1021,6 @@ fn http_response<'a>(
     *response.status_mut() = status;
     *response.headers_mut() = headers.clone();
     response
-}
-
-fn borrow_response(response: &http::Response<Vec<u8>>) -> http::Response<&[u8]> {
-    http_response(response.status(), response.headers(), response.body())
 }
 
 #[cfg(test)]

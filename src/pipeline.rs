@@ -11,18 +11,23 @@
 //!
 //! A bridged event leaves the queue in the same transaction that records its last mapping (a
 //! message's last part, a reaction), together with the events other workers finished
-//! meanwhile; the worker waits for that commit before its portal's next event. A message's
-//! earlier parts are recorded before the next part is sent.
+//! meanwhile. The portal's next event does not wait for that commit when it only reads
+//! mappings (a message, an edit, a reaction, a receipt, typing): it is sent meanwhile, finding
+//! the mappings of the event before in what is being written, and its own records are written
+//! only after those of the event before. Any other event (a delete, an echo, a change of the
+//! chat) waits for the commit. A message's earlier parts are recorded before the next part is
+//! sent.
 //!
 //! Handling is idempotent: a message part already mapped is not sent again, and every send
 //! takes its transaction ID from the queue row and the part (`mxb.q<seq>.<n>`), never from the
 //! message it targets, so a send repeated after a crash (the event sent, the bookkeeping not
 //! written) is answered by the homeserver with the event it already has. Synapse keeps
 //! transaction IDs in memory for about half an hour and forgets them when it restarts, so the
-//! first event of each portal that a new life of the bridge handles (the only one that can have
-//! been in flight at a crash) is first looked for in the room by its transaction ID
-//! (`resend`): a crash exactly between a send and its mapping shows the message once, however
-//! long the bridge was down and whether or not Synapse restarted.
+//! first two events of each portal that a new life of the bridge handles (the only ones that
+//! can have been sent and not recorded at a crash: one being recorded, the next sent meanwhile)
+//! are first looked for in the room by their transaction IDs (`resend`): a crash between a send
+//! and its mapping shows the message once, however long the bridge was down and whether or not
+//! Synapse restarted.
 mod resend;
 
 use std::{sync::Arc, time::Duration};
@@ -81,7 +86,7 @@ pub(crate) struct RemoteQueue {
 #[derive(Debug)]
 struct Finished {
     seq: i64,
-    records: Records,
+    records: Arc<Records>,
 }
 
 /// What bridging an event records in the transaction that takes it off the queue (so a send
@@ -95,6 +100,28 @@ struct Records {
 impl Records {
     fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.reactions.is_empty()
+    }
+
+    /// The parts of a message recorded here.
+    fn parts<'a>(
+        &'a self,
+        key: &'a PortalKey,
+        id: &'a RemoteMessageId,
+    ) -> impl Iterator<Item = &'a MessageRow> + 'a {
+        self.messages.iter().filter(move |m| m.id == *id && m.portal == *key)
+    }
+
+    /// Whether a reaction is recorded here.
+    fn has_reaction(
+        &self,
+        key: &PortalKey,
+        target: &RemoteMessageId,
+        sender: &crate::remote::RemoteUserId,
+        reaction: &str,
+    ) -> bool {
+        self.reactions.iter().any(|r| {
+            r.key == reaction && r.message == *target && r.sender == *sender && r.portal == *key
+        })
     }
 }
 
@@ -165,11 +192,10 @@ impl RemoteQueue {
                     let store = store.clone();
                     async move {
                         let seqs: Vec<i64> = group.iter().map(|f| f.seq).collect();
-                        let (mut messages, mut reactions) = (Vec::new(), Vec::new());
-                        for f in group {
-                            messages.extend(f.records.messages);
-                            reactions.extend(f.records.reactions);
-                        }
+                        let messages: Vec<&MessageRow> =
+                            group.iter().flat_map(|f| &f.records.messages).collect();
+                        let reactions: Vec<&ReactionRow> =
+                            group.iter().flat_map(|f| &f.records.reactions).collect();
                         store
                             .finish_remote(&seqs, &messages, &reactions)
                             .await
@@ -363,14 +389,25 @@ impl Worker {
     /// (what is left stays in the database for the next start).
     async fn run<B: Bridge>(self, ctx: Context, bridge: Arc<B>) {
         let Self { portal, mut rx, workers, mut stop } = self;
+        // The event before, whose records are being written while the next one is bridged.
+        let mut before: Option<Recording> = None;
         loop {
             if *stop.borrow() {
+                if let Some(recording) = before.take() {
+                    recording.settle(&ctx, &mut stop).await;
+                }
                 workers.lock().await.remove(&portal);
                 return;
             }
             let row = match rx.try_recv() {
                 Ok(row) => row,
                 Err(_) => {
+                    // Nothing more for now: the last event is recorded before the worker may
+                    // leave, so the portal's next worker finds its mappings.
+                    if let Some(recording) = before.take() {
+                        recording.settle(&ctx, &mut stop).await;
+                        continue;
+                    }
                     // Leave only with the map locked and nothing queued: the fetch loop sends
                     // under the same lock, so no event is left in a channel nobody reads.
                     let mut map = workers.lock().await;
@@ -383,30 +420,153 @@ impl Worker {
                     }
                 }
             };
-            process(&ctx, &*bridge, row, &mut stop).await;
+            before = process(&ctx, &*bridge, &row, before, &mut stop).await;
         }
     }
 }
 
+/// A bridged event whose records (and its leaving the queue) are being written: its portal's
+/// next event is bridged meanwhile, reading the records from here.
+struct Recording {
+    seq: i64,
+    events: Vec<OwnedEventId>,
+    records: Arc<Records>,
+    write: futures_util::future::BoxFuture<'static, Result<(), String>>,
+}
+
+impl Recording {
+    /// Starts writing a bridged event's records, with those of other workers.
+    fn start(ctx: &Context, seq: i64, events: Vec<OwnedEventId>, records: Records) -> Self {
+        let records = Arc::new(records);
+        let done = Finished { seq, records: records.clone() };
+        let ctx = ctx.clone();
+        let write = Box::pin(async move { ctx.remote_queue().finish(ctx.store(), done).await });
+        Self { seq, events, records, write }
+    }
+
+    /// Waits for the write, then tells who waits on the event how it went.
+    async fn settle(self, ctx: &Context, stop: &mut watch::Receiver<bool>) {
+        let Self { seq, events, records, write } = self;
+        let written = write.await;
+        settled(ctx, seq, events, &records, written, stop).await;
+    }
+}
+
+/// Finishes a bridged event once its write returned `written`: a failed write of records is
+/// written again, alone, with the inbox's delays (never by bridging the event again: its
+/// portal's next event may have been sent meanwhile), and the event parked after
+/// `inbox.max_attempts` writes; a bridged event with nothing to record that failed to leave
+/// the queue is handled again after a restart, which changes nothing.
+async fn settled(
+    ctx: &Context,
+    seq: i64,
+    events: Vec<OwnedEventId>,
+    records: &Records,
+    mut written: Result<(), String>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let config = &ctx.config().inbox;
+    let queue = ctx.remote_queue();
+    let mut attempts = 1;
+    loop {
+        let error = match written {
+            Ok(()) => {
+                queue.finished(seq, Ok(events));
+                return;
+            }
+            Err(error) if records.is_empty() => {
+                tracing::warn!(%error, seq, "could not take a bridged event off the queue");
+                queue.finished(seq, Ok(events));
+                return;
+            }
+            Err(error) => error,
+        };
+        if attempts >= config.max_attempts {
+            tracing::warn!(%error, seq, attempts, "could not record a bridged event; parking it");
+            if let Err(e) = ctx.store().fail_remote(seq, &error, true).await {
+                tracing::warn!(error = %e, "could not park a remote event");
+            }
+            queue.finished(seq, Err(error));
+            return;
+        }
+        let delay = config.retry_delay(attempts);
+        tracing::info!(%error, seq, attempts, "could not record a bridged event; will retry");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // Left in the queue: the next start looks for its sends in the room.
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        attempts += 1;
+        let messages: Vec<&MessageRow> = records.messages.iter().collect();
+        let reactions: Vec<&ReactionRow> = records.reactions.iter().collect();
+        written = ctx
+            .store()
+            .finish_remote(&[seq], &messages, &reactions)
+            .await
+            .map_err(|e| e.to_string());
+    }
+}
+
+/// Whether bridging `event` may start while the event before it is being recorded: it reads
+/// mappings (and finds those of the event before in its records), but changes none that the
+/// write could race with.
+fn overlaps(event: &RemoteEvent) -> bool {
+    match event {
+        RemoteEvent::Message { echo_of, .. } => echo_of.is_none(),
+        RemoteEvent::Edit { .. }
+        | RemoteEvent::Reaction { .. }
+        | RemoteEvent::ReadReceipt { .. }
+        | RemoteEvent::Typing { .. } => true,
+        _ => false,
+    }
+}
+
 /// Bridges one queued event, with retries; parks it after the last attempt. A retry pending
-/// at shutdown waits for the next start.
+/// at shutdown waits for the next start. `before` (the portal's event before, being
+/// recorded) is finished on the way; returns this event's recording when it was bridged.
 async fn process<B: Bridge>(
     ctx: &Context,
     bridge: &B,
-    row: QueuedRow,
+    row: &QueuedRow,
+    mut before: Option<Recording>,
     stop: &mut watch::Receiver<bool>,
-) {
+) -> Option<Recording> {
     let config = &ctx.config().inbox;
     let mut attempts = row.attempts;
     let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
     let _enter = span.enter();
     let queue = ctx.remote_queue();
+    let parsed = serde_json::from_str::<RemoteEvent>(&row.event);
     loop {
         let mut records = Records::default();
-        let parsed = serde_json::from_str::<RemoteEvent>(&row.event);
         let result = match &parsed {
-            Ok(event) => handle(ctx, bridge, &row, event, &mut records).await,
-            Err(e) => Err(Failure::permanent(format!("not a remote event: {e}"))),
+            Ok(event) => {
+                if !overlaps(event)
+                    && let Some(recording) = before.take()
+                {
+                    recording.settle(ctx, stop).await;
+                }
+                match before.take() {
+                    // The send starts while the event before is recorded.
+                    Some(Recording { seq, events, records: earlier, write }) => {
+                        let recording = async {
+                            let written = write.await;
+                            settled(ctx, seq, events, &earlier, written, stop).await;
+                        };
+                        let bridging = handle(ctx, bridge, row, event, &mut records, &earlier);
+                        tokio::join!(recording, bridging).1
+                    }
+                    None => {
+                        handle(ctx, bridge, row, event, &mut records, &Records::default()).await
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(recording) = before.take() {
+                    recording.settle(ctx, stop).await;
+                }
+                Err(Failure::permanent(format!("not a remote event: {e}")))
+            }
         };
         if result.is_err()
             && let Ok(event) = &parsed
@@ -417,25 +577,7 @@ async fn process<B: Bridge>(
             ctx.forget_revoked_puppet_token(login).await;
         }
         let failure = match result {
-            Ok(events) => {
-                let recorded = !records.is_empty();
-                let done = Finished { seq: row.seq, records };
-                match queue.finish(ctx.store(), done).await {
-                    Ok(()) => {
-                        queue.finished(row.seq, Ok(events));
-                        return;
-                    }
-                    // Its records are not written: handled again, its sends are repeated with
-                    // their own transaction IDs.
-                    Err(e) if recorded => Failure::from(group_failed(e)),
-                    Err(e) => {
-                        // Handled again after a restart, which changes nothing.
-                        tracing::warn!(error = %e, "could not take a bridged event off the queue");
-                        queue.finished(row.seq, Ok(events));
-                        return;
-                    }
-                }
-            }
+            Ok(events) => return Some(Recording::start(ctx, row.seq, events, records)),
             Err(failure) => failure,
         };
         attempts += 1;
@@ -448,26 +590,28 @@ async fn process<B: Bridge>(
         if park {
             tracing::warn!(%error, attempts, "bridging a remote event failed; parking it");
             queue.finished(row.seq, Err(error));
-            return;
+            return None;
         }
         let delay = config.retry_delay(u32::try_from(attempts).unwrap_or(1));
         let delay_ms = delay.as_millis();
         tracing::info!(%error, attempts, delay_ms, "bridging a remote event failed; will retry");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => return None,
         }
     }
 }
 
 /// Bridges one remote event into its portal; returns the Matrix events it sent. What it
-/// records last goes to `records`, written with the event's removal from the queue.
+/// records last goes to `records`, written with the event's removal from the queue; `before`
+/// holds what the portal's event before recorded, which may not be written yet.
 async fn handle<B: Bridge>(
     ctx: &Context,
     bridge: &B,
     row: &QueuedRow,
     event: &RemoteEvent,
     records: &mut Records,
+    before: &Records,
 ) -> Result<Vec<OwnedEventId>, Failure> {
     let key = &row.portal;
     let portal = match ctx.portal(key).await? {
@@ -520,11 +664,12 @@ async fn handle<B: Bridge>(
             }
             // What the queue's read said still holds unless a mapping was written since.
             let unmapped =
-                row.unmapped_as_of.is_some_and(|g| !ctx.store().mapped_since(key, id, g));
+                row.unmapped_as_of.is_some_and(|g| !ctx.store().mapped_since(key, id, g))
+                    && before.parts(key, id).next().is_none();
             let known =
-                if unmapped { Vec::new() } else { ctx.store().message_parts(key, id).await? };
-            let reply_to = first_event(ctx, key, reply_to.as_ref()).await?;
-            let thread_root = first_event(ctx, key, thread_root.as_ref()).await?;
+                if unmapped { Vec::new() } else { mapped_parts(ctx, key, id, before).await? };
+            let reply_to = first_event(ctx, key, reply_to.as_ref(), before).await?;
+            let thread_root = first_event(ctx, key, thread_root.as_ref(), before).await?;
             let ghost = ctx.sender_intent(sender).await?;
             for (n, part) in parts.iter().enumerate() {
                 if known.iter().any(|m| m.part == part.id) {
@@ -568,7 +713,7 @@ async fn handle<B: Bridge>(
             }
         }
         RemoteEvent::Edit { target, sender, timestamp, parts } => {
-            let known = ctx.store().message_parts(key, target).await?;
+            let known = mapped_parts(ctx, key, target, before).await?;
             if known.is_empty() {
                 tracing::debug!(%target, "an edit of a message that was never bridged");
                 return Ok(Vec::new());
@@ -587,10 +732,12 @@ async fn handle<B: Bridge>(
             }
         }
         RemoteEvent::Reaction { target, sender, key: reaction, timestamp } => {
-            let Some(target_event) = first_event(ctx, key, Some(target)).await? else {
+            let Some(target_event) = first_event(ctx, key, Some(target), before).await? else {
                 return Ok(Vec::new());
             };
-            if ctx.store().reaction(key, target, &sender.id, reaction).await?.is_some() {
+            if before.has_reaction(key, target, &sender.id, reaction)
+                || ctx.store().reaction(key, target, &sender.id, reaction).await?.is_some()
+            {
                 return Ok(Vec::new());
             }
             let ghost = ctx.sender_intent(sender).await?;
@@ -630,7 +777,7 @@ async fn handle<B: Bridge>(
             ctx.store().delete_message(key, target).await?;
         }
         RemoteEvent::ReadReceipt { sender, up_to } => {
-            if let Some(event_id) = first_event(ctx, key, Some(up_to)).await? {
+            if let Some(event_id) = first_event(ctx, key, Some(up_to), before).await? {
                 let ghost = ctx.sender_intent(sender).await?;
                 ghost.ensure_joined(&portal.room_id).await?;
                 let mut request = create_receipt::v3::Request::new(
@@ -683,14 +830,37 @@ fn failure_of(e: BridgeError) -> Failure {
     Failure { permanent: e.is_permanent(), message: e.to_string() }
 }
 
+/// The mapped parts of a remote message, in part order: those stored, and those `before`
+/// records.
+async fn mapped_parts(
+    ctx: &Context,
+    key: &PortalKey,
+    message: &RemoteMessageId,
+    before: &Records,
+) -> Result<Vec<MessageRow>, Failure> {
+    let mut parts = ctx.store().message_parts(key, message).await?;
+    let mut added = false;
+    for part in before.parts(key, message) {
+        if !parts.iter().any(|p| p.part == part.part) {
+            parts.push(part.clone());
+            added = true;
+        }
+    }
+    if added {
+        parts.sort_by(|a, b| a.part.as_str().cmp(b.part.as_str()));
+    }
+    Ok(parts)
+}
+
 /// The first Matrix event of a remote message, when it was bridged.
 async fn first_event(
     ctx: &Context,
     key: &PortalKey,
     message: Option<&RemoteMessageId>,
+    before: &Records,
 ) -> Result<Option<OwnedEventId>, Failure> {
     let Some(message) = message else { return Ok(None) };
-    let parts = ctx.store().message_parts(key, message).await?;
+    let parts = mapped_parts(ctx, key, message, before).await?;
     Ok(parts.into_iter().next().map(|m| m.event_id))
 }
 
@@ -740,7 +910,21 @@ mod tests {
     /// remote user `alice`, joined to all three, so bridging makes only the sends.
     pub(super) async fn setup(hs: &MockHomeserver) -> Context {
         let inbox = "inbox: {retry_base_ms: 10, retry_max_ms: 20, max_attempts: 2}\n";
-        let ctx = test_context(hs, inbox).await;
+        prepare(test_context(hs, inbox).await).await
+    }
+
+    /// As [`setup`], with the store in a file in `dir` (so it has readers beside its writer).
+    async fn setup_in(hs: &MockHomeserver, dir: &std::path::Path) -> Context {
+        let in_memory = setup(hs).await;
+        let url = format!("sqlite://{}/pipeline.db", dir.display());
+        let store = crate::Store::connect_url(&url).await.unwrap();
+        let config = in_memory.config().clone();
+        let registration = crate::testing::test_registration();
+        prepare(Context::with_client(store, registration, config, hs.client())).await
+    }
+
+    /// Puts the portals and the ghost of [`setup`] in `ctx`'s store.
+    async fn prepare(ctx: Context) -> Context {
         let store = ctx.store();
         let ghost = ruma::UserId::parse(GHOST).unwrap();
         store
@@ -834,6 +1018,67 @@ mod tests {
         assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 0));
     }
 
+    /// A portal's next event is sent while the one before is recorded: with the database's
+    /// writer held, a message and a reaction to it go out (the reaction finds the message in
+    /// what is being recorded), the message after waits for the message's record, and once
+    /// the writer is free all three are recorded, in order, each sent once.
+    #[tokio::test]
+    async fn the_next_send_starts_while_the_event_before_is_recorded() {
+        let hs = MockHomeserver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = setup_in(&hs, dir.path()).await;
+        let room = room_id!("!a:localhost");
+        hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$m"})).ok().mount().await;
+        hs.mock_send(room, "m.reaction").ok_body(json!({"event_id": "$r"})).ok().mount().await;
+        let key = PortalKey::shared("chat-0");
+        let reaction = RemoteEvent::Reaction {
+            target: "m1".into(),
+            sender: alice(),
+            key: "👍".into(),
+            timestamp: None,
+        };
+        let events = [
+            (key.clone(), RemoteEvent::text("m1", alice(), "one")),
+            (key.clone(), reaction),
+            (key.clone(), RemoteEvent::text("m2", alice(), "two")),
+        ];
+        let queued = ctx.queue_remote_batch(&events).await.unwrap();
+        let held = Duration::from_secs(3);
+        let since = std::time::Instant::now();
+        ctx.store().hold_writer_for(held).await;
+        let _stop = start(&ctx);
+        let sends = async || {
+            let messages = hs.sent_txn_ids(room, "m.room.message").await;
+            (messages, hs.sent_txn_ids(room, "m.reaction").await)
+        };
+        while sends().await.1.is_empty() && since.elapsed() < held {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(since.elapsed() < held, "the reaction went out while the writer was held");
+        assert_eq!(sends().await, (vec!["mxb.q1.0".to_owned()], vec!["mxb.q2.0".to_owned()]));
+        assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (3, 0), "none recorded");
+        let mut bridged = Vec::new();
+        for q in queued {
+            let events = q.bridged().await.unwrap();
+            bridged.push(events.iter().map(ToString::to_string).collect::<Vec<_>>());
+        }
+        assert_eq!(bridged, [["$m"], ["$r"], ["$m"]]);
+        assert_eq!(sends().await.0, ["mxb.q1.0", "mxb.q3.0"]);
+        let body = hs
+            .received()
+            .await
+            .into_iter()
+            .find(|r| r.url.path().contains("/send/m.reaction/"))
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
+            .unwrap();
+        assert_eq!(body["m.relates_to"]["event_id"], "$m");
+        let store = ctx.store();
+        assert_eq!(store.message_parts(&key, &"m2".into()).await.unwrap()[0].event_id, "$m");
+        let found = store.reaction(&key, &"m1".into(), &"alice".into(), "👍").await.unwrap();
+        assert_eq!(found.as_deref().map(ruma::EventId::as_str), Some("$r"));
+        assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
+    }
+
     /// What was queued while no pipeline ran is bridged when one starts; an event handled
     /// again (a crash after the send, before it left the queue) sends nothing more.
     #[tokio::test]
@@ -865,7 +1110,12 @@ mod tests {
         };
         let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
         let mut records = Records::default();
-        assert!(handle(&ctx, &Quiet, &row, &event, &mut records).await.unwrap().is_empty());
+        assert!(
+            handle(&ctx, &Quiet, &row, &event, &mut records, &Records::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(records.is_empty());
         assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, ["mxb.q1.0", "mxb.q2.0"]);
     }
@@ -898,7 +1148,9 @@ mod tests {
             attempts: 0,
             unmapped_as_of: None,
         };
-        let early = handle(&ctx, &Quiet, &row, &echo, &mut Records::default()).await.unwrap_err();
+        let early = handle(&ctx, &Quiet, &row, &echo, &mut Records::default(), &Records::default())
+            .await
+            .unwrap_err();
         assert!(!early.permanent, "{}", early.message);
         let pending = crate::store::PendingRow {
             portal: key.clone(),
@@ -909,11 +1161,16 @@ mod tests {
         };
         ctx.store().insert_pending(&pending).await.unwrap();
         assert_eq!(
-            handle(&ctx, &Quiet, &row, &echo, &mut Records::default()).await.unwrap(),
+            handle(&ctx, &Quiet, &row, &echo, &mut Records::default(), &Records::default())
+                .await
+                .unwrap(),
             ["$matrix"]
         );
         assert!(
-            handle(&ctx, &Quiet, &row, &echo, &mut Records::default()).await.unwrap().is_empty()
+            handle(&ctx, &Quiet, &row, &echo, &mut Records::default(), &Records::default())
+                .await
+                .unwrap()
+                .is_empty()
         );
         let mapped = ctx.store().message_parts(&key, &"m1".into()).await.unwrap();
         assert_eq!(mapped[0].event_id, "$matrix");
@@ -940,13 +1197,24 @@ mod tests {
             unmapped_as_of: None,
         };
         for event in [member(RemoteMembership::Join), member(RemoteMembership::Leave)] {
-            handle(&ctx, &Quiet, &row(&event), &event, &mut Records::default()).await.unwrap();
+            handle(
+                &ctx,
+                &Quiet,
+                &row(&event),
+                &event,
+                &mut Records::default(),
+                &Records::default(),
+            )
+            .await
+            .unwrap();
         }
         // Gone already: a kick after the leave sends nothing.
         let store = ctx.store();
         store.set_membership(MemberRow::new(room, &ghost, Membership::Leave)).await.unwrap();
         let kick = member(RemoteMembership::Kick);
-        handle(&ctx, &Quiet, &row(&kick), &kick, &mut Records::default()).await.unwrap();
+        handle(&ctx, &Quiet, &row(&kick), &kick, &mut Records::default(), &Records::default())
+            .await
+            .unwrap();
     }
 
     /// Edits, reactions, their removal and deletes find their Matrix targets through the

@@ -9,6 +9,8 @@
 # (queue_remote_batch).
 # Usage: bench/scripts/pipeline.sh [--rounds N] [--events E] [--rooms R] [--producers P] [--batch B]
 #   MXB_CACHE (default ~/.cache/mxbridge): the mautrix venv and the build (target-bench)
+#   MXB_BENCH_BIN: a bridge_bench binary to use instead of building one (an older build, to
+#   compare)
 #   MXB_DB=postgres: mxbridge's queue on PostgreSQL (127.0.0.1:5432, database test, a fresh schema)
 #   MXB_PIN=0 turns off CPU pinning (default: stub on CPU 0, the side measured on CPU 1)
 set -euo pipefail
@@ -26,9 +28,13 @@ while [ $# -gt 0 ]; do
 done
 PRODUCERS=${PRODUCERS:-$ROOMS}
 CACHE=${MXB_CACHE:-$HOME/.cache/mxbridge}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
-cargo build --release -q -p mxbridge-bench --bin bridge_bench
-EX=$CARGO_TARGET_DIR/release
+if [ -n "${MXB_BENCH_BIN:-}" ]; then
+    EX=$(cd "$(dirname "$MXB_BENCH_BIN")" && pwd)
+else
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target-bench}
+    cargo build --release -q -p mxbridge-bench --bin bridge_bench
+    EX=$CARGO_TARGET_DIR/release
+fi
 VENV=$CACHE/peers/mautrix-venv
 if ! "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("mautrix").startswith("0.21.")' 2>/dev/null; then
     echo "installing mautrix-python 0.21 into $VENV"

@@ -1,8 +1,9 @@
 //! Sends that a crash may have left done but unrecorded.
 //!
-//! A portal's events are bridged one at a time, so when the bridge dies, at most one event per
-//! portal can have been sent without its mapping written: the first one of that portal that the
-//! next life handles. Its sends are repeated with the same transaction IDs, which Synapse
+//! A portal's events are sent one at a time, and an event's records are written while the
+//! portal's next event is sent, never later: when the bridge dies, at most two events per portal
+//! can have been sent without their mappings written, the first two of that portal that the
+//! next life handles. Their sends are repeated with the same transaction IDs, which Synapse
 //! answers with the event it has, but only for as long as it remembers them (in memory, for
 //! about half an hour, and not across its own restarts). So before repeating a send of such an
 //! event, the bridge looks for it in the room: Synapse shows the sender its own events with
@@ -29,13 +30,17 @@ use crate::{
 /// How far back in a room the bridge looks for one of its own sends.
 const LOOK_BACK: u32 = 50;
 
+/// How many of a portal's events can have been sent and not recorded at once: the one being
+/// recorded, and the next one, sent meanwhile.
+pub(super) const UNRECORDED_MAX: usize = 2;
+
 /// Which queued events an earlier life of the bridge may have sent without recording.
 #[derive(Debug)]
 pub(super) struct Resends {
     /// The first queue position this life made: earlier ones were queued by an earlier life.
     first_of_this_life: AtomicI64,
-    /// Each portal's first event handled in this life (tried again when it fails).
-    taken: Mutex<FastMap<PortalKey, i64>>,
+    /// Each portal's first events handled in this life (tried again when they fail).
+    taken: Mutex<FastMap<PortalKey, Vec<i64>>>,
 }
 
 impl Default for Resends {
@@ -50,14 +55,23 @@ impl Resends {
         self.first_of_this_life.fetch_min(seq, Ordering::Relaxed);
     }
 
-    /// Whether `row` is its portal's first event handled in this life and was queued by an
-    /// earlier one: an earlier life may have sent it without recording it.
+    /// Whether `row` is one of its portal's first [`UNRECORDED_MAX`] events handled in this
+    /// life and was queued by an earlier one: an earlier life may have sent it without
+    /// recording it.
     pub(super) fn may_have_been_sent(&self, row: &QueuedRow) -> bool {
         if row.seq >= self.first_of_this_life.load(Ordering::Relaxed) {
             return false;
         }
         let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
-        *taken.entry(row.portal.clone()).or_insert(row.seq) == row.seq
+        let first = taken.entry(row.portal.clone()).or_default();
+        if first.contains(&row.seq) {
+            return true;
+        }
+        if first.len() < UNRECORDED_MAX {
+            first.push(row.seq);
+            return true;
+        }
+        false
     }
 }
 
@@ -115,9 +129,9 @@ mod tests {
     const ROOM: &str = "!a:localhost";
     const GHOST: &str = "@_test_alice:localhost";
 
-    /// A portal `chat` in `!a`, with remote user alice's ghost in it, and two messages queued
-    /// by an earlier life of the bridge.
-    async fn left_by_an_earlier_life(hs: &MockHomeserver) -> Context {
+    /// A portal `chat` in `!a`, with remote user alice's ghost in it, and messages `m1`, `m2`
+    /// ... (bodies "one", "two" ...) queued by an earlier life of the bridge.
+    async fn left_by_an_earlier_life(hs: &MockHomeserver, bodies: &[&str]) -> Context {
         let ctx = test_context(hs, "").await;
         let room = <&ruma::RoomId>::try_from(ROOM).unwrap();
         let ghost = <&ruma::UserId>::try_from(GHOST).unwrap();
@@ -144,8 +158,9 @@ mod tests {
         store.upsert_portal(&row).await.unwrap();
         // Queued by the earlier life: straight into the store.
         let alice = RemoteSender::named("alice", "Alice");
-        for (id, body) in [("m1", "one"), ("m2", "two")] {
-            let json = serde_json::to_string(&RemoteEvent::text(id, alice.clone(), body)).unwrap();
+        for (n, body) in bodies.iter().enumerate() {
+            let id = format!("m{}", n + 1);
+            let json = serde_json::to_string(&RemoteEvent::text(id, alice.clone(), *body)).unwrap();
             store.enqueue_remote(&[(&key, json.as_str())]).await.unwrap();
         }
         ctx
@@ -166,11 +181,12 @@ mod tests {
     }
 
     /// An earlier life queued two messages and sent the first without recording it: this life
-    /// finds that send in the room, maps it, and sends only the second. The check is made once.
+    /// finds that send in the room, maps it, and sends only the second (which it looked for
+    /// too, as it may have been sent while the first was recorded).
     #[tokio::test]
     async fn the_first_event_an_earlier_life_left_is_looked_for_in_the_room() {
         let hs = MockHomeserver::start().await;
-        let ctx = left_by_an_earlier_life(&hs).await;
+        let ctx = left_by_an_earlier_life(&hs, &["one", "two"]).await;
         let (room, ghost) = (room_id!("!a:localhost"), user_id!("@_test_alice:localhost"));
         let (store, key) = (ctx.store(), PortalKey::shared("chat"));
         let earlier_send = json!({
@@ -186,7 +202,7 @@ mod tests {
         hs.mock("GET", format!("/_matrix/client/v3/rooms/{room}/messages"))
             .as_user(ghost)
             .ok_body(json!({"chunk": [earlier_send, other], "start": "s"}))
-            .expect(1)
+            .expect(2)
             .mount()
             .await;
         hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$two"})).mount().await;
@@ -199,15 +215,49 @@ mod tests {
         assert_eq!(m2[0].event_id, "$two");
     }
 
+    /// An earlier life recorded neither of the last two messages it sent (one was being
+    /// recorded while the next went out): both are found in the room and mapped, the third is
+    /// sent, and nothing after the first two is looked for.
+    #[tokio::test]
+    async fn the_first_two_events_an_earlier_life_left_are_looked_for_in_the_room() {
+        let hs = MockHomeserver::start().await;
+        let ctx = left_by_an_earlier_life(&hs, &["one", "two", "three", "four"]).await;
+        let (room, ghost) = (room_id!("!a:localhost"), user_id!("@_test_alice:localhost"));
+        let (store, key) = (ctx.store(), PortalKey::shared("chat"));
+        let sent = |event_id: &str, body: &str, txn_id: &str| {
+            json!({
+                "event_id": event_id, "sender": ghost, "type": "m.room.message", "room_id": room,
+                "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": body},
+                "unsigned": {"transaction_id": txn_id},
+            })
+        };
+        let chunk = json!([sent("$two", "two", "mxb.q2.0"), sent("$one", "one", "mxb.q1.0")]);
+        hs.mock("GET", format!("/_matrix/client/v3/rooms/{room}/messages"))
+            .as_user(ghost)
+            .ok_body(json!({"chunk": chunk, "start": "s"}))
+            .expect(super::UNRECORDED_MAX as u64)
+            .mount()
+            .await;
+        hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$new"})).mount().await;
+
+        drain(&ctx).await;
+        let sent = hs.sent_txn_ids(room, "m.room.message").await;
+        assert_eq!(sent, ["mxb.q3.0", "mxb.q4.0"], "m1 and m2 not again");
+        for (id, event_id) in [("m1", "$one"), ("m2", "$two"), ("m3", "$new"), ("m4", "$new")] {
+            let mapped = store.message_parts(&key, &id.into()).await.unwrap();
+            assert_eq!(mapped[0].event_id, event_id, "{id}");
+        }
+    }
+
     /// A ghost that is not in the room sent nothing there: the refused check sends.
     #[tokio::test]
     async fn a_room_the_sender_cannot_read_holds_nothing_it_sent() {
         let hs = MockHomeserver::start().await;
-        let ctx = left_by_an_earlier_life(&hs).await;
+        let ctx = left_by_an_earlier_life(&hs, &["one", "two"]).await;
         let room = room_id!("!a:localhost");
         hs.mock("GET", format!("/_matrix/client/v3/rooms/{room}/messages"))
             .respond(403, json!({"errcode": "M_FORBIDDEN", "error": "not in room"}))
-            .expect(1)
+            .expect(2)
             .mount()
             .await;
         hs.mock_send(room, "m.room.message").ok_body(json!({"event_id": "$x"})).mount().await;

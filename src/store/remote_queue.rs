@@ -234,8 +234,8 @@ impl Store {
     pub(crate) async fn finish_remote(
         &self,
         seqs: &[i64],
-        messages_written: &[MessageRow],
-        reactions: &[ReactionRow],
+        messages_written: &[&MessageRow],
+        reactions: &[&ReactionRow],
     ) -> Result<()> {
         if seqs.is_empty() && messages_written.is_empty() && reactions.is_empty() {
             return Ok(());
@@ -280,12 +280,14 @@ impl Store {
         &self,
         pool: &sqlx::PgPool,
         seqs: &[i64],
-        messages: &[MessageRow],
-        reactions: &[ReactionRow],
+        messages: &[&MessageRow],
+        reactions: &[&ReactionRow],
     ) -> Result<()> {
         // One statement (one round trip, atomic by itself): the inserts run as its parts.
-        let mcol = |f: fn(&MessageRow) -> &str| -> Vec<&str> { messages.iter().map(f).collect() };
-        let rcol = |f: fn(&ReactionRow) -> &str| -> Vec<&str> { reactions.iter().map(f).collect() };
+        let mcol =
+            |f: fn(&MessageRow) -> &str| -> Vec<&str> { messages.iter().map(|m| f(m)).collect() };
+        let rcol =
+            |f: fn(&ReactionRow) -> &str| -> Vec<&str> { reactions.iter().map(|r| f(r)).collect() };
         sqlx::query(
             "WITH m AS (INSERT INTO mx_message \
              (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
@@ -517,8 +519,7 @@ mod tests {
         };
         let (done, left) = seqs.split_at(300);
         for _ in 0..2 {
-            let (m, r) = (std::slice::from_ref(&message), std::slice::from_ref(&reaction));
-            store.finish_remote(done, m, r).await.unwrap();
+            store.finish_remote(done, &[&message], &[&reaction]).await.unwrap();
         }
         assert_eq!(store.remote_queue_counts().await.unwrap(), (400, 0));
         let rest: Vec<i64> = store.queued_remote(0).await.unwrap().iter().map(|r| r.seq).collect();
@@ -572,7 +573,7 @@ mod prefetch_tests {
         store.insert_messages(&[row("a", "$a")]).await.unwrap();
         assert!(store.mapped_since(&key, &ma, generation));
         assert!(!store.mapped_since(&key, &mb, generation));
-        store.finish_remote(&[], &[row("b", "$b")], &[]).await.unwrap();
+        store.finish_remote(&[], &[&row("b", "$b")], &[]).await.unwrap();
         assert!(store.mapped_since(&key, &mb, generation));
         assert!(!store.mapped_since(&PortalKey::shared("other"), &mb, generation));
         // Read again: both are mapped now.

@@ -8,6 +8,7 @@
 //!   a number not greater than the room's previous one is an order violation.
 //!   Any other request is answered `{}` and counted (a cached ghost send should make none).
 //!   `GET /_bench/stats` returns the counts and the times of the first and last send.
+//!   `--send-delay-ms D` makes each send take D ms to answer, as a homeserver's would.
 //! - `--mode mxbridge`: mxbridge's `AppService` (durable inbox, SQLite or PostgreSQL) with a
 //!   bridge whose `handle_room_message` makes one send by a ghost
 //!   (`ctx.intent(ghost)?.send_text(room, body)`). The ghost is marked registered and
@@ -98,6 +99,9 @@ struct Args {
     /// a time with `queue_remote_batch`.
     #[arg(long, default_value_t = 1)]
     batch: u32,
+    /// Stub mode: how long each send takes to answer (a homeserver's own time per event).
+    #[arg(long, default_value_t = 0)]
+    send_delay_ms: u64,
 }
 
 /// The ghost that sends every bridged message.
@@ -107,6 +111,8 @@ const GHOST: &str = "@_bench_ghost:localhost";
 
 #[derive(Default)]
 struct Stub {
+    /// How long a send takes to answer.
+    delay: std::time::Duration,
     sends: AtomicU64,
     other: AtomicU64,
     violations: AtomicU64,
@@ -149,6 +155,9 @@ async fn stub_send(
         }
     }
     stub.sends.fetch_add(1, Ordering::Relaxed);
+    if !stub.delay.is_zero() {
+        tokio::time::sleep(stub.delay).await;
+    }
     Json(serde_json::json!({ "event_id": format!("$stub{txn}") }))
 }
 
@@ -210,7 +219,8 @@ async fn main() -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     match args.mode {
         Mode::Stub => {
-            let stub = Arc::new(Stub::default());
+            let delay = std::time::Duration::from_millis(args.send_delay_ms);
+            let stub = Arc::new(Stub { delay, ..Stub::default() });
             let app = Router::new()
                 .route("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}", put(stub_send))
                 .route("/_bench/stats", get(stub_stats))
