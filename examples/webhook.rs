@@ -3,18 +3,19 @@
 //! Invite the bot to a room and say `!webhook create NAME`: the bot answers with a secret URL.
 //! A POST of `{"text": ..., "username": ..., "html"?: ..., "avatar_url"?: "mxc://..."}` to it
 //! posts the message in the room from a ghost named after `username` (the framework sanitizes
-//! the `html`), and answers `{"event_id": ...}`. `!webhook outgoing NAME URL` also posts the
-//! room's messages (and their edits and redactions) from real users to URL as JSON. Hooks are
-//! kept in the store.
+//! the `html`; `text` and `html` together at most 32 KiB), and answers `{"event_id": ...}`.
+//! `!webhook outgoing NAME URL` also posts the room's messages (and their edits and redactions)
+//! from real users to URL as JSON. Hooks are kept in the store. `!webhook create NAME as-me`
+//! makes a hook that posts as its creator's own Matrix account when the bridge may act as them
+//! (double puppeting, see the guide), else as the ghost; a hook never posts as anyone else.
 //!
-//! Media both ways: a POST may carry an image, `"image": {"data_base64": ..., "content_type":
-//! "image/png", "filename"?: ...}` (at most 4 MiB decoded; the `text`, if any, is its caption),
-//! posted as an `m.image`, encrypted first when the room is. An image, file, audio or video
-//! message from the room goes out with `"media": {"filename", "content_type", "size", "sha256",
-//! "data_base64"}`, downloaded (and decrypted) by the bridge: the hex SHA-256 and the padded
-//! base64 are of the file itself. `!webhook create NAME as-me` makes a hook that posts as its creator's own
-//! Matrix account when the bridge may act as them (double puppeting, see the guide), else as
-//! the ghost; a hook never posts as anyone else.
+//! Media both ways. A POST may carry an image, `"image": {"data_base64": ..., "content_type":
+//! "image/png", "filename"?: ...}` (at most 4 MiB decoded; the `text`, if any, is its caption):
+//! it is uploaded (encrypted first when the room is encrypted) and posted as an `m.image`. An
+//! image, file, audio or video message from the room goes out with `"media": {"filename",
+//! "content_type", "size", "sha256", "data_base64"}`: the bridge downloads (and decrypts) the
+//! file, and the hex SHA-256 and the padded base64 are of the file itself. Bad input is
+//! answered 400 (413 when too large) with `{"error": ...}` saying what is wrong.
 //!
 //! Run with `scripts/demo.sh`, or `cargo run --example webhook -- -c config.yaml run`.
 
@@ -451,7 +452,7 @@ async fn image_content(
 /// Standard base64 with padding, as most decoders expect it.
 fn padded_base64(data: &[u8]) -> String {
     let mut out = Base64::<Standard, &[u8]>::new(data).encode();
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push('=');
     }
     out

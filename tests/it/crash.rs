@@ -80,6 +80,10 @@ async fn webhook_child_entry_point() {
 }
 
 /// Starts the webhook bridge in a child process (this test binary, see the module docs).
+#[cfg_attr(
+    not(feature = "encryption"),
+    allow(dead_code, reason = "only the encryption tests kill a webhook bridge so far")
+)]
 pub(crate) fn spawn_webhook_child(spec: &WebhookChildSpec) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["crash::webhook_child_entry_point", "--exact", "--nocapture", "--test-threads=1"])
