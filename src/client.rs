@@ -967,34 +967,6 @@ impl Client {
             Err(err) => Err(err),
         }
     }
-
-    /// Downloads the media a message names, decrypted when it is an encrypted room's
-    /// attachment (its `file`; needs the `encryption` feature). Returns the bytes and, for a
-    /// plain `url`, the content type the media repository gave.
-    ///
-    /// # Errors
-    /// As [`Client::download`]; [`Error::Attachment`] when an encrypted file does not decrypt
-    /// (its hash does not match) or this build cannot decrypt.
-    pub async fn download_media(
-        &self,
-        source: &ruma::events::room::MediaSource,
-    ) -> Result<(Vec<u8>, Option<String>)> {
-        use ruma::events::room::MediaSource;
-        match source {
-            MediaSource::Plain(mxc) => self.download(mxc).await,
-            #[cfg(feature = "encryption")]
-            MediaSource::Encrypted(file) => {
-                let (ciphertext, _) = self.download(&file.url).await?;
-                let plaintext = crate::crypto::decrypt_attachment(&ciphertext, file)
-                    .map_err(|e| Error::Attachment(e.to_string()))?;
-                Ok((plaintext, None))
-            }
-            #[cfg(not(feature = "encryption"))]
-            MediaSource::Encrypted(_) => {
-                Err(Error::Attachment("this build has no `encryption` feature".into()))
-            }
-        }
-    }
 }
 
 /// Generates a fresh transaction ID: unique per process and across restarts.

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::{Context, event::EphemeralBatch, store::StoreError};
 
+pub(crate) mod commands;
 mod device;
 mod input;
 mod media;
@@ -39,7 +40,7 @@ pub(crate) use room::{Decryption, room_encryption};
 pub use crate::store::crypto::SqlCryptoStore;
 
 /// Where the bridge device's ID is kept (`mx_kv`).
-const KV_NAMESPACE: &str = "crypto";
+pub(crate) const KV_NAMESPACE: &str = "crypto";
 const KV_DEVICE_ID: &str = "device_id";
 
 /// The bridge device as the rest of the framework reaches it: empty until the device started.

@@ -670,6 +670,8 @@ fn builtin_specs(ctx: &Context) -> Vec<CommandSpec> {
     let mut specs = crate::accounts::commands::specs(ctx);
     specs.extend(crate::puppet::specs(ctx));
     specs.extend(crate::portal::commands::specs(ctx));
+    #[cfg(feature = "encryption")]
+    specs.extend(crate::crypto::commands::specs(ctx));
     specs
 }
 
@@ -679,6 +681,10 @@ async fn run_builtin(ctx: &Context, call: &CommandCall) -> Option<BridgeResult<S
         return Some(done);
     }
     if let Some(done) = Box::pin(crate::puppet::run(ctx, call)).await {
+        return Some(done);
+    }
+    #[cfg(feature = "encryption")]
+    if let Some(done) = Box::pin(crate::crypto::commands::run(ctx, call)).await {
         return Some(done);
     }
     Box::pin(crate::portal::commands::run(ctx, call)).await

@@ -11,7 +11,9 @@ use matrix_sdk_crypto::{
 use ruma::{
     DeviceId, OwnedDeviceId,
     api::client::{
-        device::update_device, keys::get_keys, message::send_message_event,
+        device::update_device,
+        keys::{get_keys, upload_signing_keys},
+        message::send_message_event,
         to_device::send_event_to_device,
     },
 };
@@ -23,6 +25,8 @@ use crate::{
     store::StoreError,
 };
 
+/// The device whose cross-signing keys were uploaded (`mx_kv`).
+pub(super) const KV_CROSS_SIGNED: &str = "cross_signed_device";
 /// The display name of the bridge device, as the users' clients list it.
 const DEVICE_NAME: &str = "Bridge";
 
@@ -94,8 +98,51 @@ impl BridgeDevice {
             sharing: Arc::new(tokio::sync::Mutex::new(())),
         };
         let sent = device.send_outgoing_requests().await?;
+        if let Err(e) = device.cross_sign(store).await {
+            // The device works without: users' clients then show it as not verified by its
+            // owner. Tried again at the next start.
+            tracing::warn!(error = %e, "could not cross-sign the bridge device");
+        }
         tracing::info!(device_id = %device.device_id, requests = sent, "bridge device ready");
         Ok(device)
+    }
+
+    /// Gives the bot a cross-signing identity (made on the first start and kept in the crypto
+    /// store) and signs the bridge device with it, so users' clients see the device as verified
+    /// by its owner. Once uploaded, it is not uploaded again.
+    ///
+    /// # Errors
+    /// When the homeserver refuses the keys (Synapse asks a user for interactive auth when a
+    /// cross-signing identity exists already).
+    pub(super) async fn cross_sign(&self, store: &Store) -> Result<(), CryptoError> {
+        if store.kv_get(super::KV_NAMESPACE, KV_CROSS_SIGNED).await?.as_deref()
+            == Some(self.device_id.as_str())
+        {
+            return Ok(());
+        }
+        let requests = self
+            .machine
+            .bootstrap_cross_signing(false)
+            .await
+            .map_err(|e| CryptoError::Request(e.to_string()))?;
+        if let Some(upload) = &requests.upload_keys_req {
+            self.send_one(upload).await?;
+        }
+        let keys = requests.upload_signing_keys_req;
+        let raw = |key: Option<matrix_sdk_crypto::types::CrossSigningKey>| {
+            key.map(|k| ruma::serde::Raw::new(&k).map(ruma::serde::Raw::cast_unchecked))
+                .transpose()
+                .map_err(|e| CryptoError::Request(e.to_string()))
+        };
+        let mut upload = upload_signing_keys::v3::Request::new();
+        upload.master_key = raw(keys.master_key)?;
+        upload.self_signing_key = raw(keys.self_signing_key)?;
+        upload.user_signing_key = raw(keys.user_signing_key)?;
+        self.client.send_with(upload, &self.options()).await?;
+        self.client.send_with(requests.upload_signatures_req, &self.options()).await?;
+        store.kv_put(super::KV_NAMESPACE, KV_CROSS_SIGNED, self.device_id.as_str()).await?;
+        tracing::info!(device_id = %self.device_id, "the bridge device is cross-signed");
+        Ok(())
     }
 
     /// The bridge device's ID.

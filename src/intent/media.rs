@@ -113,6 +113,38 @@ impl Intent {
         Ok(MediaSource::Plain(upload.await?))
     }
 
+    /// Downloads the file a message names, decrypted when it is an encrypted room's attachment
+    /// (its `file`; needs the `encryption` feature). Returns the bytes and, for a plain `url`,
+    /// the content type the media repository gave. Any intent may download any file: the
+    /// request goes out as the bot.
+    ///
+    /// # Errors
+    /// As [`Client::download`](crate::client::Client::download);
+    /// [`client::Error::Attachment`](crate::client::Error::Attachment) when an encrypted file
+    /// does not decrypt (its hash does not match) or this build cannot decrypt.
+    pub async fn download_media(
+        &self,
+        source: &ruma::events::room::MediaSource,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        use ruma::events::room::MediaSource;
+        let client = self.client.appservice();
+        match source {
+            MediaSource::Plain(mxc) => Ok(client.download(mxc).await?),
+            #[cfg(feature = "encryption")]
+            MediaSource::Encrypted(file) => {
+                let (ciphertext, _) = client.download(&file.url).await?;
+                let plaintext = crate::crypto::decrypt_attachment(&ciphertext, file)
+                    .map_err(|e| crate::client::Error::Attachment(e.to_string()))?;
+                Ok((plaintext, None))
+            }
+            #[cfg(not(feature = "encryption"))]
+            MediaSource::Encrypted(_) => Err(crate::client::Error::Attachment(
+                "this build has no `encryption` feature".into(),
+            )
+            .into()),
+        }
+    }
+
     /// Uploads media whose bytes are read as they are sent (see [`UploadBody`]), so a large file
     /// never sits in memory whole. Over the homeserver's upload limit it fails at once with
     /// [`crate::client::Error::MediaTooLarge`], which a bridge can show the sender.

@@ -41,6 +41,20 @@ impl Store {
         Ok(rows)
     }
 
+    /// What encryption has waiting: parts not fed to the machine yet, and events set aside
+    /// until their room key arrives.
+    pub(crate) async fn crypto_backlog(&self) -> Result<(i64, i64)> {
+        let counts: (i64, i64) = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM mx_crypto_inbox), \
+                 (SELECT COUNT(*) FROM mx_parked WHERE requeued = FALSE AND awaiting_key IS NOT NULL)",
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(counts)
+    }
+
     /// Deletes a part the machine took.
     pub(crate) async fn delete_crypto_input(&self, seq: i64) -> Result<()> {
         with_pool!(self, |pool| {

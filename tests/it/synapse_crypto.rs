@@ -101,6 +101,12 @@ async fn the_bridge_device_is_created_and_keeps_its_keys(backend: &str) {
     assert!(algorithms.contains(&json!("m.megolm.v1.aes-sha2")), "{seen}");
     // The device has a display name (it was created with one through the appservice).
     assert_eq!(ours["unsigned"]["device_display_name"], "Bridge", "{seen}");
+    // The bot has a cross-signing identity, whose self-signing key signed the device.
+    let master = seen["master_keys"][BOT].clone();
+    assert!(master["usage"].as_array().is_some_and(|u| u.contains(&json!("master"))), "{seen}");
+    let self_signing = seen["self_signing_keys"][BOT]["keys"].as_object().expect("self-signing");
+    let (ssk_id, _) = self_signing.iter().next().unwrap();
+    assert!(ours["signatures"][BOT][ssk_id].is_string(), "not signed by the bot's SSK: {seen}");
 
     // Its one-time keys were uploaded: the human can claim one.
     let claimed = cs(
@@ -144,6 +150,8 @@ async fn the_bridge_device_is_created_and_keeps_its_keys(backend: &str) {
     let devices = seen["device_keys"][BOT].as_object().unwrap();
     assert_eq!(devices.keys().collect::<Vec<_>>(), [&device_id], "one bridge device: {seen}");
     assert_eq!(devices[&device_id]["keys"][format!("ed25519:{device_id}")], ed25519.as_str());
+    // The same cross-signing identity, not made again.
+    assert_eq!(seen["master_keys"][BOT], master, "{seen}");
     app.stop().await;
 }
 
