@@ -170,7 +170,7 @@ impl Webhook {
             }
             _ => return Ok(None),
         };
-        let (data, served_type) = self.ctx.client().download_media(source).await?;
+        let (data, served_type) = self.ctx.bot().download_media(source).await?;
         Ok(Some(json!({
             "filename": filename,
             "content_type": declared_type.or(served_type),
