@@ -13,7 +13,8 @@
 #
 # Environment: MXB_CACHE (default ~/.cache/mxbridge), MXB_DEMO_DIR (default $MXB_CACHE/demo),
 # MXB_DEMO_HS_PORT (default 18008), MXB_DEMO_AS_PORT (default 29330), MXB_DEMO_IRC_PORT
-# (default 16667).
+# (default 16667), MXB_BUILD_FLAGS (extra cargo flags for the bridge's build; CI passes its
+# tests' flags so the demo reuses their build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -65,12 +66,14 @@ bridge:
   server: 127.0.0.1:$irc_port
 YAML
     say "building the IRC bridge"
-    cargo build --quiet -p mxbridge-irc
+    # shellcheck disable=SC2086 # MXB_BUILD_FLAGS holds several flags.
+    cargo build --quiet -p mxbridge-irc ${MXB_BUILD_FLAGS:+-p mxbridge $MXB_BUILD_FLAGS}
     bin="$CARGO_TARGET_DIR/debug/mxbridge-irc"
 else
     echo "bridge: {}" >> "$dir/config.yaml"
     say "building the $bridge bridge"
-    cargo build --quiet --example "$bridge"
+    # shellcheck disable=SC2086
+    cargo build --quiet --example "$bridge" ${MXB_BUILD_FLAGS:-}
     bin="$CARGO_TARGET_DIR/debug/examples/$bridge"
 fi
 "$bin" -c "$dir/config.yaml" generate-registration >&2

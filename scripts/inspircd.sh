@@ -4,7 +4,9 @@
 # the server is missing (as root: apt-get). The server never runs as a system service here.
 #
 #   scripts/inspircd.sh install
-#   scripts/inspircd.sh start DIR PORT [CONFIG]   (CONFIG: default irc/inspircd/test.conf)
+#   scripts/inspircd.sh start DIR PORT [CONFIG] [TLS_PORT]
+#                     (CONFIG: default irc/inspircd/test.conf; with TLS_PORT, also TLS there:
+#                     irc/inspircd/tls.conf and a self-signed certificate, DIR/cert.pem)
 #   scripts/inspircd.sh stop DIR
 #   scripts/inspircd.sh restart DIR               (same port and config)
 #
@@ -36,22 +38,37 @@ wait_port() {
 }
 
 start() {
-    local dir="$1" port="$2" conf="${3:-$root/irc/inspircd/test.conf}"
+    local dir="$1" port="$2" conf="${3:-$root/irc/inspircd/test.conf}" tls_port="${4:-}"
     install
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" "$conf" > "$dir/inspircd.conf"
+    if [ -n "$tls_port" ]; then
+        if [ ! -f "$dir/cert.pem" ]; then
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+                -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+                -addext basicConstraints=critical,CA:FALSE \
+                -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null \
+                || { echo "inspircd.sh: openssl could not make a certificate" >&2; exit 1; }
+        fi
+        sed -e "s|@DIR@|$dir|g" -e "s|@TLSPORT@|$tls_port|g" "$root/irc/inspircd/tls.conf" \
+            >> "$dir/inspircd.conf"
+    fi
     echo "$port" > "$dir/port"
+    echo "$tls_port" > "$dir/tls_port"
     echo "$conf" > "$dir/template"
     local runas=()
     [ "$(id -u)" = 0 ] && runas=(--runasroot)
+    # Debian's InspIRCd 3 with ssl_gnutls may crash as it stops: no core file in the caller's
+    # directory for that.
+    ulimit -c 0
     "$(bin)" --config "$dir/inspircd.conf" "${runas[@]}" --nolog >"$dir/stdout.log" 2>&1 || {
         echo "inspircd.sh: inspircd did not start:" >&2
         cat "$dir/stdout.log" >&2
         exit 1
     }
-    if ! wait_port "$port"; then
-        echo "inspircd.sh: inspircd does not answer on port $port" >&2
+    if ! wait_port "$port" || { [ -n "$tls_port" ] && ! wait_port "$tls_port"; }; then
+        echo "inspircd.sh: inspircd does not answer on port $port ${tls_port:+or $tls_port}" >&2
         tail -n 20 "$dir/stdout.log" "$dir/ircd.log" >&2 2>/dev/null || true
         exit 1
     fi
@@ -72,8 +89,8 @@ stop() {
 
 case "${1:-}" in
     install) install ;;
-    start) start "$2" "$3" "${4:-}" ;;
+    start) start "$2" "$3" "${4:-}" "${5:-}" ;;
     stop) stop "$2" ;;
-    restart) stop "$2"; start "$2" "$(cat "$2/port")" "$(cat "$2/template")" ;;
-    *) echo "usage: scripts/inspircd.sh install | start DIR PORT [CONFIG] | stop DIR | restart DIR" >&2; exit 2 ;;
+    restart) stop "$2"; start "$2" "$(cat "$2/port")" "$(cat "$2/template")" "$(cat "$2/tls_port" 2>/dev/null)" ;;
+    *) echo "usage: scripts/inspircd.sh install | start DIR PORT [CONFIG] [TLS_PORT] | stop DIR | restart DIR" >&2; exit 2 ;;
 esac

@@ -23,9 +23,8 @@ bash scripts/synapse.sh install >/dev/null
 bash scripts/nio.sh install >/dev/null
 bash scripts/inspircd.sh install
 
+# The library and the IRC bridge (its own crate, with its end-to-end suite against Synapse and
+# InspIRCd) in one build, so the library is compiled once, with every feature.
 # `--ignore-rust-version`: the `encryption` feature's matrix-sdk-crypto 0.19 declares Rust 1.96
 # and builds on the 1.95 toolchain (see Cargo.toml).
-cargo test --all-features --ignore-rust-version "$@"
-# The IRC bridge (its own crate): unit tests and the end-to-end suite against Synapse and
-# InspIRCd.
-cargo test -p mxbridge-irc "$@"
+cargo test -p mxbridge -p mxbridge-irc --all-features --ignore-rust-version "$@"

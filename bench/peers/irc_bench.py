@@ -5,10 +5,17 @@ messages. Standard library only.
     irc_bench.py setup-mxbridge HS TOKEN IRC_PORT CHANNEL NICK      -> prints the room ID
     irc_bench.py setup-heisenbridge HS TOKEN IRC_PORT CHANNEL NICK  -> prints the room ID
     irc_bench.py run HS TOKEN ROOM IRC_PORT CHANNEL BRIDGE_NICK N_I2M N_M2I LATENCY_SAMPLES GAP_S
+    irc_bench.py scale mxbridge|heisenbridge HS SECRET_FILE OWNER_TOKEN IRC_PORT USERS CHANNELS_PER_USER TAG
 
-`run` prints one `key=value` line per figure.
+`run` prints one `key=value` line per figure. `scale` registers USERS Matrix users, logs each in
+through the bridge with a nick of its own and joins CHANNELS_PER_USER channels of its own
+(`#TAG-USER-N`), then checks on IRC that every channel has its bridged user and on Matrix that
+every user was invited to every channel's room; it prints the counts and the time taken.
 """
 
+import concurrent.futures
+import hashlib
+import hmac
 import json
 import socket
 import statistics
@@ -258,6 +265,116 @@ def run(hs, token, room, port, channel, bridge_nick, n, n_m2i, samples, gap):
             print(f"{name}_latency_p99_ms={pct(values, 99):.0f}")
 
 
+def register(hs, secret_file, user):
+    """A Matrix user through Synapse's shared-secret registration: its access token."""
+    with open(secret_file, "rb") as f:
+        secret = f.read().strip()
+    url = hs + "/_synapse/admin/v1/register"
+    with urllib.request.urlopen(url, timeout=60) as res:
+        nonce = json.load(res)["nonce"]
+    mac = hmac.new(secret, digestmod=hashlib.sha1)
+    for part in (nonce, user, user + "-password"):
+        mac.update(part.encode())
+        mac.update(b"\x00")
+    mac.update(b"notadmin")
+    body = {"nonce": nonce, "username": user, "password": user + "-password", "admin": False, "mac": mac.hexdigest()}
+    req = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as res:
+        return json.load(res)["access_token"]
+
+
+def invited_names(hs, token):
+    names = set()
+    for data in fresh_invites(hs, token).values():
+        for e in data.get("invite_state", {}).get("events", []):
+            if e.get("type") == "m.room.name":
+                names.add(e.get("content", {}).get("name", "").lower())
+    return names
+
+
+def scale_user_mxbridge(hs, token, nick, channels):
+    room = dm(hs, token, "@_ircbench_bot:localhost")
+    send(hs, token, room, "login nick")
+    time.sleep(0.5)
+    send(hs, token, room, nick)
+    time.sleep(0.5)
+    for channel in channels:
+        send(hs, token, room, f"join {channel}")
+    return lambda: set(c.lower() for c in channels) <= invited_names(hs, token)
+
+
+def scale_user_heisenbridge(hs, token, nick, channels):
+    control = dm(hs, token, "@heisenbridge:localhost")
+    send(hs, token, control, "OPEN bench")
+    network = until("the network room's invite", lambda: invited_named(hs, token, "bench"), 120)
+    join(hs, token, network)
+    send(hs, token, network, f"NICK {nick}")
+    time.sleep(0.5)
+    send(hs, token, network, "CONNECT")
+    until("the connection", lambda: any("MxTest" in b for b in bodies(hs, token, network)), 120)
+    for channel in channels:
+        send(hs, token, network, f"JOIN {channel}")
+    # Heisenbridge names a channel's room after the channel and the network.
+    return lambda: set(f"{c} (bench)".lower() for c in channels) <= invited_names(hs, token)
+
+
+def irc_channels(port, prefix):
+    """The channels named PREFIX* on the server that have members, by a LIST."""
+    irc = Irc(port, "lister" + str(time.time_ns() % 100000))
+    irc.send(f"LIST {prefix}*")
+    until("the channel list", lambda: irc.find(lambda l: " 323 " in l), 60)
+    found = set()
+    with irc.lock:
+        for _, line in irc.lines:
+            parts = line.split(" ")
+            if len(parts) > 4 and parts[1] == "322" and parts[3].startswith(prefix) and int(parts[4]) > 0:
+                found.add(parts[3].lower())
+    irc.send("QUIT")
+    return found
+
+
+def scale(bridge, hs, secret_file, owner_token, port, users, per_user, tag):
+    start = time.time()
+    if bridge == "heisenbridge":
+        control = dm(hs, owner_token, "@heisenbridge:localhost")
+        for text in ("ADDNETWORK bench", f"ADDSERVER bench 127.0.0.1 {port}", "ADDMASK @*:localhost"):
+            send(hs, owner_token, control, text)
+            time.sleep(1.0)
+    setup = scale_user_mxbridge if bridge == "mxbridge" else scale_user_heisenbridge
+    wanted = set()
+
+    def one(i):
+        token = register(hs, secret_file, f"{tag}u{i:03d}")
+        channels = [f"#{tag}-{i:03d}-{j}" for j in range(per_user)]
+        wanted.update(c.lower() for c in channels)
+        return setup(hs, token, f"{tag}{i:03d}", channels)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        checks = list(pool.map(one, range(users)))
+    sent = time.time()
+    # Every channel on IRC with its user, every user invited to each of its channels' rooms.
+    end = time.time() + 600
+    on_irc = set()
+    while time.time() < end:
+        on_irc = irc_channels(port, f"#{tag}-") & wanted
+        if len(on_irc) == len(wanted):
+            break
+        time.sleep(5)
+    joined = time.time()
+    invited = 0
+    for check in checks:
+        while not check() and time.time() < end:
+            time.sleep(1)
+        invited += check()
+    print(f"{bridge}_users={users}")
+    print(f"{bridge}_channels_on_irc={len(on_irc)}/{len(wanted)}")
+    print(f"{bridge}_users_invited_to_all_rooms={invited}/{users}")
+    print(f"{bridge}_setup_s={sent - start:.0f}")
+    print(f"{bridge}_all_joined_s={joined - start:.0f}")
+    print(f"{bridge}_all_rooms_s={time.time() - start:.0f}")
+
+
 def wait_for(check, secs):
     end = time.time() + secs
     while time.time() < end:
@@ -274,5 +391,7 @@ if __name__ == "__main__":
         print(setup_heisenbridge(args[0], args[1], int(args[2]), args[3], args[4]))
     elif cmd == "run":
         run(args[0], args[1], args[2], int(args[3]), args[4], args[5], int(args[6]), int(args[7]), int(args[8]), float(args[9]))
+    elif cmd == "scale":
+        scale(args[0], args[1], args[2], args[3], int(args[4]), int(args[5]), int(args[6]), args[7])
     else:
         sys.exit(__doc__)

@@ -8,11 +8,20 @@
 # (a burst of about five lines, then one per 1.5 s), which the IRC bridge is configured to
 # match (throttle_burst 5, throttle_interval_ms 1500).
 #
+# Then, at scale: each bridge gets MXB_IRC_USERS more Matrix users, each logged in with a nick
+# of its own (heisenbridge: a network room per user, its own commands NICK, CONNECT, JOIN), each
+# joining MXB_IRC_CHANNELS channels of its own; once every channel has its user on IRC and every
+# portal room has invited its user, each bridge's resident memory (VmRSS, and the peak VmHWM)
+# is read from /proc.
+#
 #   bench/scripts/irc.sh            (results: bench/results/irc-DATE-COMMIT.txt)
 #
 # Environment: MXB_IRC_N (IRC -> Matrix lines, default 300), MXB_IRC_M2I_N (Matrix -> IRC
-# messages, default 20), MXB_IRC_SAMPLES (latency probes each way, default 20), MXB_IRC_BIN (a
-# bridge binary to use instead of building one).
+# messages, default 20), MXB_IRC_SAMPLES (latency probes each way, default 20), MXB_IRC_USERS
+# (logins at scale, default 100; 0 skips the scale part), MXB_IRC_CHANNELS (channels per login,
+# default 5), MXB_IRC_LOG (the bridge's log filter, default warn; its log is in
+# ~/.cache/mxbridge/bench-irc/mxbridge.log), MXB_IRC_BIN (a bridge binary to use instead of
+# building one).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -21,6 +30,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MXB_CACHE/target}"
 n_i2m="${MXB_IRC_N:-300}"
 n_m2i="${MXB_IRC_M2I_N:-20}"
 samples="${MXB_IRC_SAMPLES:-20}"
+users="${MXB_IRC_USERS:-100}"
+per_user="${MXB_IRC_CHANNELS:-5}"
 dir="$MXB_CACHE/bench-irc"
 hs_port=18208 our_port=29530 hb_port=29531 irc_port=16868
 hs="http://127.0.0.1:$hs_port"
@@ -64,7 +75,7 @@ appservice:
   ghost_localpart_template: '_ircbench_{id}'
 database: {url: 'sqlite://$dir/irc.db'}
 permissions: {'localhost': user}
-logging: {level: warn}
+logging: {level: '${MXB_IRC_LOG:-warn}'}
 bridge: {server: '127.0.0.1:$irc_port', throttle_burst: 5, throttle_interval_ms: 1500, max_lines: 10}
 YAML
 "$bin" -c "$dir/config.yaml" generate-registration >/dev/null
@@ -98,11 +109,30 @@ hb_room=$("${py[@]}" setup-heisenbridge "$hs" "$hb_token" "$irc_port" "#hbbench"
     echo "# InspIRCd config: irc/inspircd/test.conf; throttle: burst 5, then 1 line / 1.5 s (both)"
     echo "# IRC -> Matrix: $n_i2m lines; Matrix -> IRC: $n_m2i messages; latency: $samples probes each way"
     echo "# mxbridge-irc: release build with thin LTO, SQLite; heisenbridge 1.15.4"
+    echo "# InspIRCd <connect>: localmax/globalmax 2000, maxchans 1000, commandrate 1000000, fakelag no"
     echo "[mxbridge-irc]"
     "${py[@]}" run "$hs" "$mx_token" "$mx_room" "$irc_port" "#mxbench" mxnick "$n_i2m" "$n_m2i" "$samples" 1.6
     echo "rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$our_pid/status")"
     echo "[heisenbridge]"
     "${py[@]}" run "$hs" "$hb_token" "$hb_room" "$irc_port" "#hbbench" hbnick "$n_i2m" "$n_m2i" "$samples" 1.6
     echo "rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$hb_pid/status")"
+    if [ "$users" -gt 0 ]; then
+        echo "# scale: $users logins per bridge, $per_user channels each (the bench's login above too)"
+        say "scale: $users logins and $((users * per_user)) channels on the IRC bridge"
+        echo "[mxbridge-irc at scale]"
+        timeout 1500 "${py[@]}" scale mxbridge "$hs" "$dir/synapse/shared_secret" "$mx_token" \
+            "$irc_port" "$users" "$per_user" mxs
+        say "scale: $users logins and $((users * per_user)) channels on heisenbridge"
+        echo "[heisenbridge at scale]"
+        timeout 1500 "${py[@]}" scale heisenbridge "$hs" "$dir/synapse/shared_secret" "$hb_token" \
+            "$irc_port" "$users" "$per_user" hbs
+        sleep 15
+        echo "[memory at scale]"
+        for name_pid in "mxbridge-irc:$our_pid" "heisenbridge:$hb_pid"; do
+            pid=${name_pid#*:}
+            echo "${name_pid%%:*}_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")"
+            echo "${name_pid%%:*}_hwm_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
+        done
+    fi
 } | tee "$out"
 say "results in $out"

@@ -22,8 +22,11 @@ use mxbridge::{
     login::{AnyLoginProcess, LoginFlow, LoginState, UserLogin},
 };
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedUserId, UInt, UserId,
-    events::room::message::{MessageType, RoomMessageEventContent},
+    MilliSecondsSinceUnixEpoch, OwnedUserId, RoomAliasId, UInt, UserId,
+    events::room::{
+        join_rules::{JoinRule, RoomJoinRulesEventContent},
+        message::{MessageType, RoomMessageEventContent},
+    },
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -42,6 +45,11 @@ use crate::{
 pub(crate) struct IrcConfig {
     /// The server, `host:port`.
     pub(crate) server: String,
+    /// Whether the server is reached over TLS (its certificate checked against `host`).
+    pub(crate) tls: bool,
+    /// A PEM file of the certificates to trust for TLS instead of the system's (a private
+    /// server's CA or self-signed certificate).
+    pub(crate) tls_ca_file: Option<String>,
     /// The user name (ident) of the bridge's connections.
     pub(crate) username: String,
     /// Lines a connection may send at once.
@@ -55,18 +63,25 @@ pub(crate) struct IrcConfig {
     /// Lines of one sender that arrive together (a paste) become one Matrix message of
     /// several lines, at most 50.
     pub(crate) merge_bursts: bool,
+    /// Channels whose portals are made on demand by alias (glob patterns, `*` and `?`, matched
+    /// without case): joining `#<ghost prefix><channel>:<domain>` makes the channel's room,
+    /// open to anyone on the homeserver. Empty (the default): no portal is made by alias.
+    pub(crate) alias_channels: Vec<String>,
 }
 
 impl Default for IrcConfig {
     fn default() -> Self {
         Self {
             server: "127.0.0.1:6667".into(),
+            tls: false,
+            tls_ca_file: None,
             username: "matrix".into(),
             throttle_burst: 5,
             throttle_interval_ms: 500,
             max_lines: 10,
             media_url: None,
             merge_bursts: true,
+            alias_channels: Vec::new(),
         }
     }
 }
@@ -82,6 +97,8 @@ pub(crate) struct Irc {
 struct Shared {
     ctx: Context,
     config: IrcConfig,
+    /// The TLS setup, when `tls` is on.
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     ghosts: Ghosts,
     logins: Mutex<BTreeMap<RemoteLoginId, Arc<Live>>>,
     /// Per channel (case-folded): the logins whose connections are in it.
@@ -153,6 +170,36 @@ fn same_burst(first: &Message, next: &Message) -> bool {
         && next.param(0) == first.param(0)
         && next.tag("batch").is_none()
         && ctcp(next.param(1)).is_none()
+}
+
+/// Whether `name` matches the glob `pattern` (`*` any run, `?` one character), both
+/// case-folded by the caller.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    // The last `*` seen and the name position it stands at, to widen it on a mismatch.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether `name` can be sent as one channel name.
+fn valid_channel(name: &str) -> bool {
+    is_channel(name) && name.len() > 1 && !name.contains([',', ' ', '\x07', '\r', '\n'])
 }
 
 fn escape_html(s: &str) -> String {
@@ -260,6 +307,7 @@ impl Shared {
                 burst: self.config.throttle_burst,
                 interval: Duration::from_millis(self.config.throttle_interval_ms),
             },
+            tls: self.tls.clone(),
         }
     }
 
@@ -876,6 +924,7 @@ impl Shared {
             }
             ids.push(RemoteMessageId(format!("{event_id}.{i}")));
         }
+        tracing::debug!(portal = %key, lines = lines.len(), event = event_id, "queued for IRC");
         Ok(if echo { Delivery::Pending(txn) } else { Delivery::Sent(ids) })
     }
 
@@ -959,6 +1008,51 @@ impl Shared {
         Ok(logins.iter().find_map(|l| self.live(&l.id)))
     }
 
+    /// The channel an alias in our namespace names, when portals by alias are on for it.
+    fn alias_channel(&self, alias: &RoomAliasId) -> Option<String> {
+        if self.config.alias_channels.is_empty() || alias.server_name() != self.ctx.server_name() {
+            return None;
+        }
+        let channel = alias.alias().strip_prefix(self.ctx.config().ghost_prefix())?;
+        let folded = casefold(channel);
+        let allowed = self.config.alias_channels.iter().any(|p| glob_match(&casefold(p), &folded));
+        (allowed && valid_channel(channel)).then(|| channel.to_owned())
+    }
+
+    /// A Matrix user joined a channel's room by themselves (by its alias, say): their running
+    /// login joins the channel when it is not in it (now, or when it is next connected);
+    /// without a login, they are told how to get one (in channels whose portals are made by
+    /// alias).
+    async fn user_joined(&self, user_id: &UserId, portal: &mxbridge::Portal) -> BridgeResult {
+        let channel = portal.key.chat.as_str();
+        let logins = self.ctx.store().logins_of(user_id).await?;
+        if let Some(live) = logins.iter().find_map(|l| self.live(&l.id)) {
+            let sender = {
+                let state = live.state.lock().expect("lock");
+                if state.channels.contains_key(channel) {
+                    return Ok(());
+                }
+                state.sender.clone().filter(|s| !s.is_closed())
+            };
+            // Kept with the login, so that a connection made later joins it too.
+            self.ctx.store().add_login_to_portal(&live.id, &portal.key).await?;
+            if let Some(sender) = sender {
+                sender.send(&Message::new("JOIN", &[channel]));
+            }
+            return Ok(());
+        }
+        let by_alias = self.config.alias_channels.iter().any(|p| glob_match(&casefold(p), channel));
+        if by_alias {
+            let text = format!(
+                "{user_id}: you are not logged in to IRC, so what you say here is not bridged \
+                 unless a logged-in user sets a relay; send `login nick` to the bridge bot in a \
+                 direct chat to log in."
+            );
+            self.ctx.bot().send_notice(&portal.room_id, &text).await?;
+        }
+        Ok(())
+    }
+
     /// The login of the caller of a command.
     async fn caller_login(&self, call: &CommandCall) -> BridgeResult<Arc<Live>> {
         let logins = self.ctx.store().logins_of(&call.event.sender).await?;
@@ -997,8 +1091,12 @@ impl Bridge for Irc {
     const NAME: &'static str = "irc";
 
     fn example_config() -> &'static str {
-        "  # The IRC server, host:port (plain text; put a TLS proxy in front for TLS).\n  \
+        "  # The IRC server, host:port.\n  \
          server: 127.0.0.1:6667\n  \
+         # TLS to the server (usually port 6697), its certificate checked against the host.\n  \
+         tls: false\n  \
+         # A PEM file of certificates to trust instead of the system's (a private CA).\n  \
+         tls_ca_file: null\n  \
          # The user name (ident) of the bridge's connections.\n  username: matrix\n  \
          # Flood control per connection: this many lines at once, then one per interval.\n  \
          throttle_burst: 5\n  throttle_interval_ms: 500\n  \
@@ -1006,14 +1104,30 @@ impl Bridge for Irc {
          # The base URL of media links sent to IRC (default: homeserver.address).\n  \
          media_url: null\n  \
          # Lines of one sender that arrive together become one Matrix message (at most 50).\n  \
-         merge_bursts: true\n"
+         merge_bursts: true\n  \
+         # Channels whose rooms are made when someone joins #<ghost prefix><channel>:<domain>\n  \
+         # (glob patterns such as \"#matrix-*\"; empty: off). Such rooms are open to anyone on\n  \
+         # the homeserver; a joining user's login joins the channel.\n  \
+         alias_channels: []\n"
     }
 
     async fn create(config: IrcConfig, ctx: Context) -> BridgeResult<Self> {
+        if config.tls_ca_file.is_some() && !config.tls {
+            return Err(BridgeError::permanent("bridge.tls_ca_file is set but bridge.tls is off"));
+        }
+        let tls = if config.tls {
+            mxbridge::install_crypto_provider();
+            let tls = crate::conn::tls_config(config.tls_ca_file.as_deref())
+                .map_err(|e| BridgeError::permanent(format!("bridge.tls: {e}")))?;
+            Some(Arc::new(tls))
+        } else {
+            None
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 ctx,
                 config,
+                tls,
                 ghosts: Ghosts::default(),
                 logins: Mutex::default(),
                 readers: Mutex::default(),
@@ -1164,9 +1278,30 @@ impl Bridge for Irc {
         Ok(Delivery::Done)
     }
 
+    async fn query_alias(&self, alias: &RoomAliasId) -> BridgeResult<bool> {
+        let Some(channel) = self.shared.alias_channel(alias) else { return Ok(false) };
+        let key = PortalKey::shared(casefold(&channel));
+        let info = PortalInfo { name: Some(channel.clone()), ..PortalInfo::default() };
+        let portal = self.ctx().ensure_portal(&key, &info).await?;
+        // Whoever asked for the alias must be able to join: the room is open to the
+        // homeserver's users (the join rule, not the room directory).
+        let bot = self.ctx().bot();
+        let rules = RoomJoinRulesEventContent::new(JoinRule::Public);
+        bot.send_state(&portal.room_id, &ruma::events::EmptyStateKey, &rules).await?;
+        bot.set_alias(alias, &portal.room_id).replace().await?;
+        tracing::info!(%alias, %channel, room = %portal.room_id, "portal made by alias");
+        Ok(true)
+    }
+
     async fn handle_membership(&self, membership: &MatrixMembership) -> BridgeResult {
-        // A Matrix user kicks a ghost: the nick is kicked from the channel.
         let Some(portal) = &membership.portal else { return Ok(()) };
+        if membership.change == MembershipChange::Joined
+            && !membership.target_is_ours
+            && portal.key.receiver.is_none()
+        {
+            return self.shared.user_joined(&membership.target, portal).await;
+        }
+        // A Matrix user kicks a ghost: the nick is kicked from the channel.
         if membership.change != MembershipChange::Kicked
             || !membership.target_is_ours
             || portal.key.receiver.is_some()
@@ -1234,6 +1369,22 @@ mod tests {
         assert_eq!(u64::from(ts.0), 1_704_164_645_678);
         assert_eq!(u64::from(parse_time("1970-01-01T00:00:00Z").unwrap().0), 0);
         assert!(parse_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn channel_globs_match_whole_names() {
+        assert!(glob_match("#*", "#anything"));
+        assert!(glob_match("#matrix-*", "#matrix-dev"));
+        assert!(!glob_match("#matrix-*", "#matrix"));
+        assert!(glob_match("#a?c", "#abc"));
+        assert!(!glob_match("#a?c", "#abbc"));
+        assert!(glob_match("#*-*-x", "#a-b-c-x"));
+        assert!(!glob_match("#lazy", "#lazy2"));
+        assert!(glob_match("*", ""));
+        assert!(valid_channel("#ok"));
+        assert!(!valid_channel("#a,#b"));
+        assert!(!valid_channel("#"));
+        assert!(!valid_channel("nick"));
     }
 
     #[test]

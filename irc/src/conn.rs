@@ -1,17 +1,18 @@
-//! One connection to an IRC server: registration with IRCv3 capability negotiation (and SASL
-//! PLAIN when asked), the read half as a stream of messages, and a writer task that sends our
-//! lines in the order given, within a flood limit, answering `PING` at once.
+//! One connection to an IRC server, in plain text or TLS: registration with IRCv3 capability
+//! negotiation (and SASL PLAIN when asked), the read half as a stream of messages, and a writer
+//! task that sends our lines in the order given, within a flood limit, answering `PING` at once.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf},
+    net::TcpStream,
     sync::mpsc,
     time::Instant,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{self, pki_types::ServerName},
 };
 
 use crate::proto::Message;
@@ -46,6 +47,51 @@ pub(crate) struct ConnConfig {
     pub(crate) sasl: Option<(String, String)>,
     /// Flood control.
     pub(crate) throttle: Throttle,
+    /// TLS, when the server is reached over it.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A byte stream to the server: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Stream = Box<dyn Io>;
+
+/// The TLS client setup: the system's trusted roots, or only the certificates of a PEM file
+/// (a private server's own CA or self-signed certificate).
+pub(crate) fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| format!("cannot read the certificates in {path}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("{path} holds no certificate"));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("a certificate in {path}: {e}"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("the system has no trusted TLS roots (set tls_ca_file)".into());
+            }
+        }
+    }
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The host of `host:port` (an IPv6 address without its brackets).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 /// The flood limit: `burst` lines at once, then one every `interval`.
@@ -76,9 +122,8 @@ impl std::fmt::Display for ConnError {
 }
 
 /// A registered connection: the reader, and the sender that writes lines.
-#[derive(Debug)]
 pub(crate) struct Connection {
-    reader: BufReader<OwnedReadHalf>,
+    reader: BufReader<ReadHalf<Stream>>,
     /// Lines read during registration that the caller has not seen yet.
     backlog: std::collections::VecDeque<Message>,
     /// The writer.
@@ -91,6 +136,12 @@ pub(crate) struct Connection {
     pub(crate) userhost_len: usize,
     last_read: Instant,
     pinged: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("nick", &self.nick).field("caps", &self.caps).finish()
+    }
 }
 
 /// The writing side of a connection, cheap to clone; lines go out in the order sent.
@@ -118,7 +169,9 @@ impl Sender {
 }
 
 /// Reads one line, bounded in length; `None` at the end of the stream.
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Option<String>> {
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> std::io::Result<Option<String>> {
     let mut buf = Vec::with_capacity(512);
     loop {
         let n = reader.read_until(b'\n', &mut buf).await?;
@@ -133,8 +186,8 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Opt
 }
 
 /// Writes queued lines: urgent ones at once, others in order within the flood limit.
-async fn write_loop(
-    mut write: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
     mut lines: mpsc::UnboundedReceiver<String>,
     mut urgent: mpsc::UnboundedReceiver<String>,
     throttle: Throttle,
@@ -158,6 +211,7 @@ async fn write_loop(
                             break;
                         }
                         let wait = Duration::from_secs_f64((1.0 - tokens) * per_line);
+                        tracing::trace!(wait_ms = wait.as_millis(), "flood limit: a line waits");
                         tokio::select! {
                             biased;
                             Some(first) = urgent.recv() => {
@@ -180,10 +234,12 @@ async fn write_loop(
     let _ = write.shutdown().await;
 }
 
-async fn put(write: &mut OwnedWriteHalf, line: String) -> std::io::Result<()> {
+async fn put<W: AsyncWrite + Unpin>(write: &mut W, line: String) -> std::io::Result<()> {
     let mut bytes = line.into_bytes();
     bytes.extend_from_slice(b"\r\n");
-    write.write_all(&bytes).await
+    write.write_all(&bytes).await?;
+    // A TLS stream holds what it encrypted until flushed.
+    write.flush().await
 }
 
 /// How long registration may take.
@@ -192,13 +248,10 @@ const REGISTER_WITHIN: Duration = Duration::from_secs(30);
 impl Connection {
     /// Connects and registers.
     pub(crate) async fn connect(config: &ConnConfig) -> Result<Self, ConnError> {
-        let stream =
-            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&config.address))
-                .await
-                .map_err(|_| ConnError::Transient("connecting timed out".into()))?
-                .map_err(|e| ConnError::Transient(format!("cannot connect: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let stream = tokio::time::timeout(Duration::from_secs(10), Self::open(config))
+            .await
+            .map_err(|_| ConnError::Transient("connecting timed out".into()))??;
+        let (read, write) = tokio::io::split(stream);
         let (lines, lines_rx) = mpsc::unbounded_channel();
         let (urgent, urgent_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write, lines_rx, urgent_rx, config.throttle));
@@ -216,6 +269,23 @@ impl Connection {
             .await
             .map_err(|_| ConnError::Transient("registration timed out".into()))??;
         Ok(conn)
+    }
+
+    /// The TCP connection, and the TLS handshake over it when asked for.
+    async fn open(config: &ConnConfig) -> Result<Stream, ConnError> {
+        let tcp = TcpStream::connect(&config.address)
+            .await
+            .map_err(|e| ConnError::Transient(format!("cannot connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &config.tls else { return Ok(Box::new(tcp)) };
+        let host = host_of(&config.address);
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| ConnError::Refused(format!("{host} is no TLS server name: {e}")))?;
+        let stream = TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnError::Transient(format!("TLS with {host} failed: {e}")))?;
+        Ok(Box::new(stream))
     }
 
     async fn register(&mut self, config: &ConnConfig) -> Result<(), ConnError> {
@@ -438,6 +508,24 @@ fn base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_come_without_port_or_brackets() {
+        assert_eq!(host_of("irc.example.org:6697"), "irc.example.org");
+        assert_eq!(host_of("[::1]:6697"), "::1");
+        assert_eq!(host_of("127.0.0.1:6667"), "127.0.0.1");
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_an_error() {
+        let err = tls_config(Some("/nonexistent/ca.pem")).unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let dir = std::env::temp_dir().join(format!("irc-empty-ca-{}", std::process::id()));
+        std::fs::write(&dir, "not a certificate\n").unwrap();
+        let err = tls_config(Some(dir.to_str().unwrap())).unwrap_err();
+        assert!(err.contains("no certificate"), "{err}");
+        std::fs::remove_file(dir).unwrap();
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {

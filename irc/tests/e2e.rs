@@ -375,3 +375,64 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
     bridge.kill();
     drop(eve);
 }
+
+/// A channel's portal made by its alias: joining `#_irc_#lazy…:localhost` makes the room, the
+/// joining user's login joins the channel, and lines go both ways; channels outside the
+/// configured patterns have no such alias. The bridge reaches the server over TLS here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_channel_alias_makes_its_portal() {
+    if !enabled() {
+        return;
+    }
+    mxbridge::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let ircd = Inspircd::start(tmp.path());
+    let files = BridgeFiles::write(tmp.path());
+    let _logs = common::LogsOnPanic(tmp.path().to_owned());
+    let synapse = Synapse::start(tmp.path(), &files.registration);
+    files.write_config_tls(&synapse.url, ircd.tls_port, &ircd.cert());
+    let mut bridge = files.spawn(1);
+    files.wait_ready().await;
+
+    let mut dave = IrcHuman::connect(ircd.port, "dave", "dave").await;
+    dave.send("JOIN #lazy").await;
+    dave.wait(10, |l| l.contains(" 366 dave #lazy")).await;
+
+    let alice = Human::new(&synapse, "alice");
+    let alice_dm = alice.dm_with_bot().await;
+    alice.say(&alice_dm, "login nick").await;
+    alice.wait_notice(&alice_dm, "Nick").await;
+    alice.say(&alice_dm, "alice").await;
+    alice.wait_notice(&alice_dm, "Logged in").await;
+
+    // Not a configured channel, or not a channel: no room.
+    let (status, text) = alice.try_join("#_irc_#other:localhost").await.unwrap_err();
+    assert_eq!(status, 404, "{text}");
+    let (status, text) = alice.try_join("#_irc_lazy:localhost").await.unwrap_err();
+    assert_eq!(status, 404, "{text}");
+
+    // The alias makes the portal; Alice's login joins the channel (over TLS: InspIRCd tells
+    // the channel's operator nothing of it, but WHOIS does).
+    let room = alice.try_join("#_irc_#lazy:localhost").await.unwrap();
+    dave.wait(20, |l| l.starts_with(":alice!") && l.contains("JOIN")).await;
+    dave.send("WHOIS alice").await;
+    dave.wait(10, |l| l.contains(" 671 dave alice ")).await;
+    let name = alice.state(&room, "m.room.name", "").await.unwrap();
+    assert_eq!(name["name"], "#lazy");
+    let rules = alice.state(&room, "m.room.join_rules", "").await.unwrap();
+    assert_eq!(rules["join_rule"], "public");
+    dave.send("PRIVMSG #lazy :hello from irc").await;
+    let line = alice.wait_event(&room, "dave's line", |e| body(e) == "hello from irc").await;
+    assert_eq!(line["sender"], "@_irc_dave:localhost");
+    alice.say(&room, "hello from matrix").await;
+    dave.wait(20, |l| l.starts_with(":alice!") && l.ends_with("PRIVMSG #lazy :hello from matrix"))
+        .await;
+
+    // The same alias again is the same room; another user without a login is told how to
+    // get one.
+    let carol = Human::new(&synapse, "carol");
+    assert_eq!(carol.try_join("#_irc_#lazy:localhost").await.unwrap(), room);
+    alice.wait_notice(&room, "@carol:localhost: you are not logged in").await;
+
+    bridge.kill();
+}

@@ -40,21 +40,26 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A private InspIRCd, stopped when dropped.
+/// A private InspIRCd, in plain text on `port` and TLS on `tls_port` (its self-signed
+/// certificate in `dir/cert.pem`), stopped when dropped.
 pub struct Inspircd {
     pub dir: PathBuf,
     pub port: u16,
+    pub tls_port: u16,
 }
 
 impl Inspircd {
     pub fn start(dir: &Path) -> Self {
         let port = free_port();
+        let tls_port = free_port();
         let dir = dir.join("ircd");
         let out = Command::new("bash")
             .arg(script("inspircd.sh"))
             .arg("start")
             .arg(&dir)
             .arg(port.to_string())
+            .arg("")
+            .arg(tls_port.to_string())
             .output()
             .unwrap();
         assert!(
@@ -63,7 +68,12 @@ impl Inspircd {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Self { dir, port }
+        Self { dir, port, tls_port }
+    }
+
+    /// The certificate TLS clients trust.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
     }
 
     pub fn restart(&self) {
@@ -178,6 +188,17 @@ impl BridgeFiles {
     }
 
     pub fn write_config(&self, hs_url: &str, irc_port: u16) {
+        self.write_config_for(hs_url, &format!("server: '127.0.0.1:{irc_port}'"));
+    }
+
+    /// The config with the bridge reaching the server over TLS, trusting `ca`.
+    pub fn write_config_tls(&self, hs_url: &str, tls_port: u16, ca: &Path) {
+        let server =
+            format!("server: 'localhost:{tls_port}', tls: true, tls_ca_file: '{}'", ca.display());
+        self.write_config_for(hs_url, &server);
+    }
+
+    fn write_config_for(&self, hs_url: &str, server: &str) {
         let yaml = format!(
             "homeserver: {{address: '{hs_url}', domain: localhost}}\n\
              appservice:\n  id: irc\n  address: 'http://127.0.0.1:{port}'\n  port: {port}\n  registration: '{reg}'\n  bot: {{localpart: _irc_bot}}\n  ghost_localpart_template: '_irc_{{id}}'\n\
@@ -187,7 +208,7 @@ impl BridgeFiles {
              relay: {{enabled: true, admin_only: false, message_formats: {{m.text: '<{{sender_name}}> {{body}}'}}}}\n\
              provisioning: {{shared_secret: '{PROVISION_SECRET}'}}\n\
              logging: {{level: 'debug,hyper=info,h2=info,sqlx=warn,reqwest=info,hyper_util=info,html5ever=info'}}\n\
-             bridge: {{server: '127.0.0.1:{irc_port}', throttle_burst: 10, throttle_interval_ms: 100, max_lines: 10}}\n",
+             bridge: {{{server}, throttle_burst: 10, throttle_interval_ms: 100, max_lines: 10, alias_channels: ['#lazy*']}}\n",
             port = self.port,
             reg = self.registration.display(),
             dir = self.dir.display(),
@@ -361,6 +382,20 @@ impl Human {
         let path = format!("/_matrix/client/v3/rooms/{}/join", urlencode(&room));
         self.call(reqwest::Method::POST, &path, Some(json!({}))).await;
         room
+    }
+
+    /// Joins a room by ID or alias: the room's ID, or the homeserver's status and answer.
+    pub async fn try_join(&self, room: &str) -> Result<String, (u16, String)> {
+        let url = format!("{}/_matrix/client/v3/join/{}", self.hs, urlencode(room));
+        let res = self.http.post(&url).bearer_auth(&self.token).json(&json!({})).send().await;
+        let res = res.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        if !status.is_success() {
+            return Err((status.as_u16(), text));
+        }
+        let v: Value = serde_json::from_str(&text).unwrap();
+        Ok(v["room_id"].as_str().unwrap().to_owned())
     }
 
     pub async fn state(&self, room: &str, kind: &str, key: &str) -> Option<Value> {
