@@ -3,11 +3,19 @@
 //! Invite the bot to a room and say `!webhook create NAME`: the bot answers with a secret URL.
 //! A POST of `{"text": ..., "username": ..., "html"?: ..., "avatar_url"?: "mxc://..."}` to it
 //! posts the message in the room from a ghost named after `username` (the framework sanitizes
-//! the `html`), and answers `{"event_id": ...}`. `!webhook outgoing NAME URL` also posts the
-//! room's messages (and their edits and redactions) from real users to URL as JSON. Hooks are
-//! kept in the store. `!webhook create NAME as-me` makes a hook that posts as its creator's own
-//! Matrix account when the bridge may act as them (double puppeting, see the guide), else as
-//! the ghost; a hook never posts as anyone else.
+//! the `html`; `text` and `html` together at most 32 KiB), and answers `{"event_id": ...}`.
+//! `!webhook outgoing NAME URL` also posts the room's messages (and their edits and redactions)
+//! from real users to URL as JSON. Hooks are kept in the store. `!webhook create NAME as-me`
+//! makes a hook that posts as its creator's own Matrix account when the bridge may act as them
+//! (double puppeting, see the guide), else as the ghost; a hook never posts as anyone else.
+//!
+//! Media both ways. A POST may carry an image, `"image": {"data_base64": ..., "content_type":
+//! "image/png", "filename"?: ...}` (at most 4 MiB decoded; the `text`, if any, is its caption):
+//! it is uploaded (encrypted first when the room is encrypted) and posted as an `m.image`. An
+//! image, file, audio or video message from the room goes out with `"media": {"filename",
+//! "content_type", "size", "sha256", "data_base64"}`: the bridge downloads (and decrypts) the
+//! file, and the hex SHA-256 and the padded base64 are of the file itself. Bad input is
+//! answered 400 (413 when too large) with `{"error": ...}` saying what is wrong.
 //!
 //! Run with `scripts/demo.sh`, or `cargo run --example webhook -- -c config.yaml run`.
 
@@ -27,7 +35,12 @@ use mxbridge::{
     secret::sha256_hex,
 };
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedRoomId, events::room::message::RoomMessageEventContent,
+    MilliSecondsSinceUnixEpoch, OwnedRoomId, UInt,
+    events::room::{
+        ImageInfo,
+        message::{ImageMessageEventContent, MessageType, RoomMessageEventContent},
+    },
+    serde::{Base64, base64::Standard},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -68,7 +81,28 @@ struct Incoming {
     edits: Option<String>,
     /// Delete this earlier message.
     deletes: Option<String>,
+    /// Post an image (the `text`, if any, is its caption).
+    image: Option<IncomingImage>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncomingImage {
+    /// The file, base64 (standard alphabet, padding optional).
+    data_base64: String,
+    /// Its MIME type: `image/...`.
+    content_type: String,
+    /// Its name; default: `image`.
+    filename: Option<String>,
+}
+
+/// The largest image a POST may carry, decoded.
+const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The largest `text` plus `html` a POST may carry (a Matrix event is at most 64 KiB).
+const MAX_TEXT_BYTES: usize = 32 * 1024;
+/// The largest request body: an image of [`MAX_IMAGE_BYTES`] in base64, and room for the rest
+/// (escaped text and HTML).
+const MAX_BODY_BYTES: usize = MAX_IMAGE_BYTES.div_ceil(3) * 4 + 256 * 1024;
 
 /// How long a POST waits for its message to reach the room before it answers 202.
 const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -115,6 +149,35 @@ impl Webhook {
             mxbridge::store::AddLogin::Added | mxbridge::store::AddLogin::Replaced => Ok(id),
             other => Err(BridgeError::permanent(format!("cannot record your hooks: {other:?}"))),
         }
+    }
+
+    /// The file of a media message, downloaded (and decrypted, from an encrypted room), as the
+    /// outgoing hook shows it; `None` for other messages. A failed download fails the handler,
+    /// so the inbox retries it.
+    async fn media_of(&self, msgtype: &MessageType) -> BridgeResult<Option<Value>> {
+        let (source, filename, declared_type) = match msgtype {
+            MessageType::Image(m) => {
+                (&m.source, m.filename(), m.info.as_ref().and_then(|i| i.mimetype.clone()))
+            }
+            MessageType::File(m) => {
+                (&m.source, m.filename(), m.info.as_ref().and_then(|i| i.mimetype.clone()))
+            }
+            MessageType::Audio(m) => {
+                (&m.source, m.filename(), m.info.as_ref().and_then(|i| i.mimetype.clone()))
+            }
+            MessageType::Video(m) => {
+                (&m.source, m.filename(), m.info.as_ref().and_then(|i| i.mimetype.clone()))
+            }
+            _ => return Ok(None),
+        };
+        let (data, served_type) = self.ctx.bot().download_media(source).await?;
+        Ok(Some(json!({
+            "filename": filename,
+            "content_type": declared_type.or(served_type),
+            "size": data.len(),
+            "sha256": sha256_hex(&data),
+            "data_base64": padded_base64(&data),
+        })))
     }
 
     /// Sends a room's event to every outgoing URL of the room; a failed POST is retried by the
@@ -218,7 +281,10 @@ impl Bridge for Webhook {
     }
 
     async fn handle_message(&self, msg: &MatrixMessage) -> BridgeResult<Delivery> {
-        let payload = json!({ "type": "message", "event_id": msg.event.event_id, "sender": msg.sender.user_id, "body": msg.content.body() });
+        let mut payload = json!({ "type": "message", "event_id": msg.event.event_id, "sender": msg.sender.user_id, "body": msg.content.body() });
+        if let Some(media) = self.media_of(&msg.content.msgtype).await? {
+            payload["media"] = media;
+        }
         self.post_out(&msg.portal.room_id, payload).await?;
         // Outgoing webhooks have no message IDs of their own: the event ID stands for one, so
         // edits and redactions can name the original.
@@ -240,7 +306,7 @@ impl Bridge for Webhook {
     fn routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/webhook/{token}", post(incoming))
-            .layer(DefaultBodyLimit::max(64 * 1024))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
 }
@@ -270,8 +336,18 @@ async fn incoming(
     if body.username.trim().is_empty() {
         return answer(StatusCode::BAD_REQUEST, "`username` must not be empty");
     }
-    if body.deletes.is_none() && body.text.is_empty() {
+    if body.deletes.is_none() && body.text.is_empty() && body.image.is_none() {
         return answer(StatusCode::BAD_REQUEST, "`text` must not be empty");
+    }
+    if body.text.len() + body.html.as_ref().map_or(0, String::len) > MAX_TEXT_BYTES {
+        let why = format!("`text` and `html` together must be at most {MAX_TEXT_BYTES} bytes");
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, why);
+    }
+    if body.image.is_some() && (body.edits.is_some() || body.deletes.is_some()) {
+        return answer(StatusCode::BAD_REQUEST, "`image` cannot go with `edits` or `deletes`");
+    }
+    if body.image.is_some() && body.html.is_some() {
+        return answer(StatusCode::BAD_REQUEST, "`image` takes `text` as its caption, not `html`");
     }
     let avatar_url = match body.avatar_url.map(ruma::OwnedMxcUri::from) {
         Some(mxc) if mxc.validate().is_err() => {
@@ -285,9 +361,13 @@ async fn incoming(
         // Only the hook's creator, and only when they asked for it.
         login: hook.as_creator.clone(),
     };
-    let content = match body.html {
-        Some(html) => RoomMessageEventContent::text_html(body.text, html),
-        None => RoomMessageEventContent::text_plain(body.text),
+    let content = match (body.image, body.html) {
+        (Some(image), _) => match image_content(ctx, &hook.room_id, image, body.text).await {
+            Ok(content) => content,
+            Err(refused) => return refused,
+        },
+        (None, Some(html)) => RoomMessageEventContent::text_html(body.text, html),
+        (None, None) => RoomMessageEventContent::text_plain(body.text),
     };
     let part = RemotePart { id: RemotePartId::default(), content };
     let timestamp = Some(MilliSecondsSinceUnixEpoch::now());
@@ -321,6 +401,61 @@ async fn incoming(
         // Still queued: it will be posted.
         Err(_) => (StatusCode::ACCEPTED, Json(json!({ "id": id }))),
     }
+}
+
+/// Checks a POSTed image, uploads it for the room (encrypted when the room is) and makes its
+/// `m.image`, with `caption` (when not empty) as its body.
+async fn image_content(
+    ctx: &Context,
+    room: &ruma::RoomId,
+    image: IncomingImage,
+    caption: String,
+) -> Result<RoomMessageEventContent, Answer> {
+    let bad = |why: &str| answer(StatusCode::BAD_REQUEST, why);
+    let data = Base64::<Standard>::parse(image.data_base64.trim())
+        .map_err(|e| bad(&format!("`image.data_base64` is not base64: {e}")))?
+        .into_inner();
+    if data.is_empty() {
+        return Err(bad("`image.data_base64` is empty"));
+    }
+    if data.len() > MAX_IMAGE_BYTES {
+        let why = format!("the image is over {MAX_IMAGE_BYTES} bytes");
+        return Err(answer(StatusCode::PAYLOAD_TOO_LARGE, why));
+    }
+    let content_type = image.content_type.trim().to_ascii_lowercase();
+    let well_formed = content_type.strip_prefix("image/").is_some_and(|sub| {
+        !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    if !well_formed {
+        return Err(bad("`image.content_type` must be an image type such as `image/png`"));
+    }
+    let filename = image.filename.unwrap_or_else(|| "image".to_owned());
+    if filename.trim().is_empty() || filename.len() > 255 || filename.contains(['/', '\\']) {
+        return Err(bad("`image.filename` must be a plain file name of at most 255 bytes"));
+    }
+    let size = UInt::new(data.len() as u64);
+    let source = ctx
+        .bot()
+        .upload_media(room, data, &content_type, Some(&filename))
+        .await
+        .map_err(|e| answer(StatusCode::BAD_GATEWAY, format!("uploading the image: {e}")))?;
+    let body = if caption.is_empty() { filename.clone() } else { caption };
+    let mut content = ImageMessageEventContent::new(body, source);
+    content.filename = Some(filename);
+    let mut info = ImageInfo::new();
+    info.mimetype = Some(content_type);
+    info.size = size;
+    content.info = Some(Box::new(info));
+    Ok(RoomMessageEventContent::new(MessageType::Image(content)))
+}
+
+/// Standard base64 with padding, as most decoders expect it.
+fn padded_base64(data: &[u8]) -> String {
+    let mut out = Base64::<Standard, &[u8]>::new(data).encode();
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
+    }
+    out
 }
 
 #[allow(dead_code)]

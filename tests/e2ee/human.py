@@ -45,6 +45,9 @@ Commands (`"cmd"` names one; the other keys are its arguments):
                                        events seen.
     session room_id                    this client's outbound megolm session in the room:
                                        session_id, shared_with ([user, device] pairs)
+    rotate_session room_id             forgets the outbound megolm session, so the next send
+                                       makes a new one and shares its key again -> discarded
+                                       (the old session_id, or null)
     messages                           every message seen, in order
     undecryptable                      events that could not be decrypted (yet)
     room_keys                          to-device m.room_key events received: count,
@@ -470,6 +473,10 @@ class Human:
             "session_id": session.id,
             "shared_with": sorted([u, d] for u, d in session.users_shared_with),
         }
+
+    async def cmd_rotate_session(self, a: dict) -> dict:
+        old = self.client.olm.outbound_group_sessions.pop(need(a, "room_id"), None)
+        return {"discarded": old.id if old is not None else None}
 
     async def cmd_messages(self, _a: dict) -> dict:
         return {"messages": [{k: v for k, v in m.items() if k != "media"} for m in self.messages]}

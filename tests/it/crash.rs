@@ -50,6 +50,54 @@ async fn child_process_entry_point() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
+/// The webhook bridge in a child process: what it is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WebhookChildSpec {
+    pub(crate) port: u16,
+    pub(crate) hs_url: String,
+    pub(crate) db_url: String,
+    pub(crate) registration: String,
+    /// More top-level config (`encryption: ...`).
+    pub(crate) extra: String,
+}
+
+/// Not a test of its own: the body of a child process running the webhook bridge until it is
+/// killed (see [`spawn_webhook_child`]). In a normal test run it returns at once.
+#[tokio::test]
+async fn webhook_child_entry_point() {
+    let Ok(spec) = std::env::var("MXB_WEBHOOK_CHILD") else { return };
+    let spec: WebhookChildSpec = serde_json::from_str(&spec).unwrap();
+    let _bridge = crate::webhook::start_bridge_with(
+        spec.port,
+        &spec.hs_url,
+        &spec.db_url,
+        &spec.registration,
+        &spec.extra,
+    )
+    .await;
+    // Run until killed.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}
+
+/// Starts the webhook bridge in a child process (this test binary, see the module docs).
+#[cfg_attr(
+    not(feature = "encryption"),
+    allow(dead_code, reason = "only the encryption tests kill a webhook bridge so far")
+)]
+pub(crate) fn spawn_webhook_child(spec: &WebhookChildSpec) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["crash::webhook_child_entry_point", "--exact", "--nocapture", "--test-threads=1"])
+        .env("MXB_WEBHOOK_CHILD", serde_json::to_string(spec).unwrap())
+        .env_remove("MXB_CRASH_CHILD")
+        .stdout(Stdio::null())
+        .stderr(match std::env::var("MXB_CHILD_LOG") {
+            Ok(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            Err(_) => Stdio::null(),
+        })
+        .spawn()
+        .unwrap()
+}
+
 pub(crate) fn spawn_child(spec: &ChildSpec) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["crash::child_process_entry_point", "--exact", "--nocapture", "--test-threads=1"])

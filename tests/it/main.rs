@@ -24,6 +24,8 @@ mod synapse_crypto;
 mod synapse_dms;
 #[cfg(feature = "encryption")]
 mod synapse_e2ee;
+#[cfg(feature = "encryption")]
+mod synapse_e2ee_crash;
 mod synapse_logins;
 mod synapse_mappings;
 mod synapse_portals;

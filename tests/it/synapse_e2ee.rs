@@ -8,10 +8,11 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    sync::OnceLock,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
+use ruma::serde::{Base64, base64::Standard};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
@@ -214,7 +215,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// An event as the homeserver holds it (what travels: ciphertext for an encrypted room).
-async fn raw_event(synapse: &Synapse, token: &str, room: &str, event_id: &str) -> Value {
+pub(crate) async fn raw_event(synapse: &Synapse, token: &str, room: &str, event_id: &str) -> Value {
     let url = format!(
         "{}/_matrix/client/v3/rooms/{}/event/{}",
         synapse.url,
@@ -362,23 +363,23 @@ async fn a_restarted_nio_human_keeps_its_device_and_reads_what_came_while_it_was
 // ------------------------------------------------------------------------------------------
 // The webhook bridge in encrypted rooms: a nio human and the bridge device.
 
-const BOT: &str = "@_t_bot:localhost";
+pub(crate) const BOT: &str = "@_t_bot:localhost";
 /// The ghost of the webhook username "CI Bot".
-const CI_GHOST: &str = "@_t__c_i=20_bot:localhost";
+pub(crate) const CI_GHOST: &str = "@_t__c_i=20_bot:localhost";
 
 /// What the bridge device needs in the registration (as `generate-registration` writes it with
 /// `encryption.allow`).
-fn crypto_registration(url: &str) -> String {
+pub(crate) fn crypto_registration(url: &str) -> String {
     format!(
         "{}io.element.msc4190: true\norg.matrix.msc3202: true\n",
         crate::common::registration_yaml(url)
     )
 }
 
-const ENCRYPTION: &str = "encryption: {allow: true, default: true}\n";
+pub(crate) const ENCRYPTION: &str = "encryption: {allow: true, default: true}\n";
 
 /// Waits until the bot's device keys are published (the bridge device started).
-async fn wait_for_bridge_device(synapse: &Synapse, token: &str) -> String {
+pub(crate) async fn wait_for_bridge_device(synapse: &Synapse, token: &str) -> String {
     let client = reqwest::Client::new();
     for _ in 0..600 {
         let keys = cs(
@@ -398,7 +399,12 @@ async fn wait_for_bridge_device(synapse: &Synapse, token: &str) -> String {
 }
 
 /// The next message from `sender` whose body contains `part` (earlier ones are skipped).
-async fn message_containing(human: &mut Human, room: &str, sender: &str, part: &str) -> Value {
+pub(crate) async fn message_containing(
+    human: &mut Human,
+    room: &str,
+    sender: &str,
+    part: &str,
+) -> Value {
     for _ in 0..10 {
         let got = human.next_message(room, sender).await;
         if got["body"].as_str().is_some_and(|b| b.contains(part)) {
@@ -409,7 +415,7 @@ async fn message_containing(human: &mut Human, room: &str, sender: &str, part: &
 }
 
 /// Waits until the outgoing receiver got a message with `body`; returns its event part.
-async fn outgoing_message(received: &std::sync::Mutex<Vec<Value>>, body: &str) -> Value {
+pub(crate) async fn outgoing_message(received: &Mutex<Vec<Value>>, body: &str) -> Value {
     for _ in 0..300 {
         let found = received.lock().unwrap().iter().find(|p| p["event"]["body"] == body).cloned();
         if let Some(post) = found {
@@ -420,7 +426,7 @@ async fn outgoing_message(received: &std::sync::Mutex<Vec<Value>>, body: &str) -
     panic!("the outgoing hook never got {body:?}; it got {:?}", received.lock().unwrap());
 }
 
-async fn post_hook(hook: &str, text: &str) -> String {
+pub(crate) async fn post_hook(hook: &str, text: &str) -> String {
     let res = reqwest::Client::new()
         .post(hook)
         .json(&json!({"text": text, "username": "CI Bot"}))
@@ -432,23 +438,23 @@ async fn post_hook(hook: &str, text: &str) -> String {
     answer["event_id"].as_str().unwrap().to_owned()
 }
 
-async fn the_webhook_bridge_reads_and_writes_an_encrypted_room(backend: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let registration = crypto_registration(&format!("http://127.0.0.1:{port}"));
-    let synapse = Synapse::start(&registration);
-    let alice_token = synapse.register("alice");
-    let dir = tempfile::tempdir().unwrap();
-    let db = crate::common::fresh_database(backend, dir.path()).await;
-    let start = || {
-        crate::webhook::start_bridge_with(port, &synapse.url, &db.url, &registration, ENCRYPTION)
-    };
-    let bridge = start().await;
-    let bot_device = wait_for_bridge_device(&synapse, &alice_token).await;
-    let (out_url, received) = crate::webhook::outgoing_receiver().await;
+/// Alice (a nio human) in an encrypted room with the webhook bridge's bot, with a hook whose
+/// outgoing side posts to a receiver in this process.
+pub(crate) struct HookRoom {
+    pub alice: Human,
+    pub room: String,
+    /// The hook's secret URL.
+    pub hook: String,
+    /// What the outgoing side posted.
+    pub received: Arc<Mutex<Vec<Value>>>,
+}
 
-    // Alice makes an encrypted room with the bot; her commands reach it encrypted, and its
-    // answers reach her encrypted.
-    let mut alice = Human::start(&synapse, "alice", &dir.path().join("alice")).await;
+/// Alice makes an encrypted room with the bot (whose device is `bot_device`); her commands
+/// reach it encrypted, and its answers reach her encrypted: she creates a hook and points its
+/// outgoing side at a receiver.
+pub(crate) async fn hook_room(synapse: &Synapse, store: &Path, bot_device: &str) -> HookRoom {
+    let (out_url, received) = crate::webhook::outgoing_receiver().await;
+    let mut alice = Human::start(synapse, "alice", store).await;
     let room = alice.create_encrypted_room(&[BOT]).await;
     alice.wait_joined(&room, BOT).await;
     alice.send_text(&room, "!webhook create hook1").await;
@@ -468,6 +474,23 @@ async fn the_webhook_bridge_reads_and_writes_an_encrypted_room(backend: &str) {
         .to_owned();
     alice.send_text(&room, &format!("!webhook outgoing hook1 {out_url}")).await;
     message_containing(&mut alice, &room, BOT, "now go to").await;
+    HookRoom { alice, room, hook, received }
+}
+
+async fn the_webhook_bridge_reads_and_writes_an_encrypted_room(backend: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registration = crypto_registration(&format!("http://127.0.0.1:{port}"));
+    let synapse = Synapse::start(&registration);
+    let alice_token = synapse.register("alice");
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::common::fresh_database(backend, dir.path()).await;
+    let start = || {
+        crate::webhook::start_bridge_with(port, &synapse.url, &db.url, &registration, ENCRYPTION)
+    };
+    let bridge = start().await;
+    let bot_device = wait_for_bridge_device(&synapse, &alice_token).await;
+    let HookRoom { mut alice, room, hook, received } =
+        hook_room(&synapse, &dir.path().join("alice"), &bot_device).await;
 
     // Matrix to remote: Alice's encrypted message leaves through the outgoing hook in plaintext.
     let sent = alice.send_text(&room, "meet at the usual place").await;
@@ -489,10 +512,60 @@ async fn the_webhook_bridge_reads_and_writes_an_encrypted_room(backend: &str) {
     assert_eq!(got["decrypted"], true, "{got}");
     assert_eq!(got["libolm"], true, "libolm decrypts it the same: {got}");
 
-    // An encrypted image from Alice: the bridge decrypts its event (the webhook posts bodies).
-    let image = alice.send_image(&room, "diagram.png", &image_bytes(3, 20_000)).await;
+    // An encrypted image from Alice: the bridge decrypts its event, downloads and decrypts the
+    // file, and the outgoing hook gets the image itself.
+    let data = image_bytes(3, 20_000);
+    let image = alice.send_image(&room, "diagram.png", &data).await;
     let out = outgoing_message(&received, "diagram.png").await;
     assert_eq!(out["event_id"], image["event_id"], "{out}");
+    let media = &out["media"];
+    assert_eq!(media["sha256"], sha256_hex(&data).as_str(), "the file decrypted: {media:#}");
+    assert_eq!(media["sha256"], image["sha256"], "what Alice sent: {media:#}");
+    assert_eq!(media["size"], data.len(), "{media:#}");
+    assert_eq!(media["filename"], "diagram.png", "{media:#}");
+    assert_eq!(media["content_type"], "image/png", "{media:#}");
+    let carried = Base64::<Standard>::parse(media["data_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(carried.as_bytes(), data.as_slice(), "the outgoing hook gets the image");
+
+    // An image POSTed to the hook: uploaded encrypted, sent in an encrypted event; Alice
+    // decrypts both and gets the bytes that were posted.
+    let png = image_bytes(11, 30_000);
+    let res = reqwest::Client::new()
+        .post(&hook)
+        .json(&json!({
+            "username": "CI Bot", "text": "coverage report",
+            "image": {
+                "data_base64": Base64::<Standard, &[u8]>::new(&png).encode(),
+                "content_type": "image/png", "filename": "coverage.png",
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let posted = res.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let raw = raw_event(&synapse, &alice_token, &room, &posted).await;
+    assert_eq!(raw["type"], "m.room.encrypted", "the bridge sent the image in plaintext: {raw}");
+    let got = alice.next_message(&room, CI_GHOST).await;
+    assert_eq!(got["event_id"], posted.as_str(), "{got}");
+    assert_eq!(got["msgtype"], "m.image", "{got}");
+    assert_eq!(got["body"], "coverage report", "the text is the caption: {got}");
+    assert_eq!(got["decrypted"], true, "{got}");
+    assert_eq!(got["encrypted_file"], true, "the upload is encrypted: {got}");
+    assert_eq!(got["size"], png.len(), "{got}");
+    assert_eq!(got["sha256"], sha256_hex(&png).as_str(), "the image decrypts to what was posted");
+    let mxc = got["url"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+    let stored = crate::common::http()
+        .get(format!("{}/_matrix/client/v1/media/download/{mxc}", synapse.url))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), png.len(), "{} bytes stored", stored.len());
+    assert_ne!(stored.as_ref(), png.as_slice(), "the media repository holds the plaintext");
 
     // The bridge restarts: it keeps its device and megolm sessions, so Alice gets no new room
     // key, and both directions still work.

@@ -7,6 +7,7 @@ use std::{
 
 use axum::{Json, Router, extract::State, routing::post};
 use mxbridge::{AppService, Config, Registration};
+use ruma::serde::{Base64, base64::Standard};
 use serde_json::{Value, json};
 
 use crate::{
@@ -325,6 +326,97 @@ async fn webhook_bridge_posts_as_ghost_relays_out_maps_edits_and_survives_restar
         .await
         .unwrap();
     assert_eq!(bad.status(), 413);
+    assert!(bad.text().await.unwrap().contains("at most"));
+    let image = |data: &str, content_type: &str| json!({"data_base64": data, "content_type": content_type, "filename": "x.png"});
+    let refused = [
+        (json!({"username": "b", "image": image("not base64!", "image/png")}), "not base64"),
+        (json!({"username": "b", "image": image("", "image/png")}), "empty"),
+        (json!({"username": "b", "image": image("aGk=", "text/html")}), "image type"),
+        (json!({"username": "b", "image": image("aGk=", "image/")}), "image type"),
+        (
+            json!({"username": "b", "image": {"data_base64": "aGk=", "content_type": "image/png",
+                   "filename": "../etc/passwd"}}),
+            "plain file name",
+        ),
+        (
+            json!({"username": "b", "edits": "deploy-7", "image": image("aGk=", "image/png")}),
+            "cannot go with",
+        ),
+        (
+            json!({"username": "b", "html": "<b>x</b>", "image": image("aGk=", "image/png")}),
+            "caption",
+        ),
+    ];
+    for (body, why) in refused {
+        let bad = client.post(&hook_url).json(&body).send().await.unwrap();
+        assert_eq!(bad.status(), 400, "{body}");
+        let text = bad.text().await.unwrap();
+        assert!(text.contains(why), "{body}: {text}");
+    }
+    let bad = client
+        .post(&hook_url)
+        .json(
+            &json!({"username": "b", "image": {"data_base64": "aGk=", "content_type": "image/png",
+               "size": 2}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422, "an unknown field is refused");
+    // Over the body limit: refused before it is read whole.
+    let huge = "A".repeat(6 * 1024 * 1024);
+    let bad = client
+        .post(&hook_url)
+        .json(&json!({"username": "b", "image": image(&huge, "image/png")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 413);
+    // Under the body limit but over the image limit once decoded.
+    let big = "A".repeat(4 * 1024 * 1024 / 3 * 4 + 8);
+    let bad = client
+        .post(&hook_url)
+        .json(&json!({"username": "b", "image": image(&big, "image/png")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 413);
+    assert!(bad.text().await.unwrap().contains("the image is over"));
+
+    // An image in a room without encryption: uploaded as it is, named by its plain `url`.
+    let png: Vec<u8> = b"\x89PNG\r\n\x1a\n"
+        .iter()
+        .copied()
+        .chain((0..12_345u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8))
+        .collect();
+    let res = client
+        .post(&hook_url)
+        .json(&json!({"username": "CI Bot", "image": {
+            "data_base64": Base64::<Standard, &[u8]>::new(&png).encode(),
+            "content_type": "image/png", "filename": "chart.png"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let event_id = res.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let url =
+        format!("{hs}/_matrix/client/v3/rooms/{}/event/{}", urlencode(&room), urlencode(&event_id));
+    let ev = cs(&client, reqwest::Method::GET, url, &alice, None).await;
+    assert_eq!(ev["type"], "m.room.message", "{ev}");
+    assert_eq!(ev["content"]["msgtype"], "m.image", "{ev}");
+    assert_eq!(ev["content"]["body"], "chart.png", "no caption: the file name: {ev}");
+    assert_eq!(ev["content"]["info"], json!({"mimetype": "image/png", "size": png.len()}));
+    let mxc = ev["content"]["url"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+    let stored = client
+        .get(format!("{hs}/_matrix/client/v1/media/download/{mxc}"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored.as_ref(), png.as_slice(), "the media repository holds the image");
 
     // Outgoing: real users' messages, edits and redactions reach the URL, mapped to the original.
     say(&client, &hs, &room, &alice, &format!("!webhook outgoing hook1 {out_url}")).await;
@@ -375,6 +467,33 @@ async fn webhook_bridge_posts_as_ghost_relays_out_maps_edits_and_survives_restar
     assert_eq!(got[1]["event"]["original"], original.as_str());
     assert_eq!(got[1]["event"]["body"], "hello outside (edited)");
     assert_eq!(got[2]["event"]["original"], original.as_str());
+
+    // A file from a real user goes out with its bytes.
+    let data = b"col1,col2\n1,2\n".to_vec();
+    let upload = client
+        .post(format!("{hs}/_matrix/media/v3/upload?filename=table.csv"))
+        .bearer_auth(&alice)
+        .header("content-type", "text/csv")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(upload.status().is_success());
+    let mxc = upload.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned();
+    let url = format!("{hs}/_matrix/client/v3/rooms/{}/send/m.room.message/f1", urlencode(&room));
+    let file = json!({"msgtype": "m.file", "body": "table.csv", "url": mxc,
+                      "info": {"mimetype": "text/csv", "size": data.len()}});
+    cs(&client, reqwest::Method::PUT, url, &alice, Some(file)).await;
+    assert!(crate::common::wait_until(20, || received.lock().unwrap().len() >= 4).await);
+    let out = received.lock().unwrap()[3]["event"].clone();
+    assert_eq!(out["body"], "table.csv", "{out}");
+    assert_eq!(
+        out["media"],
+        json!({"filename": "table.csv", "content_type": "text/csv", "size": data.len(),
+               "sha256": mxbridge::secret::sha256_hex(&data),
+               "data_base64": "Y29sMSxjb2wyCjEsMgo="}),
+        "{out}"
+    );
 
     // The hook survives a restart of the bridge.
     bridge.stop().await;
