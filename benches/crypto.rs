@@ -9,7 +9,8 @@
 //! message at a time in one room with one Megolm session:
 //!
 //! - encrypt: what an intent's send into an encrypted room does once the room key is shared:
-//!   the machine asked to share it (it finds nothing to do) and the content encrypted;
+//!   the machine asked to share it (it finds nothing to do, but for a new session every 100
+//!   messages, the default rotation, here shared with no device) and the content encrypted;
 //! - decrypt: what the dispatcher does with an `m.room.encrypted` event: the machine decrypts it
 //!   with the stored session, and the plaintext is parsed into the event handlers see.
 //!
@@ -67,8 +68,11 @@ async fn run(label: &str, store: Store) {
         .build()
         .await
         .unwrap();
+    // Alice's one session covers every message she sends here (a client rotates it after 100
+    // messages by default, as the bridge does below).
+    let long = EncryptionSettings { rotation_period_msgs: 1_000_000, ..Default::default() };
     let no_one = std::iter::empty::<&ruma::UserId>();
-    alice.share_room_key(room, no_one, EncryptionSettings::default()).await.unwrap();
+    alice.share_room_key(room, no_one, long).await.unwrap();
     let keys = alice.store().export_room_keys(|_| true).await.unwrap();
     bridge.store().import_exported_room_keys(keys, |_, _| {}).await.unwrap();
     // The bridge's own outbound session, shared with no device (the sharing step then finds
