@@ -406,6 +406,11 @@ async fn route_message<B: Bridge>(
 ) -> BridgeResult<Bookkeeping> {
     let content = message_content(event).map_err(BridgeError::permanent)?;
     let portal = ctx.portal_for_room(&event.room_id).await?;
+    if portal.is_some() && ctx.config().encryption.require && !event.encrypted {
+        let why = "this portal bridges encrypted messages only";
+        report_not_delivered(ctx, event, StatusReason::Unsupported, why, Notice::Yes);
+        return Ok(Bookkeeping::default());
+    }
     if let Some(Relation::Replacement(replacement)) = &content.relates_to {
         // Rare next to new messages: boxed, so it does not grow every message's future.
         return Box::pin(route_edit(ctx, bridge, event, sender, portal, replacement)).await;
@@ -430,11 +435,6 @@ async fn route_message<B: Bridge>(
         bridge.handle_room_message(&message).await?;
         return Ok(Bookkeeping::default());
     };
-    if ctx.config().encryption.require && !event.encrypted {
-        let why = "this portal bridges encrypted messages only";
-        report_not_delivered(ctx, event, StatusReason::Unsupported, why, Notice::Yes);
-        return Ok(Bookkeeping::default());
-    }
     // Boxed, as every await in a message's path that not every message takes: the future of
     // every event is as large as its largest path.
     if !Box::pin(assign_via(ctx, event, &mut sender, &portal, Notice::Yes)).await? {
@@ -1144,6 +1144,32 @@ mod route_tests {
         let pending = later.pending.unwrap();
         assert_eq!((pending.txn_id.as_str(), pending.event_id.as_str()), ("txn-9", "$later"));
         assert!(routed("$done", "done").await.is_empty());
+    }
+
+    /// With `encryption.require`, a portal's plaintext message (or edit) is refused with a send
+    /// status to its sender, and the same message decrypted by the bridge device is handled.
+    #[cfg(feature = "encryption")]
+    #[tokio::test]
+    async fn a_portal_that_requires_encryption_refuses_plaintext() {
+        let hs = MockHomeserver::start().await;
+        let permissions = "permissions: {localhost: user}\n\
+                           encryption: {allow: true, default: true, require: true}\n";
+        let ctx = test_context(&hs, permissions).await;
+        portal(&ctx).await;
+        let room = room_id!("!p:localhost");
+        let status = "com.beeper.message_send_status";
+        let statuses = hs.mock_send(room, status).as_bot().ok().expect(2).mount_as_scoped().await;
+        let _notices = hs.mock_send(room, "m.room.message").as_bot().ok().mount_as_scoped().await;
+        let tb = Tb::default();
+        let plain = message_in("!p:localhost", "$plain", "@alice:localhost", "in clear");
+        assert!(route(&ctx, &tb, &plain).await.unwrap().is_empty());
+        route(&ctx, &tb, &edit_of("$edit", &plain.event_id)).await.unwrap();
+        let decrypted = Event::decrypted(plain.json()).unwrap();
+        route(&ctx, &tb, &decrypted).await.unwrap();
+        assert_eq!(*tb.seen.lock().unwrap(), ["message in clear"]);
+        let arrived = statuses.wait_until_satisfied();
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), arrived).await;
+        assert!(waited.is_ok(), "each refused event got a send status");
     }
 
     /// An edit the bridge does not support, and an edit of a message that was never bridged,
