@@ -13,3 +13,8 @@ CREATE TABLE mx_crypto_inbox (
 ALTER TABLE mx_parked ADD COLUMN awaiting_key TEXT;
 CREATE INDEX mx_parked_awaiting_key ON mx_parked (room_id, awaiting_key)
     WHERE awaiting_key IS NOT NULL;
+
+-- When each received room key was first stored, for `encryption.delete_room_keys_after_days`.
+-- Keys stored before this column count as received now.
+ALTER TABLE mx_crypto_inbound_session ADD COLUMN received_at BIGINT NOT NULL DEFAULT 0;
+UPDATE mx_crypto_inbound_session SET received_at = (extract(epoch FROM now()) * 1000)::BIGINT;

@@ -24,6 +24,11 @@ pub struct EncryptionConfig {
     /// seconds). Then it is set aside, the room moves on, and it is handled when the key comes.
     #[serde(default = "default_key_wait_secs")]
     pub key_wait_secs: u64,
+    /// Delete received room keys this many days after they arrived (checked hourly); unset
+    /// (the default) keeps them. Messages of a deleted key can no longer be decrypted, also
+    /// not an event set aside or parked that has not been handled yet.
+    #[serde(default)]
+    pub delete_room_keys_after_days: Option<u32>,
 }
 
 fn default_key_wait_secs() -> u64 {
@@ -37,6 +42,7 @@ impl Default for EncryptionConfig {
             default: false,
             require: false,
             key_wait_secs: default_key_wait_secs(),
+            delete_room_keys_after_days: None,
         }
     }
 }

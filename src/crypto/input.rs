@@ -142,7 +142,19 @@ pub(super) async fn feed_loop(ctx: &Context, part: &DevicePart, device: &BridgeD
     let store = ctx.store();
     let mut after = 0i64;
     let mut requests_owed = false;
+    let mut pruned: Option<std::time::Instant> = None;
     loop {
+        if let Some(days) = ctx.config().encryption.delete_room_keys_after_days
+            && pruned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(3600))
+        {
+            pruned = Some(std::time::Instant::now());
+            let before = crate::util::now_ms() - i64::from(days) * 86_400_000;
+            match store.delete_room_keys_received_before(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, days, "deleted old room keys"),
+                Err(e) => tracing::warn!(error = %e, "could not delete old room keys"),
+            }
+        }
         let stored = part.input_stored.notified();
         tokio::pin!(stored);
         stored.as_mut().enable();

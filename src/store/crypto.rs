@@ -53,9 +53,10 @@ const SELECT_VALUE: &str = "SELECT value FROM mx_crypto_value WHERE name = $1";
 const DELETE_VALUE: &str = "DELETE FROM mx_crypto_value WHERE name = $1";
 /// A session saved without a backup version keeps the one it had (a re-saved session is still
 /// in the backup it was put in).
+/// `received_at` is set when the key is first stored, and kept.
 const UPSERT_INBOUND: &str = "INSERT INTO mx_crypto_inbound_session \
-     (room_id, session_id, sender_key, sender_data_type, backed_up_to, value) \
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id, session_id) DO UPDATE SET \
+     (room_id, session_id, sender_key, sender_data_type, backed_up_to, value, received_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id, session_id) DO UPDATE SET \
      sender_key = excluded.sender_key, sender_data_type = excluded.sender_data_type, \
      backed_up_to = COALESCE(excluded.backed_up_to, mx_crypto_inbound_session.backed_up_to), \
      value = excluded.value";
@@ -231,6 +232,7 @@ impl SqlCryptoStore {
                     .bind(kind)
                     .bind(backed_up_to)
                     .bind(value)
+                    .bind(crate::store::now_ms())
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
@@ -417,7 +419,8 @@ impl CryptoStore for SqlCryptoStore {
                 key,
                 kind,
                 None::<&str>,
-                value
+                value,
+                crate::store::now_ms()
             );
             each!(
                 tx,

@@ -55,6 +55,20 @@ impl Store {
         Ok(counts)
     }
 
+    /// Deletes the room keys (inbound Megolm sessions) first stored before `before` (ms since
+    /// the epoch): `encryption.delete_room_keys_after_days`. Returns how many. Events of those
+    /// sessions no longer decrypt.
+    pub(crate) async fn delete_room_keys_received_before(&self, before: i64) -> Result<u64> {
+        let n = with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM mx_crypto_inbound_session WHERE received_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+
     /// Deletes a part the machine took.
     pub(crate) async fn delete_crypto_input(&self, seq: i64) -> Result<()> {
         with_pool!(self, |pool| {
@@ -79,6 +93,7 @@ mod tests {
         let store = Store::connect_url(&url).await.unwrap();
         inbox_in_order_once_per_transaction(&store).await;
         events_awaiting_a_key_come_back_with_it(&store).await;
+        old_room_keys_are_deleted(&store).await;
         store.close().await;
     }
 
@@ -88,6 +103,7 @@ mod tests {
         let Some(store) = schema.store().await else { return };
         inbox_in_order_once_per_transaction(&store).await;
         events_awaiting_a_key_come_back_with_it(&store).await;
+        old_room_keys_are_deleted(&store).await;
         schema.remove(store).await;
     }
 
@@ -105,6 +121,32 @@ mod tests {
         let rest = store.crypto_inputs(0, 10).await.unwrap();
         assert_eq!(rest, [rows[1].clone()]);
         assert!(store.crypto_inputs(rows[1].0, 10).await.unwrap().is_empty());
+    }
+
+    /// Room keys older than the cut-off are deleted, newer ones kept.
+    async fn old_room_keys_are_deleted(store: &Store) {
+        for (id, at) in [("old", 1_000), ("new", 5_000)] {
+            with_pool!(store, |pool| {
+                sqlx::query(
+                    "INSERT INTO mx_crypto_inbound_session (room_id, session_id, sender_key, \
+                     sender_data_type, value, received_at) VALUES ('!r:x', $1, 'k', 0, $2, $3)",
+                )
+                .bind(id)
+                .bind(id.as_bytes())
+                .bind(at)
+                .execute(pool)
+                .await
+                .unwrap();
+            });
+        }
+        assert_eq!(store.delete_room_keys_received_before(5_000).await.unwrap(), 1);
+        let left: Vec<(String,)> = with_pool!(store, |pool| {
+            sqlx::query_as("SELECT session_id FROM mx_crypto_inbound_session")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        });
+        assert_eq!(left, [("new".to_owned(),)]);
     }
 
     /// An event parked for a session's key is put back in line by that key in that room only.
