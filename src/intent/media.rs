@@ -77,11 +77,13 @@ impl Intent {
     /// ```no_run
     /// # async fn example(ghost: mxbridge::intent::Intent, room_id: &ruma::RoomId, png: Vec<u8>)
     /// # -> mxbridge::intent::Result<()> {
-    /// use ruma::events::room::message::{ImageMessageEventContent, RoomMessageEventContent};
+    /// use ruma::events::room::message::{
+    ///     ImageMessageEventContent, MessageType, RoomMessageEventContent,
+    /// };
     ///
     /// let source = ghost.upload_media(room_id, png, "image/png", Some("cat.png")).await?;
     /// let image = ImageMessageEventContent::new("cat.png".into(), source);
-    /// ghost.send(room_id, &RoomMessageEventContent::new(image.into())).await?;
+    /// ghost.send(room_id, &RoomMessageEventContent::new(MessageType::Image(image))).await?;
     /// # Ok(()) }
     /// ```
     ///

@@ -8,7 +8,10 @@
 //! in one database transaction. matrix-sdk-crypto's own conformance suite runs against both
 //! backends (`tests/it/crypto_store.rs`, `encryption-conformance` feature).
 
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 use matrix_sdk_crypto::{
     Account, DeviceData, GossipRequest, SecretInfo, TrackedUser, UserIdentityData,
@@ -73,6 +76,42 @@ pub struct SqlCryptoStore {
     account: Arc<RwLock<Option<StaticAccountData>>>,
     /// Change sets are saved one at a time (the machine may save from several tasks).
     save_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What the machine reads for every message it decrypts, kept for a while (see
+    /// [`ReadCache`]).
+    cache: Arc<Mutex<ReadCache>>,
+}
+
+/// Inbound Megolm sessions and users' devices, which the machine reads from the store for every
+/// message it decrypts. Entries are replaced by this store's own saves and expire after
+/// [`CACHE_TTL`], so a change made to the database outside this store (old room keys deleted
+/// by age) is seen within that time.
+#[derive(Debug, Default)]
+struct ReadCache {
+    inbound: crate::util::FastMap<(String, String), (InboundGroupSession, Instant)>,
+    // The trait's own map type.
+    #[allow(clippy::disallowed_types)]
+    devices: crate::util::FastMap<
+        String,
+        (std::collections::HashMap<OwnedDeviceId, DeviceData>, Instant),
+    >,
+    /// Bumped by every save: a read that started before a save does not cache what it read
+    /// (it may be older than what the save wrote).
+    saves: u64,
+}
+
+/// How long a cached entry is trusted.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Entries kept of each kind; the cache starts again empty when one fills up.
+const CACHE_ENTRIES: usize = 10_000;
+
+impl ReadCache {
+    fn put_inbound(&mut self, session: &InboundGroupSession) {
+        if self.inbound.len() >= CACHE_ENTRIES {
+            self.inbound.clear();
+        }
+        let key = (session.room_id().to_string(), session.session_id().to_owned());
+        self.inbound.insert(key, (session.clone(), Instant::now()));
+    }
 }
 
 fn backend(e: sqlx::Error) -> CryptoStoreError {
@@ -124,7 +163,12 @@ impl SqlCryptoStore {
             store,
             account: Arc::new(RwLock::new(None)),
             save_lock: Arc::new(tokio::sync::Mutex::new(())),
+            cache: Arc::default(),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, ReadCache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The account's unchanging data, once the account was loaded or saved through this store.
@@ -238,7 +282,13 @@ impl SqlCryptoStore {
                     .map_err(backend)?;
             }
             tx.commit().await.map_err(backend)
-        })
+        })?;
+        let mut cache = self.cache();
+        cache.saves += 1;
+        for session in sessions {
+            cache.put_inbound(session);
+        }
+        Ok(())
     }
 }
 
@@ -387,6 +437,15 @@ impl CryptoStore for SqlCryptoStore {
 
     async fn save_changes(&self, changes: Changes) -> Result<()> {
         let _guard = self.save_lock.lock().await;
+        let inbound = changes.inbound_group_sessions.clone();
+        let devices = &changes.devices;
+        let device_users: Vec<String> = devices
+            .new
+            .iter()
+            .chain(&devices.changed)
+            .chain(&devices.deleted)
+            .map(|d| d.user_id().to_string())
+            .collect();
         let rows = ChangeRows::of(changes).await?;
         with_pool!(self.store, |pool| {
             let mut conn = pool.acquire().await.map_err(backend)?;
@@ -532,7 +591,16 @@ impl CryptoStore for SqlCryptoStore {
                 q.execute(&mut *tx).await.map_err(backend)?;
             }
             tx.commit().await.map_err(backend)
-        })
+        })?;
+        let mut cache = self.cache();
+        cache.saves += 1;
+        for session in &inbound {
+            cache.put_inbound(session);
+        }
+        for user in &device_users {
+            cache.devices.remove(user);
+        }
+        Ok(())
     }
 
     async fn save_inbound_group_sessions(
@@ -571,12 +639,27 @@ impl CryptoStore for SqlCryptoStore {
         room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<InboundGroupSession>> {
+        let key = (room_id.to_string(), session_id.to_owned());
+        let saves = {
+            let cache = self.cache();
+            if let Some((session, at)) = cache.inbound.get(&key)
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(Some(session.clone()));
+            }
+            cache.saves
+        };
         let sql = "SELECT value FROM mx_crypto_inbound_session WHERE room_id = $1 \
                    AND session_id = $2";
-        self.blob(sql, room_id.as_str(), Some(session_id))
-            .await?
-            .map(|v| inbound_from(&v))
-            .transpose()
+        let session = self.blob(sql, room_id.as_str(), Some(session_id)).await?;
+        let session = session.map(|v| inbound_from(&v)).transpose()?;
+        let mut cache = self.cache();
+        if cache.saves == saves
+            && let Some(session) = &session
+        {
+            cache.put_inbound(session);
+        }
+        Ok(session)
     }
 
     async fn get_withheld_info(
@@ -769,15 +852,33 @@ impl CryptoStore for SqlCryptoStore {
         &self,
         user_id: &UserId,
     ) -> Result<std::collections::HashMap<OwnedDeviceId, DeviceData>> {
+        let saves = {
+            let cache = self.cache();
+            if let Some((devices, at)) = cache.devices.get(user_id.as_str())
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(devices.clone());
+            }
+            cache.saves
+        };
         let sql = "SELECT value FROM mx_crypto_device WHERE user_id = $1";
-        self.blobs(sql, user_id.as_str(), None)
+        let devices: std::collections::HashMap<OwnedDeviceId, DeviceData> = self
+            .blobs(sql, user_id.as_str(), None)
             .await?
             .iter()
             .map(|v| {
                 let device: DeviceData = from_bytes(v)?;
                 Ok((device.device_id().to_owned(), device))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        let mut cache = self.cache();
+        if cache.saves == saves {
+            if cache.devices.len() >= CACHE_ENTRIES {
+                cache.devices.clear();
+            }
+            cache.devices.insert(user_id.to_string(), (devices.clone(), Instant::now()));
+        }
+        Ok(devices)
     }
 
     async fn get_own_device(&self) -> Result<DeviceData> {
