@@ -8,6 +8,8 @@ mod chaos;
 mod cli;
 mod common;
 mod crash;
+#[cfg(feature = "encryption")]
+mod crypto_late_key;
 #[cfg(feature = "encryption-conformance")]
 mod crypto_store;
 mod db_faults;
