@@ -235,9 +235,14 @@ for text, expect in (("login nick", "Nick"), ("alice", "Logged in"), ("join #dem
     say(dm, text)
     until(f"the bot's answer {expect!r}", lambda: any(expect in e["content"].get("body", "") for e in bodies(dm)))
 def invited():
+    # The invite to the channel's room, by its name: the login's space invites Alice too.
     filt = urllib.parse.quote(json.dumps({"room": {"timeline": {"limit": int(time.time() * 10) % 1000 + 1}}}))
     rooms = call("GET", f"/_matrix/client/v3/sync?timeout=0&filter={filt}").get("rooms", {}).get("invite", {})
-    return next((r for r in rooms), None)
+    def named(invite):
+        events = invite.get("invite_state", {}).get("events", [])
+        return any(e.get("type") == "m.room.name" and e.get("content", {}).get("name") == "#demo"
+                   for e in events)
+    return next((r for r, invite in rooms.items() if named(invite)), None)
 room = until("the invite to #demo", invited)
 call("POST", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/join", {})
 until("alice on IRC", lambda: any(l.startswith(":alice!") and "JOIN" in l for l in irc_lines()))
