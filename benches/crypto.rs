@@ -16,11 +16,22 @@
 //!
 //! The session reaches the bridge's machine as an exported room key (imported), so no homeserver
 //! is needed; an Olm-encrypted `m.room_key` ends in the same stored session.
+//!
+//! Then intake, side by side in one run: a running bridge (SQLite) with a counting handler takes
+//! 10,000 messages in transactions of 50, one transaction in flight (as Synapse sends them),
+//! once in clear and once encrypted (a real Olm peer shared its room key with the bridge device
+//! first, through a transaction, as a client does). Reported: the transactions' rate (answered
+//! after the commit) and the rate until every message was handled (decrypted first when
+//! encrypted). The homeserver is a mock that answers the bridge device's start.
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mxbridge::testing::{MockHomeserver, OlmPeer};
 use mxbridge::{
-    Event, Store,
+    AppService, Bridge, BridgeResult, Config, Context, Event, MatrixRoomMessage, Registration,
+    Store,
     crypto::{
         SqlCryptoStore,
         matrix_sdk_crypto::{
@@ -127,7 +138,133 @@ async fn run(label: &str, store: Store) {
     );
 }
 
-#[tokio::main(flavor = "current_thread")]
+/// Messages handled by [`Counter`].
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+
+/// The intake run's bridge: counts the messages it is handed.
+#[derive(Debug)]
+struct Counter;
+
+impl Bridge for Counter {
+    type Config = mxbridge::config::NoBridgeConfig;
+    const NAME: &'static str = "bench-counter";
+
+    async fn create(_config: Self::Config, _ctx: Context) -> BridgeResult<Self> {
+        Ok(Self)
+    }
+
+    async fn handle_room_message(&self, _message: &MatrixRoomMessage) -> BridgeResult {
+        HANDLED.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+const INTAKE_TXNS: usize = 200;
+const INTAKE_PER_TXN: usize = 50;
+const HS_TOKEN: &str = "hs_token_bench_crypto_0123456789";
+
+/// One intake run: `encrypted` or in clear, on a fresh SQLite file.
+async fn intake(encrypted: bool) {
+    let hs = MockHomeserver::start().await;
+    let uploads = hs.mock_device_endpoints().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = format!(
+        "homeserver: {{address: '{}', domain: localhost}}\n\
+         appservice:\n  id: bench\n  address: 'http://127.0.0.1:{port}'\n  port: {port}\n\
+         \x20 bot: {{localpart: _bench_bot}}\n  ghost_localpart_template: '_bench_{{id}}'\n\
+         database: {{url: 'sqlite://{}/intake.db'}}\n\
+         inbox: {{shutdown_grace_secs: 1}}\nlogging: {{level: warn}}\n\
+         encryption: {{allow: {encrypted}}}\n",
+        hs.server().uri(),
+        dir.path().display()
+    );
+    let registration = format!(
+        "id: bench\nurl: 'http://127.0.0.1:{port}'\nas_token: as_token_bench_crypto\n\
+         hs_token: {HS_TOKEN}\nsender_localpart: _bench_bot\nnamespaces:\n  users:\n\
+         \x20   - exclusive: true\n      regex: '@_bench_.*:localhost'\n\
+         rate_limited: false\nreceive_ephemeral: true\n\
+         de.sorunome.msc2409.push_ephemeral: true\nio.element.msc4190: true\n\
+         org.matrix.msc3202: true\n"
+    );
+    let config: Config<mxbridge::config::NoBridgeConfig> = Config::from_yaml(&config).unwrap();
+    let registration = Registration::from_yaml(&registration).unwrap();
+    let service = AppService::<Counter>::new(config, registration).await.unwrap();
+    let ctx = service.context().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(service.run(listener, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let put = async |txn: &str, body: String| {
+        let url = format!("http://127.0.0.1:{port}/_matrix/app/v1/transactions/{txn}");
+        let answer = http.put(url).bearer_auth(HS_TOKEN).body(body).send().await.unwrap();
+        assert!(answer.status().is_success(), "{}", answer.status());
+    };
+    let room = room_id!("!intake:localhost");
+    let mut bodies = Vec::with_capacity(INTAKE_TXNS);
+    if encrypted {
+        let started = Instant::now();
+        while ctx.bridge_device().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(30), "the bridge device started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let device = ctx.bridge_device().unwrap().device_id().to_owned();
+        let bot: ruma::OwnedUserId = "@_bench_bot:localhost".try_into().unwrap();
+        let upload = uploads.device_keys_upload().unwrap();
+        let alice = OlmPeer::new(user_id!("@alice:localhost"), device_id!("ALICE")).await;
+        let to_device = alice.share_room_key(room, &bot, &device, &upload).await;
+        let key = serde_json::json!({"events": [], "de.sorunome.msc2409.to_device": to_device});
+        put("key", key.to_string()).await;
+        for t in 0..INTAKE_TXNS {
+            let mut events = Vec::with_capacity(INTAKE_PER_TXN);
+            for i in 0..INTAKE_PER_TXN {
+                let id = format!("$e{t:05}x{i:03}");
+                let body = format!("Message {t}/{i}: the quick brown fox jumps over the lazy dog.");
+                events.push(alice.encrypted_text(room, &id, &body).await);
+            }
+            bodies.push(serde_json::json!({ "events": events }).to_string());
+        }
+    } else {
+        for t in 0..INTAKE_TXNS {
+            let events: Vec<_> = (0..INTAKE_PER_TXN)
+                .map(|i| {
+                    serde_json::json!({
+                        "event_id": format!("$e{t:05}x{i:03}"), "room_id": room,
+                        "sender": "@alice:localhost", "type": "m.room.message",
+                        "origin_server_ts": 1, "content": {"msgtype": "m.text",
+                        "body": format!("Message {t}/{i}: the quick brown fox jumps over the lazy dog.")},
+                    })
+                })
+                .collect();
+            bodies.push(serde_json::json!({ "events": events }).to_string());
+        }
+    }
+    HANDLED.store(0, Ordering::Relaxed);
+    let total = (INTAKE_TXNS * INTAKE_PER_TXN) as u64;
+    let started = Instant::now();
+    for (t, body) in bodies.into_iter().enumerate() {
+        put(&format!("t{t}"), body).await;
+    }
+    let answered = started.elapsed();
+    while HANDLED.load(Ordering::Relaxed) < total {
+        assert!(started.elapsed() < Duration::from_secs(300), "every message was handled");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let handled = started.elapsed();
+    let label = if encrypted { "encrypted" } else { "in clear" };
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    println!(
+        "intake, {label:9}: {:>9.0} events/s answered, {:>9.0} events/s handled ({total} events)",
+        rate(answered),
+        rate(handled)
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store =
@@ -147,4 +284,6 @@ async fn main() {
         let drop = format!("DROP SCHEMA {schema} CASCADE");
         sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await.unwrap();
     }
+    intake(false).await;
+    intake(true).await;
 }

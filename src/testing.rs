@@ -33,6 +33,11 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "encryption")]
+mod crypto;
+#[cfg(feature = "encryption")]
+pub use crypto::{KeyUploads, OlmPeer};
+
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 use url::Url;
