@@ -2,7 +2,7 @@
 //! matrix-sdk-crypto machine, its keys in the bridge's database (`SqlCryptoStore`).
 //!
 //! Run with
-//! `CARGO_PROFILE_BENCH_LTO=off CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 cargo bench --features encryption --ignore-rust-version --bench crypto`
+//! `CARGO_PROFILE_BENCH_LTO=off CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 cargo bench --features encryption,testing --ignore-rust-version --bench crypto`
 //! (PostgreSQL too when `MXBRIDGE_TEST_POSTGRES` is set, in a fresh schema dropped afterwards;
 //! the profile variables only shorten the build: the release profile's fat LTO takes long with
 //! the crypto crates). Plain `Instant` loops with a warm-up, bounded by a count. Measured, one
