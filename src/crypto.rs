@@ -108,8 +108,23 @@ impl Context {
     }
 }
 
+/// Where a reset asked for by an admin waits for the next start (`mx_kv`).
+const KV_RESET: &str = "reset_requested";
+
+/// Asks for a new bridge device at the next start: the old one is then deleted on the
+/// homeserver and its keys and sessions are forgotten. Messages encrypted for the old device
+/// (and events set aside waiting for its keys) can no longer be decrypted.
+///
+/// # Errors
+/// When the database fails.
+pub async fn request_reset(store: &crate::Store) -> Result<(), StoreError> {
+    store.kv_put(KV_NAMESPACE, KV_RESET, "1").await
+}
+
 /// Reads the bridge device's ID, or makes and stores one, when encryption is allowed. Runs
-/// before the server takes transactions.
+/// before the server takes transactions. A reset asked for is made first: the old device is
+/// deleted on the homeserver (a failure there is logged: the device is forgotten all the same),
+/// every crypto table emptied, and a new ID made.
 ///
 /// # Errors
 /// When the database fails.
@@ -118,6 +133,20 @@ pub(crate) async fn prepare(ctx: &Context) -> Result<(), StoreError> {
         return Ok(());
     }
     let store = ctx.store();
+    if store.kv_get(KV_NAMESPACE, KV_RESET).await?.is_some() {
+        if let Some(old) = store.kv_get(KV_NAMESPACE, KV_DEVICE_ID).await? {
+            let request = ruma::api::client::device::delete_device::v3::Request::new(old.into());
+            match ctx.client().send(request, None).await {
+                Ok(_) => tracing::info!("deleted the old bridge device"),
+                Err(e) => tracing::warn!(error = %e, "could not delete the old bridge device"),
+            }
+        }
+        store.wipe_crypto().await?;
+        store.kv_delete(KV_NAMESPACE, KV_DEVICE_ID).await?;
+        store.kv_delete(KV_NAMESPACE, device::KV_CROSS_SIGNED).await?;
+        store.kv_delete(KV_NAMESPACE, KV_RESET).await?;
+        tracing::info!("the bridge device was reset: a new one is made");
+    }
     let id = match store.kv_get(KV_NAMESPACE, KV_DEVICE_ID).await? {
         Some(id) => id,
         None => {

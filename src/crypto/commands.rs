@@ -1,5 +1,6 @@
 //! The bridge device's commands, for admins: `encryption` tells its state, `encryption
-//! cross-sign` tries its cross-signing again.
+//! cross-sign` tries its cross-signing again, `encryption reset` replaces the device at the next
+//! start.
 
 use crate::{CommandCall, CommandSpec, Context, bridge::BridgeResult, config::PermissionLevel};
 
@@ -10,8 +11,9 @@ pub(crate) fn specs(ctx: &Context) -> Vec<CommandSpec> {
     vec![
         CommandSpec::new(
             "encryption",
-            "[cross-sign]",
-            "the bridge device: its keys, cross-signing, and what waits for keys",
+            "[cross-sign | reset]",
+            "the bridge device: its keys, cross-signing, and what waits for keys; reset replaces \
+             it at the next start",
         )
         .level(PermissionLevel::Admin),
     ]
@@ -26,6 +28,12 @@ pub(crate) async fn run(ctx: &Context, call: &CommandCall) -> Option<BridgeResul
 }
 
 async fn status(ctx: &Context, call: &CommandCall) -> BridgeResult<String> {
+    if call.args.first().map(String::as_str) == Some("reset") {
+        super::request_reset(ctx.store()).await?;
+        return Ok("The bridge device will be replaced when the bridge next starts: restart it. \
+                   Messages encrypted for the old device can then no longer be decrypted."
+            .into());
+    }
     let Some(device) = ctx.bridge_device() else {
         return Ok("The bridge device has not started yet (see the bridge's log).".into());
     };

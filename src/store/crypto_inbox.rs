@@ -69,6 +69,39 @@ impl Store {
         Ok(n)
     }
 
+    /// Forgets the bridge device's keys and sessions: every `mx_crypto_*` table emptied, in one
+    /// database transaction (for a reset, before a new device is made).
+    pub(crate) async fn wipe_crypto(&self) -> Result<()> {
+        const TABLES: [&str; 17] = [
+            "DELETE FROM mx_crypto_value",
+            "DELETE FROM mx_crypto_olm_session",
+            "DELETE FROM mx_crypto_olm_hash",
+            "DELETE FROM mx_crypto_inbound_session",
+            "DELETE FROM mx_crypto_outbound_session",
+            "DELETE FROM mx_crypto_device",
+            "DELETE FROM mx_crypto_identity",
+            "DELETE FROM mx_crypto_tracked_user",
+            "DELETE FROM mx_crypto_secret_request",
+            "DELETE FROM mx_crypto_secret_inbox",
+            "DELETE FROM mx_crypto_withheld",
+            "DELETE FROM mx_crypto_room_settings",
+            "DELETE FROM mx_crypto_key_bundle",
+            "DELETE FROM mx_crypto_keys_downloaded",
+            "DELETE FROM mx_crypto_pending_bundle",
+            "DELETE FROM mx_crypto_lease",
+            "DELETE FROM mx_crypto_inbox",
+        ];
+        with_pool!(self, |pool| {
+            let mut conn = pool.acquire().await?;
+            let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
+            for sql in TABLES {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Deletes a part the machine took.
     pub(crate) async fn delete_crypto_input(&self, seq: i64) -> Result<()> {
         with_pool!(self, |pool| {

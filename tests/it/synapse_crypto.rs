@@ -153,6 +153,21 @@ async fn the_bridge_device_is_created_and_keeps_its_keys(backend: &str) {
     // The same cross-signing identity, not made again.
     assert_eq!(seen["master_keys"][BOT], master, "{seen}");
     app.stop().await;
+
+    // A reset (`encryption reset`) makes a new device at the next start, with new keys, and the
+    // old one is gone from the homeserver.
+    let store = mxbridge::Store::connect(&db).await.unwrap();
+    mxbridge::crypto::request_reset(&store).await.unwrap();
+    store.close().await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let app = start_bridge(listener, &synapse, &db, &registration).await;
+    let new = app.bridge.ctx.bridge_device().unwrap().clone();
+    assert_ne!(new.device_id().as_str(), device_id, "a new device");
+    assert_ne!(new.machine().identity_keys().ed25519.to_base64(), ed25519, "new keys");
+    let seen = query_bot_keys(&synapse, &alice).await;
+    let devices = seen["device_keys"][BOT].as_object().unwrap();
+    assert_eq!(devices.keys().collect::<Vec<_>>(), [new.device_id().as_str()], "{seen}");
+    app.stop().await;
 }
 
 #[tokio::test]
