@@ -104,6 +104,9 @@ pub struct Store {
     /// `Store` and clears it; the generation keeps a lookup that
     /// raced with a write from caching the old answer. One process per database, as always.
     portal_cache: std::sync::Arc<std::sync::Mutex<PortalCache>>,
+    /// Rooms' cached `m.room.encryption`, which an intent with the bridge device reads before
+    /// every send (see `state.rs`).
+    encryption_cache: std::sync::Arc<std::sync::Mutex<state::EncryptionCache>>,
     /// Which remote messages' mappings were written lately (see `Store::mapped_since`).
     mapping_writes: std::sync::Arc<std::sync::Mutex<remote_queue::MappingWrites>>,
     /// Woken when events were put back in the inbox outside the server's intake
@@ -403,6 +406,7 @@ impl Store {
             readers,
             relaxed,
             portal_cache: std::sync::Arc::default(),
+            encryption_cache: std::sync::Arc::default(),
             mapping_writes: std::sync::Arc::default(),
             inbox_wake: std::sync::Arc::default(),
             state_cache: std::sync::Arc::default(),

@@ -145,6 +145,33 @@ impl RoomStateField {
     }
 }
 
+/// Rooms' `m.room.encryption` content (or its absence), in front of `mx_room_state`: an intent
+/// with the bridge device asks for it before every send. Every write of it goes through
+/// [`Store::set_room_state`], which empties the room's entry before its database write and
+/// fills it after; a read fills an entry only when no write ended meanwhile (`writes`).
+#[derive(Debug, Default)]
+pub(crate) struct EncryptionCache {
+    rooms: crate::util::FastMap<OwnedRoomId, Option<String>>,
+    writes: u64,
+}
+
+impl EncryptionCache {
+    /// Rooms kept; the cache starts again empty when full.
+    const CAP: usize = 100_000;
+
+    fn forget(&mut self, room_id: &RoomId) {
+        self.writes += 1;
+        self.rooms.remove(room_id);
+    }
+
+    fn put(&mut self, room_id: &RoomId, value: Option<String>) {
+        if self.rooms.len() >= Self::CAP {
+            self.rooms.clear();
+        }
+        self.rooms.insert(room_id.to_owned(), value);
+    }
+}
+
 /// A [`MemberRow`] that a write owns: it outlives its caller (see [`Store::set_membership`]).
 #[derive(Debug, Clone)]
 struct OwnedRow {
@@ -394,6 +421,29 @@ impl Store {
         field: RoomStateField,
         json: &str,
     ) -> Result<()> {
+        if field == RoomStateField::Encryption {
+            self.encryption_cache().forget(room_id);
+            let written = Box::pin(self.write_room_state(room_id, field, json)).await;
+            let mut cache = self.encryption_cache();
+            cache.writes += 1;
+            if written.is_ok() {
+                cache.put(room_id, Some(json.to_owned()));
+            }
+            return written;
+        }
+        self.write_room_state(room_id, field, json).await
+    }
+
+    fn encryption_cache(&self) -> std::sync::MutexGuard<'_, EncryptionCache> {
+        self.encryption_cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn write_room_state(
+        &self,
+        room_id: &RoomId,
+        field: RoomStateField,
+        json: &str,
+    ) -> Result<()> {
         // Column names cannot be bound; they come from this fixed list, never from input.
         let sql = match field {
             RoomStateField::PowerLevels => {
@@ -421,6 +471,29 @@ impl Store {
 
     /// A cached room state event (JSON text, as [`Store::set_room_state`] took it), if known.
     pub async fn room_state(
+        &self,
+        room_id: &RoomId,
+        field: RoomStateField,
+    ) -> Result<Option<String>> {
+        if field != RoomStateField::Encryption {
+            return self.read_room_state(room_id, field).await;
+        }
+        let writes = {
+            let cache = self.encryption_cache();
+            if let Some(known) = cache.rooms.get(room_id) {
+                return Ok(known.clone());
+            }
+            cache.writes
+        };
+        let read = self.read_room_state(room_id, field).await?;
+        let mut cache = self.encryption_cache();
+        if cache.writes == writes {
+            cache.put(room_id, read.clone());
+        }
+        Ok(read)
+    }
+
+    async fn read_room_state(
         &self,
         room_id: &RoomId,
         field: RoomStateField,
@@ -537,6 +610,25 @@ mod tests {
 
     fn room(name: &str) -> OwnedRoomId {
         RoomId::parse(format!("!{name}:x")).unwrap()
+    }
+
+    /// A room's encryption is answered from memory once read or written, absent included, and
+    /// a write replaces the answer.
+    #[tokio::test]
+    async fn room_encryption_is_answered_from_memory_and_follows_writes() {
+        let store = Store::connect_url("sqlite::memory:").await.unwrap();
+        let (clear, enc) = (room_id!("!clear:x"), room_id!("!enc:x"));
+        let megolm = r#"{"algorithm":"m.megolm.v1.aes-sha2"}"#;
+        store.set_room_state(enc, RoomStateField::Encryption, megolm).await.unwrap();
+        assert_eq!(store.room_state(clear, RoomStateField::Encryption).await.unwrap(), None);
+        sql(&store, "ALTER TABLE mx_room_state RENAME TO mx_room_state_away").await;
+        let cached = store.room_state(enc, RoomStateField::Encryption).await.unwrap();
+        assert_eq!(cached.as_deref(), Some(megolm));
+        assert_eq!(store.room_state(clear, RoomStateField::Encryption).await.unwrap(), None);
+        sql(&store, "ALTER TABLE mx_room_state_away RENAME TO mx_room_state").await;
+        store.set_room_state(clear, RoomStateField::Encryption, megolm).await.unwrap();
+        let now = store.room_state(clear, RoomStateField::Encryption).await.unwrap();
+        assert_eq!(now.as_deref(), Some(megolm));
     }
 
     #[tokio::test]
