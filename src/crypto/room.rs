@@ -43,13 +43,10 @@ impl BridgeDevice {
     /// # Errors
     /// When the crypto store fails (the event may decrypt on another try).
     pub(crate) async fn decrypt(&self, event: &Event) -> Result<Decryption, CryptoError> {
-        let raw = match serde_json::value::RawValue::from_string(event.json().to_owned()) {
-            Ok(json) => Raw::<EncryptedEvent>::from_json(json),
-            Err(e) => return Ok(Decryption::Failed(format!("not JSON: {e}"))),
-        };
+        let raw: &Raw<EncryptedEvent> = event.raw().cast_ref_unchecked();
         let settings =
             DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
-        let result = self.machine().try_decrypt_room_event(&raw, &event.room_id, &settings).await?;
+        let result = self.machine().try_decrypt_room_event(raw, &event.room_id, &settings).await?;
         Ok(match result {
             RoomEventDecryptionResult::Decrypted(decrypted) => {
                 match Event::decrypted(decrypted.event.json().get()) {
