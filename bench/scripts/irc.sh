@@ -5,8 +5,8 @@
 # on a raw socket talks with them (bench/peers/irc_bench.py): messages per second each way at
 # steady state (order checked), then the latency of single messages each way, then the
 # bridge's resident memory. Both bridges get the same flood throttle: heisenbridge's fixed one
-# (a burst of about five lines, then one per 1.5 s), which the IRC bridge is configured to
-# match (throttle_burst 5, throttle_interval_ms 1500).
+# (seven short lines at once, then one per 1.5 s; a line longer than 128 bytes waits longer),
+# which the IRC bridge is configured to match (throttle_burst 7, throttle_interval_ms 1500).
 #
 # Then, at scale: each bridge gets MXB_IRC_USERS more Matrix users, each logged in with a nick
 # of its own (heisenbridge: a network room per user, its own commands NICK, CONNECT, JOIN), each
@@ -76,7 +76,7 @@ appservice:
 database: {url: 'sqlite://$dir/irc.db'}
 permissions: {'localhost': user}
 logging: {level: '${MXB_IRC_LOG:-warn}'}
-bridge: {server: '127.0.0.1:$irc_port', throttle_burst: 5, throttle_interval_ms: 1500, max_lines: 10}
+bridge: {server: '127.0.0.1:$irc_port', throttle_burst: 7, throttle_interval_ms: 1500, max_lines: 10}
 YAML
 "$bin" -c "$dir/config.yaml" generate-registration >/dev/null
 "$venv/bin/heisenbridge" -c "$dir/heisenbridge.yaml" --generate -l 127.0.0.1 -p "$hb_port" >/dev/null
@@ -106,7 +106,7 @@ hb_room=$("${py[@]}" setup-heisenbridge "$hs" "$hb_token" "$irc_port" "#hbbench"
 {
     echo "# IRC bridges side by side, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)"
     echo "# machine: $(nproc) cores, $(uname -m); Synapse $(grep -o 'matrix-synapse==[0-9.]*' scripts/synapse.sh | head -n1), InspIRCd $(dpkg-query -W -f '${Version}' inspircd 2>/dev/null)"
-    echo "# InspIRCd config: irc/inspircd/test.conf; throttle: burst 5, then 1 line / 1.5 s (both)"
+    echo "# InspIRCd config: irc/inspircd/test.conf; throttle: burst 7, then 1 line / 1.5 s (both)"
     echo "# IRC -> Matrix: $n_i2m lines; Matrix -> IRC: $n_m2i messages; latency: $samples probes each way"
     echo "# mxbridge-irc: release build with thin LTO, SQLite; heisenbridge 1.15.4"
     echo "# InspIRCd <connect>: localmax/globalmax 2000, maxchans 1000, commandrate 1000000, fakelag no"

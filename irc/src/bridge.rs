@@ -16,7 +16,7 @@ use std::{
 use mxbridge::{
     Bridge, BridgeError, BridgeResult, ChatInfoChange, ChatMember, CommandCall, CommandSpec,
     Context, Delivery, MatrixChatInfo, MatrixEdit, MatrixMembership, MatrixMessage,
-    MembershipChange, PortalInfo, PortalKey, RemoteEvent, RemoteLoginId, RemoteMembership,
+    MembershipChange, PortalInfo, PortalKey, Queued, RemoteEvent, RemoteLoginId, RemoteMembership,
     RemoteMessageId, RemotePart, RemotePartId, RemoteSender, RemoteTxnId, RemoteUserId,
     format::{Mention, MentionLookup, ParsedMessage},
     login::{AnyLoginProcess, LoginFlow, LoginState, UserLogin},
@@ -29,7 +29,7 @@ use ruma::{
     },
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     conn::{ConnConfig, ConnError, Connection, Sender, Throttle},
@@ -60,8 +60,10 @@ pub(crate) struct IrcConfig {
     pub(crate) max_lines: usize,
     /// The base URL of media links (default: the homeserver's address).
     pub(crate) media_url: Option<String>,
-    /// Lines of one sender that arrive together (a paste) become one Matrix message of
-    /// several lines, at most 50.
+    /// Lines of one sender that arrive together (a paste), or while the channel's previous
+    /// message is on its way to Matrix, become one Matrix message of several lines, at most
+    /// 50. A line is held back for at most half a second this way, and not at all when
+    /// nothing of its channel is on its way.
     pub(crate) merge_bursts: bool,
     /// Channels whose portals are made on demand by alias (glob patterns, `*` and `?`, matched
     /// without case): joining `#<ghost prefix><channel>:<domain>` makes the channel's room,
@@ -158,6 +160,23 @@ impl LiveState {
 
 /// The most lines one burst becomes.
 const MAX_BURST: usize = 50;
+
+/// The longest a channel line is held back while the channel's previous message is on its way.
+const HOLD_AT_MOST: Duration = Duration::from_millis(500);
+
+/// A connection's channel lines on their way to Matrix. A line whose channel has nothing on its
+/// way goes at once; lines that arrive while something does are held, and go together as one
+/// message when it has arrived (or after [`HOLD_AT_MOST`]). So a single line waits for nothing,
+/// and a paste becomes a few messages instead of one per line.
+#[derive(Default)]
+struct Bursts {
+    /// Channels (case-folded) whose last message has not reached Matrix yet.
+    busy: BTreeSet<String>,
+    /// The lines held for a busy channel: one sender's, in order.
+    held: BTreeMap<String, Vec<Message>>,
+    /// Each ends with its channel when the channel's last message reached Matrix.
+    arrived: JoinSet<String>,
+}
 
 /// Where the `msgid`s of lines bridged inside a burst are kept (`chat msgid` → the burst's ID).
 const MSGID_ALIASES: &str = "irc_msgid";
@@ -265,9 +284,17 @@ impl Shared {
     }
 
     async fn queue(&self, key: &PortalKey, event: &RemoteEvent) {
-        if let Err(e) = self.ctx.queue_remote(key, event).await {
-            tracing::warn!(portal = %key, kind = event.kind(), error = %e, "could not queue an IRC event");
-        }
+        drop(self.queue_tracked(key, event).await);
+    }
+
+    async fn queue_tracked(&self, key: &PortalKey, event: &RemoteEvent) -> Option<Queued> {
+        self.ctx
+            .queue_remote(key, event)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(portal = %key, kind = event.kind(), error = %e, "could not queue an IRC event");
+            })
+            .ok()
     }
 
     fn set_nick(&self, live: &Live, nick: &str) {
@@ -339,32 +366,31 @@ impl Shared {
                         }
                         Err(e) => tracing::warn!(error = %e, "could not read a login's channels"),
                     }
+                    let mut bursts = Bursts::default();
                     let error = loop {
-                        match conn.next().await {
-                            Ok(m) if self.config.merge_bursts && self.mergeable(&live, &m) => {
-                                // Lines of one sender that came together become one message.
-                                let mut burst = vec![m];
-                                while burst.len() < MAX_BURST {
-                                    match conn.next_buffered() {
-                                        Some(next) if same_burst(&burst[0], &next) => {
-                                            burst.push(next);
-                                        }
-                                        Some(next) => {
-                                            conn.push_back(next);
-                                            break;
-                                        }
-                                        None => break,
-                                    }
-                                }
-                                if burst.len() == 1 {
-                                    let m = burst.pop().expect("one line");
-                                    self.on_message(&live, m).await;
-                                } else {
-                                    self.on_burst(&live, burst).await;
+                        tokio::select! {
+                            Some(done) = bursts.arrived.join_next(), if !bursts.arrived.is_empty() => {
+                                match done {
+                                    Ok(channel) => self.arrived(&live, &mut bursts, channel).await,
+                                    // A waiting task cannot fail; should one, nothing waits.
+                                    Err(_) => self.flush(&live, &mut bursts).await,
                                 }
                             }
-                            Ok(m) => self.on_message(&live, m).await,
-                            Err(e) => break e,
+                            next = conn.next() => match next {
+                                Ok(m) if self.config.merge_bursts && self.mergeable(&live, &m) => {
+                                    let burst = Self::read_burst(&mut conn, m);
+                                    self.hold_or_send(&live, &mut bursts, burst).await;
+                                }
+                                Ok(m) => {
+                                    // Anything else comes after the lines held before it.
+                                    self.flush(&live, &mut bursts).await;
+                                    self.on_message(&live, m).await;
+                                }
+                                Err(e) => {
+                                    self.flush(&live, &mut bursts).await;
+                                    break e;
+                                }
+                            }
                         }
                     };
                     self.dropped(&live);
@@ -405,16 +431,92 @@ impl Shared {
             && self.is_reader(&casefold(m.param(0)), &live.id)
     }
 
-    /// Consecutive lines of one sender to one channel, read together: one Matrix message of
-    /// several lines, its ID the first line's `msgid`; the others' `msgid`s are kept as
-    /// aliases so that a replay of the history skips them.
-    async fn on_burst(&self, live: &Live, burst: Vec<Message>) {
+    /// `first` and the lines read with it that continue it.
+    fn read_burst(conn: &mut Connection, first: Message) -> Vec<Message> {
+        let mut burst = vec![first];
+        while burst.len() < MAX_BURST {
+            match conn.next_buffered() {
+                Some(next) if same_burst(&burst[0], &next) => burst.push(next),
+                Some(next) => {
+                    conn.push_back(next);
+                    break;
+                }
+                None => break,
+            }
+        }
+        burst
+    }
+
+    /// Sends a channel's lines at once when nothing of the channel is on its way, else holds
+    /// them: with the lines held already when they continue those, else in their place (the
+    /// lines held before go now, behind the channel's message on its way).
+    async fn hold_or_send(&self, live: &Live, bursts: &mut Bursts, burst: Vec<Message>) {
+        let channel = casefold(burst[0].param(0));
+        if !bursts.busy.contains(&channel) {
+            return self.send_burst(live, bursts, channel, burst).await;
+        }
+        match bursts.held.remove(&channel) {
+            Some(mut held)
+                if same_burst(&held[0], &burst[0]) && held.len() + burst.len() <= MAX_BURST =>
+            {
+                held.extend(burst);
+                bursts.held.insert(channel, held);
+            }
+            Some(held) => {
+                self.send_burst(live, bursts, channel.clone(), held).await;
+                bursts.held.insert(channel, burst);
+            }
+            None => {
+                bursts.held.insert(channel, burst);
+            }
+        }
+    }
+
+    /// A channel's message reached Matrix: what was held for the channel goes now.
+    async fn arrived(&self, live: &Live, bursts: &mut Bursts, channel: String) {
+        bursts.busy.remove(&channel);
+        if let Some(held) = bursts.held.remove(&channel) {
+            self.send_burst(live, bursts, channel, held).await;
+        }
+    }
+
+    /// Sends every line held, before something else of the connection is bridged.
+    async fn flush(&self, live: &Live, bursts: &mut Bursts) {
+        let held = std::mem::take(&mut bursts.held);
+        for (channel, lines) in held {
+            self.send_burst(live, bursts, channel, lines).await;
+        }
+    }
+
+    /// Queues a channel's lines as one message, the channel busy until it reached Matrix.
+    async fn send_burst(
+        &self,
+        live: &Live,
+        bursts: &mut Bursts,
+        channel: String,
+        burst: Vec<Message>,
+    ) {
+        let Some(queued) = self.on_burst(live, burst).await else { return };
+        bursts.busy.insert(channel.clone());
+        bursts.arrived.spawn(async move {
+            let _ = tokio::time::timeout(HOLD_AT_MOST, queued.bridged()).await;
+            channel
+        });
+    }
+
+    /// Consecutive lines of one sender to one channel: one Matrix message of several lines,
+    /// its ID the first line's `msgid`; the others' `msgid`s are kept as aliases so that a
+    /// replay of the history skips them.
+    async fn on_burst(&self, live: &Live, burst: Vec<Message>) -> Option<Queued> {
         let first = &burst[0];
         let key = PortalKey::shared(casefold(first.param(0)));
         let sender =
             match self.ghosts.sender(self.ctx.store(), first.nick(), first.userhost()).await {
                 Ok(sender) => sender,
-                Err(e) => return tracing::warn!(error = %e, "could not name a ghost"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not name a ghost");
+                    return None;
+                }
             };
         let nicks = self.channel_nicks(live, key.chat.as_str());
         let mention = |t: &str| find_nicks(t, &|w| nicks.contains(&casefold(w)));
@@ -446,7 +548,7 @@ impl Shared {
             thread_root: None,
             echo_of: None,
         };
-        self.queue(&key, &event).await;
+        let queued = self.queue_tracked(&key, &event).await;
         for m in &burst[1..] {
             if let Some(msgid) = m.tag("msgid") {
                 let alias = format!("{} {msgid}", key.chat);
@@ -455,6 +557,7 @@ impl Shared {
                 }
             }
         }
+        queued
     }
 
     /// The nicks in a channel as this login sees them, case-folded.
@@ -1103,7 +1206,8 @@ impl Bridge for Irc {
          # Matrix messages longer than this many IRC lines are cut.\n  max_lines: 10\n  \
          # The base URL of media links sent to IRC (default: homeserver.address).\n  \
          media_url: null\n  \
-         # Lines of one sender that arrive together become one Matrix message (at most 50).\n  \
+         # Lines of one sender that arrive together, or while the channel's last message is\n  \
+         # on its way to Matrix (held at most 0.5 s), become one Matrix message (at most 50).\n  \
          merge_bursts: true\n  \
          # Channels whose rooms are made when someone joins #<ghost prefix><channel>:<domain>\n  \
          # (glob patterns such as \"#matrix-*\"; empty: off). Such rooms are open to anyone on\n  \

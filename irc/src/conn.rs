@@ -126,6 +126,8 @@ pub(crate) struct Connection {
     reader: BufReader<ReadHalf<Stream>>,
     /// Lines read during registration that the caller has not seen yet.
     backlog: std::collections::VecDeque<Message>,
+    /// The start of a line whose end has not been read yet.
+    partial: Vec<u8>,
     /// The writer.
     pub(crate) sender: Sender,
     /// Our nick as the server gave it.
@@ -168,19 +170,23 @@ impl Sender {
     }
 }
 
-/// Reads one line, bounded in length; `None` at the end of the stream.
+/// Reads one line, bounded in length; `None` at the end of the stream. What is read of a line
+/// stays in `partial`, so a read dropped halfway (a `select!` that took another branch) loses
+/// nothing: the next call goes on where it stopped.
 async fn read_line<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
+    partial: &mut Vec<u8>,
 ) -> std::io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(512);
     loop {
-        let n = reader.read_until(b'\n', &mut buf).await?;
+        let n = reader.read_until(b'\n', partial).await?;
         if n == 0 {
             return Ok(None);
         }
-        if buf.ends_with(b"\n") || buf.len() > 16 * 1024 {
+        if partial.ends_with(b"\n") || partial.len() > 16 * 1024 {
             // IRC is not always UTF-8: what is not becomes replacement characters.
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+            let line = String::from_utf8_lossy(partial).into_owned();
+            partial.clear();
+            return Ok(Some(line));
         }
     }
 }
@@ -258,6 +264,7 @@ impl Connection {
         let mut conn = Self {
             reader: BufReader::new(read),
             backlog: std::collections::VecDeque::new(),
+            partial: Vec::with_capacity(512),
             sender: Sender { lines, urgent },
             nick: config.nick.clone(),
             caps: BTreeSet::new(),
@@ -300,7 +307,9 @@ impl Connection {
         let mut tries = 0;
         let mut cap_done = false;
         loop {
-            let Some(line) = read_line(&mut self.reader).await.map_err(io_transient)? else {
+            let Some(line) =
+                read_line(&mut self.reader, &mut self.partial).await.map_err(io_transient)?
+            else {
                 return Err(ConnError::Transient("the server closed the connection".into()));
             };
             let Some(m) = Message::parse(&line) else { continue };
@@ -416,6 +425,9 @@ impl Connection {
         if let Some(m) = self.backlog.pop_front() {
             return Some(m);
         }
+        if !self.partial.is_empty() {
+            return None; // The buffer holds the rest of that line.
+        }
         let buf = self.reader.buffer();
         let end = buf.iter().position(|&b| b == b'\n')?;
         let line = String::from_utf8_lossy(&buf[..=end]).into_owned();
@@ -432,6 +444,8 @@ impl Connection {
     /// The next message from the server (`PING` is answered here). Without anything read for
     /// a minute we ping the server; without an answer in another minute the connection is
     /// taken for dead.
+    ///
+    /// Cancel safe: dropped before it returns, it loses no line.
     pub(crate) async fn next(&mut self) -> Result<Message, ConnError> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(m);
@@ -452,7 +466,7 @@ impl Connection {
         loop {
             let deadline = self.last_read + Duration::from_secs(60);
             let line = tokio::select! {
-                line = read_line(&mut self.reader) => line.map_err(io_transient)?,
+                line = read_line(&mut self.reader, &mut self.partial) => line.map_err(io_transient)?,
                 () = tokio::time::sleep_until(deadline) => {
                     if self.pinged {
                         return Err(ConnError::Transient("the server stopped answering".into()));

@@ -156,6 +156,28 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
         .collect();
     assert_eq!(pasted, ["paste 1", "paste 2", "paste 3"]);
 
+    // A flood of lines trickling in: the lines that come while the channel's last message is
+    // on its way are held and go as one, so they come as a few messages; each line once, in
+    // order, and a /me said in the middle keeps its place.
+    for i in 0..80 {
+        dave.send(&format!("PRIVMSG #test :flood {i:02}")).await;
+        if i == 40 {
+            dave.send("PRIVMSG #test :\x01ACTION interrupts\x01").await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    alice.wait_event(&room, "the flood's last line", |e| has_line(e, "flood 79")).await;
+    let events = alice.events(&room).await;
+    let flood: Vec<&Value> = events
+        .iter()
+        .filter(|e| body(e).starts_with("flood ") || body(e) == "interrupts")
+        .collect();
+    let said: Vec<&str> = flood.iter().flat_map(|e| body(e).split('\n')).collect();
+    let mut expected: Vec<String> = (0..80).map(|i| format!("flood {i:02}")).collect();
+    expected.insert(41, "interrupts".into());
+    assert_eq!(said, expected);
+    assert!(flood.len() <= 40, "{} messages for 81 lines", flood.len());
+
     // Matrix → IRC: formatting, /me, a pill, a notice.
     alice
         .send(
