@@ -96,6 +96,7 @@ class Irc:
     """A raw-socket IRC user; every PRIVMSG it reads is kept with its arrival time."""
 
     def __init__(self, port, nick):
+        self.nick = nick
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.lines = []
         self.lock = threading.Lock()
@@ -225,6 +226,11 @@ def run(hs, token, room, port, channel, bridge_nick, n, n_m2i, samples, gap):
     irc = Irc(port, "benchirc" + str(int(time.time()) % 10000))
     irc.send(f"JOIN {channel}")
     until("the channel on IRC", lambda: irc.find(lambda l: " 366 " in l))
+    # A second IRC user in the channel sees when the server has relayed each line: what the
+    # server takes is the same for both bridges, what comes after it is the bridge's.
+    watcher = Irc(port, "benchwatch" + str(int(time.time()) % 10000))
+    watcher.send(f"JOIN {channel}")
+    until("the watcher in the channel", lambda: watcher.find(lambda l: " 366 " in l))
     time.sleep(2)
     tag = str(int(time.time()))
 
@@ -234,6 +240,10 @@ def run(hs, token, room, port, channel, bridge_nick, n, n_m2i, samples, gap):
         irc.send(f"PRIVMSG {channel} :i2m-{tag}-{i:05d}")
     arrived = wait_all(lambda: [(t, b) for t, b in sync.bodies() if b.startswith(f"i2m-{tag}-")], n, 180)
     report("irc_to_matrix", arrived, n, start)
+    relayed = [t for t, x in watcher.texts(irc.nick, channel) if x.startswith(f"i2m-{tag}-")]
+    if arrived and len(relayed) == n:
+        print(f"irc_to_matrix_server_relayed_s={max(relayed) - start:.3f}")
+        print(f"irc_to_matrix_after_server_ms={(max(t for t, _ in arrived) - max(relayed)) * 1000:.0f}")
 
     # Matrix -> IRC, steady state: N messages sent one after the other.
     n = n_m2i

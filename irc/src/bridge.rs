@@ -170,12 +170,14 @@ const HOLD_AT_MOST: Duration = Duration::from_millis(500);
 /// and a paste becomes a few messages instead of one per line.
 #[derive(Default)]
 struct Bursts {
-    /// Channels (case-folded) whose last message has not reached Matrix yet.
-    busy: BTreeSet<String>,
+    /// Channels (case-folded) whose last message has not reached Matrix yet, with its place in
+    /// the queue.
+    busy: BTreeMap<String, i64>,
     /// The lines held for a busy channel: one sender's, in order.
     held: BTreeMap<String, Vec<Message>>,
-    /// Each ends with its channel when the channel's last message reached Matrix.
-    arrived: JoinSet<String>,
+    /// Each ends with a channel and a message's place in the queue when the message reached
+    /// Matrix.
+    arrived: JoinSet<(String, i64)>,
 }
 
 /// Where the `msgid`s of lines bridged inside a burst are kept (`chat msgid` → the burst's ID).
@@ -371,7 +373,9 @@ impl Shared {
                         tokio::select! {
                             Some(done) = bursts.arrived.join_next(), if !bursts.arrived.is_empty() => {
                                 match done {
-                                    Ok(channel) => self.arrived(&live, &mut bursts, channel).await,
+                                    Ok((channel, seq)) => {
+                                        self.arrived(&live, &mut bursts, channel, seq).await;
+                                    }
                                     // A waiting task cannot fail; should one, nothing waits.
                                     Err(_) => self.flush(&live, &mut bursts).await,
                                 }
@@ -452,7 +456,7 @@ impl Shared {
     /// lines held before go now, behind the channel's message on its way).
     async fn hold_or_send(&self, live: &Live, bursts: &mut Bursts, burst: Vec<Message>) {
         let channel = casefold(burst[0].param(0));
-        if !bursts.busy.contains(&channel) {
+        if !bursts.busy.contains_key(&channel) {
             return self.send_burst(live, bursts, channel, burst).await;
         }
         match bursts.held.remove(&channel) {
@@ -472,8 +476,12 @@ impl Shared {
         }
     }
 
-    /// A channel's message reached Matrix: what was held for the channel goes now.
-    async fn arrived(&self, live: &Live, bursts: &mut Bursts, channel: String) {
+    /// A channel's message reached Matrix: when it is the channel's last, what was held for the
+    /// channel goes now.
+    async fn arrived(&self, live: &Live, bursts: &mut Bursts, channel: String, seq: i64) {
+        if bursts.busy.get(&channel) != Some(&seq) {
+            return; // A later message is on its way.
+        }
         bursts.busy.remove(&channel);
         if let Some(held) = bursts.held.remove(&channel) {
             self.send_burst(live, bursts, channel, held).await;
@@ -496,11 +504,14 @@ impl Shared {
         channel: String,
         burst: Vec<Message>,
     ) {
+        let lines = burst.len();
         let Some(queued) = self.on_burst(live, burst).await else { return };
-        bursts.busy.insert(channel.clone());
+        let seq = queued.seq();
+        tracing::debug!(%channel, lines, seq, "lines queued for Matrix");
+        bursts.busy.insert(channel.clone(), seq);
         bursts.arrived.spawn(async move {
             let _ = tokio::time::timeout(HOLD_AT_MOST, queued.bridged()).await;
-            channel
+            (channel, seq)
         });
     }
 
@@ -549,13 +560,14 @@ impl Shared {
             echo_of: None,
         };
         let queued = self.queue_tracked(&key, &event).await;
-        for m in &burst[1..] {
-            if let Some(msgid) = m.tag("msgid") {
-                let alias = format!("{} {msgid}", key.chat);
-                if let Err(e) = self.ctx.store().kv_put(MSGID_ALIASES, &alias, id.as_str()).await {
-                    tracing::warn!(error = %e, "could not keep a line's msgid");
-                }
-            }
+        let aliases: Vec<String> = burst[1..]
+            .iter()
+            .filter_map(|m| Some(format!("{} {}", key.chat, m.tag("msgid")?)))
+            .collect();
+        let entries: Vec<(&str, &str)> =
+            aliases.iter().map(|a| (a.as_str(), id.as_str())).collect();
+        if let Err(e) = self.ctx.store().kv_put_many(MSGID_ALIASES, &entries).await {
+            tracing::warn!(error = %e, "could not keep the msgids of a burst's lines");
         }
         queued
     }

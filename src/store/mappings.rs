@@ -581,6 +581,35 @@ impl Store {
         Ok(())
     }
 
+    /// Stores several values under one namespace, each replacing any previous one, in one
+    /// transaction: all of them or (with an error) none. Like [`Store::kv_put`] for each, at the
+    /// cost of one commit.
+    pub async fn kv_put_many(&self, namespace: &str, entries: &[(&str, &str)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        with_pool!(self, |pool| {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin_tx().await?;
+            for (key, value) in entries {
+                sqlx::query(
+                    "INSERT INTO mx_kv (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(namespace)
+                .bind(*key)
+                .bind(*value)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// The value under a namespace and key.
     pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>> {
         with_reader!(self, |pool| {

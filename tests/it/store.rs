@@ -683,6 +683,13 @@ async fn bridge_mappings(store: Store) {
     assert!(store.kv_delete("hooks", "a").await.unwrap());
     assert_eq!(store.kv_get("hooks", "a").await.unwrap(), None);
     assert_eq!(store.kv_get("other", "a").await.unwrap().as_deref(), Some("x"));
+
+    // Several at once: new keys added, an old one replaced, the namespace kept apart.
+    store.kv_put_many("hooks", &[("c", "3"), ("b", "2b")]).await.unwrap();
+    store.kv_put_many("hooks", &[]).await.unwrap();
+    let list = store.kv_list("hooks").await.unwrap();
+    assert_eq!(list, [("b".into(), "2b".into()), ("c".into(), "3".into())]);
+    assert_eq!(store.kv_get("other", "c").await.unwrap(), None);
 }
 
 async fn portal_lookups_by_room_follow_writes(store: Store) {
