@@ -479,6 +479,7 @@ impl Shared {
     /// A channel's message reached Matrix: when it is the channel's last, what was held for the
     /// channel goes now.
     async fn arrived(&self, live: &Live, bursts: &mut Bursts, channel: String, seq: i64) {
+        tracing::trace!(%channel, seq, "in Matrix");
         if bursts.busy.get(&channel) != Some(&seq) {
             return; // A later message is on its way.
         }
@@ -510,7 +511,9 @@ impl Shared {
         tracing::debug!(%channel, lines, seq, "lines queued for Matrix");
         bursts.busy.insert(channel.clone(), seq);
         bursts.arrived.spawn(async move {
-            let _ = tokio::time::timeout(HOLD_AT_MOST, queued.bridged()).await;
+            if tokio::time::timeout(HOLD_AT_MOST, queued.bridged()).await.is_err() {
+                tracing::debug!(%channel, seq, "not in Matrix yet: held lines go");
+            }
             (channel, seq)
         });
     }
