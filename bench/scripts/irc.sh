@@ -16,8 +16,9 @@
 #
 #   bench/scripts/irc.sh            (results: bench/results/irc-DATE-COMMIT.txt)
 #
-# Environment: MXB_IRC_N (IRC -> Matrix lines, default 300), MXB_IRC_M2I_N (Matrix -> IRC
-# messages, default 20), MXB_IRC_SAMPLES (latency probes each way, default 20), MXB_IRC_USERS
+# Environment: MXB_IRC_N (IRC -> Matrix lines, default 200: InspIRCd writes a client the first
+# 33 KB or so of a burst at once and the rest a second later, which a burst of 300 tagged lines
+# passes for both bridges), MXB_IRC_M2I_N (Matrix -> IRC messages, default 20), MXB_IRC_SAMPLES (latency probes each way, default 20), MXB_IRC_USERS
 # (logins at scale, default 100; 0 skips the scale part), MXB_IRC_CHANNELS (channels per login,
 # default 5), MXB_IRC_LOG (the bridge's log filter, default warn; its log is in
 # ~/.cache/mxbridge/bench-irc/mxbridge.log), MXB_IRC_BIN (a bridge binary to use instead of
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 export MXB_CACHE="${MXB_CACHE:-$HOME/.cache/mxbridge}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MXB_CACHE/target}"
-n_i2m="${MXB_IRC_N:-300}"
+n_i2m="${MXB_IRC_N:-200}"
 n_m2i="${MXB_IRC_M2I_N:-20}"
 samples="${MXB_IRC_SAMPLES:-20}"
 users="${MXB_IRC_USERS:-100}"

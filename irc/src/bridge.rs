@@ -62,8 +62,8 @@ pub(crate) struct IrcConfig {
     pub(crate) media_url: Option<String>,
     /// Lines of one sender that arrive together (a paste), or while the channel's previous
     /// message is on its way to Matrix, become one Matrix message of several lines, at most
-    /// 50. A line is held back for at most half a second this way, and not at all when
-    /// nothing of its channel is on its way.
+    /// 200 lines (16 KiB of text). A line is held back for at most half a second this way,
+    /// and not at all when nothing of its channel is on its way.
     pub(crate) merge_bursts: bool,
     /// Channels whose portals are made on demand by alias (glob patterns, `*` and `?`, matched
     /// without case): joining `#<ghost prefix><channel>:<domain>` makes the channel's room,
@@ -159,7 +159,17 @@ impl LiveState {
 }
 
 /// The most lines one burst becomes.
-const MAX_BURST: usize = 50;
+const MAX_BURST: usize = 200;
+
+/// The most IRC text (bytes) one burst becomes: with its HTML, well within a Matrix event's
+/// 64 KiB.
+const MAX_BURST_TEXT: usize = 16 * 1024;
+
+/// Whether `more` lines may join `burst` within [`MAX_BURST`] and [`MAX_BURST_TEXT`].
+fn fits(burst: &[Message], more: &[Message]) -> bool {
+    let text = |lines: &[Message]| lines.iter().map(|m| m.param(1).len()).sum::<usize>();
+    burst.len() + more.len() <= MAX_BURST && text(burst) + text(more) <= MAX_BURST_TEXT
+}
 
 /// The longest a channel line is held back while the channel's previous message is on its way.
 const HOLD_AT_MOST: Duration = Duration::from_millis(500);
@@ -438,9 +448,14 @@ impl Shared {
     /// `first` and the lines read with it that continue it.
     fn read_burst(conn: &mut Connection, first: Message) -> Vec<Message> {
         let mut burst = vec![first];
-        while burst.len() < MAX_BURST {
+        loop {
             match conn.next_buffered() {
-                Some(next) if same_burst(&burst[0], &next) => burst.push(next),
+                Some(next)
+                    if same_burst(&burst[0], &next)
+                        && fits(&burst, std::slice::from_ref(&next)) =>
+                {
+                    burst.push(next);
+                }
                 Some(next) => {
                     conn.push_back(next);
                     break;
@@ -460,9 +475,7 @@ impl Shared {
             return self.send_burst(live, bursts, channel, burst).await;
         }
         match bursts.held.remove(&channel) {
-            Some(mut held)
-                if same_burst(&held[0], &burst[0]) && held.len() + burst.len() <= MAX_BURST =>
-            {
+            Some(mut held) if same_burst(&held[0], &burst[0]) && fits(&held, &burst) => {
                 held.extend(burst);
                 bursts.held.insert(channel, held);
             }
@@ -1222,7 +1235,8 @@ impl Bridge for Irc {
          # The base URL of media links sent to IRC (default: homeserver.address).\n  \
          media_url: null\n  \
          # Lines of one sender that arrive together, or while the channel's last message is\n  \
-         # on its way to Matrix (held at most 0.5 s), become one Matrix message (at most 50).\n  \
+         # on its way to Matrix (held at most 0.5 s), become one Matrix message (at most\n  \
+         # 200 lines, 16 KiB of text).\n  \
          merge_bursts: true\n  \
          # Channels whose rooms are made when someone joins #<ghost prefix><channel>:<domain>\n  \
          # (glob patterns such as \"#matrix-*\"; empty: off). Such rooms are open to anyone on\n  \
