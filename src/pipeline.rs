@@ -680,7 +680,7 @@ async fn settled(
         };
         if attempts >= config.max_attempts {
             tracing::warn!(%error, seq, attempts, "could not record a bridged event; parking it");
-            if let Err(e) = ctx.store().fail_remote(seq, &error, true).await {
+            if let Err(e) = Box::pin(ctx.store().fail_remote(seq, &error, true)).await {
                 tracing::warn!(error = %e, "could not park a remote event");
             }
             queue.finished(seq, Err(error));
@@ -696,9 +696,8 @@ async fn settled(
         attempts += 1;
         let messages: Vec<&MessageRow> = records.messages.iter().collect();
         let reactions: Vec<&ReactionRow> = records.reactions.iter().collect();
-        written = ctx
-            .store()
-            .finish_remote(&[seq], &messages, &reactions)
+        // Boxed, as the rare steps of `handle`: this future is part of the portal's next one.
+        written = Box::pin(ctx.store().finish_remote(&[seq], &messages, &reactions))
             .await
             .map_err(|e| e.to_string());
     }
@@ -771,7 +770,7 @@ async fn process<B: Bridge>(
         {
             // A token the user gave may have been revoked since: then it is forgotten, and
             // the next attempt sends as their ghost (or by the as_token method).
-            ctx.forget_revoked_puppet_token(login).await;
+            Box::pin(ctx.forget_revoked_puppet_token(login)).await;
         }
         let failure = match result {
             Ok(events) => return Some(Recording::start(ctx, row.seq, events, records)),
@@ -802,6 +801,9 @@ async fn process<B: Bridge>(
 /// Bridges one remote event into its portal; returns the Matrix events it sent. What it
 /// records last goes to `records`, written with the event's removal from the queue; `before`
 /// holds what the portal's event before recorded, which may not be written yet.
+///
+/// The steps that are rare or whose futures are large are boxed: this future is as large as
+/// its largest step, and it is moved a few times for every event.
 async fn handle<B: Bridge>(
     ctx: &Context,
     bridge: &B,
@@ -814,17 +816,17 @@ async fn handle<B: Bridge>(
     let portal = match ctx.portal(key).await? {
         Some(portal) => portal,
         None if matches!(event, RemoteEvent::Message { .. }) => {
-            let info = bridge.portal_info(key).await.map_err(failure_of)?;
+            let info = Box::pin(bridge.portal_info(key)).await.map_err(failure_of)?;
             let Some(info) = info else {
                 return Err(Failure::permanent(format!("no portal for {key}, and none is made")));
             };
-            ctx.ensure_portal(key, &info).await?
+            Box::pin(ctx.ensure_portal(key, &info)).await?
         }
         // A resync of a chat without a room makes one, when the bridge describes it.
         None if matches!(event, RemoteEvent::ChatResync) => {
-            match bridge.portal_info(key).await.map_err(failure_of)? {
+            match Box::pin(bridge.portal_info(key)).await.map_err(failure_of)? {
                 Some(info) => {
-                    ctx.ensure_portal(key, &info).await?;
+                    Box::pin(ctx.ensure_portal(key, &info)).await?;
                 }
                 None => tracing::debug!("a resync of a chat the bridge does not describe"),
             }
@@ -838,14 +840,14 @@ async fn handle<B: Bridge>(
     // memory of transaction IDs, only the room can tell (see `resend`).
     let recheck = ctx.remote_queue().resends.may_have_been_sent(row.seq, &row.portal);
     let sent_before = async |intent: &crate::intent::Intent, room, txn_id: &str| {
-        if recheck { resend::sent_before(intent, room, txn_id).await } else { Ok(None) }
+        if recheck { Box::pin(resend::sent_before(intent, room, txn_id)).await } else { Ok(None) }
     };
     let mut sent = Vec::new();
     match event {
         RemoteEvent::Message { id, sender, timestamp, parts, reply_to, thread_root, echo_of } => {
             if let Some(txn_id) = echo_of {
                 let part = parts.first().map(|p| p.id.clone()).unwrap_or_default();
-                let ours = ctx.store().resolve_pending(key, txn_id, id, &part).await?;
+                let ours = Box::pin(ctx.store().resolve_pending(key, txn_id, id, &part)).await?;
                 if let Some(mapped) = ours {
                     // The echo of what the bridge sent for a Matrix event: now mapped.
                     return Ok(vec![mapped.event_id]);
@@ -904,7 +906,7 @@ async fn handle<B: Bridge>(
                     records.messages.push(row);
                 } else {
                     // Before the next part's send: a crash between them repeats only the rest.
-                    ctx.store().insert_messages(std::slice::from_ref(&row)).await?;
+                    Box::pin(ctx.store().insert_messages(std::slice::from_ref(&row))).await?;
                 }
                 sent.push(event_id);
             }
@@ -963,7 +965,7 @@ async fn handle<B: Bridge>(
             };
             let ghost = ctx.sender_intent(sender).await?;
             sent.push(ghost.redact(&portal.room_id, &event_id).txn_id(txn(0)).await?);
-            ctx.store().delete_reaction(key, target, &sender.id, reaction).await?;
+            Box::pin(ctx.store().delete_reaction(key, target, &sender.id, reaction)).await?;
         }
         RemoteEvent::Delete { target, sender } => {
             let known = ctx.store().message_parts(key, target).await?;
@@ -971,7 +973,7 @@ async fn handle<B: Bridge>(
             for (n, part) in known.iter().enumerate() {
                 sent.push(ghost.redact(&portal.room_id, &part.event_id).txn_id(txn(n)).await?);
             }
-            ctx.store().delete_message(key, target).await?;
+            Box::pin(ctx.store().delete_message(key, target)).await?;
         }
         RemoteEvent::ReadReceipt { sender, up_to } => {
             if let Some(event_id) = first_event(ctx, key, Some(up_to), before).await? {
@@ -983,7 +985,7 @@ async fn handle<B: Bridge>(
                     event_id,
                 );
                 request.thread = ReceiptThread::Unthreaded;
-                ghost.send_request(request).await?;
+                Box::pin(ghost.send_request(request)).await?;
             }
         }
         RemoteEvent::Typing { sender, typing } => {
@@ -1004,19 +1006,19 @@ async fn handle<B: Bridge>(
                 complete: false,
                 power_levels: power_levels.as_ref(),
             };
-            sent.extend(ctx.apply_chat_change(&portal, &change).await?);
+            sent.extend(Box::pin(ctx.apply_chat_change(&portal, &change)).await?);
         }
         RemoteEvent::ChatResync => {
-            if let Some(info) = bridge.portal_info(key).await.map_err(failure_of)? {
+            if let Some(info) = Box::pin(bridge.portal_info(key)).await.map_err(failure_of)? {
                 let change = crate::portal::ChatChange::resync(&info);
-                sent.extend(ctx.apply_chat_change(&portal, &change).await?);
-                ctx.add_portal_to_spaces(&portal).await;
+                sent.extend(Box::pin(ctx.apply_chat_change(&portal, &change)).await?);
+                Box::pin(ctx.add_portal_to_spaces(&portal)).await;
             }
         }
         RemoteEvent::ChatDelete => {
             let text = "This chat was deleted on the remote network.";
             sent.push(ctx.bot().send_notice(&portal.room_id, text).txn_id(txn(0)).await?);
-            ctx.delete_portal(key, "The chat was deleted on the remote network").await?;
+            Box::pin(ctx.delete_portal(key, "The chat was deleted on the remote network")).await?;
         }
     }
     Ok(sent)
