@@ -202,14 +202,14 @@ fn sqlite_script(statements: &[(SqliteRows, usize)]) -> sqlx::SqlStr {
     sqlx::SqlSafeStr::into_sql_str(text)
 }
 
-/// Binds the NULLs that pad a statement of `kind` with `rows` real rows to its row count
-/// (see [`sqlite_statements`]).
+/// Binds the NULLs that pad a statement of `kind` with `real` rows to its `rows`.
 fn bind_padding<'q>(
     mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    real: usize,
     rows: usize,
     kind: SqliteRows,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    for _ in rows..rows.next_power_of_two() {
+    for _ in real..rows {
         for _ in 0..kind.columns() {
             query = query.bind(None::<&str>);
         }
@@ -217,21 +217,41 @@ fn bind_padding<'q>(
     query
 }
 
-/// SQLite: takes bridged events off the queue with their records, in one script.
+/// SQLite: takes bridged events off the queue with their records, in one script. The rows go
+/// in rounds of up to [`SQLITE_ROWS_MAX`] of each kind, and in each round the three statements
+/// (message parts, reactions, seqs) are padded to one row count: the script's text then depends
+/// on the largest of the three only, so a few texts serve every mix.
 async fn finish_remote_sqlite(
     writer: &super::writer::SqliteWriter,
     seqs: &[i64],
     messages: &[&MessageRow],
     reactions: &[&ReactionRow],
 ) -> Result<(), sqlx::Error> {
-    let statements: Vec<_> = sqlite_statements(SqliteRows::Messages, messages.len())
-        .chain(sqlite_statements(SqliteRows::Reactions, reactions.len()))
-        .chain(sqlite_statements(SqliteRows::Delete, seqs.len()))
-        .collect();
+    let most = seqs.len().max(messages.len()).max(reactions.len());
+    let rounds = most.div_ceil(SQLITE_ROWS_MAX);
+    let chunk = |len: usize, round: usize| {
+        let start = (round * SQLITE_ROWS_MAX).min(len);
+        start..(start + SQLITE_ROWS_MAX).min(len)
+    };
+    let mut statements = Vec::with_capacity(rounds * 3);
+    for round in 0..rounds {
+        let rows = [seqs.len(), messages.len(), reactions.len()]
+            .into_iter()
+            .map(|len| chunk(len, round).len())
+            .max()
+            .unwrap_or(0)
+            .next_power_of_two();
+        statements.extend([
+            (SqliteRows::Messages, rows),
+            (SqliteRows::Reactions, rows),
+            (SqliteRows::Delete, rows),
+        ]);
+    }
     let mut query = sqlx::query(sqlite_script(&statements));
-    // In the order of `statements`: each chunk is one statement, padded to its row count.
-    for chunk in messages.chunks(SQLITE_ROWS_MAX) {
-        for m in chunk {
+    for (round, kinds) in statements.chunks(3).enumerate() {
+        let rows = kinds[0].1;
+        let part = &messages[chunk(messages.len(), round)];
+        for m in part {
             query = query
                 .bind(m.portal.chat.as_str())
                 .bind(m.portal.receiver_str())
@@ -242,10 +262,9 @@ async fn finish_remote_sqlite(
                 .bind(m.sender.as_str())
                 .bind(m.timestamp);
         }
-        query = bind_padding(query, chunk.len(), SqliteRows::Messages);
-    }
-    for chunk in reactions.chunks(SQLITE_ROWS_MAX) {
-        for r in chunk {
+        query = bind_padding(query, part.len(), rows, SqliteRows::Messages);
+        let part = &reactions[chunk(reactions.len(), round)];
+        for r in part {
             query = query
                 .bind(r.portal.chat.as_str())
                 .bind(r.portal.receiver_str())
@@ -255,13 +274,12 @@ async fn finish_remote_sqlite(
                 .bind(r.event_id.as_str())
                 .bind(r.room_id.as_str());
         }
-        query = bind_padding(query, chunk.len(), SqliteRows::Reactions);
-    }
-    for chunk in seqs.chunks(SQLITE_ROWS_MAX) {
-        for seq in chunk {
+        query = bind_padding(query, part.len(), rows, SqliteRows::Reactions);
+        let part = &seqs[chunk(seqs.len(), round)];
+        for seq in part {
             query = query.bind(*seq);
         }
-        query = bind_padding(query, chunk.len(), SqliteRows::Delete);
+        query = bind_padding(query, part.len(), rows, SqliteRows::Delete);
     }
     writer.fetch_script(query).await.map(drop)
 }
@@ -291,7 +309,8 @@ impl Store {
                             .bind(e.message_id)
                             .bind(now);
                     }
-                    query = bind_padding(query, chunk.len(), SqliteRows::Enqueue);
+                    let rows = chunk.len().next_power_of_two();
+                    query = bind_padding(query, chunk.len(), rows, SqliteRows::Enqueue);
                 }
                 let rows = writer.fetch_script(query).await?;
                 rows.iter()
