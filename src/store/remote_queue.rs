@@ -364,10 +364,10 @@ impl Store {
             .collect())
     }
 
-    /// Up to [`QUEUE_READ_MAX`] queued events after `after`, not parked, in queue order. Each message's row
-    /// also tells whether any part of it was mapped then (in the same read). The limit is
-    /// written into the SQL: SQLite prepares a statement with a bound `LIMIT` again each time
-    /// it is bound.
+    /// Up to [`QUEUE_READ_MAX`] queued events after `after`, not parked, in queue order. Each
+    /// message's row also tells whether any part of it was mapped then (in the same read). The
+    /// limit is written into the SQL: SQLite prepares a statement with a bound `LIMIT` again
+    /// each time it is bound.
     pub(crate) async fn queued_remote(&self, after: i64) -> Result<Vec<QueuedRow>> {
         // Before the read: a write noted after this is seen as newer than what it read.
         let generation = self.mapping_generation();
@@ -669,6 +669,38 @@ mod tests {
         let Some(store) = schema.store().await else { return };
         queue_and_finish(&store).await;
         schema.remove(store).await;
+    }
+
+    /// A batch of more rows than the scripts kept for the process take (its script is built
+    /// for the call) is queued whole, in order, and taken off the queue whole.
+    #[tokio::test]
+    async fn a_batch_longer_than_any_kept_script_is_queued_and_finished_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db", dir.path().display());
+        let store = Store::connect_url(&url).await.unwrap();
+        let key = PortalKey::shared("a");
+        let n = SQLITE_ROWS_MAX * SQLITE_SCRIPT_KEPT + 3;
+        let bodies: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let events: Vec<NewRemote<'_>> = bodies
+            .iter()
+            .map(|body| NewRemote { portal: &key, event: body, message_id: None })
+            .collect();
+        let seqs: Vec<i64> =
+            store.enqueue_remote(&events).await.unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs.len(), n);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        let mut stored = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = store.queued_remote(after).await.unwrap();
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            stored.extend(rows.into_iter().map(|r| r.event));
+        }
+        assert_eq!(stored, bodies);
+        store.finish_remote(&seqs, &[], &[]).await.unwrap();
+        assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
+        store.close().await;
     }
 
     /// Events queued in one call get increasing seqs in the order given, each row holding the
