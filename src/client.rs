@@ -17,8 +17,9 @@
 //! transaction ID and the homeserver deduplicates it. See [`RetryPolicy`].
 //!
 //! Errors: every request fails with [`Error`]: [`Error::Api`] when the homeserver refused it
-//! (after retries; match it with [`Error::kind`], ruma's `ErrorKind`), [`Error::Http`] when the
-//! homeserver could not be reached, [`Error::NotInNamespace`] before anything is sent.
+//! (after retries; match it with [`Error::kind`], ruma's `ErrorKind`), [`Error::Http`] (or
+//! [`Error::Transport`] on a plain-HTTP link) when the homeserver could not be reached,
+//! [`Error::NotInNamespace`] before anything is sent.
 //!
 //! Logging: every request runs in a `send` span with `method`, `route` (ruma's path template,
 //! such as `/_matrix/client/v3/rooms/{room_id}/join`, never the concrete path or query),
@@ -215,6 +216,9 @@ pub struct Client {
 struct ClientInner {
     /// The pooled HTTP client.
     http: reqwest::Client,
+    /// For a homeserver reached over plain HTTP: hyper's pooled client, which the API requests
+    /// go through instead of `http` (see [`PlainHttp`]).
+    plain: Option<PlainHttp>,
     /// The homeserver's base URL, without a trailing slash.
     base: String,
     /// The bearer token for every request: the `as_token`, or a real user's access token.
@@ -308,6 +312,7 @@ impl Client {
         retry: RetryPolicy,
     ) -> Result<Self> {
         let http = build_http(&homeserver)?;
+        let plain = PlainHttp::for_homeserver(&homeserver);
         let bot = UserId::parse_with_server_name(registration.sender_localpart(), server_name)
             .map_err(|e| Error::InvalidResponse(format!("invalid bot user ID: {e}")))?;
         let versions = CachedVersions {
@@ -321,6 +326,7 @@ impl Client {
         Ok(Self {
             inner: Arc::new(ClientInner {
                 http,
+                plain,
                 base: homeserver.as_str().trim_end_matches('/').to_owned(),
                 as_token: registration.as_token().clone(),
                 appservice: None,
@@ -381,9 +387,17 @@ impl Client {
         assert_user: bool,
     ) -> Result<Self> {
         let appservice = self.appservice().clone();
-        let (http, base) = match homeserver {
-            Some(url) => (build_http(url)?, url.as_str().trim_end_matches('/').to_owned()),
-            None => (appservice.inner.http.clone(), appservice.inner.base.clone()),
+        let (http, plain, base) = match homeserver {
+            Some(url) => (
+                build_http(url)?,
+                PlainHttp::for_homeserver(url),
+                url.as_str().trim_end_matches('/').to_owned(),
+            ),
+            None => (
+                appservice.inner.http.clone(),
+                appservice.inner.plain.clone(),
+                appservice.inner.base.clone(),
+            ),
         };
         let versions = appservice.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
         let versions = if homeserver.is_some() {
@@ -399,6 +413,7 @@ impl Client {
         Ok(Self {
             inner: Arc::new(ClientInner {
                 http,
+                plain,
                 base,
                 as_token: token,
                 appservice_id: inner.appservice_id.clone(),
@@ -432,14 +447,23 @@ impl Client {
     }
 }
 
+/// How long a connection to the homeserver may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take, its answer read whole.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an idle connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The `User-Agent` of every request.
+const USER_AGENT: &str = concat!("mxbridge/", env!("CARGO_PKG_VERSION"));
+
 /// The pooled HTTP client for `homeserver`.
 fn build_http(homeserver: &Url) -> Result<reqwest::Client> {
     crate::install_crypto_provider();
     let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("mxbridge/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .user_agent(USER_AGENT)
             // The Client-Server API does not redirect; following one would also carry the
             // as_token to wherever it points.
             .redirect(reqwest::redirect::Policy::none());
@@ -450,6 +474,72 @@ fn build_http(homeserver: &Url) -> Result<reqwest::Client> {
         http = http.tls_certs_only([]);
     }
     Ok(http.build()?)
+}
+
+/// hyper's pooled HTTP/1.1 client, for the API requests to a homeserver reached over plain
+/// HTTP (the usual link to a homeserver on the same host or network). The request ruma built
+/// goes out as it is: reqwest would parse its URL into a `Url` and back, and parse it again
+/// from its redirect layer's record of the response (which it keeps even with redirects off),
+/// for every request. Same timeouts, pool and `User-Agent` as the reqwest client, which still
+/// carries media streams; no redirect is followed, and no proxy is used (reqwest would take one
+/// from `HTTP_PROXY` in the environment).
+#[derive(Clone, Debug)]
+struct PlainHttp(
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+);
+
+/// One attempt's failure: the error, and whether it is worth another attempt.
+type AttemptError = (Error, bool);
+
+impl PlainHttp {
+    /// The client for `homeserver`, when it is reached over plain HTTP.
+    fn for_homeserver(homeserver: &Url) -> Option<Self> {
+        if homeserver.scheme() != "http" {
+            return None;
+        }
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(connector);
+        Some(Self(client))
+    }
+
+    /// Sends one request and reads its answer whole.
+    async fn send(
+        &self,
+        parts: &http::request::Parts,
+        body: &bytes::Bytes,
+    ) -> std::result::Result<(http::StatusCode, http::HeaderMap, bytes::Bytes), AttemptError> {
+        use http_body_util::BodyExt as _;
+        let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        request
+            .headers_mut()
+            .entry(http::header::USER_AGENT)
+            .or_insert(http::HeaderValue::from_static(USER_AGENT));
+        let exchange = async {
+            let response = self.0.request(request).await.map_err(|e| {
+                let transient = e.is_connect();
+                (Error::Transport(e.into()), transient)
+            })?;
+            let (head, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| (Error::Transport(e.into()), false))?;
+            Ok((head.status, head.headers, body.to_bytes()))
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(result) => result,
+            Err(elapsed) => Err((Error::Transport(elapsed.into()), true)),
+        }
+    }
 }
 
 impl Client {
@@ -720,24 +810,19 @@ impl Client {
             };
             loop {
                 attempt += 1;
-                let sent = self
-                    .inner
-                    .http
-                    .request(parts.method.clone(), parts.uri.to_string())
-                    .headers(parts.headers.clone())
-                    .body(body.clone())
-                    .send()
-                    .await;
-                let response = match sent {
-                    Ok(response) => response,
-                    Err(err) => {
-                        let transient = err.is_connect() || err.is_timeout();
+                let sent = match &self.inner.plain {
+                    Some(plain) => plain.send(&parts, &body).await,
+                    None => self.send_reqwest(&parts, &body).await,
+                };
+                let (status, headers, bytes) = match sent {
+                    Ok(answer) => answer,
+                    Err((err, transient)) => {
                         if attempt < policy.max_attempts && transient {
                             let delay = policy.backoff(attempt);
                             tracing::warn!(
                                 attempt,
                                 delay_ms = delay.as_millis() as u64,
-                                error = %err.without_url(),
+                                error = %err,
                                 "request failed, retrying"
                             );
                             self.count_retry("unavailable");
@@ -745,13 +830,9 @@ impl Client {
                             continue;
                         }
                         finish(None, attempt);
-                        return Err(Error::Http(err.without_url()));
+                        return Err(err);
                     }
                 };
-                let mut response = response;
-                let status = response.status();
-                let headers = std::mem::take(response.headers_mut());
-                let bytes = response.bytes().await.map_err(|e| Error::Http(e.without_url()))?;
                 let delay = match status.as_u16() {
                     429 => {
                         let parsed = ruma::api::error::Error::from_http_response(http_response(
@@ -789,6 +870,30 @@ impl Client {
         }
         .instrument(span)
         .await
+    }
+
+    /// Sends one request through reqwest and reads its answer whole.
+    async fn send_reqwest(
+        &self,
+        parts: &http::request::Parts,
+        body: &bytes::Bytes,
+    ) -> std::result::Result<(http::StatusCode, http::HeaderMap, bytes::Bytes), AttemptError> {
+        let sent = self
+            .inner
+            .http
+            .request(parts.method.clone(), parts.uri.to_string())
+            .headers(parts.headers.clone())
+            .body(body.clone())
+            .send()
+            .await;
+        let mut response = sent.map_err(|err| {
+            let transient = err.is_connect() || err.is_timeout();
+            (Error::Http(err.without_url()), transient)
+        })?;
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let bytes = response.bytes().await.map_err(|e| (Error::Http(e.without_url()), false))?;
+        Ok((status, headers, bytes))
     }
 
     // --- Server and session -------------------------------------------------------------------

@@ -119,8 +119,10 @@ impl Context {
         let user_id = self.ghost_user_id(remote)?;
         let intent = self.intent(&user_id)?;
         let known = self.store().ghost(remote).await?;
+        // The rare steps are boxed: this runs for every remote event, and its future is as
+        // large as its largest step.
         if known.is_none() {
-            intent.ensure_registered().await?;
+            Box::pin(intent.ensure_registered()).await?;
         }
         let (old_name, old_avatar) = known.map_or((None, None), |g| (g.displayname, g.avatar_url));
         let mut row = GhostRow {
@@ -134,19 +136,19 @@ impl Context {
         if let Some(name) = profile.displayname.as_deref().map(displayname_within_limit)
             && old_name.as_deref() != Some(name)
         {
-            intent.set_displayname(name).await?;
+            Box::pin(intent.set_displayname(name)).await?;
             row.displayname = Some(name.to_owned());
             changed = true;
         }
         if let Some(avatar) = &profile.avatar_url
             && old_avatar.as_ref() != Some(avatar)
         {
-            intent.set_avatar_url(avatar).await?;
+            Box::pin(intent.set_avatar_url(avatar)).await?;
             row.avatar_url = Some(avatar.clone());
             changed = true;
         }
         if changed {
-            self.store().upsert_ghost(&row).await?;
+            Box::pin(self.store().upsert_ghost(&row)).await?;
         }
         Ok(intent)
     }

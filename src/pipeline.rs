@@ -4,9 +4,11 @@
 //! may acknowledge it to the remote network then: a crash afterwards loses nothing. Calls made
 //! while a commit is under way are committed together, in one transaction, in the order they
 //! were made (`group.rs`); [`Context::queue_remote_batch`] commits several events in one call.
-//! A fetch loop reads the queue in order and hands each event to its portal's worker: one
-//! portal's events are bridged one at a time, in the order they were queued; portals run in
-//! parallel. A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
+//! Each commit hands the events it stored, as they were given, to a fetch loop in memory (the
+//! loop reads the queue from the database at startup, and whenever the hand-off missed events:
+//! see [`Handoff`]), and the fetch loop gives each event to its portal's worker: one portal's
+//! events are bridged one at a time, in the order they were queued; portals run in parallel.
+//! A failure is retried with the inbox's delays (`inbox.retry_*`) and parked after
 //! `inbox.max_attempts`; the portal's next events wait meanwhile, so order holds.
 //!
 //! A bridged event leaves the queue in the same transaction that records its last mapping (a
@@ -49,7 +51,7 @@ use crate::{
     error::BridgeError,
     portal::RemoteError,
     remote::{PortalKey, RemoteEvent, RemoteMessageId, RemotePart},
-    store::{MessageRow, QueuedRow, ReactionRow, StoreError},
+    store::{MessageRow, NewRemote, QueuedRow, ReactionRow, StoreError},
     util::FastMap,
 };
 
@@ -64,6 +66,9 @@ const QUEUE_GROUP_MAX: usize = 1024;
 const FINISH_GROUP_MAX: usize = 256;
 /// Results kept for waiters that have not asked yet (see [`RemoteQueue::finished`]).
 const UNCLAIMED_MAX: usize = 4096;
+/// The most committed events waiting in the hand-off for the fetch loop; past it they are
+/// dropped from it and the fetch loop reads them from the database (see [`Handoff`]).
+const HANDOFF_MAX: usize = 65_536;
 
 /// What a queued event became: the Matrix events it sent, or why it was parked.
 type Outcome = Result<Vec<OwnedEventId>, String>;
@@ -72,14 +77,153 @@ type Outcome = Result<Vec<OwnedEventId>, String>;
 /// wait on a queued event how it went.
 #[derive(Debug, Default)]
 pub(crate) struct RemoteQueue {
-    wake: Notify,
+    /// Committed events on their way to the fetch loop, and its wake-up.
+    handoff: Arc<Handoff>,
     results: std::sync::Mutex<Results>,
-    resends: resend::Resends,
+    resends: Arc<resend::Resends>,
     /// Events being queued: those of concurrent callers are committed together.
-    queueing: group::Group<Vec<(PortalKey, String)>, Vec<i64>>,
+    queueing: group::Group<Vec<Pending>, Vec<i64>>,
     /// Bridged events being taken off the queue, with what they record: those of concurrent
     /// workers are committed together.
     finishing: group::Group<Finished, ()>,
+}
+
+/// An event being queued: its stored form, and the event itself, handed to the fetch loop once
+/// committed.
+#[derive(Debug)]
+struct Pending {
+    portal: PortalKey,
+    json: String,
+    event: RemoteEvent,
+}
+
+impl Pending {
+    fn new(portal: PortalKey, event: RemoteEvent) -> Self {
+        let json = serde_json::to_string(&event).expect("a remote event serializes");
+        Self { portal, json, event }
+    }
+
+    /// As the store queues it.
+    fn row(&self) -> NewRemote<'_> {
+        let message_id = match &self.event {
+            RemoteEvent::Message { id, .. } => Some(id.as_str()),
+            _ => None,
+        };
+        NewRemote { portal: &self.portal, event: &self.json, message_id }
+    }
+}
+
+/// A queued event as its portal's worker gets it: handed over by the commit that queued it, or
+/// read from the database.
+#[derive(Debug)]
+struct Item {
+    /// Its place in the queue.
+    seq: i64,
+    portal: PortalKey,
+    /// The event, or why its stored form is not one.
+    event: Result<RemoteEvent, String>,
+    /// Failed attempts so far.
+    attempts: i32,
+    /// See [`QueuedRow::unmapped_as_of`].
+    unmapped_as_of: Option<u64>,
+}
+
+impl Item {
+    fn from_row(row: QueuedRow) -> Self {
+        let event = serde_json::from_str::<RemoteEvent>(&row.event)
+            .map_err(|e| format!("not a remote event: {e}"));
+        let QueuedRow { seq, portal, attempts, unmapped_as_of, .. } = row;
+        Self { seq, portal, event, attempts, unmapped_as_of }
+    }
+}
+
+/// Committed events handed to the fetch loop in memory, so it need not read them back from the
+/// database and parse them again.
+///
+/// The fetch loop opens the hand-off before it reads the database; from then on, every commit
+/// hands its events over, in commit order (a commit hands them over before the next group's
+/// commit starts), so once a read of the database finds no more rows, the hand-off holds every
+/// event after it (and maybe some that read found too: those are skipped by their seq). When
+/// the hand-off fills up, or a commit's outcome is unknown, it closes and tells the fetch loop
+/// to read the database again.
+#[derive(Debug, Default)]
+struct Handoff {
+    state: std::sync::Mutex<HandoffState>,
+    /// Wakes the fetch loop.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct HandoffState {
+    /// Whether commits hand their events over.
+    open: bool,
+    /// Events were dropped (or may have been): the fetch loop reads the database.
+    missed: bool,
+    items: Vec<Item>,
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens the hand-off, before a read of the database: what was handed over before is in
+    /// that read.
+    fn open(&self) {
+        let mut state = self.lock();
+        state.open = true;
+        state.missed = false;
+        state.items.clear();
+    }
+
+    /// Closes the hand-off (the fetch loop stopped).
+    fn close(&self) {
+        let mut state = self.lock();
+        state.open = false;
+        state.items = Vec::new();
+    }
+
+    /// Hands over committed events, in queue order.
+    fn hand(&self, items: Vec<Item>) {
+        {
+            let mut state = self.lock();
+            if state.open {
+                if state.items.len() + items.len() > HANDOFF_MAX {
+                    state.open = false;
+                    state.missed = true;
+                    state.items = Vec::new();
+                } else if state.items.is_empty() {
+                    state.items = items;
+                } else {
+                    state.items.extend(items);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// A commit failed: it may have stored its events all the same, and they must not wait
+    /// for the next start.
+    fn missed(&self) {
+        {
+            let mut state = self.lock();
+            if state.open {
+                state.open = false;
+                state.missed = true;
+                state.items = Vec::new();
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The events handed over since the last call, or `None` when some were missed.
+    fn take(&self) -> Option<Vec<Item>> {
+        let mut state = self.lock();
+        if state.missed {
+            return None;
+        }
+        Some(std::mem::take(&mut state.items))
+    }
 }
 
 /// A bridged event, to take off the queue, and the records its bridging wrote last.
@@ -151,32 +295,55 @@ impl RemoteQueue {
     }
 
     /// Commits events to the queue, together with those of concurrent callers; returns their
-    /// sequence numbers, in order, once committed.
+    /// sequence numbers, in order, once committed. The committed events are handed to the
+    /// fetch loop before the next group is committed.
     async fn enqueue(
         &self,
         store: &crate::store::Store,
-        events: Vec<(PortalKey, String)>,
+        events: Vec<Pending>,
     ) -> Result<Vec<i64>, RemoteError> {
         let store = store.clone();
-        let seqs = self
-            .queueing
+        let (handoff, resends) = (self.handoff.clone(), self.resends.clone());
+        self.queueing
             .submit(events, QUEUE_GROUP_MAX, Vec::len, move |groups| {
-                let store = store.clone();
+                let (store, handoff, resends) = (store.clone(), handoff.clone(), resends.clone());
                 async move {
-                    let all: Vec<(&PortalKey, &str)> =
-                        groups.iter().flatten().map(|(p, e)| (p, e.as_str())).collect();
-                    let mut seqs =
-                        store.enqueue_remote(&all).await.map_err(|e| e.to_string())?.into_iter();
-                    Ok(groups.iter().map(|g| seqs.by_ref().take(g.len()).collect()).collect())
+                    let rows: Vec<NewRemote<'_>> =
+                        groups.iter().flatten().map(Pending::row).collect();
+                    let queued = match store.enqueue_remote(&rows).await {
+                        Ok(queued) => queued,
+                        Err(e) => {
+                            handoff.missed();
+                            return Err(e.to_string());
+                        }
+                    };
+                    drop(rows);
+                    if let Some(first) = queued.first() {
+                        resends.queued(first.seq);
+                    }
+                    let mut queued = queued.into_iter();
+                    let mut items = Vec::with_capacity(queued.len());
+                    let mut seqs = Vec::with_capacity(groups.len());
+                    for group in groups {
+                        let mut group_seqs = Vec::with_capacity(group.len());
+                        for (pending, q) in group.into_iter().zip(queued.by_ref()) {
+                            group_seqs.push(q.seq);
+                            items.push(Item {
+                                seq: q.seq,
+                                portal: pending.portal,
+                                event: Ok(pending.event),
+                                attempts: 0,
+                                unmapped_as_of: q.unmapped_as_of,
+                            });
+                        }
+                        seqs.push(group_seqs);
+                    }
+                    handoff.hand(items);
+                    Ok(seqs)
                 }
             })
             .await
-            .map_err(group_failed)?;
-        if let Some(first) = seqs.iter().min() {
-            self.resends.queued(*first);
-        }
-        self.wake.notify_one();
-        Ok(seqs)
+            .map_err(group_failed)
     }
 
     /// Takes a bridged event off the queue and writes its records, in one transaction with
@@ -267,9 +434,9 @@ impl Context {
         portal: &PortalKey,
         event: &RemoteEvent,
     ) -> Result<Queued, RemoteError> {
-        let json = serde_json::to_string(event).expect("a remote event serializes");
         let queue = self.remote_queue();
-        let seqs = queue.enqueue(self.store(), vec![(portal.clone(), json)]).await?;
+        let pending = Pending::new(portal.clone(), event.clone());
+        let seqs = queue.enqueue(self.store(), vec![pending]).await?;
         let seq = seqs.first().copied().ok_or_else(|| group_failed("no sequence number".into()))?;
         Ok(Queued { seq, outcome: queue.watch(seq) })
     }
@@ -291,10 +458,7 @@ impl Context {
         }
         let rows = events
             .iter()
-            .map(|(portal, event)| {
-                let json = serde_json::to_string(event).expect("a remote event serializes");
-                (portal.clone(), json)
-            })
+            .map(|(portal, event)| Pending::new(portal.clone(), event.clone()))
             .collect();
         let queue = self.remote_queue();
         let seqs = queue.enqueue(self.store(), rows).await?;
@@ -327,45 +491,78 @@ impl Failure {
 }
 
 /// Runs the pipeline until `stop`: the fetch loop, and a worker per portal with work.
+///
+/// The fetch loop reads the database at the start, and again whenever the hand-off missed
+/// events; otherwise it takes what commits hand over (see [`Handoff`]).
 pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch::Receiver<bool>) {
     let workers: Workers = Arc::default();
+    let handoff = ctx.remote_queue().handoff.clone();
     let mut cursor = 0;
+    let mut read = true;
     loop {
         if *stop.borrow() {
+            handoff.close();
             return;
         }
-        let wake = ctx.remote_queue().wake.notified();
-        let rows = match ctx.store().queued_remote(cursor).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the remote queue; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.wait_for(|s| *s) => return,
+        let wake = handoff.wake.notified();
+        let items: Vec<Item> = if read {
+            handoff.open();
+            match ctx.store().queued_remote(cursor).await {
+                Ok(rows) => {
+                    // A full read may have left rows behind: read again.
+                    read = rows.len() >= crate::store::QUEUE_READ_MAX;
+                    rows.into_iter().map(Item::from_row).collect()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the remote queue; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.wait_for(|s| *s) => {
+                            handoff.close();
+                            return;
+                        }
+                    }
+                }
+            }
+        } else {
+            match handoff.take() {
+                Some(items) => items,
+                None => {
+                    read = true;
+                    continue;
                 }
             }
         };
-        if rows.is_empty() {
-            tokio::select! {
-                () = wake => {}
-                _ = stop.wait_for(|s| *s) => return,
+        // What a read of the database found may be handed over too.
+        let after = cursor;
+        let mut items = items.into_iter().filter(|item| item.seq > after).peekable();
+        if items.peek().is_none() {
+            if !read {
+                tokio::select! {
+                    () = wake => {}
+                    // Told to stop, or the sender is gone (never to say it): either way, stop.
+                    _ = stop.wait_for(|s| *s) => {
+                        handoff.close();
+                        return;
+                    }
+                }
             }
             continue;
         }
         let mut map = workers.lock().await;
-        for row in rows {
-            cursor = cursor.max(row.seq);
-            let row = match map.get(&row.portal) {
-                None => row,
-                Some(tx) => match tx.send(row) {
+        for item in items {
+            cursor = cursor.max(item.seq);
+            let item = match map.get(&item.portal) {
+                None => item,
+                Some(tx) => match tx.send(item) {
                     Ok(()) => continue,
                     // The worker left: a new one takes over.
-                    Err(mpsc::error::SendError(row)) => row,
+                    Err(mpsc::error::SendError(item)) => item,
                 },
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            let portal = row.portal.clone();
-            tx.send(row).expect("the receiver is here");
+            let portal = item.portal.clone();
+            tx.send(item).expect("the receiver is here");
             map.insert(portal.clone(), tx);
             let worker = Worker { portal, rx, workers: workers.clone(), stop: stop.clone() };
             tokio::spawn(worker.run(ctx.clone(), bridge.clone()));
@@ -374,12 +571,12 @@ pub(crate) async fn run<B: Bridge>(ctx: Context, bridge: Arc<B>, mut stop: watch
 }
 
 /// The workers of the portals with work, by portal.
-type Workers = Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<QueuedRow>>>>;
+type Workers = Arc<AsyncMutex<FastMap<PortalKey, mpsc::UnboundedSender<Item>>>>;
 
 /// One portal's worker.
 struct Worker {
     portal: PortalKey,
-    rx: mpsc::UnboundedReceiver<QueuedRow>,
+    rx: mpsc::UnboundedReceiver<Item>,
     workers: Workers,
     stop: watch::Receiver<bool>,
 }
@@ -483,7 +680,7 @@ async fn settled(
         };
         if attempts >= config.max_attempts {
             tracing::warn!(%error, seq, attempts, "could not record a bridged event; parking it");
-            if let Err(e) = ctx.store().fail_remote(seq, &error, true).await {
+            if let Err(e) = Box::pin(ctx.store().fail_remote(seq, &error, true)).await {
                 tracing::warn!(error = %e, "could not park a remote event");
             }
             queue.finished(seq, Err(error));
@@ -499,9 +696,8 @@ async fn settled(
         attempts += 1;
         let messages: Vec<&MessageRow> = records.messages.iter().collect();
         let reactions: Vec<&ReactionRow> = records.reactions.iter().collect();
-        written = ctx
-            .store()
-            .finish_remote(&[seq], &messages, &reactions)
+        // Boxed, as the rare steps of `handle`: this future is part of the portal's next one.
+        written = Box::pin(ctx.store().finish_remote(&[seq], &messages, &reactions))
             .await
             .map_err(|e| e.to_string());
     }
@@ -527,7 +723,7 @@ fn overlaps(event: &RemoteEvent) -> bool {
 async fn process<B: Bridge>(
     ctx: &Context,
     bridge: &B,
-    row: &QueuedRow,
+    row: &Item,
     mut before: Option<Recording>,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Recording> {
@@ -536,10 +732,10 @@ async fn process<B: Bridge>(
     let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
     let _enter = span.enter();
     let queue = ctx.remote_queue();
-    let parsed = serde_json::from_str::<RemoteEvent>(&row.event);
+    let parsed = &row.event;
     loop {
         let mut records = Records::default();
-        let result = match &parsed {
+        let result = match parsed {
             Ok(event) => {
                 if !overlaps(event)
                     && let Some(recording) = before.take()
@@ -565,16 +761,16 @@ async fn process<B: Bridge>(
                 if let Some(recording) = before.take() {
                     recording.settle(ctx, stop).await;
                 }
-                Err(Failure::permanent(format!("not a remote event: {e}")))
+                Err(Failure::permanent(e.clone()))
             }
         };
         if result.is_err()
-            && let Ok(event) = &parsed
+            && let Ok(event) = parsed
             && let Some(login) = event.sender().and_then(|s| s.login.as_ref())
         {
             // A token the user gave may have been revoked since: then it is forgotten, and
             // the next attempt sends as their ghost (or by the as_token method).
-            ctx.forget_revoked_puppet_token(login).await;
+            Box::pin(ctx.forget_revoked_puppet_token(login)).await;
         }
         let failure = match result {
             Ok(events) => return Some(Recording::start(ctx, row.seq, events, records)),
@@ -605,10 +801,13 @@ async fn process<B: Bridge>(
 /// Bridges one remote event into its portal; returns the Matrix events it sent. What it
 /// records last goes to `records`, written with the event's removal from the queue; `before`
 /// holds what the portal's event before recorded, which may not be written yet.
+///
+/// The steps that are rare or whose futures are large are boxed: this future is as large as
+/// its largest step, and it is moved a few times for every event.
 async fn handle<B: Bridge>(
     ctx: &Context,
     bridge: &B,
-    row: &QueuedRow,
+    row: &Item,
     event: &RemoteEvent,
     records: &mut Records,
     before: &Records,
@@ -617,17 +816,17 @@ async fn handle<B: Bridge>(
     let portal = match ctx.portal(key).await? {
         Some(portal) => portal,
         None if matches!(event, RemoteEvent::Message { .. }) => {
-            let info = bridge.portal_info(key).await.map_err(failure_of)?;
+            let info = Box::pin(bridge.portal_info(key)).await.map_err(failure_of)?;
             let Some(info) = info else {
                 return Err(Failure::permanent(format!("no portal for {key}, and none is made")));
             };
-            ctx.ensure_portal(key, &info).await?
+            Box::pin(ctx.ensure_portal(key, &info)).await?
         }
         // A resync of a chat without a room makes one, when the bridge describes it.
         None if matches!(event, RemoteEvent::ChatResync) => {
-            match bridge.portal_info(key).await.map_err(failure_of)? {
+            match Box::pin(bridge.portal_info(key)).await.map_err(failure_of)? {
                 Some(info) => {
-                    ctx.ensure_portal(key, &info).await?;
+                    Box::pin(ctx.ensure_portal(key, &info)).await?;
                 }
                 None => tracing::debug!("a resync of a chat the bridge does not describe"),
             }
@@ -639,16 +838,16 @@ async fn handle<B: Bridge>(
     let txn = |n: usize| format!("mxb.q{}.{n}", row.seq);
     // An earlier life may have sent this event and died before recording it; past Synapse's
     // memory of transaction IDs, only the room can tell (see `resend`).
-    let recheck = ctx.remote_queue().resends.may_have_been_sent(row);
+    let recheck = ctx.remote_queue().resends.may_have_been_sent(row.seq, &row.portal);
     let sent_before = async |intent: &crate::intent::Intent, room, txn_id: &str| {
-        if recheck { resend::sent_before(intent, room, txn_id).await } else { Ok(None) }
+        if recheck { Box::pin(resend::sent_before(intent, room, txn_id)).await } else { Ok(None) }
     };
     let mut sent = Vec::new();
     match event {
         RemoteEvent::Message { id, sender, timestamp, parts, reply_to, thread_root, echo_of } => {
             if let Some(txn_id) = echo_of {
                 let part = parts.first().map(|p| p.id.clone()).unwrap_or_default();
-                let ours = ctx.store().resolve_pending(key, txn_id, id, &part).await?;
+                let ours = Box::pin(ctx.store().resolve_pending(key, txn_id, id, &part)).await?;
                 if let Some(mapped) = ours {
                     // The echo of what the bridge sent for a Matrix event: now mapped.
                     return Ok(vec![mapped.event_id]);
@@ -707,7 +906,7 @@ async fn handle<B: Bridge>(
                     records.messages.push(row);
                 } else {
                     // Before the next part's send: a crash between them repeats only the rest.
-                    ctx.store().insert_messages(std::slice::from_ref(&row)).await?;
+                    Box::pin(ctx.store().insert_messages(std::slice::from_ref(&row))).await?;
                 }
                 sent.push(event_id);
             }
@@ -766,7 +965,7 @@ async fn handle<B: Bridge>(
             };
             let ghost = ctx.sender_intent(sender).await?;
             sent.push(ghost.redact(&portal.room_id, &event_id).txn_id(txn(0)).await?);
-            ctx.store().delete_reaction(key, target, &sender.id, reaction).await?;
+            Box::pin(ctx.store().delete_reaction(key, target, &sender.id, reaction)).await?;
         }
         RemoteEvent::Delete { target, sender } => {
             let known = ctx.store().message_parts(key, target).await?;
@@ -774,7 +973,7 @@ async fn handle<B: Bridge>(
             for (n, part) in known.iter().enumerate() {
                 sent.push(ghost.redact(&portal.room_id, &part.event_id).txn_id(txn(n)).await?);
             }
-            ctx.store().delete_message(key, target).await?;
+            Box::pin(ctx.store().delete_message(key, target)).await?;
         }
         RemoteEvent::ReadReceipt { sender, up_to } => {
             if let Some(event_id) = first_event(ctx, key, Some(up_to), before).await? {
@@ -786,7 +985,7 @@ async fn handle<B: Bridge>(
                     event_id,
                 );
                 request.thread = ReceiptThread::Unthreaded;
-                ghost.send_request(request).await?;
+                Box::pin(ghost.send_request(request)).await?;
             }
         }
         RemoteEvent::Typing { sender, typing } => {
@@ -807,19 +1006,19 @@ async fn handle<B: Bridge>(
                 complete: false,
                 power_levels: power_levels.as_ref(),
             };
-            sent.extend(ctx.apply_chat_change(&portal, &change).await?);
+            sent.extend(Box::pin(ctx.apply_chat_change(&portal, &change)).await?);
         }
         RemoteEvent::ChatResync => {
-            if let Some(info) = bridge.portal_info(key).await.map_err(failure_of)? {
+            if let Some(info) = Box::pin(bridge.portal_info(key)).await.map_err(failure_of)? {
                 let change = crate::portal::ChatChange::resync(&info);
-                sent.extend(ctx.apply_chat_change(&portal, &change).await?);
-                ctx.add_portal_to_spaces(&portal).await;
+                sent.extend(Box::pin(ctx.apply_chat_change(&portal, &change)).await?);
+                Box::pin(ctx.add_portal_to_spaces(&portal)).await;
             }
         }
         RemoteEvent::ChatDelete => {
             let text = "This chat was deleted on the remote network.";
             sent.push(ctx.bot().send_notice(&portal.room_id, text).txn_id(txn(0)).await?);
-            ctx.delete_portal(key, "The chat was deleted on the remote network").await?;
+            Box::pin(ctx.delete_portal(key, "The chat was deleted on the remote network")).await?;
         }
     }
     Ok(sent)
@@ -1101,17 +1300,17 @@ mod tests {
         assert_eq!(first.bridged().await.unwrap(), ["$sent"]);
         assert_eq!(second.bridged().await.unwrap(), ["$sent"]);
         // Handled again from its stored form: the part is mapped, nothing is sent.
-        let row = QueuedRow {
+        let row = Item::from_row(QueuedRow {
             seq: 1,
             portal: key.clone(),
             event: serde_json::to_string(&RemoteEvent::text("m1", alice(), "one")).unwrap(),
             attempts: 0,
             unmapped_as_of: None,
-        };
-        let event: RemoteEvent = serde_json::from_str(&row.event).unwrap();
+        });
+        let event = row.event.as_ref().unwrap();
         let mut records = Records::default();
         assert!(
-            handle(&ctx, &Quiet, &row, &event, &mut records, &Records::default())
+            handle(&ctx, &Quiet, &row, event, &mut records, &Records::default())
                 .await
                 .unwrap()
                 .is_empty()
@@ -1141,13 +1340,13 @@ mod tests {
             thread_root: None,
             echo_of: Some("txn1".into()),
         };
-        let row = QueuedRow {
+        let row = Item::from_row(QueuedRow {
             seq: 1,
             portal: key.clone(),
             event: serde_json::to_string(&echo).unwrap(),
             attempts: 0,
             unmapped_as_of: None,
-        };
+        });
         let early = handle(&ctx, &Quiet, &row, &echo, &mut Records::default(), &Records::default())
             .await
             .unwrap_err();
@@ -1189,12 +1388,14 @@ mod tests {
         hs.mock_join(room).ok().expect(0).mount().await;
         let member =
             |change| RemoteEvent::members(vec![crate::remote::ChatMember::new(alice(), change)]);
-        let row = |event: &RemoteEvent| QueuedRow {
-            seq: 1,
-            portal: key.clone(),
-            event: serde_json::to_string(event).unwrap(),
-            attempts: 0,
-            unmapped_as_of: None,
+        let row = |event: &RemoteEvent| {
+            Item::from_row(QueuedRow {
+                seq: 1,
+                portal: key.clone(),
+                event: serde_json::to_string(event).unwrap(),
+                attempts: 0,
+                unmapped_as_of: None,
+            })
         };
         for event in [member(RemoteMembership::Join), member(RemoteMembership::Leave)] {
             handle(

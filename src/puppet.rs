@@ -102,7 +102,7 @@ impl Context {
         sender: &RemoteSender,
     ) -> Result<Intent, crate::portal::RemoteError> {
         if let Some(login) = &sender.login
-            && let Some(intent) = self.puppet_of_login(login).await?
+            && let Some(intent) = Box::pin(self.puppet_of_login(login)).await?
         {
             return Ok(intent);
         }

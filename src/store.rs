@@ -45,7 +45,7 @@ pub(crate) use inbox::{
 pub use inbox::{InboxStats, InboxStatus, ParkedEvent};
 pub(crate) use mappings::PendingRow;
 pub use mappings::{GhostRow, MessageRow, PortalRow};
-pub(crate) use remote_queue::{QueuedRow, ReactionRow};
+pub(crate) use remote_queue::{NewRemote, QUEUE_READ_MAX, QueuedRow, ReactionRow};
 pub use state::{Member, MemberRow, Membership, RoomStateField};
 pub use users::{AddLogin, UserRow};
 
@@ -313,6 +313,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "0010_crypto_inbox.sql",
         sqlite: include_str!("../migrations/sqlite/0010_crypto_inbox.sql"),
         postgres: include_str!("../migrations/postgres/0010_crypto_inbox.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "0011_remote_queue_message_id.sql",
+        sqlite: include_str!("../migrations/sqlite/0011_remote_queue_message_id.sql"),
+        postgres: include_str!("../migrations/postgres/0011_remote_queue_message_id.sql"),
     },
 ];
 

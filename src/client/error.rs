@@ -34,6 +34,10 @@ pub enum Error {
     /// timeout, TLS, ...).
     #[error("HTTP request to the homeserver failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// As [`Error::Http`], for a request on the plain-HTTP link to the homeserver, which does
+    /// not go through reqwest (connection refused, timeout, a broken answer, ...).
+    #[error("HTTP request to the homeserver failed: {0}")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A request asked to act as a user outside the appservice's user namespace. No request was
     /// sent.
     #[error("{user_id} is not in the appservice's user namespace")]

@@ -23,9 +23,7 @@ use ruma::{
 };
 use serde::Deserialize;
 
-use crate::{
-    intent::Intent, portal::RemoteError, remote::PortalKey, store::QueuedRow, util::FastMap,
-};
+use crate::{intent::Intent, portal::RemoteError, remote::PortalKey, util::FastMap};
 
 /// How far back in a room the bridge looks for one of its own sends.
 const LOOK_BACK: u32 = 50;
@@ -55,20 +53,23 @@ impl Resends {
         self.first_of_this_life.fetch_min(seq, Ordering::Relaxed);
     }
 
-    /// Whether `row` is one of its portal's first [`UNRECORDED_MAX`] events handled in this
-    /// life and was queued by an earlier one: an earlier life may have sent it without
-    /// recording it.
-    pub(super) fn may_have_been_sent(&self, row: &QueuedRow) -> bool {
-        if row.seq >= self.first_of_this_life.load(Ordering::Relaxed) {
+    /// Whether the event at `seq` is one of its portal's first [`UNRECORDED_MAX`] events
+    /// handled in this life and was queued by an earlier one: an earlier life may have sent it
+    /// without recording it.
+    pub(super) fn may_have_been_sent(&self, seq: i64, portal: &PortalKey) -> bool {
+        if seq >= self.first_of_this_life.load(Ordering::Relaxed) {
             return false;
         }
         let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = taken.entry(row.portal.clone()).or_default();
-        if first.contains(&row.seq) {
+        let first = match taken.get_mut(portal) {
+            Some(first) => first,
+            None => taken.entry(portal.clone()).or_default(),
+        };
+        if first.contains(&seq) {
             return true;
         }
         if first.len() < UNRECORDED_MAX {
-            first.push(row.seq);
+            first.push(seq);
             return true;
         }
         false
@@ -160,8 +161,14 @@ mod tests {
         let alice = RemoteSender::named("alice", "Alice");
         for (n, body) in bodies.iter().enumerate() {
             let id = format!("m{}", n + 1);
-            let json = serde_json::to_string(&RemoteEvent::text(id, alice.clone(), *body)).unwrap();
-            store.enqueue_remote(&[(&key, json.as_str())]).await.unwrap();
+            let event = RemoteEvent::text(id.as_str(), alice.clone(), *body);
+            let json = serde_json::to_string(&event).unwrap();
+            let row = crate::store::NewRemote {
+                portal: &key,
+                event: json.as_str(),
+                message_id: Some(id.as_str()),
+            };
+            store.enqueue_remote(&[row]).await.unwrap();
         }
         ctx
     }

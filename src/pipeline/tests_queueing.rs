@@ -161,3 +161,92 @@ async fn a_message_queued_twice_and_read_at_once_is_sent_once() {
     let room = <&RoomId>::try_from(ROOMS[0]).unwrap();
     assert_eq!(hs.sent_txn_ids(room, "m.room.message").await.len(), 1);
 }
+
+/// While the pipeline runs, a group commit that fails makes the fetch loop read the database
+/// again (a failed commit may have stored its rows all the same): what was committed before
+/// and after it is bridged, each event once and in queue order, and nothing of the failed group.
+#[tokio::test]
+async fn a_failed_group_while_running_loses_nothing_committed_around_it() {
+    let hs = MockHomeserver::start().await;
+    let ctx = setup(&hs).await;
+    mount_sends(&hs).await;
+    ctx.store().fail_poisoned_remote_events().await;
+    let key = PortalKey::shared("chat-0");
+    let _stop = start(&ctx);
+    let mut queued = Vec::new();
+    for i in 0..6 {
+        let body = if i == 3 { "poison".to_owned() } else { format!("ok {i}") };
+        let event = RemoteEvent::text(format!("m{i}"), alice(), body.as_str());
+        match ctx.queue_remote(&key, &event).await {
+            Ok(q) => queued.push(q),
+            Err(RemoteError::Store(_)) => assert_eq!(i, 3, "only the poisoned event fails"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let seqs: Vec<i64> = queued.iter().map(Queued::seq).collect();
+    for q in queued {
+        assert_eq!(q.bridged().await.unwrap().len(), 1);
+    }
+    let room = <&RoomId>::try_from(ROOMS[0]).unwrap();
+    let expected: Vec<String> = seqs.iter().map(|s| format!("mxb.q{s}.0")).collect();
+    assert_eq!(hs.sent_txn_ids(room, "m.room.message").await, expected);
+    assert_eq!(ctx.store().remote_queue_counts().await.unwrap(), (0, 0));
+}
+
+/// The hand-off keeps committed events only while open, in the order handed over; past its
+/// bound it drops them and says so until it is opened again (before the database is read).
+#[test]
+fn the_handoff_keeps_events_only_while_open_and_reports_what_it_dropped() {
+    let handoff = Handoff::default();
+    let item = |seq| Item {
+        seq,
+        portal: PortalKey::shared("chat-0"),
+        event: Err(String::new()),
+        attempts: 0,
+        unmapped_as_of: None,
+    };
+    let seqs =
+        |taken: Option<Vec<Item>>| taken.map(|t| t.iter().map(|i| i.seq).collect::<Vec<_>>());
+    handoff.hand(vec![item(1)]);
+    assert_eq!(seqs(handoff.take()), Some(vec![]), "closed: nothing kept");
+    handoff.open();
+    handoff.hand(vec![item(2), item(3)]);
+    handoff.hand(vec![item(4)]);
+    assert_eq!(seqs(handoff.take()), Some(vec![2, 3, 4]));
+    assert_eq!(seqs(handoff.take()), Some(vec![]));
+    handoff.hand(vec![item(5)]);
+    handoff.hand((6..).take(HANDOFF_MAX).map(item).collect());
+    assert_eq!(seqs(handoff.take()), None, "over the bound: the database is read");
+    handoff.hand(vec![item(9)]);
+    assert_eq!(seqs(handoff.take()), None);
+    handoff.open();
+    assert_eq!(seqs(handoff.take()), Some(vec![]));
+    handoff.missed();
+    assert_eq!(seqs(handoff.take()), None, "a failed commit: the database is read");
+}
+
+/// The fetch loop ends when told to stop, and when its stop sender is gone, after it has
+/// bridged what was queued: it neither waits forever nor spins.
+#[tokio::test]
+async fn the_fetch_loop_ends_when_its_stop_sender_is_gone() {
+    let hs = MockHomeserver::start().await;
+    let ctx = setup(&hs).await;
+    mount_sends(&hs).await;
+    for told in [true, false] {
+        let (stop, stop_rx) = watch::channel(false);
+        let running = tokio::spawn(run(ctx.clone(), Arc::new(super::tests::Quiet), stop_rx));
+        let key = PortalKey::shared("chat-0");
+        let event = RemoteEvent::text(format!("m-{told}"), alice(), "hello");
+        let queued = ctx.queue_remote(&key, &event).await.unwrap();
+        assert_eq!(queued.bridged().await.unwrap().len(), 1);
+        if told {
+            stop.send(true).unwrap();
+        } else {
+            drop(stop);
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), running)
+            .await
+            .expect("the fetch loop ended")
+            .unwrap();
+    }
+}

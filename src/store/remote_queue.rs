@@ -28,6 +28,25 @@ pub(crate) struct QueuedRow {
     pub(crate) unmapped_as_of: Option<u64>,
 }
 
+/// A remote event to queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewRemote<'a> {
+    /// The portal it is for.
+    pub(crate) portal: &'a PortalKey,
+    /// The event, as JSON.
+    pub(crate) event: &'a str,
+    /// For a message, its remote ID: the queue's row tells whether it has a mapping already.
+    pub(crate) message_id: Option<&'a str>,
+}
+
+/// A remote event just queued: its place in the queue, and (for a message) what the insert
+/// found of its mappings, as [`QueuedRow::unmapped_as_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Enqueued {
+    pub(crate) seq: i64,
+    pub(crate) unmapped_as_of: Option<u64>,
+}
+
 /// Which remote messages had mappings written lately, by generation: what a read of the
 /// database said about a message (that it had none) holds as long as no mapping of that
 /// message was written since. Every write of `mx_message` goes through the store and is noted
@@ -57,113 +76,311 @@ pub(crate) struct ReactionRow {
     pub(crate) room_id: OwnedRoomId,
 }
 
-/// SQLite: queues events in one script (one hop to the writer's thread). `?1` the events, a
-/// JSON array of `[chat, receiver, event]`; `?2` the time. Returns their seqs.
-const SQLITE_ENQUEUE: &str = "BEGIN; \
-     INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
-     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-     json_extract(value, '$[2]'), ?2 FROM json_each(?1) ORDER BY key RETURNING seq; \
-     COMMIT";
+/// The most rows [`Store::queued_remote`] returns.
+pub(crate) const QUEUE_READ_MAX: usize = 1024;
 
-/// SQLite: takes bridged events off the queue with their records, in one script. `?1` the
-/// message parts, a JSON array of `[[chat, receiver], [remote ID, part, event ID], room ID,
-/// sender, timestamp]`; `?2` the reactions, `[[chat, receiver], [message, sender, key], event
-/// ID, room ID]`; `?3` the seqs.
-const SQLITE_FINISH: &str = "BEGIN; \
-     INSERT INTO mx_message \
-     (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
-     SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
-     json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
-     json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
-     json_extract(value, '$[3]'), json_extract(value, '$[4]') \
-     FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING; \
-     INSERT INTO mx_reaction \
-     (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
-     SELECT json_extract(value, '$[0][0]'), json_extract(value, '$[0][1]'), \
-     json_extract(value, '$[1][0]'), json_extract(value, '$[1][1]'), \
-     json_extract(value, '$[1][2]'), json_extract(value, '$[2]'), \
-     json_extract(value, '$[3]') \
-     FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING; \
-     DELETE FROM mx_remote_queue WHERE seq IN (SELECT value FROM json_each(?3)); \
-     COMMIT";
+/// Whether a queued message had no mapping, as a column of the queue's row: NULL for other
+/// events (no `message_id`), whose mappings are not asked about.
+/// (Named by the table's name: SQLite's `RETURNING` does not know an alias of it.)
+const UNMAPPED: &str = "CASE WHEN mx_remote_queue.message_id IS NULL THEN NULL ELSE NOT EXISTS \
+     (SELECT 1 FROM mx_message m WHERE m.chat = mx_remote_queue.chat \
+     AND m.receiver = mx_remote_queue.receiver AND m.remote_id = mx_remote_queue.message_id) \
+     END AS unmapped";
 
-/// A value that does not encode, as the store's error.
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+/// The SQLite statements of the queue's scripts that take a list of rows. Each is written for
+/// a row count that is a power of two (up to [`SQLITE_ROWS_MAX`]), with anonymous `?`
+/// parameters, and the rows past the real ones bound as NULL and skipped (`WHERE ... IS NOT
+/// NULL`): few texts, each prepared once by the writer, whatever the group sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SqliteRows {
+    /// Queued events: chat, receiver, event, message ID, time; returns seq and `unmapped`.
+    Enqueue,
+    /// Message parts recorded: chat, receiver, remote ID, part, event ID, room ID, sender,
+    /// timestamp.
+    Messages,
+    /// Reactions recorded: chat, receiver, message, sender, key, event ID, room ID.
+    Reactions,
+    /// Bridged events taken off the queue: seq.
+    Delete,
+}
+
+/// At most this many rows in one statement of a script: far below SQLite's limit of bound
+/// parameters (32,766).
+const SQLITE_ROWS_MAX: usize = 256;
+
+impl SqliteRows {
+    fn columns(self) -> usize {
+        match self {
+            Self::Enqueue => 5,
+            Self::Messages => 8,
+            Self::Reactions => 7,
+            Self::Delete => 1,
+        }
+    }
+
+    /// The statement for `rows` rows (a power of two).
+    fn statement(self, rows: usize, sql: &mut String) {
+        let values = |sql: &mut String| {
+            let row = format!("({})", vec!["?"; self.columns()].join(", "));
+            sql.push_str("(VALUES ");
+            sql.push_str(&vec![row.as_str(); rows].join(", "));
+            sql.push_str(") WHERE column1 IS NOT NULL");
+        };
+        match self {
+            Self::Enqueue => {
+                sql.push_str(
+                    "INSERT INTO mx_remote_queue (chat, receiver, event, message_id, queued_at) \
+                     SELECT * FROM ",
+                );
+                values(sql);
+                sql.push_str(" RETURNING seq, ");
+                sql.push_str(UNMAPPED);
+            }
+            Self::Messages => {
+                sql.push_str(
+                    "INSERT INTO mx_message \
+                     (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
+                     SELECT * FROM ",
+                );
+                values(sql);
+                sql.push_str(" ON CONFLICT DO NOTHING");
+            }
+            Self::Reactions => {
+                sql.push_str(
+                    "INSERT INTO mx_reaction \
+                     (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
+                     SELECT * FROM ",
+                );
+                values(sql);
+                sql.push_str(" ON CONFLICT DO NOTHING");
+            }
+            Self::Delete => {
+                sql.push_str("DELETE FROM mx_remote_queue WHERE seq IN (");
+                sql.push_str(&vec!["?"; rows].join(", "));
+                sql.push(')');
+            }
+        }
+    }
+}
+
+/// The statements, with their padded row counts, that take `n` rows of `kind`.
+fn sqlite_statements(kind: SqliteRows, n: usize) -> impl Iterator<Item = (SqliteRows, usize)> {
+    let full = n / SQLITE_ROWS_MAX;
+    let rest = n % SQLITE_ROWS_MAX;
+    let last = (rest > 0).then(|| rest.next_power_of_two());
+    std::iter::repeat_n(SQLITE_ROWS_MAX, full).chain(last).map(move |rows| (kind, rows))
+}
+
+/// Scripts with at most this many statements are built once and kept (for the process, like
+/// every other query text); a longer one (a batch of thousands of events) is built for its call.
+const SQLITE_SCRIPT_KEPT: usize = 8;
+
+/// The script (`BEGIN; ...; COMMIT`) of these statements.
+fn sqlite_script(statements: &[(SqliteRows, usize)]) -> sqlx::SqlStr {
+    let build = || {
+        let mut sql = String::from("BEGIN; ");
+        for &(kind, rows) in statements {
+            kind.statement(rows, &mut sql);
+            sql.push_str("; ");
+        }
+        sql.push_str("COMMIT");
+        sql
+    };
+    if statements.len() > SQLITE_SCRIPT_KEPT {
+        return sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(build()));
+    }
+    type Scripts = FastMap<Vec<(SqliteRows, usize)>, &'static str>;
+    static SCRIPTS: std::sync::OnceLock<std::sync::Mutex<Scripts>> = std::sync::OnceLock::new();
+    let mut scripts =
+        SCRIPTS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let text: &'static str = match scripts.get(statements) {
+        Some(text) => text,
+        None => scripts
+            .entry(statements.to_vec())
+            .or_insert_with(|| Box::leak(build().into_boxed_str())),
+    };
+    sqlx::SqlSafeStr::into_sql_str(text)
+}
+
+/// Binds the NULLs that pad a statement of `kind` with `real` rows to its `rows`.
+fn bind_padding<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    real: usize,
+    rows: usize,
+    kind: SqliteRows,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for _ in real..rows {
+        for _ in 0..kind.columns() {
+            query = query.bind(None::<&str>);
+        }
+    }
+    query
+}
+
+/// SQLite: takes bridged events off the queue with their records, in one script. The rows go
+/// in rounds of up to [`SQLITE_ROWS_MAX`] of each kind, and in each round the three statements
+/// (message parts, reactions, seqs) are padded to one row count: the script's text then depends
+/// on the largest of the three only, so a few texts serve every mix.
+async fn finish_remote_sqlite(
+    writer: &super::writer::SqliteWriter,
+    seqs: &[i64],
+    messages: &[&MessageRow],
+    reactions: &[&ReactionRow],
+) -> Result<(), sqlx::Error> {
+    let most = seqs.len().max(messages.len()).max(reactions.len());
+    let rounds = most.div_ceil(SQLITE_ROWS_MAX);
+    let chunk = |len: usize, round: usize| {
+        let start = (round * SQLITE_ROWS_MAX).min(len);
+        start..(start + SQLITE_ROWS_MAX).min(len)
+    };
+    let mut statements = Vec::with_capacity(rounds * 3);
+    for round in 0..rounds {
+        let rows = [seqs.len(), messages.len(), reactions.len()]
+            .into_iter()
+            .map(|len| chunk(len, round).len())
+            .max()
+            .unwrap_or(0)
+            .next_power_of_two();
+        statements.extend([
+            (SqliteRows::Messages, rows),
+            (SqliteRows::Reactions, rows),
+            (SqliteRows::Delete, rows),
+        ]);
+    }
+    let mut query = sqlx::query(sqlite_script(&statements));
+    for (round, kinds) in statements.chunks(3).enumerate() {
+        let rows = kinds[0].1;
+        let part = &messages[chunk(messages.len(), round)];
+        for m in part {
+            query = query
+                .bind(m.portal.chat.as_str())
+                .bind(m.portal.receiver_str())
+                .bind(m.id.as_str())
+                .bind(m.part.as_str())
+                .bind(m.event_id.as_str())
+                .bind(m.room_id.as_str())
+                .bind(m.sender.as_str())
+                .bind(m.timestamp);
+        }
+        query = bind_padding(query, part.len(), rows, SqliteRows::Messages);
+        let part = &reactions[chunk(reactions.len(), round)];
+        for r in part {
+            query = query
+                .bind(r.portal.chat.as_str())
+                .bind(r.portal.receiver_str())
+                .bind(r.message.as_str())
+                .bind(r.sender.as_str())
+                .bind(r.key.as_str())
+                .bind(r.event_id.as_str())
+                .bind(r.room_id.as_str());
+        }
+        query = bind_padding(query, part.len(), rows, SqliteRows::Reactions);
+        let part = &seqs[chunk(seqs.len(), round)];
+        for seq in part {
+            query = query.bind(*seq);
+        }
+        query = bind_padding(query, part.len(), rows, SqliteRows::Delete);
+    }
+    writer.fetch_script(query).await.map(drop)
 }
 
 impl Store {
-    /// Queues remote events (JSON, each for its portal) in one database transaction; returns
-    /// their sequence numbers, in the order given, once committed. Nothing is stored when it
-    /// fails.
-    pub(crate) async fn enqueue_remote(&self, events: &[(&PortalKey, &str)]) -> Result<Vec<i64>> {
+    /// Queues remote events in one database transaction; returns their sequence numbers, in
+    /// the order given, once committed, with what the insert found of each message's
+    /// mappings. Nothing is stored when it fails.
+    pub(crate) async fn enqueue_remote(&self, events: &[NewRemote<'_>]) -> Result<Vec<Enqueued>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut seqs: Vec<i64> = match &self.backend {
+        // Before the insert: a mapping written after this is seen as newer than what it found.
+        let generation = self.mapping_generation();
+        let mut found: Vec<(i64, Option<bool>)> = match &self.backend {
             Backend::Sqlite(writer) => {
-                let rows: Vec<(&str, &str, &str)> =
-                    events.iter().map(|(p, e)| (p.chat.as_str(), p.receiver_str(), *e)).collect();
-                let rows = serde_json::to_string(&rows).map_err(corrupt)?;
-                let query = sqlx::query(SQLITE_ENQUEUE).bind(rows).bind(now);
+                let statements: Vec<_> =
+                    sqlite_statements(SqliteRows::Enqueue, events.len()).collect();
+                let mut query = sqlx::query(sqlite_script(&statements));
+                for chunk in events.chunks(SQLITE_ROWS_MAX) {
+                    for e in chunk {
+                        query = query
+                            .bind(e.portal.chat.as_str())
+                            .bind(e.portal.receiver_str())
+                            .bind(e.event)
+                            .bind(e.message_id)
+                            .bind(now);
+                    }
+                    let rows = chunk.len().next_power_of_two();
+                    query = bind_padding(query, chunk.len(), rows, SqliteRows::Enqueue);
+                }
                 let rows = writer.fetch_script(query).await?;
-                rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()?
             }
             Backend::Postgres(pool) => {
-                let chats: Vec<&str> = events.iter().map(|(p, _)| p.chat.as_str()).collect();
-                let receivers: Vec<&str> = events.iter().map(|(p, _)| p.receiver_str()).collect();
-                let bodies: Vec<&str> = events.iter().map(|(_, e)| *e).collect();
-                sqlx::query_scalar(
-                    "INSERT INTO mx_remote_queue (chat, receiver, event, queued_at) \
-                     SELECT c, r, e, $4 FROM unnest($1::text[], $2::text[], $3::text[]) \
-                     WITH ORDINALITY AS t(c, r, e, o) ORDER BY o RETURNING seq",
-                )
-                .bind(chats)
-                .bind(receivers)
-                .bind(bodies)
-                .bind(now)
-                .fetch_all(pool)
-                .await?
+                let chats: Vec<&str> = events.iter().map(|e| e.portal.chat.as_str()).collect();
+                let receivers: Vec<&str> = events.iter().map(|e| e.portal.receiver_str()).collect();
+                let bodies: Vec<&str> = events.iter().map(|e| e.event).collect();
+                let ids: Vec<Option<&str>> = events.iter().map(|e| e.message_id).collect();
+                static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let sql = SQL.get_or_init(|| {
+                    format!(
+                        "INSERT INTO mx_remote_queue (chat, receiver, event, message_id, \
+                         queued_at) SELECT c, r, e, m, $5 FROM unnest($1::text[], $2::text[], \
+                         $3::text[], $4::text[]) WITH ORDINALITY AS t(c, r, e, m, o) ORDER BY o \
+                         RETURNING seq, {UNMAPPED}"
+                    )
+                });
+                let rows = sqlx::query(sql.as_str())
+                    .bind(chats)
+                    .bind(receivers)
+                    .bind(bodies)
+                    .bind(ids)
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()?
             }
         };
-        if seqs.len() != events.len() {
+        if found.len() != events.len() {
             return Err(StoreError::Corrupt(format!(
                 "{} remote events queued, {} sequence numbers returned",
                 events.len(),
-                seqs.len()
+                found.len()
             )));
         }
         // Rows are numbered in the order they are inserted (one writer, one statement after the
         // other, rows in the order given); only the order `RETURNING` lists them in is not
         // promised.
-        seqs.sort_unstable();
-        Ok(seqs)
+        found.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(found
+            .into_iter()
+            .map(|(seq, unmapped)| Enqueued {
+                seq,
+                unmapped_as_of: unmapped.unwrap_or(false).then_some(generation),
+            })
+            .collect())
     }
 
-    /// Up to 1024 queued events after `after`, not parked, in queue order. On SQLite, each
+    /// Up to [`QUEUE_READ_MAX`] queued events after `after`, not parked, in queue order. Each
     /// message's row also tells whether any part of it was mapped then (in the same read). The
     /// limit is written into the SQL: SQLite prepares a statement with a bound `LIMIT` again
     /// each time it is bound.
     pub(crate) async fn queued_remote(&self, after: i64) -> Result<Vec<QueuedRow>> {
         // Before the read: a write noted after this is seen as newer than what it read.
         let generation = self.mapping_generation();
-        let sql = match self.backend {
-            // A row that is not JSON is read all the same (and parked by the pipeline).
-            Backend::Sqlite(_) => {
-                "SELECT seq, chat, receiver, event, attempts, \
-                 CASE WHEN json_valid(event) THEN NOT EXISTS (SELECT 1 FROM mx_message m \
-                 WHERE m.chat = q.chat AND m.receiver = q.receiver \
-                 AND m.remote_id = json_extract(q.event, '$.message.id')) END AS unmapped \
-                 FROM mx_remote_queue q WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT 1024"
-            }
-            Backend::Postgres(_) => {
-                "SELECT seq, chat, receiver, event, attempts, NULL::bool AS unmapped \
-                 FROM mx_remote_queue WHERE NOT parked AND seq > $1 ORDER BY seq LIMIT 1024"
-            }
-        };
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!(
+                "SELECT seq, chat, receiver, event, attempts, {UNMAPPED} \
+                 FROM mx_remote_queue WHERE NOT parked AND seq > $1 ORDER BY seq \
+                 LIMIT {QUEUE_READ_MAX}"
+            )
+        });
         with_reader!(self, |pool| {
-            let rows = sqlx::query(sql).bind(after).fetch_all(pool).await?;
+            let rows = sqlx::query(sql.as_str()).bind(after).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let unmapped: Option<bool> = r.try_get("unmapped")?;
@@ -242,27 +459,7 @@ impl Store {
         }
         match &self.backend {
             Backend::Sqlite(writer) => {
-                let messages: Vec<_> = messages_written
-                    .iter()
-                    .map(|m| {
-                        let portal = (m.portal.chat.as_str(), m.portal.receiver_str());
-                        let ids = (m.id.as_str(), m.part.as_str(), m.event_id.as_str());
-                        (portal, ids, m.room_id.as_str(), m.sender.as_str(), m.timestamp)
-                    })
-                    .collect();
-                let reactions: Vec<_> = reactions
-                    .iter()
-                    .map(|r| {
-                        let portal = (r.portal.chat.as_str(), r.portal.receiver_str());
-                        let ids = (r.message.as_str(), r.sender.as_str(), r.key.as_str());
-                        (portal, ids, r.event_id.as_str(), r.room_id.as_str())
-                    })
-                    .collect();
-                let query = sqlx::query(SQLITE_FINISH)
-                    .bind(serde_json::to_string(&messages).map_err(corrupt)?)
-                    .bind(serde_json::to_string(&reactions).map_err(corrupt)?)
-                    .bind(serde_json::to_string(seqs).map_err(corrupt)?);
-                let written = writer.fetch_script(query).await;
+                let written = finish_remote_sqlite(writer, seqs, messages_written, reactions).await;
                 self.note_mapping_writes(messages_written.iter().map(|m| (&m.portal, &m.id)));
                 written?;
             }
@@ -474,6 +671,38 @@ mod tests {
         schema.remove(store).await;
     }
 
+    /// A batch of more rows than the scripts kept for the process take (its script is built
+    /// for the call) is queued whole, in order, and taken off the queue whole.
+    #[tokio::test]
+    async fn a_batch_longer_than_any_kept_script_is_queued_and_finished_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db", dir.path().display());
+        let store = Store::connect_url(&url).await.unwrap();
+        let key = PortalKey::shared("a");
+        let n = SQLITE_ROWS_MAX * SQLITE_SCRIPT_KEPT + 3;
+        let bodies: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let events: Vec<NewRemote<'_>> = bodies
+            .iter()
+            .map(|body| NewRemote { portal: &key, event: body, message_id: None })
+            .collect();
+        let seqs: Vec<i64> =
+            store.enqueue_remote(&events).await.unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs.len(), n);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        let mut stored = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = store.queued_remote(after).await.unwrap();
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            stored.extend(rows.into_iter().map(|r| r.event));
+        }
+        assert_eq!(stored, bodies);
+        store.finish_remote(&seqs, &[], &[]).await.unwrap();
+        assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
+        store.close().await;
+    }
+
     /// Events queued in one call get increasing seqs in the order given, each row holding the
     /// event given at its place; a later call's seqs are greater. Finishing takes exactly the
     /// given seqs off the queue and records the parts and reactions with them, and doing it
@@ -484,20 +713,24 @@ mod tests {
         // Text that JSON must escape, and more events than one statement of SQLite takes.
         let bodies: Vec<String> =
             (0..700).map(|i| format!(r#"{{"n":{i},"s":"\"quoted\" \\ é\n"}}"#)).collect();
-        let events: Vec<(&PortalKey, &str)> = bodies
+        let events: Vec<NewRemote<'_>> = bodies
             .iter()
             .enumerate()
-            .map(|(i, body)| (if i % 3 == 0 { &b } else { &a }, body.as_str()))
+            .map(|(i, body)| NewRemote {
+                portal: if i % 3 == 0 { &b } else { &a },
+                event: body.as_str(),
+                message_id: None,
+            })
             .collect();
         let first = store.enqueue_remote(&events[..500]).await.unwrap();
         let second = store.enqueue_remote(&events[500..]).await.unwrap();
-        let seqs: Vec<i64> = first.iter().chain(&second).copied().collect();
+        let seqs: Vec<i64> = first.iter().chain(&second).map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing in the order given");
         let rows = store.queued_remote(0).await.unwrap();
         let stored: Vec<(i64, &PortalKey, &str)> =
             rows.iter().map(|r| (r.seq, &r.portal, r.event.as_str())).collect();
         let given: Vec<(i64, &PortalKey, &str)> =
-            seqs.iter().zip(&events).map(|(seq, (p, e))| (*seq, *p, *e)).collect();
+            seqs.iter().zip(&events).map(|(seq, e)| (*seq, e.portal, e.event)).collect();
         assert_eq!(stored, given);
 
         let message = MessageRow {
@@ -539,13 +772,26 @@ mod prefetch_tests {
     use super::*;
     use crate::remote::{RemoteEvent, RemoteSender};
 
-    /// The queue's read tells which messages had no mapping (SQLite), and a mapping written
-    /// after that read, by any path, makes the pipeline ask again; others are untouched.
+    /// The queue's insert and its read tell which messages had no mapping, and a mapping
+    /// written after that, by any path, makes the pipeline ask again; others are untouched.
     #[tokio::test]
-    async fn a_mapping_written_after_the_read_invalidates_what_it_said() {
+    async fn a_mapping_written_after_the_read_invalidates_what_it_said_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Store::connect_url(&format!("sqlite://{}/q.db", dir.path().display())).await.unwrap();
+        mapping_written_after_the_read(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_mapping_written_after_the_read_invalidates_what_it_said_postgres() {
+        let schema = crate::store::test_schema!("t_remote_queue_unmapped");
+        let Some(store) = schema.store().await else { return };
+        mapping_written_after_the_read(&store).await;
+        schema.remove(store).await;
+    }
+
+    async fn mapping_written_after_the_read(store: &Store) {
         let key = PortalKey::shared("a");
         let sender = RemoteSender::named("alice", "Alice");
         let json = |id: &str| serde_json::to_string(&RemoteEvent::text(id, sender.clone(), id));
@@ -561,8 +807,16 @@ mod prefetch_tests {
         store.insert_messages(&[row("old", "$old")]).await.unwrap();
         let (a, b, old) = (json("a").unwrap(), json("b").unwrap(), json("old").unwrap());
         let bad = "not json".to_owned();
-        let events = [(&key, a.as_str()), (&key, b.as_str()), (&key, old.as_str()), (&key, &bad)];
-        store.enqueue_remote(&events).await.unwrap();
+        let new = |event, message_id| NewRemote { portal: &key, event, message_id };
+        let events = [
+            new(a.as_str(), Some("a")),
+            new(b.as_str(), Some("b")),
+            new(old.as_str(), Some("old")),
+            new(bad.as_str(), None),
+        ];
+        let queued = store.enqueue_remote(&events).await.unwrap();
+        let said: Vec<bool> = queued.iter().map(|q| q.unmapped_as_of.is_some()).collect();
+        assert_eq!(said, [true, true, false, false], "only messages without a mapping");
         let rows = store.queued_remote(0).await.unwrap();
         let said: Vec<bool> = rows.iter().map(|r| r.unmapped_as_of.is_some()).collect();
         assert_eq!(said, [true, true, false, false], "only messages without a mapping");
@@ -579,6 +833,5 @@ mod prefetch_tests {
         // Read again: both are mapped now.
         let rows = store.queued_remote(0).await.unwrap();
         assert!(rows.iter().all(|r| r.unmapped_as_of.is_none()));
-        store.close().await;
     }
 }
