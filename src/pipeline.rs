@@ -44,6 +44,7 @@ use ruma::{
     },
 };
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use crate::{
     bridge::Bridge,
@@ -724,13 +725,25 @@ async fn process<B: Bridge>(
     ctx: &Context,
     bridge: &B,
     row: &Item,
+    before: Option<Recording>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Recording> {
+    // Instrumented, not entered: the span must not stay on the thread across an `.await`,
+    // where other tasks run.
+    let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
+    process_in_span(ctx, bridge, row, before, stop).instrument(span).await
+}
+
+/// [`process`], inside its span.
+async fn process_in_span<B: Bridge>(
+    ctx: &Context,
+    bridge: &B,
+    row: &Item,
     mut before: Option<Recording>,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Recording> {
     let config = &ctx.config().inbox;
     let mut attempts = row.attempts;
-    let span = tracing::info_span!("remote", seq = row.seq, portal = %row.portal);
-    let _enter = span.enter();
     let queue = ctx.remote_queue();
     let parsed = &row.event;
     loop {
