@@ -171,35 +171,36 @@ fn sqlite_statements(kind: SqliteRows, n: usize) -> impl Iterator<Item = (Sqlite
     std::iter::repeat_n(SQLITE_ROWS_MAX, full).chain(last).map(move |rows| (kind, rows))
 }
 
-/// Scripts with at most this many statements are built once and kept (for the process, like
-/// every other query text); a longer one (a batch of thousands of events) is built for its call.
-const SQLITE_SCRIPT_KEPT: usize = 8;
+/// The most statements of one script. Every script's text is built once and kept for the
+/// process, like every other query text: there are few (a handful of statements, each of a
+/// power-of-two row count). More rows than fit run in pieces inside one transaction.
+const SQLITE_SCRIPT_STATEMENTS: usize = 8;
 
-/// The script (`BEGIN; ...; COMMIT`) of these statements.
-fn sqlite_script(statements: &[(SqliteRows, usize)]) -> sqlx::SqlStr {
-    let build = || {
-        let mut sql = String::from("BEGIN; ");
-        for &(kind, rows) in statements {
-            kind.statement(rows, &mut sql);
-            sql.push_str("; ");
-        }
-        sql.push_str("COMMIT");
-        sql
-    };
-    if statements.len() > SQLITE_SCRIPT_KEPT {
-        return sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(build()));
-    }
+/// The script of these statements (at most [`SQLITE_SCRIPT_STATEMENTS`]): inside `BEGIN` and
+/// `COMMIT` when `framed`, else for a transaction the caller opened.
+fn sqlite_script(statements: &[(SqliteRows, usize)], framed: bool) -> &'static str {
+    debug_assert!(statements.len() <= SQLITE_SCRIPT_STATEMENTS);
     type Scripts = FastMap<Vec<(SqliteRows, usize)>, &'static str>;
-    static SCRIPTS: std::sync::OnceLock<std::sync::Mutex<Scripts>> = std::sync::OnceLock::new();
+    // Framed scripts, and pieces for a transaction the caller opened.
+    static SCRIPTS: std::sync::OnceLock<std::sync::Mutex<[Scripts; 2]>> =
+        std::sync::OnceLock::new();
     let mut scripts =
         SCRIPTS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
-    let text: &'static str = match scripts.get(statements) {
-        Some(text) => text,
-        None => scripts
-            .entry(statements.to_vec())
-            .or_insert_with(|| Box::leak(build().into_boxed_str())),
-    };
-    sqlx::SqlSafeStr::into_sql_str(text)
+    let scripts = &mut scripts[usize::from(framed)];
+    if let Some(text) = scripts.get(statements) {
+        return text;
+    }
+    let mut sql = String::from(if framed { "BEGIN; " } else { "" });
+    for (i, &(kind, rows)) in statements.iter().enumerate() {
+        if i > 0 {
+            sql.push_str("; ");
+        }
+        kind.statement(rows, &mut sql);
+    }
+    if framed {
+        sql.push_str("; COMMIT");
+    }
+    scripts.entry(statements.to_vec()).or_insert(Box::leak(sql.into_boxed_str()))
 }
 
 /// Binds the NULLs that pad a statement of `kind` with `real` rows to its `rows`.
@@ -215,6 +216,46 @@ fn bind_padding<'q>(
         }
     }
     query
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds one round of [`finish_remote_sqlite`]: its message parts, reactions and seqs, each
+/// padded to `rows`.
+fn bind_finish_round<'q>(
+    mut query: SqliteQuery<'q>,
+    rows: usize,
+    messages: &[&'q MessageRow],
+    reactions: &[&'q ReactionRow],
+    seqs: &[i64],
+) -> SqliteQuery<'q> {
+    for m in messages {
+        query = query
+            .bind(m.portal.chat.as_str())
+            .bind(m.portal.receiver_str())
+            .bind(m.id.as_str())
+            .bind(m.part.as_str())
+            .bind(m.event_id.as_str())
+            .bind(m.room_id.as_str())
+            .bind(m.sender.as_str())
+            .bind(m.timestamp);
+    }
+    query = bind_padding(query, messages.len(), rows, SqliteRows::Messages);
+    for r in reactions {
+        query = query
+            .bind(r.portal.chat.as_str())
+            .bind(r.portal.receiver_str())
+            .bind(r.message.as_str())
+            .bind(r.sender.as_str())
+            .bind(r.key.as_str())
+            .bind(r.event_id.as_str())
+            .bind(r.room_id.as_str());
+    }
+    query = bind_padding(query, reactions.len(), rows, SqliteRows::Reactions);
+    for seq in seqs {
+        query = query.bind(*seq);
+    }
+    bind_padding(query, seqs.len(), rows, SqliteRows::Delete)
 }
 
 /// SQLite: takes bridged events off the queue with their records, in one script. The rows go
@@ -247,48 +288,41 @@ async fn finish_remote_sqlite(
             (SqliteRows::Delete, rows),
         ]);
     }
-    let mut query = sqlx::query(sqlite_script(&statements));
-    for (round, kinds) in statements.chunks(3).enumerate() {
-        let rows = kinds[0].1;
-        let part = &messages[chunk(messages.len(), round)];
-        for m in part {
-            query = query
-                .bind(m.portal.chat.as_str())
-                .bind(m.portal.receiver_str())
-                .bind(m.id.as_str())
-                .bind(m.part.as_str())
-                .bind(m.event_id.as_str())
-                .bind(m.room_id.as_str())
-                .bind(m.sender.as_str())
-                .bind(m.timestamp);
+    let bind_round = |query, round: usize, rows: usize| {
+        let take = |len: usize| chunk(len, round);
+        bind_finish_round(
+            query,
+            rows,
+            &messages[take(messages.len())],
+            &reactions[take(reactions.len())],
+            &seqs[take(seqs.len())],
+        )
+    };
+    if statements.len() <= SQLITE_SCRIPT_STATEMENTS {
+        let mut query = sqlx::query(sqlite_script(&statements, true));
+        for (round, kinds) in statements.chunks(3).enumerate() {
+            query = bind_round(query, round, kinds[0].1);
         }
-        query = bind_padding(query, part.len(), rows, SqliteRows::Messages);
-        let part = &reactions[chunk(reactions.len(), round)];
-        for r in part {
-            query = query
-                .bind(r.portal.chat.as_str())
-                .bind(r.portal.receiver_str())
-                .bind(r.message.as_str())
-                .bind(r.sender.as_str())
-                .bind(r.key.as_str())
-                .bind(r.event_id.as_str())
-                .bind(r.room_id.as_str());
-        }
-        query = bind_padding(query, part.len(), rows, SqliteRows::Reactions);
-        let part = &seqs[chunk(seqs.len(), round)];
-        for seq in part {
-            query = query.bind(*seq);
-        }
-        query = bind_padding(query, part.len(), rows, SqliteRows::Delete);
+        return writer.fetch_script(query).await.map(drop);
     }
-    writer.fetch_script(query).await.map(drop)
+    // More than one script holds: a round at a time, in one transaction.
+    let mut conn = writer.acquire().await?;
+    let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
+    for (round, kinds) in statements.chunks(3).enumerate() {
+        let query = bind_round(sqlx::query(sqlite_script(kinds, false)), round, kinds[0].1);
+        sqlx::Executor::execute(&mut *tx, query).await?;
+    }
+    tx.commit().await
 }
 
 impl Store {
     /// Queues remote events in one database transaction; returns their sequence numbers, in
     /// the order given, once committed, with what the insert found of each message's
     /// mappings. Nothing is stored when it fails.
-    pub(crate) async fn enqueue_remote(&self, events: &[NewRemote<'_>]) -> Result<Vec<Enqueued>> {
+    pub(crate) async fn enqueue_remote<'a>(
+        &self,
+        events: &'a [NewRemote<'a>],
+    ) -> Result<Vec<Enqueued>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -297,10 +331,7 @@ impl Store {
         let generation = self.mapping_generation();
         let mut found: Vec<(i64, Option<bool>)> = match &self.backend {
             Backend::Sqlite(writer) => {
-                let statements: Vec<_> =
-                    sqlite_statements(SqliteRows::Enqueue, events.len()).collect();
-                let mut query = sqlx::query(sqlite_script(&statements));
-                for chunk in events.chunks(SQLITE_ROWS_MAX) {
+                let bind = |mut query: SqliteQuery<'a>, chunk: &'a [NewRemote<'a>]| {
                     for e in chunk {
                         query = query
                             .bind(e.portal.chat.as_str())
@@ -310,9 +341,29 @@ impl Store {
                             .bind(now);
                     }
                     let rows = chunk.len().next_power_of_two();
-                    query = bind_padding(query, chunk.len(), rows, SqliteRows::Enqueue);
-                }
-                let rows = writer.fetch_script(query).await?;
+                    bind_padding(query, chunk.len(), rows, SqliteRows::Enqueue)
+                };
+                let statements: Vec<_> =
+                    sqlite_statements(SqliteRows::Enqueue, events.len()).collect();
+                let rows = if statements.len() <= SQLITE_SCRIPT_STATEMENTS {
+                    let mut query = sqlx::query(sqlite_script(&statements, true));
+                    for chunk in events.chunks(SQLITE_ROWS_MAX) {
+                        query = bind(query, chunk);
+                    }
+                    writer.fetch_script(query).await?
+                } else {
+                    // More than one script holds: a statement at a time, in one transaction.
+                    let mut conn = writer.acquire().await?;
+                    let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
+                    let mut rows = Vec::with_capacity(events.len());
+                    for (chunk, statement) in events.chunks(SQLITE_ROWS_MAX).zip(&statements) {
+                        let script = sqlite_script(std::slice::from_ref(statement), false);
+                        let query = bind(sqlx::query(script), chunk);
+                        rows.extend(sqlx::Executor::fetch_all(&mut *tx, query).await?);
+                    }
+                    tx.commit().await?;
+                    rows
+                };
                 rows.iter()
                     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                     .collect::<Result<_, sqlx::Error>>()?
@@ -671,15 +722,15 @@ mod tests {
         schema.remove(store).await;
     }
 
-    /// A batch of more rows than the scripts kept for the process take (its script is built
-    /// for the call) is queued whole, in order, and taken off the queue whole.
+    /// A batch of more rows than one script takes (it runs in pieces, in one transaction) is
+    /// queued whole, in order, and taken off the queue whole.
     #[tokio::test]
-    async fn a_batch_longer_than_any_kept_script_is_queued_and_finished_whole() {
+    async fn a_batch_longer_than_one_script_is_queued_and_finished_whole() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/q.db", dir.path().display());
         let store = Store::connect_url(&url).await.unwrap();
         let key = PortalKey::shared("a");
-        let n = SQLITE_ROWS_MAX * SQLITE_SCRIPT_KEPT + 3;
+        let n = SQLITE_ROWS_MAX * SQLITE_SCRIPT_STATEMENTS + 3;
         let bodies: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
         let events: Vec<NewRemote<'_>> = bodies
             .iter()
