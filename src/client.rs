@@ -17,9 +17,8 @@
 //! transaction ID and the homeserver deduplicates it. See [`RetryPolicy`].
 //!
 //! Errors: every request fails with [`Error`]: [`Error::Api`] when the homeserver refused it
-//! (after retries; match it with [`Error::kind`], ruma's `ErrorKind`), [`Error::Http`] (or
-//! [`Error::Transport`] on a plain-HTTP link) when the homeserver could not be reached,
-//! [`Error::NotInNamespace`] before anything is sent.
+//! (after retries; match it with [`Error::kind`], ruma's `ErrorKind`), [`Error::Http`] when the
+//! homeserver could not be reached, [`Error::NotInNamespace`] before anything is sent.
 //!
 //! Logging: every request runs in a `send` span with `method`, `route` (ruma's path template,
 //! such as `/_matrix/client/v3/rooms/{room_id}/join`, never the concrete path or query),
@@ -529,15 +528,15 @@ impl PlainHttp {
         let exchange = async {
             let response = self.0.request(request).await.map_err(|e| {
                 let transient = e.is_connect();
-                (Error::Transport(e.into()), transient)
+                (Error::Http(e.into()), transient)
             })?;
             let (head, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| (Error::Transport(e.into()), false))?;
+            let body = body.collect().await.map_err(|e| (Error::Http(e.into()), false))?;
             Ok((head.status, head.headers, body.to_bytes()))
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(result) => result,
-            Err(elapsed) => Err((Error::Transport(elapsed.into()), true)),
+            Err(elapsed) => Err((Error::Http(elapsed.into()), true)),
         }
     }
 }
@@ -888,11 +887,11 @@ impl Client {
             .await;
         let mut response = sent.map_err(|err| {
             let transient = err.is_connect() || err.is_timeout();
-            (Error::Http(err.without_url()), transient)
+            (Error::from(err), transient)
         })?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
-        let bytes = response.bytes().await.map_err(|e| (Error::Http(e.without_url()), false))?;
+        let bytes = response.bytes().await.map_err(|e| (Error::from(e), false))?;
         Ok((status, headers, bytes))
     }
 
@@ -997,12 +996,12 @@ impl Client {
             .user_agent(concat!("mxbridge/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let url = format!("{}/.well-known/matrix/client", base.as_str().trim_end_matches('/'));
-        let response = http.get(url).send().await.map_err(|e| Error::Http(e.without_url()))?;
+        let response = http.get(url).send().await.map_err(Error::from)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| Error::Http(e.without_url()))?;
+        let body = response.bytes().await.map_err(Error::from)?;
         if !status.is_success() {
             return Err(Error::InvalidResponse(format!("well-known answered {status}")));
         }

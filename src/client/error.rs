@@ -31,13 +31,10 @@ pub enum Error {
         kind: Option<Box<ErrorKind>>,
     },
     /// The request could not be sent or the response could not be read (connection refused,
-    /// timeout, TLS, ...).
+    /// timeout, TLS, ...). The source is the HTTP client's error: reqwest's, or hyper's on the
+    /// plain-HTTP link to the homeserver (`downcast_ref` tells which, where it matters).
     #[error("HTTP request to the homeserver failed: {0}")]
-    Http(#[from] reqwest::Error),
-    /// As [`Error::Http`], for a request on the plain-HTTP link to the homeserver, which does
-    /// not go through reqwest (connection refused, timeout, a broken answer, ...).
-    #[error("HTTP request to the homeserver failed: {0}")]
-    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A request asked to act as a user outside the appservice's user namespace. No request was
     /// sent.
     #[error("{user_id} is not in the appservice's user namespace")]
@@ -67,6 +64,12 @@ pub enum Error {
     /// Content could not be serialized to JSON.
     #[error("could not serialize content: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Http(Box::new(e.without_url()))
+    }
 }
 
 impl Error {

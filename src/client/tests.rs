@@ -22,6 +22,14 @@ fn text(room: &RoomId, body: &str) -> send_message_event::v3::Request {
     send_message_event::v3::Request::new(room.to_owned(), new_txn_id(), &content).unwrap()
 }
 
+/// `client` (new, not shared yet) with its API requests through reqwest, as to an HTTPS
+/// homeserver: the mock is plain HTTP, which the client otherwise reaches through hyper.
+fn through_reqwest(mut client: Client) -> Client {
+    let inner = Arc::get_mut(&mut client.inner).expect("a client not shared yet");
+    assert!(inner.plain.take().is_some(), "a plain-HTTP homeserver goes through hyper");
+    client
+}
+
 fn join(room: &RoomId) -> join_room_by_id::v3::Request {
     join_room_by_id::v3::Request::new(room.to_owned())
 }
@@ -135,6 +143,56 @@ async fn retried_send_keeps_its_transaction_id() {
     let txns = hs.sent_txn_ids(room, "m.room.message").await;
     assert_eq!(txns.len(), 2);
     assert_eq!(txns[0], txns[1]);
+}
+
+/// Both links (hyper's for plain HTTP, reqwest's for HTTPS) send the same request: the
+/// bearer token and the asserted user; retry a gateway error with the same transaction ID;
+/// and keep a Matrix error's kind.
+#[tokio::test]
+async fn both_links_send_retry_and_report_alike() {
+    let hs = MockHomeserver::start().await;
+    let ghost = user_id!("@_test_alice:localhost");
+    let rooms = [room_id!("!hyper:localhost"), room_id!("!reqwest:localhost")];
+    hs.mock_whoami(ghost).as_user(ghost).expect(2).mount().await;
+    hs.mock_register().for_user(ghost).user_in_use().expect(2).mount().await;
+    for room in rooms {
+        hs.mock_send(room, "m.room.message").status(502).up_to_n_times(1).expect(1).mount().await;
+        hs.mock_send(room, "m.room.message").ok().expect(1).mount().await;
+    }
+    for (client, room) in [hs.client(), through_reqwest(hs.client())].into_iter().zip(rooms) {
+        let response = client.send(whoami::v3::Request::new(), Some(ghost)).await.unwrap();
+        assert_eq!(response.user_id, ghost);
+        client.send(text(room, "hi"), None).await.unwrap();
+        let txns = hs.sent_txn_ids(room, "m.room.message").await;
+        assert_eq!(txns.len(), 2, "{room}");
+        assert_eq!(txns[0], txns[1], "{room}: a retry keeps its transaction ID");
+        let err = client.register(ghost).await.unwrap_err();
+        assert_eq!(err.kind(), Some(&ruma::api::error::ErrorKind::UserInUse));
+    }
+    let received = hs.received().await;
+    assert_eq!(received.len(), 8);
+    for r in &received {
+        let auth = r.headers.get("authorization").unwrap().to_str().unwrap();
+        assert_eq!(auth, format!("Bearer {AS_TOKEN}"));
+    }
+}
+
+/// A homeserver that cannot be reached is [`Error::Http`] on both links.
+#[tokio::test]
+async fn an_unreachable_homeserver_is_an_http_error_on_both_links() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let server_name = ruma::ServerName::parse("localhost").unwrap();
+    let new = || {
+        let registration = crate::testing::test_registration();
+        Client::with_retry_policy(url.clone(), &server_name, registration, RetryPolicy::none())
+            .unwrap()
+    };
+    for client in [new(), through_reqwest(new())] {
+        let err = client.whoami().await.unwrap_err();
+        assert!(matches!(err, Error::Http(_)), "{err:?}");
+    }
 }
 
 #[test]
