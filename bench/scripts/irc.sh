@@ -16,13 +16,13 @@
 #
 #   bench/scripts/irc.sh            (results: bench/results/irc-DATE-COMMIT.txt)
 #
-# Environment: MXB_IRC_N (IRC -> Matrix lines, default 200: InspIRCd writes a client the first
-# 33 KB or so of a burst at once and the rest a second later, which a burst of 300 tagged lines
-# passes for both bridges), MXB_IRC_M2I_N (Matrix -> IRC messages, default 20), MXB_IRC_SAMPLES (latency probes each way, default 20), MXB_IRC_USERS
-# (logins at scale, default 100; 0 skips the scale part), MXB_IRC_CHANNELS (channels per login,
-# default 5), MXB_IRC_LOG (the bridge's log filter, default warn; its log is in
-# ~/.cache/mxbridge/bench-irc/mxbridge.log), MXB_IRC_BIN (a bridge binary to use instead of
-# building one).
+# Environment: MXB_IRC_N (IRC -> Matrix lines, default 200: InspIRCd writes a client the first 33
+# KB or so of a burst at once and the rest a second later, which a burst of 300 tagged lines
+# passes for both bridges), MXB_IRC_M2I_N (Matrix -> IRC messages, default 20), MXB_IRC_SAMPLES
+# (latency probes each way, default 20), MXB_IRC_USERS (logins at scale, default 100; 0 skips the
+# scale part), MXB_IRC_CHANNELS (channels per login, default 5), MXB_IRC_LOG (the bridge's log
+# filter, default warn; its log is in ~/.cache/mxbridge/bench-irc/mxbridge.log), MXB_IRC_BIN (a
+# bridge binary to use instead of building one).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)

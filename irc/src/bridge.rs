@@ -161,9 +161,13 @@ impl LiveState {
 /// The most lines one burst becomes.
 const MAX_BURST: usize = 200;
 
-/// The most IRC text (bytes) one burst becomes: with its HTML, well within a Matrix event's
-/// 64 KiB.
+/// The most IRC text (bytes) one burst takes.
 const MAX_BURST_TEXT: usize = 16 * 1024;
+
+/// The most text (plain body and HTML, bytes) of one Matrix message a burst becomes: a burst
+/// whose rendered lines are more (colours and pills make HTML several times the IRC text) is
+/// sent as several messages, well within a Matrix event's 64 KiB.
+const MESSAGE_TEXT_MAX: usize = 24 * 1024;
 
 /// Whether `more` lines may join `burst` within [`MAX_BURST`] and [`MAX_BURST_TEXT`].
 fn fits(burst: &[Message], more: &[Message]) -> bool {
@@ -386,8 +390,12 @@ impl Shared {
                                     Ok((channel, seq)) => {
                                         self.arrived(&live, &mut bursts, channel, seq).await;
                                     }
-                                    // A waiting task cannot fail; should one, nothing waits.
-                                    Err(_) => self.flush(&live, &mut bursts).await,
+                                    // A waiting task cannot fail; should one, no channel
+                                    // waits for it.
+                                    Err(_) => {
+                                        bursts.busy.clear();
+                                        self.flush(&live, &mut bursts).await;
+                                    }
                                 }
                             }
                             next = conn.next() => match next {
@@ -548,40 +556,65 @@ impl Shared {
         let nicks = self.channel_nicks(live, key.chat.as_str());
         let mention = |t: &str| find_nicks(t, &|w| nicks.contains(&casefold(w)));
         let mut lookup = Lookup { shared: self };
-        let (mut body, mut html, mut formatted) = (Vec::new(), Vec::new(), false);
-        let mut mentions = BTreeSet::new();
-        for m in &burst {
-            let text = to_matrix(m.param(1), &mention, &mut lookup);
-            formatted |= text.html.is_some();
-            html.push(text.html.clone().unwrap_or_else(|| escape_html(&text.body)));
-            body.push(text.body);
-            mentions.extend(text.mentions);
+        // Each line rendered, then as many lines to a message as fit its size.
+        let texts: Vec<_> =
+            burst.iter().map(|m| to_matrix(m.param(1), &mention, &mut lookup)).collect();
+        let mut messages: Vec<(PortalKey, RemoteEvent)> = Vec::new();
+        let mut aliases: Vec<(String, RemoteMessageId)> = Vec::new();
+        let mut start = 0;
+        while start < burst.len() {
+            let (mut body, mut html, mut formatted) = (Vec::new(), Vec::new(), false);
+            let (mut size, mut end) = (0, start);
+            let mut mentions = BTreeSet::new();
+            while end < burst.len() {
+                let text = &texts[end];
+                let line_html = text.html.clone().unwrap_or_else(|| escape_html(&text.body));
+                size += text.body.len() + line_html.len() + 8;
+                if end > start && size > MESSAGE_TEXT_MAX {
+                    break;
+                }
+                formatted |= text.html.is_some();
+                html.push(line_html);
+                body.push(text.body.clone());
+                mentions.extend(text.mentions.iter().cloned());
+                end += 1;
+            }
+            let text = mxbridge::format::MatrixText {
+                body: body.join("\n"),
+                html: formatted.then(|| html.join("<br>")),
+                mentions,
+                mentions_room: false,
+            };
+            let content =
+                if first.command == "NOTICE" { text.into_notice() } else { text.into_content() };
+            let head = &burst[start];
+            let id = head.tag("msgid").map_or_else(RemoteMessageId::random, RemoteMessageId::from);
+            for m in &burst[start + 1..end] {
+                if let Some(msgid) = m.tag("msgid") {
+                    aliases.push((format!("{} {msgid}", key.chat), id.clone()));
+                }
+            }
+            let event = RemoteEvent::Message {
+                id,
+                sender: sender.clone(),
+                timestamp: head.tag("time").and_then(parse_time),
+                parts: vec![RemotePart { id: RemotePartId::default(), content }],
+                reply_to: None,
+                thread_root: None,
+                echo_of: None,
+            };
+            messages.push((key.clone(), event));
+            start = end;
         }
-        let text = mxbridge::format::MatrixText {
-            body: body.join("\n"),
-            html: formatted.then(|| html.join("<br>")),
-            mentions,
-            mentions_room: false,
+        let queued = match self.ctx.queue_remote_batch(&messages).await {
+            Ok(mut queued) => queued.pop(),
+            Err(e) => {
+                tracing::warn!(portal = %key, error = %e, "could not queue IRC lines");
+                None
+            }
         };
-        let content =
-            if first.command == "NOTICE" { text.into_notice() } else { text.into_content() };
-        let id = first.tag("msgid").map_or_else(RemoteMessageId::random, RemoteMessageId::from);
-        let event = RemoteEvent::Message {
-            id: id.clone(),
-            sender,
-            timestamp: first.tag("time").and_then(parse_time),
-            parts: vec![RemotePart { id: RemotePartId::default(), content }],
-            reply_to: None,
-            thread_root: None,
-            echo_of: None,
-        };
-        let queued = self.queue_tracked(&key, &event).await;
-        let aliases: Vec<String> = burst[1..]
-            .iter()
-            .filter_map(|m| Some(format!("{} {}", key.chat, m.tag("msgid")?)))
-            .collect();
         let entries: Vec<(&str, &str)> =
-            aliases.iter().map(|a| (a.as_str(), id.as_str())).collect();
+            aliases.iter().map(|(alias, id)| (alias.as_str(), id.as_str())).collect();
         if let Err(e) = self.ctx.store().kv_put_many(MSGID_ALIASES, &entries).await {
             tracing::warn!(error = %e, "could not keep the msgids of a burst's lines");
         }

@@ -5,7 +5,9 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf},
+    io::{
+        AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    },
     net::TcpStream,
     sync::mpsc,
     time::Instant,
@@ -170,19 +172,27 @@ impl Sender {
     }
 }
 
-/// Reads one line, bounded in length; `None` at the end of the stream. What is read of a line
-/// stays in `partial`, so a read dropped halfway (a `select!` that took another branch) loses
-/// nothing: the next call goes on where it stopped.
+/// The longest line read; what is longer is cut there and the rest read as the next line.
+const LINE_MAX: usize = 16 * 1024;
+
+/// Reads one line, at most [`LINE_MAX`] bytes; `None` at the end of the stream. What is read of
+/// a line stays in `partial`, so a read dropped halfway (a `select!` that took another branch)
+/// loses nothing: the next call goes on where it stopped.
 async fn read_line<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     partial: &mut Vec<u8>,
 ) -> std::io::Result<Option<String>> {
     loop {
-        let n = reader.read_until(b'\n', partial).await?;
-        if n == 0 {
+        let room = LINE_MAX.saturating_sub(partial.len()) as u64;
+        let n = if room == 0 {
+            0
+        } else {
+            (&mut *reader).take(room).read_until(b'\n', partial).await?
+        };
+        if n == 0 && room > 0 {
             return Ok(None);
         }
-        if partial.ends_with(b"\n") || partial.len() > 16 * 1024 {
+        if partial.ends_with(b"\n") || partial.len() >= LINE_MAX {
             // IRC is not always UTF-8: what is not becomes replacement characters.
             let line = String::from_utf8_lossy(partial).into_owned();
             partial.clear();
@@ -447,10 +457,8 @@ impl Connection {
     ///
     /// Cancel safe: dropped before it returns, it loses no line.
     pub(crate) async fn next(&mut self) -> Result<Message, ConnError> {
-        if let Some(m) = self.backlog.pop_front() {
-            return Ok(m);
-        }
-        // Lines read with the last one, parsed before waiting for more.
+        // Lines put back or read with the last one, handled before waiting for more: a `PING`
+        // among them is answered like any other.
         while let Some(m) = self.next_buffered() {
             match m.command.as_str() {
                 "PING" => {
@@ -539,6 +547,33 @@ mod tests {
         let err = tls_config(Some(dir.to_str().unwrap())).unwrap_err();
         assert!(err.contains("no certificate"), "{err}");
         std::fs::remove_file(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded_and_a_dropped_read_loses_nothing() {
+        // A line longer than the bound is cut there; the rest is the next line.
+        let long = vec![b'x'; LINE_MAX + 10];
+        let input = [long.as_slice(), b"\r\nPING :a\r\n"].concat();
+        let mut reader = BufReader::new(input.as_slice());
+        let mut partial = Vec::new();
+        let first = read_line(&mut reader, &mut partial).await.unwrap().unwrap();
+        assert_eq!(first.len(), LINE_MAX);
+        assert_eq!(read_line(&mut reader, &mut partial).await.unwrap().unwrap(), "xxxxxxxxxx\r\n");
+        assert_eq!(read_line(&mut reader, &mut partial).await.unwrap().unwrap(), "PING :a\r\n");
+        assert_eq!(read_line(&mut reader, &mut partial).await.unwrap(), None);
+
+        // Half a line, the read dropped while it waits for the rest: the next read finishes it.
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = BufReader::new(rx);
+        let mut partial = Vec::new();
+        tx.write_all(b"PRIVMSG #a :hel").await.unwrap();
+        let waited =
+            tokio::time::timeout(Duration::from_millis(50), read_line(&mut reader, &mut partial))
+                .await;
+        assert!(waited.is_err(), "no whole line yet");
+        tx.write_all(b"lo\r\n").await.unwrap();
+        let line = read_line(&mut reader, &mut partial).await.unwrap().unwrap();
+        assert_eq!(line, "PRIVMSG #a :hello\r\n");
     }
 
     #[test]

@@ -178,6 +178,28 @@ async fn irc_and_matrix_users_talk_through_crashes_and_server_restarts() {
     assert_eq!(said, expected);
     assert!(flood.len() <= 40, "{} messages for 81 lines", flood.len());
 
+    // A colourful paste whose HTML would be larger than one Matrix event takes: it comes as
+    // several messages, every line once and in order.
+    let colours: String = (0..30).map(|i| format!("\x03{:02}c", i % 16)).collect();
+    let paste: Vec<String> =
+        (0..60).map(|i| format!("PRIVMSG #test :art {i:02} {colours}")).collect();
+    dave.send(&paste.join("\r\n")).await;
+    alice
+        .wait_event(&room, "the paste's last line", |e| {
+            has_line(e, &format!("art 59 {}", "c".repeat(30)))
+        })
+        .await;
+    let events = alice.events(&room).await;
+    let art: Vec<&Value> = events.iter().filter(|e| body(e).starts_with("art ")).collect();
+    let said: Vec<&str> = art.iter().flat_map(|e| body(e).split('\n')).collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("art {i:02} {}", "c".repeat(30))).collect();
+    assert_eq!(said, expected);
+    assert!(art.len() > 1, "60 colourful lines in one message");
+    for e in &art {
+        let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
+        assert!(html.len() < 32 * 1024, "a message of {} bytes of HTML", html.len());
+    }
+
     // Matrix → IRC: formatting, /me, a pill, a notice.
     alice
         .send(
