@@ -181,6 +181,11 @@ macro_rules! message_from_row {
     };
 }
 
+/// Stores a key-value entry, replacing any previous one: namespace, key, value, time.
+const KV_PUT: &str = "INSERT INTO mx_kv (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \
+     updated_at = excluded.updated_at";
+
 impl Store {
     /// Inserts or updates a portal.
     ///
@@ -566,17 +571,13 @@ impl Store {
     /// Stores a value (JSON text) under a namespace and key, replacing any previous one.
     pub async fn kv_put(&self, namespace: &str, key: &str, value: &str) -> Result<()> {
         with_pool!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO mx_kv (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(namespace)
-            .bind(key)
-            .bind(value)
-            .bind(now_ms())
-            .execute(pool)
-            .await?;
+            sqlx::query(KV_PUT)
+                .bind(namespace)
+                .bind(key)
+                .bind(value)
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }
@@ -593,17 +594,13 @@ impl Store {
             let mut conn = pool.acquire().await?;
             let mut tx = conn.begin_tx().await?;
             for (key, value) in entries {
-                sqlx::query(
-                    "INSERT INTO mx_kv (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(namespace)
-                .bind(*key)
-                .bind(*value)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(KV_PUT)
+                    .bind(namespace)
+                    .bind(*key)
+                    .bind(*value)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
