@@ -23,6 +23,8 @@
 #   MXB_CACHE   cache root (default $HOME/.cache/mxbridge)
 #   MXB_PYTHON  python used to create the venv (default python3, >= 3.10)
 set -euo pipefail
+# shellcheck source=scripts/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
 readonly NIO_VERSION="0.26.0"
 readonly VODOZEMAC_VERSION="0.10.0"
@@ -88,17 +90,7 @@ cmd_install() {
         return 0
     fi
 
-    local py="${MXB_PYTHON:-python3}"
-    command -v "$py" >/dev/null 2>&1 || die "$py not found; install Python >= 3.10 (or set MXB_PYTHON)"
-    "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
-        die "$py is $("$py" -V 2>&1); matrix-nio $NIO_VERSION needs Python >= 3.10"
-
-    info "installing $STAMP_TEXT into $VENV (about a minute: python-olm compiles olm) ..."
-    rm -rf "$VENV"
-    "$py" -m venv "$VENV" >&2 ||
-        die "'$py -m venv' failed (on Debian: apt-get install python3-venv)"
-    "$VPY" -m pip install --disable-pip-version-check --no-input --quiet "${PINS[@]}" >&2 ||
-        die "pip install ${PINS[*]} failed (is PyPI reachable?)"
+    fresh_venv "matrix-nio $NIO_VERSION" "about a minute: python-olm compiles olm" "${PINS[@]}"
     local got
     got=$("$VPY" -c '
 import importlib.metadata as m, nio, olm

@@ -39,6 +39,8 @@
 #   MXB_PYTHON                 python used to create the venv (default python3, >= 3.10)
 #   MXB_SYNAPSE_START_TIMEOUT  seconds to wait for /versions (default 90)
 set -euo pipefail
+# shellcheck source=scripts/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
 readonly SYNAPSE_VERSION="1.163.2"
 readonly CACHE_DIR="${MXB_CACHE:-$HOME/.cache/mxbridge}"
@@ -95,18 +97,7 @@ cmd_install() {
         return 0
     fi
 
-    local py="${MXB_PYTHON:-python3}"
-    command -v "$py" >/dev/null 2>&1 || die "$py not found; install Python >= 3.10 (or set MXB_PYTHON)"
-    "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
-        die "$py is $("$py" -V 2>&1); Synapse $SYNAPSE_VERSION needs Python >= 3.10"
-
-    info "installing matrix-synapse==$SYNAPSE_VERSION into $VENV (usually 20-40 s) ..."
-    rm -rf "$VENV"
-    "$py" -m venv "$VENV" >&2 ||
-        die "'$py -m venv' failed (on Debian: apt-get install python3-venv)"
-    "$VPY" -m pip install --disable-pip-version-check --no-input --quiet \
-        "matrix-synapse==$SYNAPSE_VERSION" >&2 ||
-        die "pip install matrix-synapse==$SYNAPSE_VERSION failed (is PyPI reachable?)"
+    fresh_venv "Synapse $SYNAPSE_VERSION" "usually 20-40 s" "matrix-synapse==$SYNAPSE_VERSION"
     local got
     got=$("$VPY" -c 'import synapse; print(synapse.__version__)') ||
         die "synapse does not import after install"
