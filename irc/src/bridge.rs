@@ -518,7 +518,8 @@ impl Shared {
         }
     }
 
-    /// Queues a channel's lines as one message, the channel busy until it reached Matrix.
+    /// Queues a channel's lines (see [`Shared::on_burst`]), the channel busy until they reached
+    /// Matrix.
     async fn send_burst(
         &self,
         live: &Live,
@@ -539,9 +540,10 @@ impl Shared {
         });
     }
 
-    /// Consecutive lines of one sender to one channel: one Matrix message of several lines,
-    /// its ID the first line's `msgid`; the others' `msgid`s are kept as aliases so that a
-    /// replay of the history skips them.
+    /// Consecutive lines of one sender to one channel: one Matrix message of several lines (or
+    /// several messages, when their HTML would not fit one), each with its first line's
+    /// `msgid` as its ID; the other lines' `msgid`s are kept as aliases so that a replay of the
+    /// history skips them. Returns the last message's place in the queue.
     async fn on_burst(&self, live: &Live, burst: Vec<Message>) -> Option<Queued> {
         let first = &burst[0];
         let key = PortalKey::shared(casefold(first.param(0)));
