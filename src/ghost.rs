@@ -125,31 +125,27 @@ impl Context {
             Box::pin(intent.ensure_registered()).await?;
         }
         let (old_name, old_avatar) = known.map_or((None, None), |g| (g.displayname, g.avatar_url));
-        let mut row = GhostRow {
+        let name = profile.displayname.as_deref().map(displayname_within_limit);
+        let new_name = name.filter(|name| old_name.as_deref() != Some(*name));
+        let new_avatar = profile.avatar_url.as_ref().filter(|a| old_avatar.as_ref() != Some(*a));
+        let unknown = old_name.is_none() && old_avatar.is_none();
+        if new_name.is_none() && new_avatar.is_none() && !unknown {
+            return Ok(intent);
+        }
+        if let Some(name) = new_name {
+            Box::pin(intent.set_displayname(name)).await?;
+        }
+        if let Some(avatar) = new_avatar {
+            Box::pin(intent.set_avatar_url(avatar)).await?;
+        }
+        let row = GhostRow {
             remote_id: remote.clone(),
-            user_id: user_id.clone(),
-            displayname: old_name.clone(),
-            avatar_url: old_avatar.clone(),
+            user_id,
+            displayname: new_name.map(str::to_owned).or(old_name),
+            avatar_url: new_avatar.cloned().or(old_avatar),
             metadata: None,
         };
-        let mut changed = old_name.is_none() && old_avatar.is_none();
-        if let Some(name) = profile.displayname.as_deref().map(displayname_within_limit)
-            && old_name.as_deref() != Some(name)
-        {
-            Box::pin(intent.set_displayname(name)).await?;
-            row.displayname = Some(name.to_owned());
-            changed = true;
-        }
-        if let Some(avatar) = &profile.avatar_url
-            && old_avatar.as_ref() != Some(avatar)
-        {
-            Box::pin(intent.set_avatar_url(avatar)).await?;
-            row.avatar_url = Some(avatar.clone());
-            changed = true;
-        }
-        if changed {
-            Box::pin(self.store().upsert_ghost(&row)).await?;
-        }
+        Box::pin(self.store().upsert_ghost(&row)).await?;
         Ok(intent)
     }
 }

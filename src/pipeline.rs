@@ -887,8 +887,7 @@ async fn handle<B: Bridge>(
                 if known.iter().any(|m| m.part == part.id) {
                     continue;
                 }
-                let mut content = crate::format::sanitize_content(&part.content).into_owned();
-                content.relates_to = match (&thread_root, &reply_to) {
+                let relation = match (&thread_root, &reply_to) {
                     (Some(root), _) => Some(Relation::Thread(Thread::plain(
                         root.clone(),
                         reply_to.clone().unwrap_or_else(|| root.clone()),
@@ -898,10 +897,16 @@ async fn handle<B: Bridge>(
                     }
                     (None, None) => None,
                 };
-                let event_id = match sent_before(&ghost, &portal.room_id, &txn(n)).await? {
+                // The relation is the pipeline's to set: a part's own is replaced.
+                let mut content = crate::format::sanitize_content(&part.content);
+                if relation.is_some() || content.relates_to.is_some() {
+                    content.to_mut().relates_to = relation;
+                }
+                let txn_id = txn(n);
+                let event_id = match sent_before(&ghost, &portal.room_id, &txn_id).await? {
                     Some(event_id) => event_id,
                     None => {
-                        let send = ghost.send(&portal.room_id, &content).txn_id(txn(n));
+                        let send = ghost.send(&portal.room_id, &*content).txn_id(txn_id);
                         at(send, *timestamp).await?
                     }
                 };
@@ -944,12 +949,19 @@ async fn handle<B: Bridge>(
             }
         }
         RemoteEvent::Reaction { target, sender, key: reaction, timestamp } => {
-            let Some(target_event) = first_event(ctx, key, Some(target), before).await? else {
+            // One read for the target and whether the reaction is there already.
+            let stored = ctx.store().reaction_target(key, target, &sender.id, reaction).await?;
+            // The first part of the target: stored, or recorded by the event before.
+            let mut first = stored.first_part;
+            for part in before.parts(key, target) {
+                if first.as_ref().is_none_or(|(id, _)| part.part < *id) {
+                    first = Some((part.part.clone(), part.event_id.clone()));
+                }
+            }
+            let Some((_, target_event)) = first else {
                 return Ok(Vec::new());
             };
-            if before.has_reaction(key, target, &sender.id, reaction)
-                || ctx.store().reaction(key, target, &sender.id, reaction).await?.is_some()
-            {
+            if stored.reaction.is_some() || before.has_reaction(key, target, &sender.id, reaction) {
                 return Ok(Vec::new());
             }
             let ghost = ctx.sender_intent(sender).await?;

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::{Backend, MessageRow, Result, Store, StoreError, now_ms, with_pool, with_reader};
 use crate::{
-    remote::{PortalKey, RemoteMessageId, RemoteUserId},
+    remote::{PortalKey, RemoteMessageId, RemotePartId, RemoteUserId},
     util::FastMap,
 };
 
@@ -76,6 +76,15 @@ pub(crate) struct ReactionRow {
     pub(crate) room_id: OwnedRoomId,
 }
 
+/// See [`Store::reaction_target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReactionTarget {
+    /// The first part of the message reacted to, and its event; `None` when it was not bridged.
+    pub(crate) first_part: Option<(RemotePartId, OwnedEventId)>,
+    /// The event of the same reaction, when the bridge put it in the room already.
+    pub(crate) reaction: Option<OwnedEventId>,
+}
+
 /// The most rows [`Store::queued_remote`] returns.
 pub(crate) const QUEUE_READ_MAX: usize = 1024;
 
@@ -137,22 +146,24 @@ impl SqliteRows {
                 sql.push_str(UNMAPPED);
             }
             Self::Messages => {
+                // `OR IGNORE` rather than `ON CONFLICT DO NOTHING`: the same for a row
+                // recorded already, and no other constraint can fail (every column is bound
+                // from a value that is there). Where a statement may abort halfway, SQLite keeps
+                // a statement journal of every page it changes.
                 sql.push_str(
-                    "INSERT INTO mx_message \
+                    "INSERT OR IGNORE INTO mx_message \
                      (chat, receiver, remote_id, part, event_id, room_id, sender, timestamp) \
                      SELECT * FROM ",
                 );
                 values(sql);
-                sql.push_str(" ON CONFLICT DO NOTHING");
             }
             Self::Reactions => {
                 sql.push_str(
-                    "INSERT INTO mx_reaction \
+                    "INSERT OR IGNORE INTO mx_reaction \
                      (chat, receiver, message_id, sender, reaction_key, event_id, room_id) \
                      SELECT * FROM ",
                 );
                 values(sql);
-                sql.push_str(" ON CONFLICT DO NOTHING");
             }
             Self::Delete => {
                 sql.push_str("DELETE FROM mx_remote_queue WHERE seq IN (");
@@ -220,48 +231,58 @@ fn bind_padding<'q>(
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
-/// Binds one round of [`finish_remote_sqlite`]: its message parts, reactions and seqs, each
-/// padded to `rows`.
-fn bind_finish_round<'q>(
+/// Binds one statement of [`finish_remote_sqlite`], of `kind` padded to `rows`: message parts,
+/// reactions or seqs (only those of `kind` are bound).
+fn bind_finish_statement<'q>(
     mut query: SqliteQuery<'q>,
-    rows: usize,
+    (kind, rows): (SqliteRows, usize),
     messages: &[&'q MessageRow],
     reactions: &[&'q ReactionRow],
     seqs: &[i64],
 ) -> SqliteQuery<'q> {
-    for m in messages {
-        query = query
-            .bind(m.portal.chat.as_str())
-            .bind(m.portal.receiver_str())
-            .bind(m.id.as_str())
-            .bind(m.part.as_str())
-            .bind(m.event_id.as_str())
-            .bind(m.room_id.as_str())
-            .bind(m.sender.as_str())
-            .bind(m.timestamp);
-    }
-    query = bind_padding(query, messages.len(), rows, SqliteRows::Messages);
-    for r in reactions {
-        query = query
-            .bind(r.portal.chat.as_str())
-            .bind(r.portal.receiver_str())
-            .bind(r.message.as_str())
-            .bind(r.sender.as_str())
-            .bind(r.key.as_str())
-            .bind(r.event_id.as_str())
-            .bind(r.room_id.as_str());
-    }
-    query = bind_padding(query, reactions.len(), rows, SqliteRows::Reactions);
-    for seq in seqs {
-        query = query.bind(*seq);
-    }
-    bind_padding(query, seqs.len(), rows, SqliteRows::Delete)
+    let real = match kind {
+        SqliteRows::Messages => {
+            for m in messages {
+                query = query
+                    .bind(m.portal.chat.as_str())
+                    .bind(m.portal.receiver_str())
+                    .bind(m.id.as_str())
+                    .bind(m.part.as_str())
+                    .bind(m.event_id.as_str())
+                    .bind(m.room_id.as_str())
+                    .bind(m.sender.as_str())
+                    .bind(m.timestamp);
+            }
+            messages.len()
+        }
+        SqliteRows::Reactions => {
+            for r in reactions {
+                query = query
+                    .bind(r.portal.chat.as_str())
+                    .bind(r.portal.receiver_str())
+                    .bind(r.message.as_str())
+                    .bind(r.sender.as_str())
+                    .bind(r.key.as_str())
+                    .bind(r.event_id.as_str())
+                    .bind(r.room_id.as_str());
+            }
+            reactions.len()
+        }
+        SqliteRows::Delete => {
+            for seq in seqs {
+                query = query.bind(*seq);
+            }
+            seqs.len()
+        }
+        SqliteRows::Enqueue => unreachable!("not a statement of finishing"),
+    };
+    bind_padding(query, real, rows, kind)
 }
 
 /// SQLite: takes bridged events off the queue with their records, in one script. The rows go
-/// in rounds of up to [`SQLITE_ROWS_MAX`] of each kind, and in each round the three statements
-/// (message parts, reactions, seqs) are padded to one row count: the script's text then depends
-/// on the largest of the three only, so a few texts serve every mix.
+/// in rounds of up to [`SQLITE_ROWS_MAX`] of each kind. In each round a kind without rows has
+/// no statement, reactions are padded to a power of two of their own, and message parts and
+/// seqs (about as many) to one: a few texts serve every mix, and few padding rows are bound.
 async fn finish_remote_sqlite(
     writer: &super::writer::SqliteWriter,
     seqs: &[i64],
@@ -274,42 +295,48 @@ async fn finish_remote_sqlite(
         let start = (round * SQLITE_ROWS_MAX).min(len);
         start..(start + SQLITE_ROWS_MAX).min(len)
     };
+    // Each round's statements, as (round, kind, padded rows).
     let mut statements = Vec::with_capacity(rounds * 3);
     for round in 0..rounds {
-        let rows = [seqs.len(), messages.len(), reactions.len()]
-            .into_iter()
-            .map(|len| chunk(len, round).len())
-            .max()
-            .unwrap_or(0)
-            .next_power_of_two();
-        statements.extend([
-            (SqliteRows::Messages, rows),
-            (SqliteRows::Reactions, rows),
-            (SqliteRows::Delete, rows),
-        ]);
+        let (m, r, d) = (
+            chunk(messages.len(), round).len(),
+            chunk(reactions.len(), round).len(),
+            chunk(seqs.len(), round).len(),
+        );
+        let shared = m.max(d).next_power_of_two();
+        let kinds = [
+            (SqliteRows::Messages, m, shared),
+            (SqliteRows::Reactions, r, r.next_power_of_two()),
+            (SqliteRows::Delete, d, shared),
+        ];
+        statements.extend(
+            kinds.into_iter().filter(|&(_, real, _)| real > 0).map(|(k, _, rows)| (round, k, rows)),
+        );
     }
-    let bind_round = |query, round: usize, rows: usize| {
+    let bind = |query, (round, kind, rows): (usize, SqliteRows, usize)| {
         let take = |len: usize| chunk(len, round);
-        bind_finish_round(
+        bind_finish_statement(
             query,
-            rows,
+            (kind, rows),
             &messages[take(messages.len())],
             &reactions[take(reactions.len())],
             &seqs[take(seqs.len())],
         )
     };
-    if statements.len() <= SQLITE_SCRIPT_STATEMENTS {
-        let mut query = sqlx::query(sqlite_script(&statements, true));
-        for (round, kinds) in statements.chunks(3).enumerate() {
-            query = bind_round(query, round, kinds[0].1);
+    let texts: Vec<(SqliteRows, usize)> = statements.iter().map(|&(_, k, r)| (k, r)).collect();
+    if texts.len() <= SQLITE_SCRIPT_STATEMENTS {
+        // One statement is a transaction of its own (see `Store::enqueue_remote`).
+        let mut query = sqlx::query(sqlite_script(&texts, texts.len() > 1));
+        for &statement in &statements {
+            query = bind(query, statement);
         }
         return writer.fetch_script(query).await.map(drop);
     }
-    // More than one script holds: a round at a time, in one transaction.
+    // More than one script holds: a statement at a time, in one transaction.
     let mut conn = writer.acquire().await?;
     let mut tx = super::writer::BeginTx::begin_tx(&mut conn).await?;
-    for (round, kinds) in statements.chunks(3).enumerate() {
-        let query = bind_round(sqlx::query(sqlite_script(kinds, false)), round, kinds[0].1);
+    for (&statement, text) in statements.iter().zip(&texts) {
+        let query = bind(sqlx::query(sqlite_script(std::slice::from_ref(text), false)), statement);
         sqlx::Executor::execute(&mut *tx, query).await?;
     }
     tx.commit().await
@@ -346,7 +373,10 @@ impl Store {
                 let statements: Vec<_> =
                     sqlite_statements(SqliteRows::Enqueue, events.len()).collect();
                 let rows = if statements.len() <= SQLITE_SCRIPT_STATEMENTS {
-                    let mut query = sqlx::query(sqlite_script(&statements, true));
+                    // One statement is a transaction of its own: framed in `BEGIN` and
+                    // `COMMIT`, SQLite would also keep a statement journal for it.
+                    let framed = statements.len() > 1;
+                    let mut query = sqlx::query(sqlite_script(&statements, framed));
                     for chunk in events.chunks(SQLITE_ROWS_MAX) {
                         query = bind(query, chunk);
                     }
@@ -626,6 +656,46 @@ impl Store {
             .transpose()
     }
 
+    /// What a remote reaction needs to know, in one read: the first part of the message it
+    /// reacts to (its part ID and event), and the event of the same reaction if the bridge put
+    /// it in the room already.
+    pub(crate) async fn reaction_target(
+        &self,
+        portal: &PortalKey,
+        message: &RemoteMessageId,
+        sender: &RemoteUserId,
+        key: &str,
+    ) -> Result<ReactionTarget> {
+        const SQL: &str = "SELECT m.part, m.event_id, \
+             (SELECT r.event_id FROM mx_reaction r WHERE r.chat = $1 AND r.receiver = $2 \
+             AND r.message_id = $3 AND r.sender = $4 AND r.reaction_key = $5) AS reaction \
+             FROM (SELECT 1) AS one LEFT JOIN (SELECT part, event_id FROM mx_message \
+             WHERE chat = $1 AND receiver = $2 AND remote_id = $3 ORDER BY part LIMIT 1) AS m \
+             ON TRUE";
+        let (part, first, reaction): (Option<String>, Option<String>, Option<String>) =
+            with_reader!(self, |pool| {
+                let row = sqlx::query(SQL)
+                    .bind(portal.chat.as_str())
+                    .bind(portal.receiver_str())
+                    .bind(message.as_str())
+                    .bind(sender.as_str())
+                    .bind(key)
+                    .fetch_one(pool)
+                    .await?;
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)
+            });
+        let event = |e: String| {
+            OwnedEventId::try_from(e).map_err(|e| StoreError::Corrupt(format!("event_id: {e}")))
+        };
+        Ok(ReactionTarget {
+            first_part: match (part, first) {
+                (Some(part), Some(first)) => Some((RemotePartId::from(part), event(first)?)),
+                _ => None,
+            },
+            reaction: reaction.map(event).transpose()?,
+        })
+    }
+
     /// Forgets a reaction.
     pub(crate) async fn delete_reaction(
         &self,
@@ -808,9 +878,28 @@ mod tests {
         assert_eq!(store.remote_queue_counts().await.unwrap(), (400, 0));
         let rest: Vec<i64> = store.queued_remote(0).await.unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(rest, left);
-        assert_eq!(store.message_parts(&a, &"m1".into()).await.unwrap(), [message]);
+        assert_eq!(store.message_parts(&a, &"m1".into()).await.unwrap(), [message.clone()]);
         let found = store.reaction(&b, &"m1".into(), &"alice".into(), "👍").await.unwrap();
         assert_eq!(found.as_deref(), Some(event_id!("$r1")));
+        // A reaction's one read: the target's first part, and the same reaction if stored.
+        let (m1, alice) = (RemoteMessageId::from("m1"), RemoteUserId::from("alice"));
+        let target = store.reaction_target(&a, &m1, &alice, "👍").await.unwrap();
+        let first = Some((crate::remote::RemotePartId::default(), event_id!("$m1").to_owned()));
+        assert_eq!(target, ReactionTarget { first_part: first, reaction: None });
+        let target = store.reaction_target(&b, &m1, &alice, "👍").await.unwrap();
+        let reaction = Some(event_id!("$r1").to_owned());
+        assert_eq!(target, ReactionTarget { first_part: None, reaction });
+        let other_key = store.reaction_target(&b, &m1, &alice, "👎").await.unwrap();
+        assert_eq!(other_key, ReactionTarget { first_part: None, reaction: None });
+        let part = |part: &str, event: &str| MessageRow {
+            id: "m2".into(),
+            part: part.into(),
+            event_id: OwnedEventId::try_from(event).unwrap(),
+            ..message.clone()
+        };
+        store.insert_messages(&[part("2", "$m2b"), part("1", "$m2a")]).await.unwrap();
+        let target = store.reaction_target(&a, &"m2".into(), &alice, "👍").await.unwrap();
+        assert_eq!(target.first_part, Some(("1".into(), event_id!("$m2a").to_owned())));
         store.finish_remote(left, &[], &[]).await.unwrap();
         assert_eq!(store.remote_queue_counts().await.unwrap(), (0, 0));
     }
