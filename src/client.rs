@@ -35,29 +35,33 @@ use std::{
     time::{Duration, Instant},
 };
 
+use percent_encoding::{AsciiSet, CONTROLS};
 use ruma::{
-    DeviceId, MilliSecondsSinceUnixEpoch, MxcUri, OwnedDeviceId, OwnedRoomId, OwnedTransactionId,
-    OwnedUserId, RoomId, ServerName, TransactionId, UserId,
+    DeviceId, EventId, MilliSecondsSinceUnixEpoch, MxcUri, OwnedDeviceId, OwnedEventId,
+    OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, ServerName, TransactionId, UserId,
     api::{
         AppserviceUserIdentity, EndpointError as _, IncomingResponseExt as _, MatrixVersion,
         OutgoingRequest, OutgoingRequestExt as _, SupportedVersions,
         auth_scheme::{
-            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme,
-            NoAccessToken, NoAuthentication, SendAccessToken,
+            AccessToken, AccessTokenOptional, AddRequiredTokenError, AppserviceToken,
+            AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication, SendAccessToken,
         },
         client::{
             account::{register, whoami},
             appservice::request_ping,
             authenticated_media,
             discovery::get_supported_versions,
+            message::send_message_event,
+            redact::redact_event,
             session::login,
         },
+        error::IntoHttpError,
         path_builder::{PathBuilder, SinglePath, VersionHistory},
     },
     exports::http,
 };
 use tracing::{Instrument as _, field};
-use url::Url;
+use url::{Url, form_urlencoded};
 
 pub use self::error::{Error, Result};
 pub use self::media::{MediaStream, UploadBody};
@@ -222,6 +226,9 @@ struct ClientInner {
     base: String,
     /// The bearer token for every request: the `as_token`, or a real user's access token.
     as_token: Secret,
+    /// The `Authorization` header ruma writes for `as_token`, made once for the requests the
+    /// client writes itself ([`Client::txn_put_request`]).
+    authorization: Bearer,
     /// For a real user's client ([`Client::for_user`]): the appservice's client, which helps
     /// (the bot invites) and may act as the bridge's users.
     appservice: Option<Client>,
@@ -327,6 +334,7 @@ impl Client {
                 http,
                 plain,
                 base: homeserver.as_str().trim_end_matches('/').to_owned(),
+                authorization: Bearer::new(registration.as_token()),
                 as_token: registration.as_token().clone(),
                 appservice: None,
                 assert_user: false,
@@ -414,6 +422,7 @@ impl Client {
                 http,
                 plain,
                 base,
+                authorization: Bearer::new(&token),
                 as_token: token,
                 appservice_id: inner.appservice_id.clone(),
                 bot: user_id.to_owned(),
@@ -709,6 +718,24 @@ impl Client {
             self.check_identity(user)?;
         }
         self.prepare_versions_for::<R>().await;
+        let (route, http_request) = self.http_request(request, options, with_token)?;
+        let response = self.execute(http_request, route, self.span_user(options)).await?;
+        parse_response::<R>(response)
+    }
+
+    /// Turns `request` into HTTP as ruma writes it, with the identity and the options' query
+    /// parameters added; returns it with its route (the path template).
+    fn http_request<R>(
+        &self,
+        request: R,
+        options: &RequestOptions,
+        with_token: bool,
+    ) -> Result<(&'static str, http::Request<Vec<u8>>)>
+    where
+        R: OutgoingRequest,
+        R::Authentication: AuthInput,
+        R::PathBuilder: PathInput,
+    {
         let base = &self.inner.base;
         // Built with the cached versions borrowed, not copied (no await while they are).
         let (route, mut http_request): (_, http::Request<Vec<u8>>) = {
@@ -725,40 +752,200 @@ impl Client {
             };
             (route, http_request)
         };
-        let mut identity = AppserviceUserIdentity::default();
-        // A device is asserted with its user named, the bot too: Synapse 1.163 fails (500) on
-        // `device_id` without `user_id`.
-        identity.user_id = if self.inner.assert_user {
+        self.add_identity_query(http_request.uri_mut(), options, options.ts)?;
+        Ok((route, http_request))
+    }
+
+    /// The user a request asserts (`?user_id=`): the client's user when every request asserts
+    /// it; with a device, the user or else the bot (Synapse 1.163 fails, 500, on `device_id`
+    /// without `user_id`); else the user unless it is the bot.
+    fn asserted_user<'a>(&'a self, options: &'a RequestOptions) -> Option<&'a UserId> {
+        if self.inner.assert_user {
             Some(&*self.inner.bot)
         } else if options.device_id.is_some() {
             Some(options.as_user.as_deref().unwrap_or(&*self.inner.bot))
         } else {
             options.as_user.as_deref().filter(|u| *u != self.inner.bot)
-        };
+        }
+    }
+
+    /// The user a request's span names: the one it acts as, unless that is the bot.
+    fn span_user<'a>(&'a self, options: &'a RequestOptions) -> Option<&'a UserId> {
+        options.as_user.as_deref().filter(|u| *u != self.inner.bot)
+    }
+
+    /// Adds to `uri` the identity (`user_id`, `device_id`), the device again under its
+    /// MSC3202 name, and `ts` unless the query has one already.
+    fn add_identity_query(
+        &self,
+        uri: &mut http::Uri,
+        options: &RequestOptions,
+        ts: Option<MilliSecondsSinceUnixEpoch>,
+    ) -> Result<()> {
+        let mut identity = AppserviceUserIdentity::default();
+        identity.user_id = self.asserted_user(options);
         identity.device_id = options.device_id.as_deref();
-        identity.maybe_add_to_uri(http_request.uri_mut())?;
+        identity.maybe_add_to_uri(uri)?;
         let mut extra = Vec::new();
         if let Some(device) = &options.device_id {
             extra.push(("org.matrix.msc3202.device_id", device.to_string()));
         }
-        if let Some(ts) = options.ts
-            && !http_request
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p.starts_with("ts=")))
+        if let Some(ts) = ts
+            && !uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("ts=")))
         {
             extra.push(("ts", ts.get().to_string()));
         }
-        append_query(http_request.uri_mut(), &extra)?;
+        append_query(uri, &extra)
+    }
 
-        let as_user = options.as_user.as_deref().filter(|u| *u != self.inner.bot);
-        let (parts, body) = self.execute(http_request, route, as_user).await?.into_parts();
-        let response = http::Response::from_parts(parts, body.as_slice());
-        if response.status().as_u16() >= 400 {
-            return Err(Error::from_ruma(ruma::api::error::Error::from_http_response(response)));
+    // --- Sends with a transaction ID --------------------------------------------------------
+
+    /// Sends a message-like event: `PUT /rooms/{room_id}/send/{event_type}/{txn_id}` with
+    /// `body` (the content's JSON) and `options.ts` as the request's own `ts`.
+    ///
+    /// The request is the one [`Client::send_with`] makes of ruma's `send_message_event`
+    /// request (with `timestamp: options.ts` and no `ts` in the options), byte for byte,
+    /// written straight into one URL rather than through ruma's request builder: this is the
+    /// request a bridge makes most.
+    pub(crate) async fn send_room_event(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        txn_id: &TransactionId,
+        body: Vec<u8>,
+        options: &RequestOptions,
+    ) -> Result<OwnedEventId> {
+        let segments = [room_id.as_str(), event_type, txn_id.as_str()];
+        let response = self.put_txn::<send_message_event::v3::Request>(segments, body, options);
+        Ok(response.await?.event_id)
+    }
+
+    /// Redacts an event: `PUT /rooms/{room_id}/redact/{event_id}/{txn_id}` with `body` (the
+    /// redaction's JSON content), as [`Client::send_with`] sends ruma's `redact_event` request
+    /// with these options.
+    pub(crate) async fn redact_room_event(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        txn_id: &TransactionId,
+        body: Vec<u8>,
+        options: &RequestOptions,
+    ) -> Result<OwnedEventId> {
+        let segments = [room_id.as_str(), event_id.as_str(), txn_id.as_str()];
+        let response = self.put_txn::<redact_event::v3::Request>(segments, body, options);
+        Ok(response.await?.event_id)
+    }
+
+    /// Sends one [`TxnPut`] request: the checks, versions, retries and answer of
+    /// [`Client::send_with`], with the request written by [`Client::txn_put_request`].
+    async fn put_txn<R: TxnPut>(
+        &self,
+        segments: [&str; 3],
+        body: Vec<u8>,
+        options: &RequestOptions,
+    ) -> Result<R::IncomingResponse> {
+        if let Some(user) = &options.as_user {
+            self.check_identity(user)?;
         }
-        R::IncomingResponse::try_from_http_response(response)
-            .map_err(|e| Error::InvalidResponse(e.to_string()))
+        self.prepare_versions_for::<R>().await;
+        let (route, http_request) = self.txn_put_request::<R>(segments, body, options)?;
+        let response = self.execute(http_request, route, self.span_user(options)).await?;
+        parse_response::<R>(response)
+    }
+
+    /// Writes the HTTP request [`Client::http_request`] makes of `R` with these path segments
+    /// (in the template's order), body and options: the path template ruma picks for the cached
+    /// versions, each segment percent-encoded as ruma does, the request's own `ts`, the
+    /// identity and the device query pairs form-encoded in the same order, and ruma's headers.
+    fn txn_put_request<R: TxnPut>(
+        &self,
+        segments: [&str; 3],
+        body: Vec<u8>,
+        options: &RequestOptions,
+    ) -> Result<(&'static str, http::Request<Vec<u8>>)> {
+        let route = {
+            let cached = self.inner.versions.read().unwrap_or_else(PoisonError::into_inner);
+            R::PATH_BUILDER.select_path(Cow::Borrowed(&cached.supported))?
+        };
+        let base = &*self.inner.base;
+        let user = self.asserted_user(options);
+        let device = options.device_id.as_deref();
+        let ts = options.ts.map(|ts| ts.get().to_string());
+        let capacity = base.len()
+            + route.len()
+            + segments.iter().map(|s| s.len()).sum::<usize>()
+            + user.map_or(0, |u| u.as_str().len() + 16)
+            + device.map_or(0, |d| 2 * d.as_str().len() + 48)
+            + ts.as_ref().map_or(0, |ts| ts.len() + 4);
+        let mut url = String::with_capacity(capacity);
+        url.push_str(base);
+        // A placeholder is a whole segment of the template, `/{name}` (ruma's path syntax).
+        let mut rest = route;
+        for segment in segments {
+            let (before, after) = rest.split_once('{').expect("a placeholder for each segment");
+            url.push_str(before);
+            url.extend(percent_encoding::utf8_percent_encode(segment, PATH_SEGMENT));
+            rest = after.split_once('}').expect("placeholders are closed").1;
+        }
+        debug_assert!(!rest.contains('{'), "more placeholders than segments in {route}");
+        url.push_str(rest);
+        let mut query = QueryWriter { url, started: false };
+        if R::TS_IN_QUERY
+            && let Some(ts) = &ts
+        {
+            query.pair("ts", ts);
+        }
+        // Where ruma's URL ends: what the identity and the options' pairs are added to.
+        let request_end = query.url.len();
+        if let Some(user) = user {
+            query.pair("user_id", user.as_str());
+        }
+        if let Some(device) = device {
+            query.pair("device_id", device.as_str());
+            query.pair("org.matrix.msc3202.device_id", device.as_str());
+        }
+        if !R::TS_IN_QUERY
+            && let Some(ts) = &ts
+        {
+            query.pair("ts", ts);
+        }
+        let mut url = query.url;
+        // One parse of the whole URL gives the URI that parsing ruma's URL and adding the pairs
+        // to its query gives, as long as the base URL has no query or fragment of its own.
+        // Otherwise, and for the same error when parsing fails, the pairs are added to the
+        // parsed URL as `http_request` adds them, after the token as there.
+        let parsed = if base.contains(['?', '#']) { None } else { http::Uri::try_from(&*url).ok() };
+        let (uri, authorization) = match parsed {
+            Some(uri) => (uri, self.authorization()?),
+            None => {
+                url.truncate(request_end);
+                let mut uri = http::Uri::try_from(url)
+                    .map_err(|e| Error::IntoHttp(IntoHttpError::Http(e.into())))?;
+                let authorization = self.authorization()?;
+                let ts = if R::TS_IN_QUERY { None } else { options.ts };
+                self.add_identity_query(&mut uri, options, ts)?;
+                (uri, authorization)
+            }
+        };
+        let mut request = http::Request::new(body);
+        *request.method_mut() = R::METHOD;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert(http::header::AUTHORIZATION, authorization);
+        Ok((route, request))
+    }
+
+    /// The `Authorization` header ruma writes for the token: `Bearer {token}`, or ruma's error
+    /// for a token that cannot be a header value.
+    fn authorization(&self) -> Result<http::HeaderValue> {
+        if let Some(value) = &self.inner.authorization.0 {
+            return Ok(value.clone());
+        }
+        Bearer::value(&self.inner.as_token).map_err(|e| {
+            Error::IntoHttp(IntoHttpError::authentication(AddRequiredTokenError::from(e)))
+        })
     }
 
     /// Reports requests, durations and retries to `metrics` from now on (once per client).
@@ -1114,6 +1301,98 @@ fn append_query(uri: &mut http::Uri, pairs: &[(&str, String)]) -> Result<()> {
     );
     *uri = http::Uri::from_parts(parts).map_err(|e| Error::InvalidResponse(e.to_string()))?;
     Ok(())
+}
+
+/// A `PUT` with a transaction ID that [`Client::txn_put_request`] writes without ruma's
+/// request builder: its path has three placeholders, its body is JSON.
+trait TxnPut: OutgoingRequest<PathBuilder = VersionHistory> {
+    /// Whether ruma's request has a `ts` query field, which it writes before the identity
+    /// (else `ts` is added after the identity, as for any request).
+    const TS_IN_QUERY: bool;
+}
+
+impl TxnPut for send_message_event::v3::Request {
+    const TS_IN_QUERY: bool = true;
+}
+
+impl TxnPut for redact_event::v3::Request {
+    const TS_IN_QUERY: bool = false;
+}
+
+/// The `Authorization` header for a token, made once; `None` when the token cannot be a header
+/// value (every request then fails as ruma's would). Never printed: it holds the token.
+struct Bearer(Option<http::HeaderValue>);
+
+impl Bearer {
+    fn new(token: &Secret) -> Self {
+        Self(Self::value(token).ok())
+    }
+
+    /// `Bearer {token}`, as ruma writes it (not marked sensitive).
+    fn value(
+        token: &Secret,
+    ) -> std::result::Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        let token = token.expose();
+        let mut value = String::with_capacity("Bearer ".len() + token.len());
+        value.push_str("Bearer ");
+        value.push_str(token);
+        http::HeaderValue::try_from(value)
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The bytes ruma percent-encodes in a path segment: the URL standard's path percent-encode
+/// set, and `/` and `\` (a value is one segment, never several).
+const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'\\');
+
+/// Appends form-encoded pairs to a URL's query, as `application/x-www-form-urlencoded`
+/// writes them (ruma's query strings and `append_query` alike).
+struct QueryWriter {
+    url: String,
+    /// Whether the query has a pair already (the next one follows `&`, not `?`).
+    started: bool,
+}
+
+impl QueryWriter {
+    /// Appends `key=value`; `key` is a name that encodes as itself.
+    fn pair(&mut self, key: &str, value: &str) {
+        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b)));
+        self.url.push(if self.started { '&' } else { '?' });
+        self.started = true;
+        self.url.push_str(key);
+        self.url.push('=');
+        self.url.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+    }
+}
+
+/// Reads the homeserver's answer to `R`: a Matrix error for a status of 400 or more, else
+/// `R`'s response.
+fn parse_response<R: OutgoingRequest>(
+    response: http::Response<Vec<u8>>,
+) -> Result<R::IncomingResponse> {
+    let (parts, body) = response.into_parts();
+    let response = http::Response::from_parts(parts, body.as_slice());
+    if response.status().as_u16() >= 400 {
+        return Err(Error::from_ruma(ruma::api::error::Error::from_http_response(response)));
+    }
+    R::IncomingResponse::try_from_http_response(response)
+        .map_err(|e| Error::InvalidResponse(e.to_string()))
 }
 
 fn http_response<'a>(

@@ -6,9 +6,7 @@ use std::future::IntoFuture;
 use futures_util::future::BoxFuture;
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedTransactionId, RoomId, UserId,
-    api::client::{
-        message::send_message_event, read_marker::set_read_marker, redact::redact_event,
-    },
+    api::client::read_marker::set_read_marker,
     events::{
         AnyMessageLikeEventContent, MessageLikeEventContent, MessageLikeEventType,
         reaction::ReactionEventContent,
@@ -21,7 +19,7 @@ use ruma::{
     serde::Raw,
 };
 
-use super::{Intent, Result};
+use super::{DOUBLE_PUPPET_SOURCE, Intent, Result};
 use crate::client::{self, RequestOptions};
 
 impl Intent {
@@ -177,14 +175,14 @@ impl<'a> IntoFuture for SendMessage<'a> {
             #[cfg(feature = "encryption")]
             let (event_type, content) = intent.encrypt_for(room_id, event_type, content).await?;
             let txn_id = txn_id.unwrap_or_else(client::new_txn_id);
-            let mut request = send_message_event::v3::Request::new_raw(
-                room_id.to_owned(),
-                txn_id,
-                event_type,
-                content,
-            );
-            request.timestamp = ts;
-            Ok(intent.client.send(request, intent.as_user()).await?.event_id)
+            // The request `Client::send` makes of ruma's `send_message_event` request, written
+            // without it: the content's JSON is the body as it is, `ts` the request's own.
+            let mut options = RequestOptions::as_user(intent.as_user());
+            options.ts = ts;
+            let body = content_body(content);
+            let event_type = event_type.to_string();
+            let client = &intent.client;
+            Ok(client.send_room_event(room_id, &event_type, &txn_id, body, &options).await?)
         })
     }
 }
@@ -233,88 +231,114 @@ impl<'a> IntoFuture for Redact<'a> {
             // ruma's redaction request has no timestamp field: the client adds `?ts=`.
             let mut options = RequestOptions::as_user(intent.as_user());
             options.ts = ts;
-            let (room_id, event_id) = (room_id.to_owned(), event_id.to_owned());
-            if let Some(source) = &intent.puppet_source {
-                // A double puppet's redaction carries the mark in its content too.
-                let mut redaction = redact_event::v3::Request::new(room_id, event_id, txn_id);
-                redaction.reason = reason;
-                let request = marked_redaction::Request { redaction, source: source.to_string() };
-                return Ok(intent.client.send_with(request, &options).await?.event_id);
-            }
-            let mut request = redact_event::v3::Request::new(room_id, event_id, txn_id);
-            request.reason = reason;
-            Ok(intent.client.send_with(request, &options).await?.event_id)
+            let source = intent.puppet_source.as_deref();
+            let body =
+                redaction_body(reason, source).map_err(|e| client::Error::IntoHttp(e.into()))?;
+            let client = &intent.client;
+            Ok(client.redact_room_event(room_id, event_id, &txn_id, body, &options).await?)
         })
     }
 }
 
-/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` with the double-puppet mark in the body:
-/// ruma's request, whose body has only `reason`, with one more key.
-mod marked_redaction {
+/// A message-like event's content as the request body: its JSON as it is, which is what ruma's
+/// request writes (without a copy).
+fn content_body(content: Raw<AnyMessageLikeEventContent>) -> Vec<u8> {
+    Box::<str>::from(content.into_json()).into_boxed_bytes().into_vec()
+}
+
+/// A redaction's JSON content as ruma's `redact_event` request writes it (`reason` when there
+/// is one), with a double puppet's mark added as a map key.
+fn redaction_body(reason: Option<String>, source: Option<&str>) -> serde_json::Result<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Body {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    }
+    let Some(source) = source else { return serde_json::to_vec(&Body { reason }) };
+    let mut content = serde_json::Map::new();
+    if let Some(reason) = reason {
+        content.insert("reason".to_owned(), reason.into());
+    }
+    content.insert(DOUBLE_PUPPET_SOURCE.to_owned(), source.into());
+    serde_json::to_vec(&content)
+}
+
+#[cfg(test)]
+mod tests {
     use ruma::{
         api::{
-            Metadata, OutgoingRequest, client::redact::redact_event::v3::Request as Redaction,
-            error::IntoHttpError, path_builder::PathBuilder,
+            MatrixVersion, OutgoingRequestExt as _, SupportedVersions,
+            auth_scheme::SendAccessToken,
+            client::{message::send_message_event, redact::redact_event},
         },
-        exports::http,
+        event_id, owned_room_id,
     };
 
-    use crate::intent::DOUBLE_PUPPET_SOURCE;
+    use super::*;
 
-    /// A redaction whose content carries the mark.
-    #[derive(Clone, Debug)]
-    pub(super) struct Request {
-        pub(super) redaction: Redaction,
-        pub(super) source: String,
+    /// The body ruma's request writes.
+    fn ruma_body<R>(request: R) -> Vec<u8>
+    where
+        R: ruma::api::OutgoingRequest<
+                Authentication = ruma::api::auth_scheme::AccessToken,
+                PathBuilder = ruma::api::path_builder::VersionHistory,
+            >,
+    {
+        let versions = SupportedVersions {
+            versions: [MatrixVersion::V1_12].into(),
+            features: Default::default(),
+        };
+        let token = SendAccessToken::Always("token");
+        let request: ruma::exports::http::Request<Vec<u8>> = request
+            .try_into_http_request("http://localhost", token, std::borrow::Cow::Owned(versions))
+            .unwrap();
+        request.into_body()
     }
 
-    impl Metadata for Request {
-        const METHOD: http::Method = Redaction::METHOD;
-        const RATE_LIMITED: bool = Redaction::RATE_LIMITED;
-        type Authentication = <Redaction as Metadata>::Authentication;
-        type PathBuilder = <Redaction as Metadata>::PathBuilder;
-        const PATH_BUILDER: Self::PathBuilder = Redaction::PATH_BUILDER;
-    }
-
-    /// A JSON body already serialized.
-    pub(super) struct Json(Vec<u8>);
-
-    impl ruma::api::OutgoingBody for Json {
-        type Error = std::convert::Infallible;
-
-        fn content_type(&self) -> Option<http::HeaderValue> {
-            Some(http::HeaderValue::from_static("application/json"))
+    /// The content goes out as the JSON ruma's send request writes: the same bytes, spacing,
+    /// escapes and key order included.
+    #[test]
+    fn a_content_body_is_the_json_ruma_sends() {
+        let typed = RoomMessageEventContent::text_plain("a \"quoted\" é 😀 \u{1}");
+        let typed = Raw::new(&typed).unwrap().cast_unchecked();
+        let odd = [
+            "{}",
+            r#"{ "body" : "x",  "msgtype":"m.text" }"#,
+            r#"{"z":1,"a":[1.50,2e3,-0],"u":"\u00e9\ud83d\ude00","n":null}"#,
+            "{\n\t\"nested\": {\"deep\": [true, false]}\n}",
+        ];
+        let raws = odd.map(|json| Raw::from_json_string(json.to_owned()).unwrap());
+        for content in std::iter::once(typed).chain(raws) {
+            let request = send_message_event::v3::Request::new_raw(
+                owned_room_id!("!room:localhost"),
+                "txn".into(),
+                "m.room.message".into(),
+                content.clone(),
+            );
+            assert_eq!(content_body(content.clone()), ruma_body(request), "{}", content.json());
         }
-
-        fn try_into_buf<T: Default + bytes::BufMut + AsRef<[u8]>>(self) -> Result<T, Self::Error> {
-            let mut buf = T::default();
-            buf.put_slice(&self.0);
-            Ok(buf)
-        }
     }
 
-    impl OutgoingRequest for Request {
-        type Body = Json;
-        type EndpointError = <Redaction as OutgoingRequest>::EndpointError;
-        type IncomingResponse = <Redaction as OutgoingRequest>::IncomingResponse;
-
-        fn try_into_http_request_inner(
-            self,
-            base_url: &str,
-            path_builder_input: <Self::PathBuilder as PathBuilder>::Input<'_>,
-        ) -> Result<http::Request<Json>, IntoHttpError> {
-            use ruma::api::OutgoingBody as _;
-            let request =
-                self.redaction.try_into_http_request_inner(base_url, path_builder_input)?;
-            let (parts, body) = request.into_parts();
-            let body: Vec<u8> = body.try_into_buf().map_err(Into::<IntoHttpError>::into)?;
-            let mut content: serde_json::Map<String, serde_json::Value> = if body.is_empty() {
-                serde_json::Map::new()
-            } else {
-                serde_json::from_slice(&body)?
-            };
-            content.insert(DOUBLE_PUPPET_SOURCE.to_owned(), self.source.into());
-            Ok(http::Request::from_parts(parts, Json(serde_json::to_vec(&content)?)))
+    /// A redaction's body is the JSON ruma's redaction request writes; a double puppet's adds
+    /// the mark to it as a JSON object's key (after the reason, as ruma's body parsed into a
+    /// map and the mark inserted).
+    #[test]
+    fn a_redaction_body_is_the_json_ruma_sends() {
+        let reasons = [None, Some(""), Some("spam"), Some("\"q\" \\ é 😀 \u{1}\n</script>")];
+        for reason in reasons.map(|r| r.map(ToOwned::to_owned)) {
+            let mut request = redact_event::v3::Request::new(
+                owned_room_id!("!room:localhost"),
+                event_id!("$event:localhost").to_owned(),
+                "txn".into(),
+            );
+            request.reason.clone_from(&reason);
+            let by_ruma = ruma_body(request);
+            assert_eq!(redaction_body(reason.clone(), None).unwrap(), by_ruma, "{reason:?}");
+            let mut marked: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&by_ruma).unwrap();
+            marked.insert(DOUBLE_PUPPET_SOURCE.to_owned(), "bridge \"x\"".into());
+            let marked = serde_json::to_vec(&marked).unwrap();
+            assert_eq!(redaction_body(reason.clone(), Some("bridge \"x\"")).unwrap(), marked);
         }
     }
 }

@@ -911,3 +911,36 @@ async fn a_banned_real_user_is_not_unbanned_to_join() {
         assert_ne!(store.membership(room, alice).await.unwrap(), Some(Membership::Join));
     }
 }
+
+/// Sends and redactions are retried with their transaction ID, and a refusal is the
+/// homeserver's error with its kind.
+#[tokio::test]
+async fn sends_and_redactions_retry_with_their_transaction_id_and_keep_refusals() {
+    let (hs, store) = setup().await;
+    let room = room_id!("!portal:localhost");
+    let ghost = user_id!("@_test_alice:localhost");
+    let event = ruma::event_id!("$spam:localhost");
+    cache_joined(&store, room, ghost).await;
+    hs.mock_send(room, "m.room.message").status(503).up_to_n_times(1).expect(1).mount().await;
+    hs.mock_send(room, "m.room.message").ok().up_to_n_times(1).expect(1).mount().await;
+    hs.mock_send(room, "m.room.message").forbidden("not allowed").expect(1).mount().await;
+    hs.mock_redact(room).rate_limited(1).up_to_n_times(1).expect(1).mount().await;
+    hs.mock_redact(room).ok().up_to_n_times(1).expect(1).mount().await;
+    hs.mock_redact(room).error(404, "M_NOT_FOUND", "no such event").expect(1).mount().await;
+
+    let alice = intent(&hs, &store, ghost);
+    assert_eq!(alice.send_text(room, "hi").await.unwrap(), "$sent:localhost");
+    let txn_ids = hs.sent_txn_ids(room, "m.room.message").await;
+    assert_eq!(txn_ids.len(), 2);
+    assert_eq!(txn_ids[0], txn_ids[1]);
+    let err = alice.send_text(room, "again").await.unwrap_err();
+    assert_eq!(err.kind(), Some(&ErrorKind::Forbidden), "{err}");
+    assert_eq!(err.to_string(), "homeserver answered 403 Forbidden M_FORBIDDEN: not allowed");
+
+    assert_eq!(alice.redact(room, event).await.unwrap(), "$redaction:localhost");
+    let txn_ids = hs.redaction_txn_ids(room).await;
+    assert_eq!(txn_ids.len(), 2);
+    assert_eq!(txn_ids[0], txn_ids[1]);
+    let err = alice.redact(room, event).await.unwrap_err();
+    assert_eq!(err.kind(), Some(&ErrorKind::NotFound), "{err}");
+}
