@@ -32,8 +32,10 @@ pub enum Error {
     },
     /// The request could not be sent or the response could not be read (connection refused,
     /// timeout, TLS, ...). The source is the HTTP client's error: reqwest's, or hyper's on the
-    /// plain-HTTP link to the homeserver (`downcast_ref` tells which, where it matters).
-    #[error("HTTP request to the homeserver failed: {0}")]
+    /// plain-HTTP link to the homeserver. [`Error::is_connect`] and [`Error::is_timeout`] tell
+    /// the common cases apart whichever it is; the message names every cause in the chain (the
+    /// HTTP clients' own messages leave them out).
+    #[error("HTTP request to the homeserver failed: {}", Chain(&**.0))]
     Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A request asked to act as a user outside the appservice's user namespace. No request was
     /// sent.
@@ -70,6 +72,34 @@ impl From<reqwest::Error> for Error {
     fn from(e: reqwest::Error) -> Self {
         Self::Http(Box::new(e.without_url()))
     }
+}
+
+/// An error's message followed by those of its causes, each once: `a: b: c`.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            let message = err.to_string();
+            // Some errors repeat their cause's message in their own.
+            if !shown.contains(&message) {
+                write!(f, ": {message}")?;
+                shown = message;
+            }
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// The errors in `err`'s chain, itself first.
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
 }
 
 impl Error {
@@ -109,6 +139,31 @@ impl Error {
             Error::Api { errcode, .. } => Some(errcode),
             _ => None,
         }
+    }
+    /// Whether no connection to the homeserver could be made (refused, unreachable, the
+    /// connect timed out): nothing was sent.
+    pub fn is_connect(&self) -> bool {
+        let Error::Http(err) = self else { return false };
+        chain(&**err).any(|e| {
+            if let Some(e) = e.downcast_ref::<reqwest::Error>() {
+                e.is_connect()
+            } else if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+                e.is_connect()
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Whether the homeserver did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        let Error::Http(err) = self else { return false };
+        chain(&**err).any(|e| {
+            e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout)
+                || e.is::<tokio::time::error::Elapsed>()
+                || e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        })
     }
 
     /// ruma's parsed [`ErrorKind`] of an [`Error::Api`], if the body was a standard Matrix error.

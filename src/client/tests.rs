@@ -192,7 +192,40 @@ async fn an_unreachable_homeserver_is_an_http_error_on_both_links() {
     for client in [new(), through_reqwest(new())] {
         let err = client.whoami().await.unwrap_err();
         assert!(matches!(err, Error::Http(_)), "{err:?}");
+        assert!(err.is_connect() && !err.is_timeout(), "{err:?}");
+        // The message names the cause, which the HTTP clients' own messages leave out.
+        let message = err.to_string();
+        assert!(message.contains("refused"), "{message}");
+        assert_eq!(message.matches("refused").count(), 1, "each cause once: {message}");
     }
+}
+
+#[tokio::test]
+async fn a_homeserver_that_does_not_answer_in_time_is_a_timeout() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    crate::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .tls_certs_only([])
+        .build()
+        .unwrap();
+    let err = Error::from(http.get(format!("http://{addr}/")).send().await.unwrap_err());
+    assert!(err.is_timeout() && !err.is_connect(), "{err:?}");
+    // The plain link's whole-request timeout.
+    let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>()).await;
+    let err = Error::Http(elapsed.unwrap_err().into());
+    assert!(err.is_timeout() && !err.is_connect(), "{err:?}");
+    held.abort();
+    let other = Error::InvalidResponse("no".into());
+    assert!(!other.is_timeout() && !other.is_connect());
 }
 
 #[test]
