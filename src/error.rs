@@ -72,17 +72,7 @@ impl fmt::Display for BridgeError {
     /// The error and its causes, `: `-separated; a cause whose text the message already holds
     /// (an error that prints its source, or forwards to it) is not repeated.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.source.to_string();
-        let mut cause = self.source.source();
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !shown.contains(&text) {
-                shown.push_str(": ");
-                shown.push_str(&text);
-            }
-            cause = c.source();
-        }
-        f.write_str(&shown)
+        f.write_str(&crate::util::error_chain(&*self.source))
     }
 }
 

@@ -121,14 +121,14 @@ impl Context {
         let known = self.store().ghost(remote).await?;
         // The rare steps are boxed: this runs for every remote event, and its future is as
         // large as its largest step.
-        if known.is_none() {
+        let unknown = known.is_none();
+        if unknown {
             Box::pin(intent.ensure_registered()).await?;
         }
         let (old_name, old_avatar) = known.map_or((None, None), |g| (g.displayname, g.avatar_url));
         let name = profile.displayname.as_deref().map(displayname_within_limit);
         let new_name = name.filter(|name| old_name.as_deref() != Some(*name));
         let new_avatar = profile.avatar_url.as_ref().filter(|a| old_avatar.as_ref() != Some(*a));
-        let unknown = old_name.is_none() && old_avatar.is_none();
         if new_name.is_none() && new_avatar.is_none() && !unknown {
             return Ok(intent);
         }

@@ -374,8 +374,9 @@ impl Store {
             // The writer is one connection held by the store, not a pool: a pool checks it out
             // and back in around every statement, with a ping on the way back (`writer.rs`).
             // It runs multi-row statements whose text depends on the row count (up to
-            // `INSERT_CHUNK` rows, for a few tables): kept prepared, they fit in 512, where
-            // sqlx's default of 100 would have them prepared again and again.
+            // `INSERT_CHUNK` rows, for a few tables, and the remote queue's scripts): kept
+            // prepared, those in use fit in 512, where sqlx's default of 100 would have them
+            // prepared again and again (one that falls out is only prepared again).
             // Its page cache is the one that matters: every write, and the intake's lookups in
             // the dedup index, go through it (`database.sqlite_cache_mib`; the readers keep
             // SQLite's default, one per connection).

@@ -73,6 +73,21 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
     });
     result.map_err(|e| YamlError { key, message: e.to_string() })
 }
+/// An error's message and its causes', `: `-separated; a cause whose text the message already
+/// holds (an error that prints its source, or forwards to it) is not repeated.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut shown = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !shown.contains(&text) {
+            shown.push_str(": ");
+            shown.push_str(&text);
+        }
+        cause = c.source();
+    }
+    shown
+}
 
 /// Polls `fut` up to `polls` times with a waker that does nothing, waiting `wait` after each
 /// poll that leaves it pending (a zero `wait` yields once instead), and says whether it

@@ -31,12 +31,15 @@ pub enum Error {
         kind: Option<Box<ErrorKind>>,
     },
     /// The request could not be sent or the response could not be read (connection refused,
-    /// timeout, TLS, ...). The source is the HTTP client's error: reqwest's, or hyper's on the
+    /// timeout, TLS, ...). It holds the HTTP client's error: reqwest's, or hyper's on the
     /// plain-HTTP link to the homeserver. [`Error::is_connect`] and [`Error::is_timeout`] tell
-    /// the common cases apart whichever it is; the message names every cause in the chain (the
-    /// HTTP clients' own messages leave them out).
-    #[error("HTTP request to the homeserver failed: {}", Chain(&**.0))]
-    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// the common cases apart whichever it is.
+    ///
+    /// The message names that error's causes (the HTTP clients' own messages leave them out),
+    /// so it is not given as this error's `source()` too: a reporter that prints sources would
+    /// print them twice.
+    #[error("HTTP request to the homeserver failed: {}", crate::util::error_chain(&**.0))]
+    Http(Box<dyn std::error::Error + Send + Sync>),
     /// A request asked to act as a user outside the appservice's user namespace. No request was
     /// sent.
     #[error("{user_id} is not in the appservice's user namespace")]
@@ -71,27 +74,6 @@ pub enum Error {
 impl From<reqwest::Error> for Error {
     fn from(e: reqwest::Error) -> Self {
         Self::Http(Box::new(e.without_url()))
-    }
-}
-
-/// An error's message followed by those of its causes, each once: `a: b: c`.
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut shown = self.0.to_string();
-        f.write_str(&shown)?;
-        let mut cause = self.0.source();
-        while let Some(err) = cause {
-            let message = err.to_string();
-            // Some errors repeat their cause's message in their own.
-            if !shown.contains(&message) {
-                write!(f, ": {message}")?;
-                shown = message;
-            }
-            cause = err.source();
-        }
-        Ok(())
     }
 }
 
@@ -140,6 +122,7 @@ impl Error {
             _ => None,
         }
     }
+
     /// Whether no connection to the homeserver could be made (refused, unreachable, the
     /// connect timed out): nothing was sent.
     pub fn is_connect(&self) -> bool {
@@ -155,7 +138,8 @@ impl Error {
         })
     }
 
-    /// Whether the homeserver did not answer in time.
+    /// Whether the homeserver did not answer in time (a connect that timed out is also
+    /// [`Error::is_connect`]).
     pub fn is_timeout(&self) -> bool {
         let Error::Http(err) = self else { return false };
         chain(&**err).any(|e| {

@@ -183,12 +183,14 @@ fn sqlite_statements(kind: SqliteRows, n: usize) -> impl Iterator<Item = (Sqlite
 }
 
 /// The most statements of one script. Every script's text is built once and kept for the
-/// process, like every other query text: there are few (a handful of statements, each of a
-/// power-of-two row count). More rows than fit run in pieces inside one transaction.
+/// process, like every other query text: each is a handful of statements of power-of-two row
+/// counts, so there are at most a few hundred (see [`finish_remote_sqlite`]). More rows than fit
+/// run in pieces inside one transaction.
 const SQLITE_SCRIPT_STATEMENTS: usize = 8;
 
 /// The script of these statements (at most [`SQLITE_SCRIPT_STATEMENTS`]): inside `BEGIN` and
-/// `COMMIT` when `framed`, else for a transaction the caller opened.
+/// `COMMIT` when `framed`, else for a transaction the caller opened, or a single statement that
+/// is a transaction of its own.
 fn sqlite_script(statements: &[(SqliteRows, usize)], framed: bool) -> &'static str {
     debug_assert!(statements.len() <= SQLITE_SCRIPT_STATEMENTS);
     type Scripts = FastMap<Vec<(SqliteRows, usize)>, &'static str>;
@@ -281,8 +283,10 @@ fn bind_finish_statement<'q>(
 
 /// SQLite: takes bridged events off the queue with their records, in one script. The rows go
 /// in rounds of up to [`SQLITE_ROWS_MAX`] of each kind. In each round a kind without rows has
-/// no statement, reactions are padded to a power of two of their own, and message parts and
-/// seqs (about as many) to one: a few texts serve every mix, and few padding rows are bound.
+/// no statement, reactions (fewer, and none in most groups) are padded to a power of two of
+/// their own, and message parts and seqs (about as many) to one: few padding rows are bound, and
+/// a script's text depends on the kinds it has and two row counts. That is at most a few hundred
+/// texts, and in practice a few dozen: group sizes cluster.
 async fn finish_remote_sqlite(
     writer: &super::writer::SqliteWriter,
     seqs: &[i64],

@@ -213,8 +213,10 @@ impl SqliteWriter {
     }
 
     /// Runs a script in one hop to the connection's thread: statements separated by `;` that
-    /// open and end their own transaction (`BEGIN; …; COMMIT`), with numbered parameters
-    /// (`$1`, shared by all its statements). Returns the rows its statements returned.
+    /// open and end their own transaction (`BEGIN; …; COMMIT`), or a single statement, which is
+    /// a transaction of its own (a failed or dropped one leaves nothing to roll back). Its
+    /// parameters are numbered (`$1`, shared by all its statements) or anonymous (`?`, bound in
+    /// order). Returns the rows its statements returned.
     ///
     /// A transaction through sqlx (`BEGIN`, each statement, `COMMIT`) is one hop per
     /// statement. sqlx does not know about a transaction a script opens, so the writer makes
