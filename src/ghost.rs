@@ -152,7 +152,45 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::testing::{MockHomeserver, test_context};
+
+    /// A ghost is registered when first seen and recorded even without a profile; its display
+    /// name is set only when it differs from the one set last.
+    #[tokio::test]
+    async fn a_ghost_is_registered_once_and_its_profile_set_only_when_it_changes() {
+        let hs = MockHomeserver::start().await;
+        let ctx = test_context(&hs, "").await;
+        let (alice, bob) = (RemoteUserId::from("alice"), RemoteUserId::from("bob"));
+        let (ghost, bob_ghost) =
+            (ctx.ghost_user_id(&alice).unwrap(), ctx.ghost_user_id(&bob).unwrap());
+        for user in [&ghost, &bob_ghost] {
+            hs.mock_register().for_user(user).expect(1).mount().await;
+            hs.mock_get_profile(user).ok_body(json!({})).mount().await;
+        }
+        for name in ["Alice", "Alice B"] {
+            hs.mock_set_profile(&ghost, "displayname")
+                .as_user(&ghost)
+                .with_body(json!({ "displayname": name }))
+                .expect(1)
+                .mount()
+                .await;
+        }
+        let named = |name: &str| GhostProfile { displayname: Some(name.into()), avatar_url: None };
+        for profile in [named("Alice"), named("Alice"), named("Alice B"), named("Alice B")] {
+            let intent = ctx.ensure_ghost(&alice, &profile).await.unwrap();
+            assert_eq!(intent.user_id(), ghost);
+        }
+        let row = ctx.store().ghost(&alice).await.unwrap().unwrap();
+        assert_eq!(row.displayname.as_deref(), Some("Alice B"));
+        for _ in 0..2 {
+            ctx.ensure_ghost(&bob, &GhostProfile::default()).await.unwrap();
+        }
+        let row = ctx.store().ghost(&bob).await.unwrap().expect("recorded without a profile");
+        assert_eq!((row.displayname, row.avatar_url), (None, None));
+    }
 
     #[test]
     fn localpart_escaping_is_reversible_in_shape_and_valid() {
