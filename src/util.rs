@@ -73,18 +73,24 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
     });
     result.map_err(|e| YamlError { key, message: e.to_string() })
 }
+
+/// The errors in `err`'s chain: itself, then each cause.
+pub(crate) fn error_sources<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
 /// An error's message and its causes', `: `-separated; a cause whose text the message already
 /// holds (an error that prints its source, or forwards to it) is not repeated.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut shown = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
+    for cause in error_sources(err).skip(1) {
+        let text = cause.to_string();
         if !shown.contains(&text) {
             shown.push_str(": ");
             shown.push_str(&text);
         }
-        cause = c.source();
     }
     shown
 }

@@ -77,13 +77,6 @@ impl From<reqwest::Error> for Error {
     }
 }
 
-/// The errors in `err`'s chain, itself first.
-fn chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |e| e.source())
-}
-
 impl Error {
     /// Builds an [`Error::Api`] from ruma's parsed error response.
     pub(crate) fn from_ruma(err: ruma::api::error::Error) -> Self {
@@ -127,7 +120,7 @@ impl Error {
     /// connect timed out): nothing was sent.
     pub fn is_connect(&self) -> bool {
         let Error::Http(err) = self else { return false };
-        chain(&**err).any(|e| {
+        crate::util::error_sources(&**err).any(|e| {
             if let Some(e) = e.downcast_ref::<reqwest::Error>() {
                 e.is_connect()
             } else if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
@@ -142,7 +135,7 @@ impl Error {
     /// [`Error::is_connect`]).
     pub fn is_timeout(&self) -> bool {
         let Error::Http(err) = self else { return false };
-        chain(&**err).any(|e| {
+        crate::util::error_sources(&**err).any(|e| {
             e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout)
                 || e.is::<tokio::time::error::Elapsed>()
                 || e.downcast_ref::<std::io::Error>()
